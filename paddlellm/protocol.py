@@ -1,0 +1,105 @@
+"""The wire contract between gateway, ensemble and its steps: tensor names, dtypes and shapes.
+
+Every config.pbtxt is checked against these specs by a test, and the adapters and the gateway build and read
+tensors by these names only. Also the error text convention: engine errors travel through Triton as a message
+`[<ErrorClass> param=<param>] <message>` so the gateway can rebuild the OpenAI envelope with `param`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from paddlellm.errors import EngineDead, EngineError, InvalidRequest, Overloaded
+
+# Triton config dtype -> numpy dtype string.
+NUMPY_DTYPES = {"TYPE_STRING": "object", "TYPE_INT32": "int32", "TYPE_INT64": "int64", "TYPE_FP32": "float32",
+                "TYPE_BOOL": "bool"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton config dtype, e.g. "TYPE_INT32"
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    decoupled: bool = False
+
+
+def _s(name: str, dtype: str = "TYPE_STRING", dims: tuple[int, ...] = (1,)) -> TensorSpec:
+    return TensorSpec(name, dtype, dims)
+
+
+def _ids(name: str) -> TensorSpec:
+    return TensorSpec(name, "TYPE_INT32", (-1,))
+
+
+def _i1(name: str) -> TensorSpec:
+    return TensorSpec(name, "TYPE_INT32", (1,))
+
+
+# Ensemble inputs (what the gateway sends). `messages` is a JSON array of chat messages or "" (completions);
+# `prompt` is the completion prompt or "" (chat); `sampling` is SamplingParams JSON ("" = defaults).
+PROMPT, MESSAGES, SAMPLING = "prompt", "messages", "sampling"
+# Engine outputs, one response per engine step that produced tokens for the request.
+INPUT_IDS = "input_ids"
+TOKEN_IDS = "token_ids"  # ids produced by this step
+WINDOW_IDS = "window_ids"  # last few already-emitted ids followed by this step's ids (detokenizer context)
+PREFIX_LEN = "prefix_len"  # how many of window_ids were already emitted
+FINISH_REASON = "finish_reason"  # "" while running; "stop" | "length" | "abort" on the last response
+PROMPT_TOKENS = "prompt_tokens"
+COMPLETION_TOKENS = "completion_tokens"  # cumulative generated tokens
+ENGINE_STATS = "engine_stats"  # JSON with engine-side timings on the final response, "" otherwise
+TEXT_OUTPUT = "text_output"
+
+TOKENIZER = ModelSpec(
+    "tokenizer",
+    inputs=(_s(PROMPT), _s(MESSAGES), _s(SAMPLING)),
+    outputs=(_ids(INPUT_IDS),),
+)
+LLM_ENGINE = ModelSpec(
+    "llm_engine",
+    inputs=(_ids(INPUT_IDS), _s(SAMPLING)),
+    outputs=(_ids(TOKEN_IDS), _ids(WINDOW_IDS), _i1(PREFIX_LEN), _s(FINISH_REASON), _i1(PROMPT_TOKENS),
+             _i1(COMPLETION_TOKENS), _s(ENGINE_STATS)),
+    decoupled=True,
+)
+# The detokenizer is a pure function of one engine response: it turns ids into a text delta and passes the
+# rest through under the ensemble's output names.
+DETOKENIZER = ModelSpec(
+    "detokenizer",
+    inputs=LLM_ENGINE.outputs,
+    outputs=(_s(TEXT_OUTPUT), _ids(TOKEN_IDS + "_out"), _s(FINISH_REASON + "_out"), _i1(PROMPT_TOKENS + "_out"),
+             _i1(COMPLETION_TOKENS + "_out"), _s(ENGINE_STATS + "_out")),
+)
+ENSEMBLE = ModelSpec(
+    "ensemble",
+    inputs=TOKENIZER.inputs,
+    outputs=(_s(TEXT_OUTPUT), _ids(TOKEN_IDS), _s(FINISH_REASON), _i1(PROMPT_TOKENS), _i1(COMPLETION_TOKENS),
+             _s(ENGINE_STATS)),
+    decoupled=True,
+)
+MODELS = (TOKENIZER, LLM_ENGINE, DETOKENIZER, ENSEMBLE)
+
+_ERR_RE = re.compile(r"\[(?P<kind>[A-Za-z]+) param=(?P<param>[^\]]*)\] (?P<msg>.*)", re.S)
+_KINDS: dict[str, type[EngineError]] = {c.__name__: c for c in (EngineError, InvalidRequest, Overloaded, EngineDead)}
+
+
+def format_error(exc: EngineError) -> str:
+    return f"[{type(exc).__name__} param={exc.param or ''}] {exc.message}"
+
+
+def parse_error(text: str) -> EngineError | None:
+    """Rebuild a typed error from a Triton error message (Triton may prefix it); None if not ours."""
+    m = _ERR_RE.search(text)
+    if not m:
+        return None
+    cls = _KINDS.get(m.group("kind"), EngineError)
+    return cls(m.group("msg"), param=m.group("param") or None)
