@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (with test dependencies) and run the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+export MKL_DEBUG_CPU_TYPE=5
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,80 @@
+"""The import boundaries DESIGN.md draws, checked by walking every module's imports (AST, nothing executed)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PADDLE_OK = ("paddlellm/models/", "paddlellm/layers/", "paddlellm/worker/", "paddlellm/executor/")
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _files(*dirs: str) -> list[pathlib.Path]:
+    return [p for d in dirs for p in (ROOT / d).rglob("*.py")]
+
+
+def _rel(p: pathlib.Path) -> str:
+    return p.relative_to(ROOT).as_posix()
+
+
+def test_paddle_only_in_model_execution() -> None:
+    bad = [
+        (_rel(p), m)
+        for p in _files("paddlellm", "gateway", "model_repository")
+        for m in _imports(p)
+        if m.split(".")[0] == "paddle" and not _rel(p).startswith(PADDLE_OK)
+    ]
+    assert not bad, f"paddle imported outside model execution: {bad}"
+
+
+def test_triton_utils_only_in_adapters() -> None:
+    bad = [
+        (_rel(p), m)
+        for p in _files("paddlellm", "gateway")
+        for m in _imports(p)
+        if m.startswith("triton_python_backend_utils") and not _rel(p).startswith("paddlellm/triton/")
+    ]
+    assert not bad, f"triton_python_backend_utils imported outside paddlellm/triton: {bad}"
+
+
+def test_engine_core_is_numpy_only() -> None:
+    allowed_third_party = {"numpy"}
+    core = [p for p in _files("paddlellm/engine") if p.name != "__init__.py"]
+    core += [ROOT / "paddlellm" / n for n in ("config.py", "protocol.py", "sampling.py", "errors.py")]
+    bad = []
+    for p in core:
+        for m in _imports(p):
+            top = m.split(".")[0]
+            if top in ("paddlellm", "__future__") or top in allowed_third_party or _is_stdlib(top):
+                continue
+            bad.append((_rel(p), m))
+    assert not bad, f"engine core imports more than numpy: {bad}"
+
+
+def test_gateway_uses_only_engine_contracts() -> None:
+    allowed = ("paddlellm.config", "paddlellm.protocol", "paddlellm.errors", "paddlellm.sampling",
+               "paddlellm.text.stop", "paddlellm.tritonenv", "paddlellm.triton.render", "paddlellm.metrics_names")
+    bad = [
+        (_rel(p), m)
+        for p in _files("gateway")
+        for m in _imports(p)
+        if m.startswith("paddlellm") and m not in allowed
+    ]
+    assert not bad, f"gateway imports engine internals: {bad}"
+
+
+def _is_stdlib(name: str) -> bool:
+    import sys
+
+    return name in sys.stdlib_module_names
