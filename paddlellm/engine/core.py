@@ -1,0 +1,135 @@
+"""LLMEngine: owns the scheduler and an executor; one `step()` = schedule -> execute -> update.
+
+Single-threaded by design: callers that need threads use `EngineLoop`, which owns the engine on one thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from paddlellm.config import EngineConfig
+from paddlellm.engine.kv_budget import num_kv_blocks
+from paddlellm.engine.outputs import ModelRunnerOutput, RequestOutput
+from paddlellm.engine.scheduler import Scheduler
+from paddlellm.errors import InvalidRequest
+from paddlellm.executor.base import Executor
+from paddlellm.model_info import ModelInfo, resolve_checkpoint
+from paddlellm.sampling import SamplingParams
+
+_NOTHING_RUN = ModelRunnerOutput(sampled_token_ids={})
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_free_blocks: int
+    num_total_blocks: int
+    num_preemptions: int  # since start (warmup excluded)
+    last_batch_size: int  # requests in the last scheduled step
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, executor: Executor, info: ModelInfo, num_blocks: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`num_blocks` must match the cache the executor allocated; None sizes it from the CPU budget."""
+        self.config = config
+        self.executor = executor
+        self.info = info
+        blocks = num_blocks if num_blocks is not None else num_kv_blocks(config, info)
+        self.scheduler = Scheduler(config, blocks, info.eos_token_ids, info.vocab_size, clock)
+
+    @classmethod
+    def create(cls, config: EngineConfig) -> LLMEngine:
+        """Resolve the checkpoint, size the KV cache, build the executor, and warm up if configured."""
+        path = resolve_checkpoint(config.model)
+        info = ModelInfo.from_dir(path)
+        if config.tensor_parallel_size == 1:
+            from paddlellm.executor.inproc import InprocExecutor as executor_cls  # lazy: imports paddle
+        else:
+            from paddlellm.executor.multiproc import MultiprocExecutor as executor_cls  # type: ignore[no-redef]
+        # On GPU the executor measures what memory the cache may take (after weights); on CPU the budget is config.
+        device_memory = executor_cls.kv_memory_bytes(config, info) if config.device == "gpu" else None
+        num_blocks = num_kv_blocks(config, info, device_memory)
+        engine = cls(config, executor_cls(config, info, num_blocks), info, num_blocks)
+        if config.use_warmup:
+            engine.warmup()
+        return engine
+
+    # ---------------------------------------------------------------- requests
+
+    def validate(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+        """The add-time checks that need no engine state; safe from any thread."""
+        self.scheduler.validate(prompt_ids, params)
+
+    def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> None:
+        """Queue a request; raises InvalidRequest (length, duplicate id) or Overloaded (queue full)."""
+        self.scheduler.add(request_id, prompt_ids, params or SamplingParams())
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Finish a request with "abort" and free its blocks; its final output, or None if unknown."""
+        return self.scheduler.abort(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---------------------------------------------------------------- stepping
+
+    def step(self) -> list[RequestOutput]:
+        """One step of continuous batching over every live request."""
+        sched = self.scheduler.schedule()
+        runner_out = _NOTHING_RUN if sched.is_empty else self.executor.execute(sched)
+        return self.scheduler.update(sched, runner_out)
+
+    def run_until_done(self) -> list[RequestOutput]:
+        """Step until no request is left; every output in order (offline use and tests)."""
+        outputs: list[RequestOutput] = []
+        while self.has_unfinished():
+            outputs.extend(self.step())
+        return outputs
+
+    def warmup(self) -> None:
+        """Run dummy batches (a long prefill, then a full decode batch, greedy and sampled) so the first real
+        request pays no first-call costs; then forget them."""
+        if self.has_unfinished():
+            raise RuntimeError("warmup needs an idle engine")
+        cfg, vocab = self.config, self.info.vocab_size
+        capacity = self.scheduler.blocks.num_total_blocks * cfg.block_size
+
+        def ids(n: int, k: int) -> list[int]:
+            return [(31 * i + 7 * k + 1) % vocab for i in range(n)]
+
+        long_len = min(cfg.batched_tokens, cfg.max_model_len - 2, capacity - 1)
+        if long_len >= 1:
+            self.add_request("__warmup_prefill", ids(long_len, 0),
+                             SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True, seed=0))
+            self.run_until_done()
+        prompt_len = max(1, min(8, cfg.max_model_len - 4))
+        max_tokens = max(1, min(4, cfg.max_model_len - prompt_len))
+        for k in range(cfg.max_num_seqs):
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0 if k % 2 == 0 else 0.8, top_p=0.9,
+                                    ignore_eos=True, seed=k)
+            try:
+                self.add_request(f"__warmup_decode_{k}", ids(prompt_len, k + 1), params)
+            except InvalidRequest:  # a cache too small for even this: nothing to warm
+                break
+        self.run_until_done()
+        self.scheduler.num_preemptions = 0
+        self.scheduler.last_batch_size = 0
+
+    # ---------------------------------------------------------------- health and stats
+
+    def check_health(self) -> None:
+        """Raise EngineDead if the executor lost a worker."""
+        self.executor.check_health()
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(num_running=s.num_running, num_waiting=s.num_waiting,
+                           num_free_blocks=s.blocks.num_free_blocks, num_total_blocks=s.blocks.num_total_blocks,
+                           num_preemptions=s.num_preemptions, last_batch_size=s.last_batch_size)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()

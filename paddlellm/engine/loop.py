@@ -1,0 +1,169 @@
+"""EngineLoop: runs an LLMEngine on its own thread and hands each request's outputs to a callback (its sink).
+
+Other threads only enqueue (add, abort); the loop thread alone touches the engine. It sleeps on a condition
+while there is no work (no busy-wait). If a step fails (e.g. a worker died), every in-flight request gets a
+final output with finish_reason "error", and the loop stops and reports unhealthy: a failure is never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from paddlellm.engine.core import LLMEngine
+from paddlellm.engine.outputs import RequestOutput
+from paddlellm.errors import EngineDead, EngineError, InvalidRequest, Overloaded
+from paddlellm.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[RequestOutput], None]  # runs on the loop thread: must be cheap and must not block
+
+
+@dataclass
+class _Live:
+    sink: Sink
+    num_prompt_tokens: int
+    num_output_tokens: int = 0
+
+
+class EngineLoop:
+    def __init__(self, engine: LLMEngine, before_step: Callable[[], None] | None = None,
+                 name: str = "paddlellm-engine-loop") -> None:
+        """`before_step` runs on the loop thread before every step (e.g. to poll client cancellation)."""
+        self.engine = engine
+        self._before_step = before_step
+        self._cv = threading.Condition()
+        self._adds: list[tuple[str, tuple[int, ...], SamplingParams]] = []
+        self._aborts: list[str] = []
+        self._live: dict[str, _Live] = {}  # every request added and not yet finished; guarded by _cv
+        self._error: EngineError | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> EngineLoop:
+        self._thread.start()
+        return self
+
+    # ---------------------------------------------------------------- any thread
+
+    def add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink) -> None:
+        """Queue a request. Raises InvalidRequest/Overloaded (and EngineDead once the loop is down) right here,
+        so callers can answer synchronously; later outputs, including any error, go to `sink`."""
+        prompt = tuple(int(t) for t in prompt_ids)
+        self.engine.validate(prompt, params)  # reads only immutable sizes
+        with self._cv:
+            if self._error is not None or self._stopping or not self._thread.is_alive():
+                raise EngineDead(f"the engine is not running: {self._error or 'stopped'}")
+            if request_id in self._live:
+                raise InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
+            max_size = self.engine.config.scheduler_max_size
+            if 0 < max_size <= self.engine.scheduler.num_waiting + len(self._adds):
+                raise Overloaded(f"the engine queue is full ({max_size} requests waiting; scheduler_max_size)")
+            self._live[request_id] = _Live(sink, len(prompt))
+            self._adds.append((request_id, prompt, params))
+            self._cv.notify()
+
+    def abort(self, request_id: str) -> None:
+        """Ask the loop to abort a request; its sink gets a final "abort" output. Unknown ids are ignored."""
+        with self._cv:
+            if request_id in self._live:
+                self._aborts.append(request_id)
+                self._cv.notify()
+
+    def healthy(self) -> bool:
+        if self._error is not None or not self._thread.is_alive():
+            return False
+        try:
+            self.engine.check_health()
+        except EngineError:
+            return False
+        return True
+
+    @property
+    def last_error(self) -> EngineError | None:
+        return self._error
+
+    @property
+    def num_in_flight(self) -> int:
+        with self._cv:
+            return len(self._live)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish the current step, end in-flight requests with an error, and join the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ---------------------------------------------------------------- loop thread
+
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while True:
+                with self._cv:
+                    while not (self._stopping or self._adds or self._aborts or engine.has_unfinished()):
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    adds, self._adds = self._adds, []
+                    aborts, self._aborts = self._aborts, []
+                for request_id, prompt, params in adds:
+                    self._apply_add(request_id, prompt, params)
+                for request_id in aborts:
+                    out = engine.abort(request_id)
+                    if out is not None:
+                        self._deliver(out)
+                if self._before_step is not None:
+                    self._before_step()
+                if engine.has_unfinished():
+                    for out in engine.step():
+                        self._deliver(out)
+        except BaseException as e:  # noqa: BLE001 - any failure ends every request with an error
+            err = e if isinstance(e, EngineError) else EngineDead(f"engine step failed: {type(e).__name__}: {e}")
+            log.exception("engine loop failed; ending %d in-flight requests", len(self._live))
+            self._fail_all(err, record=True)
+            return
+        self._fail_all(EngineDead("the engine was stopped"), record=False)
+
+    def _apply_add(self, request_id: str, prompt: tuple[int, ...], params: SamplingParams) -> None:
+        try:
+            self.engine.add_request(request_id, prompt, params)
+        except EngineError as e:  # state changed since add() checked (e.g. the queue filled up)
+            self._deliver(RequestOutput(request_id, (), len(prompt), 0, finished=True, finish_reason="error",
+                                        error=e))
+
+    def _deliver(self, out: RequestOutput) -> None:
+        with self._cv:
+            live = self._live.pop(out.request_id) if out.finished else self._live.get(out.request_id)
+        if live is None:
+            return
+        live.num_output_tokens = out.num_output_tokens
+        try:
+            live.sink(out)
+        except Exception:
+            # A broken sink must not take the loop down: drop the request and free its blocks.
+            log.exception("sink of request %s failed; aborting it", out.request_id)
+            with self._cv:
+                self._live.pop(out.request_id, None)
+            if not out.finished:
+                self.engine.abort(out.request_id)
+
+    def _fail_all(self, err: EngineError, record: bool) -> None:
+        with self._cv:
+            if record:
+                self._error = err
+            self._stopping = True
+            live, self._live = self._live, {}
+            self._adds, self._aborts = [], []
+        for request_id, r in live.items():
+            out = RequestOutput(request_id, (), r.num_prompt_tokens, r.num_output_tokens, finished=True,
+                                finish_reason="error", error=err)
+            try:
+                r.sink(out)
+            except Exception:
+                log.exception("sink of request %s failed", request_id)

@@ -1,0 +1,65 @@
+"""Request: one generation request as the scheduler tracks it (pure Python)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from paddlellm.engine.outputs import RequestTimings
+from paddlellm.sampling import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"  # queued, or preempted and waiting to be recomputed
+    RUNNING = "running"  # holds KV blocks; prefilling or decoding
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    params: SamplingParams
+    seed: int  # resolved: params.seed, or one the engine derived
+    arrival_time: float  # clock() when the engine accepted it
+    output_token_ids: list[int] = field(default_factory=list)
+    status: RequestStatus = RequestStatus.WAITING
+    num_computed_tokens: int = 0  # tokens whose KV is in the cache
+    block_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: Exception | None = None
+    num_preemptions: int = 0
+    # What the runner already knows, so each step sends only the changes.
+    num_synced_outputs: int = 0
+    num_synced_blocks: int = 0
+    # Outputs already handed to the caller in a RequestOutput.
+    num_emitted: int = 0
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus outputs: the tokens a recompute from scratch would feed the model."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def max_kv_tokens(self) -> int:
+        """Most tokens this request can ever hold in the KV cache: the last sampled token is never computed."""
+        return len(self.prompt_token_ids) + self.params.max_tokens - 1
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def timings(self) -> RequestTimings:
+        return RequestTimings(arrival=self.arrival_time, first_scheduled=self.first_scheduled_time,
+                              first_token=self.first_token_time, finished=self.finished_time)

@@ -1,0 +1,280 @@
+"""Scheduler: continuous batching over a paged KV cache, FCFS, with chunked prefill and preemption by recompute.
+
+Pure Python: it decides which tokens of which requests run each step and owns the block ids; the executor runs
+them. `schedule()` -> SchedulerOutput -> executor -> ModelRunnerOutput -> `update()` -> RequestOutputs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from paddlellm.config import EngineConfig
+from paddlellm.engine.block_manager import BlockManager
+from paddlellm.engine.outputs import (
+    CachedRequestData,
+    ModelRunnerOutput,
+    NewRequestData,
+    RequestOutput,
+    SchedulerOutput,
+)
+from paddlellm.engine.request import Request, RequestStatus
+from paddlellm.errors import InvalidRequest, Overloaded
+from paddlellm.sampling import SamplingParams
+
+_MASK64 = (1 << 64) - 1
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, num_blocks: int, eos_token_ids: Sequence[int] = (),
+                 vocab_size: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.blocks = BlockManager(num_blocks, config.block_size)
+        self._eos = frozenset(eos_token_ids)
+        self._vocab_size = vocab_size
+        self._clock = clock
+        self.waiting: deque[Request] = deque()  # FCFS; preempted requests go back to the front
+        self.running: list[Request] = []  # oldest admission first: preemption takes from the end
+        self.requests: dict[str, Request] = {}  # every unfinished request
+        self._finished_ids: set[str] = set()  # runner state to drop at the next step
+        self._pending: list[RequestOutput] = []  # outputs made outside update() (TTL expiry)
+        self._seed_counter = 0
+        self.num_preemptions = 0
+        self.last_batch_size = 0
+
+    # ---------------------------------------------------------------- requests in and out
+
+    def validate(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+        """Length and cache-size checks that need no scheduler state (safe to call from any thread)."""
+        n, limit = len(prompt_ids), self.config.max_model_len
+        if n == 0:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        if n >= limit:
+            raise InvalidRequest(f"the prompt has {n} tokens, but max_model_len is {limit}: the prompt must be "
+                                 f"shorter than that to leave room for output", param="prompt")
+        if n + params.max_tokens > limit:
+            raise InvalidRequest(f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) is "
+                                 f"{n + params.max_tokens} tokens, more than max_model_len ({limit})",
+                                 param="max_tokens")
+        total = self.blocks.num_total_blocks
+        need = self.blocks.blocks_for(n + params.max_tokens - 1)
+        if need > total:
+            param = "prompt" if self.blocks.blocks_for(n) > total else "max_tokens"
+            raise InvalidRequest(f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) needs {need} KV "
+                                 f"blocks of {self.blocks.block_size} tokens, but the whole KV cache has {total}",
+                                 param=param)
+        if self._vocab_size is not None and (min(prompt_ids) < 0 or max(prompt_ids) >= self._vocab_size):
+            raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size})", param="prompt")
+
+    def add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
+        prompt = tuple(int(t) for t in prompt_ids)
+        self.validate(prompt, params)
+        if request_id in self.requests:
+            raise InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
+        max_size = self.config.scheduler_max_size
+        if 0 < max_size <= len(self.waiting):
+            raise Overloaded(f"the engine queue is full ({max_size} requests waiting; scheduler_max_size)")
+        req = Request(request_id, prompt, params, self._resolve_seed(params), self._clock())
+        self.requests[request_id] = req
+        self.waiting.append(req)
+        return req
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Finish a request now ("abort"), freeing its blocks; None if it is unknown or already finished."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        self._finish(req, "abort")
+        return self._output(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests) or bool(self._pending)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    # ---------------------------------------------------------------- one step
+
+    def schedule(self) -> SchedulerOutput:
+        """Pick this step's tokens.
+
+        1. Waiting requests that never started within scheduler_ttl end with an Overloaded error.
+        2. Running requests, oldest first, within the step's token budget: a decoding request gets 1 token, a
+           prefilling one its next chunk. Each needs blocks for num_computed + scheduled tokens; while none are
+           free, the newest running request is preempted (blocks freed, back to the front of the queue, later
+           recomputed from prompt + outputs), possibly the requesting one itself.
+        3. Unless something was preempted, admit waiting requests FCFS while fewer than max_num_seqs run, budget
+           remains, and blocks in use after admitting stay <= kv_cache_ratio x total (with nothing running, the
+           head is admitted if its first chunk fits at all, so a long prompt cannot starve).
+        4. Admitted requests go out whole (NewRequestData), the rest as changes only (CachedRequestData).
+        """
+        now = self._clock()
+        self._expire_waiting(now)
+        budget = self.config.batched_tokens
+        scheduled: dict[str, int] = {}
+        preemptions_before = self.num_preemptions
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self._grow_or_preempt(req, req.num_computed_tokens + n):
+                break  # it was the newest, so nothing runs after it
+            scheduled[req.request_id] = n
+            budget -= n
+            i += 1
+
+        admitted: set[str] = set()
+        if self.num_preemptions == preemptions_before:
+            limit = self.config.kv_cache_ratio * self.blocks.num_total_blocks
+            while self.waiting and len(self.running) < self.config.max_num_seqs and budget > 0:
+                req = self.waiting[0]
+                n = min(req.num_tokens, budget)
+                need = self.blocks.num_new_blocks(req.block_ids, n)
+                if self.running and self.blocks.num_used_blocks + need > limit:
+                    break
+                if self.blocks.append(req.block_ids, n) is None:
+                    break
+                self.waiting.popleft()
+                req.status = RequestStatus.RUNNING
+                if req.first_scheduled_time is None:
+                    req.first_scheduled_time = now
+                self.running.append(req)
+                admitted.add(req.request_id)
+                scheduled[req.request_id] = n
+                budget -= n
+
+        self.last_batch_size = len(scheduled)
+        return self._make_output(scheduled, admitted)
+
+    def update(self, sched: SchedulerOutput, runner_out: ModelRunnerOutput) -> list[RequestOutput]:
+        """Apply one executed step.
+
+        For each scheduled request: advance num_computed_tokens by its chunk; if the chunk reached the end of its
+        known tokens, the runner sampled one token: append it and apply the stop rules in order (EOS unless
+        ignore_eos, and stop_token_ids, both only once more than min_tokens outputs exist -> "stop"; max_tokens
+        or max_model_len -> "length"). Finished requests free their blocks. Returns one RequestOutput per request
+        that gained a token or finished, after any made since the last update (TTL expiries).
+        """
+        outputs, self._pending = self._pending, []
+        for request_id, n in sched.num_scheduled_tokens.items():
+            req = self.requests.get(request_id)
+            if req is None or req.status is not RequestStatus.RUNNING:
+                continue
+            req.num_computed_tokens += n
+            if req.num_computed_tokens < req.num_tokens:
+                continue  # a prefill chunk short of the end: nothing sampled
+            token = runner_out.sampled_token_ids.get(request_id)
+            if token is None:
+                raise RuntimeError(f"executor sampled no token for request {request_id!r} at the end of its chunk")
+            req.output_token_ids.append(int(token))
+            if req.first_token_time is None:
+                req.first_token_time = self._clock()
+            reason = self._stop_reason(req, int(token))
+            if reason is not None:
+                self._finish(req, reason)
+            outputs.append(self._output(req))
+        return outputs
+
+    # ---------------------------------------------------------------- helpers
+
+    def _grow_or_preempt(self, req: Request, num_tokens: int) -> bool:
+        """Blocks for `num_tokens` of `req`, preempting the newest running requests as needed; False if `req`
+        itself had to go."""
+        while self.blocks.append(req.block_ids, num_tokens) is None:
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is req:
+                return False
+        return True
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.blocks.free(req.block_ids)
+        req.status = RequestStatus.WAITING
+        req.num_computed_tokens = 0
+        req.num_synced_outputs = req.num_synced_blocks = 0
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+        self._finished_ids.add(req.request_id)
+
+    def _make_output(self, scheduled: dict[str, int], admitted: set[str]) -> SchedulerOutput:
+        new: list[NewRequestData] = []
+        cached: list[CachedRequestData] = []
+        batch: dict[str, int] = {}
+        for req in self.running:
+            n = scheduled.get(req.request_id)
+            if n is None:
+                continue
+            batch[req.request_id] = n
+            if req.request_id in admitted:
+                new.append(NewRequestData(req.request_id, req.prompt_token_ids, tuple(req.output_token_ids),
+                                          req.params, req.seed, tuple(req.block_ids), req.num_computed_tokens))
+            else:
+                cached.append(CachedRequestData(req.request_id, tuple(req.output_token_ids[req.num_synced_outputs:]),
+                                                tuple(req.block_ids[req.num_synced_blocks:]),
+                                                req.num_computed_tokens))
+            req.num_synced_outputs = len(req.output_token_ids)
+            req.num_synced_blocks = len(req.block_ids)
+        if not batch:
+            # Nothing runs, so the executor is not called: keep the ids for the next step that runs.
+            return SchedulerOutput((), (), {}, frozenset())
+        # An id that finished and came back (preempted, or reused) is re-sent whole: no stale drop needed.
+        finished = frozenset(self._finished_ids - admitted)
+        self._finished_ids.clear()
+        return SchedulerOutput(tuple(new), tuple(cached), batch, finished)
+
+    def _expire_waiting(self, now: float) -> None:
+        ttl = self.config.scheduler_ttl
+        expired = [r for r in self.waiting if r.first_scheduled_time is None and now - r.arrival_time > ttl]
+        for req in expired:
+            err = Overloaded(f"request {req.request_id!r} waited {now - req.arrival_time:.1f} s without starting, "
+                             f"longer than scheduler_ttl ({ttl:g} s)")
+            self._finish(req, "error", err)
+            self._pending.append(self._output(req))
+
+    def _stop_reason(self, req: Request, token: int) -> str | None:
+        p = req.params
+        if req.num_output_tokens > p.min_tokens and (
+                (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids):
+            return "stop"
+        if req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.config.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, req: Request, reason: str, error: Exception | None = None) -> None:
+        if req.status is RequestStatus.RUNNING:
+            self.running.remove(req)
+            self._finished_ids.add(req.request_id)
+        elif req.status is RequestStatus.WAITING:
+            self.waiting.remove(req)
+        self.blocks.free(req.block_ids)
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        req.error = error
+        req.finished_time = self._clock()
+        del self.requests[req.request_id]
+
+    def _output(self, req: Request) -> RequestOutput:
+        new = tuple(req.output_token_ids[req.num_emitted:])
+        req.num_emitted = req.num_output_tokens
+        return RequestOutput(req.request_id, new, req.num_prompt_tokens, req.num_output_tokens,
+                             finished=req.is_finished, finish_reason=req.finish_reason, error=req.error,
+                             timings=req.timings())
+
+    def _resolve_seed(self, params: SamplingParams) -> int:
+        """params.seed, else a well-mixed non-negative 63-bit seed from (config.seed, per-engine counter)."""
+        if params.seed is not None:
+            return params.seed
+        ss = np.random.SeedSequence([self.config.seed & _MASK64, self._seed_counter])
+        self._seed_counter += 1
+        return int(ss.generate_state(1, dtype=np.uint64)[0]) >> 1

@@ -1,0 +1,125 @@
+"""Test doubles for the engine core: a deterministic numpy "model" behind the real SchedulerOutput protocol.
+
+FakeExecutor keeps per-request state the way a model runner must (full state from NewRequestData, only the
+changes from CachedRequestData), writes every computed token into a fake KV cache through the request's block
+table, and derives each sampled token from the context it reads back from that cache. So a wrong block table,
+a block shared by two requests, lost KV, a bad chunk boundary or a wrong recompute all change the tokens.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from paddlellm.config import EngineConfig
+from paddlellm.engine.core import LLMEngine
+from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
+from paddlellm.errors import EngineDead
+from paddlellm.model_info import ModelInfo
+from paddlellm.sampling import SamplingParams
+
+
+def fake_info(vocab_size: int = 1000, eos: tuple[int, ...] = (2,)) -> ModelInfo:
+    return ModelInfo(path="/nonexistent", architecture="LlamaForCausalLM", vocab_size=vocab_size, hidden_size=64,
+                     intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                     rms_norm_eps=1e-6, rope_theta=10000.0, rope_scaling=None, max_position_embeddings=4096,
+                     tie_word_embeddings=True, attention_bias=False, qk_norm=False, eos_token_ids=eos,
+                     bos_token_id=1, raw_config={})
+
+
+@dataclass
+class _State:
+    tokens: list[int]
+    blocks: list[int]
+    seed: int
+    params: SamplingParams
+    num_computed: int
+    history: list[int] = field(default_factory=list)  # chunk sizes this request was run with
+
+
+class FakeExecutor:
+    def __init__(self, num_blocks: int, block_size: int, vocab_size: int = 1000, fail_on_call: int | None = None,
+                 avoid: tuple[int, ...] = (2,)) -> None:
+        self.kv = np.full((num_blocks, block_size), -1, dtype=np.int64)
+        self.block_size = block_size
+        self.vocab_size = vocab_size
+        self.state: dict[str, _State] = {}
+        self.calls: list[SchedulerOutput] = []
+        self.fail_on_call = fail_on_call
+        self.avoid = set(avoid)  # tokens the "model" never picks unless asked (EOS), so lengths are predictable
+        self.dead = False
+
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        self.calls.append(sched)
+        if self.fail_on_call is not None and len(self.calls) >= self.fail_on_call:
+            self.dead = True
+            raise EngineDead("fake worker died")
+        assert not sched.is_empty, "the engine must not run empty steps"
+        for rid in sched.finished_request_ids:
+            self.state.pop(rid, None)
+        for nd in sched.new_requests:
+            self.state[nd.request_id] = _State(list(nd.prompt_token_ids) + list(nd.output_token_ids),
+                                               list(nd.block_ids), nd.seed, nd.sampling, nd.num_computed_tokens)
+        for cd in sched.cached_requests:
+            st = self.state[cd.request_id]
+            assert st.num_computed == cd.num_computed_tokens, (cd, st.num_computed)
+            st.tokens.extend(cd.new_token_ids)
+            st.blocks.extend(cd.new_block_ids)
+        owners: dict[int, str] = {}
+        for rid, st in self.state.items():
+            for b in st.blocks:
+                assert b not in owners, f"block {b} held by {owners[b]} and {rid}"
+                owners[b] = rid
+        sampled: dict[str, int] = {}
+        for rid, n in sched.num_scheduled_tokens.items():
+            st = self.state[rid]
+            start, end = st.num_computed, st.num_computed + n
+            assert 0 < n and end <= len(st.tokens), (rid, start, n, len(st.tokens))
+            assert len(st.blocks) * self.block_size >= end, "block table too short"
+            for pos in range(start, end):
+                self.kv[st.blocks[pos // self.block_size], pos % self.block_size] = st.tokens[pos]
+            st.num_computed = end
+            st.history.append(n)
+            if end == len(st.tokens):
+                sampled[rid] = self._next_token(st)
+        return ModelRunnerOutput(sampled)
+
+    def _next_token(self, st: _State) -> int:
+        pos = np.arange(st.num_computed)
+        ctx = self.kv[np.asarray(st.blocks)[pos // self.block_size], pos % self.block_size]
+        h = zlib.crc32(ctx.tobytes())
+        if not st.params.greedy:
+            rng = np.random.default_rng([st.seed & ((1 << 64) - 1), st.num_computed])
+            h += int(rng.integers(self.vocab_size))
+        tok = h % self.vocab_size
+        while tok in self.avoid:
+            tok = (tok + 1) % self.vocab_size
+        return tok
+
+    def check_health(self) -> None:
+        if self.dead:
+            raise EngineDead("fake worker died")
+
+    def shutdown(self) -> None:
+        pass
+
+
+def make_engine(num_blocks: int = 64, vocab_size: int = 1000, eos: tuple[int, ...] = (2,),
+                clock=None, fail_on_call: int | None = None, **config) -> tuple[LLMEngine, FakeExecutor]:
+    cfg = EngineConfig(**{"block_size": 16, "max_model_len": 2048, **config})
+    ex = FakeExecutor(num_blocks, cfg.block_size, vocab_size, fail_on_call=fail_on_call, avoid=eos)
+    kwargs = {} if clock is None else {"clock": clock}
+    return LLMEngine(cfg, ex, fake_info(vocab_size, eos), num_blocks=num_blocks, **kwargs), ex
+
+
+def prompt(n: int, k: int = 0, vocab_size: int = 1000) -> list[int]:
+    return [(37 * i + 11 * k + 3) % vocab_size for i in range(n)]
+
+
+def collect(outputs) -> dict[str, list[int]]:
+    tokens: dict[str, list[int]] = {}
+    for o in outputs:
+        tokens.setdefault(o.request_id, []).extend(o.new_token_ids)
+    return tokens
