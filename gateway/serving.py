@@ -1,0 +1,255 @@
+"""One generation request, from HTTP body to SSE stream or JSON response.
+
+Flow: validate (pydantic, then SamplingParams) -> open the Triton stream -> wait for its first response ->
+only then commit to HTTP 200. Errors before that point are ordinary 4xx/5xx responses; after it they are one
+SSE error chunk and `[DONE]`. A stop-string match or a client disconnect cancels the Triton stream, which
+the engine notices through `is_cancelled()` and frees the request's KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import ApiError, from_engine, from_validation, model_not_found
+from gateway.observer import RequestObserver
+from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
+from gateway.settings import GatewaySettings
+from gateway.translate import ChunkShaper, EnsembleResponse, assemble, chat_request, completion_request
+from gateway.triton_stream import TritonEnsemble, TritonStream
+from paddlellm.errors import EngineError
+
+log = logging.getLogger("gateway")
+T = TypeVar("T")
+DONE = "data: [DONE]\n\n"
+
+
+@dataclass
+class GatewayContext:
+    settings: GatewaySettings
+    ensemble: TritonEnsemble
+    observer: RequestObserver
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected; nobody is listening any more."""
+
+
+class SSEResponse(StreamingResponse):
+    """A StreamingResponse that always watches for the client going away (whatever the ASGI spec version)
+    and always closes its body iterator, so the generator's cleanup (cancelling Triton) runs right away."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def stream() -> None:
+                    try:
+                        await self.stream_response(send)
+                    except OSError:  # uvicorn: writing to a closed connection
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(stream)
+                await self.listen_for_disconnect(receive)
+                tg.cancel_scope.cancel()
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, raising ClientGone (and cancelling it) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise ClientGone()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _sse(chunk: dict[str, Any]) -> str:
+    return f"data: {json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response:
+    arrival = time.monotonic()
+    endpoint = "chat" if kind == "chat" else "completion"
+    request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    request.state.request_id = request_id
+    settings = ctx.settings
+    body = await request.body()
+    try:
+        req: ChatCompletionRequest | CompletionRequest
+        if kind == "chat":
+            req = ChatCompletionRequest.model_validate_json(body)
+        else:
+            req = CompletionRequest.model_validate_json(body)
+    except ValidationError as e:
+        raise from_validation(e) from None
+    if req.model not in (settings.served_model_name, "default"):
+        raise model_not_found(req.model)
+    try:
+        ens_req = (
+            chat_request(req, settings)
+            if isinstance(req, ChatCompletionRequest)
+            else completion_request(req, settings)
+        )
+    except EngineError as e:
+        raise from_engine(e, request_id) from None
+
+    reasoning = None
+    if settings.reasoning_start and settings.reasoning_end:
+        reasoning = (settings.reasoning_start, settings.reasoning_end, settings.reasoning_starts_inside)
+    shaper = ChunkShaper(
+        kind=endpoint,
+        request_id=request_id,
+        model=settings.served_model_name,
+        created=int(time.time()),
+        stops=ens_req.stops,
+        include_usage=req.include_usage(),
+        reasoning=reasoning,
+    )
+    ctx.observer.request_started(endpoint)
+    outcome = _Outcome(ctx.observer, endpoint, shaper, arrival)
+    stream = ctx.ensemble.open(ens_req, request_id)
+    headers = {"X-Request-Id": request_id}
+    try:
+        first = await until_disconnect(request, stream.next())
+    except ClientGone:
+        stream.cancel()
+        outcome.finish(499)
+        return Response(status_code=499)
+    except EngineError as e:
+        err = from_engine(e, request_id)
+        outcome.finish(err.status)
+        return err.response(headers=headers)
+    except BaseException:
+        stream.cancel()
+        outcome.finish(500)
+        raise
+    outcome.first(first)
+    if req.stream:
+        return SSEResponse(_sse_body(stream, shaper, first, arrival, outcome), headers=headers)
+    try:
+        result = await until_disconnect(request, _collect(stream, shaper, first, arrival, outcome))
+    except ClientGone:
+        outcome.finish(499)
+        return Response(status_code=499)
+    except EngineError as e:
+        err = from_engine(e, request_id)
+        outcome.finish(err.status)
+        return err.response(headers=headers)
+    finally:
+        stream.cancel()  # no-op when the stream ended normally
+    outcome.finish(200)
+    return JSONResponse(result, headers=headers)
+
+
+class _Outcome:
+    """Reports one request to the observer exactly once."""
+
+    def __init__(self, observer: RequestObserver, endpoint: str, shaper: ChunkShaper, arrival: float) -> None:
+        self.observer, self.endpoint, self.shaper, self.arrival = observer, endpoint, shaper, arrival
+        self.reported_first = self.done = False
+
+    def first(self, resp: EnsembleResponse) -> None:
+        if not self.reported_first and resp.token_ids:
+            self.reported_first = True
+            self.observer.first_token(self.endpoint, time.monotonic() - self.arrival)
+
+    def finish(self, status: int) -> None:
+        if not self.done:
+            self.done = True
+            s = self.shaper
+            self.observer.request_finished(
+                self.endpoint,
+                status,
+                s.prompt_tokens,
+                s.completion_tokens,
+                time.monotonic() - self.arrival,
+                s.finish_reason,
+            )
+
+
+async def _responses(
+    stream: TritonStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
+) -> AsyncIterator[dict[str, Any]]:
+    """Chunks of one generation, in order; raises EngineError; cancels Triton on a stop-string match.
+
+    After the engine's finish reason the stream is still read to its (empty) final response, so Triton
+    completes the request normally instead of seeing a cancellation."""
+    resp = first
+    while True:
+        for chunk in shaper.feed(resp, time.monotonic() - arrival):
+            yield chunk
+        if shaper.stopped_by_string:
+            stream.cancel()
+            break
+        if resp.final:
+            break
+        resp = await stream.next()
+        outcome.first(resp)
+    for chunk in shaper.end_of_stream(time.monotonic() - arrival):
+        yield chunk
+
+
+async def _collect(
+    stream: TritonStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
+) -> dict[str, Any]:
+    chunks = [c async for c in _responses(stream, shaper, first, arrival, outcome)]
+    return assemble(shaper, chunks)
+
+
+async def _sse_body(
+    stream: TritonStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
+) -> AsyncIterator[str]:
+    status = 499  # unless the generator runs to its end
+    try:
+        try:
+            async for chunk in _responses(stream, shaper, first, arrival, outcome):
+                yield _sse(chunk)
+            status = 200
+            yield DONE
+        except EngineError as e:
+            err = from_engine(e, shaper.request_id)
+            status = err.status
+            yield err.sse()
+        except Exception:
+            log.exception("request %s: error while streaming", shaper.request_id)
+            status = 500
+            yield ApiError(
+                500,
+                f"internal server error (request {shaper.request_id})",
+                type="server_error",
+                code="internal_error",
+            ).sse()
+    finally:
+        stream.cancel()
+        outcome.finish(status)

@@ -1,0 +1,94 @@
+"""GatewaySettings: the one typed configuration of a gateway process.
+
+The launcher builds it from its flags and hands it to uvicorn workers through a JSON file named by the
+environment variable below (workers re-import the app factory, so nothing can be passed in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paddlellm.errors import ConfigError
+
+# The only environment variable the gateway reads: the path of a settings JSON file (see `from_env`).
+SETTINGS_ENV = "PADDLELLM_GATEWAY_SETTINGS"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    triton_url: str = "127.0.0.1:8001"
+    """Triton's gRPC endpoint (host:port)."""
+    served_model_name: str = "default"
+    """The model name /v1/models reports; requests may also say "default"."""
+    max_model_len: int = 2048
+    """Longest prompt + output; max_tokens above it is rejected before Triton is asked."""
+    api_key: str | None = None
+    """When set, /v1/* require `Authorization: Bearer <api_key>`."""
+    ensemble_model: str = "ensemble"
+    engine_model: str = "llm_engine"
+    """Triton model names: the ensemble serves requests, the engine is what /health probes."""
+    request_timeout_s: float = 3600.0
+    """A whole request's stream (queueing included) may not take longer than this."""
+    health_timeout_s: float = 10.0
+    health_probe: bool = True
+    """/health also runs a one-token request through the engine, so a dead engine loop shows."""
+    health_cache_s: float = 1.0
+    """A passing probe is trusted for this long, so frequent health checks add no load."""
+    reasoning_start: str | None = None
+    reasoning_end: str | None = None
+    """Thinking markers of the model's chat template (e.g. <think>, </think>); None: no reasoning split."""
+    reasoning_starts_inside: bool = False
+    """The template's generation prompt already opens the thinking block."""
+    metrics_port: int | None = None
+    """Where the metrics server listens; None or the main port: /metrics on the gateway app (issue 6)."""
+
+    def __post_init__(self) -> None:
+        if self.max_model_len < 2:
+            raise ConfigError(f"gateway 'max_model_len' must be >= 2 (got {self.max_model_len})")
+        for name in ("request_timeout_s", "health_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"gateway '{name}' must be > 0 (got {getattr(self, name)})")
+        if self.health_cache_s < 0:
+            raise ConfigError(f"gateway 'health_cache_s' must be >= 0 (got {self.health_cache_s})")
+        if (self.reasoning_start is None) != (self.reasoning_end is None):
+            raise ConfigError("gateway 'reasoning_start' and 'reasoning_end' must be set together")
+        if not self.served_model_name:
+            raise ConfigError("gateway 'served_model_name' must not be empty")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GatewaySettings:
+        if not isinstance(data, dict):
+            raise ConfigError("gateway settings must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown gateway setting(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"bad gateway settings: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> GatewaySettings:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read gateway settings {path}: {e}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_env(cls) -> GatewaySettings:
+        path = os.environ.get(SETTINGS_ENV)
+        if not path:
+            raise ConfigError(
+                f"{SETTINGS_ENV} is not set: start the gateway with python -m gateway.api_server"
+            )
+        return cls.from_file(path)

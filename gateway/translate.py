@@ -1,0 +1,267 @@
+"""Pure translation between OpenAI requests/responses and the ensemble's tensors (no I/O, no clocks).
+
+Requests become an `EnsembleRequest` (the three string tensors of `paddlellm.protocol`). Responses arrive as
+`EnsembleResponse`s; a `ChunkShaper` turns them into OpenAI stream chunks, and `assemble` folds those same
+chunks into the non-streamed response, so streamed and non-streamed answers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
+from gateway.reasoning import ReasoningSplitter
+from gateway.settings import GatewaySettings
+from gateway.stop import StopFilter
+from paddlellm.errors import EngineError, InvalidRequest
+from paddlellm.sampling import SamplingParams
+
+Kind = Literal["chat", "completion"]
+DEFAULT_MAX_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class EnsembleRequest:
+    """The ensemble's inputs: `messages` JSON for chat, `prompt` for completions; `sampling` JSON."""
+
+    prompt: str
+    messages: str
+    sampling: str
+    stops: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EnsembleResponse:
+    """One ensemble response; an empty final one (only `final` set) closes the stream."""
+
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_stats: str = ""
+    final: bool = False
+
+
+def sampling_params(
+    req: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings
+) -> SamplingParams:
+    """OpenAI sampling fields -> SamplingParams; raises InvalidRequest naming the field."""
+    max_tokens = req.max_tokens_value()
+    name = (
+        "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
+    )
+    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    if max_tokens >= settings.max_model_len:
+        raise InvalidRequest(
+            f"'{name}' is {max_tokens}, but this model's maximum context length is {settings.max_model_len} "
+            "tokens (prompt and output together)",
+            param=name,
+        )
+    values: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "frequency_penalty": req.frequency_penalty,
+        "presence_penalty": req.presence_penalty,
+        "seed": req.seed,
+        "min_tokens": _min_tokens(req),
+        "ignore_eos": req.ignore_eos,
+        "stop_token_ids": req.stop_token_ids,
+    }
+    return SamplingParams.from_dict({k: v for k, v in values.items() if v is not None})
+
+
+def _min_tokens(req: ChatCompletionRequest | CompletionRequest) -> int | None:
+    if req.min_tokens is not None:
+        return req.min_tokens
+    raw = (req.metadata or {}).get("min_tokens")
+    if raw is None:
+        return None
+    # OpenAI types metadata values as strings; accept "3" and 3.
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).strip().isdigit():
+        raise InvalidRequest(
+            f"'metadata.min_tokens' must be a non-negative integer, got {raw!r}", param="metadata.min_tokens"
+        )
+    return int(raw)
+
+
+def chat_request(req: ChatCompletionRequest, settings: GatewaySettings) -> EnsembleRequest:
+    messages = []
+    for m in req.messages:
+        msg: dict[str, Any] = {"role": m.role, "content": m.text()}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if getattr(m, key) is not None:
+                msg[key] = getattr(m, key)
+        messages.append(msg)
+    return EnsembleRequest(
+        prompt="",
+        messages=json.dumps(messages, ensure_ascii=False),
+        sampling=sampling_params(req, settings).to_json(),
+        stops=tuple(req.stop_list()),
+    )
+
+
+def completion_request(req: CompletionRequest, settings: GatewaySettings) -> EnsembleRequest:
+    prompt = req.prompt_text()
+    if not prompt:
+        raise InvalidRequest("'prompt' must not be empty", param="prompt")
+    return EnsembleRequest(
+        prompt=prompt,
+        messages="",
+        sampling=sampling_params(req, settings).to_json(),
+        stops=tuple(req.stop_list()),
+    )
+
+
+@dataclass
+class ChunkShaper:
+    """Turns one request's ensemble responses into OpenAI chunk dicts.
+
+    Algorithm: each response's text goes through the stop filter (whole-text matching, holding back a tail
+    that may start a stop string), then, for chat with reasoning markers, the reasoning splitter. Every
+    response with tokens yields one chunk carrying its token ids and `arrival_time` (seconds since the
+    request arrived, as the caller measures it). The chunk that ends the generation carries `finish_reason`:
+    the engine's, or "stop" when a stop string matched (the caller then cancels the Triton stream).
+    """
+
+    kind: Kind
+    request_id: str
+    model: str
+    created: int
+    stops: tuple[str, ...] = ()
+    include_usage: bool = False
+    reasoning: tuple[str, str, bool] | None = None  # (start, end, starts_inside)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _stop: StopFilter = field(init=False)
+    _split: ReasoningSplitter | None = field(init=False)
+    _started: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._stop = StopFilter(list(self.stops))
+        self._split = ReasoningSplitter(*self.reasoning) if self.reasoning and self.kind == "chat" else None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def stopped_by_string(self) -> bool:
+        return self._stop.stopped
+
+    def feed(self, resp: EnsembleResponse, arrival: float) -> list[dict[str, Any]]:
+        if self.finished:
+            return []
+        if resp.prompt_tokens:
+            self.prompt_tokens = resp.prompt_tokens
+        if resp.token_ids or resp.completion_tokens:
+            self.completion_tokens = max(self.completion_tokens, resp.completion_tokens)
+        if not resp.text and not resp.token_ids and not resp.finish_reason:
+            return []  # e.g. the empty final response
+        text = self._stop.feed(resp.text)
+        finish = None
+        if self._stop.stopped:
+            finish = "stop"
+        elif resp.finish_reason:
+            if resp.finish_reason not in ("stop", "length"):
+                raise EngineError(f"the engine ended the request with '{resp.finish_reason}'")
+            finish = resp.finish_reason
+            text += self._stop.flush()
+        return self._chunks(text, list(resp.token_ids), finish, arrival)
+
+    def end_of_stream(self, arrival: float) -> list[dict[str, Any]]:
+        """After the final response: the usage chunk when asked for; an error if no finish reason came."""
+        if not self.finished:
+            raise EngineError("the inference stream ended before the generation finished")
+        if self.include_usage:
+            return [self._envelope([], usage=self.usage())]
+        return []
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def _chunks(self, text: str, ids: list[int], finish: str | None, arrival: float) -> list[dict[str, Any]]:
+        if finish is not None:
+            self.finish_reason = finish
+        if self.kind == "completion":
+            choice = {
+                "index": 0,
+                "text": text,
+                "token_ids": ids,
+                "arrival_time": arrival,
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+            return [self._envelope([choice])]
+        reasoning, content = "", text
+        if self._split is not None:
+            reasoning, content = self._split.feed(text)
+            if finish is not None:
+                r, c = self._split.flush()
+                reasoning, content = reasoning + r, content + c
+        delta: dict[str, Any] = {"content": content, "token_ids": ids}
+        if not self._started:
+            delta = {"role": "assistant", **delta}
+            self._started = True
+        if reasoning:
+            delta["reasoning_content"] = reasoning
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "arrival_time": arrival,
+            "finish_reason": finish,
+            "logprobs": None,
+        }
+        return [self._envelope([choice])]
+
+    def _envelope(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        chunk: dict[str, Any] = {
+            "id": self.request_id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            chunk["usage"] = usage  # OpenAI: null on every chunk but the last
+        return chunk
+
+
+def assemble(shaper: ChunkShaper, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The non-streamed response, folded from the chunks a stream would have carried."""
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    ids = [
+        i
+        for c in choices
+        for i in (c["token_ids"] if shaper.kind == "completion" else c["delta"]["token_ids"])
+    ]
+    arrival = choices[-1]["arrival_time"] if choices else 0.0
+    if shaper.kind == "completion":
+        choice: dict[str, Any] = {"index": 0, "text": "".join(c["text"] for c in choices)}
+        obj = "text_completion"
+    else:
+        content = "".join(c["delta"].get("content") or "" for c in choices)
+        reasoning = "".join(c["delta"].get("reasoning_content") or "" for c in choices)
+        message = {"role": "assistant", "content": content, "reasoning_content": reasoning or None}
+        choice = {"index": 0, "message": message}
+        obj = "chat.completion"
+    choice.update(
+        {"finish_reason": shaper.finish_reason, "token_ids": ids, "arrival_time": arrival, "logprobs": None}
+    )
+    return {
+        "id": shaper.request_id,
+        "object": obj,
+        "created": shaper.created,
+        "model": shaper.model,
+        "choices": [choice],
+        "usage": shaper.usage(),
+    }

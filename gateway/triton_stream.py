@@ -1,0 +1,195 @@
+"""Triton gRPC streams for the gateway: one bidirectional `ModelStreamInfer` stream per request.
+
+`TritonEnsemble` wraps a `tritonclient.grpc.aio.InferenceServerClient` (or a fake with the same methods:
+`stream_infer`, `is_server_ready`, `is_model_ready`, `close`). Each request yields exactly one stream request
+with `triton_enable_empty_final_response`, so the end of a decoupled generation is always seen as a response
+whose `triton_final_response` parameter is true. Errors that arrive inside the stream carry the engine's
+`[<ErrorClass> param=...]` text (paddlellm.protocol), rebuilt here into typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import InferInput
+from tritonclient.utils import InferenceServerException
+
+from gateway.translate import EnsembleRequest, EnsembleResponse
+from paddlellm import protocol
+from paddlellm.errors import Cancelled, EngineError, Overloaded
+
+log = logging.getLogger("gateway")
+
+
+def _string_input(name: str, value: str) -> InferInput:
+    tensor = InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([value.encode("utf-8")], dtype=np.object_))
+    return tensor
+
+
+def _typed_error(message: str) -> EngineError:
+    err = protocol.parse_error(message)
+    if err is not None:
+        return err
+    return EngineError(f"inference server error: {message}")
+
+
+def _rpc_error(exc: grpc.aio.AioRpcError) -> EngineError:
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Overloaded("the inference server is unavailable")
+    if code == grpc.StatusCode.CANCELLED:
+        return Cancelled("stream cancelled")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return EngineError("the request timed out")
+    return _typed_error(exc.details() or str(code))
+
+
+def _scalar_str(result: Any, name: str) -> str:
+    arr = result.as_numpy(name)
+    if arr is None or arr.size == 0:
+        return ""
+    v = arr.reshape(-1)[0]
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def _scalar_int(result: Any, name: str) -> int:
+    arr = result.as_numpy(name)
+    return int(arr.reshape(-1)[0]) if arr is not None and arr.size else 0
+
+
+def decode_response(result: Any) -> EnsembleResponse:
+    """An InferResult of the ensemble -> EnsembleResponse (an empty final response has no outputs)."""
+    params = result.get_response().parameters
+    final = "triton_final_response" in params and params["triton_final_response"].bool_param
+    ids = result.as_numpy(protocol.TOKEN_IDS)
+    return EnsembleResponse(
+        text=_scalar_str(result, protocol.TEXT_OUTPUT),
+        token_ids=tuple(int(i) for i in ids.reshape(-1)) if ids is not None else (),
+        finish_reason=_scalar_str(result, protocol.FINISH_REASON),
+        prompt_tokens=_scalar_int(result, protocol.PROMPT_TOKENS),
+        completion_tokens=_scalar_int(result, protocol.COMPLETION_TOKENS),
+        engine_stats=_scalar_str(result, protocol.ENGINE_STATS),
+        final=final,
+    )
+
+
+class TritonStream:
+    """One request's response stream. Iterate for EnsembleResponses (ending after the final one); typed
+    EngineErrors are raised from the iteration. `cancel()` tells Triton, which tells the engine."""
+
+    def __init__(self, responses: Any) -> None:
+        self._responses = responses
+        self.done = False
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[EnsembleResponse]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[EnsembleResponse]:
+        while not self.done:
+            yield await self.next()
+
+    async def next(self) -> EnsembleResponse:
+        if self.done:
+            raise StopAsyncIteration
+        try:
+            result, error = await self._responses.__anext__()
+        except StopAsyncIteration:
+            self.done = True
+            raise EngineError("the inference stream closed before the final response") from None
+        except grpc.aio.AioRpcError as e:
+            self.done = True
+            raise _rpc_error(e) from None
+        except InferenceServerException as e:
+            self.done = True
+            raise _typed_error(e.message() or str(e)) from None
+        if error is not None:
+            self.cancel()  # an error ends the request; make sure nothing keeps running in Triton
+            raise _typed_error(error.message() or str(error))
+        resp = decode_response(result)
+        if resp.final:
+            self.done = True
+        return resp
+
+    def cancel(self) -> None:
+        """Cancel the gRPC call unless the stream already ended (final response, error or cancel)."""
+        if self.done:
+            return
+        self.done = True
+        self.cancelled = True
+        self._responses.cancel()
+
+
+class TritonEnsemble:
+    """The gateway's view of Triton: open request streams, check readiness."""
+
+    def __init__(self, client: Any, ensemble_model: str, engine_model: str, timeout_s: float) -> None:
+        self.client = client
+        self.ensemble_model = ensemble_model
+        self.engine_model = engine_model
+        self.timeout_s = timeout_s
+        self._probe_ok_at = -1.0
+
+    def open(self, req: EnsembleRequest, request_id: str) -> TritonStream:
+        inputs = [
+            _string_input(protocol.PROMPT, req.prompt),
+            _string_input(protocol.MESSAGES, req.messages),
+            _string_input(protocol.SAMPLING, req.sampling),
+        ]
+        return self._open(self.ensemble_model, inputs, request_id)
+
+    def _open(self, model: str, inputs: list[InferInput], request_id: str) -> TritonStream:
+        async def one_request() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "model_name": model,
+                "inputs": inputs,
+                "request_id": request_id,
+                "parameters": {"triton_enable_empty_final_response": True},
+            }
+
+        return TritonStream(self.client.stream_infer(one_request(), stream_timeout=self.timeout_s))
+
+    async def check_ready(self, timeout_s: float, probe: bool, cache_s: float) -> str | None:
+        """None when serving works; otherwise why not. The probe runs a one-token request through the
+        engine (directly, not through the ensemble) so a dead engine loop or worker shows up."""
+        try:
+            if not await self.client.is_server_ready(client_timeout=timeout_s):
+                return "inference server is not ready"
+            for model in (self.ensemble_model, self.engine_model):
+                if not await self.client.is_model_ready(model, client_timeout=timeout_s):
+                    return f"model '{model}' is not ready"
+        except (InferenceServerException, grpc.aio.AioRpcError) as e:
+            return f"inference server unreachable: {e}"
+        if not probe or time.monotonic() - self._probe_ok_at < cache_s:
+            return None
+        try:
+            await asyncio.wait_for(self._probe(), timeout_s)
+        except TimeoutError:
+            return f"engine did not answer a one-token probe within {timeout_s:g}s"
+        except EngineError as e:
+            return f"engine probe failed: {e.message}"
+        self._probe_ok_at = time.monotonic()
+        return None
+
+    async def _probe(self) -> None:
+        ids = InferInput(protocol.INPUT_IDS, [1], "INT32")
+        ids.set_data_from_numpy(np.array([0], dtype=np.int32))
+        sampling = _string_input(protocol.SAMPLING, json.dumps({"max_tokens": 1, "temperature": 0.0}))
+        stream = self._open(self.engine_model, [ids, sampling], f"health-{time.monotonic_ns()}")
+        try:
+            async for _ in stream:
+                pass
+        finally:
+            if not stream.done:
+                stream.cancel()
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,246 @@
+"""A behavioural fake of `tritonclient.grpc.aio.InferenceServerClient` serving the ensemble's contract.
+
+It speaks the real client's types: `stream_infer` consumes an async iterator of request dicts holding real
+`InferInput`s and yields `(InferResult, InferenceServerException | None)` built from real
+`ModelInferResponse` protos, with `triton_final_response` set on an empty last response (as Triton does for a
+decoupled ensemble when `triton_enable_empty_final_response` is requested). Like the real tokenizer and
+engine it validates `sampling` with the strict SamplingParams parser and rejects prompts over
+`max_model_len` with the protocol's error text. Reading after `cancel()` raises CancelledError, as grpc.aio's
+call does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import InferResult, service_pb2
+from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
+
+from paddlellm import protocol
+from paddlellm.errors import EngineError, InvalidRequest
+from paddlellm.sampling import SamplingParams
+
+# (token id, text delta): "" models a detokenizer holding back an incomplete UTF-8 character.
+DEFAULT_REPLY: tuple[tuple[int, str], ...] = (
+    (101, "Paris"),
+    (102, " is"),
+    (103, " the"),
+    (104, " capital"),
+    (105, " of"),
+    (106, " France"),
+    (107, "."),
+    (108, " 你"),
+    (109, "好"),
+    (110, ""),
+    (111, " 🌍"),
+    (112, " Done"),
+    (113, "!"),
+)
+
+Script = Callable[[str, list[dict[str, Any]], SamplingParams], tuple[tuple[int, str], ...]]
+
+
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
+
+
+@dataclass
+class FakeStream:
+    """What one stream_infer call saw and did; tests inspect these."""
+
+    model: str = ""
+    request_id: str = ""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    sent_tokens: int = 0
+    cancelled: bool = False
+    completed: bool = False
+
+
+class FakeTritonClient:
+    def __init__(
+        self,
+        reply: tuple[tuple[int, str], ...] = DEFAULT_REPLY,
+        max_model_len: int = 256,
+        token_delay: float = 0.0,
+        script: Script | None = None,
+    ) -> None:
+        self.reply = reply
+        self.script = script
+        self.max_model_len = max_model_len
+        self.token_delay = token_delay
+        self.server_ready = True
+        self.unready_models: set[str] = set()
+        self.engine_alive = True
+        self.down = False  # gRPC UNAVAILABLE everywhere
+        self.fail_with: EngineError | None = None  # delivered instead of the first response
+        self.fail_after: tuple[int, EngineError] | None = None  # delivered after n token responses
+        self.streams: list[FakeStream] = []
+        self.closed = False
+
+    # --- health -------------------------------------------------------------------------------------
+    async def is_server_ready(self, headers: Any = None, client_timeout: float | None = None) -> bool:
+        if self.down:
+            raise InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
+        return self.server_ready
+
+    async def is_model_ready(
+        self,
+        model_name: str,
+        model_version: str = "",
+        headers: Any = None,
+        client_timeout: float | None = None,
+    ) -> bool:
+        if self.down:
+            raise InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
+        return model_name not in self.unready_models
+
+    async def close(self) -> None:
+        self.closed = True
+
+    # --- streaming ----------------------------------------------------------------------------------
+    def stream_infer(
+        self,
+        inputs_iterator: AsyncIterator[dict[str, Any]],
+        stream_timeout: float | None = None,
+        headers: Any = None,
+        compression_algorithm: Any = None,
+    ) -> _Responses:
+        record = FakeStream()
+        self.streams.append(record)
+        return _Responses(self, inputs_iterator, record)
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self.streams if not s.cancelled and not s.completed)
+
+    def _generate(self, record: FakeStream) -> AsyncIterator[tuple[Any, Any]]:
+        if record.model == "llm_engine":
+            return self._probe(record)
+        return self._ensemble(record)
+
+    async def _probe(self, record: FakeStream) -> AsyncIterator[tuple[Any, Any]]:
+        if not self.engine_alive:
+            yield None, _error("[EngineDead param=] a worker process died")
+            return
+        yield _result({protocol.TOKEN_IDS: np.array([1], np.int32), protocol.FINISH_REASON: "length"}), None
+        yield _result({}, final=True), None
+
+    async def _ensemble(self, record: FakeStream) -> AsyncIterator[tuple[Any, Any]]:
+        prompt, messages_json = record.inputs[protocol.PROMPT], record.inputs[protocol.MESSAGES]
+        try:
+            params = SamplingParams.from_json(record.inputs[protocol.SAMPLING])
+            messages = json.loads(messages_json) if messages_json else []
+            n_prompt = _count_tokens(prompt, messages)
+            if n_prompt + params.max_tokens > self.max_model_len:
+                raise InvalidRequest(
+                    f"prompt has {n_prompt} tokens; with max_tokens={params.max_tokens} that exceeds "
+                    f"max_model_len={self.max_model_len}",
+                    param="messages" if messages else "prompt",
+                )
+        except EngineError as e:
+            yield None, _error(protocol.format_error(e))
+            return
+        if self.fail_with is not None:
+            yield None, _error(protocol.format_error(self.fail_with))
+            return
+        pieces = self.script(prompt, messages, params) if self.script else self.reply
+        for n, (tid, text) in enumerate(pieces[: params.max_tokens], start=1):
+            if self.fail_after is not None and n > self.fail_after[0]:
+                yield None, _error(protocol.format_error(self.fail_after[1]))
+                return
+            last = n == min(len(pieces), params.max_tokens)
+            reason = ("length" if n == params.max_tokens else "stop") if last else ""
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
+            record.sent_tokens = n
+            yield (
+                _result(
+                    {
+                        protocol.TEXT_OUTPUT: text,
+                        protocol.TOKEN_IDS: np.array([tid], np.int32),
+                        protocol.FINISH_REASON: reason,
+                        protocol.PROMPT_TOKENS: np.array([n_prompt], np.int32),
+                        protocol.COMPLETION_TOKENS: np.array([n], np.int32),
+                        protocol.ENGINE_STATS: json.dumps({"steps": n}) if last else "",
+                    }
+                ),
+                None,
+            )
+        yield _result({}, final=True), None
+
+
+class _Responses:
+    """The stream_infer iterator: reads the request on first use, like the gRPC call."""
+
+    def __init__(self, owner: FakeTritonClient, requests: AsyncIterator[dict[str, Any]], record: FakeStream):
+        self.owner, self.requests, self.record = owner, requests, record
+        self.gen: AsyncIterator[tuple[Any, Any]] | None = None
+
+    def __aiter__(self) -> _Responses:
+        return self
+
+    async def __anext__(self) -> tuple[Any, Any]:
+        if self.record.cancelled:
+            raise asyncio.CancelledError()
+        if self.owner.down:
+            raise _rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+        if self.gen is None:
+            request = await self.requests.__anext__()
+            self.record.model = request["model_name"]
+            self.record.request_id = request.get("request_id", "")
+            self.record.parameters = dict(request.get("parameters") or {})
+            for tensor in request["inputs"]:
+                data = (
+                    deserialize_bytes_tensor(tensor._get_content())
+                    if tensor.datatype() == "BYTES"
+                    else np.frombuffer(tensor._get_content(), dtype=np.int32)
+                )
+                value = data[0] if tensor.datatype() == "BYTES" else data
+                self.record.inputs[tensor.name()] = value.decode() if isinstance(value, bytes) else value
+            self.gen = self.owner._generate(self.record)
+        try:
+            result, error = await self.gen.__anext__()
+        except StopAsyncIteration:
+            self.record.completed = True
+            raise
+        if error is not None or result.get_response().parameters["triton_final_response"].bool_param:
+            self.record.completed = True  # Triton is done with this request
+        return result, error
+
+    def cancel(self) -> bool:
+        if self.record.completed:
+            return False
+        self.record.cancelled = True
+        return True
+
+
+def _count_tokens(prompt: str, messages: list[dict[str, Any]]) -> int:
+    if messages:
+        return sum(3 + len(str(m.get("content", "")).split()) for m in messages) + 1
+    return len(prompt.split())
+
+
+def _error(message: str) -> InferenceServerException:
+    # Triton prefixes errors from ensemble steps with where they happened.
+    return InferenceServerException(msg=f"in ensemble 'ensemble', {message}")
+
+
+def _result(outputs: dict[str, Any], final: bool = False) -> InferResult:
+    resp = service_pb2.ModelInferResponse(model_name="ensemble", model_version="1")
+    for name, value in outputs.items():
+        if isinstance(value, str):
+            arr = np.array([value.encode("utf-8")], dtype=np.object_)
+            resp.outputs.add(name=name, datatype="BYTES", shape=[1])
+            resp.raw_output_contents.append(serialize_byte_tensor(arr).item())
+        else:
+            resp.outputs.add(name=name, datatype="INT32", shape=list(value.shape))
+            resp.raw_output_contents.append(value.tobytes())
+    resp.parameters["triton_final_response"].bool_param = final
+    return InferResult(resp)
