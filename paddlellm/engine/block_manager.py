@@ -10,7 +10,9 @@ from __future__ import annotations
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int) -> None:
         if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"need at least one block of at least one token (got {num_blocks} x {block_size})")
+            raise ValueError(
+                f"need at least one block of at least one token (got {num_blocks} x {block_size})"
+            )
         self.block_size = block_size
         self._num_total = num_blocks
         # Pop from the end: low ids first, so small workloads touch the start of the cache.

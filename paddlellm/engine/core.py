@@ -32,8 +32,14 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, executor: Executor, info: ModelInfo, num_blocks: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        executor: Executor,
+        info: ModelInfo,
+        num_blocks: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`num_blocks` must match the cache the executor allocated; None sizes it from the CPU budget."""
         self.config = config
         self.executor = executor
@@ -50,7 +56,7 @@ class LLMEngine:
             from paddlellm.executor.inproc import InprocExecutor as executor_cls  # lazy: imports paddle
         else:
             from paddlellm.executor.multiproc import MultiprocExecutor as executor_cls  # type: ignore[no-redef]
-        # On GPU the executor measures what memory the cache may take (after weights); on CPU the budget is config.
+        # On GPU the executor measures the memory the cache may take (after weights); on CPU: config.
         device_memory = executor_cls.kv_memory_bytes(config, info) if config.device == "gpu" else None
         num_blocks = num_kv_blocks(config, info, device_memory)
         engine = cls(config, executor_cls(config, info, num_blocks), info, num_blocks)
@@ -64,7 +70,9 @@ class LLMEngine:
         """The add-time checks that need no engine state; safe from any thread."""
         self.scheduler.validate(prompt_ids, params)
 
-    def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams | None = None) -> None:
+    def add_request(
+        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams | None = None
+    ) -> None:
         """Queue a request; raises InvalidRequest (length, duplicate id) or Overloaded (queue full)."""
         self.scheduler.add(request_id, prompt_ids, params or SamplingParams())
 
@@ -103,14 +111,22 @@ class LLMEngine:
 
         long_len = min(cfg.batched_tokens, cfg.max_model_len - 2, capacity - 1)
         if long_len >= 1:
-            self.add_request("__warmup_prefill", ids(long_len, 0),
-                             SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True, seed=0))
+            self.add_request(
+                "__warmup_prefill",
+                ids(long_len, 0),
+                SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True, seed=0),
+            )
             self.run_until_done()
         prompt_len = max(1, min(8, cfg.max_model_len - 4))
         max_tokens = max(1, min(4, cfg.max_model_len - prompt_len))
         for k in range(cfg.max_num_seqs):
-            params = SamplingParams(max_tokens=max_tokens, temperature=0.0 if k % 2 == 0 else 0.8, top_p=0.9,
-                                    ignore_eos=True, seed=k)
+            params = SamplingParams(
+                max_tokens=max_tokens,
+                temperature=0.0 if k % 2 == 0 else 0.8,
+                top_p=0.9,
+                ignore_eos=True,
+                seed=k,
+            )
             try:
                 self.add_request(f"__warmup_decode_{k}", ids(prompt_len, k + 1), params)
             except InvalidRequest:  # a cache too small for even this: nothing to warm
@@ -127,9 +143,14 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         s = self.scheduler
-        return EngineStats(num_running=s.num_running, num_waiting=s.num_waiting,
-                           num_free_blocks=s.blocks.num_free_blocks, num_total_blocks=s.blocks.num_total_blocks,
-                           num_preemptions=s.num_preemptions, last_batch_size=s.last_batch_size)
+        return EngineStats(
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            num_free_blocks=s.blocks.num_free_blocks,
+            num_total_blocks=s.blocks.num_total_blocks,
+            num_preemptions=s.num_preemptions,
+            last_batch_size=s.last_batch_size,
+        )
 
     def shutdown(self) -> None:
         self.executor.shutdown()

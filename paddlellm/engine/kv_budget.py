@@ -11,11 +11,14 @@ _GIB = 1 << 30
 
 def block_bytes(config: EngineConfig, info: ModelInfo, dtype_bytes: int = 4) -> int:
     """Bytes one block takes on one rank (K and V, all layers, that rank's KV heads)."""
-    return config.block_size * info.kv_bytes_per_token(dtype_bytes=dtype_bytes, tp=config.tensor_parallel_size)
+    return config.block_size * info.kv_bytes_per_token(
+        dtype_bytes=dtype_bytes, tp=config.tensor_parallel_size
+    )
 
 
-def num_kv_blocks(config: EngineConfig, info: ModelInfo, device_memory_bytes: int | None = None,
-                  dtype_bytes: int = 4) -> int:
+def num_kv_blocks(
+    config: EngineConfig, info: ModelInfo, device_memory_bytes: int | None = None, dtype_bytes: int = 4
+) -> int:
     """num_gpu_blocks_override if set, else gpu_memory_utilization x budget / block bytes.
 
     The budget is `device_memory_bytes` on GPU (the memory the executor measured as available for the KV
@@ -25,14 +28,18 @@ def num_kv_blocks(config: EngineConfig, info: ModelInfo, device_memory_bytes: in
         return config.num_gpu_blocks_override
     if config.device == "gpu":
         if device_memory_bytes is None or device_memory_bytes <= 0:
-            raise ConfigError("config 'device': gpu needs the executor's measured device memory to size the "
-                              "KV cache (or set num_gpu_blocks_override)")
+            raise ConfigError(
+                "config 'device': gpu needs the executor's measured device memory to size the "
+                "KV cache (or set num_gpu_blocks_override)"
+            )
         budget = float(device_memory_bytes)
     else:
         budget = config.cpu_memory_budget_gib * _GIB
     per_block = block_bytes(config, info, dtype_bytes)
     n = int(config.gpu_memory_utilization * budget // per_block)
     if n < 1:
-        raise ConfigError(f"config 'gpu_memory_utilization': {config.gpu_memory_utilization} of "
-                          f"{budget / _GIB:.3f} GiB holds no KV block of {per_block} bytes")
+        raise ConfigError(
+            f"config 'gpu_memory_utilization': {config.gpu_memory_utilization} of "
+            f"{budget / _GIB:.3f} GiB holds no KV block of {per_block} bytes"
+        )
     return n

@@ -30,8 +30,12 @@ class _Live:
 
 
 class EngineLoop:
-    def __init__(self, engine: LLMEngine, before_step: Callable[[], None] | None = None,
-                 name: str = "paddlellm-engine-loop") -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        before_step: Callable[[], None] | None = None,
+        name: str = "paddlellm-engine-loop",
+    ) -> None:
         """`before_step` runs on the loop thread before every step (e.g. to poll client cancellation)."""
         self.engine = engine
         self._before_step = before_step
@@ -50,8 +54,8 @@ class EngineLoop:
     # ---------------------------------------------------------------- any thread
 
     def add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink) -> None:
-        """Queue a request. Raises InvalidRequest/Overloaded (and EngineDead once the loop is down) right here,
-        so callers can answer synchronously; later outputs, including any error, go to `sink`."""
+        """Queue a request. Raises InvalidRequest/Overloaded (and EngineDead once the loop is down)
+        right here, so callers can answer synchronously; later outputs, errors too, go to `sink`."""
         prompt = tuple(int(t) for t in prompt_ids)
         self.engine.validate(prompt, params)  # reads only immutable sizes
         with self._cv:
@@ -61,7 +65,9 @@ class EngineLoop:
                 raise InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
             max_size = self.engine.config.scheduler_max_size
             if 0 < max_size <= self.engine.scheduler.num_waiting + len(self._adds):
-                raise Overloaded(f"the engine queue is full ({max_size} requests waiting; scheduler_max_size)")
+                raise Overloaded(
+                    f"the engine queue is full ({max_size} requests waiting; scheduler_max_size)"
+                )
             self._live[request_id] = _Live(sink, len(prompt))
             self._adds.append((request_id, prompt, params))
             self._cv.notify()
@@ -124,7 +130,11 @@ class EngineLoop:
                     for out in engine.step():
                         self._deliver(out)
         except BaseException as e:  # noqa: BLE001 - any failure ends every request with an error
-            err = e if isinstance(e, EngineError) else EngineDead(f"engine step failed: {type(e).__name__}: {e}")
+            err = (
+                e
+                if isinstance(e, EngineError)
+                else EngineDead(f"engine step failed: {type(e).__name__}: {e}")
+            )
             log.exception("engine loop failed; ending %d in-flight requests", len(self._live))
             self._fail_all(err, record=True)
             return
@@ -134,8 +144,9 @@ class EngineLoop:
         try:
             self.engine.add_request(request_id, prompt, params)
         except EngineError as e:  # state changed since add() checked (e.g. the queue filled up)
-            self._deliver(RequestOutput(request_id, (), len(prompt), 0, finished=True, finish_reason="error",
-                                        error=e))
+            self._deliver(
+                RequestOutput(request_id, (), len(prompt), 0, finished=True, finish_reason="error", error=e)
+            )
 
     def _deliver(self, out: RequestOutput) -> None:
         with self._cv:
@@ -161,8 +172,15 @@ class EngineLoop:
             live, self._live = self._live, {}
             self._adds, self._aborts = [], []
         for request_id, r in live.items():
-            out = RequestOutput(request_id, (), r.num_prompt_tokens, r.num_output_tokens, finished=True,
-                                finish_reason="error", error=err)
+            out = RequestOutput(
+                request_id,
+                (),
+                r.num_prompt_tokens,
+                r.num_output_tokens,
+                finished=True,
+                finish_reason="error",
+                error=err,
+            )
             try:
                 r.sink(out)
             except Exception:

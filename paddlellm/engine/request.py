@@ -53,7 +53,7 @@ class Request:
 
     @property
     def max_kv_tokens(self) -> int:
-        """Most tokens this request can ever hold in the KV cache: the last sampled token is never computed."""
+        """Most tokens it can ever hold in the KV cache: the last sampled token is never computed."""
         return len(self.prompt_token_ids) + self.params.max_tokens - 1
 
     @property
@@ -61,5 +61,9 @@ class Request:
         return self.status is RequestStatus.FINISHED
 
     def timings(self) -> RequestTimings:
-        return RequestTimings(arrival=self.arrival_time, first_scheduled=self.first_scheduled_time,
-                              first_token=self.first_token_time, finished=self.finished_time)
+        return RequestTimings(
+            arrival=self.arrival_time,
+            first_scheduled=self.first_scheduled_time,
+            first_token=self.first_token_time,
+            finished=self.finished_time,
+        )

@@ -1,4 +1,4 @@
-"""Scheduler: continuous batching over a paged KV cache, FCFS, with chunked prefill and preemption by recompute.
+"""Scheduler: continuous batching over a paged KV cache; FCFS, chunked prefill, preemption by recompute.
 
 Pure Python: it decides which tokens of which requests run each step and owns the block ids; the executor runs
 them. `schedule()` -> SchedulerOutput -> executor -> ModelRunnerOutput -> `update()` -> RequestOutputs.
@@ -29,8 +29,14 @@ _MASK64 = (1 << 64) - 1
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, num_blocks: int, eos_token_ids: Sequence[int] = (),
-                 vocab_size: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        num_blocks: int,
+        eos_token_ids: Sequence[int] = (),
+        vocab_size: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.blocks = BlockManager(num_blocks, config.block_size)
         self._eos = frozenset(eos_token_ids)
@@ -53,19 +59,26 @@ class Scheduler:
         if n == 0:
             raise InvalidRequest("the prompt is empty", param="prompt")
         if n >= limit:
-            raise InvalidRequest(f"the prompt has {n} tokens, but max_model_len is {limit}: the prompt must be "
-                                 f"shorter than that to leave room for output", param="prompt")
+            raise InvalidRequest(
+                f"the prompt has {n} tokens, but max_model_len is {limit}: the prompt must be "
+                f"shorter than that to leave room for output",
+                param="prompt",
+            )
         if n + params.max_tokens > limit:
-            raise InvalidRequest(f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) is "
-                                 f"{n + params.max_tokens} tokens, more than max_model_len ({limit})",
-                                 param="max_tokens")
+            raise InvalidRequest(
+                f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) is "
+                f"{n + params.max_tokens} tokens, more than max_model_len ({limit})",
+                param="max_tokens",
+            )
         total = self.blocks.num_total_blocks
         need = self.blocks.blocks_for(n + params.max_tokens - 1)
         if need > total:
             param = "prompt" if self.blocks.blocks_for(n) > total else "max_tokens"
-            raise InvalidRequest(f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) needs {need} KV "
-                                 f"blocks of {self.blocks.block_size} tokens, but the whole KV cache has {total}",
-                                 param=param)
+            raise InvalidRequest(
+                f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) needs {need} KV "
+                f"blocks of {self.blocks.block_size} tokens, but the whole KV cache has {total}",
+                param=param,
+            )
         if self._vocab_size is not None and (min(prompt_ids) < 0 or max(prompt_ids) >= self._vocab_size):
             raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size})", param="prompt")
 
@@ -107,14 +120,16 @@ class Scheduler:
         """Pick this step's tokens.
 
         1. Waiting requests that never started within scheduler_ttl end with an Overloaded error.
-        2. Running requests, oldest first, within the step's token budget: a decoding request gets 1 token, a
-           prefilling one its next chunk. Each needs blocks for num_computed + scheduled tokens; while none are
-           free, the newest running request is preempted (blocks freed, back to the front of the queue, later
-           recomputed from prompt + outputs), possibly the requesting one itself.
-        3. Unless something was preempted, admit waiting requests FCFS while fewer than max_num_seqs run, budget
-           remains, and blocks in use after admitting stay <= kv_cache_ratio x total (with nothing running, the
-           head is admitted if its first chunk fits at all, so a long prompt cannot starve).
-        4. Admitted requests go out whole (NewRequestData), the rest as changes only (CachedRequestData).
+        2. Running requests, oldest first, within the step's token budget: a decoding request gets
+           1 token, a prefilling one its next chunk. Each needs blocks for num_computed + scheduled
+           tokens; while none are free, the newest running request is preempted (blocks freed, back
+           to the front of the queue, later recomputed from prompt + outputs), possibly the
+           requesting one itself.
+        3. Unless something was preempted, admit waiting requests FCFS while fewer than max_num_seqs
+           run, budget remains, and blocks in use after admitting stay <= kv_cache_ratio x total
+           (with nothing running, the head goes in if its first chunk fits at all: no starvation).
+        4. Admitted requests go out whole (NewRequestData), the rest as changes only
+           (CachedRequestData).
         """
         now = self._clock()
         self._expire_waiting(now)
@@ -158,11 +173,12 @@ class Scheduler:
     def update(self, sched: SchedulerOutput, runner_out: ModelRunnerOutput) -> list[RequestOutput]:
         """Apply one executed step.
 
-        For each scheduled request: advance num_computed_tokens by its chunk; if the chunk reached the end of its
-        known tokens, the runner sampled one token: append it and apply the stop rules in order (EOS unless
-        ignore_eos, and stop_token_ids, both only once more than min_tokens outputs exist -> "stop"; max_tokens
-        or max_model_len -> "length"). Finished requests free their blocks. Returns one RequestOutput per request
-        that gained a token or finished, after any made since the last update (TTL expiries).
+        For each scheduled request: advance num_computed_tokens by its chunk; if the chunk reached
+        the end of its known tokens, the runner sampled one token: append it and apply the stop
+        rules in order (EOS unless ignore_eos, and stop_token_ids, both only once more than
+        min_tokens outputs exist -> "stop"; max_tokens or max_model_len -> "length"). Finished
+        requests free their blocks. Returns one RequestOutput per request that gained a token or
+        finished, after any made since the last update (TTL expiries).
         """
         outputs, self._pending = self._pending, []
         for request_id, n in sched.num_scheduled_tokens.items():
@@ -174,7 +190,9 @@ class Scheduler:
                 continue  # a prefill chunk short of the end: nothing sampled
             token = runner_out.sampled_token_ids.get(request_id)
             if token is None:
-                raise RuntimeError(f"executor sampled no token for request {request_id!r} at the end of its chunk")
+                raise RuntimeError(
+                    f"executor sampled no token for request {request_id!r} at the end of its chunk"
+                )
             req.output_token_ids.append(int(token))
             if req.first_token_time is None:
                 req.first_token_time = self._clock()
@@ -217,12 +235,26 @@ class Scheduler:
                 continue
             batch[req.request_id] = n
             if req.request_id in admitted:
-                new.append(NewRequestData(req.request_id, req.prompt_token_ids, tuple(req.output_token_ids),
-                                          req.params, req.seed, tuple(req.block_ids), req.num_computed_tokens))
+                new.append(
+                    NewRequestData(
+                        req.request_id,
+                        req.prompt_token_ids,
+                        tuple(req.output_token_ids),
+                        req.params,
+                        req.seed,
+                        tuple(req.block_ids),
+                        req.num_computed_tokens,
+                    )
+                )
             else:
-                cached.append(CachedRequestData(req.request_id, tuple(req.output_token_ids[req.num_synced_outputs:]),
-                                                tuple(req.block_ids[req.num_synced_blocks:]),
-                                                req.num_computed_tokens))
+                cached.append(
+                    CachedRequestData(
+                        req.request_id,
+                        tuple(req.output_token_ids[req.num_synced_outputs :]),
+                        tuple(req.block_ids[req.num_synced_blocks :]),
+                        req.num_computed_tokens,
+                    )
+                )
             req.num_synced_outputs = len(req.output_token_ids)
             req.num_synced_blocks = len(req.block_ids)
         if not batch:
@@ -237,15 +269,18 @@ class Scheduler:
         ttl = self.config.scheduler_ttl
         expired = [r for r in self.waiting if r.first_scheduled_time is None and now - r.arrival_time > ttl]
         for req in expired:
-            err = Overloaded(f"request {req.request_id!r} waited {now - req.arrival_time:.1f} s without starting, "
-                             f"longer than scheduler_ttl ({ttl:g} s)")
+            err = Overloaded(
+                f"request {req.request_id!r} waited {now - req.arrival_time:.1f} s without starting, "
+                f"longer than scheduler_ttl ({ttl:g} s)"
+            )
             self._finish(req, "error", err)
             self._pending.append(self._output(req))
 
     def _stop_reason(self, req: Request, token: int) -> str | None:
         p = req.params
         if req.num_output_tokens > p.min_tokens and (
-                (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids):
+            (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids
+        ):
             return "stop"
         if req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.config.max_model_len:
             return "length"
@@ -265,11 +300,18 @@ class Scheduler:
         del self.requests[req.request_id]
 
     def _output(self, req: Request) -> RequestOutput:
-        new = tuple(req.output_token_ids[req.num_emitted:])
+        new = tuple(req.output_token_ids[req.num_emitted :])
         req.num_emitted = req.num_output_tokens
-        return RequestOutput(req.request_id, new, req.num_prompt_tokens, req.num_output_tokens,
-                             finished=req.is_finished, finish_reason=req.finish_reason, error=req.error,
-                             timings=req.timings())
+        return RequestOutput(
+            req.request_id,
+            new,
+            req.num_prompt_tokens,
+            req.num_output_tokens,
+            finished=req.is_finished,
+            finish_reason=req.finish_reason,
+            error=req.error,
+            timings=req.timings(),
+        )
 
     def _resolve_seed(self, params: SamplingParams) -> int:
         """params.seed, else a well-mixed non-negative 63-bit seed from (config.seed, per-engine counter)."""

@@ -22,11 +22,27 @@ from paddlellm.sampling import SamplingParams
 
 
 def fake_info(vocab_size: int = 1000, eos: tuple[int, ...] = (2,)) -> ModelInfo:
-    return ModelInfo(path="/nonexistent", architecture="LlamaForCausalLM", vocab_size=vocab_size, hidden_size=64,
-                     intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                     rms_norm_eps=1e-6, rope_theta=10000.0, rope_scaling=None, max_position_embeddings=4096,
-                     tie_word_embeddings=True, attention_bias=False, qk_norm=False, eos_token_ids=eos,
-                     bos_token_id=1, raw_config={})
+    return ModelInfo(
+        path="/nonexistent",
+        architecture="LlamaForCausalLM",
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        rope_scaling=None,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        qk_norm=False,
+        eos_token_ids=eos,
+        bos_token_id=1,
+        raw_config={},
+    )
 
 
 @dataclass
@@ -40,15 +56,23 @@ class _State:
 
 
 class FakeExecutor:
-    def __init__(self, num_blocks: int, block_size: int, vocab_size: int = 1000, fail_on_call: int | None = None,
-                 avoid: tuple[int, ...] = (2,)) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        vocab_size: int = 1000,
+        fail_on_call: int | None = None,
+        avoid: tuple[int, ...] = (2,),
+    ) -> None:
         self.kv = np.full((num_blocks, block_size), -1, dtype=np.int64)
         self.block_size = block_size
         self.vocab_size = vocab_size
         self.state: dict[str, _State] = {}
         self.calls: list[SchedulerOutput] = []
         self.fail_on_call = fail_on_call
-        self.avoid = set(avoid)  # tokens the "model" never picks unless asked (EOS), so lengths are predictable
+        self.avoid = set(
+            avoid
+        )  # tokens the "model" never picks unless asked (EOS), so lengths are predictable
         self.dead = False
 
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
@@ -60,8 +84,13 @@ class FakeExecutor:
         for rid in sched.finished_request_ids:
             self.state.pop(rid, None)
         for nd in sched.new_requests:
-            self.state[nd.request_id] = _State(list(nd.prompt_token_ids) + list(nd.output_token_ids),
-                                               list(nd.block_ids), nd.seed, nd.sampling, nd.num_computed_tokens)
+            self.state[nd.request_id] = _State(
+                list(nd.prompt_token_ids) + list(nd.output_token_ids),
+                list(nd.block_ids),
+                nd.seed,
+                nd.sampling,
+                nd.num_computed_tokens,
+            )
         for cd in sched.cached_requests:
             st = self.state[cd.request_id]
             assert st.num_computed == cd.num_computed_tokens, (cd, st.num_computed)
@@ -106,8 +135,14 @@ class FakeExecutor:
         pass
 
 
-def make_engine(num_blocks: int = 64, vocab_size: int = 1000, eos: tuple[int, ...] = (2,),
-                clock=None, fail_on_call: int | None = None, **config) -> tuple[LLMEngine, FakeExecutor]:
+def make_engine(
+    num_blocks: int = 64,
+    vocab_size: int = 1000,
+    eos: tuple[int, ...] = (2,),
+    clock=None,
+    fail_on_call: int | None = None,
+    **config,
+) -> tuple[LLMEngine, FakeExecutor]:
     cfg = EngineConfig(**{"block_size": 16, "max_model_len": 2048, **config})
     ex = FakeExecutor(num_blocks, cfg.block_size, vocab_size, fail_on_call=fail_on_call, avoid=eos)
     kwargs = {} if clock is None else {"clock": clock}

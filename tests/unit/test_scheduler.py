@@ -123,7 +123,9 @@ def test_kv_cache_ratio_limits_admission_but_not_the_first_request():
     # 10 blocks of 16, ratio 0.5: admitting may fill 5 blocks; the rest stays for decode growth.
     engine, ex = make_engine(num_blocks=10, kv_cache_ratio=0.5)
     for i in range(3):
-        engine.add_request(f"r{i}", prompt(32, i), SamplingParams(max_tokens=20, temperature=0.0))  # 2 blocks each
+        engine.add_request(
+            f"r{i}", prompt(32, i), SamplingParams(max_tokens=20, temperature=0.0)
+        )  # 2 blocks each
     engine.step()
     assert sorted(ex.calls[0].num_scheduled_tokens) == ["r0", "r1"]  # 4 blocks; a third would make 6 > 5
     engine.run_until_done()
@@ -136,8 +138,10 @@ def test_kv_cache_ratio_limits_admission_but_not_the_first_request():
 
 
 def test_chunked_prefill_gives_the_same_tokens():
-    reqs = {"long": (prompt(900), SamplingParams(max_tokens=16, temperature=0.0)),
-            "short": (prompt(20, 1), SamplingParams(max_tokens=16, temperature=0.0))}
+    reqs = {
+        "long": (prompt(900), SamplingParams(max_tokens=16, temperature=0.0)),
+        "short": (prompt(20, 1), SamplingParams(max_tokens=16, temperature=0.0)),
+    }
     small, ex = make_engine(num_blocks=200, max_num_batched_tokens=128)
     chunked = run(small, reqs)
     whole = run(make_engine(num_blocks=200, max_num_batched_tokens=2048)[0], reqs)
@@ -159,9 +163,13 @@ def test_chunking_keeps_decodes_running():
 
 
 def test_preemption_recomputes_to_the_same_tokens_and_frees_every_block():
-    reqs = {f"r{i}": (prompt(10 + 7 * i, i), SamplingParams(max_tokens=40 + 3 * i, temperature=0.0 if i % 2 else 0.7,
-                                                           seed=100 + i))
-            for i in range(8)}
+    reqs = {
+        f"r{i}": (
+            prompt(10 + 7 * i, i),
+            SamplingParams(max_tokens=40 + 3 * i, temperature=0.0 if i % 2 else 0.7, seed=100 + i),
+        )
+        for i in range(8)
+    }
     ample = run(make_engine(num_blocks=256)[0], reqs)
     tiny, ex = make_engine(num_blocks=9, max_num_seqs=8)
     start = tiny.stats().num_free_blocks
@@ -191,7 +199,9 @@ def test_preemption_takes_the_newest_request():
 def test_seeded_request_is_batch_invariant():
     target = ("t", (prompt(12, 99), SamplingParams(max_tokens=24, temperature=0.8, top_p=0.9, seed=1234)))
     alone = run(make_engine()[0], dict([target]))["t"]
-    crowd = {f"o{i}": (prompt(5 + i, i), SamplingParams(max_tokens=10 + i, temperature=0.8)) for i in range(31)}
+    crowd = {
+        f"o{i}": (prompt(5 + i, i), SamplingParams(max_tokens=10 + i, temperature=0.8)) for i in range(31)
+    }
     crowd[target[0]] = target[1]
     among = run(make_engine(num_blocks=64, max_num_seqs=32)[0], crowd)["t"]
     assert alone == among
@@ -273,14 +283,17 @@ def _feed(s: Scheduler, rid: str, tokens: list[int]):
     return outs
 
 
-@pytest.mark.parametrize("params, tokens, want, reason", [
-    (SamplingParams(max_tokens=5), [5, 2, 7], [5, 2], "stop"),
-    (SamplingParams(max_tokens=5, ignore_eos=True), [5, 2, 7, 8, 9], [5, 2, 7, 8, 9], "length"),
-    (SamplingParams(max_tokens=5, stop_token_ids=(7,)), [5, 7, 2], [5, 7], "stop"),
-    (SamplingParams(max_tokens=5, min_tokens=2), [2, 2, 2, 9], [2, 2, 2], "stop"),
-    (SamplingParams(max_tokens=3), [5, 6, 2], [5, 6, 2], "stop"),
-    (SamplingParams(max_tokens=3), [5, 6, 7], [5, 6, 7], "length"),
-])
+@pytest.mark.parametrize(
+    "params, tokens, want, reason",
+    [
+        (SamplingParams(max_tokens=5), [5, 2, 7], [5, 2], "stop"),
+        (SamplingParams(max_tokens=5, ignore_eos=True), [5, 2, 7, 8, 9], [5, 2, 7, 8, 9], "length"),
+        (SamplingParams(max_tokens=5, stop_token_ids=(7,)), [5, 7, 2], [5, 7], "stop"),
+        (SamplingParams(max_tokens=5, min_tokens=2), [2, 2, 2, 9], [2, 2, 2], "stop"),
+        (SamplingParams(max_tokens=3), [5, 6, 2], [5, 6, 2], "stop"),
+        (SamplingParams(max_tokens=3), [5, 6, 7], [5, 6, 7], "length"),
+    ],
+)
 def test_stop_rules(params, tokens, want, reason):
     s = _scheduler()
     s.add("r", [1, 3, 4], params)
