@@ -1,0 +1,119 @@
+"""LLM: offline batch generation on one engine, e.g. for scripts, benchmarks and parity tests.
+
+llm = LLM("/path/to/checkpoint", max_num_seqs=16)
+for c in llm.generate(["Hello"], SamplingParams(max_tokens=32)):
+    print(c.text, c.finish_reason)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from paddlellm.config import EngineConfig
+from paddlellm.engine.core import LLMEngine
+from paddlellm.errors import InvalidRequest, Overloaded
+from paddlellm.sampling import SamplingParams
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str: ...
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt_token_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: str | None  # "stop" | "length" | "error"
+
+
+class LLM:
+    def __init__(self, model: str, **engine_config_overrides: Any) -> None:
+        """Build an engine for `model` (a checkpoint dir or .gguf file) with EngineConfig overrides."""
+        from paddlellm.text.tokenizer import TextTokenizer
+
+        engine = LLMEngine.create(EngineConfig(model=model, **engine_config_overrides))
+        self._init(engine, TextTokenizer.from_dir(engine.info.path))
+
+    @classmethod
+    def from_engine(cls, engine: LLMEngine, tokenizer: Tokenizer) -> LLM:
+        """Wrap an existing engine (tests, or an engine built with a custom executor)."""
+        llm = cls.__new__(cls)
+        llm._init(engine, tokenizer)
+        return llm
+
+    def _init(self, engine: LLMEngine, tokenizer: Tokenizer) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self._next_id = 0
+
+    def generate(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[Completion]:
+        """Complete each prompt (text, or token ids as is); results in prompt order."""
+        ids = [self.tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        return self._run(ids, params)
+
+    def chat(
+        self,
+        messages_list: Sequence[list[dict[str, Any]]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[Completion]:
+        """Answer each conversation through the model's chat template."""
+        return self.generate([self.tokenizer.apply_chat_template(list(m)) for m in messages_list], params)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _run(
+        self, prompts: list[list[int]], params: SamplingParams | Sequence[SamplingParams] | None
+    ) -> list[Completion]:
+        """Validate everything first (nothing is queued for a bad batch), then keep the engine's queue fed
+        and step until every request finished."""
+        if params is None or isinstance(params, SamplingParams):
+            plist = [params or SamplingParams()] * len(prompts)
+        else:
+            plist = list(params)
+            if len(plist) != len(prompts):
+                raise InvalidRequest(
+                    f"got {len(plist)} sampling params for {len(prompts)} prompts", param="params"
+                )
+        for ids, p in zip(prompts, plist, strict=True):
+            self.engine.validate(ids, p)
+        rids = [f"llm-{self._next_id + i}" for i in range(len(prompts))]
+        self._next_id += len(prompts)
+        index = {rid: i for i, rid in enumerate(rids)}
+        tokens: list[list[int]] = [[] for _ in prompts]
+        reasons: list[str | None] = [None] * len(prompts)
+        todo = deque(range(len(prompts)))
+        while todo or self.engine.has_unfinished():
+            while todo:
+                try:
+                    self.engine.add_request(rids[todo[0]], prompts[todo[0]], plist[todo[0]])
+                except Overloaded:
+                    break  # scheduler_max_size: add the rest as the queue drains
+                todo.popleft()
+            for out in self.engine.step():
+                i = index[out.request_id]
+                tokens[i].extend(out.new_token_ids)
+                if out.finished:
+                    reasons[i] = out.finish_reason
+        return [
+            Completion(tuple(p), tuple(t), self.tokenizer.decode(t), r)
+            for p, t, r in zip(prompts, tokens, reasons, strict=True)
+        ]
