@@ -267,7 +267,14 @@ class Scheduler:
 
     def _expire_waiting(self, now: float) -> None:
         ttl = self.config.scheduler_ttl
-        expired = [r for r in self.waiting if r.first_scheduled_time is None and now - r.arrival_time > ttl]
+        # Preempted requests (already started) sit at the front; the rest are in arrival order.
+        expired = []
+        for req in self.waiting:
+            if req.first_scheduled_time is not None:
+                continue
+            if now - req.arrival_time <= ttl:
+                break
+            expired.append(req)
         for req in expired:
             err = Overloaded(
                 f"request {req.request_id!r} waited {now - req.arrival_time:.1f} s without starting, "

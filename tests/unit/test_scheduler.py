@@ -315,3 +315,18 @@ def test_missing_sample_at_end_of_chunk_is_an_error():
     s.add("r", [1, 3], SamplingParams())
     with pytest.raises(RuntimeError):
         s.update(s.schedule(), ModelRunnerOutput({}))
+
+
+def test_ttl_spares_preempted_requests():
+    now = [0.0]
+    engine, _ = make_engine(
+        num_blocks=4, block_size=4, kv_cache_ratio=1.0, scheduler_ttl=1.0, clock=lambda: now[0]
+    )
+    engine.add_request("old", prompt(7), SamplingParams(max_tokens=9, temperature=0.0))
+    engine.add_request("new", prompt(7, 1), SamplingParams(max_tokens=9, temperature=0.0))
+    for _ in range(3):
+        engine.step()
+    assert engine.stats().num_preemptions == 1
+    now[0] = 100.0
+    outs = engine.run_until_done()
+    assert sorted(o.finish_reason for o in outs if o.finished) == ["length", "length"]
