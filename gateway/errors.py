@@ -67,10 +67,11 @@ def from_validation(exc: ValidationError) -> ApiError:
         return ApiError(400, f"request body is not valid JSON: {first['msg']}", code="invalid_json")
     if first["type"] == "model_type" and not first["loc"]:
         return ApiError(400, "request body must be a JSON object", code="invalid_json")
-    # A union's first member error is rarely the useful one: prefer the message of the deepest location.
-    same = [e for e in errors if param_from_loc(e["loc"]) == param_from_loc(first["loc"])]
-    best = max(same, key=lambda e: len(e["loc"])) if same else first
-    param = param_from_loc(first["loc"])
+    # In a union (e.g. content: str | list[part]) the first member's error is rarely the useful one: report
+    # the deepest location under the same top-level field.
+    top = first["loc"][:1]
+    best = max((e for e in errors if e["loc"][:1] == top), key=lambda e: len(param_from_loc(e["loc"]) or ""))
+    param = param_from_loc(best["loc"])
     msg = best["msg"].removeprefix("Value error, ")
     return ApiError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
 

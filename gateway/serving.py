@@ -73,6 +73,19 @@ class SSEResponse(StreamingResponse):
                 await aclose()
 
 
+class GoneResponse(Response):
+    """For a client that is gone: sending may fail (ASGI 2.4 raises OSError), and that is fine."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=499)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except OSError:
+            pass
+
+
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run `work`, raising ClientGone (and cancelling it) if the client disconnects first."""
     task = asyncio.ensure_future(work)
@@ -145,7 +158,7 @@ async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response
     except ClientGone:
         stream.cancel()
         outcome.finish(499)
-        return Response(status_code=499)
+        return GoneResponse()
     except EngineError as e:
         err = from_engine(e, request_id)
         outcome.finish(err.status)
@@ -161,7 +174,7 @@ async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response
         result = await until_disconnect(request, _collect(stream, shaper, first, arrival, outcome))
     except ClientGone:
         outcome.finish(499)
-        return Response(status_code=499)
+        return GoneResponse()
     except EngineError as e:
         err = from_engine(e, request_id)
         outcome.finish(err.status)

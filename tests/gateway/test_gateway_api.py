@@ -1,0 +1,317 @@
+"""The gateway over HTTP (TestClient) against the behavioural fake Triton client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.openai_schema import ChatCompletion, ChatCompletionChunk, Completion, ErrorResponse
+from gateway.settings import GatewaySettings
+from paddlellm.errors import EngineDead, EngineError, Overloaded
+from tests.fakes.triton_client import DEFAULT_REPLY, FakeTritonClient
+
+REPLY_TEXT = "".join(t for _, t in DEFAULT_REPLY)
+REPLY_IDS = [i for i, _ in DEFAULT_REPLY]
+CHAT = {
+    "model": "default",
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Again?"},
+    ],
+    "max_tokens": 50,
+}
+COMPLETION = {"model": "smol", "prompt": "The capital of France is", "max_tokens": 50}
+
+
+@pytest.fixture
+def fake() -> FakeTritonClient:
+    return FakeTritonClient(max_model_len=256)
+
+
+def _client(fake: FakeTritonClient, **settings: Any) -> TestClient:
+    cfg = {"served_model_name": "smol", "max_model_len": 256, **settings}
+    return TestClient(create_app(GatewaySettings(**cfg), client=fake))
+
+
+@pytest.fixture
+def client(fake: FakeTritonClient) -> Iterator[TestClient]:
+    with _client(fake) as c:
+        yield c
+
+
+def sse_events(text: str) -> list[Any]:
+    """Parse an SSE body strictly: only `data:` events separated by blank lines, last one [DONE]."""
+    assert text.endswith("\n\n")
+    events = []
+    for block in text[:-2].split("\n\n"):
+        assert block.startswith("data: "), block
+        payload = block[len("data: ") :]
+        events.append(payload if payload == "[DONE]" else json.loads(payload))
+    assert events[-1] == "[DONE]" and "[DONE]" not in events[:-1]
+    return events[:-1]
+
+
+def chat_text(chunks: list[dict]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def chunk_ids(chunks: list[dict], key: str = "delta") -> list[int]:
+    out = []
+    for c in chunks:
+        for ch in c["choices"]:
+            out += ch[key]["token_ids"] if key == "delta" else ch["token_ids"]
+    return out
+
+
+def test_chat_non_streaming_shape_and_usage(client: TestClient, fake: FakeTritonClient) -> None:
+    r = client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200, r.text
+    body = ChatCompletion.model_validate(r.json())
+    assert body.choices[0].message.content == REPLY_TEXT
+    assert body.choices[0].finish_reason == "stop"
+    assert body.choices[0].token_ids == REPLY_IDS
+    assert body.usage.completion_tokens == len(REPLY_IDS)
+    assert body.usage.total_tokens == body.usage.prompt_tokens + body.usage.completion_tokens > len(REPLY_IDS)
+    assert r.headers["x-request-id"] == body.id
+    sent = fake.streams[-1]
+    assert sent.parameters == {"triton_enable_empty_final_response": True}
+    assert json.loads(sent.inputs["messages"])[0] == {"role": "system", "content": "Be brief."}
+    assert json.loads(sent.inputs["sampling"])["max_tokens"] == 50
+    assert sent.completed and not sent.cancelled
+
+
+def test_chat_streaming_equals_non_streaming(client: TestClient) -> None:
+    plain = client.post("/v1/chat/completions", json=CHAT).json()
+    r = client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    chunks = sse_events(r.text)
+    for c in chunks:
+        ChatCompletionChunk.model_validate(c)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chat_text(chunks) == plain["choices"][0]["message"]["content"] == REPLY_TEXT
+    assert chunk_ids(chunks) == plain["choices"][0]["token_ids"]
+    times = [c["choices"][0]["arrival_time"] for c in chunks]
+    assert times == sorted(times) and times[0] >= 0
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * (len(chunks) - 1) + ["stop"]
+    assert "usage" not in chunks[0]  # only with stream_options.include_usage
+
+
+def test_completions_stream_and_plain_with_usage_chunk(client: TestClient) -> None:
+    plain = client.post("/v1/completions", json={**COMPLETION, "prompt": [COMPLETION["prompt"]]}).json()
+    Completion.model_validate(plain)
+    assert plain["choices"][0]["text"] == REPLY_TEXT
+    r = client.post(
+        "/v1/completions", json={**COMPLETION, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    chunks = sse_events(r.text)
+    for c in chunks:
+        Completion.model_validate(c)
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == REPLY_TEXT
+    assert chunk_ids(chunks, key="choice") == plain["choices"][0]["token_ids"]
+
+
+def test_length_finish_reason(client: TestClient) -> None:
+    r = client.post("/v1/completions", json={**COMPLETION, "max_tokens": 3}).json()
+    assert r["choices"][0]["finish_reason"] == "length"
+    assert r["choices"][0]["text"] == "Paris is the"
+    assert r["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_across_tokens_cancels_triton(
+    client: TestClient, fake: FakeTritonClient, stream: bool
+) -> None:
+    r = client.post("/v1/chat/completions", json={**CHAT, "stop": ["pital of", "zzz"], "stream": stream})
+    assert r.status_code == 200
+    if stream:
+        chunks = sse_events(r.text)
+        text, finish = chat_text(chunks), chunks[-1]["choices"][0]["finish_reason"]
+    else:
+        choice = r.json()["choices"][0]
+        text, finish = choice["message"]["content"], choice["finish_reason"]
+    assert (text, finish) == ("Paris is the ca", "stop")
+    assert fake.streams[-1].cancelled and fake.streams[-1].sent_tokens == 5
+    assert fake.active == 0
+
+
+def test_unmatched_stop_prefix_is_released_at_the_end(client: TestClient) -> None:
+    r = client.post("/v1/completions", json={**COMPLETION, "stop": "Done!?", "stream": True})
+    chunks = sse_events(r.text)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == REPLY_TEXT
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_models_and_default_alias(client: TestClient) -> None:
+    models = client.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["smol"]
+    assert client.get("/v1/models/default").json()["id"] == "smol"
+    for name in ("smol", "default"):
+        assert client.post("/v1/completions", json={**COMPLETION, "model": name}).status_code == 200
+
+
+def _error(r: Any, status: int) -> dict:
+    assert r.status_code == status, r.text
+    body = ErrorResponse.model_validate(r.json())
+    assert "Traceback" not in r.text
+    return body.error.model_dump()
+
+
+CHAT_ERRORS = [
+    ({**CHAT, "temperature": 2.5}, "temperature"),
+    ({**CHAT, "temperature": "warm"}, "temperature"),
+    ({**CHAT, "top_p": 0}, "top_p"),
+    ({**CHAT, "top_p": 1.5}, "top_p"),
+    ({**CHAT, "frequency_penalty": 3}, "frequency_penalty"),
+    ({**CHAT, "presence_penalty": -2.5}, "presence_penalty"),
+    ({**CHAT, "max_tokens": 0}, "max_tokens"),
+    ({**CHAT, "max_tokens": "10"}, "max_tokens"),
+    ({**CHAT, "max_tokens": 256}, "max_tokens"),
+    ({**CHAT, "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
+    ({**CHAT, "n": 2}, "n"),
+    ({**CHAT, "stream": "yes"}, "stream"),
+    ({**CHAT, "messages": []}, "messages"),
+    ({**CHAT, "messages": [{"role": "user"}]}, "messages[0]"),
+    ({**CHAT, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    (
+        {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        "messages[0].content[0]",
+    ),
+    ({**CHAT, "messages": [{"role": "user", "content": "word " * 300}]}, "messages"),  # over max_model_len
+    ({k: v for k, v in CHAT.items() if k != "messages"}, "messages"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), CHAT_ERRORS)
+def test_chat_bad_requests(client: TestClient, body: dict, param: str) -> None:
+    err = _error(client.post("/v1/chat/completions", json=body), 400)
+    assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({**COMPLETION, "prompt": ["a", "b"]}, "prompt"),
+        ({**COMPLETION, "prompt": ""}, "prompt"),
+        ({**COMPLETION, "prompt": "w " * 250}, "prompt"),
+        ({**COMPLETION, "seed": 2**64}, "seed"),
+        ({**COMPLETION, "stop": [""]}, "stop"),
+    ],
+)
+def test_completion_bad_requests(client: TestClient, body: dict, param: str) -> None:
+    assert _error(client.post("/v1/completions", json=body), 400)["param"] == param
+
+
+def test_malformed_json_and_non_object(client: TestClient) -> None:
+    err = _error(client.post("/v1/chat/completions", content=b'{"model": '), 400)
+    assert err["code"] == "invalid_json"
+    assert _error(client.post("/v1/completions", content=b"[1, 2]"), 400)["code"] == "invalid_json"
+
+
+def test_unknown_model_is_404(client: TestClient) -> None:
+    err = _error(client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}), 404)
+    assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", "model_not_found", "model")
+    assert _error(client.get("/v1/models/gpt-9"), 404)["code"] == "model_not_found"
+
+
+def test_unknown_route_and_method_use_the_envelope(client: TestClient) -> None:
+    assert _error(client.get("/v1/nope"), 404)["code"] == "not_found"
+    assert _error(client.get("/v1/chat/completions"), 405)["code"] == "method_not_allowed"
+
+
+def test_overload_is_503(client: TestClient, fake: FakeTritonClient) -> None:
+    fake.fail_with = Overloaded("the request queue is full (max 4)")
+    err = _error(client.post("/v1/chat/completions", json=CHAT), 503)
+    assert err["type"] == "server_error" and "queue is full" in err["message"]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        EngineDead("worker 1 died: Traceback (most recent call last) ..."),
+        EngineError("secret internal detail"),
+    ],
+)
+def test_internal_errors_say_only_the_request_id(client: TestClient, fake: FakeTritonClient, exc) -> None:
+    fake.fail_with = exc
+    r = client.post("/v1/chat/completions", json=CHAT)
+    err = _error(r, 500)
+    assert err["type"] == "server_error"
+    assert r.headers["x-request-id"] in err["message"]
+    assert "secret" not in err["message"] and "worker" not in err["message"]
+
+
+def test_triton_down_is_503(client: TestClient, fake: FakeTritonClient) -> None:
+    fake.down = True
+    assert _error(client.post("/v1/completions", json=COMPLETION), 503)["type"] == "server_error"
+    assert client.get("/health").status_code == 503
+
+
+def test_error_after_the_stream_started(client: TestClient, fake: FakeTritonClient) -> None:
+    fake.fail_after = (3, EngineDead("rank 1 exited"))
+    r = client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert r.status_code == 200
+    events = sse_events(r.text)
+    assert chat_text(events[:-1]) == "Paris is the"
+    assert events[-1]["error"]["type"] == "server_error" and "rank" not in events[-1]["error"]["message"]
+    # Not streamed: the same failure is a plain 500.
+    _error(client.post("/v1/chat/completions", json=CHAT), 500)
+
+
+def test_api_key(fake: FakeTritonClient) -> None:
+    with _client(fake, api_key="s3cret") as c:
+        assert _error(c.post("/v1/chat/completions", json=CHAT), 401)["code"] == "invalid_api_key"
+        bad = {"Authorization": "Bearer nope"}
+        assert c.get("/v1/models", headers=bad).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert c.post("/v1/chat/completions", json=CHAT, headers=ok).status_code == 200
+        assert c.get("/health").status_code == 200  # health needs no key
+
+
+def test_health(client: TestClient, fake: FakeTritonClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert fake.streams[-1].model == "llm_engine"  # the probe went through the engine
+    fake.unready_models.add("llm_engine")
+    assert "llm_engine" in _error(client.get("/health"), 503)["message"]
+    assert client.get("/ready").status_code == 503
+    fake.unready_models.clear()
+    fake.server_ready = False
+    assert client.get("/health").status_code == 503
+
+
+def test_health_fails_when_the_engine_is_dead(fake: FakeTritonClient) -> None:
+    with _client(fake, health_cache_s=0.0) as c:
+        assert c.get("/health").status_code == 200
+        fake.engine_alive = False
+        assert "probe" in _error(c.get("/health"), 503)["message"]
+        assert c.get("/ready").status_code == 200  # readiness alone does not probe
+
+
+def test_reasoning_content_is_split(fake: FakeTritonClient) -> None:
+    pieces = ((1, "<th"), (2, "ink>"), (3, "Two plus"), (4, " two.</thi"), (5, "nk>\n\n"), (6, "4"))
+    fake.reply = pieces
+    with _client(fake, reasoning_start="<think>", reasoning_end="</think>") as c:
+        plain = c.post("/v1/chat/completions", json=CHAT).json()["choices"][0]
+        assert plain["message"] == {
+            "role": "assistant",
+            "content": "\n\n4",
+            "reasoning_content": "Two plus two.",
+        }
+        chunks = sse_events(c.post("/v1/chat/completions", json={**CHAT, "stream": True}).text)
+        assert (
+            "".join(ch["choices"][0]["delta"].get("reasoning_content", "") for ch in chunks)
+            == "Two plus two."
+        )
+        assert chat_text(chunks) == "\n\n4"
+        # Completions have no reasoning split.
+        text = c.post("/v1/completions", json=COMPLETION).json()["choices"][0]["text"]
+        assert text == "".join(t for _, t in pieces)

@@ -1,0 +1,170 @@
+"""Pure pieces of the gateway: stop strings, reasoning split, OpenAI -> SamplingParams, error params."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.errors import from_validation, param_from_loc
+from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
+from gateway.reasoning import ReasoningSplitter
+from gateway.settings import GatewaySettings
+from gateway.stop import StopFilter, StopMatcher
+from gateway.translate import chat_request, completion_request, sampling_params
+from paddlellm.errors import ConfigError, InvalidRequest
+from paddlellm.sampling import SamplingParams
+
+
+def _random_splits(text: str, rng: random.Random) -> list[str]:
+    cuts = (
+        sorted(rng.sample(range(1, len(text)), k=min(len(text) - 1, rng.randint(0, 8))))
+        if len(text) > 1
+        else []
+    )
+    bounds = [0, *cuts, len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def _run_stop(pieces: list[str], stops: list[str]) -> tuple[str, bool]:
+    f = StopFilter(stops)
+    out = "".join(f.feed(p) for p in pieces)
+    return out + f.flush(), f.stopped
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_stop_filter_matches_whole_text_whatever_the_splits(seed: int) -> None:
+    rng = random.Random(seed)
+    alphabet = "ab 你🌍\n"
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+    stops = [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))
+    ]
+    out, stopped = _run_stop(_random_splits(text, rng), stops)
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    expected = text[: min(hits)] if hits else text
+    assert out == expected
+    assert stopped == bool(hits)
+
+
+def test_stop_filter_holds_back_a_possible_prefix_then_releases_it() -> None:
+    f = StopFilter(["STOP"])
+    assert f.feed("abc ST") == "abc "
+    assert f.feed("O") == ""
+    assert f.feed("x") == "STOx"
+    assert f.feed(" ST") == " "
+    assert f.flush() == "ST"
+
+
+def test_stop_matcher_prefers_the_earliest_match() -> None:
+    m = StopMatcher(["world", "lo w"])
+    assert m.find("hello world") == 3
+    assert m.held_len("hello wor") == 3  # "wor" could still become "world"
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_reasoning_split_is_independent_of_chunking(seed: int) -> None:
+    rng = random.Random(seed)
+    text = "  <think>let me see: 2+2</think>\n\nIt is 4 <think> not a marker"
+    reasoning = content = ""
+    split = ReasoningSplitter("<think>", "</think>")
+    for piece in _random_splits(text, rng):
+        r, c = split.feed(piece)
+        reasoning, content = reasoning + r, content + c
+    r, c = split.flush()
+    assert reasoning + r == "let me see: 2+2"
+    assert content + c == "\n\nIt is 4 <think> not a marker"
+
+
+def test_reasoning_without_markers_is_all_content_and_unterminated_is_reasoning() -> None:
+    split = ReasoningSplitter("<think>", "</think>")
+    assert split.feed("Hello") == ("", "Hello")
+    inside = ReasoningSplitter("<think>", "</think>", starts_inside=True)
+    assert inside.feed("still thinking </thi") == ("still thinking ", "")
+    assert inside.flush() == ("</thi", "")
+
+
+def _chat(**kw: object) -> ChatCompletionRequest:
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], **kw}
+    return ChatCompletionRequest.model_validate(body)
+
+
+def test_sampling_params_mapping_and_defaults() -> None:
+    s = GatewaySettings(max_model_len=100)
+    p = sampling_params(_chat(), s)
+    assert p == SamplingParams(max_tokens=16)
+    p = sampling_params(
+        _chat(max_tokens=5, temperature=0, top_p=0.5, seed=7, metadata={"min_tokens": "2"}), s
+    )
+    assert (p.max_tokens, p.temperature, p.top_p, p.seed, p.min_tokens) == (5, 0.0, 0.5, 7, 2)
+    assert sampling_params(_chat(max_tokens=5, max_completion_tokens=9), s).max_tokens == 9
+
+
+@pytest.mark.parametrize(
+    ("kw", "param"),
+    [
+        ({"max_tokens": 100}, "max_tokens"),
+        ({"max_completion_tokens": 500}, "max_completion_tokens"),
+        ({"max_tokens": 3, "min_tokens": 4}, "min_tokens"),
+        ({"metadata": {"min_tokens": "x"}}, "metadata.min_tokens"),
+    ],
+)
+def test_sampling_params_errors_name_the_field(kw: dict, param: str) -> None:
+    with pytest.raises(InvalidRequest) as e:
+        sampling_params(_chat(**kw), GatewaySettings(max_model_len=100))
+    assert e.value.param == param
+
+
+def test_chat_request_flattens_text_parts_and_keeps_roles() -> None:
+    req = _chat(
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        ],
+        stop="x",
+    )
+    ens = chat_request(req, GatewaySettings())
+    assert ens.prompt == "" and ens.stops == ("x",)
+    assert ens.messages == '[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "ab"}]'
+    comp = completion_request(CompletionRequest.model_validate({"prompt": ["once"]}), GatewaySettings())
+    assert (comp.prompt, comp.messages) == ("once", "")
+
+
+def test_param_from_loc_drops_union_tags() -> None:
+    assert (
+        param_from_loc(("messages", 0, "content", "list[TextPart]", 1, "type"))
+        == "messages[0].content[1].type"
+    )
+    assert param_from_loc(("stop", "str")) == "stop"
+    assert param_from_loc(()) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}', "temperature"),
+        ('{"messages": [{"role": "user", "content": "x"}], "stop": 5}', "stop"),
+        ('{"messages": [{"role": "robot", "content": "x"}]}', "messages[0].role"),
+        ('{"messages": []}', "messages"),
+        ('{"messages": [{"role": "user", "content": "x"}], "max_tokens": true}', "max_tokens"),
+    ],
+)
+def test_validation_errors_carry_the_param(body: str, param: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        ChatCompletionRequest.model_validate_json(body)
+    err = from_validation(e.value)
+    assert (err.status, err.param, err.type) == (400, param, "invalid_request_error")
+
+
+def test_settings_round_trip_and_strictness(tmp_path) -> None:
+    s = GatewaySettings(
+        served_model_name="m", api_key="k", reasoning_start="<think>", reasoning_end="</think>"
+    )
+    path = tmp_path / "s.json"
+    path.write_text(s.to_json())
+    assert GatewaySettings.from_file(path) == s
+    with pytest.raises(ConfigError, match="bogus"):
+        GatewaySettings.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError, match="reasoning"):
+        GatewaySettings(reasoning_start="<think>")
