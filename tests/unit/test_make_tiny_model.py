@@ -1,4 +1,4 @@
-"""Tiny random checkpoints: loadable by transformers and ModelInfo, non-degenerate, seeded, tokenizer-sized."""
+"""Tiny random checkpoints: load in transformers and ModelInfo, informative logits, seeded."""
 
 from __future__ import annotations
 
