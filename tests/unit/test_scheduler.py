@@ -1,5 +1,6 @@
 """Scheduler behaviour, driven through LLMEngine with the fake executor or by hand-made runner outputs."""
 
+import numpy as np
 import pytest
 
 from paddlellm.config import EngineConfig
@@ -330,3 +331,45 @@ def test_ttl_spares_preempted_requests():
     now[0] = 100.0
     outs = engine.run_until_done()
     assert sorted(o.finish_reason for o in outs if o.finished) == ["length", "length"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_workloads_match_an_ample_run(seed):
+    rng = np.random.default_rng(seed)
+    block_size = int(rng.choice([1, 4, 16]))
+    n = int(rng.integers(3, 20))
+    reqs = {}
+    for i in range(n):
+        p = SamplingParams(
+            max_tokens=int(rng.integers(1, 80)), temperature=float(rng.choice([0.0, 0.9])), seed=i
+        )
+        reqs[f"r{i}"] = (prompt(int(rng.integers(1, 120)), i), p)
+    need = max(-(-(len(ids) + p.max_tokens - 1) // block_size) for ids, p in reqs.values())
+    cfg = {
+        "block_size": block_size,
+        "max_num_seqs": int(rng.integers(1, 10)),
+        "max_num_batched_tokens": int(rng.integers(8, 300)),
+        "kv_cache_ratio": float(rng.uniform(0.85, 1.0)),
+    }
+    ample = run(make_engine(num_blocks=4096, block_size=block_size)[0], reqs)
+    tight_blocks = need + int(rng.integers(0, need + 1))
+    engine, _ = make_engine(num_blocks=tight_blocks, **cfg)
+    aborted = set(rng.choice(sorted(reqs), size=n // 4, replace=False).tolist()) if n >= 4 else set()
+    for rid, (ids, p) in reqs.items():
+        engine.add_request(rid, ids, p)
+    outs, steps = [], 0
+    while engine.has_unfinished():
+        outs += engine.step()
+        steps += 1
+        if steps == 3:
+            for rid in aborted:
+                if (o := engine.abort(rid)) is not None:
+                    outs.append(o)
+        assert steps < 10_000
+    got = collect(outs)
+    for rid in reqs:
+        if rid not in aborted:
+            assert got[rid] == ample[rid]
+        else:
+            assert got.get(rid, []) == ample[rid][: len(got.get(rid, []))]
+    assert engine.stats().num_free_blocks == tight_blocks
