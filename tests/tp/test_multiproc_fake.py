@@ -1,0 +1,188 @@
+"""MultiprocExecutor with fake runners: channel, readiness, rank death, cleanup, side-by-side instances.
+
+The ranks run tests/tp/fake_runner.py (no model), but the real worker main, channel and shm all-reduce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from paddlellm.config import EngineConfig
+from paddlellm.engine.outputs import CachedRequestData, NewRequestData, SchedulerOutput
+from paddlellm.errors import ConfigError, EngineDead
+from paddlellm.executor.multiproc import MultiprocExecutor
+from paddlellm.model_info import ModelInfo
+from paddlellm.sampling import SamplingParams
+from tests.tp.fake_runner import expected_token
+
+FAKE = "tests.tp.fake_runner:FakeRunner"
+
+
+def _info(tmp_path, heads: int = 6, kv_heads: int = 6) -> ModelInfo:
+    cfg = {"architectures": ["LlamaForCausalLM"], "vocab_size": 1000, "hidden_size": 64 * heads,
+           "intermediate_size": 384, "num_hidden_layers": 1, "num_attention_heads": heads,
+           "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-5}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return ModelInfo.from_dir(str(tmp_path))
+
+
+def _executor(tmp_path, tp: int = 2, runner: str = FAKE, **cfg: object) -> MultiprocExecutor:
+    config = EngineConfig(model=str(tmp_path), tensor_parallel_size=tp, **cfg)  # type: ignore[arg-type]
+    return MultiprocExecutor(config, _info(tmp_path), num_blocks=16, runner=runner)
+
+
+def _new(rid: str, prompt: list[int]) -> NewRequestData:
+    return NewRequestData(rid, tuple(prompt), (), SamplingParams(temperature=0.0), 0, (0,), 0)
+
+
+def _shm_exists(name: str | None) -> bool:
+    return name is not None and os.path.exists(f"/dev/shm/{name}")
+
+
+def _decode_some(ex: MultiprocExecutor, world: int, prefix: str = "r", n_req: int = 3,
+                 steps: int = 4) -> None:
+    """Run prefill + decode steps and check every sampled token against the fake's formula."""
+    hist = {f"{prefix}{i}": [i + 1, 2 * i + 3] for i in range(n_req)}
+    out = ex.execute(SchedulerOutput(tuple(_new(r, h) for r, h in hist.items()), (),
+                                     {r: len(h) for r, h in hist.items()}))
+    for _ in range(steps):
+        for r, tok in out.sampled_token_ids.items():
+            assert tok == expected_token(hist[r], world)
+            hist[r].append(tok)
+        cached = tuple(CachedRequestData(r, (hist[r][-1],), (), len(hist[r]) - 1) for r in hist)
+        out = ex.execute(SchedulerOutput((), cached, {r: 1 for r in hist}))
+    assert set(out.sampled_token_ids) == set(hist)
+
+
+def test_steps_and_clean_shutdown(tmp_path) -> None:
+    ex = _executor(tmp_path, tp=2)
+    shm = ex.shm_name
+    try:
+        assert _shm_exists(shm) and ex.address.startswith("tcp://127.0.0.1:")
+        _decode_some(ex, world=2)
+        assert ex.prompt_logits([1, 2, 3]).tolist() == [[3.0] * 4] * 3  # 1 + 2 from the two ranks
+        ex.warmup()
+        ex.check_health()
+    finally:
+        ex.shutdown()
+    assert not _shm_exists(shm)
+    assert all(not _pid_alive(p) for p in ex.pids)
+    with pytest.raises(EngineDead):
+        ex.check_health()
+    ex.shutdown()  # idempotent
+
+
+def test_tp3_and_fixed_port(tmp_path) -> None:
+    port = _free_port()
+    ex = _executor(tmp_path, tp=3, engine_worker_queue_port=port)
+    try:
+        assert ex.address == f"tcp://127.0.0.1:{port}"
+        _decode_some(ex, world=3)
+        with pytest.raises(ConfigError, match="engine_worker_queue_port"):
+            _executor(tmp_path, tp=2, engine_worker_queue_port=port)
+    finally:
+        ex.shutdown()
+
+
+def test_kill_rank_while_idle(tmp_path) -> None:
+    ex = _executor(tmp_path, tp=2)
+    shm = ex.shm_name
+    try:
+        _decode_some(ex, world=2, steps=1)
+        os.kill(ex.pids[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        while True:
+            try:
+                ex.check_health()
+            except EngineDead as e:
+                assert "rank 1" in str(e) and "signal 9" in str(e)
+                break
+            assert time.monotonic() - t0 < 5.0, "check_health did not notice the dead rank"
+            time.sleep(0.05)
+        assert not _shm_exists(shm)  # cleaned up at once, not at shutdown
+        t0 = time.monotonic()
+        with pytest.raises(EngineDead):
+            ex.execute(SchedulerOutput((_new("x", [1]),), (), {"x": 1}))
+        assert time.monotonic() - t0 < 1.0
+        assert not _pid_alive(ex.pids[0])  # the survivor is not left behind
+    finally:
+        ex.shutdown()
+
+
+def test_kill_rank_during_step(tmp_path) -> None:
+    """Rank 0 waits in the all-reduce for rank 1, which we kill: execute() must raise, not hang."""
+    ex = _executor(tmp_path, tp=2)
+    shm = ex.shm_name
+    try:
+        import threading
+
+        timer = threading.Timer(1.0, os.kill, args=(ex.pids[1], signal.SIGKILL))
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(EngineDead, match="rank 1"):
+            ex.execute(SchedulerOutput((_new("sleep:30", [1, 2]),), (), {"sleep:30": 2}))
+        assert time.monotonic() - t0 < 5.0
+        assert not _shm_exists(shm)
+    finally:
+        ex.shutdown()
+
+
+def test_rank_error_in_step_is_reported(tmp_path) -> None:
+    ex = _executor(tmp_path, tp=2)
+    try:
+        with pytest.raises(EngineDead, match="rank 1 .*injected failure"):
+            ex.execute(SchedulerOutput((_new("crash", [1]),), (), {"crash": 1}))
+        with pytest.raises(EngineDead):
+            ex.check_health()
+    finally:
+        ex.shutdown()
+
+
+def test_start_failure_names_the_rank(tmp_path) -> None:
+    with pytest.raises(EngineDead, match="rank 1 .*shard 1 is broken"):
+        _executor(tmp_path, tp=2, runner="tests.tp.fake_runner:FailingRunner")
+
+
+def test_two_executors_side_by_side(tmp_path) -> None:
+    """Same instance suffix on purpose: names must still not collide, and both work interleaved."""
+    a = _executor(tmp_path, tp=2, instance_id="same")
+    b = _executor(tmp_path, tp=2, instance_id="same")
+    try:
+        assert a.shm_name != b.shm_name and "same" in (a.shm_name or "")
+        assert a.address != b.address
+        for _ in range(2):
+            _decode_some(a, world=2, prefix="a", steps=2)
+            _decode_some(b, world=2, prefix="b", steps=2)
+        a.shutdown()
+        _decode_some(b, world=2, prefix="c", steps=1)  # b is unaffected by a's shutdown
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
+def test_heads_not_divisible(tmp_path) -> None:
+    info = _info(tmp_path, heads=9, kv_heads=3)  # SmolLM2-135M's shape
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size': 2 .*num_attention_heads=9.*1, 3"):
+        MultiprocExecutor(EngineConfig(model=str(tmp_path), tensor_parallel_size=2), info, 16, runner=FAKE)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); treat it as gone
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
