@@ -52,8 +52,9 @@ def create_app(
             yield
         finally:
             holder.pop("ctx", None)
+            await ensemble.drain()
             if own:
-                await ensemble.close()
+                await triton.close()
 
     app = FastAPI(
         title="paddlellm OpenAI-compatible gateway", lifespan=lifespan, docs_url=None, redoc_url=None

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -26,6 +26,10 @@ from paddlellm import protocol
 from paddlellm.errors import Cancelled, EngineError, Overloaded
 
 log = logging.getLogger("gateway")
+# A request to llm_engine with this parameter set aborts the live request with the same id (the adapter's
+# paddlellm.triton.adapter.ABORT_PARAMETER; a test keeps the two equal).
+ABORT_PARAMETER = "paddlellm_abort"
+ABORT_TIMEOUT_S = 10.0
 
 
 def _string_input(name: str, value: str) -> InferInput:
@@ -83,10 +87,11 @@ def decode_response(result: Any) -> EnsembleResponse:
 
 class TritonStream:
     """One request's response stream. Iterate for EnsembleResponses (ending after the final one); typed
-    EngineErrors are raised from the iteration. `cancel()` tells Triton, which tells the engine."""
+    EngineErrors are raised from the iteration. `cancel()` tells Triton, and `on_cancel` the engine."""
 
-    def __init__(self, responses: Any) -> None:
+    def __init__(self, responses: Any, on_cancel: Callable[[], None] | None = None) -> None:
         self._responses = responses
+        self._on_cancel = on_cancel
         self.done = False
         self.cancelled = False
 
@@ -112,7 +117,9 @@ class TritonStream:
             self.done = True
             raise _typed_error(e.message() or str(e)) from None
         if error is not None:
-            self.cancel()  # an error ends the request; make sure nothing keeps running in Triton
+            # The request is over in Triton; close our side of the call without aborting anything.
+            self.done = True
+            self._responses.cancel()
             raise _typed_error(error.message() or str(error))
         resp = decode_response(result)
         if resp.final:
@@ -126,6 +133,8 @@ class TritonStream:
         self.done = True
         self.cancelled = True
         self._responses.cancel()
+        if self._on_cancel is not None:
+            self._on_cancel()
 
 
 class TritonEnsemble:
@@ -137,6 +146,7 @@ class TritonEnsemble:
         self.engine_model = engine_model
         self.timeout_s = timeout_s
         self._probe_ok_at = -1.0
+        self._aborts: set[asyncio.Task[None]] = set()
 
     def open(self, req: EnsembleRequest, request_id: str) -> TritonStream:
         inputs = [
@@ -144,18 +154,47 @@ class TritonEnsemble:
             _string_input(protocol.MESSAGES, req.messages),
             _string_input(protocol.SAMPLING, req.sampling),
         ]
-        return self._open(self.ensemble_model, inputs, request_id)
+        return self._open(self.ensemble_model, inputs, request_id, on_cancel=lambda: self._abort(request_id))
 
-    def _open(self, model: str, inputs: list[InferInput], request_id: str) -> TritonStream:
+    def _open(
+        self,
+        model: str,
+        inputs: list[InferInput],
+        request_id: str,
+        on_cancel: Callable[[], None] | None = None,
+        **params: Any,
+    ) -> TritonStream:
         async def one_request() -> AsyncIterator[dict[str, Any]]:
             yield {
                 "model_name": model,
                 "inputs": inputs,
                 "request_id": request_id,
-                "parameters": {"triton_enable_empty_final_response": True},
+                "parameters": {"triton_enable_empty_final_response": True, **params},
             }
 
-        return TritonStream(self.client.stream_infer(one_request(), stream_timeout=self.timeout_s))
+        return TritonStream(self.client.stream_infer(one_request(), stream_timeout=self.timeout_s), on_cancel)
+
+    def _abort(self, request_id: str) -> None:
+        """Tell the engine directly: Triton 2.51 does not pass an ensemble's cancellation on to its decoupled
+        step, and a request still queued in the engine has no detokenizer step to notice it either."""
+        task = asyncio.get_running_loop().create_task(self._send_abort(request_id))
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
+
+    async def _send_abort(self, request_id: str) -> None:
+        ids = InferInput(protocol.INPUT_IDS, [0], "INT32")
+        ids.set_data_from_numpy(np.zeros([0], dtype=np.int32))
+        sampling = _string_input(protocol.SAMPLING, "")
+        stream = self._open(self.engine_model, [ids, sampling], request_id, **{ABORT_PARAMETER: True})
+        try:
+            async with asyncio.timeout(ABORT_TIMEOUT_S):
+                async for _ in stream:
+                    pass
+        except (EngineError, TimeoutError) as e:
+            log.warning("request %s: abort not confirmed by the engine: %s", request_id, e)
+        finally:
+            if not stream.done:
+                stream.cancel()
 
     async def check_ready(self, timeout_s: float, probe: bool, cache_s: float) -> str | None:
         """None when serving works; otherwise why not. The probe runs a one-token request through the
@@ -191,5 +230,7 @@ class TritonEnsemble:
             if not stream.done:
                 stream.cancel()
 
-    async def close(self) -> None:
-        await self.client.close()
+    async def drain(self) -> None:
+        """Let abort requests in flight finish (at shutdown)."""
+        if self._aborts:
+            await asyncio.wait(set(self._aborts), timeout=ABORT_TIMEOUT_S)

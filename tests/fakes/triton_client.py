@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 from paddlellm import protocol
 from paddlellm.errors import EngineError, InvalidRequest
 from paddlellm.sampling import SamplingParams
+from paddlellm.triton.adapter import ABORT_PARAMETER
 
 # (token id, text delta): "" models a detokenizer holding back an incomplete UTF-8 character.
 DEFAULT_REPLY: tuple[tuple[int, str], ...] = (
@@ -82,6 +83,7 @@ class FakeTritonClient:
         self.fail_with: EngineError | None = None  # delivered instead of the first response
         self.fail_after: tuple[int, EngineError] | None = None  # delivered after n token responses
         self.streams: list[FakeStream] = []
+        self.aborted: list[str] = []  # request ids the gateway asked the engine to abort
         self.closed = False
 
     # --- health -------------------------------------------------------------------------------------
@@ -121,9 +123,16 @@ class FakeTritonClient:
         return sum(1 for s in self.streams if not s.cancelled and not s.completed)
 
     def _generate(self, record: FakeStream) -> AsyncIterator[tuple[Any, Any]]:
+        if record.model == "llm_engine" and record.parameters.get(ABORT_PARAMETER) is True:
+            return self._abort(record)
         if record.model == "llm_engine":
             return self._probe(record)
         return self._ensemble(record)
+
+    async def _abort(self, record: FakeStream) -> AsyncIterator[tuple[Any, Any]]:
+        # Like the engine: abort the live request with this id (if any), answer with FINAL only.
+        self.aborted.append(record.request_id)
+        yield _result({}, final=True), None
 
     async def _probe(self, record: FakeStream) -> AsyncIterator[tuple[Any, Any]]:
         if not self.engine_alive:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,13 @@ def client(fake: FakeTritonClient) -> Iterator[TestClient]:
         yield c
 
 
+def _eventually(cond: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 def sse_events(text: str) -> list[Any]:
     """Parse an SSE body strictly: only `data:` events separated by blank lines, last one [DONE]."""
     assert text.endswith("\n\n")
@@ -84,7 +92,7 @@ def test_chat_non_streaming_shape_and_usage(client: TestClient, fake: FakeTriton
     assert sent.parameters == {"triton_enable_empty_final_response": True}
     assert json.loads(sent.inputs["messages"])[0] == {"role": "system", "content": "Be brief."}
     assert json.loads(sent.inputs["sampling"])["max_tokens"] == 50
-    assert sent.completed and not sent.cancelled
+    assert sent.completed and not sent.cancelled and not fake.aborted
 
 
 def test_chat_streaming_equals_non_streaming(client: TestClient) -> None:
@@ -139,8 +147,10 @@ def test_stop_string_across_tokens_cancels_triton(
         choice = r.json()["choices"][0]
         text, finish = choice["message"]["content"], choice["finish_reason"]
     assert (text, finish) == ("Paris is the ca", "stop")
-    assert fake.streams[-1].cancelled and fake.streams[-1].sent_tokens == 5
+    cancelled = [s for s in fake.streams if s.cancelled]
+    assert len(cancelled) == 1 and cancelled[0].sent_tokens == 5
     assert fake.active == 0
+    _eventually(lambda: fake.aborted == [cancelled[0].request_id])
 
 
 def test_unmatched_stop_prefix_is_released_at_the_end(client: TestClient) -> None:

@@ -78,10 +78,11 @@ def test_stream_disconnect_cancels_triton(spec_version: str) -> None:
     app = create_app(GatewaySettings(), client=fake)
     sent = asyncio.run(_drive(app, {**BODY, "stream": True}, disconnect_after=3, spec_version=spec_version))
     assert sent[0]["status"] == 200
-    stream = fake.streams[-1]
+    stream = [s for s in fake.streams if s.model == "ensemble"][-1]
     assert stream.cancelled and not stream.completed
     assert 3 <= stream.sent_tokens < 20
     assert fake.active == 0
+    assert fake.aborted == [stream.request_id]  # the engine is told directly (Triton does not pass it on)
 
 
 def test_non_streamed_disconnect_cancels_triton() -> None:
@@ -90,8 +91,9 @@ def test_non_streamed_disconnect_cancels_triton() -> None:
 
     sent = asyncio.run(_drive(app, BODY, disconnect_after=0, spec_version="2.4", disconnect_in=0.05))
     assert sent == []  # nothing could be sent to a client that is gone
-    stream = fake.streams[-1]
+    stream = [s for s in fake.streams if s.model == "ensemble"][-1]
     assert stream.cancelled and 1 <= stream.sent_tokens < 100
+    assert fake.aborted == [stream.request_id]
 
 
 def _free_port() -> int:
@@ -145,5 +147,8 @@ def test_real_uvicorn_disconnects_mid_stream_and_others_finish() -> None:
             time.sleep(0.02)
         cancelled = [s for s in fake.streams if s.cancelled]
         assert len(cancelled) == 1 and cancelled[0].sent_tokens < 100
+        while not fake.aborted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fake.aborted == [cancelled[0].request_id]
         assert all(text.endswith("data: [DONE]\n\n") for text in results.values()) and len(results) == 3
         assert fake.active == 0

@@ -168,3 +168,10 @@ def test_settings_round_trip_and_strictness(tmp_path) -> None:
         GatewaySettings.from_dict({"bogus": 1})
     with pytest.raises(ConfigError, match="reasoning"):
         GatewaySettings(reasoning_start="<think>")
+
+
+def test_abort_parameter_matches_the_engine_adapter() -> None:
+    from gateway.triton_stream import ABORT_PARAMETER
+    from paddlellm.triton.adapter import ABORT_PARAMETER as ADAPTER_ABORT
+
+    assert ABORT_PARAMETER == ADAPTER_ABORT

@@ -1,0 +1,11 @@
+"""Global scheduler: instances of one topic share work through Redis (scheduler.py). Never imports paddle."""
+
+from gateway.global_scheduler.errors import QueueFull, RequestExpired, RequestLost, SchedulerUnavailable
+from gateway.global_scheduler.executor import Executor
+from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest
+from gateway.global_scheduler.scheduler import GlobalScheduler, SchedulerStats
+from gateway.global_scheduler.settings import GlobalSchedulerSettings, default_instance_id
+
+__all__ = ["Chunk", "EnsembleInputs", "Executor", "GlobalScheduler", "GlobalSchedulerSettings", "QueueFull",
+           "RequestExpired", "RequestLost", "SchedulerStats", "SchedulerUnavailable", "WorkRequest",
+           "default_instance_id"]

@@ -1,0 +1,293 @@
+"""GlobalScheduler: one instance's membership in a topic of instances sharing work through Redis.
+
+Origin side (`submit`): queue the request in Redis under this instance (or, when this instance has a free slot
+and an empty queue, lease it to itself in the same script), then stream its chunks back to the client.
+Executor side (`_take_loop`): while a slot is free, lease a request from the own queue, else steal one from
+the most loaded live instance of the topic whose load exceeds `min_load_score`; run it on the local Executor;
+deliver chunks in-process when this instance is the origin, else append them (fenced by the lease token) to
+the request's Redis stream. Housekeeping (`_beat_loop`): heartbeat + lease renewal + absolute load, requeue of
+expired leases (their next taker resumes from the ids already streamed), takeover of dead instances' queues.
+Redis faults: any failure marks the scheduler unhealthy, new submits fail fast with `SchedulerUnavailable`
+(HTTP 503) without touching Redis, and the next successful heartbeat makes it healthy again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+
+from gateway.global_scheduler.errors import QueueFull, SchedulerUnavailable
+from gateway.global_scheduler.executor import Executor
+from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest, error_to_json
+from gateway.global_scheduler.origin import Waiter
+from gateway.global_scheduler.settings import GlobalSchedulerSettings, default_instance_id
+from gateway.global_scheduler.store import Lease, RedisStore
+from paddlellm.errors import EngineDead, EngineError
+
+log = logging.getLogger("gateway.global_scheduler")
+
+
+@dataclasses.dataclass
+class SchedulerStats:
+    submitted: int = 0  # requests this instance's clients sent
+    rejected: int = 0  # queue full or Redis unavailable
+    expired: int = 0  # not started within the TTL
+    executed: int = 0  # runs started here (own and stolen)
+    executed_own: int = 0
+    executed_stolen: int = 0  # runs of other instances' requests
+    resumed: int = 0  # runs that continued a request another executor had begun
+    reaped_leases: int = 0
+    dead_instances: int = 0
+
+
+class GlobalScheduler:
+    def __init__(self, settings: GlobalSchedulerSettings, executor: Executor, capacity: int,
+                 instance_id: str | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.settings = settings
+        self.executor = executor
+        self.capacity = capacity
+        self.id = instance_id or default_instance_id()
+        self.shard = zlib.crc32(self.id.encode()) % settings.load_shards_num
+        self.stats = SchedulerStats()
+        self._store = RedisStore(settings)
+        self._healthy = False
+        self._busy = 0  # slots in use: running here, or reserved by a submit that may lease to itself
+        self._waiters: dict[str, Waiter] = {}
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Register with Redis; raises SchedulerUnavailable naming host:port when it cannot be reached."""
+        try:
+            await self._store.ping()
+            await self._beat()
+        except SchedulerUnavailable as exc:
+            raise SchedulerUnavailable(f"global scheduler: cannot reach {self._store.describe()}: "
+                                       f"{exc.__cause__ or exc}") from exc
+        self._healthy = True
+        self._loops = [asyncio.create_task(self._beat_loop(), name="gs-beat"),
+                       asyncio.create_task(self._take_loop(), name="gs-take")]
+        log.info("global scheduler %s joined topic %r at %s (capacity %d)", self.id, self.settings.topic,
+                 self.settings.address, self.capacity)
+
+    async def stop(self) -> None:
+        """Leave: stop taking work, cancel local runs. Leases left behind expire and resume elsewhere."""
+        tasks = [*self._loops, *self._runs.values(), *self._background]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._store.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def stats_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self.stats)
+
+    async def load_table(self) -> dict[str, float]:
+        return await self._store.load_table()
+
+    # -- origin side ---------------------------------------------------------------------------------------
+    async def submit(self, inputs: EnsembleInputs, request_id: str | None = None) -> AsyncIterator[Chunk]:
+        """Queue a request; returns its chunk stream. Raises Overloaded subclasses (HTTP 503) at once when the
+        queue is full or Redis is down; errors of the run itself come out of the stream."""
+        rid = request_id or uuid.uuid4().hex
+        if rid in self._waiters:
+            raise ValueError(f"request id {rid!r} is already in flight")
+        self.stats.submitted += 1
+        if not self._healthy:
+            self.stats.rejected += 1
+            raise SchedulerUnavailable(f"global scheduler: {self._store.describe()} is unavailable; "
+                                       "retry later")
+        req = WorkRequest(rid, self.id, inputs, time.time())
+        s = self.settings
+        waiter = Waiter(self._store, self.id, rid, req.enqueue_time, s.ttl, watch_interval=2 * s.lease_ttl,
+                        outage_grace=max(10.0, 3 * s.lease_ttl))
+        self_take = self._busy < self.capacity
+        self._busy += self_take  # reserve the slot before awaiting, so concurrent submits don't oversubscribe
+        try:
+            state, token = await self._enqueue(req, self_take)
+        except SchedulerUnavailable:
+            self._busy -= self_take
+            self.stats.rejected += 1
+            self._set_unhealthy()
+            raise
+        if state != "leased":
+            self._busy -= self_take
+        if state == "full":
+            self.stats.rejected += 1
+            raise QueueFull(f"the scheduler queue is full ({s.max_size} requests); retry later")
+        self._waiters[rid] = waiter
+        if state == "leased":
+            lease = Lease(rid, token, req.to_json(), 0, 0, (), self.id)
+            self._start_run(lease, reserved=True)
+        else:
+            waiter.follow_stream()
+            self._wake.set()
+        return self._stream(waiter)
+
+    async def _enqueue(self, req: WorkRequest, self_take: bool) -> tuple[str, str]:
+        state, token = await self._store.enqueue(self.id, req.request_id, req.to_json(), self_take)
+        if state == "unregistered":  # Redis restarted (or our heartbeat lapsed): register, then retry once
+            await self._beat()
+            state, token = await self._store.enqueue(self.id, req.request_id, req.to_json(), self_take)
+            if state == "unregistered":
+                raise SchedulerUnavailable("global scheduler: this instance could not register with Redis")
+        return state, token
+
+    async def _stream(self, waiter: Waiter) -> AsyncIterator[Chunk]:
+        rid = waiter.request_id
+        try:
+            async for chunk in waiter.chunks():
+                yield chunk
+        except EngineError as exc:
+            if exc.__class__.__name__ == "RequestExpired":
+                self.stats.expired += 1
+            raise
+        finally:
+            self._waiters.pop(rid, None)
+            run = self._runs.get(rid)
+            if run is not None and waiter.local:
+                run.cancel()  # the client left: stop the local engine request
+            self._spawn(self._forget(rid))
+
+    async def _forget(self, rid: str) -> None:
+        with contextlib.suppress(SchedulerUnavailable):
+            await self._store.forget(self.id, rid)
+
+    # -- executor side -------------------------------------------------------------------------------------
+    async def _take_loop(self) -> None:
+        while True:
+            if self._busy >= self.capacity or not self._healthy:
+                await self._wait_wake(self.settings.steal_interval)
+                continue
+            try:
+                lease = await self._store.take(self.id, allow_steal=True)
+            except SchedulerUnavailable:
+                self._set_unhealthy()
+                continue
+            if lease is None:
+                await self._wait_wake(self.settings.steal_interval)
+                continue
+            self._start_run(lease, reserved=False)
+
+    async def _wait_wake(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    def _start_run(self, lease: Lease, reserved: bool) -> None:
+        if not reserved:
+            self._busy += 1
+        task = asyncio.create_task(self._execute(lease), name=f"gs-run-{lease.request_id}")
+        self._runs[lease.request_id] = task
+
+    async def _execute(self, lease: Lease) -> None:
+        """Run one leased request on the local executor and deliver its chunks (in-process or via Redis)."""
+        rid = lease.request_id
+        req = WorkRequest.from_json(lease.body, resume=lease.sent_token_ids, attempt=lease.attempt)
+        waiter = self._waiters.get(rid) if req.origin == self.id and lease.attempt == 0 else None
+        if waiter is not None:
+            waiter.go_local()
+        st = self.stats
+        st.executed += 1
+        st.executed_own += req.origin == self.id
+        st.executed_stolen += req.origin != self.id
+        st.resumed += lease.attempt > 0
+        seq, done = lease.next_seq, False
+        gen = self.executor.run(req)
+        try:
+            async for chunk in gen:
+                chunk = dataclasses.replace(chunk, executor=self.id)
+                done = bool(chunk.finish_reason)
+                if waiter is not None:
+                    waiter.put(chunk)
+                else:
+                    state = await self._store.push(self.id, lease, seq, "c", chunk.to_json(), chunk.token_ids,
+                                                   final=done)
+                    seq += 1
+                    if state != "ok":
+                        log.info("request %s: stopping its run here (%s)", rid, state)
+                        return
+                if done:
+                    return
+            raise EngineDead(f"request {rid}: the engine ended the stream without a finish reason")
+        except SchedulerUnavailable as exc:
+            # Results cannot be delivered; the lease expires and the request resumes once Redis is back.
+            log.warning("request %s: %s", rid, exc.message)
+        except EngineError as exc:
+            await self._fail(lease, waiter, seq, exc)
+        except Exception:
+            log.exception("request %s: executor failed", rid)
+            await self._fail(lease, waiter, seq, EngineDead(f"internal error (request id {rid})"))
+        finally:
+            await gen.aclose()  # type: ignore[attr-defined]
+            self._runs.pop(rid, None)
+            self._busy -= 1
+            self._wake.set()
+            if waiter is not None or not done:
+                self._spawn(self._release(lease))
+
+    async def _fail(self, lease: Lease, waiter: Waiter | None, seq: int, exc: EngineError) -> None:
+        if waiter is not None:
+            waiter.put(exc)
+            return
+        with contextlib.suppress(SchedulerUnavailable):
+            await self._store.push(self.id, lease, seq, "e", error_to_json(exc), (), final=True)
+
+    async def _release(self, lease: Lease) -> None:
+        # Retried across a Redis outage: a lease left behind would be taken over and run again.
+        for _ in range(100):
+            try:
+                await self._store.release(self.id, lease)
+                return
+            except SchedulerUnavailable:
+                await asyncio.sleep(self.settings.heartbeat_interval)
+
+    # -- housekeeping --------------------------------------------------------------------------------------
+    async def _beat(self) -> None:
+        info = json.dumps({"capacity": self.capacity, "busy": self._busy, "shard": self.shard})
+        await self._store.heartbeat(self.id, self.shard, info)
+
+    async def _beat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                await self._beat()
+                expired, dead, _moved = await self._store.reap(self.id)
+            except SchedulerUnavailable as exc:
+                if self._healthy:
+                    log.warning("%s", exc.message)
+                self._set_unhealthy()
+                continue
+            if not self._healthy:
+                log.warning("global scheduler %s: %s is back", self.id, self._store.describe())
+                self._healthy = True
+                self._wake.set()
+            self.stats.reaped_leases += expired
+            self.stats.dead_instances += dead
+            if expired or dead:
+                log.warning("global scheduler %s: requeued %d expired leases, took over %d dead instances",
+                            self.id, expired, dead)
+                self._wake.set()
+
+    def _set_unhealthy(self) -> None:
+        self._healthy = False
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
