@@ -1,0 +1,202 @@
+"""Tensors <-> typed values for the three python models, by the names and dtypes in paddlellm/protocol.py.
+
+Readers raise InvalidRequest naming the tensor; writers build `pb.InferenceResponse`s. `pb` is the
+triton_python_backend_utils module, passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from paddlellm import protocol as p
+from paddlellm.engine.outputs import RequestOutput
+from paddlellm.errors import InvalidRequest
+from paddlellm.sampling import SamplingParams
+
+# A request to llm_engine carrying this request parameter (true) aborts the live request with the same
+# request id instead of starting one. The detokenizer sends it when it sees the ensemble was cancelled,
+# because Triton 2.51 never tells a decoupled ensemble step about cancellation (docs/triton-notes.md).
+ABORT_PARAMETER = "paddlellm_abort"
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+
+def _tensor(pb: Any, request: Any, name: str) -> np.ndarray:
+    tensor = pb.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise InvalidRequest(f"input tensor '{name}' is missing", param=name)
+    return tensor.as_numpy()
+
+
+def read_str(pb: Any, request: Any, name: str) -> str:
+    arr = _tensor(pb, request, name).reshape(-1)
+    if arr.size != 1:
+        raise InvalidRequest(f"input tensor '{name}' must hold one string, got {arr.size}", param=name)
+    value = arr[0]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"input tensor '{name}' is not valid UTF-8", param=name) from None
+    return str(value)
+
+
+def read_ids(pb: Any, request: Any, name: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in _tensor(pb, request, name).reshape(-1))
+
+
+def read_int(pb: Any, request: Any, name: str) -> int:
+    arr = _tensor(pb, request, name).reshape(-1)
+    if arr.size != 1:
+        raise InvalidRequest(f"input tensor '{name}' must hold one integer, got {arr.size}", param=name)
+    return int(arr[0])
+
+
+def request_parameters(request: Any) -> dict[str, Any]:
+    text = request.parameters()
+    try:
+        params = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
+def is_abort(request: Any) -> bool:
+    return request_parameters(request).get(ABORT_PARAMETER) is True
+
+
+@dataclass(frozen=True)
+class TokenizerInput:
+    prompt: str
+    messages: list[dict[str, Any]] | None  # None: a completion request (use `prompt`)
+    sampling: SamplingParams
+
+
+def read_tokenizer_input(pb: Any, request: Any) -> TokenizerInput:
+    prompt = read_str(pb, request, p.PROMPT)
+    messages_json = read_str(pb, request, p.MESSAGES)
+    sampling = SamplingParams.from_json(read_str(pb, request, p.SAMPLING))
+    if not messages_json:
+        return TokenizerInput(prompt, None, sampling)
+    try:
+        messages = json.loads(messages_json)
+    except ValueError as e:
+        raise InvalidRequest(f"'messages' is not valid JSON: {e}", param="messages") from None
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequest("'messages' must be a JSON array of objects", param="messages")
+    return TokenizerInput(prompt, messages, sampling)
+
+
+@dataclass(frozen=True)
+class EngineInput:
+    prompt_ids: tuple[int, ...]
+    sampling: SamplingParams
+
+
+def read_engine_input(pb: Any, request: Any) -> EngineInput:
+    ids = read_ids(pb, request, p.INPUT_IDS)
+    if not ids:
+        raise InvalidRequest("the prompt has no tokens", param=p.INPUT_IDS)
+    return EngineInput(ids, SamplingParams.from_json(read_str(pb, request, p.SAMPLING)))
+
+
+@dataclass(frozen=True)
+class DetokenizerInput:
+    token_ids: tuple[int, ...]
+    window_ids: tuple[int, ...]
+    prefix_len: int
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    engine_stats: str
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason != ""
+
+
+def read_detokenizer_input(pb: Any, request: Any) -> DetokenizerInput:
+    window = read_ids(pb, request, p.WINDOW_IDS)
+    prefix_len = read_int(pb, request, p.PREFIX_LEN)
+    if not 0 <= prefix_len <= len(window):
+        raise InvalidRequest(
+            f"prefix_len {prefix_len} is outside the window of {len(window)}", param=p.PREFIX_LEN
+        )
+    return DetokenizerInput(
+        token_ids=read_ids(pb, request, p.TOKEN_IDS),
+        window_ids=window,
+        prefix_len=prefix_len,
+        finish_reason=read_str(pb, request, p.FINISH_REASON),
+        prompt_tokens=read_int(pb, request, p.PROMPT_TOKENS),
+        completion_tokens=read_int(pb, request, p.COMPLETION_TOKENS),
+        engine_stats=read_str(pb, request, p.ENGINE_STATS),
+    )
+
+
+# ------------------------------------------------------------------------------------------- writers
+
+
+def _str_tensor(pb: Any, name: str, value: str) -> Any:
+    return pb.Tensor(name, np.array([value.encode("utf-8")], dtype=np.object_))
+
+
+def _ids_tensor(pb: Any, name: str, ids: Sequence[int]) -> Any:
+    return pb.Tensor(name, np.asarray(ids, dtype=np.int32).reshape(-1))
+
+
+def _int_tensor(pb: Any, name: str, value: int) -> Any:
+    return pb.Tensor(name, np.array([value], dtype=np.int32))
+
+
+def tokenizer_response(pb: Any, input_ids: Sequence[int]) -> Any:
+    return pb.InferenceResponse(output_tensors=[_ids_tensor(pb, p.INPUT_IDS, input_ids)])
+
+
+def engine_response(pb: Any, out: RequestOutput, context_ids: Sequence[int], engine_stats: str = "") -> Any:
+    """One engine step's output. `context_ids` are the last already-emitted ids the detokenizer needs
+    in front of this step's ids (the window's prefix)."""
+    window = tuple(context_ids) + tuple(out.new_token_ids)
+    reason = (out.finish_reason or "") if out.finished else ""
+    return pb.InferenceResponse(
+        output_tensors=[
+            _ids_tensor(pb, p.TOKEN_IDS, out.new_token_ids),
+            _ids_tensor(pb, p.WINDOW_IDS, window),
+            _int_tensor(pb, p.PREFIX_LEN, len(context_ids)),
+            _str_tensor(pb, p.FINISH_REASON, reason),
+            _int_tensor(pb, p.PROMPT_TOKENS, out.num_prompt_tokens),
+            _int_tensor(pb, p.COMPLETION_TOKENS, out.num_output_tokens),
+            _str_tensor(pb, p.ENGINE_STATS, engine_stats),
+        ]
+    )
+
+
+def detokenizer_response(pb: Any, inp: DetokenizerInput, text: str) -> Any:
+    """The text delta plus the engine values passed through under the detokenizer's output names."""
+    names = {spec.name for spec in p.DETOKENIZER.outputs}
+    out = [
+        _str_tensor(pb, p.TEXT_OUTPUT, text),
+        _ids_tensor(pb, p.TOKEN_IDS + "_out", inp.token_ids),
+        _str_tensor(pb, p.FINISH_REASON + "_out", inp.finish_reason),
+        _int_tensor(pb, p.PROMPT_TOKENS + "_out", inp.prompt_tokens),
+        _int_tensor(pb, p.COMPLETION_TOKENS + "_out", inp.completion_tokens),
+        _str_tensor(pb, p.ENGINE_STATS + "_out", inp.engine_stats),
+    ]
+    assert {t.name() for t in out} == names, "detokenizer outputs drifted from protocol.DETOKENIZER"
+    return pb.InferenceResponse(output_tensors=out)
+
+
+def abort_request(pb: Any, request_id: str, engine_model: str = p.LLM_ENGINE.name) -> Any:
+    """The BLS request that aborts `request_id` in the engine (inputs are required but unused)."""
+    return pb.InferenceRequest(
+        model_name=engine_model,
+        requested_output_names=[],
+        request_id=request_id,
+        inputs=[_ids_tensor(pb, p.INPUT_IDS, []), _str_tensor(pb, p.SAMPLING, "")],
+        parameters={ABORT_PARAMETER: True},
+    )

@@ -1,0 +1,193 @@
+"""llm_engine's logic (decoupled): execute() validates and enqueues; everything else happens on threads.
+
+Threads and their jobs:
+- Triton's thread calls `execute()`: parse each request, register a `_Stream`, `loop.add(...)`; errors go
+  straight back as that request's only (FINAL) response. Abort requests (`adapter.ABORT_PARAMETER`) call
+  `loop.abort` for the live request with the same id.
+- The engine loop thread steps the engine and calls each request's sink with a RequestOutput. The sink
+  only builds the response and queues it (sinks must not block the loop); before every step the loop
+  also runs `_poll_cancelled`, which checks `is_cancelled()` (throttled) and aborts cancelled requests.
+- One sender thread sends queued responses in order, FINAL on the last one of each request.
+
+The detokenizer is stateless, so every response carries the last few already-emitted ids in front of
+this step's ids (`window_ids`, `prefix_len`); `_Stream.context` keeps them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from paddlellm.config import EngineConfig
+from paddlellm.engine.outputs import RequestOutput, RequestTimings
+from paddlellm.errors import EngineDead, EngineError, InvalidRequest
+from paddlellm.sampling import SamplingParams
+from paddlellm.triton import adapter
+from paddlellm.triton.errors import error_response, send_error
+
+log = logging.getLogger(__name__)
+
+# Already-emitted ids sent in front of each step's ids: enough for a 4-byte UTF-8 character split into
+# byte tokens plus SentencePiece's leading-space context.
+DETOKENIZER_CONTEXT = 8
+
+
+class Loop(Protocol):
+    """What the adapter needs of paddlellm.engine.loop.EngineLoop."""
+
+    def add(
+        self,
+        request_id: str,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        sink: Callable[[RequestOutput], None],
+    ) -> None: ...
+
+    def abort(self, request_id: str) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+    def stop(self, timeout: float | None = 30.0) -> None: ...
+
+
+LoopFactory = Callable[[Callable[[], None]], Loop]
+"""Builds and starts the loop, given the hook it must run before every step (cancellation polling)."""
+
+
+@dataclass
+class _Stream:
+    request_id: str
+    request: Any
+    sender: Any
+    context: deque[int] = field(default_factory=lambda: deque(maxlen=DETOKENIZER_CONTEXT))
+    abort_sent: bool = False
+
+
+class EngineModel:
+    def __init__(self, pb: Any, make_loop: LoopFactory, cancel_poll_s: float = 0.05) -> None:
+        self.pb = pb
+        self.cancel_poll_s = cancel_poll_s
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._last_poll = 0.0
+        self._outbox: queue.SimpleQueue[tuple[_Stream, Any, int] | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, name="paddlellm-triton-sender", daemon=True)
+        self._sender.start()
+        self.loop = make_loop(self._poll_cancelled)
+
+    # ------------------------------------------------------------------------ Triton's thread
+
+    def execute(self, requests: Sequence[Any]) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+            request_id = request.request_id() or f"anon-{uuid.uuid4().hex}"
+            try:
+                if adapter.is_abort(request):
+                    self.loop.abort(request_id)
+                    sender.send(flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    continue
+                inp = adapter.read_engine_input(self.pb, request)
+                stream = _Stream(request_id, request, sender)
+                with self._lock:
+                    if request_id in self._streams:
+                        raise InvalidRequest(f"request id {request_id!r} is already in use", "request_id")
+                    self._streams[request_id] = stream
+                try:
+                    self.loop.add(
+                        request_id, inp.prompt_ids, inp.sampling, lambda out, s=stream: self._sink(s, out)
+                    )
+                except BaseException:
+                    with self._lock:
+                        self._streams.pop(request_id, None)
+                    raise
+            except Exception as e:  # noqa: BLE001 - every failure becomes this request's error response
+                send_error(self.pb, sender, e)
+        return None
+
+    def healthy(self) -> bool:
+        return self.loop.healthy()
+
+    def finalize(self) -> None:
+        """Stop the loop (it ends in-flight requests with an error, which is sent), then the sender."""
+        self.loop.stop()
+        self._outbox.put(None)
+        self._sender.join(timeout=10)
+
+    # ------------------------------------------------------------------------ engine loop thread
+
+    def _sink(self, stream: _Stream, out: RequestOutput) -> None:
+        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0
+        if out.finished:
+            with self._lock:
+                self._streams.pop(stream.request_id, None)
+        if out.finish_reason == "error":
+            err = out.error
+            if not isinstance(err, EngineError):
+                err = EngineDead(f"engine failed: {err}")
+            self._outbox.put((stream, error_response(self.pb, err), final))
+            return
+        if not out.new_token_ids and not out.finished:
+            return  # e.g. a prefill chunk: nothing to tell the client yet
+        stats = _stats_json(out.timings) if out.finished else ""
+        response = adapter.engine_response(self.pb, out, tuple(stream.context), stats)
+        stream.context.extend(out.new_token_ids)
+        self._outbox.put((stream, response, final))
+
+    def _poll_cancelled(self) -> None:
+        """Abort requests whose client went away. Only direct calls see this: through the ensemble the
+        detokenizer sends an abort request instead (adapter.ABORT_PARAMETER)."""
+        now = time.monotonic()
+        if now - self._last_poll < self.cancel_poll_s:
+            return
+        self._last_poll = now
+        with self._lock:
+            streams = [s for s in self._streams.values() if not s.abort_sent]
+        for stream in streams:
+            if stream.request.is_cancelled():
+                stream.abort_sent = True
+                log.info("request %s was cancelled by its client; aborting it", stream.request_id)
+                self.loop.abort(stream.request_id)
+
+    # ------------------------------------------------------------------------ sender thread
+
+    def _send_loop(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            stream, response, flags = item
+            try:
+                stream.sender.send(response, flags=flags)
+            except Exception:  # noqa: BLE001 - a closed stream must not stop the others
+                log.exception("could not send a response for request %s", stream.request_id)
+
+
+def engine_loop_factory(config: EngineConfig) -> LoopFactory:
+    """The real loop: build the engine (loads weights, spawns rank workers) and start its thread."""
+
+    def make(before_step: Callable[[], None]) -> Loop:
+        from paddlellm.engine.core import LLMEngine  # here, not at import: the stub imports this module first
+        from paddlellm.engine.loop import EngineLoop
+
+        return EngineLoop(LLMEngine.create(config), before_step=before_step).start()
+
+    return make
+
+
+def _stats_json(t: RequestTimings | None) -> str:
+    """Engine-side timings of a finished request, in seconds."""
+    if t is None:
+        return ""
+    stats: dict[str, float] = {}
+    if t.first_scheduled is not None:
+        stats["queue_s"] = t.first_scheduled - t.arrival
+    if t.first_token is not None:
+        stats["ttft_s"] = t.first_token - t.arrival
+    if t.finished is not None:
+        stats["e2e_s"] = t.finished - t.arrival
+    return json.dumps({k: round(v, 6) for k, v in stats.items()}, separators=(",", ":"))

@@ -1,0 +1,129 @@
+"""tokenizer and detokenizer logic (both plain, non-decoupled python models; one response per request).
+
+The text work itself (chat template, encoding, the pure detokenize step) lives in paddlellm/text and is
+injected, so these classes only translate tensors, enforce the length limit and turn errors into
+responses. The detokenizer also carries cancellation to the engine: Triton cancels an ensemble's later
+step requests but never its running decoupled step, so when a detokenizer request arrives cancelled it
+sends the engine an abort request for the same request id (docs/triton-notes.md, "Cancellation").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from paddlellm import protocol
+from paddlellm.errors import Cancelled, ConfigError, InvalidRequest
+from paddlellm.triton import adapter
+from paddlellm.triton.errors import error_response
+from paddlellm.triton.params import pick
+
+log = logging.getLogger(__name__)
+
+
+class PromptEncoder(Protocol):
+    def __call__(self, prompt: str, messages: list[dict[str, Any]] | None) -> Sequence[int]:
+        """Token ids of `prompt`, or of `messages` rendered with the chat template when not None."""
+        ...
+
+
+DetokenizeStep = Callable[[Sequence[int], int, bool], str]
+"""(window_ids, prefix_len, final) -> the text delta; a pure function (see DESIGN.md, detokenizer)."""
+
+
+class TokenizerModel:
+    def __init__(self, pb: Any, encode: PromptEncoder, max_model_len: int) -> None:
+        self.pb = pb
+        self.encode = encode
+        self.max_model_len = max_model_len
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: Any) -> Any:
+        try:
+            inp = adapter.read_tokenizer_input(self.pb, request)
+            ids = self.encode(inp.prompt, inp.messages)
+            self._check_length(len(ids), inp.sampling.max_tokens, "messages" if inp.messages else "prompt")
+            return adapter.tokenizer_response(self.pb, ids)
+        except Exception as e:  # noqa: BLE001 - every failure becomes this request's error response
+            return error_response(self.pb, e)
+
+    def _check_length(self, n: int, max_tokens: int, param: str) -> None:
+        if n == 0:
+            raise InvalidRequest("the prompt is empty (it encodes to no tokens)", param=param)
+        if n + max_tokens > self.max_model_len:
+            raise InvalidRequest(
+                f"prompt has {n} tokens; with max_tokens={max_tokens} that exceeds "
+                f"max_model_len={self.max_model_len}",
+                param=param,
+            )
+
+
+class DetokenizerModel:
+    def __init__(self, pb: Any, step: DetokenizeStep, engine_model: str = protocol.LLM_ENGINE.name) -> None:
+        self.pb = pb
+        self.step = step
+        self.engine_model = engine_model
+
+    def execute(self, requests: Sequence[Any]) -> list[Any]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: Any) -> Any:
+        if request.is_cancelled():
+            self._abort_engine(request.request_id())
+            return error_response(self.pb, Cancelled("the client cancelled the request"))
+        try:
+            inp = adapter.read_detokenizer_input(self.pb, request)
+            text = self.step(inp.window_ids, inp.prefix_len, inp.finished)
+            return adapter.detokenizer_response(self.pb, inp, text)
+        except Exception as e:  # noqa: BLE001
+            return error_response(self.pb, e)
+
+    def _abort_engine(self, request_id: str) -> None:
+        if not request_id:
+            return  # nothing to name the engine request by; it runs to its max_tokens
+        try:
+            for response in adapter.abort_request(self.pb, request_id, self.engine_model).exec(
+                decoupled=True
+            ):
+                if response.has_error():
+                    log.warning("abort of %s failed: %s", request_id, response.error().message())
+        except Exception:  # noqa: BLE001 - best effort: the engine's max_tokens still bounds the waste
+            log.exception("could not send the abort for request %s", request_id)
+
+
+# ------------------------------------------------------------------------------------------ factories
+
+
+@dataclass(frozen=True)
+class TextBackend:
+    """The text functions the two models need, bound to one checkpoint's tokenizer."""
+
+    encode: PromptEncoder
+    detokenize: DetokenizeStep
+
+
+def load_text_backend(model: str) -> TextBackend:
+    """Bind paddlellm.text to the checkpoint `model` (a directory or a .gguf file)."""
+    from paddlellm.model_info import resolve_checkpoint
+    from paddlellm.text import backend  # lazy: tokenizers/jinja2 are loaded only by these models
+
+    return backend.load(resolve_checkpoint(model))
+
+
+def create_tokenizer_model(pb: Any, params: dict[str, str]) -> TokenizerModel:
+    cfg = pick(params, "model", "max_model_len")
+    try:
+        max_model_len = int(cfg["max_model_len"])
+    except ValueError:
+        raise ConfigError(
+            f"model parameter 'max_model_len': not an integer: {cfg['max_model_len']!r}"
+        ) from None
+    return TokenizerModel(pb, load_text_backend(cfg["model"]).encode, max_model_len)
+
+
+def create_detokenizer_model(pb: Any, params: dict[str, str]) -> DetokenizerModel:
+    return DetokenizerModel(pb, load_text_backend(pick(params, "model")["model"]).detokenize)

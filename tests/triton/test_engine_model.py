@@ -1,0 +1,300 @@
+"""llm_engine's decoupled flow with the fake pb_utils and a real EngineLoop over the fake executor."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from paddlellm import protocol as p
+from paddlellm.config import EngineConfig
+from paddlellm.engine.loop import EngineLoop
+from paddlellm.triton import adapter
+from paddlellm.triton.engine_model import DETOKENIZER_CONTEXT, EngineModel
+from paddlellm.triton.render import engine_params
+from tests.triton.conftest import initialize_args
+from tests.unit.engine_fakes import collect, make_engine, prompt
+
+WAIT_S = 10.0
+
+
+def engine_request(
+    pb: ModuleType, rid: str, ids: list[int], sampling: dict[str, Any] | None = None, **kw: Any
+):
+    return pb.InferenceRequest(
+        inputs=[
+            pb.Tensor(p.INPUT_IDS, np.asarray(ids, np.int32)),
+            pb.Tensor(p.SAMPLING, np.array([json.dumps(sampling or {}).encode()], np.object_)),
+        ],
+        request_id=rid,
+        **kw,
+    )
+
+
+class Factory:
+    """Builds the real EngineLoop over make_engine(); keeps the engine for inspection."""
+
+    def __init__(self, **engine_kw: Any) -> None:
+        self.engine_kw = engine_kw
+        self.engine = None
+
+    def __call__(self, before_step):
+        self.engine, _ = make_engine(**self.engine_kw)
+        return EngineLoop(self.engine, before_step=before_step).start()
+
+
+@pytest.fixture
+def model(pb: ModuleType):
+    factory = Factory()
+    m = EngineModel(pb, factory, cancel_poll_s=0.0)
+    m.factory = factory
+    yield m
+    m.finalize()
+
+
+def wait_done(sender) -> None:
+    assert sender.closed.wait(WAIT_S), "no FINAL response"
+    time.sleep(0.01)  # let the sender thread attempt anything it (wrongly) still had queued
+
+
+def outputs(sender) -> list[dict[str, np.ndarray]]:
+    return [r.outputs() for r in sender.responses]
+
+
+def expected_tokens(rid: str, ids: list[int], **sampling: Any) -> list[int]:
+    from paddlellm.sampling import SamplingParams
+
+    engine, _ = make_engine()
+    engine.add_request(rid, ids, SamplingParams(**sampling))
+    return collect(engine.run_until_done())[rid]
+
+
+def test_streams_every_step_with_final_on_last(pb: ModuleType, model: EngineModel) -> None:
+    ids = prompt(20)
+    req = engine_request(pb, "r1", ids, {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True})
+    assert model.execute([req]) is None  # decoupled: nothing returned
+    sender = req.get_response_sender()
+    wait_done(sender)
+
+    flags = [s.flags for s in sender.sent]
+    assert flags == [0] * (len(flags) - 1) + [pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
+    outs = outputs(sender)
+    got = [int(t) for o in outs for t in o[p.TOKEN_IDS]]
+    assert got == expected_tokens("r1", ids, max_tokens=12, temperature=0.0, ignore_eos=True)
+    assert [int(o[p.COMPLETION_TOKENS][0]) for o in outs] == list(range(1, 13))
+    assert {int(o[p.PROMPT_TOKENS][0]) for o in outs} == {20}
+    reasons = [o[p.FINISH_REASON][0].decode() for o in outs]
+    assert reasons == [""] * 11 + ["length"]
+    stats = [o[p.ENGINE_STATS][0].decode() for o in outs]
+    assert stats[:-1] == [""] * 11 and {"queue_s", "ttft_s", "e2e_s"} <= set(json.loads(stats[-1]))
+    # Every response carries exactly the names and dtypes the protocol promises.
+    for o in outs:
+        assert {spec.name for spec in p.LLM_ENGINE.outputs} == set(o)
+        for spec in p.LLM_ENGINE.outputs:
+            assert o[spec.name].dtype == np.dtype(p.NUMPY_DTYPES[spec.dtype])
+
+
+def test_window_holds_recent_context_then_new_ids(pb: ModuleType, model: EngineModel) -> None:
+    req = engine_request(pb, "w", prompt(5), {"max_tokens": 20, "temperature": 0.0, "ignore_eos": True})
+    model.execute([req])
+    wait_done(req.get_response_sender())
+    emitted: list[int] = []
+    for o in outputs(req.get_response_sender()):
+        new = [int(t) for t in o[p.TOKEN_IDS]]
+        window = [int(t) for t in o[p.WINDOW_IDS]]
+        prefix_len = int(o[p.PREFIX_LEN][0])
+        assert prefix_len == min(len(emitted), DETOKENIZER_CONTEXT)
+        assert window[:prefix_len] == emitted[len(emitted) - prefix_len :]
+        assert window[prefix_len:] == new
+        emitted += new
+    assert len(emitted) == 20
+
+
+@pytest.mark.parametrize(
+    ("sampling", "ids", "param"),
+    [
+        ({"temperature": 5.0}, [1, 2, 3], "temperature"),
+        ({"bogus": 1}, [1, 2, 3], "bogus"),
+        ({"max_tokens": 4000}, [1, 2, 3], None),  # over max_model_len=2048: the engine's own check
+        ({}, [], p.INPUT_IDS),
+    ],
+)
+def test_invalid_request_is_one_final_error(pb: ModuleType, model: EngineModel, sampling, ids, param) -> None:
+    req = engine_request(pb, "bad", ids, sampling)
+    model.execute([req])
+    sender = req.get_response_sender()
+    assert sender.finished
+    [sent] = sender.sent
+    assert sent.flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    err = sent.response.error()
+    assert err.code() == pb.TritonError.INVALID_ARG
+    parsed = p.parse_error(err.message())
+    assert parsed is not None and type(parsed).__name__ == "InvalidRequest"
+    if param is not None:
+        assert parsed.param == param
+    assert "Traceback" not in err.message()
+
+
+def test_bad_request_does_not_disturb_others_in_the_same_batch(pb: ModuleType, model: EngineModel) -> None:
+    good = engine_request(pb, "good", prompt(4), {"max_tokens": 3, "ignore_eos": True})
+    bad = engine_request(pb, "bad", prompt(4), {"top_p": 0})
+    model.execute([bad, good])
+    wait_done(good.get_response_sender())
+    assert bad.get_response_sender().sent[0].response.has_error()
+    assert len(good.get_response_sender().responses) == 3
+
+
+def test_duplicate_live_request_id_is_rejected(pb: ModuleType, model: EngineModel) -> None:
+    first = engine_request(pb, "dup", prompt(4), {"max_tokens": 200, "ignore_eos": True})
+    second = engine_request(pb, "dup", prompt(4), {"max_tokens": 2})
+    model.execute([first, second])
+    err = second.get_response_sender().sent[0].response.error()
+    assert err.code() == pb.TritonError.INVALID_ARG and "already in use" in err.message()
+    wait_done(first.get_response_sender())
+
+
+def test_cancelled_request_is_aborted_and_finishes(pb: ModuleType, pb_slow_model: EngineModel) -> None:
+    model = pb_slow_model
+    req = engine_request(pb, "c", prompt(8), {"max_tokens": 1000, "ignore_eos": True})
+    model.execute([req])
+    sender = req.get_response_sender()
+    deadline = time.monotonic() + WAIT_S
+    while len(sender.sent) < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    req.cancel()
+    wait_done(sender)
+    last = sender.sent[-1]
+    assert last.flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    assert last.response.outputs()[p.FINISH_REASON][0] == b"abort"
+    assert len(sender.responses) < 1000
+    engine = model.factory.engine
+    assert not engine.has_unfinished()
+    assert engine.stats().num_free_blocks == engine.stats().num_total_blocks  # blocks came back
+
+
+@pytest.fixture
+def pb_slow_model(pb: ModuleType):
+    """An engine whose steps take ~2 ms, so a test can act mid-generation."""
+    factory = Factory()
+
+    def slow(before_step):
+        def hook():
+            time.sleep(0.002)
+            before_step()
+
+        return factory(hook)
+
+    m = EngineModel(pb, slow, cancel_poll_s=0.0)
+    m.factory = factory
+    yield m
+    m.finalize()
+
+
+def test_abort_request_from_detokenizer_stops_the_request(pb: ModuleType, pb_slow_model: EngineModel) -> None:
+    model = pb_slow_model
+    req = engine_request(pb, "victim", prompt(8), {"max_tokens": 1000, "ignore_eos": True})
+    model.execute([req])
+    time.sleep(0.02)
+    abort = adapter.abort_request(pb, "victim")  # exactly what the detokenizer sends
+    abort_req = pb.InferenceRequest(inputs=abort.inputs(), request_id="victim", parameters=abort.parameters())
+    model.execute([abort_req])
+    [ack] = abort_req.get_response_sender().sent  # the abort request itself gets only FINAL
+    assert ack.response is None and ack.flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    sender = req.get_response_sender()
+    wait_done(sender)
+    assert sender.sent[-1].response.outputs()[p.FINISH_REASON][0] == b"abort"
+
+
+def test_abort_of_unknown_id_is_harmless(pb: ModuleType, model: EngineModel) -> None:
+    abort = adapter.abort_request(pb, "nobody")
+    req = pb.InferenceRequest(inputs=abort.inputs(), request_id="nobody", parameters=abort.parameters())
+    model.execute([req])
+    assert req.get_response_sender().finished
+
+
+def test_engine_failure_ends_every_live_request_with_an_error(pb: ModuleType) -> None:
+    factory = Factory(fail_on_call=3)
+    model = EngineModel(pb, factory, cancel_poll_s=0.0)
+    try:
+        reqs = [
+            engine_request(pb, f"f{i}", prompt(6, i), {"max_tokens": 50, "ignore_eos": True})
+            for i in range(3)
+        ]
+        model.execute(reqs)
+        for r in reqs:
+            sender = r.get_response_sender()
+            wait_done(sender)
+            last = sender.sent[-1]
+            assert last.flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+            err = last.response.error()
+            assert err.code() == pb.TritonError.INTERNAL
+            assert type(p.parse_error(err.message())).__name__ == "EngineDead"
+        assert not model.healthy()
+        # Later requests fail at once instead of hanging.
+        late = engine_request(pb, "late", prompt(3), {"max_tokens": 2})
+        model.execute([late])
+        assert late.get_response_sender().sent[0].response.error().code() == pb.TritonError.INTERNAL
+    finally:
+        model.finalize()
+
+
+def test_finalize_ends_in_flight_requests(pb: ModuleType, pb_slow_model: EngineModel) -> None:
+    req = engine_request(pb, "inflight", prompt(8), {"max_tokens": 5000, "ignore_eos": True})
+    pb_slow_model.execute([req])
+    time.sleep(0.02)
+    pb_slow_model.finalize()
+    sender = req.get_response_sender()
+    assert sender.finished and sender.sent[-1].response.has_error()
+
+
+def test_many_concurrent_requests_each_get_their_own_stream(pb: ModuleType, model: EngineModel) -> None:
+    reqs = [
+        engine_request(pb, f"m{i}", prompt(5 + i, i), {"max_tokens": 7, "ignore_eos": True})
+        for i in range(12)
+    ]
+    threads = [threading.Thread(target=model.execute, args=([r],)) for r in reqs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in reqs:
+        sender = r.get_response_sender()
+        wait_done(sender)
+        assert sum(len(o[p.TOKEN_IDS]) for o in outputs(sender)) == 7
+        assert sender.sent[-1].flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def test_model_py_wires_config_and_loop(pb: ModuleType, load_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_model("llm_engine")
+    seen: list[EngineConfig] = []
+
+    def fake_factory(config: EngineConfig):
+        seen.append(config)
+        return Factory(block_size=config.block_size)
+
+    monkeypatch.setattr(module, "engine_loop_factory", fake_factory)
+    config = EngineConfig(max_model_len=512, block_size=16, max_num_seqs=4)
+    triton_model = module.TritonPythonModel()
+    triton_model.initialize(initialize_args("llm_engine", engine_params(config)))
+    try:
+        assert seen == [config]
+        req = engine_request(pb, "via-model-py", prompt(4), {"max_tokens": 3, "ignore_eos": True})
+        assert triton_model.execute([req]) is None
+        wait_done(req.get_response_sender())
+        assert len(req.get_response_sender().responses) == 3
+    finally:
+        triton_model.finalize()
+
+
+def test_model_py_rejects_an_unrendered_config(pb: ModuleType, load_model) -> None:
+    from paddlellm.errors import ConfigError
+
+    module = load_model("llm_engine")
+    params = engine_params(EngineConfig()) | {"block_size": "${block_size}"}
+    with pytest.raises(ConfigError, match="block_size"):
+        module.TritonPythonModel().initialize(initialize_args("llm_engine", params))

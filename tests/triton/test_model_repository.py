@@ -1,0 +1,98 @@
+"""Every config.pbtxt matches paddlellm/protocol.py, parsed with Triton's own ModelConfig schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from paddlellm import protocol as p
+from paddlellm.config import EngineConfig
+from paddlellm.triton.render import engine_params, placeholders, render_model_repository
+from tests.triton.conftest import MODEL_REPOSITORY
+
+PYTHON_MODELS = (p.TOKENIZER, p.LLM_ENGINE, p.DETOKENIZER)
+
+
+def load(name: str, root: Path = MODEL_REPOSITORY) -> mc.ModelConfig:
+    return text_format.Parse((root / name / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def tensor_specs(tensors) -> list[tuple[str, str, tuple[int, ...], bool]]:
+    return [
+        (t.name, mc.DataType.Name(t.data_type), tuple(t.dims), getattr(t, "optional", False)) for t in tensors
+    ]
+
+
+def protocol_specs(specs) -> list[tuple[str, str, tuple[int, ...], bool]]:
+    return [(s.name, s.dtype, s.dims, s.optional) for s in specs]
+
+
+def test_repository_holds_exactly_the_protocol_models() -> None:
+    dirs = sorted(d.name for d in MODEL_REPOSITORY.iterdir() if d.is_dir() and not d.name.startswith("."))
+    assert dirs == sorted(m.name for m in p.MODELS)
+
+
+@pytest.mark.parametrize("spec", p.MODELS, ids=lambda s: s.name)
+def test_config_matches_protocol(spec: p.ModelSpec) -> None:
+    cfg = load(spec.name)
+    assert cfg.name == spec.name
+    assert cfg.max_batch_size == 0
+    assert tensor_specs(cfg.input) == protocol_specs(spec.inputs)
+    assert tensor_specs(cfg.output) == protocol_specs(spec.outputs)
+    if spec in PYTHON_MODELS:
+        assert cfg.backend == "python"
+        assert cfg.model_transaction_policy.decoupled == spec.decoupled
+        assert (MODEL_REPOSITORY / spec.name / "1" / "model.py").is_file()
+        [group] = cfg.instance_group
+        assert group.kind == mc.ModelInstanceGroup.KIND_CPU and group.count == 1
+    else:
+        assert cfg.platform == "ensemble"
+
+
+def test_engine_parameters_are_the_engine_config_fields() -> None:
+    cfg = load(p.LLM_ENGINE.name)
+    assert sorted(cfg.parameters) == sorted(name for name, _, _ in EngineConfig.help_items())
+    for key, value in cfg.parameters.items():
+        assert value.string_value == "${" + key + "}"
+
+
+def test_ensemble_wires_the_steps_by_the_protocol() -> None:
+    cfg = load(p.ENSEMBLE.name)
+    steps = {s.model_name: s for s in cfg.ensemble_scheduling.step}
+    assert list(steps) == [p.TOKENIZER.name, p.LLM_ENGINE.name, p.DETOKENIZER.name]
+    ensemble_inputs = {t.name for t in p.ENSEMBLE.inputs}
+    produced: dict[str, str] = {}  # ensemble tensor -> producing model
+    for step_spec in PYTHON_MODELS:
+        step = steps[step_spec.name]
+        assert set(step.input_map) == {t.name for t in step_spec.inputs}
+        assert set(step.output_map) == {t.name for t in step_spec.outputs}
+        for value in step.input_map.values():
+            assert value in ensemble_inputs or value in produced, f"{step_spec.name} reads unknown {value}"
+        for value in step.output_map.values():
+            produced[value] = step_spec.name
+    # Triton rejects mixing tensors from before and after a decoupled step, so the engine feeds the
+    # detokenizer everything and every ensemble output comes from the detokenizer.
+    for value in steps[p.DETOKENIZER.name].input_map.values():
+        assert produced.get(value) == p.LLM_ENGINE.name
+    for out in p.ENSEMBLE.outputs:
+        assert produced.get(out.name) == p.DETOKENIZER.name, out.name
+    # The detokenizer's pass-through outputs land on the ensemble names they carry.
+    for key, value in steps[p.DETOKENIZER.name].output_map.items():
+        assert key.removesuffix("_out") == value
+
+
+def test_rendered_repository_has_no_placeholders_and_round_trips(tmp_path: Path) -> None:
+    config = EngineConfig(model="/models/x", max_model_len=4096, use_warmup=True, kv_cache_ratio=0.5)
+    out = render_model_repository(MODEL_REPOSITORY, tmp_path / "repo", engine_params(config))
+    for f in out.rglob("config.pbtxt"):
+        assert not placeholders(f.read_text()), f
+    engine = load(p.LLM_ENGINE.name, out)
+    parsed = EngineConfig.from_params({k: v.string_value for k, v in engine.parameters.items()})
+    assert parsed == config
+    assert load(p.TOKENIZER.name, out).parameters["max_model_len"].string_value == "4096"
+    assert (out / "llm_engine" / "1" / "model.py").read_text() == (
+        MODEL_REPOSITORY / "llm_engine" / "1" / "model.py"
+    ).read_text()

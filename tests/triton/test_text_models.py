@@ -1,0 +1,219 @@
+"""tokenizer and detokenizer models with the fake pb_utils and injected text functions."""
+
+from __future__ import annotations
+
+import json
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from paddlellm import protocol as p
+from paddlellm.triton import adapter, text_models
+from paddlellm.triton.text_models import DetokenizerModel, TextBackend, TokenizerModel
+from tests.triton.conftest import initialize_args
+
+
+def str_tensor(pb: ModuleType, name: str, value: str):
+    return pb.Tensor(name, np.array([value.encode()], np.object_))
+
+
+def tok_request(
+    pb: ModuleType, prompt: str = "", messages: Any = None, sampling: dict | None = None, rid="t"
+):
+    messages_json = (
+        "" if messages is None else messages if isinstance(messages, str) else json.dumps(messages)
+    )
+    return pb.InferenceRequest(
+        inputs=[
+            str_tensor(pb, p.PROMPT, prompt),
+            str_tensor(pb, p.MESSAGES, messages_json),
+            str_tensor(pb, p.SAMPLING, json.dumps(sampling or {})),
+        ],
+        request_id=rid,
+    )
+
+
+def word_encoder(prompt: str, messages: list[dict[str, Any]] | None) -> list[int]:
+    text = prompt if messages is None else " ".join(f"<{m['role']}> {m['content']}" for m in messages)
+    return [len(w) for w in text.split()]
+
+
+def error_of(response) -> tuple[int, Any]:
+    err = response.error()
+    return err.code(), p.parse_error(err.message())
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+
+def test_tokenizer_encodes_prompt_and_messages(pb: ModuleType) -> None:
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    chat = [{"role": "user", "content": "hi there"}]
+    r1, r2 = model.execute([tok_request(pb, prompt="a bb ccc"), tok_request(pb, messages=chat)])
+    ids = r1.outputs()[p.INPUT_IDS]
+    assert ids.dtype == np.int32 and ids.tolist() == [1, 2, 3]
+    assert r2.outputs()[p.INPUT_IDS].tolist() == [6, 2, 5]
+    assert set(r1.outputs()) == {s.name for s in p.TOKENIZER.outputs}
+
+
+def test_tokenizer_rejects_too_long_prompt_naming_the_limit(pb: ModuleType) -> None:
+    model = TokenizerModel(pb, word_encoder, max_model_len=10)
+    ok, too_long, chat_too_long = model.execute(
+        [
+            tok_request(pb, prompt="a " * 6, sampling={"max_tokens": 4}),
+            tok_request(pb, prompt="a " * 6, sampling={"max_tokens": 5}),
+            tok_request(pb, messages=[{"role": "user", "content": "x " * 20}]),
+        ]
+    )
+    assert not ok.has_error()
+    code, err = error_of(too_long)
+    assert code == pb.TritonError.INVALID_ARG and err.param == "prompt"
+    assert "max_model_len=10" in err.message and "6 tokens" in err.message
+    assert error_of(chat_too_long)[1].param == "messages"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"sampling": {"temperature": -1}}, "temperature"),
+        ({"messages": "{not json"}, "messages"),
+        ({"messages": {"role": "user"}}, "messages"),
+        ({"prompt": ""}, "prompt"),
+    ],
+)
+def test_tokenizer_errors_are_typed_and_per_request(pb: ModuleType, kwargs, param) -> None:
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    bad, good = model.execute([tok_request(pb, **{"prompt": "x", **kwargs}), tok_request(pb, prompt="fine")])
+    code, err = error_of(bad)
+    assert code == pb.TritonError.INVALID_ARG and err.param == param
+    assert not good.has_error()
+
+
+def test_tokenizer_internal_failure_has_no_traceback(pb: ModuleType) -> None:
+    def broken(prompt: str, messages: Any) -> list[int]:
+        raise KeyError("secret internals")
+
+    [resp] = TokenizerModel(pb, broken, max_model_len=64).execute([tok_request(pb, prompt="x")])
+    code, err = error_of(resp)
+    assert code == pb.TritonError.INTERNAL
+    assert "KeyError" in err.message and "secret" not in err.message and "Traceback" not in err.message
+
+
+def test_tokenizer_rejects_bad_utf8(pb: ModuleType) -> None:
+    req = tok_request(pb, prompt="x")
+    req._inputs[p.PROMPT] = pb.Tensor(p.PROMPT, np.array([b"\xff\xfe"], np.object_))
+    [resp] = TokenizerModel(pb, word_encoder, max_model_len=64).execute([req])
+    assert error_of(resp)[1].param == p.PROMPT
+
+
+# ------------------------------------------------------------------------------------------ detokenizer
+
+
+def detok_request(pb: ModuleType, window, prefix_len, new, finish="", rid="d"):
+    return pb.InferenceRequest(
+        inputs=[
+            pb.Tensor(p.TOKEN_IDS, np.asarray(new, np.int32)),
+            pb.Tensor(p.WINDOW_IDS, np.asarray(window, np.int32)),
+            pb.Tensor(p.PREFIX_LEN, np.array([prefix_len], np.int32)),
+            str_tensor(pb, p.FINISH_REASON, finish),
+            pb.Tensor(p.PROMPT_TOKENS, np.array([7], np.int32)),
+            pb.Tensor(p.COMPLETION_TOKENS, np.array([3], np.int32)),
+            str_tensor(pb, p.ENGINE_STATS, '{"e2e_s":1}' if finish else ""),
+        ],
+        request_id=rid,
+    )
+
+
+def letters(window, prefix_len, final) -> str:
+    text = "".join(chr(96 + t) for t in window)
+    return text[prefix_len:] + ("." if final else "")
+
+
+def test_detokenizer_delta_and_pass_through(pb: ModuleType) -> None:
+    calls = []
+
+    def step(window, prefix_len, final):
+        calls.append((tuple(window), prefix_len, final))
+        return letters(window, prefix_len, final)
+
+    [resp] = DetokenizerModel(pb, step).execute([detok_request(pb, [1, 2, 3], 2, [3], finish="stop")])
+    out = resp.outputs()
+    assert calls == [((1, 2, 3), 2, True)]
+    assert set(out) == {s.name for s in p.DETOKENIZER.outputs}
+    assert out[p.TEXT_OUTPUT][0].decode() == "c."
+    assert out["token_ids_out"].tolist() == [3]
+    assert out["finish_reason_out"][0] == b"stop"
+    assert int(out["prompt_tokens_out"][0]) == 7 and int(out["completion_tokens_out"][0]) == 3
+    assert out["engine_stats_out"][0] == b'{"e2e_s":1}'
+
+
+def test_detokenizer_rejects_prefix_outside_window(pb: ModuleType) -> None:
+    [resp] = DetokenizerModel(pb, letters).execute([detok_request(pb, [1, 2], 3, [2])])
+    assert error_of(resp)[1].param == p.PREFIX_LEN
+
+
+def test_cancelled_detokenizer_request_aborts_the_engine_request(pb: ModuleType) -> None:
+    seen = []
+
+    def engine(request):
+        seen.append((request.request_id(), adapter.is_abort(request), [t.name() for t in request.inputs()]))
+        return []  # the engine answers an abort with FINAL only: no data responses
+
+    pb.bls_models[p.LLM_ENGINE.name] = engine
+    req = detok_request(pb, [1, 2], 1, [2], rid="client-42")
+    req.cancel()
+    [resp] = DetokenizerModel(pb, letters).execute([req])
+    assert seen == [("client-42", True, [p.INPUT_IDS, p.SAMPLING])]
+    assert resp.error().code() == pb.TritonError.CANCELLED
+
+
+def test_abort_failure_does_not_break_the_detokenizer(pb: ModuleType) -> None:
+    req = detok_request(pb, [1], 0, [1], rid="x")  # no engine registered: exec raises
+    req.cancel()
+    [resp] = DetokenizerModel(pb, letters).execute([req])
+    assert resp.error().code() == pb.TritonError.CANCELLED
+
+
+# ------------------------------------------------------------------------------------------ model.py
+
+
+@pytest.fixture
+def fake_text(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    loaded: list[str] = []
+
+    def load(model: str) -> TextBackend:
+        loaded.append(model)
+        return TextBackend(encode=word_encoder, detokenize=letters)
+
+    monkeypatch.setattr(text_models, "load_text_backend", load)
+    return loaded
+
+
+def test_tokenizer_model_py(pb: ModuleType, load_model, fake_text) -> None:
+    m = load_model("tokenizer").TritonPythonModel()
+    m.initialize(initialize_args("tokenizer", {"model": "/ckpt", "max_model_len": "20"}))
+    assert fake_text == ["/ckpt"]
+    ok, bad = m.execute([tok_request(pb, prompt="a b"), tok_request(pb, prompt="a " * 5)])  # 5 + 16 > 20
+    assert ok.outputs()[p.INPUT_IDS].tolist() == [1, 1]
+    assert error_of(bad)[0] == pb.TritonError.INVALID_ARG
+
+
+def test_detokenizer_model_py(pb: ModuleType, load_model, fake_text) -> None:
+    m = load_model("detokenizer").TritonPythonModel()
+    m.initialize(initialize_args("detokenizer", {"model": "/ckpt"}))
+    [resp] = m.execute([detok_request(pb, [1, 2], 1, [2])])
+    assert resp.outputs()[p.TEXT_OUTPUT][0] == b"b"
+
+
+def test_tokenizer_model_py_config_errors(pb: ModuleType, load_model, fake_text) -> None:
+    from paddlellm.errors import ConfigError
+
+    m = load_model("tokenizer").TritonPythonModel()
+    with pytest.raises(ConfigError, match="max_model_len"):
+        m.initialize(initialize_args("tokenizer", {"model": "/ckpt"}))
+    with pytest.raises(ConfigError, match="max_model_len"):
+        m.initialize(initialize_args("tokenizer", {"model": "/ckpt", "max_model_len": "lots"}))
+    with pytest.raises(ConfigError, match="model"):
+        m.initialize(initialize_args("tokenizer", {"model": "${model}", "max_model_len": "8"}))
