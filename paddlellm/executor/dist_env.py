@@ -47,9 +47,10 @@ def free_endpoints(n: int, host: str = "127.0.0.1") -> list[str]:
 
 def rank_env(rank: int, world: int, endpoints: list[str], device: str, threads: int) -> dict[str, str]:
     """Environment variables of rank `rank` (pure; `apply_rank_env` installs them)."""
+    # No OMP/MKL_NUM_THREADS: paddle resets OpenMP on import and warns about them; configure_paddle sizes the
+    # pool instead.
+    del threads
     env = {
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
         "PADDLE_TRAINER_ID": str(rank),
         "PADDLE_TRAINERS_NUM": str(world),
         "PADDLE_RANK_IN_NODE": str(rank),
