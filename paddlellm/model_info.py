@@ -69,6 +69,13 @@ class ModelInfo:
         if heads % kv_heads:
             raise CheckpointError(cfg_file, "num_key_value_heads", f"{kv_heads} does not divide {heads} heads")
         rope_scaling = cfg.get("rope_scaling")
+        rope_theta = cfg.get("rope_theta", 10000.0)
+        # transformers >= 5 writes `rope_parameters` (theta inside, "default" type for plain RoPE) instead.
+        rope_params = cfg.get("rope_parameters")
+        if isinstance(rope_params, dict):
+            rope_theta = rope_params.get("rope_theta", rope_theta)
+            if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
+                rope_scaling = rope_params
         if rope_scaling is not None:
             if not isinstance(rope_scaling, dict):
                 raise CheckpointError(cfg_file, "rope_scaling", "must be an object or null")
@@ -93,7 +100,7 @@ class ModelInfo:
             num_kv_heads=kv_heads,
             head_dim=head_dim,
             rms_norm_eps=float(need("rms_norm_eps", (int, float), 1e-6)),
-            rope_theta=float(need("rope_theta", (int, float), 10000.0)),
+            rope_theta=_theta(cfg_file, rope_theta),
             rope_scaling=rope_scaling,
             max_position_embeddings=need("max_position_embeddings", int, 4096),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
@@ -117,6 +124,12 @@ def resolve_checkpoint(path: str) -> str:
             convert(path, out)
         return out
     raise CheckpointError(path, "path", "not a checkpoint directory or a .gguf file")
+
+
+def _theta(cfg_file: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(cfg_file, "rope_theta", f"not a number: {value!r}")
+    return float(value)
 
 
 def _read_json(file: str, required: bool) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Paddle building blocks of the decoder: parallel linears, embeddings, norms, rotary, paged attention."""

@@ -1,0 +1,166 @@
+"""Paged attention over a head-major KV cache, in a handful of large Paddle ops.
+
+Cache layout (per layer, K and V each): [kv_heads * num_slots, head_dim] with slot = block * block_size +
+offset, so row (h, slot) = h * num_slots + slot. One step:
+1. write: scatter the step's new K/V rows at their slots (in place, one op each);
+2. decode requests (one new token each, batched first): gather each request's context rows into
+   [kv_heads, B, L, d] (padded to the longest context, masked), then q [kv_heads, B, group, d] attends with
+   one batched matmul per side: the query group of a KV head is the matmul's M dimension, so GQA needs no
+   repeated K/V;
+3. prefill chunks (several new tokens): each request gathers its context (cached + this chunk, written in
+   step 1) and attends causally, in query tiles that bound the score matrix's size.
+All index and mask tensors are built once per step (AttentionMetadata) and shared by every layer; masks are
+materialised at full shape because broadcasting elementwise kernels are slow on CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import paddle
+
+NEG = -1e30  # additive mask; finite, so a padded row can never turn into NaN
+TILE_ELEMENTS = 1 << 22  # score elements per prefill tile (16 MiB fp32)
+
+
+@dataclass(frozen=True)
+class SeqSpan:
+    """One request in the step: `num_new` tokens starting at position `start`, addressed by `block_table`."""
+
+    start: int
+    num_new: int
+    block_table: Sequence[int]
+
+
+@dataclass(frozen=True)
+class PrefillTile:
+    q_lo: int  # query rows [q_lo, q_hi) within the request's chunk
+    q_hi: int
+    mask: paddle.Tensor  # [kv_heads, group * (q_hi - q_lo), L]
+
+
+@dataclass(frozen=True)
+class PrefillMeta:
+    token_offset: int  # first row of this request in the step's token batch
+    num_tokens: int
+    context_len: int
+    gather: paddle.Tensor  # [kv_heads * L] cache rows
+    tiles: tuple[PrefillTile, ...]
+
+
+@dataclass(frozen=True)
+class AttentionMetadata:
+    write_rows: paddle.Tensor  # [T * kv_heads] cache rows for the step's new K/V, token-major
+    num_decode: int
+    decode_len: int
+    decode_gather: paddle.Tensor | None  # [kv_heads * B * L]
+    decode_mask: paddle.Tensor | None  # [kv_heads, B, group, L]
+    prefills: tuple[PrefillMeta, ...]
+
+    @classmethod
+    def build(
+        cls,
+        spans: Sequence[SeqSpan],
+        num_decode: int,
+        block_size: int,
+        num_slots: int,
+        kv_heads: int,
+        group: int,
+    ) -> AttentionMetadata:
+        """spans: the step's requests in batch order, the first `num_decode` with num_new == 1."""
+        head_base = np.arange(kv_heads, dtype=np.int64) * num_slots
+
+        def slots(span: SeqSpan, lo: int, hi: int) -> np.ndarray:
+            pos = np.arange(lo, hi, dtype=np.int64)
+            table = np.asarray(span.block_table, dtype=np.int64)
+            return table[pos // block_size] * block_size + pos % block_size
+
+        new_slots = np.concatenate([slots(s, s.start, s.start + s.num_new) for s in spans])
+        write_rows = (new_slots[:, None] + head_base[None, :]).reshape(-1)
+
+        decode_gather = decode_mask = None
+        decode_len = 0
+        if num_decode:
+            lens = np.array([s.start + 1 for s in spans[:num_decode]], dtype=np.int64)
+            decode_len = int(lens.max())
+            ctx = np.zeros((num_decode, decode_len), dtype=np.int64)  # padding reads slot 0 (masked)
+            for i, s in enumerate(spans[:num_decode]):
+                ctx[i, : lens[i]] = slots(s, 0, int(lens[i]))
+            decode_gather = paddle.to_tensor((head_base[:, None, None] + ctx[None]).reshape(-1))
+            valid = np.arange(decode_len)[None, :] < lens[:, None]
+            mask = np.where(valid, 0.0, NEG).astype(np.float32)[None, :, None, :]
+            decode_mask = paddle.to_tensor(
+                np.ascontiguousarray(np.broadcast_to(mask, (kv_heads, num_decode, group, decode_len)))
+            )
+
+        prefills = []
+        offset = num_decode
+        for s in spans[num_decode:]:
+            length = s.start + s.num_new
+            gather = paddle.to_tensor((head_base[:, None] + slots(s, 0, length)[None, :]).reshape(-1))
+            tile_rows = max(1, TILE_ELEMENTS // (kv_heads * group * length))
+            tiles = []
+            for lo in range(0, s.num_new, tile_rows):
+                hi = min(s.num_new, lo + tile_rows)
+                qpos = s.start + np.arange(lo, hi)
+                allowed = np.arange(length)[None, :] <= qpos[:, None]
+                mask = np.where(allowed, 0.0, NEG).astype(np.float32)
+                full = np.broadcast_to(mask[None, None], (kv_heads, group, hi - lo, length))
+                tiles.append(
+                    PrefillTile(
+                        lo,
+                        hi,
+                        paddle.to_tensor(
+                            np.ascontiguousarray(full).reshape(kv_heads, group * (hi - lo), length)
+                        ),
+                    )
+                )
+            prefills.append(PrefillMeta(offset, s.num_new, length, gather, tuple(tiles)))
+            offset += s.num_new
+        return cls(
+            paddle.to_tensor(write_rows), num_decode, decode_len, decode_gather, decode_mask, tuple(prefills)
+        )
+
+
+def paged_attention(
+    q: paddle.Tensor,
+    k: paddle.Tensor,
+    v: paddle.Tensor,
+    k_cache: paddle.Tensor,
+    v_cache: paddle.Tensor,
+    meta: AttentionMetadata,
+    kv_heads: int,
+    group: int,
+) -> paddle.Tensor:
+    """q [T, heads, d] (already scaled), k/v [T, kv_heads, d] -> [T, heads * d]. Writes k/v into the cache."""
+    d = q.shape[-1]
+    heads = kv_heads * group
+    paddle.scatter_(k_cache, meta.write_rows, k.reshape([-1, d]), overwrite=True)
+    paddle.scatter_(v_cache, meta.write_rows, v.reshape([-1, d]), overwrite=True)
+    outs = []
+    b = meta.num_decode
+    if b:
+        length = meta.decode_len
+        qd = paddle.transpose(q[:b].reshape([b, kv_heads, group, d]), [1, 0, 2, 3])
+        kd = paddle.gather(k_cache, meta.decode_gather).reshape([kv_heads, b, length, d])
+        vd = paddle.gather(v_cache, meta.decode_gather).reshape([kv_heads, b, length, d])
+        s = paddle.matmul(qd, kd, transpose_y=True) + meta.decode_mask
+        o = paddle.matmul(paddle.nn.functional.softmax(s, axis=-1), vd)
+        outs.append(paddle.transpose(o, [1, 0, 2, 3]).reshape([b, heads * d]))
+    for p in meta.prefills:
+        length = p.context_len
+        kp = paddle.gather(k_cache, p.gather).reshape([kv_heads, length, d])
+        vp = paddle.gather(v_cache, p.gather).reshape([kv_heads, length, d])
+        qp = q[p.token_offset : p.token_offset + p.num_tokens].reshape([p.num_tokens, kv_heads, group, d])
+        qp = paddle.transpose(qp, [1, 2, 0, 3])  # [kv_heads, group, Tq, d]
+        for tile in p.tiles:
+            n = tile.q_hi - tile.q_lo
+            qt = qp[:, :, tile.q_lo : tile.q_hi] if len(p.tiles) > 1 else qp
+            s = paddle.matmul(qt.reshape([kv_heads, group * n, d]), kp, transpose_y=True) + tile.mask
+            o = paddle.matmul(paddle.nn.functional.softmax(s, axis=-1), vp)
+            outs.append(
+                paddle.transpose(o.reshape([kv_heads, group, n, d]), [2, 0, 1, 3]).reshape([n, heads * d])
+            )
+    return outs[0] if len(outs) == 1 else paddle.concat(outs, axis=0)

@@ -1,0 +1,67 @@
+"""Vocab-parallel token embedding and LM head.
+
+Rank r holds vocab rows [r*V/w, (r+1)*V/w) (the vocab is padded up to a multiple of the world size).
+- Embedding: ids outside the shard look up a zero row; the all-reduce sums the one non-zero contribution.
+- LM head: each rank computes its slice of the logits and places it in a zero [T, V] tensor; the all-reduce
+  assembles the full logits on every rank (sampling then runs identically everywhere).
+With world == 1 these are a plain gather and one matmul. The head keeps its own [hidden, V] copy (x @ W),
+also when tied: measured ~2x faster than x @ E^T at batch 1 on this CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+
+from paddlellm.layers.linear import AllReduce, Shard, to_param
+from paddlellm.worker.weights import WeightReader
+
+
+def _vocab_rows(reader: WeightReader, name: str, vocab: int, shard: Shard) -> tuple[np.ndarray, int, int]:
+    per = -(-vocab // shard.world)
+    lo, hi = shard.rank * per, min((shard.rank + 1) * per, vocab)
+    rows = reader.get(name, rows=(lo, hi))
+    if rows.shape[0] < per:  # the last rank pads its shard
+        rows = np.concatenate([rows, np.zeros((per - rows.shape[0], rows.shape[1]), np.float32)])
+    return rows, lo, per
+
+
+class VocabParallelEmbedding:
+    def __init__(
+        self, reader: WeightReader, name: str, vocab: int, shard: Shard, all_reduce: AllReduce | None
+    ) -> None:
+        rows, self.start, self.per = _vocab_rows(reader, name, vocab, shard)
+        self.world = shard.world
+        if self.world > 1:  # one extra zero row for ids outside the shard
+            rows = np.concatenate([rows, np.zeros((1, rows.shape[1]), np.float32)])
+        self.weight = to_param(rows)
+        self.all_reduce = all_reduce
+
+    def __call__(self, ids: paddle.Tensor) -> paddle.Tensor:
+        if self.world == 1:
+            return paddle.gather(self.weight, ids)
+        local = ids - self.start
+        outside = paddle.logical_or(local < 0, local >= self.per)
+        local = paddle.where(outside, paddle.full_like(local, self.per), local)
+        assert self.all_reduce is not None
+        return self.all_reduce(paddle.gather(self.weight, local))
+
+
+class ParallelLMHead:
+    def __init__(
+        self, reader: WeightReader, name: str, vocab: int, shard: Shard, all_reduce: AllReduce | None
+    ) -> None:
+        rows, self.start, self.per = _vocab_rows(reader, name, vocab, shard)
+        self.vocab = vocab
+        self.world = shard.world
+        self.weight = to_param(rows.T)  # [hidden, V_local]
+        self.all_reduce = all_reduce
+
+    def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
+        logits = paddle.matmul(x, self.weight)
+        if self.world == 1:
+            return logits
+        full = paddle.zeros([x.shape[0], self.per * self.world], dtype=logits.dtype)
+        full[:, self.start : self.start + self.per] = logits
+        assert self.all_reduce is not None
+        return self.all_reduce(full)[:, : self.vocab]

@@ -1,0 +1,66 @@
+"""Rotary position embedding (NeoX half-split convention), tables built once in numpy.
+
+Interleaved-pair checkpoints (ERNIE-4.5) are handled at load time by permuting each q/k head's rows to the
+half-split order (see models/decoder.py), so one rotation serves every architecture.
+
+Rotation without slicing: rotate_half(x) * sin == roll(x, d/2) * [-sin_lo, sin_hi], so a step applies
+x * cos + roll(x) * sin_signed with cos/sin already expanded to the full [tokens, heads, d] shape (Paddle's
+broadcasting elementwise kernels are ~30x slower than same-shape ones on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from paddlellm.errors import CheckpointError
+
+
+def inv_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray:
+    """float32 inverse frequencies, as transformers' ROPE_INIT_FUNCTIONS compute them."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    inv = inv.astype(np.float32)
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv
+    assert scaling is not None
+    if kind == "linear":
+        return (inv / np.float32(scaling["factor"])).astype(np.float32)
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise CheckpointError(
+        "config.json", "rope_scaling", f"rope type {kind!r} is not supported by the Paddle model"
+    )
+
+
+class RotaryTables:
+    """cos and signed sin per position: [max_positions, head_dim] float32."""
+
+    def __init__(
+        self, head_dim: int, theta: float, scaling: dict[str, Any] | None, max_positions: int
+    ) -> None:
+        inv = inv_frequencies(head_dim, theta, scaling)
+        pos = np.arange(max_positions, dtype=np.float32)
+        freqs = pos[:, None] * inv[None, :]  # float32 product, like the reference
+        self.cos = np.concatenate([np.cos(freqs), np.cos(freqs)], axis=1).astype(np.float32)
+        sin = np.sin(freqs).astype(np.float32)
+        self.sin_signed = np.concatenate([-sin, sin], axis=1)
+        self.max_positions = max_positions
+
+    def expand(self, positions: np.ndarray, heads: int) -> tuple[np.ndarray, np.ndarray]:
+        """[T, heads, d] cos and signed sin for the given token positions."""
+        shape = (len(positions), heads, self.cos.shape[1])
+        cos = np.ascontiguousarray(np.broadcast_to(self.cos[positions][:, None, :], shape))
+        sin = np.ascontiguousarray(np.broadcast_to(self.sin_signed[positions][:, None, :], shape))
+        return cos, sin

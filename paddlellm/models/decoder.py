@@ -1,0 +1,135 @@
+"""DecoderModel: the one Paddle implementation of Llama, Qwen2, Qwen3 and ERNIE-4.5 (dense) causal LMs.
+
+The architectures differ only in load-time facts, all resolved here so the forward pass has no branches
+per model: q/k/v and o/MLP biases are loaded when the checkpoint has them (Qwen2 q/k/v; ERNIE `use_bias`;
+Llama `attention_bias` / `mlp_bias`); Qwen3 adds per-head RMSNorm on q and k; ERNIE-4.5 rotates interleaved
+pairs, which becomes the half-split convention by permuting each q/k head's rows (q.k is unchanged when both
+sides are permuted alike). The softmax scale is folded into the q rows (or Qwen3's q-norm weight).
+
+Per layer: fused residual+RMSNorm, one qkv matmul, rotary on q|k together, paged attention, o matmul,
+fused residual+RMSNorm, one gate|up matmul, swiglu, down matmul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import paddle
+
+from paddlellm.layers.attention import AttentionMetadata, paged_attention
+from paddlellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from paddlellm.layers.linear import AllReduce, ColumnParallelLinear, RowParallelLinear, Shard
+from paddlellm.layers.norm import RMSNorm
+from paddlellm.model_info import ModelInfo
+from paddlellm.worker.weights import WeightReader
+
+INTERLEAVED_ROPE = ("Ernie4_5ForCausalLM",)
+
+
+class DecoderLayer:
+    def __init__(
+        self, info: ModelInfo, reader: WeightReader, prefix: str, shard: Shard, all_reduce: AllReduce | None
+    ) -> None:
+        d = info.head_dim
+        self.head_dim = d
+        self.heads = info.num_heads // shard.world
+        self.kv_heads = info.num_kv_heads // shard.world
+        self.group = self.heads // self.kv_heads
+        scale = d**-0.5
+        perm = np.concatenate([np.arange(0, d, 2), np.arange(1, d, 2)])
+        interleaved = info.architecture in INTERLEAVED_ROPE
+        fold_scale = not info.qk_norm
+
+        def fix_qk(name: str, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+            if name.endswith("v_proj"):
+                return w, b
+            if interleaved:
+                w = w.reshape(-1, d, w.shape[1])[:, perm].reshape(w.shape)
+                b = None if b is None else b.reshape(-1, d)[:, perm].reshape(-1)
+            if fold_scale and name.endswith("q_proj"):
+                w = w * np.float32(scale)
+                b = None if b is None else b * np.float32(scale)
+            return w, b
+
+        attn = f"{prefix}.self_attn"
+        mlp = f"{prefix}.mlp"
+        self.qkv = ColumnParallelLinear.load(
+            reader, [(f"{attn}.q_proj", d), (f"{attn}.k_proj", d), (f"{attn}.v_proj", d)], shard, fix_qk
+        )
+        self.o_proj = RowParallelLinear.load(reader, f"{attn}.o_proj", d, shard, all_reduce)
+        self.gate_up = ColumnParallelLinear.load(
+            reader, [(f"{mlp}.gate_proj", 1), (f"{mlp}.up_proj", 1)], shard
+        )
+        self.down = RowParallelLinear.load(reader, f"{mlp}.down_proj", 1, shard, all_reduce)
+        eps = info.rms_norm_eps
+        self.input_norm = RMSNorm(reader.get(f"{prefix}.input_layernorm.weight"), eps)
+        self.post_norm = RMSNorm(reader.get(f"{prefix}.post_attention_layernorm.weight"), eps)
+        self.q_norm = self.k_norm = None
+        if info.qk_norm:
+            qw = reader.get(f"{attn}.q_norm.weight")
+            kw = reader.get(f"{attn}.k_norm.weight")
+            if interleaved:
+                qw, kw = qw[perm], kw[perm]
+            self.q_norm = RMSNorm(qw * np.float32(scale), eps)
+            self.k_norm = RMSNorm(kw, eps)
+
+    def __call__(
+        self,
+        x: paddle.Tensor,
+        residual: paddle.Tensor | None,
+        cos: paddle.Tensor,
+        sin: paddle.Tensor,
+        meta: AttentionMetadata,
+        kv: tuple[paddle.Tensor, paddle.Tensor],
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        t, d, h, kvh = x.shape[0], self.head_dim, self.heads, self.kv_heads
+        hidden, residual = self.input_norm(x, residual)
+        qkv = self.qkv(hidden)
+        qk = qkv[:, : (h + kvh) * d].reshape([t, h + kvh, d])
+        if self.q_norm is not None and self.k_norm is not None:
+            qk = paddle.concat([self.q_norm(qk[:, :h])[0], self.k_norm(qk[:, h:])[0]], axis=1)
+        qk = qk * cos + paddle.roll(qk, d // 2, axis=2) * sin
+        v = qkv[:, (h + kvh) * d :].reshape([t, kvh, d])
+        attn = paged_attention(qk[:, :h], qk[:, h:], v, kv[0], kv[1], meta, kvh, self.group)
+        hidden, residual = self.post_norm(self.o_proj(attn), residual)
+        return self.down(paddle.nn.functional.swiglu(self.gate_up(hidden))), residual
+
+
+class DecoderModel:
+    def __init__(
+        self, info: ModelInfo, reader: WeightReader, shard: Shard, all_reduce: AllReduce | None
+    ) -> None:
+        shard.split(info.num_heads, "num_attention_heads")
+        shard.split(info.num_kv_heads, "num_key_value_heads")
+        self.info = info
+        self.embed = VocabParallelEmbedding(
+            reader, "model.embed_tokens.weight", info.vocab_size, shard, all_reduce
+        )
+        head = "lm_head.weight"
+        if info.tie_word_embeddings or head not in reader:
+            head = "model.embed_tokens.weight"
+        self.lm_head = ParallelLMHead(reader, head, info.vocab_size, shard, all_reduce)
+        self.layers = [
+            DecoderLayer(info, reader, f"model.layers.{i}", shard, all_reduce) for i in range(info.num_layers)
+        ]
+        self.norm = RMSNorm(reader.get("model.norm.weight"), info.rms_norm_eps)
+        self.qk_heads = self.layers[0].heads + self.layers[0].kv_heads  # per rank
+
+    def forward(
+        self,
+        ids: paddle.Tensor,
+        cos: paddle.Tensor,
+        sin: paddle.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: Sequence[tuple[paddle.Tensor, paddle.Tensor]],
+    ) -> paddle.Tensor:
+        """ids [T] -> final hidden states [T, hidden]; writes the step's K/V into the cache."""
+        x = self.embed(ids)
+        residual = None
+        for layer, kv in zip(self.layers, kv_caches, strict=True):
+            x, residual = layer(x, residual, cos, sin, meta, kv)
+        return self.norm(x, residual)[0]
+
+    def logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        return self.lm_head(hidden)

@@ -1,0 +1,30 @@
+"""KVCache: the paged K/V tensors of one rank, head-major and contiguous per layer.
+
+Per layer, K and V are each [kv_heads * num_blocks * block_size, head_dim]: row h * num_slots + slot holds
+head h of token slot `slot = block * block_size + offset`. Gathering one head's context is then a gather
+of contiguous rows whose result reshapes, without a transpose, into the [kv_heads, batch, len, d] operand of
+the attention matmuls. Zero-initialised, so padded reads are always finite.
+"""
+
+from __future__ import annotations
+
+import paddle
+
+
+class KVCache:
+    def __init__(
+        self, num_layers: int, kv_heads: int, head_dim: int, num_blocks: int, block_size: int
+    ) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.num_slots = num_blocks * block_size
+        self.kv_heads = kv_heads
+        rows = kv_heads * self.num_slots
+        self.layers: list[tuple[paddle.Tensor, paddle.Tensor]] = [
+            (paddle.zeros([rows, head_dim], dtype="float32"), paddle.zeros([rows, head_dim], dtype="float32"))
+            for _ in range(num_layers)
+        ]
+
+    @staticmethod
+    def bytes_needed(num_layers: int, kv_heads: int, head_dim: int, num_blocks: int, block_size: int) -> int:
+        return 2 * num_layers * kv_heads * head_dim * num_blocks * block_size * 4

@@ -1,0 +1,194 @@
+"""ModelRunner: keeps per-request state, turns a SchedulerOutput into one forward pass, samples.
+
+A step (`execute`):
+1. drop finished requests; register new ones (full state); apply cached requests' changes (appended tokens
+   and blocks, computed-token count);
+2. order the batch: single-token requests (decodes) first, then prefill chunks; gather token ids, positions
+   and slots for the step's tokens and build the attention metadata and rotary tables once for all layers;
+3. one forward pass over all tokens; LM head only on the last row of requests whose chunk reaches the end
+   of their known tokens; sample those rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import paddle
+
+from paddlellm.config import EngineConfig
+from paddlellm.engine.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
+from paddlellm.errors import InvalidRequest
+from paddlellm.layers.attention import AttentionMetadata, SeqSpan
+from paddlellm.layers.linear import AllReduce, Shard
+from paddlellm.layers.rotary import RotaryTables
+from paddlellm.model_info import ModelInfo
+from paddlellm.models.decoder import DecoderModel
+from paddlellm.sampling import SamplingParams
+from paddlellm.worker.kv_cache import KVCache
+from paddlellm.worker.sampler import Sampler, SampleRow
+from paddlellm.worker.weights import WeightReader
+
+
+@dataclass
+class _RequestState:
+    token_ids: list[int]  # prompt + outputs known to the runner
+    num_prompt: int
+    block_table: list[int]
+    sampling: SamplingParams
+    seed: int
+    num_computed: int
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        config: EngineConfig,
+        info: ModelInfo,
+        num_blocks: int,
+        rank: int = 0,
+        world: int = 1,
+        all_reduce: AllReduce | None = None,
+    ) -> None:
+        self.config = config
+        self.info = info
+        with paddle.no_grad():
+            self.model = DecoderModel(info, WeightReader(info.path), Shard(rank, world), all_reduce)
+        layer = self.model.layers[0]
+        self.kv_heads, self.group, self.head_dim = layer.kv_heads, layer.group, layer.head_dim
+        self.block_size = config.block_size
+        self.cache = KVCache(info.num_layers, self.kv_heads, self.head_dim, num_blocks, config.block_size)
+        self.rotary = RotaryTables(info.head_dim, info.rope_theta, info.rope_scaling, config.max_model_len)
+        self.sampler = Sampler(info.eos_token_ids)
+        self.requests: dict[str, _RequestState] = {}
+
+    # ---- state -------------------------------------------------------------------------------------------
+    def _apply(self, sched: SchedulerOutput) -> None:
+        for rid in sched.finished_request_ids:
+            self.requests.pop(rid, None)
+        for new in sched.new_requests:
+            self.requests[new.request_id] = self._new_state(new)
+        for cached in sched.cached_requests:
+            st = self.requests.get(cached.request_id)
+            if st is None:
+                raise RuntimeError(f"runner has no state for cached request {cached.request_id!r}")
+            st.token_ids.extend(cached.new_token_ids)
+            st.block_table.extend(cached.new_block_ids)
+            st.num_computed = cached.num_computed_tokens
+
+    @staticmethod
+    def _new_state(new: NewRequestData) -> _RequestState:
+        return _RequestState(
+            list(new.prompt_token_ids) + list(new.output_token_ids),
+            len(new.prompt_token_ids),
+            list(new.block_ids),
+            new.sampling,
+            new.seed,
+            new.num_computed_tokens,
+        )
+
+    # ---- step --------------------------------------------------------------------------------------------
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        self._apply(sched)
+        if sched.is_empty:
+            return ModelRunnerOutput({})
+        items = list(sched.num_scheduled_tokens.items())
+        order = [it for it in items if it[1] == 1] + [it for it in items if it[1] > 1]
+        num_decode = sum(1 for _, n in items if n == 1)
+        spans: list[SeqSpan] = []
+        ids: list[int] = []
+        sample_rows: list[int] = []
+        sample_info: list[tuple[str, SampleRow]] = []
+        row = 0
+        for rid, n in order:
+            st = self.requests.get(rid)
+            if st is None:
+                raise RuntimeError(f"runner has no state for scheduled request {rid!r}")
+            start, end = st.num_computed, st.num_computed + n
+            if end > len(st.token_ids) or end > self.config.max_model_len:
+                raise RuntimeError(
+                    f"request {rid!r}: scheduled tokens [{start}, {end}) beyond its "
+                    f"{len(st.token_ids)} known tokens or max_model_len"
+                )
+            spans.append(SeqSpan(start, n, st.block_table))
+            ids.extend(st.token_ids[start:end])
+            row += n
+            st.num_computed = end
+            if end == len(st.token_ids):
+                sample_rows.append(row - 1)
+                outputs = st.token_ids[st.num_prompt :]
+                sample_info.append((rid, SampleRow(st.sampling, st.seed, end, outputs)))
+        positions = np.concatenate([np.arange(s.start, s.start + s.num_new) for s in spans])
+        with paddle.no_grad():
+            hidden = self._forward(np.asarray(ids, dtype=np.int64), positions, spans, num_decode)
+            if not sample_rows:
+                return ModelRunnerOutput({})
+            if len(sample_rows) < hidden.shape[0]:
+                hidden = paddle.gather(hidden, paddle.to_tensor(np.asarray(sample_rows, dtype=np.int64)))
+            tokens = self.sampler.sample(self.model.logits(hidden), [r for _, r in sample_info])
+        return ModelRunnerOutput({rid: tok for (rid, _), tok in zip(sample_info, tokens, strict=True)})
+
+    def _forward(
+        self, ids: np.ndarray, positions: np.ndarray, spans: list[SeqSpan], num_decode: int
+    ) -> paddle.Tensor:
+        meta = AttentionMetadata.build(
+            spans, num_decode, self.block_size, self.cache.num_slots, self.kv_heads, self.group
+        )
+        cos, sin = self.rotary.expand(positions, self.model.qk_heads)
+        return self.model.forward(
+            paddle.to_tensor(ids), paddle.to_tensor(cos), paddle.to_tensor(sin), meta, self.cache.layers
+        )
+
+    # ---- utilities ---------------------------------------------------------------------------------------
+    def prompt_logits(self, token_ids: list[int] | np.ndarray) -> np.ndarray:
+        """Logits [T, vocab] of a whole prompt in one prefill (parity tests). Overwrites the first KV blocks:
+        not for use while requests are being served."""
+        ids = np.asarray(token_ids, dtype=np.int64)
+        t = len(ids)
+        blocks = -(-t // self.block_size)
+        if t == 0 or t > self.config.max_model_len or blocks > self.cache.num_blocks:
+            raise InvalidRequest(
+                f"prompt of {t} tokens does not fit max_model_len / the KV cache", param="prompt"
+            )
+        spans = [SeqSpan(0, t, list(range(blocks)))]
+        with paddle.no_grad():
+            hidden = self._forward(ids, np.arange(t), spans, num_decode=1 if t == 1 else 0)
+            return self.model.logits(hidden).numpy()
+
+    def warmup(self) -> None:
+        """Dummy prefill and decode steps (greedy and sampled rows) at the sizes serving will use, so the
+        first real request pays no first-call costs. Dummies share block 0 onwards; their state is dropped."""
+        from paddlellm.engine.outputs import CachedRequestData
+
+        blocks = self.cache.num_blocks
+        prefill_len = max(
+            2,
+            min(512, self.config.batched_tokens, self.config.max_model_len - 2, blocks * self.block_size - 2),
+        )
+        table = tuple(range(-(-(prefill_len + 2) // self.block_size)))
+        seqs = max(1, self.config.max_num_seqs)
+        params = (
+            SamplingParams(temperature=0.0, max_tokens=4),
+            SamplingParams(temperature=0.8, top_p=0.9, max_tokens=4),
+        )
+        news = tuple(
+            NewRequestData(
+                f"__warmup{i}",
+                tuple(range(1, 3)) if i else tuple(range(prefill_len)),
+                (),
+                params[i % 2],
+                i,
+                table,
+                0,
+            )
+            for i in range(seqs)
+        )
+        ids = [n.request_id for n in news]
+        out = self.execute(SchedulerOutput(news, (), {n.request_id: len(n.prompt_token_ids) for n in news}))
+        for batch in (ids, ids[:1]):
+            cached = tuple(
+                CachedRequestData(r, (out.sampled_token_ids[r],), (), self.requests[r].num_computed)
+                for r in batch
+            )
+            out = self.execute(SchedulerOutput((), cached, {r: 1 for r in batch}))
+        self.execute(SchedulerOutput((), (), {}, frozenset(ids)))
