@@ -1,0 +1,51 @@
+"""The rank channel's messages survive encoding, and decoding refuses anything else."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import pytest
+
+from paddlellm.engine.outputs import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
+from paddlellm.executor.messages import (
+    Failed,
+    Ready,
+    Result,
+    Shutdown,
+    Step,
+    StepDone,
+    Warmup,
+    decode,
+    encode,
+)
+from paddlellm.sampling import SamplingParams
+
+
+def _step(n: int) -> Step:
+    new = (NewRequestData("new", (1, 2, 3), (), SamplingParams(temperature=0.5, seed=3), 3, (0, 1), 0),)
+    cached = tuple(CachedRequestData(f"req-{i}", (5,), (9,) if i % 7 == 0 else (), 100 + i) for i in range(n))
+    counts = {"new": 3} | {c.request_id: 1 for c in cached}
+    return Step(4, SchedulerOutput(new, cached, counts, frozenset({"gone"})))
+
+
+@pytest.mark.parametrize("msg", [
+    _step(3), Warmup(1), Shutdown(), Ready(1, 123, 2, 1, "cpu", 1.5),
+    StepDone(4, ModelRunnerOutput({"a": 1})), Result(5, None), Failed(1, -1, "ValueError: x"),
+])
+def test_round_trip(msg: object) -> None:
+    assert decode(encode(msg)) == msg  # type: ignore[arg-type]
+
+
+def test_decode_rejects_foreign_objects() -> None:
+    with pytest.raises(TypeError, match="unexpected message type"):
+        decode(pickle.dumps({"not": "a message"}))
+
+
+def test_a_decode_step_is_cheap() -> None:
+    """The per-step cost the channel adds must stay far below a decode step (tens of ms)."""
+    msg = _step(32)
+    t = time.perf_counter()
+    for _ in range(200):
+        decode(encode(msg))
+    assert (time.perf_counter() - t) / 200 < 1e-3
