@@ -1,0 +1,323 @@
+"""Start and supervise the serving stack: tritonserver, then the gateway's uvicorn workers.
+
+Sequence: render the model repository into the run directory -> start tritonserver on free loopback ports
+-> wait until every model is READY (printing each state change and warmup lines from the engine) -> write
+the gateway settings file -> start uvicorn with `--workers` processes on `gateway.app:app_from_env` -> wait
+for the gateway's /health -> supervise. SIGINT/SIGTERM, or either child exiting, stops both: the gateway
+first (no new requests), then tritonserver; a child that does not exit in time is killed with its whole
+process group (python backend stubs, rank workers), so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from gateway.settings import SETTINGS_ENV, GatewaySettings
+from paddlellm.config import EngineConfig
+from paddlellm.triton.render import engine_params, render_model_repository
+from paddlellm.tritonenv import REPO_ROOT, TritonInstall, locate
+
+MODELS = ("tokenizer", "llm_engine", "detokenizer", "ensemble")
+# tritonserver output worth showing on the console (the rest goes to the log file only): warmup progress,
+# the engine's own log lines and errors, minus the ones that are harmless on a CPU-only machine.
+_ECHO = re.compile(r"warm|^E\d{4} |^error|paddlellm\b", re.IGNORECASE)
+_HARMLESS = re.compile(r"CudaDriverHelper|NVML|DCGM|CUDA driver|pinned (system )?memory|cuda", re.IGNORECASE)
+_PR_SET_PDEATHSIG = 1
+
+
+class LaunchError(RuntimeError):
+    """Start-up failed; the message says why (and where the log is)."""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    engine: EngineConfig
+    gateway: GatewaySettings  # triton_url is filled in once ports are chosen
+    host: str
+    port: int
+    workers: int
+    run_dir: Path | None  # None: a fresh temporary directory, removed at exit
+    template_dir: Path = REPO_ROOT / "model_repository"
+    ready_timeout_s: float = 900.0
+    triton_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _worth_echoing(line: str) -> bool:
+    return bool(_ECHO.search(line)) and not _HARMLESS.search(line) and not line.startswith(("|", "+"))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the launcher is killed outright, the child gets SIGTERM.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ManagedProcess:
+    """A child in its own session (so a terminal's Ctrl-C reaches only the launcher, which stops children
+    in order), with its output pumped to a log file and, filtered, to the console."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        echo: Callable[[str], bool],
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.tail: deque[str] = deque(maxlen=25)
+        self._log: IO[str] = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            text=True,
+            errors="replace",
+        )
+        self._echo = echo
+        self._pump = threading.Thread(target=self._read, name=f"{name}-log", daemon=True)
+        self._pump.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._log.write(line)
+            self._log.flush()
+            self.tail.append(line.rstrip("\n"))
+            if self._echo(line):
+                print(f"[{self.name}] {line.rstrip()}", flush=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float) -> int | None:
+        """SIGTERM, wait, then SIGKILL the whole process group. Returns the exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                print(f"[launcher] {self.name} did not exit in {timeout_s:g}s: killing it", flush=True)
+        # Children of the child (stubs, rank workers, uvicorn workers) share its process group.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        code = self.proc.wait()
+        self._pump.join(5)
+        self._log.close()
+        return code
+
+
+class Launcher:
+    def __init__(self, plan: LaunchPlan, install: TritonInstall | None = None) -> None:
+        self.plan = plan
+        self.install = install
+        self.stop_requested = threading.Event()
+        self.triton: ManagedProcess | None = None
+        self.gateway: ManagedProcess | None = None
+
+    def say(self, msg: str) -> None:
+        print(f"[launcher] {msg}", flush=True)
+
+    def run(self) -> int:
+        """Serve until a signal or a child's death; returns the exit code."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        own_dir = self.plan.run_dir is None
+        run_dir = self.plan.run_dir or Path(tempfile.mkdtemp(prefix="paddlellm-run-"))
+        code = 0
+        try:
+            self._start(run_dir)
+            if not self.stop_requested.is_set():
+                code = self._supervise()
+        except LaunchError as e:
+            self.say(f"error: {e}")
+            code = 1
+        finally:
+            self._shutdown()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if own_dir and code == 0:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            elif own_dir:
+                self.say(f"logs kept in {run_dir}")
+        return code
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if not self.stop_requested.is_set():
+            self.say(f"{signal.Signals(signum).name}: shutting down")
+        self.stop_requested.set()
+
+    # ------------------------------------------------------------------ start-up
+    def _start(self, run_dir: Path) -> None:
+        plan = self.plan
+        run_dir.mkdir(parents=True, exist_ok=True)
+        repo = run_dir / "model_repository"
+        self.say(f"rendering the model repository into {repo}")
+        render_model_repository(plan.template_dir, repo, engine_params(plan.engine))
+        install = self.install or locate()
+        grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+        argv = install.command(
+            repo,
+            f"--grpc-port={grpc_port}",
+            f"--http-port={http_port}",
+            f"--metrics-port={metrics_port}",
+            "--exit-on-error=true",
+            "--disable-auto-complete-config",
+            "--exit-timeout-secs=10",
+            "--log-verbose=0",
+            *plan.triton_args,
+        )
+        self.say(
+            f"starting tritonserver (grpc {grpc_port}, http {http_port}, metrics {metrics_port}); "
+            f"log: {run_dir / 'tritonserver.log'}"
+        )
+        self.triton = ManagedProcess(
+            "tritonserver",
+            argv,
+            install.launch_env(),
+            run_dir / "tritonserver.log",
+            _worth_echoing,
+        )
+        self._wait_models(f"127.0.0.1:{grpc_port}")
+        if self.stop_requested.is_set():
+            return
+        settings = dataclasses.replace(plan.gateway, triton_url=f"127.0.0.1:{grpc_port}")
+        settings_path = run_dir / "gateway.json"
+        settings_path.write_text(settings.to_json(), encoding="utf-8")
+        env = dict(os.environ)
+        env[SETTINGS_ENV] = str(settings_path)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "gateway.app:app_from_env",
+            "--factory",
+            "--host",
+            plan.host,
+            "--port",
+            str(plan.port),
+            "--workers",
+            str(plan.workers),
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            "5",
+        ]
+        self.say(f"starting the gateway ({plan.workers} worker(s)) on http://{plan.host}:{plan.port}")
+        self.gateway = ManagedProcess(
+            "gateway", argv, env, run_dir / "gateway.log", lambda line: True, cwd=REPO_ROOT
+        )
+        self._wait_gateway()
+
+    def _wait_models(self, grpc_url: str) -> None:
+        from tritonclient.grpc import InferenceServerClient
+        from tritonclient.utils import InferenceServerException
+
+        assert self.triton is not None
+        start = time.monotonic()
+        seen: dict[str, str] = {}
+        client = InferenceServerClient(grpc_url)
+        try:
+            while not self.stop_requested.is_set():
+                if not self.triton.alive():
+                    tail = "\n".join(self.triton.tail)
+                    raise LaunchError(
+                        f"tritonserver exited with code {self.triton.proc.returncode} before its "
+                        f"models were ready; last lines:\n{tail}"
+                    )
+                if time.monotonic() - start > self.plan.ready_timeout_s:
+                    raise LaunchError(f"models not ready after {self.plan.ready_timeout_s:g}s: {seen}")
+                try:
+                    index = client.get_model_repository_index(as_json=True, client_timeout=2.0)
+                    for m in index.get("models", []):
+                        state = m.get("state", "UNKNOWN")
+                        if seen.get(m["name"]) != state:
+                            seen[m["name"]] = state
+                            reason = f" ({m['reason']})" if m.get("reason") else ""
+                            self.say(f"model {m['name']}: {state}{reason} at {time.monotonic() - start:.1f}s")
+                    if all(seen.get(n) == "READY" for n in MODELS) and client.is_server_ready(
+                        client_timeout=2.0
+                    ):
+                        self.say(f"all models ready in {time.monotonic() - start:.1f}s")
+                        return
+                except InferenceServerException:
+                    pass  # not listening yet
+                self.stop_requested.wait(0.5)
+        finally:
+            client.close()
+
+    def _wait_gateway(self) -> None:
+        assert self.gateway is not None
+        host = "127.0.0.1" if self.plan.host in ("0.0.0.0", "::", "") else self.plan.host
+        url = f"http://{host}:{self.plan.port}/health"
+        deadline = time.monotonic() + 120
+        while not self.stop_requested.is_set():
+            if not self.gateway.alive():
+                raise LaunchError(
+                    f"the gateway exited with code {self.gateway.proc.returncode}; last lines:\n"
+                    + "\n".join(self.gateway.tail)
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    if r.status == 200:
+                        self.say(
+                            f"ready: OpenAI API at http://{self.plan.host}:{self.plan.port}/v1 "
+                            f"(model '{self.plan.gateway.served_model_name}' or 'default')"
+                        )
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise LaunchError(f"the gateway did not become healthy at {url}")
+            self.stop_requested.wait(0.3)
+
+    # ------------------------------------------------------------------ supervision and shutdown
+    def _supervise(self) -> int:
+        while not self.stop_requested.wait(0.5):
+            for proc in (self.triton, self.gateway):
+                if proc is not None and not proc.alive():
+                    self.say(f"{proc.name} exited unexpectedly (code {proc.proc.returncode}); shutting down")
+                    return 1
+        return 0
+
+    def _shutdown(self) -> None:
+        if self.gateway is not None:
+            self.say("stopping the gateway")
+            self.gateway.stop(timeout_s=15)
+        if self.triton is not None:
+            self.say("stopping tritonserver")
+            self.triton.stop(timeout_s=30)
+        self.say("stopped")

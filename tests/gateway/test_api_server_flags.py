@@ -1,0 +1,179 @@
+"""The launcher's command line: every DESIGN.md flag with its default, fast failures that name the flag, and
+the configuration the flags turn into (--dry-run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.api_server import build_parser, main, reasoning_markers
+
+ROOT = Path(__file__).resolve().parents[2]
+DESIGN_FLAGS = {
+    "--host": "0.0.0.0",
+    "--port": "8000",
+    "--metrics-port": "the main port",
+    "--workers": "1",
+    "--api-key": "none",
+    "--model": "SmolLM2-135M-Instruct",
+    "--max-model-len": "2048",
+    "--block-size": "64",
+    "--use-warmup": "0",
+    "--engine-worker-queue-port": "0",
+    "--tensor-parallel-size": "1",
+    "--max-num-seqs": "8",
+    "--num-gpu-blocks-override": None,
+    "--max-num-batched-tokens": "max_model_len",
+    "--gpu-memory-utilization": "0.9",
+    "--kv-cache-ratio": "0.75",
+    "--enable-mm": None,
+    "--scheduler-name": "local",
+    "--scheduler-max-size": "-1",
+    "--scheduler-ttl": "900",
+    "--scheduler-host": None,
+    "--scheduler-port": "6379",
+    "--scheduler-db": "0",
+    "--scheduler-password": None,
+    "--scheduler-topic": None,
+    "--scheduler-min-load-score": None,
+    "--scheduler-load-shards-num": None,
+}
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    d = tmp_path / "my-model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    return d
+
+
+def test_help_lists_every_flag_with_its_default() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.api_server", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    flat = " ".join(out.split())
+    for flag, default in DESIGN_FLAGS.items():
+        assert flag in out, flag
+        if default is not None:
+            start = flat.index(f"{flag} ", flat.index("options:"))
+            segment = flat[start : start + 400]
+            assert "default:" in segment and default in segment[segment.index("default:") :], (flag, default)
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--max-num"], "unrecognized arguments"),  # no abbreviations
+        (["--block-size", "x"], "--block-size: invalid int value"),
+        (["--block-size", "0"], "--block-size: must be in [1, 4096]"),
+        (["--kv-cache-ratio", "1.5"], "--kv-cache-ratio"),
+        (["--tensor-parallel-size", "0"], "--tensor-parallel-size"),
+        (["--max-model-len", "1"], "--max-model-len"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--scheduler-name", "global"], "not supported yet"),
+        (["--enable-mm"], "not supported yet"),
+        (["--use-warmup", "2"], "--use-warmup: invalid choice"),
+    ],
+)
+def test_bad_flags_fail_fast_naming_the_flag(argv: list[str], needle: str, model: Path, capsys) -> None:
+    assert needle in _error(["--model", str(model), "--dry-run", *argv], capsys)
+
+
+def test_missing_model_fails_with_a_hint(tmp_path: Path, capsys) -> None:
+    assert "no such file" in _error(["--model", str(tmp_path / "nope"), "--dry-run"], capsys)
+    assert "no config.json" in _error(["--model", str(tmp_path), "--dry-run"], capsys)
+
+
+def test_dry_run_maps_flags_to_engine_and_gateway_config(model: Path, capsys) -> None:
+    argv = [
+        "--model",
+        str(model),
+        "--dry-run",
+        "--port",
+        "8188",
+        "--max-model-len",
+        "512",
+        "--block-size",
+        "16",
+        "--use-warmup",
+        "1",
+        "--max-num-seqs",
+        "4",
+        "--num-gpu-blocks-override",
+        "100",
+        "--max-num-batched-tokens",
+        "128",
+        "--kv-cache-ratio",
+        "0.5",
+        "--api-key",
+        "k",
+        "--workers",
+        "3",
+        "--scheduler-max-size",
+        "10",
+        "--scheduler-ttl",
+        "60",
+        "--metrics-port",
+        "9100",
+    ]
+    assert main(argv) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    engine, gateway = cfg["engine"], cfg["gateway"]
+    assert engine["model"] == str(model) and engine["served_model_name"] == "my-model"
+    assert (engine["max_model_len"], engine["block_size"], engine["use_warmup"], engine["max_num_seqs"]) == (
+        512,
+        16,
+        True,
+        4,
+    )
+    assert (
+        engine["num_gpu_blocks_override"],
+        engine["max_num_batched_tokens"],
+        engine["kv_cache_ratio"],
+    ) == (100, 128, 0.5)
+    assert (engine["scheduler_max_size"], engine["scheduler_ttl"]) == (10, 60.0)
+    assert gateway["max_model_len"] == 512 and gateway["api_key"] == "***" and gateway["metrics_port"] == 9100
+    assert (cfg["port"], cfg["workers"]) == (8188, 3)
+
+
+def test_defaults_leave_optional_engine_values_unset(model: Path) -> None:
+    args = build_parser().parse_args(["--model", str(model)])
+    assert (args.num_gpu_blocks_override, args.max_num_batched_tokens, args.api_key) == (None, None, None)
+    assert args.port == 8000 and args.scheduler_name == "local"
+
+
+def _template(tmp_path: Path, template: str) -> Path:
+    d = tmp_path / "m"
+    d.mkdir(exist_ok=True)
+    (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    return d
+
+
+def test_reasoning_markers_from_the_chat_template(tmp_path: Path) -> None:
+    plain = "{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
+    assert reasoning_markers(_template(tmp_path, plain)) is None
+    qwen3 = (
+        "{% for m in messages %}{{ m.content }}{% if '</think>' in m.content %}x{% endif %}{% endfor %}"
+        "{%- if add_generation_prompt %}A:{%- if enable_thinking is false %}<think>\n\n</think>{%- endif %}"
+        "{%- endif %}"
+    )
+    assert reasoning_markers(_template(tmp_path, qwen3)) == ("<think>", "</think>", False)
+    r1 = "{{ '</think>' }}{% if add_generation_prompt %}{{ 'A:<think>\\n' }}{% endif %}"
+    assert reasoning_markers(_template(tmp_path, r1)) == ("<think>", "</think>", True)

@@ -1,0 +1,41 @@
+"""Toy `tokenizer`: one id per character (see README.md)."""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from paddlellm import protocol
+from paddlellm.errors import InvalidRequest
+from paddlellm.sampling import SamplingParams
+
+
+def _text(request, name):
+    return pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0].decode()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = json.loads(args["model_config"])["parameters"]
+        self.max_model_len = int(params["max_model_len"]["string_value"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                sampling = SamplingParams.from_json(_text(request, "sampling"))
+                messages = _text(request, "messages")
+                text = (
+                    "\n".join(m["content"] for m in json.loads(messages))
+                    if messages
+                    else _text(request, "prompt")
+                )
+                if len(text) + sampling.max_tokens > self.max_model_len:
+                    param = "messages" if messages else "prompt"
+                    raise InvalidRequest(f"prompt of {len(text)} tokens exceeds max_model_len", param=param)
+                ids = np.array([ord(c) for c in text], dtype=np.int32)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("input_ids", ids)]))
+            except InvalidRequest as e:
+                err = pb_utils.TritonError(protocol.format_error(e), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=err))
+        return responses
