@@ -183,6 +183,40 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # a zombie still answers kill(0); treat it as gone
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(")")[-1].split()[0] != "Z"
+    try:  # a zombie still answers kill(0); treat it as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_engine_killed_leaves_nothing_behind(tmp_path) -> None:
+    """kill -9 of the engine process: its ranks notice (parent sentinel) and exit, and the shared-memory
+    segment is unlinked by the engine's resource tracker once they are gone."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.tp.test_multiproc_fake import _executor
+        import pathlib
+        if __name__ == "__main__":
+            ex = _executor(pathlib.Path({str(tmp_path)!r}), tp=2)
+            print(ex.shm_name, *ex.pids, flush=True)
+            time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        shm, *pids = proc.stdout.readline().split()  # type: ignore[union-attr]
+        assert _shm_exists(shm) and len(pids) == 2
+        proc.kill()
+        proc.wait(10)
+        t0 = time.monotonic()
+        while (any(_pid_alive(int(p)) for p in pids) or _shm_exists(shm)) and time.monotonic() - t0 < 10:
+            time.sleep(0.1)
+        assert not any(_pid_alive(int(p)) for p in pids), "ranks outlived their engine"
+        assert not _shm_exists(shm), "shared memory outlived the engine and its ranks"
+    finally:
+        proc.kill()

@@ -6,12 +6,16 @@ real worker, channel and engine; only the sharding and the all-reduce differ.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 
 from paddlellm.config import EngineConfig
 from paddlellm.engine.core import LLMEngine
-from paddlellm.errors import ConfigError
+from paddlellm.errors import ConfigError, EngineDead
 from paddlellm.executor.multiproc import MultiprocExecutor
 from paddlellm.model_info import ModelInfo
 from paddlellm.sampling import SamplingParams
@@ -66,3 +70,31 @@ def test_default_model_refuses_tp2_and_runs_tp3(default_model_dir: str) -> None:
     with pytest.raises(ConfigError, match="does not divide .*num_attention_heads=9, num_key_value_heads=3"):
         MultiprocExecutor(config, info, BLOCKS)
     _check(default_model_dir, tp=3, n_req=4, max_tokens=6)
+
+
+def test_kill_a_rank_mid_decode(tiny_checkpoint) -> None:
+    """The real runner blocks in the shm all-reduce when its peer dies: the engine step must fail fast."""
+    path = tiny_checkpoint(arch="llama", tokenizer="llama2")
+    config = EngineConfig(model=path, tensor_parallel_size=2, max_model_len=256, block_size=16,
+                          num_gpu_blocks_override=BLOCKS)
+    info = ModelInfo.from_dir(path)
+    ex = MultiprocExecutor(config, info, BLOCKS)
+    shm = ex.shm_name
+    try:
+        engine = LLMEngine(config, ex, info, BLOCKS)
+        params = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
+        for i in range(4):
+            engine.add_request(f"r{i}", [5 + i] * 8, params)
+        for _ in range(3):
+            engine.step()
+        os.kill(ex.pids[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(EngineDead, match="rank 1"):
+            while time.monotonic() - t0 < 30:
+                engine.step()
+        assert time.monotonic() - t0 < 5.0
+        with pytest.raises(EngineDead):
+            engine.check_health()
+        assert not os.path.exists(f"/dev/shm/{shm}")
+    finally:
+        ex.shutdown()
