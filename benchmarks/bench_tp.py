@@ -15,7 +15,6 @@ import multiprocessing as mp
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -121,6 +120,96 @@ def _plot_allreduce(results: dict[str, dict[str, float]], path: str) -> None:
     print("wrote", path)
 
 
+# ---------------------------------------------------------------- decode
+def _decode_run(path: str, tp: int, batches: list[int], steps: int, reps: int, q: Any) -> None:
+    """One engine (fresh process): tokens/s of `steps` decode steps per batch size, median of reps."""
+    from paddlellm.config import EngineConfig
+    from paddlellm.engine.core import LLMEngine
+    from paddlellm.model_info import ModelInfo
+    from paddlellm.sampling import SamplingParams
+
+    prompt_len, blocks = 64, 2048
+    config = EngineConfig(model=path, tensor_parallel_size=tp, num_threads=2 if tp == 1 else 1,
+                          max_model_len=prompt_len + steps + 16, block_size=16, max_num_seqs=max(batches),
+                          max_num_batched_tokens=4096, num_gpu_blocks_override=blocks)
+    info = ModelInfo.from_dir(path)
+    if tp == 1:
+        from paddlellm.executor.inproc import InprocExecutor
+
+        executor: Any = InprocExecutor(config, info, blocks)
+    else:
+        from paddlellm.executor.multiproc import MultiprocExecutor
+
+        executor = MultiprocExecutor(config, info, blocks)
+    engine = LLMEngine(config, executor, info, blocks)
+    result: dict[int, list[float]] = {}
+    try:
+        for rep in range(reps):
+            for batch in batches:
+                params = SamplingParams(max_tokens=steps + 4, temperature=0.0, ignore_eos=True)
+                for i in range(batch):
+                    prompt = [(7 * i + 3 * k) % 30000 + 3 for k in range(prompt_len)]
+                    engine.add_request(f"b{batch}-{rep}-{i}", prompt, params)
+                for _ in range(3):  # prefill, then two untimed decode steps
+                    engine.step()
+                t = time.perf_counter()
+                tokens = sum(len(o.new_token_ids) for _ in range(steps) for o in engine.step())
+                result.setdefault(batch, []).append(tokens / (time.perf_counter() - t))
+                engine.run_until_done()
+    finally:
+        engine.shutdown()
+    q.put({b: statistics.median(v) for b, v in result.items()})
+
+
+def bench_decode(args: argparse.Namespace) -> None:
+    path = args.model or _make_checkpoint(args.out + "_llama100m")
+    batches = [int(b) for b in args.batches.split(",")]
+    ctx = mp.get_context("spawn")
+    runs: dict[int, list[dict[int, float]]] = {1: [], 2: []}
+    for rnd in range(args.rounds):  # alternate TP=1 and TP=2 so slow periods hit both
+        for tp in (1, 2):
+            q = ctx.Queue()
+            p = ctx.Process(target=_decode_run, args=(path, tp, batches, args.steps, args.reps, q))
+            p.start()
+            runs[tp].append(q.get(timeout=1800))
+            p.join(60)
+            load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+            print(f"round {rnd} TP={tp}: " + ", ".join(f"b{b} {v:.1f}" for b, v in runs[tp][-1].items())
+                  + f"  (load average {load})", flush=True)
+    med = {tp: {b: statistics.median(r[b] for r in runs[tp]) for b in batches} for tp in runs}
+    print(f"\n{'batch':>6} {'TP=1 2 thr (tok/s)':>19} {'TP=2 1 thr/rank (tok/s)':>24} {'TP=2 / TP=1':>12}")
+    for b in batches:
+        print(f"{b:>6} {med[1][b]:19.1f} {med[2][b]:24.1f} {med[2][b] / med[1][b]:11.2f}x")
+    _plot_decode(med, batches, args.out + "_decode.png")
+
+
+def _make_checkpoint(out: str) -> str:
+    from paddlellm.tools.make_tiny_model import TinySpec, make_tiny_model
+
+    if not os.path.isfile(os.path.join(out, "config.json")):
+        make_tiny_model(TinySpec(arch="llama", tokenizer="llama2", size="100m", tie=False), out)
+    return out
+
+
+def _plot_decode(med: dict[int, dict[int, float]], batches: list[int], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = range(len(batches))
+    for i, (tp, label) in enumerate(((1, "TP=1, 2 threads"), (2, "TP=2, 1 thread/rank"))):
+        ax.bar([x + i * 0.4 for x in xs], [med[tp][b] for b in batches], 0.4, label=label)
+    ax.set_xticks([x + 0.2 for x in xs], [f"batch {b}" for b in batches])
+    ax.set_ylabel("decode tokens/s (~100M llama, CPU)")
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    print("wrote", path)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -128,10 +217,17 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--reps", type=int, default=500)
     a.add_argument("--out", default=os.path.join(REPO, "run", "bench_tp"))
     a.set_defaults(fn=bench_allreduce)
+    d = sub.add_parser("decode")
+    d.add_argument("--model", default="", help="checkpoint dir (default: generate a ~100M llama under --out)")
+    d.add_argument("--batches", default="1,8,32")
+    d.add_argument("--steps", type=int, default=32, help="timed decode steps per point")
+    d.add_argument("--reps", type=int, default=3, help="repeats per point inside one engine")
+    d.add_argument("--rounds", type=int, default=2, help="alternating TP=1 / TP=2 engine starts")
+    d.add_argument("--out", default=os.path.join(REPO, "run", "bench_tp"))
+    d.set_defaults(fn=bench_decode)
     args = ap.parse_args(argv)
     args.fn(args)
 
 
 if __name__ == "__main__":
-    _ = tempfile  # used by the decode benchmark
     main()

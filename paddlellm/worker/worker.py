@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import traceback
@@ -55,6 +56,8 @@ def rank_main(init: Init) -> None:
     try:
         try:
             configure_paddle(init.config.device, threads, init.rank)
+            # paddle's own SIGTERM handler prints a C++ "FatalError" report; a terminated rank is routine.
+            signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
             all_reduce = _make_all_reduce(init)
             runner_cls = _load_runner(init.runner)
             runner = runner_cls(init.config, init.info, init.num_blocks,
