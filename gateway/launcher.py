@@ -114,7 +114,8 @@ class ManagedProcess:
         for line in self.proc.stdout:
             self._log.write(line)
             self._log.flush()
-            self.tail.append(line.rstrip("\n"))
+            if not line.startswith(("|", "+")):  # Triton's status tables say less than its error lines
+                self.tail.append(line.rstrip("\n"))
             if self._echo(line):
                 print(f"[{self.name}] {line.rstrip()}", flush=True)
 
