@@ -16,6 +16,7 @@ from paddlellm.config import EngineConfig
 from paddlellm.engine.core import LLMEngine
 from paddlellm.errors import InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
+from paddlellm.text.tokenizer import TextTokenizer
 
 
 class Tokenizer(Protocol):
@@ -23,7 +24,7 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
-    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str: ...
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,6 @@ class Completion:
 class LLM:
     def __init__(self, model: str, **engine_config_overrides: Any) -> None:
         """Build an engine for `model` (a checkpoint dir or .gguf file) with EngineConfig overrides."""
-        from paddlellm.text.tokenizer import TextTokenizer
-
         engine = LLMEngine.create(EngineConfig(model=model, **engine_config_overrides))
         self._init(engine, TextTokenizer.from_dir(engine.info.path))
 
@@ -69,7 +68,7 @@ class LLM:
         params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[Completion]:
         """Answer each conversation through the model's chat template."""
-        return self.generate([self.tokenizer.apply_chat_template(list(m)) for m in messages_list], params)
+        return self._run([self.tokenizer.encode_chat(list(m)) for m in messages_list], params)
 
     def shutdown(self) -> None:
         self.engine.shutdown()

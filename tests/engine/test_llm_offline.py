@@ -15,8 +15,8 @@ class ByteTokenizer:
     def decode(self, ids):
         return bytes(i - 3 for i in ids if 3 <= i < 259).decode(errors="replace")
 
-    def apply_chat_template(self, messages):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+    def encode_chat(self, messages):
+        return self.encode("".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>")
 
 
 def test_generate_keeps_prompt_order_and_matches_the_engine():

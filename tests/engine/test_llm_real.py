@@ -1,0 +1,84 @@
+"""The offline LLM entry and the engine loop thread over real checkpoints."""
+
+import threading
+
+import pytest
+
+from paddlellm.engine.loop import EngineLoop
+from paddlellm.sampling import SamplingParams
+
+pytest.importorskip("paddle")
+
+from paddlellm.llm import LLM  # noqa: E402
+
+CAPITALS = (
+    "Paris",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Tokyo",
+    "Beijing",
+    "Moscow",
+    "London",
+    "Delhi",
+    "Ottawa",
+    "Washington",
+    "Canberra",
+    "Brasília",
+    "Brasilia",
+)
+
+
+def test_default_model_answers_the_seed_question(default_model_dir):
+    with LLM(default_model_dir, num_threads=2) as llm:
+        (c,) = llm.chat(
+            [[{"role": "user", "content": "List 3 countries and their capitals."}]],
+            SamplingParams(max_tokens=96, temperature=0.0),
+        )
+    assert c.finish_reason == "stop" and len(c.token_ids) > 10
+    assert sum(city in c.text for city in CAPITALS) >= 2, c.text
+    assert c.prompt_token_ids[-1] != c.token_ids[0]
+
+
+def test_text_and_ids_agree_and_loop_matches_offline(tiny_checkpoint):
+    path = tiny_checkpoint(arch="qwen2", tokenizer="llama2", seed=3)
+    greedy = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    with LLM(path, num_threads=2, max_model_len=512, num_gpu_blocks_override=64, block_size=16) as llm:
+        prompts = ["Hello world", "你好，世界 🙂", "The quick brown fox jumps over the lazy dog " * 4]
+        by_text = llm.generate(prompts, greedy)
+        by_ids = llm.generate([list(c.prompt_token_ids) for c in by_text], greedy)
+        assert [c.token_ids for c in by_text] == [c.token_ids for c in by_ids]
+        for c in by_text:
+            assert c.text == llm.tokenizer.decode(c.token_ids) and len(c.token_ids) == 12
+
+        # The same requests through the loop thread, added from several threads at once.
+        loop = EngineLoop(llm.engine).start()
+        got: dict[str, list[int]] = {}
+        done = threading.Event()
+        lock = threading.Lock()
+
+        finished: dict[str, str | None] = {}
+
+        def sink(out):
+            with lock:
+                got.setdefault(out.request_id, []).extend(out.new_token_ids)
+                if out.finished:
+                    finished[out.request_id] = out.finish_reason
+                    if len(finished) == len(prompts):
+                        done.set()
+
+        threads = [
+            threading.Thread(target=loop.add, args=(f"t{i}", c.prompt_token_ids, greedy, sink))
+            for i, c in enumerate(by_text)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            assert done.wait(120)
+        finally:
+            loop.stop()
+        assert set(finished.values()) == {"length"}
+        assert [got[f"t{i}"] for i in range(len(prompts))] == [list(c.token_ids) for c in by_text]
+        assert llm.engine.stats().num_free_blocks == 64
