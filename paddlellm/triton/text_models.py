@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from paddlellm import protocol
-from paddlellm.errors import Cancelled, ConfigError, InvalidRequest
+from paddlellm.errors import ConfigError, InvalidRequest
 from paddlellm.triton import adapter
 from paddlellm.triton.errors import error_response
 from paddlellm.triton.params import pick
@@ -73,8 +73,9 @@ class DetokenizerModel:
 
     def _one(self, request: Any) -> Any:
         if request.is_cancelled():
+            # Answer normally all the same: an error response here leaves the cancelled ensemble request
+            # in flight forever in Triton 2.51 (it then blocks shutdown until --exit-timeout-secs).
             self._abort_engine(request.request_id())
-            return error_response(self.pb, Cancelled("the client cancelled the request"))
         try:
             inp = adapter.read_detokenizer_input(self.pb, request)
             text = self.step(inp.window_ids, inp.prefix_len, inp.finished)

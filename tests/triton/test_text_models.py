@@ -166,14 +166,15 @@ def test_cancelled_detokenizer_request_aborts_the_engine_request(pb: ModuleType)
     req.cancel()
     [resp] = DetokenizerModel(pb, letters).execute([req])
     assert seen == [("client-42", True, [p.INPUT_IDS, p.SAMPLING])]
-    assert resp.error().code() == pb.TritonError.CANCELLED
+    # Still a normal answer: an error here would leave the cancelled ensemble in flight in Triton 2.51.
+    assert resp.outputs()[p.TEXT_OUTPUT][0] == b"b"
 
 
 def test_abort_failure_does_not_break_the_detokenizer(pb: ModuleType) -> None:
     req = detok_request(pb, [1], 0, [1], rid="x")  # no engine registered: exec raises
     req.cancel()
     [resp] = DetokenizerModel(pb, letters).execute([req])
-    assert resp.error().code() == pb.TritonError.CANCELLED
+    assert not resp.has_error()
 
 
 # ------------------------------------------------------------------------------------------ model.py
