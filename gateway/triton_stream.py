@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -89,9 +90,15 @@ class TritonStream:
     """One request's response stream. Iterate for EnsembleResponses (ending after the final one); typed
     EngineErrors are raised from the iteration. `cancel()` tells Triton, and `on_cancel` the engine."""
 
-    def __init__(self, responses: Any, on_cancel: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        responses: Any,
+        on_cancel: Callable[[], None] | None = None,
+        on_tokens: Callable[[], None] | None = None,
+    ) -> None:
         self._responses = responses
         self._on_cancel = on_cancel
+        self._on_tokens = on_tokens
         self.done = False
         self.cancelled = False
 
@@ -122,6 +129,8 @@ class TritonStream:
             self._responses.cancel()
             raise _typed_error(error.message() or str(error))
         resp = decode_response(result)
+        if resp.token_ids and self._on_tokens is not None:
+            self._on_tokens()
         if resp.final:
             self.done = True
         return resp
@@ -145,7 +154,7 @@ class TritonEnsemble:
         self.ensemble_model = ensemble_model
         self.engine_model = engine_model
         self.timeout_s = timeout_s
-        self._probe_ok_at = -1.0
+        self._alive_at = -1.0  # when the engine last proved alive: a passing probe or tokens for a request
         self._aborts: set[asyncio.Task[None]] = set()
 
     def open(self, req: EnsembleRequest, request_id: str) -> TritonStream:
@@ -154,7 +163,16 @@ class TritonEnsemble:
             _string_input(protocol.MESSAGES, req.messages),
             _string_input(protocol.SAMPLING, req.sampling),
         ]
-        return self._open(self.ensemble_model, inputs, request_id, on_cancel=lambda: self._abort(request_id))
+        return self._open(
+            self.ensemble_model,
+            inputs,
+            request_id,
+            on_cancel=lambda: self._abort(request_id),
+            on_tokens=self._engine_alive,
+        )
+
+    def _engine_alive(self) -> None:
+        self._alive_at = time.monotonic()
 
     def _open(
         self,
@@ -162,6 +180,7 @@ class TritonEnsemble:
         inputs: list[InferInput],
         request_id: str,
         on_cancel: Callable[[], None] | None = None,
+        on_tokens: Callable[[], None] | None = None,
         **params: Any,
     ) -> TritonStream:
         async def one_request() -> AsyncIterator[dict[str, Any]]:
@@ -172,7 +191,8 @@ class TritonEnsemble:
                 "parameters": {"triton_enable_empty_final_response": True, **params},
             }
 
-        return TritonStream(self.client.stream_infer(one_request(), stream_timeout=self.timeout_s), on_cancel)
+        responses = self.client.stream_infer(one_request(), stream_timeout=self.timeout_s)
+        return TritonStream(responses, on_cancel, on_tokens)
 
     def _abort(self, request_id: str) -> None:
         """Tell the engine directly: Triton 2.51 does not pass an ensemble's cancellation on to its decoupled
@@ -198,7 +218,9 @@ class TritonEnsemble:
 
     async def check_ready(self, timeout_s: float, probe: bool, cache_s: float) -> str | None:
         """None when serving works; otherwise why not. The probe runs a one-token request through the
-        engine (directly, not through the ensemble) so a dead engine loop or worker shows up."""
+        engine (directly, not through the ensemble) so a dead engine loop or worker shows up. Tokens that
+        reached any request within `cache_s` prove the engine alive as well, so a busy engine whose queue
+        delays the probe is not reported dead."""
         try:
             if not await self.client.is_server_ready(client_timeout=timeout_s):
                 return "inference server is not ready"
@@ -207,7 +229,7 @@ class TritonEnsemble:
                     return f"model '{model}' is not ready"
         except (InferenceServerException, grpc.aio.AioRpcError) as e:
             return f"inference server unreachable: {e}"
-        if not probe or time.monotonic() - self._probe_ok_at < cache_s:
+        if not probe or time.monotonic() - self._alive_at < cache_s:
             return None
         try:
             await asyncio.wait_for(self._probe(), timeout_s)
@@ -215,14 +237,14 @@ class TritonEnsemble:
             return f"engine did not answer a one-token probe within {timeout_s:g}s"
         except EngineError as e:
             return f"engine probe failed: {e.message}"
-        self._probe_ok_at = time.monotonic()
+        self._alive_at = time.monotonic()
         return None
 
     async def _probe(self) -> None:
         ids = InferInput(protocol.INPUT_IDS, [1], "INT32")
         ids.set_data_from_numpy(np.array([0], dtype=np.int32))
         sampling = _string_input(protocol.SAMPLING, json.dumps({"max_tokens": 1, "temperature": 0.0}))
-        stream = self._open(self.engine_model, [ids, sampling], f"health-{time.monotonic_ns()}")
+        stream = self._open(self.engine_model, [ids, sampling], f"health-{uuid.uuid4().hex}")
         try:
             async for _ in stream:
                 pass
