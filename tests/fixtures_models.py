@@ -34,6 +34,20 @@ def default_gguf_file(default_model_dir: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def llama2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Tokenizer files only: Llama 2's SentencePiece byte-fallback BPE as tokenizer.json."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from paddlellm.tools.make_tiny_model import LLAMA2_SPM, write_llama2_tokenizer
+
+    if not os.path.isfile(LLAMA2_SPM):
+        pytest.skip(f"{LLAMA2_SPM} not found")
+    out = str(tmp_path_factory.mktemp("llama2_tokenizer"))
+    write_llama2_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Callable[..., str]:
