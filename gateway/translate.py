@@ -14,9 +14,9 @@ from typing import Any, Literal
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.reasoning import ReasoningSplitter
 from gateway.settings import GatewaySettings
-from gateway.stop import StopFilter
 from paddlellm.errors import EngineError, InvalidRequest
 from paddlellm.sampling import SamplingParams
+from paddlellm.text.stop import StopStringMatcher
 
 Kind = Literal["chat", "completion"]
 DEFAULT_MAX_TOKENS = 16
@@ -137,12 +137,13 @@ class ChunkShaper:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    _stop: StopFilter = field(init=False)
+    _stop: StopStringMatcher = field(init=False)
     _split: ReasoningSplitter | None = field(init=False)
     _started: bool = field(default=False, init=False)
+    _cut_short: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self._stop = StopFilter(list(self.stops))
+        self._stop = StopStringMatcher(self.stops)
         self._split = ReasoningSplitter(*self.reasoning) if self.reasoning and self.kind == "chat" else None
 
     @property
@@ -151,7 +152,8 @@ class ChunkShaper:
 
     @property
     def stopped_by_string(self) -> bool:
-        return self._stop.stopped
+        """A stop string ended the generation before the engine did: the caller cancels the stream."""
+        return self._cut_short
 
     def feed(self, resp: EnsembleResponse, arrival: float) -> list[dict[str, Any]]:
         if self.finished:
@@ -162,15 +164,17 @@ class ChunkShaper:
             self.completion_tokens = max(self.completion_tokens, resp.completion_tokens)
         if not resp.text and not resp.token_ids and not resp.finish_reason:
             return []  # e.g. the empty final response
-        text = self._stop.feed(resp.text)
+        text, stopped = self._stop.feed(resp.text)
         finish = None
-        if self._stop.stopped:
+        if stopped:
             finish = "stop"
+            self._cut_short = not resp.finish_reason
         elif resp.finish_reason:
             if resp.finish_reason not in ("stop", "length"):
                 raise EngineError(f"the engine ended the request with '{resp.finish_reason}'")
-            finish = resp.finish_reason
-            text += self._stop.flush()
+            tail, stopped = self._stop.flush()  # the held-back tail may still complete a stop string
+            text += tail
+            finish = "stop" if stopped else resp.finish_reason
         return self._chunks(text, list(resp.token_ids), finish, arrival)
 
     def end_of_stream(self, arrival: float) -> list[dict[str, Any]]:

@@ -325,3 +325,19 @@ def test_reasoning_content_is_split(fake: FakeTritonClient) -> None:
         # Completions have no reasoning split.
         text = c.post("/v1/completions", json=COMPLETION).json()["choices"][0]["text"]
         assert text == "".join(t for _, t in pieces)
+
+
+def test_stop_string_on_the_last_token_ends_normally(client: TestClient, fake: FakeTritonClient) -> None:
+    r = client.post("/v1/completions", json={**COMPLETION, "stop": ["Done!"], "stream": True})
+    chunks = sse_events(r.text)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == REPLY_TEXT[: -len("Done!")]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert not fake.streams[-1].cancelled and fake.streams[-1].completed and not fake.aborted
+
+
+def test_recent_tokens_count_as_proof_of_life(fake: FakeTritonClient) -> None:
+    with _client(fake, health_cache_s=30.0) as c:
+        assert c.post("/v1/completions", json=COMPLETION).status_code == 200
+        fake.engine_alive = False  # the probe would fail now, but tokens just flowed
+        assert c.get("/health").status_code == 200
+        assert not [s for s in fake.streams if s.model == "llm_engine"]

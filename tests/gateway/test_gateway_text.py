@@ -11,7 +11,6 @@ from gateway.errors import from_validation, param_from_loc
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.reasoning import ReasoningSplitter
 from gateway.settings import GatewaySettings
-from gateway.stop import StopFilter, StopMatcher
 from gateway.translate import chat_request, completion_request, sampling_params
 from paddlellm.errors import ConfigError, InvalidRequest
 from paddlellm.sampling import SamplingParams
@@ -25,42 +24,6 @@ def _random_splits(text: str, rng: random.Random) -> list[str]:
     )
     bounds = [0, *cuts, len(text)]
     return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-
-
-def _run_stop(pieces: list[str], stops: list[str]) -> tuple[str, bool]:
-    f = StopFilter(stops)
-    out = "".join(f.feed(p) for p in pieces)
-    return out + f.flush(), f.stopped
-
-
-@pytest.mark.parametrize("seed", range(200))
-def test_stop_filter_matches_whole_text_whatever_the_splits(seed: int) -> None:
-    rng = random.Random(seed)
-    alphabet = "ab 你🌍\n"
-    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
-    stops = [
-        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))
-    ]
-    out, stopped = _run_stop(_random_splits(text, rng), stops)
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    expected = text[: min(hits)] if hits else text
-    assert out == expected
-    assert stopped == bool(hits)
-
-
-def test_stop_filter_holds_back_a_possible_prefix_then_releases_it() -> None:
-    f = StopFilter(["STOP"])
-    assert f.feed("abc ST") == "abc "
-    assert f.feed("O") == ""
-    assert f.feed("x") == "STOx"
-    assert f.feed(" ST") == " "
-    assert f.flush() == "ST"
-
-
-def test_stop_matcher_prefers_the_earliest_match() -> None:
-    m = StopMatcher(["world", "lo w"])
-    assert m.find("hello world") == 3
-    assert m.held_len("hello wor") == 3  # "wor" could still become "world"
 
 
 @pytest.mark.parametrize("seed", range(100))
