@@ -30,14 +30,15 @@ from paddlellm.config import EngineConfig
 from paddlellm.engine.outputs import RequestOutput, RequestTimings
 from paddlellm.errors import EngineDead, EngineError, InvalidRequest
 from paddlellm.sampling import SamplingParams
+from paddlellm.text.incremental import DEFAULT_CONTEXT
 from paddlellm.triton import adapter
 from paddlellm.triton.errors import error_response, send_error
 
 log = logging.getLogger(__name__)
 
-# Already-emitted ids sent in front of each step's ids: enough for a 4-byte UTF-8 character split into
-# byte tokens plus SentencePiece's leading-space context.
-DETOKENIZER_CONTEXT = 8
+# Already-emitted ids sent in front of each step's ids; paddlellm/text/incremental.py says how many the
+# pure detokenize step needs (at least 4) and picks its default with margin.
+DETOKENIZER_CONTEXT = DEFAULT_CONTEXT
 
 
 class Loop(Protocol):

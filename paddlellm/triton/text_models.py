@@ -108,11 +108,22 @@ class TextBackend:
 
 
 def load_text_backend(model: str) -> TextBackend:
-    """Bind paddlellm.text to the checkpoint `model` (a directory or a .gguf file)."""
+    """Bind paddlellm.text to the checkpoint `model` (a directory or a .gguf file): prompts are encoded with
+    the tokenizer's special tokens (e.g. BOS), chat messages through the model's chat template."""
+    # Lazy: tokenizers and jinja2 load only in these two models, not in everything importing this module.
     from paddlellm.model_info import resolve_checkpoint
-    from paddlellm.text import backend  # lazy: tokenizers/jinja2 are loaded only by these models
+    from paddlellm.text.incremental import detokenize_step
+    from paddlellm.text.tokenizer import TextTokenizer
 
-    return backend.load(resolve_checkpoint(model))
+    tokenizer = TextTokenizer.from_dir(resolve_checkpoint(model))
+
+    def encode(prompt: str, messages: list[dict[str, Any]] | None) -> list[int]:
+        return tokenizer.encode(prompt) if messages is None else tokenizer.encode_chat(messages)
+
+    def detokenize(window_ids: Sequence[int], prefix_len: int, final: bool) -> str:
+        return detokenize_step(tokenizer, window_ids, prefix_len, final)
+
+    return TextBackend(encode=encode, detokenize=detokenize)
 
 
 def create_tokenizer_model(pb: Any, params: dict[str, str]) -> TokenizerModel:

@@ -218,3 +218,49 @@ def test_tokenizer_model_py_config_errors(pb: ModuleType, load_model, fake_text)
         m.initialize(initialize_args("tokenizer", {"model": "/ckpt", "max_model_len": "lots"}))
     with pytest.raises(ConfigError, match="model"):
         m.initialize(initialize_args("tokenizer", {"model": "${model}", "max_model_len": "8"}))
+
+
+# ------------------------------------------------------------------------------------------ real text
+
+
+@pytest.mark.parametrize("checkpoint", ["default_model_dir", "llama2_tokenizer_dir"])
+def test_engine_windows_through_the_real_detokenizer_are_byte_exact(
+    pb: ModuleType, request: pytest.FixtureRequest, checkpoint: str
+) -> None:
+    """The engine adapter's windows + the detokenizer model + paddlellm.text reproduce decode(all ids),
+    one token per step, over multi-byte UTF-8 (Chinese, emoji) and leading spaces."""
+    from collections import deque
+
+    from paddlellm.engine.outputs import RequestOutput
+    from paddlellm.text.tokenizer import TextTokenizer
+    from paddlellm.triton.engine_model import DETOKENIZER_CONTEXT
+
+    path = request.getfixturevalue(checkpoint)
+    backend = text_models.load_text_backend(path)
+    text = "Hello  wörld: 你好，世界! 🌍🚀 naïve café\n  indented"
+    ids = list(backend.encode(text, None))
+    detok = DetokenizerModel(pb, backend.detokenize)
+    context: deque[int] = deque(maxlen=DETOKENIZER_CONTEXT)
+    deltas = []
+    for n, token in enumerate(ids, start=1):
+        last = n == len(ids)
+        out = RequestOutput("r", (token,), 3, n, finished=last, finish_reason="stop" if last else None)
+        engine = adapter.engine_response(pb, out, tuple(context), "")
+        context.append(token)
+        req = pb.InferenceRequest(inputs=engine.output_tensors(), request_id="r")
+        [resp] = detok.execute([req])
+        deltas.append(resp.outputs()[p.TEXT_OUTPUT][0].decode())
+    assert "".join(deltas) == TextTokenizer.from_dir(path).decode(ids)
+    assert "".join(deltas).endswith("indented")
+
+
+def test_real_tokenizer_model_encodes_chat_with_the_template(pb: ModuleType, default_model_dir: str) -> None:
+    from paddlellm.text.tokenizer import TextTokenizer
+
+    backend = text_models.load_text_backend(default_model_dir)
+    model = TokenizerModel(pb, backend.encode, max_model_len=2048)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi 你好"}]
+    r_chat, r_prompt = model.execute([tok_request(pb, messages=chat), tok_request(pb, prompt="Hi 你好")])
+    tok = TextTokenizer.from_dir(default_model_dir)
+    assert r_chat.outputs()[p.INPUT_IDS].tolist() == tok.encode_chat(chat)
+    assert r_prompt.outputs()[p.INPUT_IDS].tolist() == tok.encode("Hi 你好")
