@@ -1,5 +1,5 @@
 """GGUF -> HF conversion: a synthetic GGUF round trip (fast), malformed files, and the default model against
-transformers' own GGUF loader (about 30 s: loads the 135M model twice)."""
+transformers' own GGUF loader (slow: loads the 135M model twice, ~40 s CPU)."""
 
 from __future__ import annotations
 
@@ -198,6 +198,15 @@ def test_converted_tokenizer_is_byte_level_bpe_with_special_control_tokens(tmp_p
     assert [(a["content"], a["special"]) for a in added] == [(c, True) for c in CONTROL]
 
 
+def test_add_bos_token_metadata_becomes_a_bos_post_processor(tmp_path) -> None:
+    src, out = str(tmp_path / "m.gguf"), str(tmp_path / "hf")
+    write_gguf(src, hf_weights(True), override={"tokenizer.ggml.add_bos_token": True})
+    convert(src, out)
+    tok = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    assert tok.encode("the").ids[0] == 1 and tok.encode("the", add_special_tokens=False).ids[0] != 1
+    assert json.load(open(os.path.join(out, "tokenizer_config.json")))["add_bos_token"] is True
+
+
 def test_quantized_tensors_are_dequantized(tmp_path) -> None:
     weights = hf_weights(False)
     src, out = str(tmp_path / "m.gguf"), str(tmp_path / "hf")
@@ -313,6 +322,7 @@ TEXTS = [
 
 
 @pytest.mark.parity
+@pytest.mark.slow
 def test_default_model_tokenizer_matches_transformers_gguf_tokenizer(smollm_pair) -> None:
     _, ref_tok, _, tok = smollm_pair
     prompt = tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
@@ -323,6 +333,7 @@ def test_default_model_tokenizer_matches_transformers_gguf_tokenizer(smollm_pair
 
 
 @pytest.mark.parity
+@pytest.mark.slow
 def test_default_model_logits_match_transformers_gguf_loader(smollm_pair) -> None:
     import torch
 
@@ -335,6 +346,7 @@ def test_default_model_logits_match_transformers_gguf_loader(smollm_pair) -> Non
 
 
 @pytest.mark.parity
+@pytest.mark.slow
 def test_default_model_answers_sensibly(smollm_pair) -> None:
     import torch
 
