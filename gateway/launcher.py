@@ -64,6 +64,10 @@ def _worth_echoing(line: str) -> bool:
     return bool(_ECHO.search(line)) and not _HARMLESS.search(line) and not line.startswith(("|", "+"))
 
 
+_LOADING = re.compile(r'"loading: ([\w-]+):\d+"')
+_LOADED = re.compile(r"\"successfully loaded '([\w-]+)'\"")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -86,7 +90,7 @@ class ManagedProcess:
         argv: list[str],
         env: dict[str, str],
         log_path: Path,
-        echo: Callable[[str], bool],
+        on_line: Callable[[str], None],
         cwd: Path | None = None,
     ) -> None:
         self.name = name
@@ -105,7 +109,7 @@ class ManagedProcess:
             text=True,
             errors="replace",
         )
-        self._echo = echo
+        self._on_line = on_line
         self._pump = threading.Thread(target=self._read, name=f"{name}-log", daemon=True)
         self._pump.start()
 
@@ -116,8 +120,7 @@ class ManagedProcess:
             self._log.flush()
             if not line.startswith(("|", "+")):  # Triton's status tables say less than its error lines
                 self.tail.append(line.rstrip("\n"))
-            if self._echo(line):
-                print(f"[{self.name}] {line.rstrip()}", flush=True)
+            self._on_line(line)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -148,6 +151,7 @@ class Launcher:
         self.stop_requested = threading.Event()
         self.triton: ManagedProcess | None = None
         self.gateway: ManagedProcess | None = None
+        self._t0 = time.monotonic()
 
     def say(self, msg: str) -> None:
         print(f"[launcher] {msg}", flush=True)
@@ -174,6 +178,16 @@ class Launcher:
             elif own_dir:
                 self.say(f"logs kept in {run_dir}")
         return code
+
+    def _triton_line(self, line: str) -> None:
+        """Progress from tritonserver's log: model loads (its gRPC port answers only once all are loaded),
+        warmup and error lines."""
+        if m := _LOADING.search(line):
+            self.say(f"model {m.group(1)}: loading at {time.monotonic() - self._t0:.1f}s")
+        elif m := _LOADED.search(line):
+            self.say(f"model {m.group(1)}: loaded at {time.monotonic() - self._t0:.1f}s")
+        elif _worth_echoing(line):
+            print(f"[tritonserver] {line.rstrip()}", flush=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if not self.stop_requested.is_set():
@@ -204,12 +218,13 @@ class Launcher:
             f"starting tritonserver (grpc {grpc_port}, http {http_port}, metrics {metrics_port}); "
             f"log: {run_dir / 'tritonserver.log'}"
         )
+        self._t0 = time.monotonic()
         self.triton = ManagedProcess(
             "tritonserver",
             argv,
             install.launch_env(),
             run_dir / "tritonserver.log",
-            _worth_echoing,
+            self._triton_line,
         )
         self._wait_models(f"127.0.0.1:{grpc_port}")
         if self.stop_requested.is_set():
@@ -239,7 +254,12 @@ class Launcher:
         ]
         self.say(f"starting the gateway ({plan.workers} worker(s)) on http://{plan.host}:{plan.port}")
         self.gateway = ManagedProcess(
-            "gateway", argv, env, run_dir / "gateway.log", lambda line: True, cwd=REPO_ROOT
+            "gateway",
+            argv,
+            env,
+            run_dir / "gateway.log",
+            lambda line: print(f"[gateway] {line.rstrip()}", flush=True),
+            cwd=REPO_ROOT,
         )
         self._wait_gateway()
 
@@ -248,7 +268,7 @@ class Launcher:
         from tritonclient.utils import InferenceServerException
 
         assert self.triton is not None
-        start = time.monotonic()
+        start = self._t0
         seen: dict[str, str] = {}
         client = InferenceServerClient(grpc_url)
         try:

@@ -135,7 +135,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def test_progress_lines(stack: Stack) -> None:
     text = "\n".join(stack.lines)
     for model in ("tokenizer", "llm_engine", "detokenizer", "ensemble"):
-        assert f"model {model}: READY" in text
+        assert f"model {model}: loaded at" in text and f"model {model}: READY" in text
     assert "all models ready" in text
 
 
