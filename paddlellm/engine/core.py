@@ -109,7 +109,8 @@ class LLMEngine:
         def ids(n: int, k: int) -> list[int]:
             return [(31 * i + 7 * k + 1) % vocab for i in range(n)]
 
-        long_len = min(cfg.batched_tokens, cfg.max_model_len - 2, capacity - 1)
+        # Long enough to warm the prefill kernels, short enough not to stall start-up (attention is O(n^2)).
+        long_len = min(cfg.batched_tokens, 512, cfg.max_model_len - 2, capacity - 1)
         if long_len >= 1:
             self.add_request(
                 "__warmup_prefill",

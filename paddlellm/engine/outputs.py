@@ -26,7 +26,7 @@ class NewRequestData:
 @dataclass(frozen=True)
 class CachedRequestData:
     request_id: str
-    new_token_ids: tuple[int, ...]  # tokens sampled since this request was last scheduled (the runner appends)
+    new_token_ids: tuple[int, ...]  # sampled since this request was last scheduled (the runner appends)
     new_block_ids: tuple[int, ...]  # blocks appended to its block table
     num_computed_tokens: int
 
