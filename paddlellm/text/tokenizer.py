@@ -9,6 +9,7 @@ incomplete UTF-8 character from finished text.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from paddlellm.text.chat_template import ChatTemplate
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
+@functools.cache
 def _gpt2_unicode_to_byte() -> dict[str, int]:
     """Inverse of GPT-2's byte -> printable-character map used by byte-level BPE vocabularies."""
     printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
@@ -152,16 +154,14 @@ class TextTokenizer:
             return b""
         if token_id in self.added_ids:
             return self.tokenizer.decode([token_id], skip_special_tokens=True).encode("utf-8")
-        if self.decoder_kind == "byte_level" and all(ch in _UNICODE_TO_BYTE for ch in piece):
-            return bytes(_UNICODE_TO_BYTE[ch] for ch in piece)
+        table = _gpt2_unicode_to_byte()
+        if self.decoder_kind == "byte_level" and all(ch in table for ch in piece):
+            return bytes(table[ch] for ch in piece)
         if self.decoder_kind == "sentencepiece":
             if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
                 return bytes([int(piece[3:5], 16)])
             return piece.replace("\u2581", " ").encode("utf-8")
         return self.tokenizer.decode([token_id], skip_special_tokens=True).encode("utf-8")
-
-
-_UNICODE_TO_BYTE = _gpt2_unicode_to_byte()
 
 
 def _decoder_kind(tok_file: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from paddlellm.errors import CheckpointError
+from paddlellm.tools.gguf_tokenizer import PRE_TOKENIZERS, build_tokenizer_config, build_tokenizer_json
 
 # GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.").
 _LAYER_TENSORS = {
@@ -41,18 +42,6 @@ _GLOBAL_TENSORS = {
     "output.weight": "lm_head.weight",
 }
 
-# llama.cpp pre-tokenizer names -> the split our tokenizer.json uses. "digits" means llama.cpp's extra
-# `\p{N}` split before the GPT-2 regex (SmolLM/StarCoder vocabularies have single-digit tokens only).
-_PRE_TOKENIZERS = {
-    "smollm": "digits",
-    "starcoder": "digits",
-    "refact": "digits",
-    "gpt2": "gpt2",
-    "default": "gpt2",
-}
-
-TOKEN_TYPE_CONTROL = 3
-TOKEN_TYPE_USER_DEFINED = 4
 OUTPUT_FILES = (
     "config.json",
     "model.safetensors",
@@ -123,11 +112,11 @@ def read_model(reader: Any, path: str) -> GGUFModel:
             path, "tokenizer.ggml.model", f"'{tok_model}' is not supported (only byte-level BPE 'gpt2')"
         )
     pre = _field(reader, path, "tokenizer.ggml.pre", str, required=False) or "default"
-    if pre not in _PRE_TOKENIZERS:
+    if pre not in PRE_TOKENIZERS:
         raise CheckpointError(
             path,
             "tokenizer.ggml.pre",
-            f"'{pre}' is not supported (supported: {', '.join(sorted(_PRE_TOKENIZERS))})",
+            f"'{pre}' is not supported (supported: {', '.join(sorted(PRE_TOKENIZERS))})",
         )
     scaling = _field(reader, path, "llama.rope.scaling.type", str, required=False)
     if scaling not in (None, "none"):
@@ -178,7 +167,7 @@ def read_model(reader: Any, path: str) -> GGUFModel:
         tokens=tuple(tokens),
         token_types=tuple(int(t) for t in types),
         merges=tuple(_field(reader, path, "tokenizer.ggml.merges", list)),
-        pre_tokenizer=_PRE_TOKENIZERS[pre],
+        pre_tokenizer=PRE_TOKENIZERS[pre],
         bos_token_id=token_id("tokenizer.ggml.bos_token_id"),
         eos_token_id=token_id("tokenizer.ggml.eos_token_id"),
         unk_token_id=token_id("tokenizer.ggml.unknown_token_id"),
@@ -286,67 +275,6 @@ def build_config(model: GGUFModel, tied: bool) -> dict[str, Any]:
         "torch_dtype": "float32",
         "use_cache": True,
     }
-
-
-def build_tokenizer_json(model: GGUFModel) -> str:
-    """A `tokenizers` byte-level BPE with the file's vocabulary, merges and control tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-
-    vocab = {tok: i for i, tok in enumerate(model.tokens)}
-    if len(vocab) != len(model.tokens):
-        raise CheckpointError(model.path, "tokenizer.ggml.tokens", "duplicate tokens")
-    merges = []
-    for m in model.merges:
-        pair = m.split(" ")
-        if len(pair) != 2:
-            raise CheckpointError(model.path, "tokenizer.ggml.merges", f"malformed merge {m!r}")
-        merges.append((pair[0], pair[1]))
-    unk = model.tokens[model.unk_token_id] if model.unk_token_id is not None else None
-    tok = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=False, byte_fallback=False)
-    )
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    if model.pre_tokenizer == "digits":
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level]
-        )
-    else:
-        tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    if model.add_bos_token and model.bos_token_id is not None:
-        bos = model.tokens[model.bos_token_id]
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, model.bos_token_id)]
-        )
-    else:
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    specials = [t for t, ty in zip(model.tokens, model.token_types, strict=True) if ty == TOKEN_TYPE_CONTROL]
-    user = [t for t, ty in zip(model.tokens, model.token_types, strict=True) if ty == TOKEN_TYPE_USER_DEFINED]
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
-    if tok.get_vocab_size(with_added_tokens=True) != model.vocab_size:
-        raise CheckpointError(model.path, "tokenizer.ggml.token_type", "added tokens grew the vocabulary")
-    return tok.to_str(pretty=True)
-
-
-def build_tokenizer_config(model: GGUFModel) -> dict[str, Any]:
-    def tok(i: int | None) -> str | None:
-        return model.tokens[i] if i is not None else None
-
-    cfg: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": model.add_bos_token,
-        "add_eos_token": False,
-        "bos_token": tok(model.bos_token_id),
-        "eos_token": tok(model.eos_token_id),
-        "unk_token": tok(model.unk_token_id),
-        "pad_token": tok(model.pad_token_id),
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": model.context_length,
-    }
-    if model.chat_template:
-        cfg["chat_template"] = model.chat_template
-    return cfg
 
 
 def convert(src: str, out_dir: str) -> None:
