@@ -97,13 +97,19 @@ class EngineLoop:
         with self._cv:
             return len(self._live)
 
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Finish the current step, end in-flight requests with an error, and join the thread."""
+    def stop(self, timeout: float | None = 30.0, shutdown_engine: bool = True) -> None:
+        """Finish the current step, end in-flight requests with an error, join the thread, and (by default)
+        shut the engine's executor down (rank workers exit)."""
         with self._cv:
             self._stopping = True
             self._cv.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if shutdown_engine:
+            try:
+                self.engine.shutdown()
+            except Exception:
+                log.exception("engine shutdown failed")
 
     # ---------------------------------------------------------------- loop thread
 

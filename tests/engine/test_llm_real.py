@@ -78,7 +78,7 @@ def test_text_and_ids_agree_and_loop_matches_offline(tiny_checkpoint):
         try:
             assert done.wait(120)
         finally:
-            loop.stop()
+            loop.stop(shutdown_engine=False)
         assert set(finished.values()) == {"length"}
         assert [got[f"t{i}"] for i in range(len(prompts))] == [list(c.token_ids) for c in by_text]
         assert llm.engine.stats().num_free_blocks == 64

@@ -74,6 +74,7 @@ class FakeExecutor:
             avoid
         )  # tokens the "model" never picks unless asked (EOS), so lengths are predictable
         self.dead = False
+        self.shut_down = False
 
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         self.calls.append(sched)
@@ -132,7 +133,7 @@ class FakeExecutor:
             raise EngineDead("fake worker died")
 
     def shutdown(self) -> None:
-        pass
+        self.shut_down = True
 
 
 def make_engine(

@@ -196,3 +196,4 @@ def test_idle_loop_sleeps_and_stop_ends_in_flight_requests():
     assert sink.finished["a"].finish_reason == "error" and not loop.healthy()
     with pytest.raises(EngineDead):
         loop.add("b", prompt(4), SamplingParams(), Collector())
+    assert ex.shut_down
