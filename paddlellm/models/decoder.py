@@ -107,9 +107,9 @@ class DecoderModel:
             reader, "model.embed_tokens.weight", info.vocab_size, shard, all_reduce
         )
         head = "lm_head.weight"
-        if info.tie_word_embeddings or head not in reader:
-            head = "model.embed_tokens.weight"
-        self.lm_head = ParallelLMHead(reader, head, info.vocab_size, shard, all_reduce)
+        tied = info.tie_word_embeddings or head not in reader
+        self.lm_head = ParallelLMHead(reader, "model.embed_tokens.weight" if tied else head, info.vocab_size,
+                                      shard, all_reduce, self.embed.weight if tied else None)
         self.layers = [
             DecoderLayer(info, reader, f"model.layers.{i}", shard, all_reduce) for i in range(info.num_layers)
         ]
