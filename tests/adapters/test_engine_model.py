@@ -17,7 +17,7 @@ from paddlellm.engine.loop import EngineLoop
 from paddlellm.triton import adapter
 from paddlellm.triton.engine_model import DETOKENIZER_CONTEXT, EngineModel
 from paddlellm.triton.render import engine_params
-from tests.triton.conftest import initialize_args
+from tests.adapters.conftest import initialize_args
 from tests.unit.engine_fakes import collect, make_engine, prompt
 
 WAIT_S = 10.0

@@ -11,7 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from paddlellm.triton.render import engine_params, placeholders, render_model_repository
-from tests.triton.conftest import MODEL_REPOSITORY
+from tests.adapters.conftest import MODEL_REPOSITORY
 
 PYTHON_MODELS = (p.TOKENIZER, p.LLM_ENGINE, p.DETOKENIZER)
 

@@ -12,7 +12,7 @@ import pytest
 from paddlellm import protocol as p
 from paddlellm.triton import adapter, text_models
 from paddlellm.triton.text_models import DetokenizerModel, TextBackend, TokenizerModel
-from tests.triton.conftest import initialize_args
+from tests.adapters.conftest import initialize_args
 
 
 def str_tensor(pb: ModuleType, name: str, value: str):

@@ -1,5 +1,5 @@
 """The adapters inside a real tritonserver: the rendered model repository (real config.pbtxt files) with the
-test models in tests/triton/e2e_models (real adapter classes, fake executor, toy text), over gRPC streams."""
+test models in tests/adapters/e2e_models (real adapter classes, fake executor, toy text), over gRPC streams."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from paddlellm.triton.adapter import ABORT_PARAMETER
 from paddlellm.triton.render import engine_params, render_model_repository
-from tests.triton.conftest import MODEL_REPOSITORY
-from tests.triton.tritonserver import (
+from tests.adapters.conftest import MODEL_REPOSITORY
+from tests.adapters.tritonserver import (
     Stream,
     engine_inputs,
     ensemble_inputs,

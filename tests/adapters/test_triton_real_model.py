@@ -13,8 +13,8 @@ import pytest
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from paddlellm.triton.render import engine_params, render_model_repository
-from tests.triton.conftest import MODEL_REPOSITORY
-from tests.triton.tritonserver import Stream, ensemble_inputs, running_tritonserver, wait_engine_free
+from tests.adapters.conftest import MODEL_REPOSITORY
+from tests.adapters.tritonserver import Stream, ensemble_inputs, running_tritonserver, wait_engine_free
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
