@@ -16,7 +16,10 @@ def _imports(path: pathlib.Path) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+            if node.module == "paddlellm":  # `from paddlellm import protocol` imports paddlellm.protocol
+                names.update(f"paddlellm.{a.name}" for a in node.names)
+            else:
+                names.add(node.module)
     return names
 
 
