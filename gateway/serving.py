@@ -92,6 +92,9 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # we were cancelled (server shutdown): so is the work
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if task.done():
