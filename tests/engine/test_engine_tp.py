@@ -1,0 +1,97 @@
+"""The engine with tensor parallelism (rank worker processes): same tokens as TP=1, and a rank killed
+mid-generation ends every in-flight request with an error (never a hang) and makes the loop unhealthy."""
+
+import os
+import signal
+import threading
+
+import pytest
+
+from paddlellm.config import EngineConfig
+from paddlellm.engine.core import LLMEngine
+from paddlellm.engine.loop import EngineLoop
+from paddlellm.errors import EngineDead
+from paddlellm.sampling import SamplingParams
+
+pytest.importorskip("paddle")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_checkpoint) -> str:
+    return tiny_checkpoint(arch="llama", tokenizer="llama2", seed=11)
+
+
+def _engine(path: str, tp: int) -> LLMEngine:
+    return LLMEngine.create(
+        EngineConfig(
+            model=path,
+            tensor_parallel_size=tp,
+            num_threads=1,
+            block_size=16,
+            max_model_len=512,
+            num_gpu_blocks_override=64,
+        )
+    )
+
+
+def _reqs():
+    return {
+        f"r{i}": (
+            [(13 * j + i) % 1000 + 50 for j in range(5 + 20 * i)],
+            SamplingParams(max_tokens=10, temperature=0.0 if i % 2 else 0.8, seed=i, ignore_eos=True),
+        )
+        for i in range(6)
+    }
+
+
+def _run(engine: LLMEngine) -> dict[str, list[int]]:
+    for rid, (ids, p) in _reqs().items():
+        engine.add_request(rid, ids, p)
+    got: dict[str, list[int]] = {}
+    for out in engine.run_until_done():
+        got.setdefault(out.request_id, []).extend(out.new_token_ids)
+    return got
+
+
+def test_tp2_engine_matches_tp1(ckpt):
+    one = _engine(ckpt, 1)
+    want = _run(one)
+    one.shutdown()
+    two = _engine(ckpt, 2)
+    try:
+        assert _run(two) == want
+        assert two.stats().num_free_blocks == 64
+    finally:
+        two.shutdown()
+
+
+def test_killed_rank_ends_in_flight_requests_with_an_error(ckpt):
+    engine = _engine(ckpt, 2)
+    loop = EngineLoop(engine).start()
+    finals: dict[str, object] = {}
+    first_token = threading.Event()
+    all_done = threading.Event()
+    lock = threading.Lock()
+
+    def sink(out):
+        with lock:
+            if out.new_token_ids:
+                first_token.set()
+            if out.finished:
+                finals[out.request_id] = out
+                if len(finals) == 4:
+                    all_done.set()
+
+    try:
+        for i in range(4):
+            loop.add(f"r{i}", [100 + i] * 8, SamplingParams(max_tokens=400, ignore_eos=True), sink)
+        assert first_token.wait(120)
+        os.kill(engine.executor.pids[1], signal.SIGKILL)
+        assert all_done.wait(60), "in-flight requests were not ended after a rank died"
+        for out in finals.values():
+            assert out.finish_reason == "error" and isinstance(out.error, EngineDead)
+        assert not loop.healthy()
+        with pytest.raises(EngineDead):
+            loop.add("late", [5, 6], SamplingParams(), sink)
+    finally:
+        loop.stop()
