@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -229,9 +230,22 @@ class Launcher:
         self._wait_models(f"127.0.0.1:{grpc_port}")
         if self.stop_requested.is_set():
             return
-        settings = dataclasses.replace(plan.gateway, triton_url=f"127.0.0.1:{grpc_port}")
+        settings = dataclasses.replace(
+            plan.gateway,
+            triton_url=f"127.0.0.1:{grpc_port}",
+            triton_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        )
         settings_path = run_dir / "gateway.json"
         settings_path.write_text(settings.to_json(), encoding="utf-8")
+        # For tools that talk to Triton directly (perf_analyzer, benchmarks, tests reading engine metrics).
+        endpoints = {
+            "triton_grpc": f"127.0.0.1:{grpc_port}",
+            "triton_http": f"127.0.0.1:{http_port}",
+            "triton_metrics": settings.triton_metrics_url,
+            "openai": f"http://{plan.host}:{plan.port}/v1",
+            "launcher_pid": os.getpid(),
+        }
+        (run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1), encoding="utf-8")
         env = dict(os.environ)
         env[SETTINGS_ENV] = str(settings_path)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)

@@ -44,6 +44,8 @@ class GatewaySettings:
     """Thinking markers of the model's chat template (e.g. <think>, </think>); None: no reasoning split."""
     reasoning_starts_inside: bool = False
     """The template's generation prompt already opens the thinking block."""
+    triton_metrics_url: str | None = None
+    """Triton's Prometheus endpoint (engine metrics live there); the launcher fills it in."""
     metrics_port: int | None = None
     """Where the metrics server listens; None or the main port: /metrics on the gateway app (issue 6)."""
 

@@ -62,6 +62,7 @@ class Stack:
         self.proc, self.port, self.engine_log = proc, port, engine_log
         self.lines: list[str] = []
         self.url = f"http://127.0.0.1:{port}"
+        self.run_dir = engine_log.parent / "run"
 
     def aborts(self) -> list[str]:
         return self.engine_log.read_text().split() if self.engine_log.exists() else []
@@ -137,6 +138,15 @@ def test_progress_lines(stack: Stack) -> None:
     for model in ("tokenizer", "llm_engine", "detokenizer", "ensemble"):
         assert f"model {model}: loaded at" in text and f"model {model}: READY" in text
     assert "all models ready" in text
+
+
+def test_endpoints_file_names_triton_ports(stack: Stack) -> None:
+    endpoints = json.loads((stack.run_dir / "endpoints.json").read_text())
+    assert endpoints["openai"] == f"http://127.0.0.1:{stack.port}/v1"
+    r = httpx.get(endpoints["triton_metrics"], timeout=10)
+    assert r.status_code == 200 and "nv_inference_request_success" in r.text
+    r = httpx.get(f"http://{endpoints['triton_http']}/v2/models/ensemble/ready", timeout=10)
+    assert r.status_code == 200
 
 
 def test_openai_client_chat_and_completions(stack: Stack) -> None:
