@@ -197,3 +197,39 @@ def test_idle_loop_sleeps_and_stop_ends_in_flight_requests():
     with pytest.raises(EngineDead):
         loop.add("b", prompt(4), SamplingParams(), Collector())
     assert ex.shut_down
+
+
+def test_stress_adds_and_aborts_from_many_threads(loops):
+    engine, _ = make_engine(num_blocks=24, max_num_seqs=8, max_num_batched_tokens=64)
+    loop = loops(engine)
+    sink = Collector()
+    sink.expected = 200
+    reqs = {
+        f"s{i}": (prompt(1 + (i * 7) % 90, i), SamplingParams(max_tokens=1 + i % 40, seed=i))
+        for i in range(200)
+    }
+    items = list(reqs.items())
+
+    def worker(k):
+        for n, (rid, (ids, p)) in enumerate(items[k::8]):
+            loop.add(rid, ids, p, sink)
+            if n % 3 == 0:
+                loop.abort(items[(8 * n + k + 5) % 200][0])  # maybe not added yet, maybe finished: both fine
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sink.done.wait(30)
+    reasons = {o.finish_reason for o in sink.finished.values()}
+    assert reasons <= {"length", "abort"} and len(sink.finished) == 200
+    tokens = collect(sink.outputs)
+    for rid, out in sink.finished.items():
+        assert len(tokens.get(rid, [])) == out.num_output_tokens
+        if out.finish_reason == "length":
+            assert out.num_output_tokens == reqs[rid][1].max_tokens
+    deadline = time.monotonic() + 5
+    while engine.has_unfinished() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.stats().num_free_blocks == 24 and loop.num_in_flight == 0 and loop.healthy()
