@@ -22,7 +22,7 @@ from paddlellm.engine.outputs import (
     SchedulerOutput,
 )
 from paddlellm.engine.request import Request, RequestStatus
-from paddlellm.errors import InvalidRequest, Overloaded
+from paddlellm.errors import ConfigError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -37,6 +37,11 @@ class Scheduler:
         vocab_size: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if config.batched_tokens < config.max_num_seqs:
+            raise ConfigError(
+                f"config 'max_num_batched_tokens': {config.batched_tokens} is less than max_num_seqs "
+                f"({config.max_num_seqs}): every running request must be able to decode in each step"
+            )
         self.config = config
         self.blocks = BlockManager(num_blocks, config.block_size)
         self._eos = frozenset(eos_token_ids)

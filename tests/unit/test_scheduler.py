@@ -6,7 +6,7 @@ import pytest
 from paddlellm.config import EngineConfig
 from paddlellm.engine.outputs import ModelRunnerOutput
 from paddlellm.engine.scheduler import Scheduler
-from paddlellm.errors import InvalidRequest, Overloaded
+from paddlellm.errors import ConfigError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
 from tests.unit.engine_fakes import collect, make_engine, prompt
 
@@ -78,6 +78,11 @@ def test_max_size_bounds_the_waiting_queue():
 
 
 # ---------------------------------------------------------------- batching policy
+
+
+def test_token_budget_must_cover_a_full_decode_batch():
+    with pytest.raises(ConfigError, match="max_num_batched_tokens"):
+        make_engine(max_num_seqs=16, max_num_batched_tokens=8)
 
 
 def test_fcfs_and_max_num_seqs():
@@ -348,7 +353,7 @@ def test_random_workloads_match_an_ample_run(seed):
     cfg = {
         "block_size": block_size,
         "max_num_seqs": int(rng.integers(1, 10)),
-        "max_num_batched_tokens": int(rng.integers(8, 300)),
+        "max_num_batched_tokens": int(rng.integers(10, 300)),
         "kv_cache_ratio": float(rng.uniform(0.85, 1.0)),
     }
     ample = run(make_engine(num_blocks=4096, block_size=block_size)[0], reqs)
