@@ -58,8 +58,8 @@ class DecoderLayer:
             reader, [(f"{attn}.q_proj", d), (f"{attn}.k_proj", d), (f"{attn}.v_proj", d)], shard, fix_qk
         )
         self.o_proj = RowParallelLinear.load(reader, f"{attn}.o_proj", d, shard, all_reduce)
-        # gate and up stay two matmuls: with N = 2 * intermediate, MKL's x @ W was ~1.5-2x slower at batch >= 8
-        # than two half-width calls, and equal at batch 1.
+        # gate and up stay two matmuls: with N = 2 * intermediate, MKL's x @ W was ~1.5-2x slower at
+        # batch >= 8 than two half-width calls, and equal at batch 1.
         self.gate = ColumnParallelLinear.load(reader, [(f"{mlp}.gate_proj", 1)], shard)
         self.up = ColumnParallelLinear.load(reader, [(f"{mlp}.up_proj", 1)], shard)
         self.down = RowParallelLinear.load(reader, f"{mlp}.down_proj", 1, shard, all_reduce)
