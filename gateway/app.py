@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway.backend import GenerationBackend
 from gateway.errors import ApiError, install_handlers, model_not_found
 from gateway.observer import NullObserver, RequestObserver
 from gateway.serving import GatewayContext, generate
@@ -25,8 +26,13 @@ from gateway.triton_stream import TritonEnsemble
 
 
 def create_app(
-    settings: GatewaySettings, client: Any = None, observer: RequestObserver | None = None
+    settings: GatewaySettings,
+    client: Any = None,
+    observer: RequestObserver | None = None,
+    backend_factory: BackendFactory | None = None,
 ) -> FastAPI:
+    """`backend_factory(local_ensemble)` is an async context manager yielding the backend requests go to
+    (e.g. the global scheduler wrapping the local ensemble); default: the local ensemble itself."""
     holder: dict[str, GatewayContext] = {}
     created = int(time.time())
 
@@ -47,11 +53,15 @@ def create_app(
         ensemble = TritonEnsemble(
             triton, settings.ensemble_model, settings.engine_model, settings.request_timeout_s
         )
-        holder["ctx"] = GatewayContext(settings, ensemble, observer or NullObserver())
         try:
-            yield
+            async with (backend_factory or _local)(ensemble) as backend:
+                holder["ctx"] = GatewayContext(settings, backend, observer or NullObserver())
+                try:
+                    yield
+                finally:
+                    holder.pop("ctx", None)
+                    await backend.drain()
         finally:
-            holder.pop("ctx", None)
             await ensemble.drain()
             if own:
                 await triton.close()
@@ -106,7 +116,7 @@ def create_app(
         return model_card()
 
     async def health(probe: bool) -> Response:
-        reason = await ctx().ensemble.check_ready(settings.health_timeout_s, probe, settings.health_cache_s)
+        reason = await ctx().backend.check_ready(settings.health_timeout_s, probe, settings.health_cache_s)
         if reason is not None:
             return ApiError(503, reason, type="server_error", code="not_ready").response()
         return JSONResponse({"status": "ok"})
@@ -122,6 +132,14 @@ def create_app(
         return await health(False)
 
     return app
+
+
+BackendFactory = Callable[[TritonEnsemble], AbstractAsyncContextManager[GenerationBackend]]
+
+
+@asynccontextmanager
+async def _local(ensemble: TritonEnsemble) -> AsyncIterator[GenerationBackend]:
+    yield ensemble
 
 
 def app_from_env() -> FastAPI:

@@ -23,12 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gateway.backend import GenerationBackend, ResponseStream
 from gateway.errors import ApiError, from_engine, from_validation, model_not_found
 from gateway.observer import RequestObserver
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
 from gateway.translate import ChunkShaper, EnsembleResponse, assemble, chat_request, completion_request
-from gateway.triton_stream import TritonEnsemble, TritonStream
 from paddlellm.errors import EngineError
 
 log = logging.getLogger("gateway")
@@ -39,7 +39,7 @@ DONE = "data: [DONE]\n\n"
 @dataclass
 class GatewayContext:
     settings: GatewaySettings
-    ensemble: TritonEnsemble
+    backend: GenerationBackend
     observer: RequestObserver
 
 
@@ -154,7 +154,7 @@ async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response
     )
     ctx.observer.request_started(endpoint)
     outcome = _Outcome(ctx.observer, endpoint, shaper, arrival)
-    stream = ctx.ensemble.open(ens_req, request_id)
+    stream = ctx.backend.open(ens_req, request_id)
     headers = {"X-Request-Id": request_id}
     try:
         first = await until_disconnect(request, stream.next())
@@ -215,7 +215,7 @@ class _Outcome:
 
 
 async def _responses(
-    stream: TritonStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
+    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
 ) -> AsyncIterator[dict[str, Any]]:
     """Chunks of one generation, in order; raises EngineError; cancels Triton on a stop-string match.
 
@@ -237,14 +237,14 @@ async def _responses(
 
 
 async def _collect(
-    stream: TritonStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
+    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
 ) -> dict[str, Any]:
     chunks = [c async for c in _responses(stream, shaper, first, arrival, outcome)]
     return assemble(shaper, chunks)
 
 
 async def _sse_body(
-    stream: TritonStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
+    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
 ) -> AsyncIterator[str]:
     status = 499  # unless the generator runs to its end
     try:

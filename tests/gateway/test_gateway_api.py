@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -341,3 +342,36 @@ def test_recent_tokens_count_as_proof_of_life(fake: FakeTritonClient) -> None:
         fake.engine_alive = False  # the probe would fail now, but tokens just flowed
         assert c.get("/health").status_code == 200
         assert not [s for s in fake.streams if s.model == "llm_engine"]
+
+
+def test_backend_factory_wraps_the_local_ensemble(fake: FakeTritonClient) -> None:
+    events: list[str] = []
+
+    class Recording:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def open(self, req: Any, request_id: str) -> Any:
+            events.append(f"open {json.loads(req.sampling)['max_tokens']}")
+            return self.inner.open(req, request_id)
+
+        async def check_ready(self, *args: Any) -> str | None:
+            events.append("ready")
+            return await self.inner.check_ready(*args)
+
+        async def drain(self) -> None:
+            events.append("drain")
+
+    @contextlib.asynccontextmanager
+    async def factory(local: Any) -> Any:
+        events.append("start")
+        yield Recording(local)
+        events.append("stop")
+
+    app = create_app(
+        GatewaySettings(served_model_name="smol", max_model_len=256), client=fake, backend_factory=factory
+    )
+    with TestClient(app) as c:
+        assert c.post("/v1/completions", json={**COMPLETION, "max_tokens": 4}).status_code == 200
+        assert c.get("/health").status_code == 200
+    assert events == ["start", "open 4", "ready", "drain", "stop"]
