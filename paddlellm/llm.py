@@ -83,7 +83,7 @@ class LLM:
         self, prompts: list[list[int]], params: SamplingParams | Sequence[SamplingParams] | None
     ) -> list[Completion]:
         """Validate everything first (nothing is queued for a bad batch), then keep the engine's queue fed
-        and step until every request finished."""
+        (in prompt order) and step until every request finished."""
         if params is None or isinstance(params, SamplingParams):
             plist = [params or SamplingParams()] * len(prompts)
         else:
@@ -100,8 +100,10 @@ class LLM:
         tokens: list[list[int]] = [[] for _ in prompts]
         reasons: list[str | None] = [None] * len(prompts)
         todo = deque(range(len(prompts)))
+        # Keep about one batch waiting: a huge offline batch must not age past scheduler_ttl in the queue.
+        refill = self.engine.config.max_num_seqs
         while todo or self.engine.has_unfinished():
-            while todo:
+            while todo and self.engine.scheduler.num_waiting < refill:
                 try:
                     self.engine.add_request(rids[todo[0]], prompts[todo[0]], plist[todo[0]])
                 except Overloaded:

@@ -48,3 +48,19 @@ def test_a_bad_prompt_rejects_the_whole_batch_before_anything_runs():
     assert ex.calls == [] and not engine.has_unfinished()
     with pytest.raises(InvalidRequest):
         llm.generate(["a", "b"], [SamplingParams()])
+
+
+def test_a_big_offline_batch_never_ages_past_the_ttl():
+    now = [0.0]
+    engine, ex = make_engine(max_num_seqs=2, scheduler_ttl=5.0, clock=lambda: now[0])
+    real_execute = ex.execute
+
+    def slow_execute(sched):
+        now[0] += 1.0  # every step takes a "second"
+        return real_execute(sched)
+
+    ex.execute = slow_execute
+    llm = LLM.from_engine(engine, ByteTokenizer())
+    outs = llm.generate([[5 + i, 6, 7] for i in range(20)], SamplingParams(max_tokens=4))
+    assert [c.finish_reason for c in outs] == ["length"] * 20
+    assert now[0] > 20  # far longer than the TTL overall
