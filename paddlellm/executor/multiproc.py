@@ -242,7 +242,7 @@ class MultiprocExecutor:
 
     def _last_words(self, rank: int) -> str | None:
         """A rank that reported Failed and exited: its report may still be in flight behind the sentinel."""
-        while self._sock.poll(200):
+        while self._sock.poll(50):
             msg = decode(self._sock.recv_multipart()[1])
             if isinstance(msg, Failed) and msg.rank == rank:
                 return f"failed: {msg.message}"
