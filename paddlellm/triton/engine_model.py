@@ -11,6 +11,10 @@ Threads and their jobs:
 
 The detokenizer is stateless, so every response carries the last few already-emitted ids in front of
 this step's ids (`window_ids`, `prefix_len`); `_Stream.context` keeps them.
+
+Metrics (paddlellm/triton/metrics.py): execute() counts requests, the sink hands every output to
+`EngineMetrics.output`, and `EngineMetrics.tick` reads the engine's stats before every step and after every
+finished request; a metrics thread applies them to Triton's metric families.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from paddlellm.sampling import SamplingParams
 from paddlellm.text.incremental import DEFAULT_CONTEXT
 from paddlellm.triton import adapter
 from paddlellm.triton.errors import error_response, send_error
+from paddlellm.triton.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +78,31 @@ class _Stream:
 
 
 class EngineModel:
-    def __init__(self, pb: Any, make_loop: LoopFactory, cancel_poll_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        pb: Any,
+        make_loop: LoopFactory,
+        cancel_poll_s: float = 0.05,
+        metrics: EngineMetrics | None = None,
+    ) -> None:
+        """`metrics`: default Triton's metric families when `pb` has them (a real stub), else none."""
         self.pb = pb
         self.cancel_poll_s = cancel_poll_s
+        self.metrics = metrics if metrics is not None else EngineMetrics.for_backend(pb)
+        self._engine: Any = None  # the loop's engine, for stats (None for loops that have none)
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._last_poll = 0.0
         self._outbox: queue.SimpleQueue[tuple[_Stream, Any, int] | None] = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="paddlellm-triton-sender", daemon=True)
         self._sender.start()
-        self.loop = make_loop(self._poll_cancelled)
+        self.loop = make_loop(self._before_step)
+        self._engine = getattr(self.loop, "engine", None)
+        config = getattr(self._engine, "config", None)
+        if config is not None:
+            self.metrics.bind(config.served_model_name)
+        if self._engine is not None:  # the loop is idle until the first request: its gauges from the start
+            self.metrics.tick(self._engine, after_step=True)
 
     # ------------------------------------------------------------------------ Triton's thread
 
@@ -90,11 +110,14 @@ class EngineModel:
         for request in requests:
             sender = request.get_response_sender()
             request_id = request.request_id() or f"anon-{uuid.uuid4().hex}"
+            received = False
             try:
                 if adapter.is_abort(request):
                     self.loop.abort(request_id)
                     sender.send(flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue
+                self.metrics.request_received()
+                received = True
                 inp = adapter.read_engine_input(self.pb, request)
                 stream = _Stream(request_id, request, sender)
                 with self._lock:
@@ -109,7 +132,10 @@ class EngineModel:
                     with self._lock:
                         self._streams.pop(request_id, None)
                     raise
+                self.metrics.request_accepted(inp.sampling.max_tokens)
             except Exception as e:  # noqa: BLE001 - every failure becomes this request's error response
+                if received:
+                    self.metrics.request_rejected()
                 send_error(self.pb, sender, e)
         return None
 
@@ -121,14 +147,23 @@ class EngineModel:
         self.loop.stop()
         self._outbox.put(None)
         self._sender.join(timeout=10)
+        self.metrics.close()
 
     # ------------------------------------------------------------------------ engine loop thread
 
+    def _before_step(self) -> None:
+        self._poll_cancelled()
+        if self._engine is not None:
+            self.metrics.tick(self._engine, after_step=False)
+
     def _sink(self, stream: _Stream, out: RequestOutput) -> None:
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0
+        self.metrics.output(out)
         if out.finished:
             with self._lock:
                 self._streams.pop(stream.request_id, None)
+            if self._engine is not None:
+                self.metrics.tick(self._engine, after_step=True)
         if out.finish_reason == "error":
             err = out.error
             if not isinstance(err, EngineError):

@@ -1,0 +1,271 @@
+"""Engine-side metrics in llm_engine's adapter: the real EngineModel and EngineLoop over the fake executor,
+with a recording backend (exact totals) and a fake of Triton's MetricFamily API (what the stub calls)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from paddlellm import protocol as p
+from paddlellm.engine.loop import EngineLoop
+from paddlellm.engine.outputs import RequestOutput, RequestTimings
+from paddlellm.metrics_names import ENGINE_METRICS, HISTOGRAM, PREFIX
+from paddlellm.triton.engine_model import EngineModel
+from paddlellm.triton.metrics import EngineMetrics, TritonMetricsBackend
+from tests.unit.engine_fakes import make_engine, prompt
+
+WAIT_S = 10.0
+
+
+class MemoryBackend:
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, tuple[str, ...]], float] = defaultdict(float)
+        self.gauges: dict[tuple[str, tuple[str, ...]], float] = {}
+        self.observations: dict[tuple[str, tuple[str, ...]], list[float]] = defaultdict(list)
+        self.closed = False
+
+    def apply(self, op: str, name: str, labels: tuple[str, ...], value: float) -> None:
+        assert name.startswith(PREFIX)
+        if op == "inc":
+            assert value >= 0
+            self.counters[(name, labels)] += value
+        elif op == "set":
+            self.gauges[(name, labels)] = value
+        else:
+            assert op == "observe", op
+            self.observations[(name, labels)].append(value)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def counter(self, short: str, *labels: str) -> float:
+        return self.counters.get((PREFIX + short, ("m", *labels)), 0.0)
+
+    def gauge(self, short: str) -> float:
+        return self.gauges[(PREFIX + short, ("m",))]
+
+    def observed(self, short: str) -> list[float]:
+        return self.observations.get((PREFIX + short, ("m",)), [])
+
+
+def engine_request(pb: ModuleType, rid: str, ids: list[int], sampling: dict[str, Any]):
+    return pb.InferenceRequest(
+        inputs=[
+            pb.Tensor(p.INPUT_IDS, np.asarray(ids, np.int32)),
+            pb.Tensor(p.SAMPLING, np.array([json.dumps(sampling).encode()], np.object_)),
+        ],
+        request_id=rid,
+    )
+
+
+def start_model(pb: ModuleType, backend: MemoryBackend, **engine_kw: Any) -> tuple[EngineModel, Any]:
+    holder: dict[str, Any] = {}
+
+    def factory(before_step):
+        engine, _ = make_engine(served_model_name="m", **engine_kw)
+        holder["engine"] = engine
+        return EngineLoop(engine, before_step=before_step).start()
+
+    model = EngineModel(pb, factory, cancel_poll_s=0.0, metrics=EngineMetrics(backend))
+    return model, holder["engine"]
+
+
+def wait_all(senders: list[Any]) -> None:
+    for s in senders:
+        assert s.closed.wait(WAIT_S), "no FINAL response"
+
+
+@pytest.mark.parametrize("max_num_seqs", [8, 2])
+def test_totals_histograms_and_gauges_after_a_known_workload(pb: ModuleType, max_num_seqs: int) -> None:
+    backend = MemoryBackend()
+    model, engine = start_model(pb, backend, max_num_seqs=max_num_seqs)
+    try:
+        assert backend is model.metrics.backend
+        model.metrics.flush()
+        blocks = engine.stats().num_total_blocks
+        assert backend.gauge("kv_cache_blocks") == blocks  # known before any request
+        assert backend.gauge("kv_cache_free_blocks") == blocks
+        work = [(5 + 3 * i, 2 + i % 7) for i in range(20)]  # (prompt tokens, max_tokens), ignore_eos
+        requests = [
+            engine_request(pb, f"r{i}", prompt(n, i), {"max_tokens": k, "ignore_eos": True, "temperature": 0})
+            for i, (n, k) in enumerate(work)
+        ]
+        model.execute(requests)
+        wait_all([r.get_response_sender() for r in requests])
+        assert model.metrics.flush()
+    finally:
+        model.finalize()
+    prompts, outputs = sum(n for n, _ in work), sum(k for _, k in work)
+    assert backend.counter("requests_number_total") == 20
+    assert backend.counter("request_success_total", "length") == 20
+    assert backend.counter("request_failure_total") == 0
+    assert backend.counter("prompt_tokens_total") == prompts
+    assert backend.counter("generation_tokens_total") == outputs
+    for spec in ENGINE_METRICS:
+        if spec.kind == HISTOGRAM and spec.name != PREFIX + "batch_size":
+            assert len(backend.observed(spec.name[len(PREFIX) :])) == 20, spec.name
+    assert sorted(backend.observed("request_prompt_tokens")) == sorted(float(n) for n, _ in work)
+    assert sorted(backend.observed("request_generation_tokens")) == sorted(float(k) for _, k in work)
+    assert sorted(backend.observed("request_params_max_tokens")) == sorted(float(k) for _, k in work)
+    # No chunking or preemption here: a request is in one step per output token.
+    batches = backend.observed("batch_size")
+    assert sum(batches) == outputs and max(batches) == min(max_num_seqs, 20)
+    assert backend.counter("num_preemptions_total") == 0
+    for g in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"):
+        assert backend.gauge(g) == 0, g
+    assert backend.gauge("kv_cache_free_blocks") == blocks
+    for ttft, e2e, q in zip(
+        backend.observed("time_to_first_token_seconds"),
+        backend.observed("e2e_request_latency_seconds"),
+        backend.observed("request_queue_time_seconds"),
+        strict=True,
+    ):
+        assert 0 <= q <= ttft <= e2e
+    assert backend.closed
+
+
+def test_waiting_requests_show_in_the_gauges_while_they_wait(pb: ModuleType) -> None:
+    backend = MemoryBackend()
+    model, _ = start_model(pb, backend, max_num_seqs=1)
+    try:
+        requests = [
+            engine_request(pb, f"w{i}", prompt(6, i), {"max_tokens": 40, "ignore_eos": True})
+            for i in range(3)
+        ]
+        model.execute(requests)
+        seen_waiting = 0.0
+        deadline = time.monotonic() + WAIT_S
+        while not requests[-1].get_response_sender().closed.is_set() and time.monotonic() < deadline:
+            model.metrics.flush()
+            seen_waiting = max(seen_waiting, backend.gauges.get((PREFIX + "num_requests_waiting", ("m",)), 0))
+            time.sleep(0.001)
+        wait_all([r.get_response_sender() for r in requests])
+        model.metrics.flush()
+    finally:
+        model.finalize()
+    assert seen_waiting >= 1
+    assert backend.gauge("num_requests_waiting") == 0 and backend.gauge("num_requests_running") == 0
+    assert max(backend.observed("batch_size")) == 1
+
+
+def test_rejected_aborted_and_preempted_requests(pb: ModuleType) -> None:
+    backend = MemoryBackend()
+    # 4 blocks of 16 tokens: two requests that grow to 40 tokens each cannot both stay.
+    model, _ = start_model(pb, backend, num_blocks=4, kv_cache_ratio=1.0)
+    try:
+        bad = engine_request(pb, "bad", prompt(5), {"max_tokens": 0})
+        too_long = engine_request(pb, "long", prompt(10), {"max_tokens": 5000})
+        grow = [
+            engine_request(pb, f"g{i}", prompt(20, i), {"max_tokens": 20, "ignore_eos": True}) for i in (1, 2)
+        ]
+        model.execute([bad, too_long, *grow])
+        abort = pb.InferenceRequest(
+            inputs=[], request_id="g2", parameters=json.dumps({"paddlellm_abort": True})
+        )
+        wait_all([r.get_response_sender() for r in grow[:1]])
+        model.execute([abort])
+        wait_all([r.get_response_sender() for r in grow])
+        model.metrics.flush()
+    finally:
+        model.finalize()
+    assert backend.counter("requests_number_total") == 4  # the abort control request is not one
+    assert backend.counter("request_failure_total") == 2
+    assert backend.counter("request_success_total", "length") >= 1
+    finished = backend.counter("request_success_total", "length") + backend.counter(
+        "request_success_total", "abort"
+    )
+    assert finished == 2
+    assert backend.counter("num_preemptions_total") >= 1
+    assert len(backend.observed("request_params_max_tokens")) == 2
+    assert backend.gauge("kv_cache_usage_perc") == 0 and backend.gauge("num_requests_running") == 0
+
+
+def test_one_info_line_per_finished_request_without_the_prompt(pb: ModuleType, caplog) -> None:
+    lines: list[str] = []
+    metrics = EngineMetrics(MemoryBackend(), lines.append)
+    out = RequestOutput(
+        "req-7",
+        (5,),
+        12,
+        3,
+        finished=True,
+        finish_reason="stop",
+        timings=RequestTimings(arrival=10.0, first_scheduled=10.5, first_token=11.0, finished=12.25),
+    )
+    metrics.output(RequestOutput("req-7", (4,), 12, 1, timings=out.timings))
+    metrics.output(out)
+    metrics.flush()
+    metrics.close()
+    assert lines == [
+        "request req-7 finished: reason=stop prompt_tokens=12 output_tokens=3 "
+        "ttft=1.000s total=2.250s queue=0.500s"
+    ]
+    # Without Triton's logger the line goes to Python logging at INFO.
+    with caplog.at_level(logging.INFO, logger="paddlellm.triton.metrics"):
+        m = EngineMetrics.for_backend(object())
+        m.output(out)
+        m.flush()
+        m.close()
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "req-7" in caplog.records[0].getMessage()
+
+
+class FakeMetricFamily:
+    """Triton's pb_utils.MetricFamily as the python backend defines it (kinds, Metric(labels, buckets))."""
+
+    COUNTER, GAUGE, HISTOGRAM = "COUNTER", "GAUGE", "HISTOGRAM"
+    created: list[FakeMetricFamily] = []
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name, self.description, self.kind = name, description, kind
+        self.metrics: list[FakeMetric] = []
+        FakeMetricFamily.created.append(self)
+
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> FakeMetric:  # noqa: N802
+        if (self.kind == "HISTOGRAM") != (buckets is not None):
+            raise ValueError("Missing required buckets" if buckets is None else "Unexpected buckets found")
+        m = FakeMetric(labels, buckets)
+        self.metrics.append(m)
+        return m
+
+
+class FakeMetric:
+    def __init__(self, labels: dict[str, str], buckets: list[float] | None) -> None:
+        self.labels, self.buckets = labels, buckets
+        self.calls: list[tuple[str, float]] = []
+
+    def increment(self, v: float) -> None:
+        self.calls.append(("increment", v))
+
+    def set(self, v: float) -> None:
+        self.calls.append(("set", v))
+
+    def observe(self, v: float) -> None:
+        self.calls.append(("observe", v))
+
+
+def test_triton_backend_declares_every_engine_metric_with_its_kind_and_buckets() -> None:
+    FakeMetricFamily.created = []
+    pb = type("pb", (), {"MetricFamily": FakeMetricFamily})
+    backend = TritonMetricsBackend(pb)
+    families = {f.name: f for f in FakeMetricFamily.created}
+    assert set(families) == {s.name for s in ENGINE_METRICS}
+    for spec in ENGINE_METRICS:
+        assert families[spec.name].kind == spec.kind.upper()
+        assert families[spec.name].description == spec.help
+    backend.apply("observe", PREFIX + "batch_size", ("m",), 3.0)
+    backend.apply("observe", PREFIX + "batch_size", ("m",), 4.0)
+    backend.apply("inc", PREFIX + "request_success_total", ("m", "stop"), 1.0)
+    (hist,) = families[PREFIX + "batch_size"].metrics  # one Metric per label set, reused
+    assert hist.labels == {"model_name": "m"} and hist.calls == [("observe", 3.0), ("observe", 4.0)]
+    assert hist.buckets == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
+    (ok,) = families[PREFIX + "request_success_total"].metrics
+    assert ok.labels == {"model_name": "m", "finished_reason": "stop"} and ok.calls == [("increment", 1.0)]
+    backend.close()
