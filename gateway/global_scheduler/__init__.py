@@ -6,6 +6,17 @@ from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest
 from gateway.global_scheduler.scheduler import GlobalScheduler, SchedulerStats
 from gateway.global_scheduler.settings import GlobalSchedulerSettings, default_instance_id
 
-__all__ = ["Chunk", "EnsembleInputs", "Executor", "GlobalScheduler", "GlobalSchedulerSettings", "QueueFull",
-           "RequestExpired", "RequestLost", "SchedulerStats", "SchedulerUnavailable", "WorkRequest",
-           "default_instance_id"]
+__all__ = [
+    "Chunk",
+    "EnsembleInputs",
+    "Executor",
+    "GlobalScheduler",
+    "GlobalSchedulerSettings",
+    "QueueFull",
+    "RequestExpired",
+    "RequestLost",
+    "SchedulerStats",
+    "SchedulerUnavailable",
+    "WorkRequest",
+    "default_instance_id",
+]

@@ -30,15 +30,28 @@ class WorkRequest:
     attempt: int = 0  # 0 on the first run, +1 each time a lease is taken over
 
     def to_json(self) -> str:
-        return json.dumps({"id": self.request_id, "origin": self.origin, "t": self.enqueue_time,
-                           "prompt": self.inputs.prompt, "messages": self.inputs.messages,
-                           "sampling": self.inputs.sampling})
+        return json.dumps(
+            {
+                "id": self.request_id,
+                "origin": self.origin,
+                "t": self.enqueue_time,
+                "prompt": self.inputs.prompt,
+                "messages": self.inputs.messages,
+                "sampling": self.inputs.sampling,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes, resume: tuple[int, ...] = (), attempt: int = 0) -> WorkRequest:
         d = json.loads(text)
-        return cls(d["id"], d["origin"], EnsembleInputs(d["prompt"], d["messages"], d["sampling"]), d["t"],
-                   resume, attempt)
+        return cls(
+            d["id"],
+            d["origin"],
+            EnsembleInputs(d["prompt"], d["messages"], d["sampling"]),
+            d["t"],
+            resume,
+            attempt,
+        )
 
 
 @dataclass(frozen=True)
@@ -53,9 +66,17 @@ class Chunk:
     executor: str = field(default="", compare=False)
 
     def to_json(self) -> str:
-        return json.dumps({"x": self.text, "ids": list(self.token_ids), "f": self.finish_reason,
-                           "p": self.prompt_tokens, "c": self.completion_tokens, "s": self.engine_stats,
-                           "e": self.executor})
+        return json.dumps(
+            {
+                "x": self.text,
+                "ids": list(self.token_ids),
+                "f": self.finish_reason,
+                "p": self.prompt_tokens,
+                "c": self.completion_tokens,
+                "s": self.engine_stats,
+                "e": self.executor,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Chunk:
@@ -63,8 +84,9 @@ class Chunk:
         return cls(d["x"], tuple(d["ids"]), d["f"], d["p"], d["c"], d["s"], d["e"])
 
 
-_ERRORS: dict[str, type[EngineError]] = {c.__name__: c for c in (EngineError, InvalidRequest, Overloaded,
-                                                                  EngineDead)}
+_ERRORS: dict[str, type[EngineError]] = {
+    c.__name__: c for c in (EngineError, InvalidRequest, Overloaded, EngineDead)
+}
 
 
 def error_to_json(exc: EngineError) -> str:

@@ -26,8 +26,16 @@ _BLOCK_MS = 1000
 
 
 class Waiter:
-    def __init__(self, store: RedisStore, me: str, request_id: str, enqueue_time: float, ttl: float,
-                 watch_interval: float, outage_grace: float) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        me: str,
+        request_id: str,
+        enqueue_time: float,
+        ttl: float,
+        watch_interval: float,
+        outage_grace: float,
+    ) -> None:
         self.store, self.me, self.request_id = store, me, request_id
         self.deadline = enqueue_time + ttl
         self.ttl = ttl
@@ -106,8 +114,10 @@ class Waiter:
             timeout = self.watch_interval
             if not self.started:
                 timeout = max(0.0, min(timeout, self.deadline - time.time()))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(self._q.get(), timeout)
+                async with asyncio.timeout(timeout):
+                    return await self._q.get()
             if self.local:
                 continue  # the local run ends with a chunk or an error by itself
             expire_now = not self.started and time.time() >= self.deadline
@@ -118,13 +128,16 @@ class Waiter:
             if not self._q.empty():
                 continue
             if state == "expired":
-                return RequestExpired(f"request {self.request_id} was not started within the scheduler TTL "
-                                      f"({self.ttl:g} s); the server is overloaded, retry later")
+                return RequestExpired(
+                    f"request {self.request_id} was not started within the scheduler TTL "
+                    f"({self.ttl:g} s); the server is overloaded, retry later"
+                )
             if state == "running":
                 self.started = True
             elif state == "lost":
-                return RequestLost(f"request {self.request_id}: the scheduler lost its state "
-                                   "(Redis restarted?)")
+                return RequestLost(
+                    f"request {self.request_id}: the scheduler lost its state (Redis restarted?)"
+                )
             elif not self.started and expire_now:
                 # moved to another queue by a takeover: it cannot be withdrawn atomically; keep waiting, but
                 # not forever

@@ -48,8 +48,13 @@ class SchedulerStats:
 
 
 class GlobalScheduler:
-    def __init__(self, settings: GlobalSchedulerSettings, executor: Executor, capacity: int,
-                 instance_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: GlobalSchedulerSettings,
+        executor: Executor,
+        capacity: int,
+        instance_id: str | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.settings = settings
@@ -66,6 +71,7 @@ class GlobalScheduler:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -74,20 +80,44 @@ class GlobalScheduler:
             await self._store.ping()
             await self._beat()
         except SchedulerUnavailable as exc:
-            raise SchedulerUnavailable(f"global scheduler: cannot reach {self._store.describe()}: "
-                                       f"{exc.__cause__ or exc}") from exc
+            raise SchedulerUnavailable(
+                f"global scheduler: cannot reach {self._store.describe()}: {exc.__cause__ or exc}"
+            ) from exc
         self._healthy = True
-        self._loops = [asyncio.create_task(self._beat_loop(), name="gs-beat"),
-                       asyncio.create_task(self._take_loop(), name="gs-take")]
-        log.info("global scheduler %s joined topic %r at %s (capacity %d)", self.id, self.settings.topic,
-                 self.settings.address, self.capacity)
+        self._loops = [
+            asyncio.create_task(self._guarded(self._beat_loop), name="gs-beat"),
+            asyncio.create_task(self._guarded(self._take_loop), name="gs-take"),
+        ]
+        log.info(
+            "global scheduler %s joined topic %r at %s (capacity %d)",
+            self.id,
+            self.settings.topic,
+            self.settings.address,
+            self.capacity,
+        )
+
+    async def _guarded(self, loop) -> None:  # type: ignore[no-untyped-def]
+        # A bug in a loop must not silently stop heartbeats (the instance would look dead) or taking work.
+        while not self._stopping:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("global scheduler %s: %s failed; restarting it", self.id, loop.__name__)
+                await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def stop(self) -> None:
         """Leave: stop taking work, cancel local runs. Leases left behind expire and resume elsewhere."""
+        # A flag as well as cancel(): a cancellation can be swallowed inside a Redis call (redis-py turns it
+        # into a connection error on some paths), and the loops must still end.
+        self._stopping = True
+        self._wake.set()
         tasks = [*self._loops, *self._runs.values(), *self._background]
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         await self._store.close()
 
     @property
@@ -110,12 +140,20 @@ class GlobalScheduler:
         self.stats.submitted += 1
         if not self._healthy:
             self.stats.rejected += 1
-            raise SchedulerUnavailable(f"global scheduler: {self._store.describe()} is unavailable; "
-                                       "retry later")
+            raise SchedulerUnavailable(
+                f"global scheduler: {self._store.describe()} is unavailable; retry later"
+            )
         req = WorkRequest(rid, self.id, inputs, time.time())
         s = self.settings
-        waiter = Waiter(self._store, self.id, rid, req.enqueue_time, s.ttl, watch_interval=2 * s.lease_ttl,
-                        outage_grace=max(10.0, 3 * s.lease_ttl))
+        waiter = Waiter(
+            self._store,
+            self.id,
+            rid,
+            req.enqueue_time,
+            s.ttl,
+            watch_interval=2 * s.lease_ttl,
+            outage_grace=max(10.0, 3 * s.lease_ttl),
+        )
         self_take = self._busy < self.capacity
         self._busy += self_take  # reserve the slot before awaiting, so concurrent submits don't oversubscribe
         try:
@@ -170,7 +208,7 @@ class GlobalScheduler:
 
     # -- executor side -------------------------------------------------------------------------------------
     async def _take_loop(self) -> None:
-        while True:
+        while not self._stopping:
             if self._busy >= self.capacity or not self._healthy:
                 await self._wait_wake(self.settings.steal_interval)
                 continue
@@ -186,7 +224,8 @@ class GlobalScheduler:
 
     async def _wait_wake(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+                await self._wake.wait()
         self._wake.clear()
 
     def _start_run(self, lease: Lease, reserved: bool) -> None:
@@ -216,8 +255,9 @@ class GlobalScheduler:
                 if waiter is not None:
                     waiter.put(chunk)
                 else:
-                    state = await self._store.push(self.id, lease, seq, "c", chunk.to_json(), chunk.token_ids,
-                                                   final=done)
+                    state = await self._store.push(
+                        self.id, lease, seq, "c", chunk.to_json(), chunk.token_ids, final=done
+                    )
                     seq += 1
                     if state != "ok":
                         log.info("request %s: stopping its run here (%s)", rid, state)
@@ -263,7 +303,7 @@ class GlobalScheduler:
         await self._store.heartbeat(self.id, self.shard, info)
 
     async def _beat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:
                 await self._beat()
@@ -280,8 +320,12 @@ class GlobalScheduler:
             self.stats.reaped_leases += expired
             self.stats.dead_instances += dead
             if expired or dead:
-                log.warning("global scheduler %s: requeued %d expired leases, took over %d dead instances",
-                            self.id, expired, dead)
+                log.warning(
+                    "global scheduler %s: requeued %d expired leases, took over %d dead instances",
+                    self.id,
+                    expired,
+                    dead,
+                )
                 self._wake.set()
 
     def _set_unhealthy(self) -> None:

@@ -38,7 +38,9 @@ end
 """
 
 # ARGV: P, me, rid, body, max_size, self_take, now_ms, lease_ms, state_ttl_s
-ENQUEUE = _LIB + """
+ENQUEUE = (
+    _LIB
+    + """
 local me, rid = ARGV[2], ARGV[3]
 local q = P..'q:'..me
 local qlen = redis.call('LLEN', q)
@@ -56,10 +58,13 @@ redis.call('RPUSH', q, rid)
 addload(me, 1)
 return {'queued'}
 """
+)
 
 # Own queue first, else steal from the most loaded live instance whose load exceeds min_load.
 # ARGV: P, me, now_ms, lease_ms, min_load, shards_num, allow_steal. Returns {} or leased_reply.
-TAKE = _LIB + """
+TAKE = (
+    _LIB
+    + """
 local me, now, lease_ms = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local function pop_live(src)
   local q = P..'q:'..src
@@ -98,9 +103,12 @@ end
 if best then return take_from(best) or {} end
 return {}
 """
+)
 
 # Fenced write of one result record. ARGV: P, me, rid, token, seq, kind, data, ids_csv, final, state_ttl_s
-PUSH = _LIB + """
+PUSH = (
+    _LIB
+    + """
 local me, rid = ARGV[2], ARGV[3]
 if redis.call('HGET', P..'owner', rid) ~= ARGV[4] then return 'lost' end
 local rk = P..'req:'..rid
@@ -118,15 +126,21 @@ end
 if ARGV[9] == '1' then release(rid, me) end
 return 'ok'
 """
+)
 
 # ARGV: P, me, rid, token. Releases only a lease still held under this token.
-RELEASE = _LIB + """
+RELEASE = (
+    _LIB
+    + """
 if redis.call('HGET', P..'owner', ARGV[3]) == ARGV[4] then release(ARGV[3], ARGV[2]) return 1 end
 return 0
 """
+)
 
 # Liveness, absolute load, lease renewal. ARGV: P, me, shard, info, now_ms, alive_ms, lease_ms
-HEARTBEAT = _LIB + """
+HEARTBEAT = (
+    _LIB
+    + """
 local me = ARGV[2]
 redis.call('SET', P..'alive:'..me, '1', 'PX', ARGV[6])
 redis.call('HSET', P..'instances', me, ARGV[4])
@@ -145,10 +159,13 @@ local load = redis.call('LLEN', P..'q:'..me) + n
 redis.call('ZADD', P..'load:'..ARGV[3], load, me)
 return load
 """
+)
 
 # Expired leases go back to the front of their origin's queue (attempt + 1, so the next taker resumes);
 # dead instances' queues move to this instance's queue and leave the registry. ARGV: P, me, now_ms
-REAP = _LIB + """
+REAP = (
+    _LIB
+    + """
 local me = ARGV[2]
 local expired = redis.call('ZRANGEBYSCORE', P..'leases', '-inf', ARGV[3], 'LIMIT', 0, 256)
 for _, rid in ipairs(expired) do
@@ -181,10 +198,13 @@ end
 addload(me, moved)
 return {#expired, dead, moved}
 """
+)
 
 # Origin-side state of a request that has produced nothing yet. ARGV: P, me, rid, expire_now
 # 'expired' (removed: not started within the TTL), 'queued', 'running', 'pending' (moved elsewhere), 'lost'.
-STATUS = _LIB + """
+STATUS = (
+    _LIB
+    + """
 local me, rid = ARGV[2], ARGV[3]
 local attempt = redis.call('HGET', P..'req:'..rid, 'attempt')
 if not attempt then return 'lost' end
@@ -200,9 +220,12 @@ if attempt == '0' and redis.call('LPOS', P..'q:'..me, rid) then
 end
 return 'pending'
 """
+)
 
 # The origin is done with a request (finished, or its client left). ARGV: P, me, rid, state_ttl_s
-FORGET = _LIB + """
+FORGET = (
+    _LIB
+    + """
 local me, rid = ARGV[2], ARGV[3]
 if redis.call('LREM', P..'q:'..me, 1, rid) > 0 then addload(me, -1) end
 if redis.call('HEXISTS', P..'owner', rid) == 1 then
@@ -211,3 +234,4 @@ end
 drop(rid)
 return 1
 """
+)

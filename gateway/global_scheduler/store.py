@@ -54,14 +54,20 @@ class RedisStore:
         self.settings = settings
         self.prefix = f"pllm:{{{settings.topic}}}:"
         self._client = aioredis.Redis(
-            host=settings.host, port=settings.port, db=settings.db, password=settings.password,
+            host=settings.host,
+            port=settings.port,
+            db=settings.db,
+            password=settings.password,
             socket_connect_timeout=settings.connect_timeout,
-            socket_timeout=max(3.0, settings.connect_timeout), retry=Retry(NoBackoff(), 0),
-            decode_responses=False, health_check_interval=0,
+            socket_timeout=max(3.0, settings.connect_timeout),
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=False,
+            health_check_interval=0,
         )
-        self._scripts = {name: self._client.register_script(getattr(scripts, name))
-                         for name in ("ENQUEUE", "TAKE", "PUSH", "RELEASE", "HEARTBEAT", "REAP", "STATUS",
-                                      "FORGET")}
+        self._scripts = {
+            name: self._client.register_script(getattr(scripts, name))
+            for name in ("ENQUEUE", "TAKE", "PUSH", "RELEASE", "HEARTBEAT", "REAP", "STATUS", "FORGET")
+        }
         self._state_ttl = int(settings.state_ttl)
 
     def describe(self) -> str:
@@ -87,8 +93,11 @@ class RedisStore:
 
     async def heartbeat(self, me: str, shard: int, info: str) -> int:
         s = self.settings
-        return int(await self._run("HEARTBEAT", me, shard, info, now_ms(), int(s.lease_ttl * 1000),
-                                   int(s.lease_ttl * 1000)))
+        return int(
+            await self._run(
+                "HEARTBEAT", me, shard, info, now_ms(), int(s.lease_ttl * 1000), int(s.lease_ttl * 1000)
+            )
+        )
 
     async def reap(self, me: str) -> tuple[int, int, int]:
         expired, dead, moved = await self._run("REAP", me, now_ms())
@@ -96,26 +105,46 @@ class RedisStore:
 
     async def enqueue(self, me: str, request_id: str, body: str, self_take: bool) -> tuple[str, str]:
         """-> ("leased", token) | ("queued", "") | ("full", "") | ("unregistered", "")."""
-        r = await self._run("ENQUEUE", me, request_id, body, self.settings.max_size, int(self_take), now_ms(),
-                            int(self.settings.lease_ttl * 1000), self._state_ttl)
+        r = await self._run(
+            "ENQUEUE",
+            me,
+            request_id,
+            body,
+            self.settings.max_size,
+            int(self_take),
+            now_ms(),
+            int(self.settings.lease_ttl * 1000),
+            self._state_ttl,
+        )
         return _s(r[0]), _s(r[1]) if len(r) > 1 else ""
 
     async def take(self, me: str, allow_steal: bool) -> Lease | None:
         s = self.settings
-        r = await self._run("TAKE", me, now_ms(), int(s.lease_ttl * 1000), s.min_load_score,
-                            s.load_shards_num, int(allow_steal))
+        r = await self._run(
+            "TAKE",
+            me,
+            now_ms(),
+            int(s.lease_ttl * 1000),
+            s.min_load_score,
+            s.load_shards_num,
+            int(allow_steal),
+        )
         if not r:
             return None
         rid, tok, body, attempt, seq, toks, src = (_s(x) for x in r)
         ids = tuple(int(t) for t in toks.split(",") if t)
         return Lease(rid, tok, body, int(attempt), int(seq), ids, src)
 
-    async def push(self, me: str, lease: Lease, seq: int, kind: str, data: str, ids: Sequence[int],
-                   final: bool) -> str:
+    async def push(
+        self, me: str, lease: Lease, seq: int, kind: str, data: str, ids: Sequence[int], final: bool
+    ) -> str:
         """Fenced append to the request's result stream -> "ok" | "lost" | "cancelled"."""
         csv = "".join(f"{i}," for i in ids)
-        return _s(await self._run("PUSH", me, lease.request_id, lease.token, seq, kind, data, csv, int(final),
-                                  self._state_ttl))
+        return _s(
+            await self._run(
+                "PUSH", me, lease.request_id, lease.token, seq, kind, data, csv, int(final), self._state_ttl
+            )
+        )
 
     async def release(self, me: str, lease: Lease) -> None:
         await self._run("RELEASE", me, lease.request_id, lease.token)

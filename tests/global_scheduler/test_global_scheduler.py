@@ -1,0 +1,259 @@
+"""The global scheduler against a real redis-server: sharing, topics, failover, TTL, Redis faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from gs_fakes import FakeExecutor, RedisServer, expected_ids, free_port, subprocess_env, text_of
+
+from gateway.global_scheduler import (
+    EnsembleInputs,
+    GlobalScheduler,
+    GlobalSchedulerSettings,
+    QueueFull,
+    RequestExpired,
+    SchedulerUnavailable,
+)
+from paddlellm.errors import InvalidRequest
+
+N_TOKENS = 12
+
+
+def settings(redis: RedisServer, **kw: object) -> GlobalSchedulerSettings:
+    base: dict[str, object] = {
+        "port": redis.port,
+        "topic": "t1",
+        "lease_ttl": 1.0,
+        "heartbeat_interval": 0.2,
+        "min_load_score": 1,
+    }
+    base.update(kw)
+    return GlobalSchedulerSettings(**base)  # type: ignore[arg-type]
+
+
+async def ask(sched: GlobalScheduler, prompt: str, n: int = N_TOKENS) -> tuple[list[int], str, list[str]]:
+    """Send one request, read its stream; -> (token ids, text, executor of each chunk)."""
+    stream = await sched.submit(EnsembleInputs(prompt=prompt, sampling=json.dumps({"max_tokens": n})))
+    ids: list[int] = []
+    text, who = "", []
+    async for chunk in stream:
+        ids.extend(chunk.token_ids)
+        text += chunk.text
+        who.append(chunk.executor)
+        assert chunk.completion_tokens == len(ids)
+    return ids, text, who
+
+
+def check_answer(prompt: str, ids: list[int], text: str, n: int = N_TOKENS) -> None:
+    want = expected_ids(prompt, n)
+    assert ids == want, f"{prompt}: tokens repeated or skipped"
+    assert text == text_of(want)
+
+
+def test_single_instance_runs_its_own_requests(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        a = GlobalScheduler(settings(redis_server), FakeExecutor(), capacity=2, instance_id="A")
+        await a.start()
+        try:
+            results = await asyncio.gather(*(ask(a, f"p{i}") for i in range(6)))
+            for i, (ids, text, who) in enumerate(results):
+                check_answer(f"p{i}", ids, text)
+                assert set(who) == {"A"}
+            assert a.stats.executed_own == 6 and a.stats.executed_stolen == 0
+        finally:
+            await a.stop()
+
+    asyncio.run(main())
+
+
+def test_idle_instance_steals_from_a_loaded_one_and_other_topics_take_none(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        ex = {k: FakeExecutor(0.005) for k in "ABC"}
+        a = GlobalScheduler(settings(redis_server), ex["A"], capacity=4, instance_id="A")
+        b = GlobalScheduler(settings(redis_server), ex["B"], capacity=4, instance_id="B")
+        c = GlobalScheduler(settings(redis_server, topic="other"), ex["C"], capacity=4, instance_id="C")
+        for s in (a, b, c):
+            await s.start()
+        try:
+            results = await asyncio.gather(*(ask(a, f"req {i}") for i in range(40)))
+            for i, (ids, text, _who) in enumerate(results):
+                check_answer(f"req {i}", ids, text)
+            by_b = sum(1 for _i, _t, who in results if set(who) == {"B"})
+            assert by_b >= 12, f"B ran {by_b}/40"
+            assert b.stats.executed_stolen == by_b
+            assert c.stats.executed == 0 and ex["C"].runs == 0
+            assert a.stats.executed_own + b.stats.executed_stolen == 40
+        finally:
+            for s in (a, b, c):
+                await s.stop()
+
+    asyncio.run(main())
+
+
+def test_errors_of_a_stolen_request_reach_the_origin_typed(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        a = GlobalScheduler(
+            settings(redis_server, min_load_score=0), FakeExecutor(0.02), capacity=1, instance_id="A"
+        )
+        b = GlobalScheduler(
+            settings(redis_server, min_load_score=0), FakeExecutor(), capacity=1, instance_id="B"
+        )
+        await a.start()
+        busy = asyncio.create_task(ask(a, "keeps A busy", 30))
+        await asyncio.sleep(0.05)
+        await b.start()
+        try:
+            with pytest.raises(InvalidRequest) as info:
+                await ask(a, "bad")
+            assert info.value.param == "prompt"
+            await busy
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(main())
+
+
+def test_kill_9_of_an_executing_instance_loses_nothing(redis_server: RedisServer, tmp_path: Path) -> None:
+    script = Path(__file__).with_name("instance_main.py")
+    b = subprocess.Popen(
+        [sys.executable, str(script), str(redis_server.port), "t1", "B", "4", "0.02", "1.0"],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert b.stdout is not None and b.stdout.readline().strip() == "READY"
+
+        async def main() -> None:
+            a = GlobalScheduler(settings(redis_server), FakeExecutor(0.02), capacity=4, instance_id="A")
+            await a.start()
+            try:
+                tasks = [asyncio.create_task(ask(a, f"req {i}", 20)) for i in range(40)]
+                await asyncio.sleep(0.6)  # B is now mid-stream on several requests
+                b.kill()
+                t0 = time.monotonic()
+                results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+                for i, (ids, text, _who) in enumerate(results):
+                    check_answer(f"req {i}", ids, text, 20)
+                resumed = [who for _i, _t, who in results if who[0] == "B" and who[-1] == "A"]
+                assert resumed, "no stream began on B and finished on A"
+                assert a.stats.resumed >= len(resumed)
+                print(f"after kill: {len(resumed)} streams resumed, all done in {time.monotonic() - t0:.1f}s")
+            finally:
+                await a.stop()
+
+        asyncio.run(main())
+    finally:
+        b.kill()
+        b.wait(10)
+
+
+def test_request_not_started_within_ttl_gets_a_clear_error(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        a = GlobalScheduler(settings(redis_server, ttl=1.0), FakeExecutor(0.1), capacity=1, instance_id="A")
+        await a.start()
+        try:
+            busy = asyncio.create_task(ask(a, "long", 30))  # 3 s of work holds the only slot
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            with pytest.raises(RequestExpired, match="not started within the scheduler TTL"):
+                await ask(a, "waits")
+            assert 0.9 < time.monotonic() - t0 < 2.5
+            assert a.stats.expired == 1
+            busy.cancel()
+        finally:
+            await a.stop()
+
+    asyncio.run(main())
+
+
+def test_queue_bounded_by_max_size(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        a = GlobalScheduler(
+            settings(redis_server, max_size=1), FakeExecutor(0.05), capacity=1, instance_id="A"
+        )
+        await a.start()
+        try:
+            first = asyncio.create_task(ask(a, "one"))
+            second = asyncio.create_task(ask(a, "two"))
+            await asyncio.sleep(0.05)
+            with pytest.raises(QueueFull):
+                await ask(a, "three")
+            for prompt, task in (("one", first), ("two", second)):
+                ids, text, _ = await task
+                check_answer(prompt, ids, text)
+        finally:
+            await a.stop()
+
+    asyncio.run(main())
+
+
+def test_client_leaving_cancels_a_remote_run(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        ex_b = FakeExecutor(0.05)
+        a = GlobalScheduler(
+            settings(redis_server, min_load_score=0), FakeExecutor(0.05), capacity=1, instance_id="A"
+        )
+        b = GlobalScheduler(settings(redis_server, min_load_score=0), ex_b, capacity=1, instance_id="B")
+        await a.start()
+        busy = asyncio.create_task(ask(a, "A's own", 40))
+        await asyncio.sleep(0.05)
+        await b.start()
+        try:
+            stream = await a.submit(EnsembleInputs(prompt="left early", sampling='{"max_tokens": 100}'))
+            first = await stream.__anext__()
+            assert first.executor == "B"
+            await stream.aclose()
+            for _ in range(50):
+                if ex_b.cancelled:
+                    break
+                await asyncio.sleep(0.05)
+            assert ex_b.cancelled == 1
+            busy.cancel()
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(main())
+
+
+def test_redis_unreachable_at_start_names_the_address() -> None:
+    port = free_port()
+
+    async def main() -> None:
+        s = GlobalSchedulerSettings(port=port, connect_timeout=0.5)
+        with pytest.raises(SchedulerUnavailable, match=f"127.0.0.1:{port}"):
+            await GlobalScheduler(s, FakeExecutor(), capacity=1, instance_id="A").start()
+
+    asyncio.run(main())
+
+
+def test_redis_lost_fails_fast_then_recovers(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        a = GlobalScheduler(settings(redis_server), FakeExecutor(), capacity=2, instance_id="A")
+        await a.start()
+        try:
+            check_answer("before", *(await ask(a, "before"))[:2])
+            redis_server.stop()
+            for _ in range(5):
+                t0 = time.monotonic()
+                with pytest.raises(SchedulerUnavailable):
+                    await ask(a, "during")
+                assert time.monotonic() - t0 < 0.5, "must fail fast"
+            redis_server.start()
+            deadline = time.monotonic() + 10
+            while not a.healthy and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert a.healthy, "did not recover after Redis came back"
+            check_answer("after", *(await ask(a, "after"))[:2])
+        finally:
+            await a.stop()
+
+    asyncio.run(main())
