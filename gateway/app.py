@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.backend import GenerationBackend
 from gateway.errors import ApiError, install_handlers, model_not_found
+from gateway.metrics import install_metrics
 from gateway.observer import NullObserver, RequestObserver
 from gateway.serving import GatewayContext, generate
 from gateway.settings import GatewaySettings
@@ -70,6 +71,7 @@ def create_app(
         title="paddlellm OpenAI-compatible gateway", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     install_handlers(app)
+    install_metrics(app, settings)  # HTTP metrics; /metrics here unless settings.metrics_port is set
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
