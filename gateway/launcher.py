@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import SETTINGS_ENV, GatewaySettings
 from paddlellm.config import EngineConfig
 from paddlellm.triton.render import engine_params, render_model_repository
@@ -152,6 +153,7 @@ class Launcher:
         self.stop_requested = threading.Event()
         self.triton: ManagedProcess | None = None
         self.gateway: ManagedProcess | None = None
+        self.metrics_server: ManagedProcess | None = None  # only with a separate --metrics-port
         self._t0 = time.monotonic()
 
     def say(self, msg: str) -> None:
@@ -248,6 +250,11 @@ class Launcher:
         (run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1), encoding="utf-8")
         env = dict(os.environ)
         env[SETTINGS_ENV] = str(settings_path)
+        # Gateway metrics from every uvicorn worker are summed through files here (gateway/metrics.py).
+        prom_dir = run_dir / "prometheus"
+        shutil.rmtree(prom_dir, ignore_errors=True)
+        prom_dir.mkdir()
+        env[MULTIPROC_ENV] = str(prom_dir)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         argv = [
             sys.executable,
@@ -275,7 +282,23 @@ class Launcher:
             lambda line: print(f"[gateway] {line.rstrip()}", flush=True),
             cwd=REPO_ROOT,
         )
+        if settings.metrics_port is not None:
+            self._start_metrics_server(settings.metrics_port, env, run_dir)
         self._wait_gateway()
+
+    def _start_metrics_server(self, port: int, env: dict[str, str], run_dir: Path) -> None:
+        """/metrics on its own port: one small process reading the same settings and metrics directory."""
+        argv = [sys.executable, "-m", "uvicorn", "gateway.metrics:metrics_app_from_env", "--factory"]
+        argv += ["--host", self.plan.host, "--port", str(port), "--workers", "1", "--log-level", "warning"]
+        self.say(f"starting the metrics server on http://{self.plan.host}:{port}/metrics")
+        self.metrics_server = ManagedProcess(
+            "metrics server",
+            argv,
+            env,
+            run_dir / "metrics.log",
+            lambda line: print(f"[metrics] {line.rstrip()}", flush=True),
+            cwd=REPO_ROOT,
+        )
 
     def _wait_models(self, grpc_url: str) -> None:
         from tritonclient.grpc import InferenceServerClient
@@ -342,13 +365,15 @@ class Launcher:
     # ------------------------------------------------------------------ supervision and shutdown
     def _supervise(self) -> int:
         while not self.stop_requested.wait(0.5):
-            for proc in (self.triton, self.gateway):
+            for proc in (self.triton, self.gateway, self.metrics_server):
                 if proc is not None and not proc.alive():
                     self.say(f"{proc.name} exited unexpectedly (code {proc.proc.returncode}); shutting down")
                     return 1
         return 0
 
     def _shutdown(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.stop(timeout_s=5)
         if self.gateway is not None:
             self.say("stopping the gateway")
             self.gateway.stop(timeout_s=15)
