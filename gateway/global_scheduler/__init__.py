@@ -5,6 +5,7 @@ from gateway.global_scheduler.executor import Executor
 from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest
 from gateway.global_scheduler.scheduler import GlobalScheduler, SchedulerStats
 from gateway.global_scheduler.settings import GlobalSchedulerSettings, default_instance_id
+from gateway.global_scheduler.store import check_reachable
 
 __all__ = [
     "Chunk",
@@ -18,5 +19,6 @@ __all__ = [
     "SchedulerStats",
     "SchedulerUnavailable",
     "WorkRequest",
+    "check_reachable",
     "default_instance_id",
 ]

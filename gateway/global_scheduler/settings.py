@@ -76,6 +76,10 @@ class GlobalSchedulerSettings:
         kw.update(overrides)
         return cls(**kw)
 
+    def to_dict(self) -> dict[str, Any]:
+        """For the settings file the launcher writes for gateway workers; read with `cls(**d)`."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 def default_instance_id() -> str:
     """host-pid: unique per gateway process (each uvicorn worker is its own scheduler instance)."""

@@ -174,3 +174,16 @@ class RedisStore:
                 for iid, score in await self._client.zrange(f"{self.prefix}load:{s}", 0, -1, withscores=True):
                     out[_s(iid)] = score
             return out
+
+
+async def check_reachable(settings: GlobalSchedulerSettings) -> None:
+    """For the launcher, before it starts anything: raises SchedulerUnavailable naming host:port."""
+    store = RedisStore(settings)
+    try:
+        await store.ping()
+    except SchedulerUnavailable as exc:
+        raise SchedulerUnavailable(
+            f"global scheduler: cannot reach {store.describe()}: {exc.__cause__ or exc}"
+        ) from exc
+    finally:
+        await store.close()
