@@ -172,7 +172,12 @@ async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response
         raise
     outcome.first(first)
     if req.stream:
-        return SSEResponse(_sse_body(stream, shaper, first, arrival, outcome), headers=headers)
+        sse_headers = {
+            **headers,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }  # no proxy buffering
+        return SSEResponse(_sse_body(stream, shaper, first, arrival, outcome), headers=sse_headers)
     try:
         result = await until_disconnect(request, _collect(stream, shaper, first, arrival, outcome))
     except ClientGone:
