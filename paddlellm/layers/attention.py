@@ -1,12 +1,13 @@
 """Paged attention over a head-major KV cache, in a handful of large Paddle ops.
 
-Cache layout (per layer, K and V each): [kv_heads * num_slots, head_dim] with slot = block * block_size +
-offset, so row (h, slot) = h * num_slots + slot. One step:
-1. write: scatter the step's new K/V rows at their slots (in place, one op each);
-2. decode requests (one new token each, batched first): gather each request's context rows into
-   [kv_heads, B, L, d] (padded to the longest context, masked), then q [kv_heads, B, group, d] attends with
-   one batched matmul per side: the query group of a KV head is the matmul's M dimension, so GQA needs no
-   repeated K/V;
+Cache layout (per layer, K and V in one tensor): [2 * kv_heads * num_slots, head_dim] with slot =
+block * block_size + offset; row (j, slot) = j * num_slots + slot, j < kv_heads for K heads, then V heads.
+One step:
+1. write: scatter the step's new K|V rows at their slots (in place, one op);
+2. decode requests (one new token each, batched first): gather each request's K and V context rows in
+   one op into [2 * kv_heads, B, L, d] (padded to the longest context, masked only when lengths differ),
+   then q [kv_heads, B, group, d] attends with one batched matmul per side: the query group of a KV head
+   is the matmul's M dimension, so GQA needs no repeated K/V;
 3. prefill chunks (several new tokens): each request gathers its context (cached + this chunk, written in
    step 1) and attends causally, in query tiles that bound the score matrix's size.
 All index and mask tensors are built once per step (AttentionMetadata) and shared by every layer; masks are
@@ -52,11 +53,11 @@ class PrefillMeta:
 
 @dataclass(frozen=True)
 class AttentionMetadata:
-    write_rows: paddle.Tensor  # [T * kv_heads] cache rows for the step's new K/V, token-major
+    write_rows: paddle.Tensor  # [T * 2 * kv_heads] cache rows for the step's new K|V, token-major
     num_decode: int
     decode_len: int
-    decode_gather: paddle.Tensor | None  # [kv_heads * B * L]
-    decode_mask: paddle.Tensor | None  # [kv_heads, B, group, L]
+    decode_gather: paddle.Tensor | None  # [2 * kv_heads * B * L]
+    decode_mask: paddle.Tensor | None  # [kv_heads, B, group, L]; None when every context has length L
     prefills: tuple[PrefillMeta, ...]
 
     @classmethod
@@ -70,7 +71,7 @@ class AttentionMetadata:
         group: int,
     ) -> AttentionMetadata:
         """spans: the step's requests in batch order, the first `num_decode` with num_new == 1."""
-        head_base = np.arange(kv_heads, dtype=np.int64) * num_slots
+        head_base = np.arange(2 * kv_heads, dtype=np.int64) * num_slots  # K heads, then V heads
 
         def slots(span: SeqSpan, lo: int, hi: int) -> np.ndarray:
             pos = np.arange(lo, hi, dtype=np.int64)
@@ -89,11 +90,11 @@ class AttentionMetadata:
             for i, s in enumerate(spans[:num_decode]):
                 ctx[i, : lens[i]] = slots(s, 0, int(lens[i]))
             decode_gather = paddle.to_tensor((head_base[:, None, None] + ctx[None]).reshape(-1))
-            valid = np.arange(decode_len)[None, :] < lens[:, None]
-            mask = np.where(valid, 0.0, NEG).astype(np.float32)[None, :, None, :]
-            decode_mask = paddle.to_tensor(
-                np.ascontiguousarray(np.broadcast_to(mask, (kv_heads, num_decode, group, decode_len)))
-            )
+            if lens.min() < decode_len:
+                valid = np.arange(decode_len)[None, :] < lens[:, None]
+                mask = np.where(valid, 0.0, NEG).astype(np.float32)[None, :, None, :]
+                full = np.broadcast_to(mask, (kv_heads, num_decode, group, decode_len))
+                decode_mask = paddle.to_tensor(np.ascontiguousarray(full))
 
         prefills = []
         offset = num_decode
@@ -108,15 +109,8 @@ class AttentionMetadata:
                 allowed = np.arange(length)[None, :] <= qpos[:, None]
                 mask = np.where(allowed, 0.0, NEG).astype(np.float32)
                 full = np.broadcast_to(mask[None, None], (kv_heads, group, hi - lo, length))
-                tiles.append(
-                    PrefillTile(
-                        lo,
-                        hi,
-                        paddle.to_tensor(
-                            np.ascontiguousarray(full).reshape(kv_heads, group * (hi - lo), length)
-                        ),
-                    )
-                )
+                full = np.ascontiguousarray(full).reshape(kv_heads, group * (hi - lo), length)
+                tiles.append(PrefillTile(lo, hi, paddle.to_tensor(full)))
             prefills.append(PrefillMeta(offset, s.num_new, length, gather, tuple(tiles)))
             offset += s.num_new
         return cls(
@@ -126,33 +120,33 @@ class AttentionMetadata:
 
 def paged_attention(
     q: paddle.Tensor,
-    k: paddle.Tensor,
-    v: paddle.Tensor,
-    k_cache: paddle.Tensor,
-    v_cache: paddle.Tensor,
+    kv: paddle.Tensor,
+    cache: paddle.Tensor,
     meta: AttentionMetadata,
     kv_heads: int,
     group: int,
 ) -> paddle.Tensor:
-    """q [T, heads, d] (already scaled), k/v [T, kv_heads, d] -> [T, heads * d]. Writes k/v into the cache."""
+    """q [T, heads, d] (already scaled), kv [T, 2 * kv_heads, d] (K heads then V heads) -> [T, heads * d].
+
+    Writes kv into the cache first, so every request attends to its own new tokens too."""
     d = q.shape[-1]
     heads = kv_heads * group
-    paddle.scatter_(k_cache, meta.write_rows, k.reshape([-1, d]), overwrite=True)
-    paddle.scatter_(v_cache, meta.write_rows, v.reshape([-1, d]), overwrite=True)
+    paddle.scatter_(cache, meta.write_rows, kv.reshape([-1, d]), overwrite=True)
     outs = []
     b = meta.num_decode
     if b:
         length = meta.decode_len
         qd = paddle.transpose(q[:b].reshape([b, kv_heads, group, d]), [1, 0, 2, 3])
-        kd = paddle.gather(k_cache, meta.decode_gather).reshape([kv_heads, b, length, d])
-        vd = paddle.gather(v_cache, meta.decode_gather).reshape([kv_heads, b, length, d])
-        s = paddle.matmul(qd, kd, transpose_y=True) + meta.decode_mask
-        o = paddle.matmul(paddle.nn.functional.softmax(s, axis=-1), vd)
+        ctx = paddle.gather(cache, meta.decode_gather).reshape([2 * kv_heads, b, length, d])
+        s = paddle.matmul(qd, ctx[:kv_heads], transpose_y=True)
+        if meta.decode_mask is not None:
+            s = s + meta.decode_mask
+        o = paddle.matmul(paddle.nn.functional.softmax(s, axis=-1), ctx[kv_heads:])
         outs.append(paddle.transpose(o, [1, 0, 2, 3]).reshape([b, heads * d]))
     for p in meta.prefills:
         length = p.context_len
-        kp = paddle.gather(k_cache, p.gather).reshape([kv_heads, length, d])
-        vp = paddle.gather(v_cache, p.gather).reshape([kv_heads, length, d])
+        ctx = paddle.gather(cache, p.gather).reshape([2 * kv_heads, length, d])
+        kp, vp = ctx[:kv_heads], ctx[kv_heads:]
         qp = q[p.token_offset : p.token_offset + p.num_tokens].reshape([p.num_tokens, kv_heads, group, d])
         qp = paddle.transpose(qp, [1, 2, 0, 3])  # [kv_heads, group, Tq, d]
         for tile in p.tiles:
@@ -160,7 +154,6 @@ def paged_attention(
             qt = qp[:, :, tile.q_lo : tile.q_hi] if len(p.tiles) > 1 else qp
             s = paddle.matmul(qt.reshape([kv_heads, group * n, d]), kp, transpose_y=True) + tile.mask
             o = paddle.matmul(paddle.nn.functional.softmax(s, axis=-1), vp)
-            outs.append(
-                paddle.transpose(o.reshape([kv_heads, group, n, d]), [2, 0, 1, 3]).reshape([n, heads * d])
-            )
+            o = paddle.transpose(o.reshape([kv_heads, group, n, d]), [2, 0, 1, 3])
+            outs.append(o.reshape([n, heads * d]))
     return outs[0] if len(outs) == 1 else paddle.concat(outs, axis=0)

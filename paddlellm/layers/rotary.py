@@ -5,7 +5,8 @@ half-split order (see models/decoder.py), so one rotation serves every architect
 
 Rotation without slicing: rotate_half(x) * sin == roll(x, d/2) * [-sin_lo, sin_hi], so a step applies
 x * cos + roll(x) * sin_signed with cos/sin already expanded to the full [tokens, heads, d] shape (Paddle's
-broadcasting elementwise kernels are ~30x slower than same-shape ones on CPU).
+broadcasting elementwise kernels are ~30x slower than same-shape ones on CPU). V heads pass through with
+cos 1 / sin 0, so q|k|v is rotated as one tensor without being split first.
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ class RotaryTables:
         self.sin_signed = np.concatenate([-sin, sin], axis=1)
         self.max_positions = max_positions
 
-    def expand(self, positions: np.ndarray, heads: int) -> tuple[np.ndarray, np.ndarray]:
-        """[T, heads, d] cos and signed sin for the given token positions."""
-        shape = (len(positions), heads, self.cos.shape[1])
-        cos = np.ascontiguousarray(np.broadcast_to(self.cos[positions][:, None, :], shape))
-        sin = np.ascontiguousarray(np.broadcast_to(self.sin_signed[positions][:, None, :], shape))
+    def expand(
+        self, positions: np.ndarray, heads: int, passthrough: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """[T, heads + passthrough, d] cos and signed sin for the given token positions; the last
+        `passthrough` heads get cos 1, sin 0 (exactly unchanged: lets V ride along with q and k)."""
+        t, d = len(positions), self.cos.shape[1]
+        cos = np.ones((t, heads + passthrough, d), np.float32)
+        sin = np.zeros((t, heads + passthrough, d), np.float32)
+        cos[:, :heads] = self.cos[positions][:, None, :]
+        sin[:, :heads] = self.sin_signed[positions][:, None, :]
         return cos, sin

@@ -6,7 +6,7 @@ Llama `attention_bias` / `mlp_bias`); Qwen3 adds per-head RMSNorm on q and k; ER
 pairs, which becomes the half-split convention by permuting each q/k head's rows (q.k is unchanged when both
 sides are permuted alike). The softmax scale is folded into the q rows (or Qwen3's q-norm weight).
 
-Per layer: fused residual+RMSNorm, one qkv matmul, rotary on q|k together, paged attention, o matmul,
+Per layer: fused residual+RMSNorm, one qkv matmul, rotary on q|k|v together, paged attention, o matmul,
 fused residual+RMSNorm, gate and up matmuls, swiglu, down matmul.
 """
 
@@ -82,17 +82,17 @@ class DecoderLayer:
         cos: paddle.Tensor,
         sin: paddle.Tensor,
         meta: AttentionMetadata,
-        kv: tuple[paddle.Tensor, paddle.Tensor],
+        cache: paddle.Tensor,
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
         t, d, h, kvh = x.shape[0], self.head_dim, self.heads, self.kv_heads
         hidden, residual = self.input_norm(x, residual)
-        qkv = self.qkv(hidden)
-        qk = qkv[:, : (h + kvh) * d].reshape([t, h + kvh, d])
+        qkv = self.qkv(hidden).reshape([t, h + 2 * kvh, d])
         if self.q_norm is not None and self.k_norm is not None:
-            qk = paddle.concat([self.q_norm(qk[:, :h])[0], self.k_norm(qk[:, h:])[0]], axis=1)
-        qk = qk * cos + paddle.roll(qk, d // 2, axis=2) * sin
-        v = qkv[:, (h + kvh) * d :].reshape([t, kvh, d])
-        attn = paged_attention(qk[:, :h], qk[:, h:], v, kv[0], kv[1], meta, kvh, self.group)
+            parts = [self.q_norm(qkv[:, :h])[0], self.k_norm(qkv[:, h : h + kvh])[0], qkv[:, h + kvh :]]
+            qkv = paddle.concat(parts, axis=1)
+        # V heads have cos 1 / sin 0: one rotation over q|k|v leaves V exact and K|V adjacent for the cache.
+        qkv = qkv * cos + paddle.roll(qkv, d // 2, axis=2) * sin
+        attn = paged_attention(qkv[:, :h], qkv[:, h:], cache, meta, kvh, self.group)
         hidden, residual = self.post_norm(self.o_proj(attn), residual)
         return self.down(paddle.nn.functional.swiglu(self.gate(hidden), self.up(hidden))), residual
 
@@ -109,13 +109,20 @@ class DecoderModel:
         )
         head = "lm_head.weight"
         tied = info.tie_word_embeddings or head not in reader
-        self.lm_head = ParallelLMHead(reader, "model.embed_tokens.weight" if tied else head, info.vocab_size,
-                                      shard, all_reduce, self.embed.weight if tied else None)
+        self.lm_head = ParallelLMHead(
+            reader,
+            "model.embed_tokens.weight" if tied else head,
+            info.vocab_size,
+            shard,
+            all_reduce,
+            self.embed.weight if tied else None,
+        )
         self.layers = [
             DecoderLayer(info, reader, f"model.layers.{i}", shard, all_reduce) for i in range(info.num_layers)
         ]
         self.norm = RMSNorm(reader.get("model.norm.weight"), info.rms_norm_eps)
-        self.qk_heads = self.layers[0].heads + self.layers[0].kv_heads  # per rank
+        self.qk_heads = self.layers[0].heads + self.layers[0].kv_heads  # rotated heads per rank
+        self.v_heads = self.layers[0].kv_heads
 
     def forward(
         self,
@@ -123,13 +130,13 @@ class DecoderModel:
         cos: paddle.Tensor,
         sin: paddle.Tensor,
         meta: AttentionMetadata,
-        kv_caches: Sequence[tuple[paddle.Tensor, paddle.Tensor]],
+        kv_caches: Sequence[paddle.Tensor],
     ) -> paddle.Tensor:
         """ids [T] -> final hidden states [T, hidden]; writes the step's K/V into the cache."""
         x = self.embed(ids)
         residual = None
-        for layer, kv in zip(self.layers, kv_caches, strict=True):
-            x, residual = layer(x, residual, cos, sin, meta, kv)
+        for layer, cache in zip(self.layers, kv_caches, strict=True):
+            x, residual = layer(x, residual, cos, sin, meta, cache)
         return self.norm(x, residual)[0]
 
     def logits(self, hidden: paddle.Tensor) -> paddle.Tensor:

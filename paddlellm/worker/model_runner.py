@@ -134,7 +134,7 @@ class ModelRunner:
         meta = AttentionMetadata.build(
             spans, num_decode, self.block_size, self.cache.num_slots, self.kv_heads, self.group
         )
-        cos, sin = self.rotary.expand(positions, self.model.qk_heads)
+        cos, sin = self.rotary.expand(positions, self.model.qk_heads, self.model.v_heads)
         return self.model.forward(
             paddle.to_tensor(ids), paddle.to_tensor(cos), paddle.to_tensor(sin), meta, self.cache.layers
         )
