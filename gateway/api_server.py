@@ -157,6 +157,25 @@ def reasoning_markers(model: Path) -> tuple[str, str, bool] | None:
     return "<think>", "</think>", "<think>" in gen and "</think>" not in gen
 
 
+def sampling_defaults(model: Path) -> dict[str, float]:
+    """temperature / top_p from the checkpoint's generation_config.json, as vLLM applies them by default."""
+    path = model / "generation_config.json" if model.is_dir() else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    out = {}
+    for key in ("temperature", "top_p"):
+        value = cfg.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"default_{key}"] = float(value)
+    if cfg.get("do_sample") is False and "default_temperature" in out:
+        out["default_temperature"] = 0.0  # HF: greedy unless sampling is asked for
+    return out
+
+
 def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> LaunchPlan:
     if args.scheduler_name == "global":
         _fail(parser, "--scheduler-name global: not supported yet (the global scheduler has not landed)")
@@ -206,6 +225,7 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             reasoning_start=markers[0] if markers else None,
             reasoning_end=markers[1] if markers else None,
             reasoning_starts_inside=markers[2] if markers else False,
+            **sampling_defaults(model),
             metrics_port=args.metrics_port if args.metrics_port not in (None, args.port) else None,
         )
     except ConfigError as e:

@@ -44,6 +44,9 @@ class GatewaySettings:
     """Thinking markers of the model's chat template (e.g. <think>, </think>); None: no reasoning split."""
     reasoning_starts_inside: bool = False
     """The template's generation prompt already opens the thinking block."""
+    default_temperature: float | None = None
+    default_top_p: float | None = None
+    """Used when a request gives none: the checkpoint's generation_config.json (None: OpenAI's 1.0)."""
     triton_metrics_url: str | None = None
     """Triton's Prometheus endpoint (engine metrics live there); the launcher fills it in."""
     metrics_port: int | None = None
@@ -59,6 +62,12 @@ class GatewaySettings:
             raise ConfigError(f"gateway 'health_cache_s' must be >= 0 (got {self.health_cache_s})")
         if (self.reasoning_start is None) != (self.reasoning_end is None):
             raise ConfigError("gateway 'reasoning_start' and 'reasoning_end' must be set together")
+        if self.default_temperature is not None and not 0.0 <= self.default_temperature <= 2.0:
+            raise ConfigError(
+                f"gateway 'default_temperature' must be in [0, 2] (got {self.default_temperature})"
+            )
+        if self.default_top_p is not None and not 0.0 < self.default_top_p <= 1.0:
+            raise ConfigError(f"gateway 'default_top_p' must be in (0, 1] (got {self.default_top_p})")
         if not self.served_model_name:
             raise ConfigError("gateway 'served_model_name' must not be empty")
 

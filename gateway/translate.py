@@ -62,8 +62,8 @@ def sampling_params(
         )
     values: dict[str, Any] = {
         "max_tokens": max_tokens,
-        "temperature": req.temperature,
-        "top_p": req.top_p,
+        "temperature": req.temperature if req.temperature is not None else settings.default_temperature,
+        "top_p": req.top_p if req.top_p is not None else settings.default_top_p,
         "frequency_penalty": req.frequency_penalty,
         "presence_penalty": req.presence_penalty,
         "seed": req.seed,

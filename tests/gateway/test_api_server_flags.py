@@ -177,3 +177,12 @@ def test_reasoning_markers_from_the_chat_template(tmp_path: Path) -> None:
     assert reasoning_markers(_template(tmp_path, qwen3)) == ("<think>", "</think>", False)
     r1 = "{{ '</think>' }}{% if add_generation_prompt %}{{ 'A:<think>\\n' }}{% endif %}"
     assert reasoning_markers(_template(tmp_path, r1)) == ("<think>", "</think>", True)
+
+
+def test_sampling_defaults_from_generation_config(model: Path, capsys) -> None:
+    (model / "generation_config.json").write_text(
+        json.dumps({"temperature": 0.2, "top_p": 0.9, "eos_token_id": 2})
+    )
+    assert main(["--model", str(model), "--dry-run"]) == 0
+    gateway = json.loads(capsys.readouterr().out)["gateway"]
+    assert (gateway["default_temperature"], gateway["default_top_p"]) == (0.2, 0.9)

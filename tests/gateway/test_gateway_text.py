@@ -138,3 +138,11 @@ def test_abort_parameter_matches_the_engine_adapter() -> None:
     from paddlellm.triton.adapter import ABORT_PARAMETER as ADAPTER_ABORT
 
     assert ABORT_PARAMETER == ADAPTER_ABORT
+
+
+def test_model_sampling_defaults_apply_only_when_the_request_is_silent() -> None:
+    s = GatewaySettings(default_temperature=0.2, default_top_p=0.9)
+    p = sampling_params(_chat(), s)
+    assert (p.temperature, p.top_p) == (0.2, 0.9)
+    p = sampling_params(_chat(temperature=0, top_p=1), s)
+    assert (p.temperature, p.top_p) == (0.0, 1.0)
