@@ -39,7 +39,8 @@ def _n(short: str) -> str:
 
 
 class MetricsBackend(Protocol):
-    """Applies one operation ("inc" | "set" | "observe") to the metric `name` with these label values."""
+    """Applies one operation ("inc" | "set" | "observe", or "declare": create the series, value untouched)
+    to the metric `name` with these label values."""
 
     def apply(self, op: str, name: str, labels: tuple[str, ...], value: float) -> None: ...
 
@@ -85,6 +86,8 @@ class TritonMetricsBackend:
 
     def apply(self, op: str, name: str, labels: tuple[str, ...], value: float) -> None:
         metric = self._metric(name, labels)
+        if op == "declare":
+            return
         if op == "inc":
             metric.increment(value)
         elif op == "set":
@@ -135,8 +138,14 @@ class EngineMetrics:
         return cls(TritonMetricsBackend(pb), logger.log_info if logger is not None else None)
 
     def bind(self, model_name: str) -> None:
-        """The label every engine metric carries (the served model name); set before the first request."""
+        """The label every engine metric carries (the served model name); set before the first request.
+        Declares every series, so all of them show (at 0) from the start: rate() needs the zero."""
         self.model_name = model_name or "default"
+        ops: list[_Op] = []
+        for spec in ENGINE_METRICS:
+            for extra in [(r,) for r in SUCCESS_REASONS] if "finished_reason" in spec.labels else [()]:
+                ops.append(("declare", spec.name, extra, 0.0))
+        self._put(ops)
 
     # ------------------------------------------------------------------ Triton's thread
 

@@ -30,10 +30,13 @@ class MemoryBackend:
         self.gauges: dict[tuple[str, tuple[str, ...]], float] = {}
         self.observations: dict[tuple[str, tuple[str, ...]], list[float]] = defaultdict(list)
         self.closed = False
+        self.declared: set[tuple[str, tuple[str, ...]]] = set()
 
     def apply(self, op: str, name: str, labels: tuple[str, ...], value: float) -> None:
         assert name.startswith(PREFIX)
-        if op == "inc":
+        if op == "declare":
+            self.declared.add((name, labels))
+        elif op == "inc":
             assert value >= 0
             self.counters[(name, labels)] += value
         elif op == "set":
@@ -92,6 +95,8 @@ def test_totals_histograms_and_gauges_after_a_known_workload(pb: ModuleType, max
         blocks = engine.stats().num_total_blocks
         assert backend.gauge("kv_cache_blocks") == blocks  # known before any request
         assert backend.gauge("kv_cache_free_blocks") == blocks
+        assert {n for n, _ in backend.declared} == {s.name for s in ENGINE_METRICS}
+        assert (PREFIX + "request_success_total", ("m", "abort")) in backend.declared
         work = [(5 + 3 * i, 2 + i % 7) for i in range(20)]  # (prompt tokens, max_tokens), ignore_eos
         requests = [
             engine_request(pb, f"r{i}", prompt(n, i), {"max_tokens": k, "ignore_eos": True, "temperature": 0})
