@@ -99,10 +99,11 @@ def internal(request_id: str) -> ApiError:
 
 
 def model_not_found(name: str) -> ApiError:
+    # DESIGN.md's error table makes `model_not_found` the type; OpenAI puts it in `code`: set both.
     return ApiError(
         404,
         f"The model '{name}' does not exist",
-        type="invalid_request_error",
+        type="model_not_found",
         param="model",
         code="model_not_found",
     )

@@ -230,7 +230,7 @@ def test_malformed_json_and_non_object(client: TestClient) -> None:
 
 def test_unknown_model_is_404(client: TestClient) -> None:
     err = _error(client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}), 404)
-    assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", "model_not_found", "model")
+    assert (err["type"], err["code"], err["param"]) == ("model_not_found", "model_not_found", "model")
     assert _error(client.get("/v1/models/gpt-9"), 404)["code"] == "model_not_found"
 
 
