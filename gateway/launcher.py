@@ -70,6 +70,14 @@ _LOADING = re.compile(r'"loading: ([\w-]+):\d+"')
 _LOADED = re.compile(r"\"successfully loaded '([\w-]+)'\"")
 
 
+def _triton_env(install: TritonInstall) -> dict[str, str]:
+    env = install.launch_env()
+    # MKL picks its slow generic path on some CPUs unless told otherwise; it reads this once, when the engine's
+    # stub loads paddle, so it has to be in tritonserver's environment.
+    env.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    return env
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -225,7 +233,7 @@ class Launcher:
         self.triton = ManagedProcess(
             "tritonserver",
             argv,
-            install.launch_env(),
+            _triton_env(install),
             run_dir / "tritonserver.log",
             self._triton_line,
         )
