@@ -72,8 +72,8 @@ _LOADED = re.compile(r"\"successfully loaded '([\w-]+)'\"")
 
 def _triton_env(install: TritonInstall) -> dict[str, str]:
     env = install.launch_env()
-    # MKL picks its slow generic path on some CPUs unless told otherwise; it reads this once, when the engine's
-    # stub loads paddle, so it has to be in tritonserver's environment.
+    # MKL picks its slow generic path on some CPUs unless told otherwise; it reads this once, when the
+    # engine's stub loads paddle, so it has to be in tritonserver's environment.
     env.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     return env
 
