@@ -251,24 +251,68 @@ class EngineMetrics:
         return done.wait(timeout)
 
     def _run(self) -> None:
-        while (ops := self._queue.get()) is not None:
-            if isinstance(ops, threading.Event):
-                ops.set()
-                continue
-            for op, name, labels, value in ops:
+        """Apply queued operations in order. Whatever queued up meanwhile is taken as one batch in which
+        increments of one series are summed and only the last set of a gauge is kept: fewer IPC round
+        trips under load, same totals."""
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while True:
                 try:
-                    if op == "log":
-                        self._log_line(name)
-                    else:
-                        self.backend.apply(op, name, (self.model_name, *labels), value)
-                except Exception:  # noqa: BLE001 - a metric failure must not stop the others
-                    log.exception("metric operation %s %s failed", op, name)
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ops: list[_Op] = []
+            events: list[threading.Event] = []
+            for item in batch:
+                if item is None:
+                    stopping = True
+                elif isinstance(item, threading.Event):
+                    events.append(item)
+                else:
+                    ops.extend(item)
+            self._apply(_coalesce(ops))
+            for event in events:
+                event.set()
+
+    def _apply(self, ops: list[_Op]) -> None:
+        for op, name, labels, value in ops:
+            try:
+                if op == "log":
+                    self._log_line(name)
+                else:
+                    self.backend.apply(op, name, (self.model_name, *labels), value)
+            except Exception:  # noqa: BLE001 - a metric failure must not stop the others
+                log.exception("metric operation %s %s failed", op, name)
 
     def close(self, timeout: float = 5.0) -> None:
         """Apply what is queued, stop the thread, release Triton's metric objects."""
         self._queue.put(None)
         self._thread.join(timeout)
         self.backend.close()
+
+
+def _coalesce(ops: list[_Op]) -> list[_Op]:
+    """Sum the increments of each series and keep each gauge's last value; declares, observations and log
+    lines stay as they are, in order (declares come first anyway: bind runs before any request)."""
+    incs: dict[tuple[str, tuple[str, ...]], float] = {}
+    sets: dict[tuple[str, tuple[str, ...]], float] = {}
+    rest: list[_Op] = []
+    for op in ops:
+        kind, name, labels, value = op
+        if kind == "inc":
+            incs[(name, labels)] = incs.get((name, labels), 0.0) + value
+        elif kind == "set":
+            sets.pop((name, labels), None)  # re-insert: dict order = order of last set
+            sets[(name, labels)] = value
+        else:
+            rest.append(op)
+    return (
+        [op for op in rest if op[0] == "declare"]
+        + [("inc", n, lab, v) for (n, lab), v in incs.items()]
+        + [("set", n, lab, v) for (n, lab), v in sets.items()]
+        + [op for op in rest if op[0] != "declare"]
+    )
 
 
 def _request_line(out: RequestOutput) -> str:

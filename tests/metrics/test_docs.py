@@ -43,3 +43,32 @@ def test_the_parser_notices_an_undocumented_metric() -> None:
     first = ALL_METRICS[0].name
     without = "\n".join(line for line in text.splitlines() if f"`{first}`" not in line)
     assert first not in documented_metrics(without)
+
+
+def _dashboard_module():
+    import importlib.util
+    import sys
+
+    path = DOCS.parents[1] / "benchmarks" / "metrics_dashboard.py"
+    spec = importlib.util.spec_from_file_location("_metrics_dashboard", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grafana_dashboard_uses_exported_metrics_and_matches_the_benchmark_panels() -> None:
+    import json
+
+    dashboard = json.loads((DOCS.parent / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for e in exprs
+        for name in re.findall(r"paddlellm:[a-z0-9_]+", e)
+    }
+    exported = {s.name for s in ALL_METRICS}
+    assert used and used <= exported, sorted(used - exported)
+    # The PNG's panels and Grafana's are one definition: the committed JSON is what the benchmark writes.
+    assert dashboard == _dashboard_module().grafana_dashboard()

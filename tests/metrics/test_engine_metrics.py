@@ -274,3 +274,25 @@ def test_triton_backend_declares_every_engine_metric_with_its_kind_and_buckets()
     (ok,) = families[PREFIX + "request_success_total"].metrics
     assert ok.labels == {"model_name": "m", "finished_reason": "stop"} and ok.calls == [("increment", 1.0)]
     backend.close()
+
+
+def test_queued_operations_are_coalesced_without_changing_totals() -> None:
+    from paddlellm.triton.metrics import _coalesce
+
+    g, c, h = PREFIX + "num_requests_running", PREFIX + "generation_tokens_total", PREFIX + "batch_size"
+    ops = [
+        ("inc", c, (), 1.0),
+        ("set", g, (), 3.0),
+        ("observe", h, (), 2.0),
+        ("inc", c, (), 4.0),
+        ("set", g, (), 0.0),
+        ("log", "line", (), 0.0),
+        ("observe", h, (), 5.0),
+    ]
+    assert _coalesce(ops) == [
+        ("inc", c, (), 5.0),
+        ("set", g, (), 0.0),
+        ("observe", h, (), 2.0),
+        ("log", "line", (), 0.0),
+        ("observe", h, (), 5.0),
+    ]
