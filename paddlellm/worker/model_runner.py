@@ -26,6 +26,7 @@ from paddlellm.model_info import ModelInfo
 from paddlellm.models.decoder import DecoderModel
 from paddlellm.sampling import SamplingParams
 from paddlellm.worker.kv_cache import KVCache
+from paddlellm.worker.memory import keep_heap_mapped
 from paddlellm.worker.sampler import Sampler, SampleRow
 from paddlellm.worker.weights import WeightReader
 
@@ -52,6 +53,7 @@ class ModelRunner:
     ) -> None:
         self.config = config
         self.info = info
+        keep_heap_mapped()  # process-wide, but every process that runs the model wants it (see memory.py)
         with paddle.no_grad():
             self.model = DecoderModel(info, WeightReader(info.path), Shard(rank, world), all_reduce)
         layer = self.model.layers[0]

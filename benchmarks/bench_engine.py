@@ -1,0 +1,191 @@
+"""Engine throughput on this CPU beside transformers' generate on the same weights.
+
+    MKL_DEBUG_CPU_TYPE=5 python benchmarks/bench_engine.py [--model DIR ...] [--batches 1,8,32]
+        [--prompt-len 32] [--new-tokens 128] [--prefill-len 512] [--threads 2] [--no-hf] [--out DIR]
+
+Default models: the default SmolLM2-135M (<repo>/.models/SmolLM2-135M-Instruct) and a generated ~15M Llama
+(make_tiny_model --size 15m, written to --out once). Per model and batch size B: B greedy requests with
+random --prompt-len-token prompts generate --new-tokens tokens each, all submitted together.
+- decode tok/s = B * (new_tokens - 1) / (time from the step in which every request had its first token to
+  the last step), so prefill is excluded;
+- prefill tok/s = prefill_len / time for one request of --prefill-len tokens with max_tokens=1.
+transformers runs the same workload in its own process (torch threads = --threads; its prefill timed as one
+forward of the batch, subtracted from generate's time). Prints a markdown table, writes results.json and a PNG to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def engine_bench(
+    path: str, batches: list[int], prompt_len: int, new_tokens: int, prefill_len: int, threads: int
+) -> dict[str, float]:
+    from paddlellm.config import EngineConfig
+    from paddlellm.engine.core import LLMEngine
+    from paddlellm.sampling import SamplingParams
+
+    config = EngineConfig(
+        model=path,
+        max_model_len=2048,
+        max_num_seqs=max(batches),
+        num_threads=threads,
+        max_num_batched_tokens=2048,
+        use_warmup=True,
+    )
+    engine = LLMEngine.create(config)
+    vocab = engine.info.vocab_size
+    rng = np.random.default_rng(0)
+    res: dict[str, float] = {}
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    for b in batches:
+        for i in range(b):
+            engine.add_request(f"b{b}-{i}", rng.integers(3, vocab, prompt_len).tolist(), params)
+        started: set[str] = set()
+        t_first = None
+        while engine.has_unfinished():
+            for out in engine.step():
+                if out.new_token_ids:
+                    started.add(out.request_id)
+            if t_first is None and len(started) == b:
+                t_first = time.perf_counter()
+        assert t_first is not None
+        res[f"decode_b{b}"] = b * (new_tokens - 1) / (time.perf_counter() - t_first)
+    engine.add_request(
+        "prefill", rng.integers(3, vocab, prefill_len).tolist(), SamplingParams(max_tokens=1, temperature=0.0)
+    )
+    t0 = time.perf_counter()
+    engine.run_until_done()
+    res["prefill"] = prefill_len / (time.perf_counter() - t0)
+    engine.shutdown()
+    return res
+
+
+def hf_bench(
+    path: str, batches: list[int], prompt_len: int, new_tokens: int, prefill_len: int, threads: int
+) -> dict[str, float]:
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(0)
+    res: dict[str, float] = {}
+    with torch.no_grad():
+        for b in batches:
+            ids = torch.tensor(rng.integers(3, vocab, (b, prompt_len)))
+            model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm
+            t0 = time.perf_counter()
+            model(ids)
+            t_prefill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model.generate(
+                ids,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
+            res[f"decode_b{b}"] = b * (new_tokens - 1) / (time.perf_counter() - t0 - t_prefill)
+        ids = torch.tensor(rng.integers(3, vocab, (1, prefill_len)))
+        t0 = time.perf_counter()
+        model(ids, logits_to_keep=1)
+        res["prefill"] = prefill_len / (time.perf_counter() - t0)
+    return res
+
+
+def isolated(fn, *args):  # noqa: ANN001, ANN002, ANN201
+    """Run fn in a fresh process: paddle and torch bring different OpenMP runtimes and thread settings."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def ensure_15m(out: str) -> str:
+    from paddlellm.tools.default_model import default_dest
+    from paddlellm.tools.make_tiny_model import TinySpec, make_tiny_model
+
+    path = os.path.join(out, "llama-15m")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        make_tiny_model(
+            TinySpec(arch="llama", tokenizer="smollm", size="15m"), path, smollm_dir=default_dest()
+        )
+    return path
+
+
+def plot(results: dict[str, dict[str, dict[str, float]]], batches: list[int], file: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
+    for ax, (model, by_impl) in zip(axes[0], results.items(), strict=True):
+        width = 0.8 / len(by_impl)
+        for k, (impl, r) in enumerate(by_impl.items()):
+            xs = np.arange(len(batches)) + k * width
+            ax.bar(xs, [r[f"decode_b{b}"] for b in batches], width, label=impl)
+        ax.set_xticks(
+            np.arange(len(batches)) + width * (len(by_impl) - 1) / 2, [f"batch {b}" for b in batches]
+        )
+        ax.set_ylabel("decode tokens/s")
+        ax.set_title(model)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(file, dpi=100)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--model", action="append", help="checkpoint dir (repeatable); default: SmolLM2 + 15M llama"
+    )
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prefill-len", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers reference")
+    ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    batches = [int(b) for b in args.batches.split(",")]
+    models = args.model or [os.path.join(REPO, ".models", "SmolLM2-135M-Instruct"), ensure_15m(args.out)]
+    work = (batches, args.prompt_len, args.new_tokens, args.prefill_len, args.threads)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for path in models:
+        name = os.path.basename(path.rstrip("/"))
+        results[name] = {"paddlellm": isolated(engine_bench, path, *work)}
+        if not args.no_hf:
+            results[name]["transformers"] = isolated(hf_bench, path, *work)
+    cols = [f"decode b={b}" for b in batches] + [f"prefill ({args.prefill_len})"]
+    print(
+        f"\ntokens/s, fp32, {args.threads} threads, prompt {args.prompt_len}, {args.new_tokens} new tokens\n"
+    )
+    print("| model | impl | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---:|" * len(cols))
+    for name, by_impl in results.items():
+        for impl, r in by_impl.items():
+            vals = [r[f"decode_b{b}"] for b in batches] + [r["prefill"]]
+            print(f"| {name} | {impl} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plot(results, batches, os.path.join(args.out, "bench_engine.png"))
+    print(f"\nwrote {args.out}/results.json and bench_engine.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
