@@ -176,9 +176,35 @@ def sampling_defaults(model: Path) -> dict[str, float]:
     return out
 
 
+def _global_scheduler(args: argparse.Namespace) -> dict[str, Any]:
+    """GatewaySettings fields for --scheduler-name global (ConfigError names the bad --scheduler-* flag)."""
+    if args.scheduler_name != "global":
+        return {}
+    from gateway.global_scheduler import GlobalSchedulerSettings
+
+    scheduler = GlobalSchedulerSettings.from_namespace(args)
+    # Each uvicorn worker is one scheduler instance over the shared engine: split the engine's batch.
+    capacity = max(1, -(-args.max_num_seqs // args.workers))
+    return {"global_scheduler": scheduler.to_dict(), "scheduler_capacity": capacity}
+
+
+def check_scheduler_reachable(plan: LaunchPlan) -> str | None:
+    """Why the global scheduler's Redis cannot be used (None: it can), checked before anything starts."""
+    if plan.gateway.global_scheduler is None:
+        return None
+    import asyncio
+
+    from gateway.global_scheduler import GlobalSchedulerSettings, SchedulerUnavailable
+    from gateway.global_scheduler.store import check_reachable
+
+    try:
+        asyncio.run(check_reachable(GlobalSchedulerSettings(**plan.gateway.global_scheduler)))
+    except SchedulerUnavailable as e:
+        return str(e)
+    return None
+
+
 def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> LaunchPlan:
-    if args.scheduler_name == "global":
-        _fail(parser, "--scheduler-name global: not supported yet (the global scheduler has not landed)")
     if args.enable_mm:
         _fail(parser, "--enable-mm: not supported yet (no multimodal model is supported)")
     for flag, value, low in (("--port", args.port, 1), ("--workers", args.workers, 1)):
@@ -227,6 +253,7 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             reasoning_starts_inside=markers[2] if markers else False,
             **sampling_defaults(model),
             metrics_port=args.metrics_port if args.metrics_port not in (None, args.port) else None,
+            **_global_scheduler(args),
         )
     except ConfigError as e:
         # "config 'block_size': ..." -> name the flag the user typed.
@@ -253,6 +280,8 @@ def _describe(plan: LaunchPlan) -> dict[str, Any]:
     gateway = dataclasses.asdict(plan.gateway)
     if gateway.get("api_key"):
         gateway["api_key"] = "***"
+    if (gateway.get("global_scheduler") or {}).get("password"):
+        gateway["global_scheduler"]["password"] = "***"
     return {
         "engine": dataclasses.asdict(plan.engine),
         "gateway": gateway,
@@ -270,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(json.dumps(_describe(plan), indent=2))
         return 0
+    problem = check_scheduler_reachable(plan)
+    if problem is not None:
+        parser.error(problem)
     return Launcher(plan).run()
 
 

@@ -146,4 +146,12 @@ async def _local(ensemble: TritonEnsemble) -> AsyncIterator[GenerationBackend]:
 
 def app_from_env() -> FastAPI:
     """uvicorn --factory entry point for launcher-started workers."""
-    return create_app(GatewaySettings.from_env())
+    settings = GatewaySettings.from_env()
+    factory = None
+    if settings.global_scheduler is not None:
+        from gateway.global_scheduler import GlobalSchedulerSettings
+        from gateway.global_scheduler.backend import global_backend_factory
+
+        scheduler = GlobalSchedulerSettings(**settings.global_scheduler)
+        factory = global_backend_factory(scheduler, settings.scheduler_capacity)
+    return create_app(settings, backend_factory=factory)

@@ -246,6 +246,7 @@ class Launcher:
             triton_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
         settings_path = run_dir / "gateway.json"
+        settings_path.touch(mode=0o600)  # it may hold the API key and the Redis password
         settings_path.write_text(settings.to_json(), encoding="utf-8")
         # For tools that talk to Triton directly (perf_analyzer, benchmarks, tests reading engine metrics).
         endpoints = {

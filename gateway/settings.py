@@ -49,6 +49,11 @@ class GatewaySettings:
     """Used when a request gives none: the checkpoint's generation_config.json (None: OpenAI's 1.0)."""
     triton_metrics_url: str | None = None
     """Triton's Prometheus endpoint (engine metrics live there); the launcher fills it in."""
+    global_scheduler: dict[str, Any] | None = None
+    """GlobalSchedulerSettings fields with --scheduler-name global (each uvicorn worker joins the topic as
+    its own instance); None: requests go straight to the local ensemble."""
+    scheduler_capacity: int = 0
+    """With the global scheduler: requests one worker runs at once (its share of --max-num-seqs)."""
     metrics_port: int | None = None
     """Where the metrics server listens; None or the main port: /metrics on the gateway app (issue 6)."""
 

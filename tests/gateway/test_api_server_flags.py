@@ -4,6 +4,7 @@ the configuration the flags turn into (--dry-run)."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,8 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--tensor-parallel-size", "0"], "--tensor-parallel-size"),
         (["--max-model-len", "1"], "--max-model-len"),
         (["--workers", "0"], "--workers must be >= 1"),
-        (["--scheduler-name", "global"], "not supported yet"),
+        (["--scheduler-name", "global", "--scheduler-port", "0"], "--scheduler-port"),
+        (["--scheduler-name", "global", "--scheduler-topic", "a b"], "--scheduler-topic"),
         (["--enable-mm"], "not supported yet"),
         (["--use-warmup", "2"], "--use-warmup: invalid choice"),
     ],
@@ -186,3 +188,43 @@ def test_sampling_defaults_from_generation_config(model: Path, capsys) -> None:
     assert main(["--model", str(model), "--dry-run"]) == 0
     gateway = json.loads(capsys.readouterr().out)["gateway"]
     assert (gateway["default_temperature"], gateway["default_top_p"]) == (0.2, 0.9)
+
+
+def test_global_scheduler_settings_reach_the_gateway(model: Path, capsys) -> None:
+    argv = [
+        "--model",
+        str(model),
+        "--dry-run",
+        "--scheduler-name",
+        "global",
+        "--scheduler-host",
+        "redis.local",
+        "--scheduler-port",
+        "6380",
+        "--scheduler-password",
+        "pw",
+        "--scheduler-topic",
+        "t1",
+        "--workers",
+        "3",
+        "--max-num-seqs",
+        "8",
+    ]
+    assert main(argv) == 0
+    gateway = json.loads(capsys.readouterr().out)["gateway"]
+    sched = gateway["global_scheduler"]
+    assert (sched["host"], sched["port"], sched["topic"], sched["password"]) == (
+        "redis.local",
+        6380,
+        "t1",
+        "***",
+    )
+    assert gateway["scheduler_capacity"] == 3  # ceil(8 / 3): each worker is one instance over the engine
+
+
+def test_unreachable_redis_fails_before_anything_starts(model: Path, capsys) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    err = _error(["--model", str(model), "--scheduler-name", "global", "--scheduler-port", str(port)], capsys)
+    assert f"127.0.0.1:{port}" in err

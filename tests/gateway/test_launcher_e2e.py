@@ -68,13 +68,12 @@ class Stack:
         return self.engine_log.read_text().split() if self.engine_log.exists() else []
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def _launch(tmp: Path, *extra: str) -> Stack:
+    """Start the launcher on the toy models; returns once it prints that it is ready."""
     try:
         locate()
     except TritonNotFound as e:
         pytest.skip(f"tritonserver not set up: {e}")
-    tmp = tmp_path_factory.mktemp("launcher")
     template = tmp / "template"
     for name in ("tokenizer", "llm_engine", "detokenizer", "ensemble"):
         (template / name / "1").mkdir(parents=True)
@@ -100,10 +99,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         str(port),
         "--max-model-len",
         "256",
-        "--workers",
-        "2",
         "--run-dir",
         str(tmp / "run"),
+        *extra,
     ]
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -123,14 +121,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     while not ready.is_set():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
+            proc.wait()
             pytest.fail("launcher did not get ready:\n" + "\n".join(st.lines))
         time.sleep(0.1)
+    return st
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    st = _launch(tmp_path_factory.mktemp("launcher"), "--workers", "2")
     try:
         yield st
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if st.proc.poll() is None:
+            st.proc.kill()
+            st.proc.wait()
 
 
 def test_progress_lines(stack: Stack) -> None:
@@ -224,3 +229,37 @@ def test_sigterm_stops_everything(stack: Stack) -> None:
         time.sleep(0.1)
     assert not [p for p in family if _alive(p)]
     assert "[launcher] stopped" in "\n".join(stack.lines)
+
+
+def test_global_scheduler_through_the_launcher(tmp_path: Path) -> None:
+    redis = shutil.which("redis-server")
+    if redis is None:
+        pytest.skip("redis-server is not installed")
+    redis_port = _free_port()
+    server = subprocess.Popen(
+        [redis, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        st = _launch(
+            tmp_path, "--workers", "2", "--scheduler-name", "global", "--scheduler-port", str(redis_port)
+        )
+        try:
+            with httpx.Client(base_url=st.url, timeout=30) as c:
+                for prompt in ("ab", "cd", "ef"):
+                    r = c.post(
+                        "/v1/completions", json={"model": "default", "prompt": prompt, "max_tokens": 20}
+                    )
+                    assert r.json()["choices"][0]["text"] == f"echo: {prompt}"
+                events = c.post(
+                    "/v1/completions", json={"model": "default", "prompt": "gh", "stream": True}
+                ).text
+                assert events.endswith("data: [DONE]\n\n") and '"text":"g"' in events
+        finally:
+            st.proc.send_signal(signal.SIGTERM)
+            assert st.proc.wait(60) == 0
+    finally:
+        server.terminate()
+        server.wait(10)
