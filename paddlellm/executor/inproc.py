@@ -1,7 +1,7 @@
 """InprocExecutor: tensor parallel size 1, the ModelRunner in the engine's own process.
 
 It sizes Paddle's math thread pool and picks the device once, at construction (paddle resets OpenMP to one
-thread on import). MKL_DEBUG_CPU_TYPE must already be in the process environment: MKL reads it on load.
+thread on import); the runner applies the process-level CPU tuning (worker/cpu_tuning.py).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from paddlellm.layers.rotary import RotaryTables
 from paddlellm.model_info import ModelInfo
 from paddlellm.models.decoder import DecoderModel
 from paddlellm.sampling import SamplingParams
+from paddlellm.worker.cpu_tuning import tune_process
 from paddlellm.worker.kv_cache import KVCache
-from paddlellm.worker.memory import keep_heap_mapped
 from paddlellm.worker.sampler import Sampler, SampleRow
 from paddlellm.worker.weights import WeightReader
 
@@ -53,7 +53,7 @@ class ModelRunner:
     ) -> None:
         self.config = config
         self.info = info
-        keep_heap_mapped()  # process-wide, but every process that runs the model wants it (see memory.py)
+        tune_process()  # process-wide, but every process that runs the model wants it (cpu_tuning.py)
         with paddle.no_grad():
             self.model = DecoderModel(info, WeightReader(info.path), Shard(rank, world), all_reduce)
         layer = self.model.layers[0]

@@ -1,0 +1,53 @@
+"""Process-level CPU tuning every process that runs the model applies (ModelRunner does, before any matmul).
+
+1. Heap: Paddle allocates CPU tensors through malloc. glibc serves big blocks with fresh mmap()s and unmaps
+   them on free, so each step's large activations (gathered KV context, [batch, vocab] logits, prefill
+   activations) page-fault their memory in again: measured here, an add on a 2.9 MB tensor took 0.9 ms
+   instead of 36 us, a KV gather 1.6 ms instead of 0.12 ms. Raising the mmap and trim thresholds keeps
+   freed blocks in the heap for reuse.
+2. MKL on AMD: Paddle's MKL picks its SSE kernels on non-Intel CPUs unless MKL_DEBUG_CPU_TYPE=5 selects the
+   AVX2 ones (measured: 2.2x on the LM-head GEMM). MKL reads the variable at its first call, so setting it
+   here, before the model's first matmul, still works; an explicit setting is left alone, and Intel CPUs
+   are not touched (the variable would cap them at AVX2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_heap_mapped(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31) -> bool:
+    """Best effort (glibc only): True when both thresholds were set."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(min(mmap_threshold, 2**31 - 1)))
+        ok &= libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(min(trim_threshold, 2**31 - 1)))
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
+def prefer_avx2_mkl_on_amd(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Set MKL_DEBUG_CPU_TYPE=5 on AMD CPUs when unset; True if it is now 5."""
+    if "MKL_DEBUG_CPU_TYPE" not in os.environ:
+        try:
+            with open(cpuinfo, encoding="ascii", errors="replace") as f:
+                amd = "AuthenticAMD" in f.read(4096)
+        except OSError:
+            amd = False
+        if amd:
+            os.environ["MKL_DEBUG_CPU_TYPE"] = "5"
+    return os.environ.get("MKL_DEBUG_CPU_TYPE") == "5"
+
+
+def tune_process() -> None:
+    keep_heap_mapped()
+    prefer_avx2_mkl_on_amd()
