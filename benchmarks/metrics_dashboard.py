@@ -282,22 +282,28 @@ async def client_loop(
             if slot >= concurrency_at(time.monotonic() - t0):
                 await asyncio.sleep(0.2)
                 continue
-            words = rng.randint(8, 160)
+            words = rng.randint(5, 60)
             body = {
                 "model": "default",
                 "prompt": " ".join(rng.choice(WORDS) for _ in range(words)),
-                "max_tokens": rng.randint(8, 96),
+                "max_tokens": rng.randint(24, 128),
                 "temperature": 0.8,
                 "stream": True,
                 "ignore_eos": rng.random() < 0.5,
             }
-            if rng.random() < 0.03:
+            if rng.random() < 0.05:
                 body["max_tokens"] = 10**6  # an invalid request: 400
+            leave_after = 4 if rng.random() < 0.08 else None  # a client that disconnects: the engine aborts
             try:
                 async with http.stream("POST", url + "/v1/completions", json=body) as r:
+                    outcome = str(r.status_code)
+                    n = 0
                     async for _ in r.aiter_lines():
-                        pass
-                    stats[str(r.status_code)] = stats.get(str(r.status_code), 0) + 1
+                        n += 1
+                        if leave_after is not None and n >= leave_after:
+                            outcome = "disconnected"
+                            break
+                    stats[outcome] = stats.get(outcome, 0) + 1
             except httpx.HTTPError:
                 stats["error"] = stats.get("error", 0) + 1
 
@@ -328,7 +334,10 @@ async def run_load(url: str, metrics_url: str, duration: float, peak: int, seed:
     ]
     scrapes: list[Scrape] = []
     async with httpx.AsyncClient(timeout=10) as http:
-        while time.monotonic() < stop_at + 5 or not all(c.done() for c in clients):
+        idle_since = None  # keep scraping a few seconds after the last client finished: gauges go to 0
+        while idle_since is None or time.monotonic() - idle_since < 6:
+            if idle_since is None and all(c.done() for c in clients):
+                idle_since = time.monotonic()
             t = time.monotonic()
             scrapes.append(parse_scrape((await http.get(metrics_url)).text, t - t0))
             await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
@@ -355,9 +364,8 @@ def render(scrapes: list[Scrape], out: Path, title: str) -> None:
             for i in range(1, len(scrapes)):
                 w = Window(scrapes[max(0, i - lag)], scrapes[i])
                 v = s.local(w)
-                if v is not None and math.isfinite(v):
-                    xs.append(scrapes[i].t)
-                    ys.append(v * 100 if panel.unit == "percentunit" else v)
+                xs.append(scrapes[i].t)  # None (nothing observed in the window) leaves a gap
+                ys.append(math.nan if v is None else v * 100 if panel.unit == "percentunit" else v)
             ax.plot(xs, ys, label=s.legend, linewidth=1.4)
         unit = {"reqps": "req/s", "percentunit": "%", "s": "seconds"}.get(panel.unit, "")
         ax.set_title(panel.title, fontsize=10)
@@ -455,10 +463,12 @@ def main() -> int:
     ap.add_argument("--model", default=str(REPO / ".models" / "SmolLM2-135M-Instruct"))
     ap.add_argument("--url", help="use a running server instead of starting one")
     ap.add_argument("--metrics-url", help="its /metrics (default: <url>/metrics)")
-    ap.add_argument("--duration", type=float, default=100.0, help="seconds of load")
+    ap.add_argument("--duration", type=float, default=120.0, help="seconds of load")
     ap.add_argument("--peak", type=int, default=12, help="most concurrent clients")
     ap.add_argument("--max-num-seqs", type=int, default=8)
-    ap.add_argument("--kv-blocks", type=int, default=48, help="KV blocks of 16 tokens (small: queueing)")
+    ap.add_argument(
+        "--kv-blocks", type=int, default=32, help="KV blocks of 16 tokens (few: queueing, preemption)"
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "metrics-dashboard.png")
