@@ -144,38 +144,53 @@ class GlobalScheduler:
                 f"global scheduler: {self._store.describe()} is unavailable; retry later"
             )
         req = WorkRequest(rid, self.id, inputs, time.time())
+        waiter = self._new_waiter(req)
+        self._waiters[rid] = waiter
+        # With a free slot, start the engine while Redis records the lease: the round trip then hides behind
+        # the prefill instead of adding to the time to first token. The run is withdrawn when the script
+        # says otherwise (queued behind older requests, full, or Redis down); its chunks went to a waiter
+        # that is then dropped.
+        self_take = self._busy < self.capacity
+        if self_take:
+            self._start_run(Lease(rid, "", req.to_json(), 0, 0, (), self.id), reserved=False)
+        try:
+            state, _token = await self._enqueue(req, self_take)
+        except SchedulerUnavailable:
+            self._withdraw(rid, self_take)
+            self.stats.rejected += 1
+            self._set_unhealthy()
+            raise
+        if state == "leased":
+            self._count_run(self.id, 0)
+        else:
+            self._withdraw(rid, self_take)
+        if state == "full":
+            self.stats.rejected += 1
+            raise QueueFull(f"the scheduler queue is full ({self.settings.max_size} requests); retry later")
+        if state != "leased":
+            waiter = self._waiters[rid] = self._new_waiter(req)
+            waiter.follow_stream()
+            self._wake.set()
+        return self._stream(waiter)
+
+    def _new_waiter(self, req: WorkRequest) -> Waiter:
         s = self.settings
-        waiter = Waiter(
+        return Waiter(
             self._store,
             self.id,
-            rid,
+            req.request_id,
             req.enqueue_time,
             s.ttl,
             watch_interval=2 * s.lease_ttl,
             outage_grace=max(10.0, 3 * s.lease_ttl),
         )
-        self_take = self._busy < self.capacity
-        self._busy += self_take  # reserve the slot before awaiting, so concurrent submits don't oversubscribe
-        try:
-            state, token = await self._enqueue(req, self_take)
-        except SchedulerUnavailable:
-            self._busy -= self_take
-            self.stats.rejected += 1
-            self._set_unhealthy()
-            raise
-        if state != "leased":
-            self._busy -= self_take
-        if state == "full":
-            self.stats.rejected += 1
-            raise QueueFull(f"the scheduler queue is full ({s.max_size} requests); retry later")
-        self._waiters[rid] = waiter
-        if state == "leased":
-            lease = Lease(rid, token, req.to_json(), 0, 0, (), self.id)
-            self._start_run(lease, reserved=True)
-        else:
-            waiter.follow_stream()
-            self._wake.set()
-        return self._stream(waiter)
+
+    def _withdraw(self, rid: str, started: bool) -> None:
+        """Undo submit's optimistic start: cancel the run (its slot frees itself) and forget the waiter."""
+        self._waiters.pop(rid, None)
+        run = self._runs.get(rid)
+        if started and run is not None:
+            run.cancel()
 
     async def _enqueue(self, req: WorkRequest, self_take: bool) -> tuple[str, str]:
         state, token = await self._store.enqueue(self.id, req.request_id, req.to_json(), self_take)
@@ -203,8 +218,14 @@ class GlobalScheduler:
             self._spawn(self._forget(rid))
 
     async def _forget(self, rid: str) -> None:
-        with contextlib.suppress(SchedulerUnavailable):
-            await self._store.forget(self.id, rid)
+        # Retried across a Redis outage: it also ends the lease of an in-process run, which this instance's
+        # heartbeat would otherwise renew forever.
+        for _ in range(100):
+            try:
+                await self._store.forget(self.id, rid)
+                return
+            except SchedulerUnavailable:
+                await asyncio.sleep(self.settings.heartbeat_interval)
 
     # -- executor side -------------------------------------------------------------------------------------
     async def _take_loop(self) -> None:
@@ -231,8 +252,11 @@ class GlobalScheduler:
     def _start_run(self, lease: Lease, reserved: bool) -> None:
         if not reserved:
             self._busy += 1
-        task = asyncio.create_task(self._execute(lease), name=f"gs-run-{lease.request_id}")
-        self._runs[lease.request_id] = task
+        rid = lease.request_id
+        task = asyncio.create_task(self._execute(lease), name=f"gs-run-{rid}")
+        self._runs[rid] = task
+        # A callback, not the run's own `finally`: a task cancelled before its first step never runs that.
+        task.add_done_callback(lambda t: self._free_slot(rid, t))
 
     async def _execute(self, lease: Lease) -> None:
         """Run one leased request on the local executor and deliver its chunks (in-process or via Redis)."""
@@ -241,17 +265,18 @@ class GlobalScheduler:
         waiter = self._waiters.get(rid) if req.origin == self.id and lease.attempt == 0 else None
         if waiter is not None:
             waiter.go_local()
-        st = self.stats
-        st.executed += 1
-        st.executed_own += req.origin == self.id
-        st.executed_stolen += req.origin != self.id
-        st.resumed += lease.attempt > 0
+        if lease.token:  # (an optimistic in-process start is counted once its lease is confirmed)
+            self._count_run(req.origin, lease.attempt)
         seq, done = lease.next_seq, False
         gen = self.executor.run(req)
         try:
             async for chunk in gen:
                 chunk = dataclasses.replace(chunk, executor=self.id)
                 done = bool(chunk.finish_reason)
+                if done:
+                    # The engine is done with it: free the slot before the client hears, so the client's
+                    # next request finds it free and takes the in-process path.
+                    self._free_slot(rid)
                 if waiter is not None:
                     waiter.put(chunk)
                 else:
@@ -275,11 +300,23 @@ class GlobalScheduler:
             await self._fail(lease, waiter, seq, EngineDead(f"internal error (request id {rid})"))
         finally:
             await gen.aclose()  # type: ignore[attr-defined]
-            self._runs.pop(rid, None)
+            if waiter is None and not done:
+                self._spawn(self._release(lease))  # (an in-process run's lease ends with its stream: _forget)
+
+    def _count_run(self, origin: str, attempt: int) -> None:
+        st = self.stats
+        st.executed += 1
+        st.executed_own += origin == self.id
+        st.executed_stolen += origin != self.id
+        st.resumed += attempt > 0
+
+    def _free_slot(self, rid: str, task: asyncio.Task[None] | None = None) -> None:
+        # Only the current run of `rid` owns the slot (a withdrawn run and a later one may overlap); the
+        # first call frees it (at the finish reason, or when the task ends).
+        if self._runs.get(rid) is (task or asyncio.current_task()):
+            del self._runs[rid]
             self._busy -= 1
             self._wake.set()
-            if waiter is not None or not done:
-                self._spawn(self._release(lease))
 
     async def _fail(self, lease: Lease, waiter: Waiter | None, seq: int, exc: EngineError) -> None:
         if waiter is not None:

@@ -112,8 +112,14 @@ PUSH = (
 local me, rid = ARGV[2], ARGV[3]
 if redis.call('HGET', P..'owner', rid) ~= ARGV[4] then return 'lost' end
 local rk = P..'req:'..rid
-local seq = redis.call('HGET', rk, 'seq')
+local seq, origin = unpack(redis.call('HMGET', rk, 'seq', 'origin'))
 if (not seq) or redis.call('EXISTS', P..'cancel:'..rid) == 1 then release(rid, me) return 'cancelled' end
+if redis.call('EXISTS', P..'alive:'..origin) == 0 then
+  -- the origin died: nobody will read the result
+  release(rid, me)
+  drop(rid)
+  return 'cancelled'
+end
 if tonumber(seq) ~= tonumber(ARGV[5]) then return 'lost' end
 local sk = P..'res:'..rid
 redis.call('XADD', sk, '*', 'n', seq, 'k', ARGV[6], 'd', ARGV[7])
@@ -228,7 +234,10 @@ FORGET = (
     + """
 local me, rid = ARGV[2], ARGV[3]
 if redis.call('LREM', P..'q:'..me, 1, rid) > 0 then addload(me, -1) end
-if redis.call('HEXISTS', P..'owner', rid) == 1 then
+local tok = redis.call('HGET', P..'owner', rid)
+if tok and string.sub(tok, 1, #me + 1) == me..'#' then
+  release(rid, me)  -- it ran here, in-process: its lease ends with its stream
+elseif tok then
   redis.call('SET', P..'cancel:'..rid, '1', 'EX', ARGV[4])
 end
 drop(rid)

@@ -80,6 +80,7 @@ def test_backend_streams_like_the_local_ensemble(redis_server: RedisServer) -> N
                 assert "".join(r.text for r in out) == text_of(want)
                 assert out[-2].finish_reason == "length" and out[-1] == EnsembleResponse(final=True)
             assert local_b.opened, "B took none of A's load"
-            assert len(local_a.opened) + len(local_b.opened) == 12
+            # (A may also open, then withdraw, a request it started optimistically while Redis queued it)
+            assert set(local_a.opened) | set(local_b.opened) == {f"r{i}" for i in range(12)}
 
     asyncio.run(main())

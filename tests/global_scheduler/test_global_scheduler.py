@@ -181,14 +181,14 @@ def test_queue_bounded_by_max_size(redis_server: RedisServer) -> None:
         )
         await a.start()
         try:
-            first = asyncio.create_task(ask(a, "one"))
-            second = asyncio.create_task(ask(a, "two"))
-            await asyncio.sleep(0.05)
+            sampling = json.dumps({"max_tokens": N_TOKENS})
+            first = await a.submit(EnsembleInputs(prompt="one", sampling=sampling))  # runs
+            second = await a.submit(EnsembleInputs(prompt="two", sampling=sampling))  # waits in the queue
             with pytest.raises(QueueFull):
-                await ask(a, "three")
-            for prompt, task in (("one", first), ("two", second)):
-                ids, text, _ = await task
-                check_answer(prompt, ids, text)
+                await a.submit(EnsembleInputs(prompt="three", sampling=sampling))
+            for prompt, stream in (("one", first), ("two", second)):
+                ids = [t async for c in stream for t in c.token_ids]
+                check_answer(prompt, ids, text_of(ids))
         finally:
             await a.stop()
 
