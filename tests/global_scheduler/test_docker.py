@@ -71,8 +71,8 @@ def _docs_commands() -> list[tuple[str, list[str]]]:
     if not doc.exists():
         return []
     out = []
-    text = doc.read_text().replace("\\\n", " ")
-    for line in text.splitlines():
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", doc.read_text(), re.S)
+    for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
         words = shlex.split(line.strip(), comments=True) if line.strip() else []
         if "gateway.api_server" in words:
             out.append((f"deploy.md: {line.strip()[:60]}", words[words.index("gateway.api_server") + 1 :]))
