@@ -3,6 +3,7 @@
 from gateway.global_scheduler.errors import QueueFull, RequestExpired, RequestLost, SchedulerUnavailable
 from gateway.global_scheduler.executor import Executor
 from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest
+from gateway.global_scheduler.origin import RequestStream
 from gateway.global_scheduler.scheduler import GlobalScheduler, SchedulerStats
 from gateway.global_scheduler.settings import GlobalSchedulerSettings, default_instance_id
 from gateway.global_scheduler.store import check_reachable
@@ -16,6 +17,7 @@ __all__ = [
     "QueueFull",
     "RequestExpired",
     "RequestLost",
+    "RequestStream",
     "SchedulerStats",
     "SchedulerUnavailable",
     "WorkRequest",

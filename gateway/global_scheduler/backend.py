@@ -7,14 +7,13 @@ local ensemble (`TritonExecutor`), and the chunks come back as the `EnsembleResp
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest
-from gateway.global_scheduler.scheduler import GlobalScheduler
+from gateway.global_scheduler.scheduler import GlobalScheduler, RequestStream
 from gateway.global_scheduler.settings import GlobalSchedulerSettings
 from gateway.translate import EnsembleRequest, EnsembleResponse
 from paddlellm.errors import EngineDead, EngineError
@@ -72,7 +71,7 @@ class SchedulerStream:
 
     def __init__(self, scheduler: GlobalScheduler, req: EnsembleRequest, request_id: str) -> None:
         self._scheduler, self._req, self._rid = scheduler, req, request_id
-        self._chunks: AsyncIterator[Chunk] | None = None
+        self._chunks: RequestStream | None = None
         self._closing = False
         self.done = False
 
@@ -108,8 +107,7 @@ class SchedulerStream:
             return
         self.done = True
         if self._chunks is not None:
-            # Closing the generator withdraws the request (queue) or cancels its run (here or elsewhere).
-            asyncio.get_running_loop().create_task(self._chunks.aclose())  # type: ignore[attr-defined]
+            self._chunks.close()  # withdraws it from the queue, or stops its run here or elsewhere
 
 
 class GlobalBackend:

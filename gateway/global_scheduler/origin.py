@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 from gateway.global_scheduler.errors import RequestExpired, RequestLost, SchedulerUnavailable
 from gateway.global_scheduler.messages import Chunk, error_from_json
@@ -92,21 +92,20 @@ class Waiter:
                     return
 
     # -- consuming -----------------------------------------------------------------------------------------
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        try:
-            while True:
-                item = await self._next()
-                if isinstance(item, EngineError):
-                    raise item
-                self.started = True
-                if item.executor and item.executor not in self.executors:
-                    self.executors.append(item.executor)
-                yield item
-                if item.finish_reason:
-                    return
-        finally:
-            if self._reader is not None:
-                self._reader.cancel()
+    async def next(self) -> Chunk:
+        """The next chunk; raises the request's EngineError."""
+        item = await self._next()
+        if isinstance(item, EngineError):
+            raise item
+        self.started = True
+        if item.executor and item.executor not in self.executors:
+            self.executors.append(item.executor)
+        return item
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
 
     async def _next(self) -> Chunk | EngineError:
         """The next item; between items, check on the request in Redis (TTL before start, loss after)."""
@@ -142,3 +141,51 @@ class Waiter:
                 # moved to another queue by a takeover: it cannot be withdrawn atomically; keep waiting, but
                 # not forever
                 self.deadline = time.time() + self.watch_interval
+
+
+class RequestStream:
+    """One submitted request's chunks, as an async iterator; `close()` when abandoning it (idempotent).
+    `on_end(waiter, finished)` runs exactly once: at the finish reason, on an error, or on close."""
+
+    def __init__(
+        self, waiter: Waiter, on_end: Callable[[Waiter, bool], None], on_expired: Callable[[], None]
+    ) -> None:
+        self._waiter, self._on_end, self._on_expired = waiter, on_end, on_expired
+        self._closed = False
+
+    @property
+    def request_id(self) -> str:
+        return self._waiter.request_id
+
+    @property
+    def executors(self) -> list[str]:
+        """Instances that produced its chunks so far, in order (more than one after a takeover)."""
+        return list(self._waiter.executors)
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._waiter.next()
+        except BaseException as exc:
+            if isinstance(exc, RequestExpired):
+                self._on_expired()
+            self._close(finished=False)
+            raise
+        if chunk.finish_reason:
+            self._close(finished=True)
+        return chunk
+
+    def close(self) -> None:
+        self._close(finished=False)
+
+    async def aclose(self) -> None:
+        self._close(finished=False)
+
+    def _close(self, finished: bool) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_end(self._waiter, finished)

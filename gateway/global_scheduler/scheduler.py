@@ -21,12 +21,11 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator
 
 from gateway.global_scheduler.errors import QueueFull, SchedulerUnavailable
 from gateway.global_scheduler.executor import Executor
-from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest, error_to_json
-from gateway.global_scheduler.origin import Waiter
+from gateway.global_scheduler.messages import EnsembleInputs, WorkRequest, error_to_json
+from gateway.global_scheduler.origin import RequestStream, Waiter
 from gateway.global_scheduler.settings import GlobalSchedulerSettings, default_instance_id
 from gateway.global_scheduler.store import Lease, RedisStore
 from paddlellm.errors import EngineDead, EngineError
@@ -71,6 +70,7 @@ class GlobalScheduler:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._slots: set[asyncio.Task[None]] = set()  # runs holding an engine slot
         self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -131,9 +131,10 @@ class GlobalScheduler:
         return await self._store.load_table()
 
     # -- origin side ---------------------------------------------------------------------------------------
-    async def submit(self, inputs: EnsembleInputs, request_id: str | None = None) -> AsyncIterator[Chunk]:
+    async def submit(self, inputs: EnsembleInputs, request_id: str | None = None) -> RequestStream:
         """Queue a request; returns its chunk stream. Raises Overloaded subclasses (HTTP 503) at once when the
-        queue is full or Redis is down; errors of the run itself come out of the stream."""
+        queue is full or Redis is down; errors of the run itself come out of the stream. The caller must
+        read the stream to its end or `close()` it."""
         rid = request_id or uuid.uuid4().hex
         if rid in self._waiters:
             raise ValueError(f"request id {rid!r} is already in flight")
@@ -160,6 +161,10 @@ class GlobalScheduler:
             self.stats.rejected += 1
             self._set_unhealthy()
             raise
+        except BaseException:  # cancelled while Redis was answering: it may hold the request by now
+            self._withdraw(rid, self_take)
+            self._spawn(self._forget(rid))
+            raise
         if state == "leased":
             self._count_run(self.id, 0)
         else:
@@ -171,7 +176,7 @@ class GlobalScheduler:
             waiter = self._waiters[rid] = self._new_waiter(req)
             waiter.follow_stream()
             self._wake.set()
-        return self._stream(waiter)
+        return RequestStream(waiter, self._end, self._count_expired)
 
     def _new_waiter(self, req: WorkRequest) -> Waiter:
         s = self.settings
@@ -201,21 +206,19 @@ class GlobalScheduler:
                 raise SchedulerUnavailable("global scheduler: this instance could not register with Redis")
         return state, token
 
-    async def _stream(self, waiter: Waiter) -> AsyncIterator[Chunk]:
+    def _count_expired(self) -> None:
+        self.stats.expired += 1
+
+    def _end(self, waiter: Waiter, finished: bool) -> None:
+        """The origin is done with a request: stop its in-process run unless it finished, forget it."""
         rid = waiter.request_id
-        try:
-            async for chunk in waiter.chunks():
-                yield chunk
-        except EngineError as exc:
-            if exc.__class__.__name__ == "RequestExpired":
-                self.stats.expired += 1
-            raise
-        finally:
-            self._waiters.pop(rid, None)
-            run = self._runs.get(rid)
-            if run is not None and waiter.local:
-                run.cancel()  # the client left: stop the local engine request
-            self._spawn(self._forget(rid))
+        waiter.close()
+        if self._waiters.get(rid) is waiter:
+            del self._waiters[rid]
+        run = self._runs.get(rid)
+        if run is not None and waiter.local and not finished:
+            run.cancel()  # the client left: stop the local engine request
+        self._spawn(self._forget(rid))
 
     async def _forget(self, rid: str) -> None:
         # Retried across a Redis outage: it also ends the lease of an in-process run, which this instance's
@@ -255,8 +258,9 @@ class GlobalScheduler:
         rid = lease.request_id
         task = asyncio.create_task(self._execute(lease), name=f"gs-run-{rid}")
         self._runs[rid] = task
+        self._slots.add(task)
         # A callback, not the run's own `finally`: a task cancelled before its first step never runs that.
-        task.add_done_callback(lambda t: self._free_slot(rid, t))
+        task.add_done_callback(lambda t: self._run_done(rid, t))
 
     async def _execute(self, lease: Lease) -> None:
         """Run one leased request on the local executor and deliver its chunks (in-process or via Redis)."""
@@ -276,7 +280,7 @@ class GlobalScheduler:
                 if done:
                     # The engine is done with it: free the slot before the client hears, so the client's
                     # next request finds it free and takes the in-process path.
-                    self._free_slot(rid)
+                    self._free_slot(asyncio.current_task())
                 if waiter is not None:
                     waiter.put(chunk)
                 else:
@@ -310,13 +314,17 @@ class GlobalScheduler:
         st.executed_stolen += origin != self.id
         st.resumed += attempt > 0
 
-    def _free_slot(self, rid: str, task: asyncio.Task[None] | None = None) -> None:
-        # Only the current run of `rid` owns the slot (a withdrawn run and a later one may overlap); the
-        # first call frees it (at the finish reason, or when the task ends).
-        if self._runs.get(rid) is (task or asyncio.current_task()):
-            del self._runs[rid]
+    def _free_slot(self, task: asyncio.Task[None] | None) -> None:
+        # Once per run: at its finish reason, or when its task ends.
+        if task in self._slots:
+            self._slots.discard(task)  # type: ignore[arg-type]
             self._busy -= 1
             self._wake.set()
+
+    def _run_done(self, rid: str, task: asyncio.Task[None]) -> None:
+        self._free_slot(task)
+        if self._runs.get(rid) is task:  # (a withdrawn run and a later run of the same request may overlap)
+            del self._runs[rid]
 
     async def _fail(self, lease: Lease, waiter: Waiter | None, seq: int, exc: EngineError) -> None:
         if waiter is not None:
