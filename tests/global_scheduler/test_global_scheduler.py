@@ -50,6 +50,20 @@ async def ask(sched: GlobalScheduler, prompt: str, n: int = N_TOKENS) -> tuple[l
     return ids, text, who
 
 
+async def leftover_state(redis: RedisServer) -> list[str]:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis(port=redis.port)
+    try:
+        keys = [k.decode() for k in await r.keys("pllm:*")]
+        per_request = [k for k in keys if any(f":{kind}:" in k for kind in ("req", "res", "toks", "q"))]
+        leases = await r.zrange("pllm:{t1}:leases", 0, -1)
+        held = [k for k in keys if ":held:" in k and await r.scard(k)]
+        return per_request + [f"lease {x!r}" for x in leases] + held
+    finally:
+        await r.aclose()
+
+
 def check_answer(prompt: str, ids: list[int], text: str, n: int = N_TOKENS) -> None:
     want = expected_ids(prompt, n)
     assert ids == want, f"{prompt}: tokens repeated or skipped"
@@ -89,6 +103,9 @@ def test_idle_instance_steals_from_a_loaded_one_and_other_topics_take_none(redis
             assert b.stats.executed_stolen == by_b
             assert c.stats.executed == 0 and ex["C"].runs == 0
             assert a.stats.executed_own + b.stats.executed_stolen == 40
+            await asyncio.sleep(0.3)  # background cleanup (forget, release) settles
+            assert a._busy == b._busy == 0, "engine slots leaked"
+            assert await leftover_state(redis_server) == [], "request state left in Redis"
         finally:
             for s in (a, b, c):
                 await s.stop()
@@ -255,5 +272,34 @@ def test_redis_lost_fails_fast_then_recovers(redis_server: RedisServer) -> None:
             check_answer("after", *(await ask(a, "after"))[:2])
         finally:
             await a.stop()
+
+    asyncio.run(main())
+
+
+def test_a_stolen_run_stops_when_its_origin_dies(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        ex_b = FakeExecutor(0.05)
+        s = settings(redis_server, min_load_score=0)
+        a = GlobalScheduler(s, FakeExecutor(0.05), capacity=1, instance_id="A")
+        b = GlobalScheduler(s, ex_b, capacity=1, instance_id="B")
+        await a.start()
+        busy = asyncio.create_task(ask(a, "A's own", 40))
+        await asyncio.sleep(0.05)
+        await b.start()
+        try:
+            stream = await a.submit(EnsembleInputs(prompt="orphan", sampling='{"max_tokens": 200}'))
+            assert (await stream.__anext__()).executor == "B"
+            busy.cancel()
+            a._stopping = True  # A dies without a word: its heartbeat stops, its alive key expires
+            for task in a._loops:
+                task.cancel()
+            t0 = time.monotonic()
+            while not ex_b.cancelled and time.monotonic() - t0 < 5:
+                await asyncio.sleep(0.05)
+            assert ex_b.cancelled == 1, "B kept running a request nobody will read"
+            assert time.monotonic() - t0 < 2 * s.lease_ttl + 0.5
+        finally:
+            await a.stop()
+            await b.stop()
 
     asyncio.run(main())
