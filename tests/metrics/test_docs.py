@@ -49,8 +49,8 @@ def _dashboard_module():
     import importlib.util
     import sys
 
-    path = DOCS.parents[1] / "benchmarks" / "metrics_dashboard.py"
-    spec = importlib.util.spec_from_file_location("_metrics_dashboard", path)
+    path = DOCS.parents[1] / "benchmarks" / "metrics_panels.py"
+    spec = importlib.util.spec_from_file_location("_metrics_panels", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
