@@ -92,7 +92,8 @@ class DecoderLayer:
             qkv = paddle.concat(parts, axis=1)
         # V heads have cos 1 / sin 0: one rotation over q|k|v leaves V exact and K|V adjacent for the cache.
         qkv = qkv * cos + paddle.roll(qkv, d // 2, axis=2) * sin
-        attn = paged_attention(qkv[:, :h], qkv[:, h:], cache, meta, kvh, self.group)
+        q, kv = paddle.split(qkv, [h, 2 * kvh], axis=1)  # contiguous: Paddle's strided-view copies are slow
+        attn = paged_attention(q, kv, cache, meta, kvh, self.group)
         hidden, residual = self.post_norm(self.o_proj(attn), residual)
         return self.down(paddle.nn.functional.swiglu(self.gate(hidden), self.up(hidden))), residual
 
