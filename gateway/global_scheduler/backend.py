@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+from gateway.global_scheduler.errors import CannotResume
 from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest
 from gateway.global_scheduler.scheduler import GlobalScheduler, RequestStream
 from gateway.global_scheduler.settings import GlobalSchedulerSettings
 from gateway.translate import EnsembleRequest, EnsembleResponse
-from paddlellm.errors import EngineDead, EngineError
+from paddlellm.errors import EngineError
 
 
 class TritonExecutor:
@@ -34,7 +35,7 @@ class TritonExecutor:
         rid = f"{request.request_id}.{request.attempt}" if request.attempt else request.request_id
         if request.resume_token_ids:
             if not self._can_resume:
-                raise EngineDead(
+                raise CannotResume(
                     f"request {request.request_id}: its instance died mid-stream and this instance's "
                     "ensemble cannot resume it (no resume_ids input)"
                 )

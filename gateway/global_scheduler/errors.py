@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from paddlellm.errors import EngineError, Overloaded
+from paddlellm.errors import EngineDead, EngineError, Overloaded
 
 
 class SchedulerUnavailable(Overloaded):
@@ -19,3 +19,7 @@ class RequestExpired(Overloaded):
 
 class RequestLost(EngineError):
     """The scheduler's state for the request vanished (Redis restarted without persistence)."""
+
+
+class CannotResume(EngineDead):
+    """A request cut mid-stream reached an instance whose ensemble has no `resume_ids` input."""

@@ -58,12 +58,18 @@ class Waiter:
             self._reader.cancel()
             self._reader = None
 
-    def follow_stream(self) -> None:
+    def follow_stream(self, next_seq: int = 0) -> None:
         if self._reader is None and not self.local:
-            self._reader = asyncio.create_task(self._read_stream(), name=f"gs-read-{self.request_id}")
+            reader = self._read_stream(next_seq)
+            self._reader = asyncio.create_task(reader, name=f"gs-read-{self.request_id}")
 
-    async def _read_stream(self) -> None:
-        after, next_seq, outage_since = "0", 0, 0.0
+    def hand_off(self, delivered: int) -> None:
+        """The in-process run failed and went back to the queue: follow its stream from chunk `delivered`."""
+        self.local = False
+        self.follow_stream(delivered)
+
+    async def _read_stream(self, next_seq: int) -> None:
+        after, outage_since = "0", 0.0
         while True:
             try:
                 records = await self.store.read(self.request_id, after, _BLOCK_MS)

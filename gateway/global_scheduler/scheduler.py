@@ -22,15 +22,16 @@ import time
 import uuid
 import zlib
 
-from gateway.global_scheduler.errors import QueueFull, SchedulerUnavailable
+from gateway.global_scheduler.errors import CannotResume, QueueFull, SchedulerUnavailable
 from gateway.global_scheduler.executor import Executor
 from gateway.global_scheduler.messages import EnsembleInputs, WorkRequest, error_to_json
 from gateway.global_scheduler.origin import RequestStream, Waiter
 from gateway.global_scheduler.settings import GlobalSchedulerSettings, default_instance_id
 from gateway.global_scheduler.store import Lease, RedisStore
-from paddlellm.errors import EngineDead, EngineError
+from paddlellm.errors import EngineDead, EngineError, InvalidRequest
 
 log = logging.getLogger("gateway.global_scheduler")
+MAX_ATTEMPTS = 3  # runs of one request whose engine failed, before its client gets the error
 
 
 @dataclasses.dataclass
@@ -72,6 +73,7 @@ class GlobalScheduler:
         self._background: set[asyncio.Task[None]] = set()
         self._slots: set[asyncio.Task[None]] = set()  # runs holding an engine slot
         self._stopping = False
+        self._paused_until = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -233,7 +235,7 @@ class GlobalScheduler:
     # -- executor side -------------------------------------------------------------------------------------
     async def _take_loop(self) -> None:
         while not self._stopping:
-            if self._busy >= self.capacity or not self._healthy:
+            if self._busy >= self.capacity or not self._healthy or time.monotonic() < self._paused_until:
                 await self._wait_wake(self.settings.steal_interval)
                 continue
             try:
@@ -272,6 +274,7 @@ class GlobalScheduler:
         if lease.token:  # (an optimistic in-process start is counted once its lease is confirmed)
             self._count_run(req.origin, lease.attempt)
         seq, done = lease.next_seq, False
+        sent: list[int] = []  # ids delivered in-process (so a hand-off can resume after them)
         gen = self.executor.run(req)
         try:
             async for chunk in gen:
@@ -283,6 +286,8 @@ class GlobalScheduler:
                     self._free_slot(asyncio.current_task())
                 if waiter is not None:
                     waiter.put(chunk)
+                    sent.extend(chunk.token_ids)
+                    seq += 1
                 else:
                     state = await self._store.push(
                         self.id, lease, seq, "c", chunk.to_json(), chunk.token_ids, final=done
@@ -297,15 +302,47 @@ class GlobalScheduler:
         except SchedulerUnavailable as exc:
             # Results cannot be delivered; the lease expires and the request resumes once Redis is back.
             log.warning("request %s: %s", rid, exc.message)
-        except EngineError as exc:
+        except (InvalidRequest, CannotResume) as exc:  # the request's fault, or no engine could do better
             await self._fail(lease, waiter, seq, exc)
-        except Exception:
-            log.exception("request %s: executor failed", rid)
-            await self._fail(lease, waiter, seq, EngineDead(f"internal error (request id {rid})"))
+        except Exception as exc:
+            # This instance's engine failed (died, Triton went away...), not the request: hand the request on.
+            if isinstance(exc, EngineError):
+                log.warning("request %s: the engine failed here: %s", rid, exc.message)
+            else:
+                log.exception("request %s: executor failed", rid)
+                exc = EngineDead(f"internal error (request id {rid})")
+            self._pause_taking()
+            handed = False
+            if lease.attempt + 1 < MAX_ATTEMPTS:
+                try:
+                    handed = await self._hand_off(lease, waiter, sent, seq)
+                except Exception:  # never leave the client waiting on a bug here
+                    log.exception("request %s: hand-off failed", rid)
+            if not handed:
+                await self._fail(lease, waiter, seq, exc)
         finally:
             await gen.aclose()  # type: ignore[attr-defined]
             if waiter is None and not done:
                 self._spawn(self._release(lease))  # (an in-process run's lease ends with its stream: _forget)
+
+    async def _hand_off(self, lease: Lease, waiter: Waiter | None, sent: list[int], seq: int) -> bool:
+        """Give a failed run's request back to the queue for another instance to resume; False if it was not
+        ours to give (or Redis is down)."""
+        rid = lease.request_id
+        try:
+            if waiter is None:
+                return await self._store.requeue(self.id, rid, lease.token)
+            if not await self._store.requeue(self.id, rid, "", sent, seq):
+                return False
+        except SchedulerUnavailable:
+            return False
+        waiter.hand_off(seq)
+        self._wake.set()
+        return True
+
+    def _pause_taking(self) -> None:
+        # A failing engine must not take the work straight back: stop taking for a lease period.
+        self._paused_until = time.monotonic() + self.settings.lease_ttl
 
     def _count_run(self, origin: str, attempt: int) -> None:
         st = self.stats

@@ -143,6 +143,32 @@ return 0
 """
 )
 
+# Give a leased request back (its executor's engine failed): front of the origin's queue, attempt + 1, so the
+# next taker resumes it. token "" = any lease of `me` (an in-process run, which then also records the ids and
+# chunk count it delivered, so the resume continues from there). ARGV: P, me, rid, token, ids_csv, seq, ttl
+REQUEUE = (
+    _LIB
+    + """
+local me, rid = ARGV[2], ARGV[3]
+local tok = redis.call('HGET', P..'owner', rid)
+if not tok or (tok ~= ARGV[4] and not (ARGV[4] == '' and string.sub(tok, 1, #me + 1) == me..'#')) then
+  return 0
+end
+release(rid, me)
+local rk = P..'req:'..rid
+local origin = redis.call('HGET', rk, 'origin')
+if not origin then return 0 end
+redis.call('HINCRBY', rk, 'attempt', 1)
+if ARGV[6] ~= '' then
+  redis.call('HSET', rk, 'seq', ARGV[6])
+  redis.call('SET', P..'toks:'..rid, ARGV[5], 'EX', ARGV[7])
+end
+redis.call('LPUSH', P..'q:'..origin, rid)
+addload(origin, 1)
+return 1
+"""
+)
+
 # Liveness, absolute load, lease renewal. ARGV: P, me, shard, info, now_ms, alive_ms, lease_ms
 HEARTBEAT = (
     _LIB

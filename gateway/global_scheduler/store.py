@@ -66,7 +66,17 @@ class RedisStore:
         )
         self._scripts = {
             name: self._client.register_script(getattr(scripts, name))
-            for name in ("ENQUEUE", "TAKE", "PUSH", "RELEASE", "HEARTBEAT", "REAP", "STATUS", "FORGET")
+            for name in (
+                "ENQUEUE",
+                "TAKE",
+                "PUSH",
+                "RELEASE",
+                "HEARTBEAT",
+                "REAP",
+                "STATUS",
+                "FORGET",
+                "REQUEUE",
+            )
         }
         self._state_ttl = int(settings.state_ttl)
 
@@ -148,6 +158,19 @@ class RedisStore:
 
     async def release(self, me: str, lease: Lease) -> None:
         await self._run("RELEASE", me, lease.request_id, lease.token)
+
+    async def requeue(
+        self,
+        me: str,
+        request_id: str,
+        token: str,
+        sent_ids: Sequence[int] = (),
+        sent_chunks: int | None = None,
+    ) -> bool:
+        """Give the lease back for another instance to resume; `sent_*` only for an in-process run."""
+        csv = "".join(f"{i}," for i in sent_ids)
+        seq = "" if sent_chunks is None else str(sent_chunks)
+        return bool(await self._run("REQUEUE", me, request_id, token, csv, seq, self._state_ttl))
 
     async def status(self, me: str, request_id: str, expire_now: bool) -> str:
         return _s(await self._run("STATUS", me, request_id, int(expire_now)))

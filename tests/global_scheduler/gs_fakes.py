@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gateway.global_scheduler import Chunk, WorkRequest
-from paddlellm.errors import InvalidRequest
+from paddlellm.errors import EngineDead, InvalidRequest
 
 
 def expected_ids(prompt: str, n: int) -> list[int]:
@@ -30,10 +30,12 @@ def text_of(ids: list[int] | tuple[int, ...]) -> str:
 class FakeExecutor:
     """Yields one token per `delay` seconds; continues from `resume_token_ids` like the real engine must."""
 
-    def __init__(self, delay: float = 0.005) -> None:
+    def __init__(self, delay: float = 0.005, fail_after: int | None = None) -> None:
         self.delay = delay
         self.runs = 0
         self.cancelled = 0
+        # With fail_after: this engine "dies" after that many tokens of any prompt starting with "flaky".
+        self.fail_after = fail_after
 
     async def run(self, request: WorkRequest) -> AsyncIterator[Chunk]:
         prompt = request.inputs.prompt
@@ -48,6 +50,8 @@ class FakeExecutor:
         try:
             for i in range(done, n):
                 await asyncio.sleep(self.delay)
+                if self.fail_after is not None and prompt.startswith("flaky") and i - done == self.fail_after:
+                    raise EngineDead("the engine is not running: fake failure")
                 yield Chunk(
                     text=text_of([ids[i]]),
                     token_ids=(ids[i],),

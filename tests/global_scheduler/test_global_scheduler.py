@@ -303,3 +303,44 @@ def test_a_stolen_run_stops_when_its_origin_dies(redis_server: RedisServer) -> N
             await b.stop()
 
     asyncio.run(main())
+
+
+def test_a_failing_engine_hands_a_stolen_request_back(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        s = settings(redis_server, min_load_score=0)
+        a = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="A")
+        b = GlobalScheduler(s, FakeExecutor(0.01, fail_after=3), capacity=1, instance_id="B")
+        await a.start()
+        busy = asyncio.create_task(ask(a, "A's own", 20))
+        await asyncio.sleep(0.05)
+        await b.start()
+        try:
+            ids, text, who = await asyncio.wait_for(ask(a, "flaky one", 20), 20)
+            check_answer("flaky one", ids, text, 20)
+            assert who[:3] == ["B"] * 3 and who[3:] == ["A"] * 17, who
+            assert a.stats.resumed == 1
+            await busy
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(main())
+
+
+def test_a_failing_engine_hands_its_own_request_to_a_peer(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        s = settings(redis_server, min_load_score=0)
+        a = GlobalScheduler(s, FakeExecutor(0.01, fail_after=4), capacity=1, instance_id="A")
+        b = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="B")
+        await a.start()
+        await b.start()
+        try:
+            ids, text, who = await asyncio.wait_for(ask(a, "flaky two", 20), 20)
+            check_answer("flaky two", ids, text, 20)
+            assert who[:4] == ["A"] * 4 and who[4:] == ["B"] * 16, who
+            assert b.stats.resumed == 1
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(main())
