@@ -147,30 +147,36 @@ class GlobalScheduler:
                 f"global scheduler: {self._store.describe()} is unavailable; retry later"
             )
         req = WorkRequest(rid, self.id, inputs, time.time())
-        waiter = self._new_waiter(req)
-        self._waiters[rid] = waiter
-        # With a free slot, start the engine while Redis records the lease: the round trip then hides behind
-        # the prefill instead of adding to the time to first token. The run is withdrawn when the script
-        # says otherwise (queued behind older requests, full, or Redis down); its chunks went to a waiter
-        # that is then dropped.
+        # With a free slot, lease the request to ourselves in the enqueue script. And unless older requests of
+        # ours still wait (the script would queue this one behind them; a withdrawn start wastes a prefill),
+        # start the engine before Redis answers: the round trip then hides behind the prefill. Such a start
+        # is withdrawn when the script says otherwise (queued, full, Redis down).
         self_take = self._busy < self.capacity
-        if self_take:
+        optimistic = self_take and not any(not w.started and not w.local for w in self._waiters.values())
+        waiter = self._waiters[rid] = self._new_waiter(req)
+        if optimistic:
             self._start_run(Lease(rid, "", req.to_json(), 0, 0, (), self.id), reserved=False)
+        elif self_take:
+            self._busy += 1  # reserved until the script answers
         try:
-            state, _token = await self._enqueue(req, self_take)
-        except SchedulerUnavailable:
-            self._withdraw(rid, self_take)
-            self.stats.rejected += 1
-            self._set_unhealthy()
-            raise
-        except BaseException:  # cancelled while Redis was answering: it may hold the request by now
-            self._withdraw(rid, self_take)
-            self._spawn(self._forget(rid))
+            state, token = await self._enqueue(req, self_take)
+        except BaseException as exc:
+            self._busy -= self_take and not optimistic
+            self._withdraw(rid, optimistic)
+            if isinstance(exc, SchedulerUnavailable):
+                self.stats.rejected += 1
+                self._set_unhealthy()
+            else:  # cancelled while Redis was answering: it may hold the request by now
+                self._spawn(self._forget(rid))
             raise
         if state == "leased":
-            self._count_run(self.id, 0)
+            if optimistic:
+                self._count_run(self.id, 0)
+            else:
+                self._start_run(Lease(rid, token, req.to_json(), 0, 0, (), self.id), reserved=True)
         else:
-            self._withdraw(rid, self_take)
+            self._busy -= self_take and not optimistic
+            self._withdraw(rid, optimistic)
         if state == "full":
             self.stats.rejected += 1
             raise QueueFull(f"the scheduler queue is full ({self.settings.max_size} requests); retry later")

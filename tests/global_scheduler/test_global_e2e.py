@@ -32,7 +32,7 @@ N = 40
 
 
 class Instance:
-    def __init__(self, tmp: Path, redis_port: int, topic: str) -> None:
+    def __init__(self, tmp: Path, redis_port: int, topic: str, *extra: str) -> None:
         template = tmp / "template"
         for name in ("tokenizer", "llm_engine", "detokenizer", "ensemble"):
             (template / name / "1").mkdir(parents=True)
@@ -70,6 +70,7 @@ class Instance:
             topic,
             "--scheduler-min-load-score",
             "1",
+            *extra,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
@@ -139,12 +140,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Inst
         redis.stop()
 
 
-def _stream(port: int, prompt: str) -> str:
+def _stream(port: int, prompt: str, max_tokens: int = 100) -> str:
     """One streaming completion; returns its text, or 'ERROR: <message>' for an error chunk."""
     import json
 
     text = ""
-    body = {"model": "default", "prompt": prompt, "max_tokens": 100, "stream": True, "temperature": 0}
+    body = {"model": "default", "prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": 0}
     with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=120) as r:
         if r.status_code != 200:
             return f"HTTP {r.status_code}: {r.read().decode()}"
@@ -203,3 +204,62 @@ def test_kill_9_of_the_instance_running_streams(cluster: dict[str, Instance]) ->
             )
     if not can_resume:
         assert "cannot resume" in "\n".join(a.lines) or done == N
+
+
+@pytest.fixture(scope="module")
+def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Instance, RedisServer]]:
+    """One instance with one engine slot and a 2 s scheduler TTL."""
+    try:
+        locate()
+    except TritonNotFound as e:
+        pytest.skip(f"tritonserver not set up: {e}")
+    try:
+        redis = RedisServer(tmp_path_factory.mktemp("redis2"))
+    except FileNotFoundError:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    redis.start()
+    inst = Instance(
+        tmp_path_factory.mktemp("lone"), redis.port, "lone", "--max-num-seqs", "1", "--scheduler-ttl", "2", "--max-model-len", "1024"
+    )
+    try:
+        inst.wait_ready()
+        yield inst, redis
+    finally:
+        inst.kill()
+        redis.stop()
+
+
+def test_a_request_waiting_past_the_ttl_gets_a_clear_503(lone: tuple[Instance, RedisServer]) -> None:
+    inst, _ = lone
+    with ThreadPoolExecutor(2) as pool:
+        long = pool.submit(_stream, inst.port, "x" * 300, 400)  # 306 tokens, ~6 s, in the only slot
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        waiting = _stream(inst.port, "waits")
+        waited = time.monotonic() - t0
+        assert long.result(timeout=60) == "echo: " + "x" * 300
+    assert waiting.startswith("HTTP 503") and "not started within the scheduler TTL" in waiting, waiting
+    assert 1.5 < waited < 6
+
+
+def test_redis_stopped_503_then_restarted_success(lone: tuple[Instance, RedisServer]) -> None:
+    inst, redis = lone
+    assert _stream(inst.port, "before") == "echo: before"
+    redis.stop()
+    try:
+        for _ in range(3):
+            t0 = time.monotonic()
+            answer = _stream(inst.port, "during")
+            assert answer.startswith("HTTP 503") and "unavailable" in answer, answer
+            assert time.monotonic() - t0 < 2, "must fail fast"
+        assert httpx.get(f"http://127.0.0.1:{inst.port}/health", timeout=10).status_code == 503
+    finally:
+        redis.start()
+    deadline = time.monotonic() + 20
+    answer = ""
+    while time.monotonic() < deadline:
+        answer = _stream(inst.port, "after")
+        if answer == "echo: after":
+            break
+        time.sleep(0.2)
+    assert answer == "echo: after"
