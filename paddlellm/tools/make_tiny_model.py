@@ -8,7 +8,7 @@ Needs torch and transformers (test-only dependencies). Weights are re-initialise
 are far from uniform (std ~3) and every layer matters: linear weights ~ N(0, 1/fan_in), norm weights around 1,
 biases small but non-zero. The vocabulary is sized to the tokenizer: SmolLM2's byte-level BPE (copied from the
 converted default model) or Llama 2's SentencePiece byte-fallback BPE (built from
-/work/shared/models/llama2-tokenizer/tokenizer.model).
+../shared/models/llama2-tokenizer/tokenizer.model beside the repository).
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-LLAMA2_SPM = "/work/shared/models/llama2-tokenizer/tokenizer.model"
+# The team's shared test data sits beside the repository (CI clones it with ../shared next to it).
+LLAMA2_SPM = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    os.pardir, "shared", "models", "llama2-tokenizer", "tokenizer.model",
+)
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
     " + '<|im_end|>' + '\\n' }}{% endfor %}"
