@@ -127,7 +127,8 @@ class WaitStats:
 
 
 class ShmAllReduce:
-    """Rank side: `all_reduce(x)` sums x over the ranks in place and returns x (paddle tensor or ndarray)."""
+    """Rank side: `all_reduce(x)` sums x over the ranks and returns the result: x itself, summed in place,
+    for contiguous float32 tensors/arrays (the hot path); a new tensor for other dtypes or strided views."""
 
     def __init__(self, spec: ShmSpec, rank: int, timeout_s: float = 300.0) -> None:
         if not 0 <= rank < spec.world:
