@@ -70,7 +70,10 @@ def rank_main(init: Init) -> None:
         code = _serve(sock, init.rank, runner)
     finally:
         if all_reduce is not None:
-            all_reduce.close()
+            try:
+                all_reduce.close()
+            except BufferError:
+                pass  # a tensor view still maps the segment; the process is about to exit anyway
         sock.close()
         ctx.term()
         sys.stdout.flush()
