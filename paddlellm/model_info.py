@@ -52,7 +52,8 @@ class ModelInfo:
         arch = archs[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             raise CheckpointError(cfg_file, "architectures",
-                                  f"'{arch}' is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+                                  f"'{arch}' is not supported (supported: "
+                                  f"{', '.join(SUPPORTED_ARCHITECTURES)})")
 
         def need(key: str, typ: type | tuple[type, ...], default: Any = None) -> Any:
             value = cfg.get(key, default)
@@ -67,7 +68,8 @@ class ModelInfo:
         if not isinstance(head_dim, int) or head_dim <= 0:
             raise CheckpointError(cfg_file, "head_dim", f"invalid: {head_dim!r}")
         if heads % kv_heads:
-            raise CheckpointError(cfg_file, "num_key_value_heads", f"{kv_heads} does not divide {heads} heads")
+            raise CheckpointError(cfg_file, "num_key_value_heads",
+                                  f"{kv_heads} does not divide {heads} heads")
         rope_scaling = cfg.get("rope_scaling")
         rope_theta = cfg.get("rope_theta", 10000.0)
         # transformers >= 5 writes `rope_parameters` (theta inside, "default" type for plain RoPE) instead.

@@ -76,7 +76,8 @@ LLM_ENGINE = ModelSpec(
 DETOKENIZER = ModelSpec(
     "detokenizer",
     inputs=LLM_ENGINE.outputs,
-    outputs=(_s(TEXT_OUTPUT), _ids(TOKEN_IDS + "_out"), _s(FINISH_REASON + "_out"), _i1(PROMPT_TOKENS + "_out"),
+    outputs=(_s(TEXT_OUTPUT), _ids(TOKEN_IDS + "_out"), _s(FINISH_REASON + "_out"),
+             _i1(PROMPT_TOKENS + "_out"),
              _i1(COMPLETION_TOKENS + "_out"), _s(ENGINE_STATS + "_out")),
 )
 ENSEMBLE = ModelSpec(
@@ -89,7 +90,9 @@ ENSEMBLE = ModelSpec(
 MODELS = (TOKENIZER, LLM_ENGINE, DETOKENIZER, ENSEMBLE)
 
 _ERR_RE = re.compile(r"\[(?P<kind>[A-Za-z]+) param=(?P<param>[^\]]*)\] (?P<msg>.*)", re.S)
-_KINDS: dict[str, type[EngineError]] = {c.__name__: c for c in (EngineError, InvalidRequest, Overloaded, EngineDead)}
+_KINDS: dict[str, type[EngineError]] = {
+    c.__name__: c for c in (EngineError, InvalidRequest, Overloaded, EngineDead)
+}
 
 
 def format_error(exc: EngineError) -> str:

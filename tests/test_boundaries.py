@@ -1,4 +1,4 @@
-"""The import boundaries DESIGN.md draws, checked by walking every module's imports (AST, nothing executed)."""
+"""The import boundaries DESIGN.md draws, checked by walking every module's imports (AST, not run)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def test_engine_core_is_numpy_only() -> None:
 
 def test_gateway_uses_only_engine_contracts() -> None:
     allowed = ("paddlellm.config", "paddlellm.protocol", "paddlellm.errors", "paddlellm.sampling",
-               "paddlellm.text.stop", "paddlellm.tritonenv", "paddlellm.triton.render", "paddlellm.metrics_names")
+               "paddlellm.text.stop", "paddlellm.tritonenv", "paddlellm.triton.render",
+               "paddlellm.metrics_names")
     bad = [
         (_rel(p), m)
         for p in _files("gateway")
