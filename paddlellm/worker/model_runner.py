@@ -118,8 +118,10 @@ class ModelRunner:
             st.num_computed = end
             if end == len(st.token_ids):
                 sample_rows.append(row - 1)
-                outputs = st.token_ids[st.num_prompt :]
-                sample_info.append((rid, SampleRow(st.sampling, st.seed, end, outputs)))
+                p = st.sampling
+                # the output ids are copied only when penalties need them
+                outputs = st.token_ids[st.num_prompt :] if p.frequency_penalty or p.presence_penalty else ()
+                sample_info.append((rid, SampleRow(p, st.seed, end, outputs, end - st.num_prompt)))
         positions = np.concatenate([np.arange(s.start, s.start + s.num_new) for s in spans])
         with paddle.no_grad():
             hidden = self._forward(np.asarray(ids, dtype=np.int64), positions, spans, num_decode)

@@ -40,7 +40,12 @@ class SampleRow:
     params: SamplingParams
     seed: int
     position: int  # index the sampled token will have in prompt + outputs
-    output_ids: Sequence[int]
+    output_ids: Sequence[int]  # the request's outputs so far (may be empty when no penalty needs them)
+    num_outputs: int | None = None  # len(outputs so far); None: len(output_ids)
+
+    @property
+    def outputs_so_far(self) -> int:
+        return len(self.output_ids) if self.num_outputs is None else self.num_outputs
 
 
 class Sampler:
@@ -48,7 +53,7 @@ class Sampler:
         self.eos = tuple(eos_token_ids)
 
     def _suppressed(self, row: SampleRow) -> tuple[int, ...]:
-        if len(row.output_ids) >= row.params.min_tokens:
+        if row.outputs_so_far >= row.params.min_tokens:
             return ()
         return self.eos + tuple(row.params.stop_token_ids)
 

@@ -92,3 +92,11 @@ def test_min_tokens_suppresses_eos_and_stop_ids(temperature: float) -> None:
     assert sample(
         logits, [row(SamplingParams(temperature=0.0, min_tokens=2, max_tokens=5), outputs=(4, 4))]
     ) == [EOS]
+
+
+def test_min_tokens_counts_outputs_without_their_ids() -> None:
+    logits = np.full((1, 10), -5.0)
+    logits[0, EOS] = 10.0
+    p = SamplingParams(temperature=0.0, min_tokens=3, max_tokens=5)
+    assert sample(logits, [SampleRow(p, 1, 10, (), num_outputs=2)])[0] != EOS
+    assert sample(logits, [SampleRow(p, 1, 10, (), num_outputs=3)])[0] == EOS
