@@ -2,11 +2,9 @@
 
 Origin side (`submit`): queue the request in Redis under this instance (or, when this instance has a free slot
 and an empty queue, lease it to itself in the same script), then stream its chunks back to the client.
-Executor side (`_take_loop`): while a slot is free, lease a request from the own queue, else steal one from
-the most loaded live instance of the topic whose load exceeds `min_load_score`; run it on the local Executor;
-deliver chunks in-process when this instance is the origin, else append them (fenced by the lease token) to
-the request's Redis stream. Housekeeping (`_beat_loop`): heartbeat + lease renewal + absolute load, requeue of
-expired leases (their next taker resumes from the ids already streamed), takeover of dead instances' queues.
+Executor side (runner.py): while a slot is free, take work (own queue first, else steal), run it, deliver it.
+Housekeeping (`_beat_loop`): heartbeat + lease renewal + absolute load, requeue of expired leases (their next
+taker resumes from the ids already streamed), takeover of dead instances' queues.
 Redis faults: any failure marks the scheduler unhealthy, new submits fail fast with `SchedulerUnavailable`
 (HTTP 503) without touching Redis, and the next successful heartbeat makes it healthy again.
 """
@@ -22,16 +20,15 @@ import time
 import uuid
 import zlib
 
-from gateway.global_scheduler.errors import CannotResume, QueueFull, SchedulerUnavailable
+from gateway.global_scheduler.errors import QueueFull, SchedulerUnavailable
 from gateway.global_scheduler.executor import Executor
-from gateway.global_scheduler.messages import EnsembleInputs, WorkRequest, error_to_json
+from gateway.global_scheduler.messages import EnsembleInputs, WorkRequest
 from gateway.global_scheduler.origin import RequestStream, Waiter
+from gateway.global_scheduler.runner import RunnerMixin
 from gateway.global_scheduler.settings import GlobalSchedulerSettings, default_instance_id
 from gateway.global_scheduler.store import Lease, RedisStore
-from paddlellm.errors import EngineDead, EngineError, InvalidRequest
 
 log = logging.getLogger("gateway.global_scheduler")
-MAX_ATTEMPTS = 3  # runs of one request whose engine failed, before its client gets the error
 
 
 @dataclasses.dataclass
@@ -47,7 +44,7 @@ class SchedulerStats:
     dead_instances: int = 0
 
 
-class GlobalScheduler:
+class GlobalScheduler(RunnerMixin):
     def __init__(
         self,
         settings: GlobalSchedulerSettings,
@@ -74,6 +71,7 @@ class GlobalScheduler:
         self._slots: set[asyncio.Task[None]] = set()  # runs holding an engine slot
         self._stopping = False
         self._paused_until = 0.0
+        self._remote_leases: dict[str, Lease] = {}  # runs here of other origins' requests
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,16 +108,22 @@ class GlobalScheduler:
                 await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def stop(self) -> None:
-        """Leave: stop taking work, cancel local runs. Leases left behind expire and resume elsewhere."""
+        """Leave: stop taking work and cancel runs here. Other instances' requests running here go back to
+        their origins' queues at once (resumed elsewhere); this instance stops counting as alive."""
         # A flag as well as cancel(): a cancellation can be swallowed inside a Redis call (redis-py turns it
         # into a connection error on some paths), and the loops must still end.
         self._stopping = True
         self._wake.set()
+        handed = list(self._remote_leases.values())
         tasks = [*self._loops, *self._runs.values(), *self._background]
         for t in tasks:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        with contextlib.suppress(SchedulerUnavailable):
+            for lease in handed:
+                await self._store.requeue(self.id, lease.request_id, lease.token)
+            await self._store.leave(self.id)
         await self._store.close()
 
     @property
@@ -234,153 +238,6 @@ class GlobalScheduler:
         for _ in range(100):
             try:
                 await self._store.forget(self.id, rid)
-                return
-            except SchedulerUnavailable:
-                await asyncio.sleep(self.settings.heartbeat_interval)
-
-    # -- executor side -------------------------------------------------------------------------------------
-    async def _take_loop(self) -> None:
-        while not self._stopping:
-            if self._busy >= self.capacity or not self._healthy or time.monotonic() < self._paused_until:
-                await self._wait_wake(self.settings.steal_interval)
-                continue
-            try:
-                lease = await self._store.take(self.id, allow_steal=True)
-            except SchedulerUnavailable:
-                self._set_unhealthy()
-                continue
-            if lease is None:
-                await self._wait_wake(self.settings.steal_interval)
-                continue
-            self._start_run(lease, reserved=False)
-
-    async def _wait_wake(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
-                await self._wake.wait()
-        self._wake.clear()
-
-    def _start_run(self, lease: Lease, reserved: bool) -> None:
-        if not reserved:
-            self._busy += 1
-        rid = lease.request_id
-        task = asyncio.create_task(self._execute(lease), name=f"gs-run-{rid}")
-        self._runs[rid] = task
-        self._slots.add(task)
-        # A callback, not the run's own `finally`: a task cancelled before its first step never runs that.
-        task.add_done_callback(lambda t: self._run_done(rid, t))
-
-    async def _execute(self, lease: Lease) -> None:
-        """Run one leased request on the local executor and deliver its chunks (in-process or via Redis)."""
-        rid = lease.request_id
-        req = WorkRequest.from_json(lease.body, resume=lease.sent_token_ids, attempt=lease.attempt)
-        waiter = self._waiters.get(rid) if req.origin == self.id and lease.attempt == 0 else None
-        if waiter is not None:
-            waiter.go_local()
-        if lease.token:  # (an optimistic in-process start is counted once its lease is confirmed)
-            self._count_run(req.origin, lease.attempt)
-        seq, done = lease.next_seq, False
-        sent: list[int] = []  # ids delivered in-process (so a hand-off can resume after them)
-        gen = self.executor.run(req)
-        try:
-            async for chunk in gen:
-                chunk = dataclasses.replace(chunk, executor=self.id)
-                done = bool(chunk.finish_reason)
-                if done:
-                    # The engine is done with it: free the slot before the client hears, so the client's
-                    # next request finds it free and takes the in-process path.
-                    self._free_slot(asyncio.current_task())
-                if waiter is not None:
-                    waiter.put(chunk)
-                    sent.extend(chunk.token_ids)
-                    seq += 1
-                else:
-                    state = await self._store.push(
-                        self.id, lease, seq, "c", chunk.to_json(), chunk.token_ids, final=done
-                    )
-                    seq += 1
-                    if state != "ok":
-                        log.info("request %s: stopping its run here (%s)", rid, state)
-                        return
-                if done:
-                    return
-            raise EngineDead(f"request {rid}: the engine ended the stream without a finish reason")
-        except SchedulerUnavailable as exc:
-            # Results cannot be delivered; the lease expires and the request resumes once Redis is back.
-            log.warning("request %s: %s", rid, exc.message)
-        except (InvalidRequest, CannotResume) as exc:  # the request's fault, or no engine could do better
-            await self._fail(lease, waiter, seq, exc)
-        except Exception as exc:
-            # This instance's engine failed (died, Triton went away...), not the request: hand the request on.
-            if isinstance(exc, EngineError):
-                log.warning("request %s: the engine failed here: %s", rid, exc.message)
-            else:
-                log.exception("request %s: executor failed", rid)
-                exc = EngineDead(f"internal error (request id {rid})")
-            self._pause_taking()
-            handed = False
-            if lease.attempt + 1 < MAX_ATTEMPTS:
-                try:
-                    handed = await self._hand_off(lease, waiter, sent, seq)
-                except Exception:  # never leave the client waiting on a bug here
-                    log.exception("request %s: hand-off failed", rid)
-            if not handed:
-                await self._fail(lease, waiter, seq, exc)
-        finally:
-            await gen.aclose()  # type: ignore[attr-defined]
-            if waiter is None and not done:
-                self._spawn(self._release(lease))  # (an in-process run's lease ends with its stream: _forget)
-
-    async def _hand_off(self, lease: Lease, waiter: Waiter | None, sent: list[int], seq: int) -> bool:
-        """Give a failed run's request back to the queue for another instance to resume; False if it was not
-        ours to give (or Redis is down)."""
-        rid = lease.request_id
-        try:
-            if waiter is None:
-                return await self._store.requeue(self.id, rid, lease.token)
-            if not await self._store.requeue(self.id, rid, "", sent, seq):
-                return False
-        except SchedulerUnavailable:
-            return False
-        waiter.hand_off(seq)
-        self._wake.set()
-        return True
-
-    def _pause_taking(self) -> None:
-        # A failing engine must not take the work straight back: stop taking for a lease period.
-        self._paused_until = time.monotonic() + self.settings.lease_ttl
-
-    def _count_run(self, origin: str, attempt: int) -> None:
-        st = self.stats
-        st.executed += 1
-        st.executed_own += origin == self.id
-        st.executed_stolen += origin != self.id
-        st.resumed += attempt > 0
-
-    def _free_slot(self, task: asyncio.Task[None] | None) -> None:
-        # Once per run: at its finish reason, or when its task ends.
-        if task in self._slots:
-            self._slots.discard(task)  # type: ignore[arg-type]
-            self._busy -= 1
-            self._wake.set()
-
-    def _run_done(self, rid: str, task: asyncio.Task[None]) -> None:
-        self._free_slot(task)
-        if self._runs.get(rid) is task:  # (a withdrawn run and a later run of the same request may overlap)
-            del self._runs[rid]
-
-    async def _fail(self, lease: Lease, waiter: Waiter | None, seq: int, exc: EngineError) -> None:
-        if waiter is not None:
-            waiter.put(exc)
-            return
-        with contextlib.suppress(SchedulerUnavailable):
-            await self._store.push(self.id, lease, seq, "e", error_to_json(exc), (), final=True)
-
-    async def _release(self, lease: Lease) -> None:
-        # Retried across a Redis outage: a lease left behind would be taken over and run again.
-        for _ in range(100):
-            try:
-                await self._store.release(self.id, lease)
                 return
             except SchedulerUnavailable:
                 await asyncio.sleep(self.settings.heartbeat_interval)

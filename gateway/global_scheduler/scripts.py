@@ -134,15 +134,6 @@ return 'ok'
 """
 )
 
-# ARGV: P, me, rid, token. Releases only a lease still held under this token.
-RELEASE = (
-    _LIB
-    + """
-if redis.call('HGET', P..'owner', ARGV[3]) == ARGV[4] then release(ARGV[3], ARGV[2]) return 1 end
-return 0
-"""
-)
-
 # Give a leased request back (its executor's engine failed): front of the origin's queue, attempt + 1, so the
 # next taker resumes it. token "" = any lease of `me` (an in-process run, which then also records the ids and
 # chunk count it delivered, so the resume continues from there). ARGV: P, me, rid, token, ids_csv, seq, ttl

@@ -70,7 +70,6 @@ class RedisStore:
                 "ENQUEUE",
                 "TAKE",
                 "PUSH",
-                "RELEASE",
                 "HEARTBEAT",
                 "REAP",
                 "STATUS",
@@ -108,6 +107,11 @@ class RedisStore:
                 "HEARTBEAT", me, shard, info, now_ms(), int(s.lease_ttl * 1000), int(s.lease_ttl * 1000)
             )
         )
+
+    async def leave(self, me: str) -> None:
+        """Stop counting as alive now (the next reap by another instance sweeps the rest)."""
+        async with self._guard():
+            await self._client.delete(f"{self.prefix}alive:{me}")
 
     async def reap(self, me: str) -> tuple[int, int, int]:
         expired, dead, moved = await self._run("REAP", me, now_ms())
@@ -155,9 +159,6 @@ class RedisStore:
                 "PUSH", me, lease.request_id, lease.token, seq, kind, data, csv, int(final), self._state_ttl
             )
         )
-
-    async def release(self, me: str, lease: Lease) -> None:
-        await self._run("RELEASE", me, lease.request_id, lease.token)
 
     async def requeue(
         self,

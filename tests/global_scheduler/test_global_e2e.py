@@ -7,6 +7,7 @@ each instance's Triton metrics (successful `ensemble` requests: the gateway's he
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -110,10 +111,28 @@ class Instance:
         return int(m.group(1)) if m else 0
 
     def kill(self) -> None:
-        """SIGKILL to the launcher's whole session: gateway, tritonserver, stubs."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """kill -9 of the launcher and every process under it (gateway, tritonserver, stubs) at once."""
+        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait(30)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +152,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Inst
             insts[name] = Instance(tmp_path_factory.mktemp(f"inst{name}"), redis.port, topic)
         for inst in insts.values():
             inst.wait_ready()
+        insts["_redis_port"] = redis.port  # type: ignore[assignment]
         yield insts
     finally:
-        for inst in insts.values():
+        for name, inst in insts.items():
+            if name.startswith("_"):
+                continue
             inst.kill()
+            (inst.run_dir.parent / "launcher.log").write_text("\n".join(inst.lines))
+            print(f"instance {name} log: {inst.run_dir.parent / 'launcher.log'}")
         redis.stop()
 
 
@@ -165,6 +189,7 @@ def _prompts(tag: str) -> list[str]:
 
 def test_idle_instance_takes_work_and_other_topics_none(cluster: dict[str, Instance]) -> None:
     a, b, c = cluster["A"], cluster["B"], cluster["C"]
+    cluster = {k: v for k, v in cluster.items() if not k.startswith("_")}
     before = {k: v.ensemble_done() for k, v in cluster.items()}
     with ThreadPoolExecutor(N) as pool:
         answers = list(pool.map(lambda p: _stream(a.port, p), _prompts("share")))
@@ -187,7 +212,16 @@ def test_kill_9_of_the_instance_running_streams(cluster: dict[str, Instance]) ->
         while b.ensemble_done() - before_b < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         b.kill()
-        answers = [f.result(timeout=180) for f in futures]
+        try:
+            answers = [f.result(timeout=60) for f in futures]
+        except Exception:  # show where the unfinished requests stand
+            import redis as redis_sync
+
+            r = redis_sync.Redis(port=int(cluster["_redis_port"]))  # type: ignore[call-overload]
+            for k in sorted(r.keys("pllm:*:req:*")):
+                prefix, rid = k.split(b":req:")
+                print("REDIS", k, r.hmget(k, "attempt", "seq"), r.hget(prefix + b":owner", rid))
+            raise
     import inspect
 
     from gateway.triton_stream import TritonEnsemble
@@ -219,7 +253,15 @@ def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Instance, R
         pytest.skip("redis-server is not installed (Debian package redis-server)")
     redis.start()
     inst = Instance(
-        tmp_path_factory.mktemp("lone"), redis.port, "lone", "--max-num-seqs", "1", "--scheduler-ttl", "2", "--max-model-len", "1024"
+        tmp_path_factory.mktemp("lone"),
+        redis.port,
+        "lone",
+        "--max-num-seqs",
+        "1",
+        "--scheduler-ttl",
+        "2",
+        "--max-model-len",
+        "1024",
     )
     try:
         inst.wait_ready()

@@ -344,3 +344,29 @@ def test_a_failing_engine_hands_its_own_request_to_a_peer(redis_server: RedisSer
             await b.stop()
 
     asyncio.run(main())
+
+
+def test_a_stopping_instance_hands_its_stolen_runs_back(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        s = settings(redis_server, min_load_score=0, lease_ttl=30.0, heartbeat_interval=0.2)
+        a = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="A")
+        b = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="B")
+        await a.start()
+        busy = asyncio.create_task(ask(a, "A's own", 30))
+        await asyncio.sleep(0.05)
+        await b.start()
+        try:
+            stream = await a.submit(EnsembleInputs(prompt="moved", sampling='{"max_tokens": 40}'))
+            ids = list((await stream.__anext__()).token_ids)
+            await b.stop()  # long before its 30 s leases could expire
+            t0 = time.monotonic()
+            async for chunk in stream:
+                ids.extend(chunk.token_ids)
+            assert time.monotonic() - t0 < 5, "waited for the lease to expire"
+            check_answer("moved", ids, text_of(ids), 40)
+            assert stream.executors[0] == "B" and stream.executors[-1] == "A"
+            await busy
+        finally:
+            await a.stop()
+
+    asyncio.run(main())
