@@ -12,11 +12,13 @@ fused residual+RMSNorm, gate and up matmuls, swiglu, down matmul.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import paddle
 
+from paddlellm.errors import CheckpointError
 from paddlellm.layers.attention import AttentionMetadata, paged_attention
 from paddlellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from paddlellm.layers.linear import AllReduce, ColumnParallelLinear, RowParallelLinear, Shard
@@ -102,6 +104,7 @@ class DecoderModel:
     def __init__(
         self, info: ModelInfo, reader: WeightReader, shard: Shard, all_reduce: AllReduce | None
     ) -> None:
+        _check_supported(info)
         shard.split(info.num_heads, "num_attention_heads")
         shard.split(info.num_kv_heads, "num_key_value_heads")
         self.info = info
@@ -142,3 +145,15 @@ class DecoderModel:
 
     def logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         return self.lm_head(hidden)
+
+
+def _check_supported(info: ModelInfo) -> None:
+    """Config features this implementation does not have fail at load, naming the field."""
+    cfg, file = info.raw_config, os.path.join(info.path, "config.json")
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise CheckpointError(file, "hidden_act", f"{act!r} is not supported (only silu)")
+    if cfg.get("use_sliding_window"):
+        raise CheckpointError(file, "use_sliding_window", "sliding-window attention is not supported")
+    if cfg.get("partial_rotary_factor", 1.0) != 1.0:
+        raise CheckpointError(file, "partial_rotary_factor", "partial rotary embedding is not supported")

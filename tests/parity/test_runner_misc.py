@@ -66,3 +66,24 @@ def test_seeded_sampling_is_batch_and_chunk_invariant(tiny_checkpoint) -> None:
     together = run_requests(runner, ps, params, token_budget=40, arrive_every=1, seeds=seeds)
     assert together[3] == alone[0]
     assert len({tuple(t) for t in together}) > 1
+
+
+def test_unsupported_config_features_fail_at_load(tiny_checkpoint, tmp_path) -> None:
+    import json
+    import shutil
+
+    from paddlellm.errors import CheckpointError
+
+    src = tiny_checkpoint(arch="llama", tokenizer="llama2")
+    for field, value in (
+        ("hidden_act", "gelu"),
+        ("use_sliding_window", True),
+        ("partial_rotary_factor", 0.5),
+    ):
+        out = tmp_path / field
+        shutil.copytree(src, out)
+        cfg = json.loads((out / "config.json").read_text())
+        cfg[field] = value
+        (out / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match=field):
+            DecoderModel(ModelInfo.from_dir(str(out)), WeightReader(str(out)), Shard(), None)
