@@ -53,8 +53,9 @@ def sampling_params(
     name = (
         "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
     )
-    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
-    if max_tokens >= settings.max_model_len:
+    if max_tokens is None and isinstance(req, CompletionRequest):
+        max_tokens = DEFAULT_MAX_TOKENS  # legacy completions default; chat runs to the end of the context
+    if max_tokens is not None and max_tokens >= settings.max_model_len:
         raise InvalidRequest(
             f"'{name}' is {max_tokens}, but this model's maximum context length is {settings.max_model_len} "
             "tokens (prompt and output together)",
@@ -71,7 +72,9 @@ def sampling_params(
         "ignore_eos": req.ignore_eos,
         "stop_token_ids": req.stop_token_ids,
     }
-    return SamplingParams.from_dict({k: v for k, v in values.items() if v is not None})
+    sent = {k: v for k, v in values.items() if v is not None}
+    sent["max_tokens"] = max_tokens  # None (chat's default) means "to the end of the context"
+    return SamplingParams.from_dict(sent)
 
 
 def _min_tokens(req: ChatCompletionRequest | CompletionRequest) -> int | None:

@@ -19,7 +19,7 @@ _MAX_SEED = 2**63 - 1
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_tokens: int = 16
+    max_tokens: int | None = 16  # None: as many as the context has room for (OpenAI chat's default)
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     frequency_penalty: float = 0.0
@@ -33,7 +33,7 @@ class SamplingParams:
         def bad(param: str, why: str) -> InvalidRequest:
             return InvalidRequest(f"'{param}' {why}, got {getattr(self, param)!r}", param=param)
 
-        if self.max_tokens < 1:
+        if self.max_tokens is not None and self.max_tokens < 1:
             raise bad("max_tokens", "must be at least 1")
         if not (0.0 <= self.temperature <= 2.0) or math.isnan(self.temperature):
             raise bad("temperature", "must be between 0 and 2")
@@ -47,10 +47,16 @@ class SamplingParams:
             raise bad("seed", "must fit in a signed 64-bit integer")
         if self.min_tokens < 0:
             raise bad("min_tokens", "must be >= 0")
-        if self.min_tokens > self.max_tokens:
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise bad("min_tokens", f"must be <= max_tokens ({self.max_tokens})")
         if any(t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative token ids")
+
+    def with_room(self, room: int) -> SamplingParams:
+        """Resolve max_tokens=None to the `room` left in the context (at least 1, so limits still apply)."""
+        if self.max_tokens is not None:
+            return self
+        return dataclasses.replace(self, max_tokens=max(1, room), min_tokens=min(self.min_tokens, max(1, room)))
 
     @property
     def greedy(self) -> bool:
@@ -75,6 +81,8 @@ class SamplingParams:
             if key not in fields:
                 raise InvalidRequest(f"unknown sampling parameter '{key}'", param=key)
             if value is None:
+                if key == "max_tokens":
+                    kwargs[key] = None  # explicit null: up to the end of the context
                 continue  # "not given": keep the default
             kwargs[key] = _coerce(key, value)
         return cls(**kwargs)

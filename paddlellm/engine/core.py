@@ -66,9 +66,10 @@ class LLMEngine:
 
     # ---------------------------------------------------------------- requests
 
-    def validate(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
-        """The add-time checks that need no engine state; safe from any thread."""
-        self.scheduler.validate(prompt_ids, params)
+    def validate(self, prompt_ids: Sequence[int], params: SamplingParams) -> SamplingParams:
+        """The add-time checks that need no engine state; safe from any thread. Returns the params as the
+        request will run them (max_tokens resolved)."""
+        return self.scheduler.validate(prompt_ids, params)
 
     def add_request(
         self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams | None = None

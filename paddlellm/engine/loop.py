@@ -53,11 +53,14 @@ class EngineLoop:
 
     # ---------------------------------------------------------------- any thread
 
-    def add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink) -> None:
+    def add(
+        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink
+    ) -> SamplingParams:
         """Queue a request. Raises InvalidRequest/Overloaded (and EngineDead once the loop is down)
-        right here, so callers can answer synchronously; later outputs, errors too, go to `sink`."""
+        right here, so callers can answer synchronously; later outputs, errors too, go to `sink`.
+        Returns the params as the request will run them (max_tokens resolved)."""
         prompt = tuple(int(t) for t in prompt_ids)
-        self.engine.validate(prompt, params)  # reads only immutable sizes
+        params = self.engine.validate(prompt, params)  # reads only immutable sizes
         with self._cv:
             if self._error is not None or self._stopping or not self._thread.is_alive():
                 raise EngineDead(f"the engine is not running: {self._error or 'stopped'}")
@@ -71,6 +74,7 @@ class EngineLoop:
             self._live[request_id] = _Live(sink, len(prompt))
             self._adds.append((request_id, prompt, params))
             self._cv.notify()
+        return params
 
     def abort(self, request_id: str) -> None:
         """Ask the loop to abort a request; its sink gets a final "abort" output. Unknown ids are ignored."""

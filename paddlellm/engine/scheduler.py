@@ -58,9 +58,11 @@ class Scheduler:
 
     # ---------------------------------------------------------------- requests in and out
 
-    def validate(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+    def validate(self, prompt_ids: Sequence[int], params: SamplingParams) -> SamplingParams:
         """Length and cache-size checks that need no scheduler state (safe to call from any thread)."""
         n, limit = len(prompt_ids), self.config.max_model_len
+        params = self.resolve(n, params)
+        assert params.max_tokens is not None  # resolved above
         if n == 0:
             raise InvalidRequest("the prompt is empty", param="prompt")
         if n >= limit:
@@ -86,9 +88,16 @@ class Scheduler:
             )
         if self._vocab_size is not None and (min(prompt_ids) < 0 or max(prompt_ids) >= self._vocab_size):
             raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size})", param="prompt")
+        return params
+
+    def resolve(self, prompt_len: int, params: SamplingParams) -> SamplingParams:
+        """max_tokens=None means "as many as fit": the context left, capped by what the whole cache holds."""
+        cache_tokens = self.blocks.num_total_blocks * self.blocks.block_size
+        return params.with_room(min(self.config.max_model_len, cache_tokens + 1) - prompt_len)
 
     def add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         prompt = tuple(int(t) for t in prompt_ids)
+        params = self.resolve(len(prompt), params)
         self.validate(prompt, params)
         if request_id in self.requests:
             raise InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")

@@ -125,14 +125,14 @@ class EngineModel:
                         raise InvalidRequest(f"request id {request_id!r} is already in use", "request_id")
                     self._streams[request_id] = stream
                 try:
-                    self.loop.add(
+                    accepted = self.loop.add(
                         request_id, inp.prompt_ids, inp.sampling, lambda out, s=stream: self._sink(s, out)
                     )
                 except BaseException:
                     with self._lock:
                         self._streams.pop(request_id, None)
                     raise
-                self.metrics.request_accepted(inp.sampling.max_tokens)
+                self.metrics.request_accepted(accepted.max_tokens or 0)
             except Exception as e:  # noqa: BLE001 - every failure becomes this request's error response
                 if received:
                     self.metrics.request_rejected()

@@ -51,10 +51,10 @@ class TokenizerModel:
         except Exception as e:  # noqa: BLE001 - every failure becomes this request's error response
             return error_response(self.pb, e)
 
-    def _check_length(self, n: int, max_tokens: int, param: str) -> None:
+    def _check_length(self, n: int, max_tokens: int | None, param: str) -> None:
         if n == 0:
             raise InvalidRequest("the prompt is empty (it encodes to no tokens)", param=param)
-        if n + max_tokens > self.max_model_len:
+        if n + (max_tokens or 1) > self.max_model_len:  # None: the rest of the context, at least 1
             raise InvalidRequest(
                 f"prompt has {n} tokens; with max_tokens={max_tokens} that exceeds "
                 f"max_model_len={self.max_model_len}",

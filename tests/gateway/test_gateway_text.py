@@ -56,7 +56,10 @@ def _chat(**kw: object) -> ChatCompletionRequest:
 def test_sampling_params_mapping_and_defaults() -> None:
     s = GatewaySettings(max_model_len=100)
     p = sampling_params(_chat(), s)
-    assert p == SamplingParams(max_tokens=16)
+    assert p == SamplingParams(max_tokens=None)  # chat: to the end of the context, as OpenAI and vLLM
+    assert SamplingParams.from_json(p.to_json()).max_tokens is None
+    completion = CompletionRequest.model_validate({"model": "default", "prompt": "hi"})
+    assert sampling_params(completion, s) == SamplingParams(max_tokens=16)  # legacy completions default
     p = sampling_params(
         _chat(max_tokens=5, temperature=0, top_p=0.5, seed=7, metadata={"min_tokens": "2"}), s
     )

@@ -279,6 +279,19 @@ def _scheduler(**cfg):
     return Scheduler(config, num_blocks=32, eos_token_ids=(2,), vocab_size=100)
 
 
+def test_max_tokens_none_runs_to_the_end_of_the_context() -> None:
+    s = _scheduler()  # max_model_len 64, 32 blocks of 4 tokens (128 tokens of cache)
+    assert s.validate([1] * 10, SamplingParams(max_tokens=None)).max_tokens == 54
+    small = Scheduler(EngineConfig(block_size=4, max_model_len=64), num_blocks=8, eos_token_ids=(2,))
+    assert small.validate([1] * 10, SamplingParams(max_tokens=None)).max_tokens == 23  # 32 cache tokens
+    with pytest.raises(InvalidRequest):
+        s.validate([1] * 64, SamplingParams(max_tokens=None))
+    req = s.add("r", [1] * 60, SamplingParams(max_tokens=None, ignore_eos=True))
+    assert req.params.max_tokens == 4
+    outs = _feed(s, "r", [5, 6, 7, 8, 9])
+    assert [o.finish_reason for o in outs if o.finished] == ["length"] and outs[-1].num_output_tokens == 4
+
+
 def _feed(s: Scheduler, rid: str, tokens: list[int]):
     outs = []
     for t in tokens:
