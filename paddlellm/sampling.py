@@ -56,7 +56,8 @@ class SamplingParams:
         """Resolve max_tokens=None to the `room` left in the context (at least 1, so limits still apply)."""
         if self.max_tokens is not None:
             return self
-        return dataclasses.replace(self, max_tokens=max(1, room), min_tokens=min(self.min_tokens, max(1, room)))
+        room = max(1, room)
+        return dataclasses.replace(self, max_tokens=room, min_tokens=min(self.min_tokens, room))
 
     @property
     def greedy(self) -> bool:
