@@ -245,7 +245,10 @@ class GlobalScheduler(RunnerMixin):
     # -- housekeeping --------------------------------------------------------------------------------------
     async def _beat(self) -> None:
         info = json.dumps({"capacity": self.capacity, "busy": self._busy, "shard": self.shard})
-        await self._store.heartbeat(self.id, self.shard, info)
+        # In hand: runs here, and in-process runs whose stream the client is still reading (their lease
+        # ends with the stream).
+        active = {*self._runs, *(rid for rid, w in self._waiters.items() if w.local)}
+        await self._store.heartbeat(self.id, self.shard, info, sorted(active))
 
     async def _beat_loop(self) -> None:
         while not self._stopping:

@@ -160,7 +160,7 @@ return 1
 """
 )
 
-# Liveness, absolute load, lease renewal. ARGV: P, me, shard, info, now_ms, alive_ms, lease_ms
+# Liveness, absolute load, lease renewal. ARGV: P, me, shard, info, now_ms, alive_ms, lease_ms, active rids...
 HEARTBEAT = (
     _LIB
     + """
@@ -168,11 +168,17 @@ local me = ARGV[2]
 redis.call('SET', P..'alive:'..me, '1', 'PX', ARGV[6])
 redis.call('HSET', P..'instances', me, ARGV[4])
 redis.call('HSET', P..'shard', me, ARGV[3])
+-- Renew only the leases of requests still in hand here (ARGV[8..]): a lease whose run stopped without
+-- ending it (Redis outage, a bug) then expires, and its request resumes elsewhere.
+local active = {}
+for i = 8, #ARGV do active[ARGV[i]] = true end
 local n = 0
 for _, rid in ipairs(redis.call('SMEMBERS', P..'held:'..me)) do
   local tok = redis.call('HGET', P..'owner', rid)
   if tok and string.sub(tok, 1, #me + 1) == me..'#' then
-    redis.call('ZADD', P..'leases', 'XX', tonumber(ARGV[5]) + tonumber(ARGV[7]), rid)
+    if active[rid] then
+      redis.call('ZADD', P..'leases', 'XX', tonumber(ARGV[5]) + tonumber(ARGV[7]), rid)
+    end
     n = n + 1
   else
     redis.call('SREM', P..'held:'..me, rid)

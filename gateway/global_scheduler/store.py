@@ -100,13 +100,10 @@ class RedisStore:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def heartbeat(self, me: str, shard: int, info: str) -> int:
-        s = self.settings
-        return int(
-            await self._run(
-                "HEARTBEAT", me, shard, info, now_ms(), int(s.lease_ttl * 1000), int(s.lease_ttl * 1000)
-            )
-        )
+    async def heartbeat(self, me: str, shard: int, info: str, active: Sequence[str]) -> int:
+        """Liveness and load; renews the leases of `active` requests (running here, or streaming to here)."""
+        ms = int(self.settings.lease_ttl * 1000)
+        return int(await self._run("HEARTBEAT", me, shard, info, now_ms(), ms, ms, *active))
 
     async def leave(self, me: str) -> None:
         """Stop counting as alive now (the next reap by another instance sweeps the rest)."""

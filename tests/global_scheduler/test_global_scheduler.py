@@ -370,3 +370,36 @@ def test_a_stopping_instance_hands_its_stolen_runs_back(redis_server: RedisServe
             await a.stop()
 
     asyncio.run(main())
+
+
+def test_a_run_cut_by_a_redis_error_resumes_elsewhere(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        s = settings(redis_server, min_load_score=0)
+        a = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="A")
+        b = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="B")
+        await a.start()
+        busy = asyncio.create_task(ask(a, "A's own", 30))
+        await asyncio.sleep(0.05)
+        await b.start()
+        push = b._store.push
+        calls = 0
+
+        async def flaky_push(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            if calls == 5:  # B loses Redis for one write, mid-stream; its heartbeat keeps working
+                raise SchedulerUnavailable("injected")
+            return await push(*args, **kwargs)
+
+        b._store.push = flaky_push  # type: ignore[method-assign]
+        try:
+            ids, text, who = await asyncio.wait_for(ask(a, "cut", 30), 20)
+            check_answer("cut", ids, text, 30)
+            assert who[:4] == ["B"] * 4 and set(who[4:]) <= {"A", "B"} and len(set(who)) == 2, who
+            assert a.stats.reaped_leases + b.stats.reaped_leases == 1
+            await busy
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(main())
