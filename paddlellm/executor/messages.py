@@ -7,12 +7,15 @@ rank 0 only (every rank computes the same sampled tokens), and `Failed` from any
 
 Encoding is pickle (highest protocol) of these frozen dataclasses: a 32-request decode step encodes in ~25 us
 and decodes in ~20 us here (see tests/tp/test_messages.py), small beside a step and without a schema to keep
-in sync with outputs.py. Only the engine and its own child processes ever read the channel, and it is bound
-to the loopback interface.
+in sync with outputs.py. Unpickling runs code, and any local process can connect to a loopback port, so
+every message carries an HMAC-SHA256 under a per-executor random key (handed to the ranks in their spawn
+argument, never sent over the socket); a message with a bad signature is dropped before unpickling.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +42,7 @@ class Init:
     shm: ShmSpec | None  # CPU all-reduce group; None on GPU
     dist_endpoints: tuple[str, ...]  # paddle.distributed rendezvous (GPU only)
     runner: str = DEFAULT_RUNNER  # "module:callable" building the model runner (tests pass a fake)
+    key: bytes = b""  # the channel's signing key
 
 
 @dataclass(frozen=True)
@@ -101,12 +105,23 @@ ToRank = Step | Warmup | PromptLogits | Shutdown
 FromRank = Ready | StepDone | Result | Failed
 
 
-def encode(msg: ToRank | FromRank) -> bytes:
-    return pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+_MAC = hashlib.sha256().digest_size
 
 
-def decode(data: bytes) -> ToRank | FromRank:
-    msg = pickle.loads(data)
+class BadSignature(ValueError):
+    """A message on the worker channel that was not signed with this executor's key."""
+
+
+def encode(msg: ToRank | FromRank, key: bytes) -> bytes:
+    body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    return hmac.digest(key, body, "sha256") + body
+
+
+def decode(data: bytes, key: bytes) -> ToRank | FromRank:
+    mac, body = data[:_MAC], data[_MAC:]
+    if not hmac.compare_digest(mac, hmac.digest(key, body, "sha256")):
+        raise BadSignature("unsigned or forged message on the worker channel")
+    msg = pickle.loads(body)
     if not isinstance(msg, ToRank | FromRank):
         raise TypeError(f"unexpected message type on the worker channel: {type(msg).__name__}")
     return msg

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import secrets
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from paddlellm.errors import ConfigError, EngineDead
 from paddlellm.executor.dist_env import check_tp_divisible, free_endpoints
 from paddlellm.executor.messages import (
     DEFAULT_RUNNER,
+    BadSignature,
     Failed,
     FromRank,
     Init,
@@ -69,6 +71,7 @@ class MultiprocExecutor:
         self._seq = 0
         self._procs: list[multiprocessing.process.BaseProcess] = []
         self._group: ShmGroup | None = None
+        self._key = secrets.token_bytes(32)  # signs the channel; reaches the ranks only via spawn
         self._zctx = zmq.Context()
         self._sock = self._bind(config.engine_worker_queue_port)
         try:
@@ -105,7 +108,7 @@ class MultiprocExecutor:
             self._closed = True
         if self._dead is None and self._procs:
             for rank in range(len(self._procs)):
-                self._send(rank, encode(Shutdown()))
+                self._send(rank, encode(Shutdown(), self._key))
         _stop_processes(self._procs, grace_s=5.0)
         if self._group is not None:
             self._group.unlink()
@@ -170,7 +173,7 @@ class MultiprocExecutor:
             ctx.set_executable(exe)  # inside Triton's stub sys.executable is not a Python interpreter
         for rank in range(self.world):
             init = Init(self.config, info, num_blocks, rank, self.world, self._address,
-                        self._group.spec if self._group else None, endpoints, runner)
+                        self._group.spec if self._group else None, endpoints, runner, self._key)
             p = ctx.Process(target=rank_main, args=(init,), name=f"paddlellm-rank{rank}", daemon=True)
             p.start()
             self._procs.append(p)
@@ -190,7 +193,7 @@ class MultiprocExecutor:
         self.check_health()
         self._seq += 1
         seq = self._seq
-        payload = encode(make(seq))
+        payload = encode(make(seq), self._key)
         for rank in range(self.world):
             self._send(rank, payload)
         deadline = time.monotonic() + self.step_timeout_s
@@ -224,8 +227,9 @@ class MultiprocExecutor:
                 return None
             events = dict(poller.poll(timeout=min(left, 1.0) * 1000))
             if self._sock in events:
-                _ident, data = self._sock.recv_multipart()
-                msg = decode(data)
+                msg = self._recv()
+                if msg is None:
+                    continue
                 if isinstance(msg, Failed):
                     self._fail(f"tensor-parallel rank {msg.rank} failed during {during}: {msg.message}")
                     raise EngineDead(self._dead or "")
@@ -243,10 +247,18 @@ class MultiprocExecutor:
     def _last_words(self, rank: int) -> str | None:
         """A rank that reported Failed and exited: its report may still be in flight behind the sentinel."""
         while self._sock.poll(50):
-            msg = decode(self._sock.recv_multipart()[1])
+            msg = self._recv()
             if isinstance(msg, Failed) and msg.rank == rank:
                 return f"failed: {msg.message}"
         return None
+
+    def _recv(self) -> FromRank | None:
+        """One message from the socket; None (dropped unread) if it is not signed with our key."""
+        frames = self._sock.recv_multipart()
+        try:
+            return decode(frames[-1], self._key)  # type: ignore[return-value]
+        except BadSignature:
+            return None
 
     def _fail(self, reason: str) -> None:
         """Become dead once: release waiting ranks, kill them all, unlink shared memory. Thread-safe; the

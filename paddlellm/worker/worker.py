@@ -22,6 +22,7 @@ import zmq
 
 from paddlellm.executor.dist_env import apply_rank_env, configure_paddle, init_distributed
 from paddlellm.executor.messages import (
+    BadSignature,
     Failed,
     Init,
     PromptLogits,
@@ -63,11 +64,12 @@ def rank_main(init: Init) -> None:
             runner = runner_cls(init.config, init.info, init.num_blocks,
                                 rank=init.rank, world=init.world, all_reduce=all_reduce)
         except Exception as e:
-            _report(sock, init.rank, -1, e)
+            _report(sock, init.key, init.rank, -1, e)
             return
         load_s = time.monotonic() - started
-        sock.send(encode(Ready(init.rank, os.getpid(), init.world, threads, init.config.device, load_s)))
-        code = _serve(sock, init.rank, runner)
+        ready = Ready(init.rank, os.getpid(), init.world, threads, init.config.device, load_s)
+        sock.send(encode(ready, init.key))
+        code = _serve(sock, init.key, init.rank, runner)
     finally:
         if all_reduce is not None:
             try:
@@ -81,7 +83,7 @@ def rank_main(init: Init) -> None:
         os._exit(code)  # skip interpreter teardown: paddle's atexit hooks are slow and can hang
 
 
-def _serve(sock: zmq.Socket, rank: int, runner: Any) -> int:
+def _serve(sock: zmq.Socket, key: bytes, rank: int, runner: Any) -> int:
     """Message loop; returns the process exit code."""
     parent = multiprocessing.parent_process()
     poller = zmq.Poller()
@@ -94,16 +96,20 @@ def _serve(sock: zmq.Socket, rank: int, runner: Any) -> int:
             return 0  # orphaned: nobody to serve
         if sock not in events:
             continue
-        msg: ToRank = decode(sock.recv())  # type: ignore[assignment]
+        try:
+            msg: ToRank = decode(sock.recv(), key)  # type: ignore[assignment]
+        except BadSignature:
+            continue  # not from our engine: never unpickled
+
         if isinstance(msg, Shutdown):
             return 0
         try:
             reply = _handle(runner, msg)
         except Exception as e:
-            _report(sock, rank, getattr(msg, "seq", -1), e)
+            _report(sock, key, rank, getattr(msg, "seq", -1), e)
             return 1
         if rank == 0 and reply is not None:
-            sock.send(encode(reply))
+            sock.send(encode(reply, key))
 
 
 def _handle(runner: Any, msg: ToRank) -> StepDone | Result | None:
@@ -119,9 +125,9 @@ def _handle(runner: Any, msg: ToRank) -> StepDone | Result | None:
     raise TypeError(f"rank worker cannot handle {type(msg).__name__}")
 
 
-def _report(sock: zmq.Socket, rank: int, seq: int, e: BaseException) -> None:
+def _report(sock: zmq.Socket, key: bytes, rank: int, seq: int, e: BaseException) -> None:
     traceback.print_exc(file=sys.stderr)  # the full story stays in this rank's log
-    sock.send(encode(Failed(rank, seq, f"{type(e).__name__}: {e}")))
+    sock.send(encode(Failed(rank, seq, f"{type(e).__name__}: {e}"), key))
 
 
 def _make_all_reduce(init: Init) -> Any:

@@ -1,4 +1,4 @@
-"""The rank channel's messages survive encoding, and decoding refuses anything else."""
+"""The rank channel's messages survive encoding; decoding refuses unsigned, forged and foreign messages."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from paddlellm.engine.outputs import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
 from paddlellm.executor.messages import (
+    BadSignature,
     Failed,
     Ready,
     Result,
@@ -20,6 +21,8 @@ from paddlellm.executor.messages import (
     encode,
 )
 from paddlellm.sampling import SamplingParams
+
+KEY = b"k" * 32
 
 
 def _step(n: int) -> Step:
@@ -34,12 +37,27 @@ def _step(n: int) -> Step:
     StepDone(4, ModelRunnerOutput({"a": 1})), Result(5, None), Failed(1, -1, "ValueError: x"),
 ])
 def test_round_trip(msg: object) -> None:
-    assert decode(encode(msg)) == msg  # type: ignore[arg-type]
+    assert decode(encode(msg, KEY), KEY) == msg  # type: ignore[arg-type]
+
+
+class _Boom:
+    def __reduce__(self):  # unpickling this would run code
+        return (exec, ("raise SystemExit('unpickled a forged message')",))
+
+
+def test_unsigned_and_forged_messages_are_never_unpickled() -> None:
+    with pytest.raises(BadSignature):
+        decode(pickle.dumps(_Boom()), KEY)
+    with pytest.raises(BadSignature):
+        decode(encode(Shutdown(), b"other key"), KEY)
+    good = encode(Warmup(1), KEY)
+    with pytest.raises(BadSignature):
+        decode(good[:-1] + bytes([good[-1] ^ 1]), KEY)
 
 
 def test_decode_rejects_foreign_objects() -> None:
     with pytest.raises(TypeError, match="unexpected message type"):
-        decode(pickle.dumps({"not": "a message"}))
+        decode(encode({"not": "a message"}, KEY), KEY)  # type: ignore[arg-type]
 
 
 def test_a_decode_step_is_cheap() -> None:
@@ -47,5 +65,5 @@ def test_a_decode_step_is_cheap() -> None:
     msg = _step(32)
     t = time.perf_counter()
     for _ in range(200):
-        decode(encode(msg))
+        decode(encode(msg, KEY), KEY)
     assert (time.perf_counter() - t) / 200 < 1e-3

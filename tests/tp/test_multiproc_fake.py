@@ -166,6 +166,36 @@ def test_two_executors_side_by_side(tmp_path) -> None:
         b.shutdown()
 
 
+def test_foreign_messages_are_dropped(tmp_path) -> None:
+    """Any local process can connect to the loopback port; what it sends must never be unpickled."""
+    import pickle
+
+    import zmq
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    ex = _executor(tmp_path, tp=2)
+    ctx = zmq.Context()
+    intruder = ctx.socket(zmq.DEALER)
+    intruder.setsockopt(zmq.IDENTITY, b"intruder")
+    intruder.connect(ex.address)
+    try:
+        for payload in (pickle.dumps(Evil()), b"\x00" * 40, b""):
+            intruder.send(payload)
+        time.sleep(0.2)
+        _decode_some(ex, world=2, steps=2)
+        ex.check_health()
+        assert not marker.exists()
+    finally:
+        intruder.close(linger=0)
+        ctx.term()
+        ex.shutdown()
+
+
 def test_heads_not_divisible(tmp_path) -> None:
     info = _info(tmp_path, heads=9, kv_heads=3)  # SmolLM2-135M's shape
     with pytest.raises(ConfigError, match=r"tensor_parallel_size': 2 .*num_attention_heads=9.*1, 3"):
