@@ -4,6 +4,10 @@
                                                       directly (the local path), at concurrency 1 and 16
   python benchmarks/bench_global_scheduler.py share   share of A's requests that an idle B runs, as the
                                                       number of concurrent clients of A grows
+  python benchmarks/bench_global_scheduler.py triton  TTFT through a real tritonserver (toy models): the
+                                                      ensemble stream opened directly vs via the scheduler
+  python benchmarks/bench_global_scheduler.py stack   the same TTFT comparison through real launchers
+                                                      (tritonserver + gateway, the toy models), over HTTP
 
 The engine is a fake with a fixed per-token time, so the numbers are the scheduler's own cost (Redis round
 trips, the result path) and its balancing, not model speed. Prints a table, writes JSON and a PNG under --out.
@@ -179,6 +183,178 @@ async def bench_share(port: int, requests: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _launch(tmp: Path, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
+    """A launcher on the character-level toy models of tests/gateway/toy_models (20 ms per token)."""
+    root = Path(REPO)
+    template = tmp / "template"
+    for name in ("tokenizer", "llm_engine", "detokenizer", "ensemble"):
+        (template / name / "1").mkdir(parents=True)
+        shutil.copy(root / "model_repository" / name / "config.pbtxt", template / name / "config.pbtxt")
+        if name != "ensemble":
+            shutil.copy(root / "tests/gateway/toy_models" / f"{name}.py", template / name / "1" / "model.py")
+    model = tmp / "toy-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway.api_server",
+        "--model",
+        str(model),
+        "--model-repository",
+        str(template),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        "256",
+        "--max-num-seqs",
+        "16",
+        "--run-dir",
+        str(tmp / "run"),
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "[launcher] ready" in line:
+            return proc, port
+    sys.exit("launcher did not start")
+
+
+def _ttft_http(port: int, prompt: str) -> float:
+    import httpx
+
+    body = {"model": "default", "prompt": prompt, "max_tokens": 8, "stream": True}
+    t0 = time.perf_counter()
+    first = -1.0
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if first < 0 and line.startswith("data: {") and '"text":""' not in line.replace(" ", ""):
+                first = time.perf_counter() - t0
+    return first
+
+
+def bench_stack(port: int, requests: int) -> list[dict[str, Any]]:
+    """Real launchers (tritonserver + gateway, toy models): local scheduler vs global (with an idle peer)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        glob = ["--scheduler-name", "global", "--scheduler-port", str(port), "--scheduler-topic", "bench"]
+        procs = {
+            name: _launch(Path(tmp) / name, extra)
+            for name, extra in (("local", []), ("global", glob), ("peer", glob))
+        }
+        try:
+            for concurrency in (1, 16):
+                row: dict[str, Any] = {"concurrency": concurrency}
+                ttfts: dict[str, list[float]] = {"local": [], "global": []}
+                # Alternate short rounds so drifting load on the machine hits both alike.
+                for rnd in range(4):
+                    for name in ("local", "global") if rnd % 2 == 0 else ("global", "local"):
+                        port_ = procs[name][1]
+                        with ThreadPoolExecutor(concurrency) as pool:
+                            if rnd == 0:
+                                list(
+                                    pool.map(
+                                        lambda i, p=port_: _ttft_http(p, f"warm {i}"), range(concurrency)
+                                    )
+                                )
+                            n = max(concurrency, requests // 4)
+                            ttfts[name] += pool.map(lambda i, p=port_: _ttft_http(p, f"r{i}"), range(n))
+                for name, xs in ttfts.items():
+                    row[f"{name}_ttft_ms_p50"] = statistics.median(xs) * 1e3
+                row["added_ms_p50"] = row["global_ttft_ms_p50"] - row["local_ttft_ms_p50"]
+                rows.append(row)
+        finally:
+            for proc, _ in procs.values():
+                os.killpg(proc.pid, 15)
+                proc.wait(60)
+    return rows
+
+
+async def _bench_triton_async(redis_port: int, grpc_url: str, requests: int) -> list[dict[str, Any]]:
+    from tritonclient.grpc.aio import InferenceServerClient
+
+    from gateway.global_scheduler.backend import TritonExecutor
+    from gateway.translate import EnsembleRequest
+    from gateway.triton_stream import TritonEnsemble
+
+    client = InferenceServerClient(grpc_url)
+    ens = TritonEnsemble(client, "ensemble", "llm_engine", 60)
+    s = GlobalSchedulerSettings(port=redis_port, topic="bench-triton")
+    sched = GlobalScheduler(s, TritonExecutor(ens), capacity=16, instance_id="T")
+    peer = GlobalScheduler(s, TritonExecutor(ens), capacity=16, instance_id="peer")  # idle, polling
+    await sched.start()
+    await peer.start()
+    sampling = json.dumps({"max_tokens": 8})
+
+    async def direct(i: int) -> float:
+        t0 = time.perf_counter()
+        st = ens.open(EnsembleRequest(f"p{i}", "", sampling), f"d{i}-{time.monotonic_ns()}")
+        first = -1.0
+        while True:
+            r = await st.next()
+            if first < 0 and r.text:
+                first = time.perf_counter() - t0
+            if r.final:
+                return first
+
+    async def scheduled(i: int) -> float:
+        t0 = time.perf_counter()
+        first = -1.0
+        async for c in await sched.submit(EnsembleInputs(prompt=f"p{i}", sampling=sampling)):
+            if first < 0 and c.text:
+                first = time.perf_counter() - t0
+        return first
+
+    rows = []
+    try:
+        for concurrency in (1, 16):
+            out: dict[str, list[float]] = {"local": [], "global": []}
+            for rnd in range(4):  # alternate rounds so drifting machine load hits both alike
+                for name in ("local", "global") if rnd % 2 == 0 else ("global", "local"):
+                    fn = direct if name == "local" else scheduled
+                    n = max(1, requests // 4 // concurrency)
+                    for _ in range(n):
+                        out[name] += await asyncio.gather(*(fn(i) for i in range(concurrency)))
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "requests": len(out["global"]),
+                    "local_ttft_ms_p50": statistics.median(out["local"]) * 1e3,
+                    "global_ttft_ms_p50": statistics.median(out["global"]) * 1e3,
+                    "added_ms_p50": (statistics.median(out["global"]) - statistics.median(out["local"]))
+                    * 1e3,
+                }
+            )
+    finally:
+        await sched.stop()
+        await peer.stop()
+        await client.close()
+    return rows
+
+
+def bench_triton(port: int, requests: int) -> list[dict[str, Any]]:
+    """A real tritonserver (toy models, 20 ms per token) driven in-process: TritonEnsemble streams opened
+    directly (the local path) vs the same requests through the global scheduler (an idle peer polling)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, _ = _launch(Path(tmp) / "x", [])
+        try:
+            grpc_url = json.loads((Path(tmp) / "x" / "run" / "endpoints.json").read_text())["triton_grpc"]
+            return asyncio.run(_bench_triton_async(port, grpc_url, requests))
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(60)
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     keys = list(rows[0])
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -196,7 +372,7 @@ def _plot(kind: str, rows: list[dict[str, Any]], path: Path) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    if kind == "ttft":
+    if kind in ("ttft", "triton", "stack"):
         xs = [str(r["concurrency"]) for r in rows]
         ax.bar([x + " local" for x in xs], [r["local_ttft_ms_p50"] for r in rows], label="local")
         ax.bar([x + " global" for x in xs], [r["global_ttft_ms_p50"] for r in rows], label="global")
@@ -207,14 +383,14 @@ def _plot(kind: str, rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("concurrent clients of A (A and B: 4 slots each)")
         ax.set_ylabel("requests run by B (%)")
         ax.set_title("Work an idle instance takes from a loaded one")
-    ax.legend() if kind == "ttft" else None
+    ax.legend() if kind in ("ttft", "triton", "stack") else None
     fig.tight_layout()
     fig.savefig(path)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=("ttft", "share", "all"))
+    p.add_argument("kind", choices=("ttft", "share", "triton", "stack", "all"))
     p.add_argument("--requests", type=int, default=320, help="requests per point")
     p.add_argument("--out", type=Path, default=Path(REPO) / "run" / "bench_global_scheduler")
     args = p.parse_args()
@@ -222,9 +398,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start_redis(tmp)
         try:
-            for kind in ("ttft", "share") if args.kind == "all" else (args.kind,):
-                fn = bench_ttft if kind == "ttft" else bench_share
-                rows = asyncio.run(fn(port, args.requests))
+            for kind in ("ttft", "share", "triton", "stack") if args.kind == "all" else (args.kind,):
+                if kind == "stack":
+                    rows = bench_stack(port, min(args.requests, 160))
+                elif kind == "triton":
+                    rows = bench_triton(port, args.requests)
+                else:
+                    fn = bench_ttft if kind == "ttft" else bench_share
+                    rows = asyncio.run(fn(port, args.requests))
                 print(f"\n## {kind}\n{_table(rows)}")
                 (args.out / f"{kind}.json").write_text(json.dumps(rows, indent=2))
                 _plot(kind, rows, args.out / f"{kind}.png")
