@@ -25,9 +25,7 @@ async def main(argv: list[str]) -> None:
     sched = GlobalScheduler(settings, FakeExecutor(float(delay)), capacity=int(capacity), instance_id=iid)
     await sched.start()
     print("READY", flush=True)
-    while True:
-        await asyncio.sleep(0.05)
-        print(f"STATS {sched.stats.executed_stolen}", flush=True)
+    await asyncio.Event().wait()  # serve until killed
 
 
 if __name__ == "__main__":
