@@ -196,6 +196,7 @@ def test_idle_instance_takes_work_and_other_topics_none(cluster: dict[str, Insta
     for prompt, answer in zip(_prompts("share"), answers, strict=True):
         assert answer == "echo: " + prompt  # what one instance alone answers
     ran = {k: v.ensemble_done() - before[k] for k, v in cluster.items()}
+    print(f"requests run per instance: {ran}")
     assert ran["A"] + ran["B"] == N
     assert ran["B"] >= 0.3 * N, ran
     assert ran["C"] == 0, ran
