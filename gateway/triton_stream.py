@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -36,6 +36,12 @@ ABORT_TIMEOUT_S = 10.0
 def _string_input(name: str, value: str) -> InferInput:
     tensor = InferInput(name, [1], "BYTES")
     tensor.set_data_from_numpy(np.array([value.encode("utf-8")], dtype=np.object_))
+    return tensor
+
+
+def _ids_input(name: str, ids: Sequence[int]) -> InferInput:
+    tensor = InferInput(name, [len(ids)], "INT32")
+    tensor.set_data_from_numpy(np.asarray(ids, dtype=np.int32).reshape(len(ids)))
     return tensor
 
 
@@ -157,11 +163,13 @@ class TritonEnsemble:
         self._alive_at = -1.0  # when the engine last proved alive: a passing probe or tokens for a request
         self._aborts: set[asyncio.Task[None]] = set()
 
-    def open(self, req: EnsembleRequest, request_id: str) -> TritonStream:
+    def open(self, req: EnsembleRequest, request_id: str, resume_ids: Sequence[int] = ()) -> TritonStream:
+        """`resume_ids`: ids already streamed by a cut run; the engine continues after them."""
         inputs = [
             _string_input(protocol.PROMPT, req.prompt),
             _string_input(protocol.MESSAGES, req.messages),
             _string_input(protocol.SAMPLING, req.sampling),
+            _ids_input(protocol.RESUME_IDS, resume_ids),
         ]
         return self._open(
             self.ensemble_model,
@@ -202,10 +210,12 @@ class TritonEnsemble:
         task.add_done_callback(self._aborts.discard)
 
     async def _send_abort(self, request_id: str) -> None:
-        ids = InferInput(protocol.INPUT_IDS, [0], "INT32")
-        ids.set_data_from_numpy(np.zeros([0], dtype=np.int32))
-        sampling = _string_input(protocol.SAMPLING, "")
-        stream = self._open(self.engine_model, [ids, sampling], request_id, **{ABORT_PARAMETER: True})
+        inputs = [
+            _ids_input(protocol.INPUT_IDS, ()),
+            _string_input(protocol.SAMPLING, ""),
+            _ids_input(protocol.RESUME_IDS, ()),
+        ]
+        stream = self._open(self.engine_model, inputs, request_id, **{ABORT_PARAMETER: True})
         try:
             async with asyncio.timeout(ABORT_TIMEOUT_S):
                 async for _ in stream:
@@ -241,10 +251,12 @@ class TritonEnsemble:
         return None
 
     async def _probe(self) -> None:
-        ids = InferInput(protocol.INPUT_IDS, [1], "INT32")
-        ids.set_data_from_numpy(np.array([0], dtype=np.int32))
-        sampling = _string_input(protocol.SAMPLING, json.dumps({"max_tokens": 1, "temperature": 0.0}))
-        stream = self._open(self.engine_model, [ids, sampling], f"health-{uuid.uuid4().hex}")
+        inputs = [
+            _ids_input(protocol.INPUT_IDS, (0,)),
+            _string_input(protocol.SAMPLING, json.dumps({"max_tokens": 1, "temperature": 0.0})),
+            _ids_input(protocol.RESUME_IDS, ()),
+        ]
+        stream = self._open(self.engine_model, inputs, f"health-{uuid.uuid4().hex}")
         try:
             async for _ in stream:
                 pass

@@ -48,6 +48,10 @@ def _i1(name: str) -> TensorSpec:
 # Ensemble inputs (what the gateway sends). `messages` is a JSON array of chat messages or "" (completions);
 # `prompt` is the completion prompt or "" (chat); `sampling` is SamplingParams JSON ("" = defaults).
 PROMPT, MESSAGES, SAMPLING = "prompt", "messages", "sampling"
+# Ids already streamed to the client by a run that was cut (another instance died): the engine continues as
+# if it had generated them. Always sent, empty ([0]) for a fresh request: a missing ensemble input gets no
+# reply at all from Triton 2.51.
+RESUME_IDS = "resume_ids"
 # Engine outputs, one response per engine step that produced tokens for the request.
 INPUT_IDS = "input_ids"
 TOKEN_IDS = "token_ids"  # ids produced by this step
@@ -66,7 +70,7 @@ TOKENIZER = ModelSpec(
 )
 LLM_ENGINE = ModelSpec(
     "llm_engine",
-    inputs=(_ids(INPUT_IDS), _s(SAMPLING)),
+    inputs=(_ids(INPUT_IDS), _s(SAMPLING), _ids(RESUME_IDS)),
     outputs=(_ids(TOKEN_IDS), _ids(WINDOW_IDS), _i1(PREFIX_LEN), _s(FINISH_REASON), _i1(PROMPT_TOKENS),
              _i1(COMPLETION_TOKENS), _s(ENGINE_STATS)),
     decoupled=True,
@@ -82,7 +86,7 @@ DETOKENIZER = ModelSpec(
 )
 ENSEMBLE = ModelSpec(
     "ensemble",
-    inputs=TOKENIZER.inputs,
+    inputs=(*TOKENIZER.inputs, _ids(RESUME_IDS)),
     outputs=(_s(TEXT_OUTPUT), _ids(TOKEN_IDS), _s(FINISH_REASON), _i1(PROMPT_TOKENS), _i1(COMPLETION_TOKENS),
              _s(ENGINE_STATS)),
     decoupled=True,

@@ -66,16 +66,24 @@ class LLMEngine:
 
     # ---------------------------------------------------------------- requests
 
-    def validate(self, prompt_ids: Sequence[int], params: SamplingParams) -> SamplingParams:
+    def validate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, resume_ids: Sequence[int] = ()
+    ) -> SamplingParams:
         """The add-time checks that need no engine state; safe from any thread. Returns the params as the
         request will run them (max_tokens resolved)."""
+        self.scheduler.validate_resume(resume_ids)
         return self.scheduler.validate(prompt_ids, params)
 
     def add_request(
-        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams | None = None
+        self,
+        request_id: str,
+        prompt_ids: Sequence[int],
+        params: SamplingParams | None = None,
+        resume_ids: Sequence[int] = (),
     ) -> None:
-        """Queue a request; raises InvalidRequest (length, duplicate id) or Overloaded (queue full)."""
-        self.scheduler.add(request_id, prompt_ids, params or SamplingParams())
+        """Queue a request; raises InvalidRequest (length, duplicate id) or Overloaded (queue full).
+        `resume_ids`: continue a cut run as if these ids had already been generated (Scheduler.add)."""
+        self.scheduler.add(request_id, prompt_ids, params or SamplingParams(), resume_ids)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Finish a request with "abort" and free its blocks; its final output, or None if unknown."""

@@ -40,7 +40,7 @@ class EngineLoop:
         self.engine = engine
         self._before_step = before_step
         self._cv = threading.Condition()
-        self._adds: list[tuple[str, tuple[int, ...], SamplingParams]] = []
+        self._adds: list[tuple[str, tuple[int, ...], SamplingParams, tuple[int, ...]]] = []
         self._aborts: list[str] = []
         self._live: dict[str, _Live] = {}  # every request added and not yet finished; guarded by _cv
         self._error: EngineError | None = None
@@ -54,13 +54,20 @@ class EngineLoop:
     # ---------------------------------------------------------------- any thread
 
     def add(
-        self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams, sink: Sink
+        self,
+        request_id: str,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        sink: Sink,
+        resume_ids: Sequence[int] = (),
     ) -> SamplingParams:
         """Queue a request. Raises InvalidRequest/Overloaded (and EngineDead once the loop is down)
         right here, so callers can answer synchronously; later outputs, errors too, go to `sink`.
-        Returns the params as the request will run them (max_tokens resolved)."""
+        Returns the params as the request will run them (max_tokens resolved). `resume_ids`: continue a
+        cut run after these ids (LLMEngine.add_request)."""
         prompt = tuple(int(t) for t in prompt_ids)
-        params = self.engine.validate(prompt, params)  # reads only immutable sizes
+        resume = tuple(int(t) for t in resume_ids)
+        params = self.engine.validate(prompt, params, resume)  # reads only immutable sizes
         with self._cv:
             if self._error is not None or self._stopping or not self._thread.is_alive():
                 raise EngineDead(f"the engine is not running: {self._error or 'stopped'}")
@@ -71,8 +78,8 @@ class EngineLoop:
                 raise Overloaded(
                     f"the engine queue is full ({max_size} requests waiting; scheduler_max_size)"
                 )
-            self._live[request_id] = _Live(sink, len(prompt))
-            self._adds.append((request_id, prompt, params))
+            self._live[request_id] = _Live(sink, len(prompt), len(resume))
+            self._adds.append((request_id, prompt, params, resume))
             self._cv.notify()
         return params
 
@@ -128,8 +135,8 @@ class EngineLoop:
                         break
                     adds, self._adds = self._adds, []
                     aborts, self._aborts = self._aborts, []
-                for request_id, prompt, params in adds:
-                    self._apply_add(request_id, prompt, params)
+                for request_id, prompt, params, resume in adds:
+                    self._apply_add(request_id, prompt, params, resume)
                 for request_id in aborts:
                     out = engine.abort(request_id)
                     if out is not None:
@@ -150,12 +157,16 @@ class EngineLoop:
             return
         self._fail_all(EngineDead("the engine was stopped"), record=False)
 
-    def _apply_add(self, request_id: str, prompt: tuple[int, ...], params: SamplingParams) -> None:
+    def _apply_add(
+        self, request_id: str, prompt: tuple[int, ...], params: SamplingParams, resume: tuple[int, ...]
+    ) -> None:
         try:
-            self.engine.add_request(request_id, prompt, params)
+            self.engine.add_request(request_id, prompt, params, resume)
         except EngineError as e:  # state changed since add() checked (e.g. the queue filled up)
             self._deliver(
-                RequestOutput(request_id, (), len(prompt), 0, finished=True, finish_reason="error", error=e)
+                RequestOutput(
+                    request_id, (), len(prompt), len(resume), finished=True, finish_reason="error", error=e
+                )
             )
 
     def _deliver(self, out: RequestOutput) -> None:

@@ -95,18 +95,42 @@ class Scheduler:
         cache_tokens = self.blocks.num_total_blocks * self.blocks.block_size
         return params.with_room(min(self.config.max_model_len, cache_tokens + 1) - prompt_len)
 
-    def add(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
+    def validate_resume(self, resume_ids: Sequence[int]) -> None:
+        if resume_ids and self._vocab_size is not None and (
+            min(resume_ids) < 0 or max(resume_ids) >= self._vocab_size
+        ):
+            raise InvalidRequest(f"resume ids must be in [0, {self._vocab_size})", param="resume_ids")
+
+    def add(
+        self,
+        request_id: str,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        resume_ids: Sequence[int] = (),
+    ) -> Request:
+        """Queue a request. `resume_ids`: ids a cut run already streamed; the request starts as if it had
+        generated them (the state a preempted request is recomputed from), so max_tokens, min_tokens and the
+        penalties count them and they are not emitted again. When they already reach max_tokens, it ends at
+        the next step with "length" and no new ids."""
         prompt = tuple(int(t) for t in prompt_ids)
+        resume = [int(t) for t in resume_ids]
         params = self.resolve(len(prompt), params)
         self.validate(prompt, params)
+        self.validate_resume(resume)
         if request_id in self.requests:
             raise InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
         max_size = self.config.scheduler_max_size
         if 0 < max_size <= len(self.waiting):
             raise Overloaded(f"the engine queue is full ({max_size} requests waiting; scheduler_max_size)")
         req = Request(request_id, prompt, params, self._resolve_seed(params), self._clock())
+        req.output_token_ids = resume
+        req.num_emitted = len(resume)
         self.requests[request_id] = req
         self.waiting.append(req)
+        assert params.max_tokens is not None  # resolved above
+        if len(resume) >= params.max_tokens:
+            self._finish(req, "length")
+            self._pending.append(self._output(req))
         return req
 
     def abort(self, request_id: str) -> RequestOutput | None:

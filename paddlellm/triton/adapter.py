@@ -97,13 +97,18 @@ def read_tokenizer_input(pb: Any, request: Any) -> TokenizerInput:
 class EngineInput:
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams
+    resume_ids: tuple[int, ...] = ()  # ids a cut run already streamed: continue after them
 
 
 def read_engine_input(pb: Any, request: Any) -> EngineInput:
     ids = read_ids(pb, request, p.INPUT_IDS)
     if not ids:
         raise InvalidRequest("the prompt has no tokens", param=p.INPUT_IDS)
-    return EngineInput(ids, SamplingParams.from_json(read_str(pb, request, p.SAMPLING)))
+    # Required in the config; a direct caller that predates it still gets a fresh request.
+    resume = () if pb.get_input_tensor_by_name(request, p.RESUME_IDS) is None else read_ids(
+        pb, request, p.RESUME_IDS
+    )
+    return EngineInput(ids, SamplingParams.from_json(read_str(pb, request, p.SAMPLING)), resume)
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,10 @@ def abort_request(pb: Any, request_id: str, engine_model: str = p.LLM_ENGINE.nam
         model_name=engine_model,
         requested_output_names=[],
         request_id=request_id,
-        inputs=[_ids_tensor(pb, p.INPUT_IDS, []), _str_tensor(pb, p.SAMPLING, "")],
+        inputs=[
+            _ids_tensor(pb, p.INPUT_IDS, []),
+            _str_tensor(pb, p.SAMPLING, ""),
+            _ids_tensor(pb, p.RESUME_IDS, []),
+        ],
         parameters={ABORT_PARAMETER: True},
     )

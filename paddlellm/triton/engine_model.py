@@ -10,7 +10,8 @@ Threads and their jobs:
 - One sender thread sends queued responses in order, FINAL on the last one of each request.
 
 The detokenizer is stateless, so every response carries the last few already-emitted ids in front of
-this step's ids (`window_ids`, `prefix_len`); `_Stream.context` keeps them.
+this step's ids (`window_ids`, `prefix_len`); `_Stream.context` keeps them, seeded with the `resume_ids`
+of a resumed request.
 
 Metrics (paddlellm/triton/metrics.py): execute() counts requests, the sink hands every output to
 `EngineMetrics.output`, and `EngineMetrics.tick` reads the engine's stats before every step and after every
@@ -55,7 +56,8 @@ class Loop(Protocol):
         prompt_ids: Sequence[int],
         params: SamplingParams,
         sink: Callable[[RequestOutput], None],
-    ) -> None: ...
+        resume_ids: Sequence[int] = (),
+    ) -> Any: ...
 
     def abort(self, request_id: str) -> None: ...
 
@@ -120,13 +122,20 @@ class EngineModel:
                 received = True
                 inp = adapter.read_engine_input(self.pb, request)
                 stream = _Stream(request_id, request, sender)
+                # A resumed request: its first window starts with the last ids the cut run sent, exactly
+                # as if this engine had emitted them (a character split across the cut comes out whole).
+                stream.context.extend(inp.resume_ids)
                 with self._lock:
                     if request_id in self._streams:
                         raise InvalidRequest(f"request id {request_id!r} is already in use", "request_id")
                     self._streams[request_id] = stream
                 try:
                     accepted = self.loop.add(
-                        request_id, inp.prompt_ids, inp.sampling, lambda out, s=stream: self._sink(s, out)
+                        request_id,
+                        inp.prompt_ids,
+                        inp.sampling,
+                        lambda out, s=stream: self._sink(s, out),
+                        resume_ids=inp.resume_ids,
                     )
                 except BaseException:
                     with self._lock:

@@ -24,12 +24,18 @@ WAIT_S = 10.0
 
 
 def engine_request(
-    pb: ModuleType, rid: str, ids: list[int], sampling: dict[str, Any] | None = None, **kw: Any
+    pb: ModuleType,
+    rid: str,
+    ids: list[int],
+    sampling: dict[str, Any] | None = None,
+    resume: list[int] | None = None,
+    **kw: Any,
 ):
     return pb.InferenceRequest(
         inputs=[
             pb.Tensor(p.INPUT_IDS, np.asarray(ids, np.int32)),
             pb.Tensor(p.SAMPLING, np.array([json.dumps(sampling or {}).encode()], np.object_)),
+            pb.Tensor(p.RESUME_IDS, np.asarray(resume or [], np.int32).reshape(-1)),
         ],
         request_id=rid,
         **kw,
@@ -113,6 +119,53 @@ def test_window_holds_recent_context_then_new_ids(pb: ModuleType, model: EngineM
         assert window[prefix_len:] == new
         emitted += new
     assert len(emitted) == 20
+
+
+@pytest.mark.parametrize("cut", [1, 3, DETOKENIZER_CONTEXT + 2])
+def test_resumed_request_continues_and_its_first_window_carries_the_resume_ids(
+    pb: ModuleType, model: EngineModel, cut: int
+) -> None:
+    sampling = {"max_tokens": 16, "temperature": 0.8, "seed": 3, "ignore_eos": True}
+    full = expected_tokens("x", prompt(9), **sampling)
+    req = engine_request(pb, "res", prompt(9), sampling, resume=full[:cut])
+    model.execute([req])
+    wait_done(req.get_response_sender())
+    outs = outputs(req.get_response_sender())
+    assert [int(t) for o in outs for t in o[p.TOKEN_IDS]] == full[cut:]
+    assert [int(o[p.COMPLETION_TOKENS][0]) for o in outs] == list(range(cut + 1, 17))
+    assert {int(o[p.PROMPT_TOKENS][0]) for o in outs} == {9}
+    # Windows exactly as the uncut run would have sent them from here on.
+    emitted = full[:cut]
+    for o in outs:
+        new = [int(t) for t in o[p.TOKEN_IDS]]
+        prefix_len = int(o[p.PREFIX_LEN][0])
+        assert prefix_len == min(len(emitted), DETOKENIZER_CONTEXT)
+        assert [int(t) for t in o[p.WINDOW_IDS]] == emitted[len(emitted) - prefix_len :] + new
+        emitted += new
+
+
+def test_resume_at_max_tokens_is_one_final_length_response(pb: ModuleType, model: EngineModel) -> None:
+    req = engine_request(pb, "done", prompt(9), {"max_tokens": 4}, resume=[5, 6, 7, 8])
+    model.execute([req])
+    sender = req.get_response_sender()
+    wait_done(sender)
+    [out] = outputs(sender)
+    assert out[p.FINISH_REASON][0] == b"length" and out[p.TOKEN_IDS].size == 0
+    assert int(out[p.COMPLETION_TOKENS][0]) == 4
+    assert sender.sent[-1].flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def test_missing_resume_ids_tensor_is_a_fresh_request(pb: ModuleType, model: EngineModel) -> None:
+    req = pb.InferenceRequest(
+        inputs=[
+            pb.Tensor(p.INPUT_IDS, np.asarray(prompt(5), np.int32)),
+            pb.Tensor(p.SAMPLING, np.array([b'{"max_tokens": 3}'], np.object_)),
+        ],
+        request_id="old",
+    )
+    model.execute([req])
+    wait_done(req.get_response_sender())
+    assert [int(o[p.COMPLETION_TOKENS][0]) for o in outputs(req.get_response_sender())] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(

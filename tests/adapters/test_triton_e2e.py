@@ -65,6 +65,30 @@ def test_ensemble_streams_one_response_per_token(server: str) -> None:
     run(go())
 
 
+def test_ensemble_resumes_a_cut_stream_after_the_ids_already_sent(server: str) -> None:
+    """resume_ids goes straight from the ensemble to the engine; an empty one (every other test) is a
+    fresh request."""
+    sampling = {"max_tokens": 8, "temperature": 0.8, "seed": 11, "ignore_eos": True}
+
+    async def go(resume: list[int]) -> list[dict[str, Any]]:
+        inputs = ensemble_inputs("hello", resume_ids=resume, **sampling)
+        s = Stream(server, p.ENSEMBLE.name, inputs, uuid.uuid4().hex)
+        outs, err = await s.drain()
+        await s.close()
+        assert err is None
+        return outs
+
+    full = run(go([]))
+    ids = [int(o[p.TOKEN_IDS][0]) for o in full]
+    resumed = run(go(ids[:3]))
+    assert [int(o[p.TOKEN_IDS][0]) for o in resumed] == ids[3:]
+    assert [o[p.TEXT_OUTPUT][0] for o in resumed] == [o[p.TEXT_OUTPUT][0] for o in full[3:]]
+    assert [int(o[p.COMPLETION_TOKENS][0]) for o in resumed] == [4, 5, 6, 7, 8]
+    assert {int(o[p.PROMPT_TOKENS][0]) for o in resumed} == {5}
+    [done] = run(go(ids))  # nothing left: one final "length" response without tokens
+    assert done[p.FINISH_REASON][0] == b"length" and done[p.TOKEN_IDS].size == 0
+
+
 @pytest.mark.parametrize(
     ("prompt", "sampling", "param"),
     [("x" * 100, {"max_tokens": MAX_MODEL_LEN}, "prompt"), ("hi", {"temperature": 9}, "temperature")],

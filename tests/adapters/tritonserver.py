@@ -13,7 +13,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -110,20 +110,30 @@ def str_input(name: str, value: str) -> InferInput:
     return t
 
 
-def ensemble_inputs(prompt: str = "", messages: list[dict[str, Any]] | None = None, **sampling: Any):
+def ids_input(name: str, ids: Sequence[int]) -> InferInput:
+    t = InferInput(name, [len(ids)], "INT32")
+    t.set_data_from_numpy(np.asarray(ids, np.int32).reshape(len(ids)))
+    return t
+
+
+def ensemble_inputs(
+    prompt: str = "",
+    messages: list[dict[str, Any]] | None = None,
+    resume_ids: Sequence[int] = (),
+    **sampling: Any,
+):
     messages_json = "" if messages is None else json.dumps(messages)
     sampling_json = json.dumps(sampling)
     return [
         str_input(p.PROMPT, prompt),
         str_input(p.MESSAGES, messages_json),
         str_input(p.SAMPLING, sampling_json),
+        ids_input(p.RESUME_IDS, resume_ids),
     ]
 
 
-def engine_inputs(ids: list[int], sampling: str) -> list[InferInput]:
-    t = InferInput(p.INPUT_IDS, [len(ids)], "INT32")
-    t.set_data_from_numpy(np.asarray(ids, np.int32))
-    return [t, str_input(p.SAMPLING, sampling)]
+def engine_inputs(ids: list[int], sampling: str, resume_ids: Sequence[int] = ()) -> list[InferInput]:
+    return [ids_input(p.INPUT_IDS, ids), str_input(p.SAMPLING, sampling), ids_input(p.RESUME_IDS, resume_ids)]
 
 
 class Stream:

@@ -160,7 +160,9 @@ class FakeTritonClient:
             yield None, _error(protocol.format_error(self.fail_with))
             return
         pieces = self.script(prompt, messages, params) if self.script else self.reply
-        for n, (tid, text) in enumerate(pieces[: params.max_tokens], start=1):
+        # Like the engine: a resumed request continues after the ids already sent (completion counts them).
+        skip = len(record.inputs.get(protocol.RESUME_IDS, ()))
+        for n, (tid, text) in enumerate(pieces[skip : params.max_tokens], start=skip + 1):
             if self.fail_after is not None and n > self.fail_after[0]:
                 yield None, _error(protocol.format_error(self.fail_after[1]))
                 return

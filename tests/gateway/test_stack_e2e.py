@@ -206,11 +206,13 @@ async def _engine_accepts(grpc_url: str, request_id: str) -> bool:
     ids.set_data_from_numpy(np.array([5, 6], dtype=np.int32))
     sampling = InferInput(protocol.SAMPLING, [1], "BYTES")
     sampling.set_data_from_numpy(np.array([b'{"max_tokens":1}'], dtype=np.object_))
+    resume = InferInput(protocol.RESUME_IDS, [0], "INT32")
+    resume.set_data_from_numpy(np.zeros([0], dtype=np.int32))
 
     async def one():
         yield {
             "model_name": "llm_engine",
-            "inputs": [ids, sampling],
+            "inputs": [ids, sampling, resume],
             "request_id": request_id,
             "parameters": {"triton_enable_empty_final_response": True},
         }

@@ -63,6 +63,7 @@ def engine_request(pb: ModuleType, rid: str, ids: list[int], sampling: dict[str,
         inputs=[
             pb.Tensor(p.INPUT_IDS, np.asarray(ids, np.int32)),
             pb.Tensor(p.SAMPLING, np.array([json.dumps(sampling).encode()], np.object_)),
+            pb.Tensor(p.RESUME_IDS, np.zeros([0], np.int32)),
         ],
         request_id=rid,
     )

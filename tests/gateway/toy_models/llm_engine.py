@@ -52,15 +52,25 @@ class TritonPythonModel:
             ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1).tolist()
             raw = pb_utils.get_input_tensor_by_name(request, "sampling").as_numpy().reshape(-1)[0]
             sampling = SamplingParams.from_json(raw.decode())
+            resume = pb_utils.get_input_tensor_by_name(request, "resume_ids")
+            start = 0 if resume is None else resume.as_numpy().size  # the reply is fixed: skip what was sent
+            log = os.environ.get("TOY_ENGINE_LOG")
+            if start and log:
+                with open(log, "a") as f:
+                    f.write(f"resume {request.request_id()} {start}\n")
             threading.Thread(
-                target=self._generate, args=(request, sender, ids, sampling), daemon=True
+                target=self._generate, args=(request, sender, ids, sampling, start), daemon=True
             ).start()
         return None
 
-    def _generate(self, request, sender, ids, sampling):
+    def _generate(self, request, sender, ids, sampling, start):
         reply = [ord(c) for c in "echo: "] + ids
         n = min(len(reply), sampling.max_tokens)
-        for k in range(n):
+        if start >= n:
+            reason = "length" if n == sampling.max_tokens else "stop"
+            sender.send(pb_utils.InferenceResponse(_outputs([], reason, len(ids), start)), flags=FINAL)
+            return
+        for k in range(start, n):
             time.sleep(0.02)
             with self.lock:
                 gone = request.request_id() in self.aborted
