@@ -14,6 +14,7 @@ import pytest
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from paddlellm.engine.loop import EngineLoop
+from paddlellm.engine.outputs import RequestOutput
 from paddlellm.triton import adapter
 from paddlellm.triton.engine_model import DETOKENIZER_CONTEXT, EngineModel
 from paddlellm.triton.render import engine_params
@@ -351,3 +352,42 @@ def test_model_py_rejects_an_unrendered_config(pb: ModuleType, load_model) -> No
     params = engine_params(EngineConfig()) | {"block_size": "${block_size}"}
     with pytest.raises(ConfigError, match="block_size"):
         module.TritonPythonModel().initialize(initialize_args("llm_engine", params))
+
+
+class ScriptedLoop:
+    """A loop that answers every add with one final output of fixed new ids (what a resumed engine sends)."""
+
+    def __init__(self, new_ids: list[int]) -> None:
+        self.new_ids = new_ids
+
+    def add(self, request_id, prompt_ids, params, sink, resume_ids=()):
+        n = len(resume_ids) + len(self.new_ids)
+        sink(RequestOutput(request_id, tuple(self.new_ids), len(prompt_ids), n, True, "stop"))
+        return params
+
+    def abort(self, request_id: str) -> None: ...
+
+    def healthy(self) -> bool:
+        return True
+
+    def stop(self, timeout: float | None = 30.0) -> None: ...
+
+
+def test_a_character_split_across_the_cut_comes_out_whole(pb: ModuleType, llama2_tokenizer_dir: str) -> None:
+    from paddlellm.text.incremental import detokenize_step
+    from paddlellm.text.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_dir(llama2_tokenizer_dir)
+    ids = tok.encode("ok 😀!", add_special_tokens=False)  # "▁ok", "▁", 4 byte-fallback tokens, "!"
+    cut = ids.index(next(i for i in ids if tok.token_bytes(i) == b"\x9f"))  # after the lead byte
+    m = EngineModel(pb, lambda before_step: ScriptedLoop(ids[cut:]), cancel_poll_s=0.0)
+    try:
+        req = engine_request(pb, "split", prompt(4), {"max_tokens": 16}, resume=ids[:cut])
+        m.execute([req])
+        wait_done(req.get_response_sender())
+    finally:
+        m.finalize()
+    [out] = outputs(req.get_response_sender())
+    window = [int(t) for t in out[p.WINDOW_IDS]]
+    text = detokenize_step(tok, window, int(out[p.PREFIX_LEN][0]), final=True)
+    assert text == "😀!"  # the lead byte came from the resumed ids, so the emoji is whole
