@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -207,6 +208,8 @@ class Stack:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log_file.close()
+        if self.proc.returncode == 0:  # otherwise keep tritonserver.log and gateway.log for a look
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------- offline
