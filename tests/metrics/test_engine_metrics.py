@@ -127,10 +127,12 @@ def test_totals_histograms_and_gauges_after_a_known_workload(pb: ModuleType, max
     for g in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"):
         assert backend.gauge(g) == 0, g
     assert backend.gauge("kv_cache_free_blocks") == blocks
+    # Observed at different moments (first schedule, first token, finish), so their orders differ between
+    # requests; q <= ttft <= e2e per request implies the same between the i-th smallest of each.
     for ttft, e2e, q in zip(
-        backend.observed("time_to_first_token_seconds"),
-        backend.observed("e2e_request_latency_seconds"),
-        backend.observed("request_queue_time_seconds"),
+        sorted(backend.observed("time_to_first_token_seconds")),
+        sorted(backend.observed("e2e_request_latency_seconds")),
+        sorted(backend.observed("request_queue_time_seconds")),
         strict=True,
     ):
         assert 0 <= q <= ttft <= e2e
