@@ -1,5 +1,6 @@
 """The adapters inside a real tritonserver: the rendered model repository (real config.pbtxt files) with the
-test models in tests/adapters/e2e_models (real adapter classes, fake executor, toy text), over gRPC streams."""
+test models in tests/adapters/e2e_models (real adapter classes, fake executor, toy text), over gRPC
+streams."""
 
 from __future__ import annotations
 
