@@ -277,8 +277,9 @@ def build_config(model: GGUFModel, tied: bool) -> dict[str, Any]:
     }
 
 
-def convert(src: str, out_dir: str) -> None:
-    """Convert SRC (.gguf) into OUT_DIR; OUT_DIR must not exist yet or be empty."""
+def convert(src: str, out_dir: str, sampling_defaults: dict[str, float] | None = None) -> None:
+    """Convert SRC (.gguf) into OUT_DIR; OUT_DIR must not exist yet or be empty. `sampling_defaults`
+    (e.g. the model card's temperature/top_p) go into generation_config.json, where servers read them."""
     from gguf import GGUFReader
     from safetensors.numpy import save_file
 
@@ -305,6 +306,7 @@ def convert(src: str, out_dir: str) -> None:
             "bos_token_id": model.bos_token_id,
             "eos_token_id": model.eos_token_id,
             "pad_token_id": model.pad_token_id,
+            **(sampling_defaults or {}),
         }
         for name, data in (
             ("config.json", build_config(model, tied)),

