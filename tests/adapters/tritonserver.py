@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,12 +24,7 @@ from tritonclient.grpc import InferInput
 
 from paddlellm import protocol as p
 from paddlellm import tritonenv
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.procs import free_port  # noqa: F401 - re-exported for this folder's tests
 
 
 def triton_install(tmp: Path) -> tritonenv.TritonInstall:

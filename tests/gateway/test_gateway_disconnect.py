@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from typing import Any
@@ -17,6 +16,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.fakes.triton_client import FakeTritonClient
+from tests.procs import free_port
 
 LONG_REPLY = tuple((1000 + i, f" w{i}") for i in range(200))
 BODY = {"model": "default", "messages": [{"role": "user", "content": "talk"}], "max_tokens": 200}
@@ -96,15 +96,9 @@ def test_non_streamed_disconnect_cancels_triton() -> None:
     assert fake.aborted == [stream.request_id]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Server:
     def __init__(self, app: Any) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

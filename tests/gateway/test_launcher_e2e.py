@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,33 +19,11 @@ import httpx
 import pytest
 
 from paddlellm.tritonenv import TritonNotFound, locate
+from tests.procs import descendants, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOYS = Path(__file__).resolve().parent / "toy_models"
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -83,7 +60,7 @@ def _launch(tmp: Path, *extra: str) -> Stack:
     model = tmp / "toy-model"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TOY_ENGINE_LOG": str(tmp / "engine.log"), "PYTHONUNBUFFERED": "1"}
     argv = [
         sys.executable,
@@ -220,7 +197,7 @@ def test_disconnect_reaches_the_engine(stack: Stack) -> None:
 
 
 def test_sigterm_stops_everything(stack: Stack) -> None:
-    family = _descendants(stack.proc.pid)
+    family = descendants(stack.proc.pid)
     assert len(family) >= 3  # tritonserver, its stubs, uvicorn and its workers
     stack.proc.send_signal(signal.SIGTERM)
     assert stack.proc.wait(60) == 0
@@ -235,7 +212,7 @@ def test_global_scheduler_through_the_launcher(tmp_path: Path) -> None:
     redis = shutil.which("redis-server")
     if redis is None:
         pytest.skip("redis-server is not installed")
-    redis_port = _free_port()
+    redis_port = free_port()
     server = subprocess.Popen(
         [redis, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,

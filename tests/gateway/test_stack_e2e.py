@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 
 from paddlellm import protocol
 from paddlellm.tritonenv import TritonNotFound, locate
+from tests.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -29,12 +29,6 @@ SEED_MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "List 3 countries and their capitals."},
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:
@@ -54,7 +48,7 @@ def stack(default_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> I
     except TritonNotFound as e:
         pytest.skip(f"tritonserver not set up: {e}")
     run_dir = tmp_path_factory.mktemp("stack") / "run"
-    port = _free_port()
+    port = free_port()
     argv = [
         sys.executable,
         "-m",

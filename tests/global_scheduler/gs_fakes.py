@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gateway.global_scheduler import Chunk, WorkRequest
 from paddlellm.errors import EngineDead, InvalidRequest
+from tests.procs import free_port  # noqa: F401 - re-exported for this folder's tests
 
 
 def expected_ids(prompt: str, n: int) -> list[int]:
@@ -62,12 +63,6 @@ class FakeExecutor:
         except (GeneratorExit, asyncio.CancelledError):
             self.cancelled += 1
             raise
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

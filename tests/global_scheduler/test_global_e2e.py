@@ -25,6 +25,7 @@ import pytest
 from gs_fakes import RedisServer, free_port
 
 from paddlellm.tritonenv import TritonNotFound, locate
+from tests.procs import descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 TOYS = ROOT / "tests" / "gateway" / "toy_models"
@@ -113,27 +114,10 @@ class Instance:
 
     def kill(self) -> None:
         """kill -9 of the launcher and every process under it (gateway, tritonserver, stubs) at once."""
-        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(30)
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,14 +18,9 @@ import pytest
 
 from paddlellm.tritonenv import TritonNotFound, locate
 from tests.metrics.promtext import Exposition, parse
+from tests.procs import free_port  # noqa: F401 - re-exported for this folder's tests
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

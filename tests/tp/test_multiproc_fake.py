@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from paddlellm.errors import ConfigError, EngineDead
 from paddlellm.executor.multiproc import MultiprocExecutor
 from paddlellm.model_info import ModelInfo
 from paddlellm.sampling import SamplingParams
+from tests.procs import free_port
 from tests.tp.fake_runner import expected_token
 
 FAKE = "tests.tp.fake_runner:FakeRunner"
@@ -79,7 +79,7 @@ def test_steps_and_clean_shutdown(tmp_path) -> None:
 
 
 def test_tp3_and_fixed_port(tmp_path) -> None:
-    port = _free_port()
+    port = free_port()
     ex = _executor(tmp_path, tp=3, engine_worker_queue_port=port)
     try:
         assert ex.address == f"tcp://127.0.0.1:{port}"
@@ -200,12 +200,6 @@ def test_heads_not_divisible(tmp_path) -> None:
     info = _info(tmp_path, heads=9, kv_heads=3)  # SmolLM2-135M's shape
     with pytest.raises(ConfigError, match=r"tensor_parallel_size': 2 .*num_attention_heads=9.*1, 3"):
         MultiprocExecutor(EngineConfig(model=str(tmp_path), tensor_parallel_size=2), info, 16, runner=FAKE)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pid_alive(pid: int) -> bool:
