@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 
@@ -29,3 +32,25 @@ def descendants(pid: int) -> set[int]:
             out.add(c)
             todo.append(c)
     return out
+
+
+def follow_until_ready(
+    proc: subprocess.Popen[str], lines: list[str], timeout: float, marker: str = "[launcher] ready"
+) -> bool:
+    """Collect `proc`'s stdout into `lines` from a daemon thread and wait for a line holding `marker`.
+    False if the process exited or `timeout` passed first; the caller decides how to fail."""
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if marker in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return ready.is_set()
+    return True

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from paddlellm.tritonenv import TritonNotFound, locate
-from tests.procs import descendants, free_port
+from tests.procs import descendants, follow_until_ready, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOYS = Path(__file__).resolve().parent / "toy_models"
@@ -84,23 +83,10 @@ def _launch(tmp: Path, *extra: str) -> Stack:
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     st = Stack(proc, port, tmp / "engine.log")
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            st.lines.append(line.rstrip())
-            if "[launcher] ready" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 120
-    while not ready.is_set():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            pytest.fail("launcher did not get ready:\n" + "\n".join(st.lines))
-        time.sleep(0.1)
+    if not follow_until_ready(proc, st.lines, 120):
+        proc.kill()
+        proc.wait()
+        pytest.fail("launcher did not get ready:\n" + "\n".join(st.lines))
     return st
 
 

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 from paddlellm import protocol
 from paddlellm.tritonenv import TritonNotFound, locate
-from tests.procs import free_port
+from tests.procs import follow_until_ready, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -73,22 +72,9 @@ def stack(default_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> I
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     st = Stack(proc, port, run_dir)
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            st.lines.append(line.rstrip())
-            if "[launcher] ready" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 600
-    while not ready.is_set():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the stack did not get ready:\n" + "\n".join(st.lines[-40:]))
-        time.sleep(0.2)
+    if not follow_until_ready(proc, st.lines, 600):
+        proc.kill()
+        pytest.fail("the stack did not get ready:\n" + "\n".join(st.lines[-40:]))
     try:
         yield st
     finally:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ import pytest
 
 from paddlellm.tritonenv import TritonNotFound, locate
 from tests.metrics.promtext import Exposition, parse
-from tests.procs import free_port  # noqa: F401 - re-exported for this folder's tests
+from tests.procs import follow_until_ready, free_port  # noqa: F401 - re-exported for this folder's tests
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,22 +78,9 @@ def running_stack(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     st = Stack(proc, port, metrics_port, run_dir, workers)
-    ready = threading.Event()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            st.lines.append(line.rstrip())
-            if "[launcher] ready" in line:
-                ready.set()
-
-    threading.Thread(target=pump, daemon=True).start()
     try:
-        deadline = time.monotonic() + 300
-        while not ready.is_set():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the stack did not get ready:\n" + "\n".join(st.lines[-40:]))
-            time.sleep(0.2)
+        if not follow_until_ready(proc, st.lines, 300):
+            pytest.fail("the stack did not get ready:\n" + "\n".join(st.lines[-40:]))
         deadline = time.monotonic() + 30
         while True:  # the separate metrics server starts alongside the gateway
             try:
