@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.backend import GenerationBackend
 from gateway.errors import ApiError, install_handlers, model_not_found
-from gateway.metrics import install_metrics
+from gateway.metrics import GatewayMetrics, install_metrics
 from gateway.observer import NullObserver, RequestObserver
 from gateway.serving import GatewayContext, generate
 from gateway.settings import GatewaySettings
@@ -31,6 +31,7 @@ def create_app(
     client: Any = None,
     observer: RequestObserver | None = None,
     backend_factory: BackendFactory | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> FastAPI:
     """`backend_factory(local_ensemble)` is an async context manager yielding the backend requests go to
     (e.g. the global scheduler wrapping the local ensemble); default: the local ensemble itself."""
@@ -71,7 +72,7 @@ def create_app(
         title="paddlellm OpenAI-compatible gateway", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     install_handlers(app)
-    install_metrics(app, settings)  # HTTP metrics; /metrics here unless settings.metrics_port is set
+    install_metrics(app, settings, metrics)  # HTTP metrics; /metrics here unless settings.metrics_port is set
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -147,11 +148,14 @@ async def _local(ensemble: TritonEnsemble) -> AsyncIterator[GenerationBackend]:
 def app_from_env() -> FastAPI:
     """uvicorn --factory entry point for launcher-started workers."""
     settings = GatewaySettings.from_env()
+    metrics = GatewayMetrics.from_env()
     factory = None
     if settings.global_scheduler is not None:
         from gateway.global_scheduler import GlobalSchedulerSettings
         from gateway.global_scheduler.backend import global_backend_factory
 
         scheduler = GlobalSchedulerSettings(**settings.global_scheduler)
-        factory = global_backend_factory(scheduler, settings.scheduler_capacity)
-    return create_app(settings, backend_factory=factory)
+        factory = global_backend_factory(
+            scheduler, settings.scheduler_capacity, on_event=metrics.count_scheduler_event
+        )
+    return create_app(settings, backend_factory=factory, metrics=metrics)

@@ -61,6 +61,12 @@ class GatewayMetrics:
         self.requests = Counter(req.name.removesuffix("_total"), req.help, req.labels, registry=reg)
         self.duration = Histogram(dur.name, dur.help, dur.labels, buckets=dur.buckets, registry=reg)
         self.in_progress = Gauge(prog.name, prog.help, prog.labels, registry=reg, multiprocess_mode="livesum")
+        gs = _spec("global_scheduler_events_total")
+        self.scheduler_events = Counter(gs.name.removesuffix("_total"), gs.help, gs.labels, registry=reg)
+
+    def count_scheduler_event(self, event: str, n: int) -> None:
+        """The global scheduler's `SchedulerStats` increments (each worker is its own instance; summed)."""
+        self.scheduler_events.labels(event).inc(n)
 
     @classmethod
     def from_env(cls) -> GatewayMetrics:

@@ -235,6 +235,16 @@ GATEWAY_METRICS: tuple[MetricSpec, ...] = (
         GATEWAY,
         labels=("method", "route"),
     ),
+    _m(
+        "global_scheduler_events_total",
+        COUNTER,
+        "events",
+        "Global scheduler (--scheduler-name global) events of this instance, by event: submitted, rejected, "
+        "expired, executed (= executed_own + executed_stolen), resumed (runs continuing a request another "
+        "instance began), withdrawn (in-process starts undone), reaped_leases, dead_instances.",
+        GATEWAY,
+        labels=("event",),
+    ),
 )
 
 ALL_METRICS: tuple[MetricSpec, ...] = ENGINE_METRICS + GATEWAY_METRICS

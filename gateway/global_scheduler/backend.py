@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.global_scheduler.errors import CannotResume
 from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest
-from gateway.global_scheduler.scheduler import GlobalScheduler, RequestStream
+from gateway.global_scheduler.scheduler import EventSink, GlobalScheduler, RequestStream
 from gateway.global_scheduler.settings import GlobalSchedulerSettings
 from gateway.translate import EnsembleRequest, EnsembleResponse
 from paddlellm.errors import EngineError
@@ -128,13 +128,17 @@ class GlobalBackend:
 
 
 def global_backend_factory(
-    settings: GlobalSchedulerSettings, capacity: int, instance_id: str | None = None
+    settings: GlobalSchedulerSettings,
+    capacity: int,
+    instance_id: str | None = None,
+    on_event: EventSink | None = None,
 ) -> Callable[[Any], AbstractAsyncContextManager[GlobalBackend]]:
-    """For `create_app(backend_factory=...)`: joins the topic at start-up, leaves at shutdown."""
+    """For `create_app(backend_factory=...)`: joins the topic at start-up, leaves at shutdown.
+    `on_event`: see `GlobalScheduler`."""
 
     @asynccontextmanager
     async def factory(local: Any) -> AsyncIterator[GlobalBackend]:
-        scheduler = GlobalScheduler(settings, TritonExecutor(local), capacity, instance_id)
+        scheduler = GlobalScheduler(settings, TritonExecutor(local), capacity, instance_id, on_event)
         await scheduler.start()
         try:
             yield GlobalBackend(scheduler, local)

@@ -46,6 +46,7 @@ class RunnerMixin:
     _wake: asyncio.Event
 
     def _set_unhealthy(self) -> None: ...
+    def _bump(self, name: str, n: int = 1) -> None: ...
     def _spawn(self, coro: Any) -> None: ...
 
     # -- executor side -------------------------------------------------------------------------------------
@@ -166,11 +167,9 @@ class RunnerMixin:
         self._paused_until = time.monotonic() + self.settings.lease_ttl
 
     def _count_run(self, origin: str, attempt: int) -> None:
-        st = self.stats
-        st.executed += 1
-        st.executed_own += origin == self.id
-        st.executed_stolen += origin != self.id
-        st.resumed += attempt > 0
+        self._bump("executed")
+        self._bump("executed_own" if origin == self.id else "executed_stolen")
+        self._bump("resumed", int(attempt > 0))
 
     def _free_slot(self, task: asyncio.Task[None] | None) -> None:
         # Once per run: at its finish reason, or when its task ends.

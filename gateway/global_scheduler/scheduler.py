@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 
 from gateway.global_scheduler.errors import QueueFull, SchedulerUnavailable
 from gateway.global_scheduler.executor import Executor
@@ -40,8 +41,12 @@ class SchedulerStats:
     executed_own: int = 0
     executed_stolen: int = 0  # runs of other instances' requests
     resumed: int = 0  # runs that continued a request another executor had begun
+    withdrawn: int = 0  # optimistic in-process starts undone because Redis queued the request instead
     reaped_leases: int = 0
     dead_instances: int = 0
+
+
+EventSink = Callable[[str, int], None]
 
 
 class GlobalScheduler(RunnerMixin):
@@ -51,7 +56,10 @@ class GlobalScheduler(RunnerMixin):
         executor: Executor,
         capacity: int,
         instance_id: str | None = None,
+        on_event: EventSink | None = None,
     ) -> None:
+        """`on_event(name, n)` sees every increment of a `SchedulerStats` field (the gateway's Prometheus
+        counter `global_scheduler_events_total`)."""
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.settings = settings
@@ -60,6 +68,7 @@ class GlobalScheduler(RunnerMixin):
         self.id = instance_id or default_instance_id()
         self.shard = zlib.crc32(self.id.encode()) % settings.load_shards_num
         self.stats = SchedulerStats()
+        self._on_event = on_event
         self._store = RedisStore(settings)
         self._healthy = False
         self._busy = 0  # slots in use: running here, or reserved by a submit that may lease to itself
@@ -133,6 +142,12 @@ class GlobalScheduler(RunnerMixin):
     def stats_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self.stats)
 
+    def _bump(self, name: str, n: int = 1) -> None:
+        if n:
+            setattr(self.stats, name, getattr(self.stats, name) + n)
+            if self._on_event is not None:
+                self._on_event(name, n)
+
     async def load_table(self) -> dict[str, float]:
         return await self._store.load_table()
 
@@ -144,9 +159,9 @@ class GlobalScheduler(RunnerMixin):
         rid = request_id or uuid.uuid4().hex
         if rid in self._waiters:
             raise ValueError(f"request id {rid!r} is already in flight")
-        self.stats.submitted += 1
+        self._bump("submitted")
         if not self._healthy:
-            self.stats.rejected += 1
+            self._bump("rejected")
             raise SchedulerUnavailable(
                 f"global scheduler: {self._store.describe()} is unavailable; retry later"
             )
@@ -168,7 +183,7 @@ class GlobalScheduler(RunnerMixin):
             self._busy -= self_take and not optimistic
             self._withdraw(rid, optimistic)
             if isinstance(exc, SchedulerUnavailable):
-                self.stats.rejected += 1
+                self._bump("rejected")
                 self._set_unhealthy()
             else:  # cancelled while Redis was answering: it may hold the request by now
                 self._spawn(self._forget(rid))
@@ -181,8 +196,10 @@ class GlobalScheduler(RunnerMixin):
         else:
             self._busy -= self_take and not optimistic
             self._withdraw(rid, optimistic)
+            if optimistic:
+                self._bump("withdrawn")
         if state == "full":
-            self.stats.rejected += 1
+            self._bump("rejected")
             raise QueueFull(f"the scheduler queue is full ({self.settings.max_size} requests); retry later")
         if state != "leased":
             waiter = self._waiters[rid] = self._new_waiter(req)
@@ -219,7 +236,7 @@ class GlobalScheduler(RunnerMixin):
         return state, token
 
     def _count_expired(self) -> None:
-        self.stats.expired += 1
+        self._bump("expired")
 
     def _end(self, waiter: Waiter, finished: bool) -> None:
         """The origin is done with a request: stop its in-process run unless it finished, forget it."""
@@ -265,8 +282,8 @@ class GlobalScheduler(RunnerMixin):
                 log.warning("global scheduler %s: %s is back", self.id, self._store.describe())
                 self._healthy = True
                 self._wake.set()
-            self.stats.reaped_leases += expired
-            self.stats.dead_instances += dead
+            self._bump("reaped_leases", expired)
+            self._bump("dead_instances", dead)
             if expired or dead:
                 log.warning(
                     "global scheduler %s: requeued %d expired leases, took over %d dead instances",

@@ -2,7 +2,8 @@
 tests/gateway/toy_models (20 ms per token), under the global scheduler on a real redis-server.
 
 A and B share topic "t", C is on topic "other"; every request goes to A. Where each request ran is read from
-each instance's Triton metrics (successful `ensemble` requests: the gateway's health probes bypass it).
+each instance's scheduler counters on its gateway's /metrics (runs started under a confirmed lease; Triton's
+ensemble count would also include an in-process start that Redis withdrew).
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ class Instance:
         m = re.search(r'nv_inference_request_success\{model="ensemble",version="1"\} (\d+)', text)
         return int(m.group(1)) if m else 0
 
+    def events(self) -> dict[str, int]:
+        """This instance's `paddlellm:global_scheduler_events_total` counters, by event."""
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
+        pattern = r'^paddlellm:global_scheduler_events_total\{event="(\w+)"\} ([0-9.e+]+)$'
+        return {m.group(1): int(float(m.group(2))) for m in re.finditer(pattern, text, re.M)}
+
     def kill(self) -> None:
         """kill -9 of the launcher and every process under it (gateway, tritonserver, stubs) at once."""
         for pid in [self.proc.pid, *descendants(self.proc.pid)]:
@@ -175,14 +182,19 @@ def _prompts(tag: str) -> list[str]:
 def test_idle_instance_takes_work_and_other_topics_none(cluster: dict[str, Instance]) -> None:
     a, b, c = cluster["A"], cluster["B"], cluster["C"]
     cluster = {k: v for k, v in cluster.items() if not k.startswith("_")}
-    before = {k: v.ensemble_done() for k, v in cluster.items()}
+    before = {k: v.events() for k, v in cluster.items()}
     with ThreadPoolExecutor(N) as pool:
         answers = list(pool.map(lambda p: _stream(a.port, p), _prompts("share")))
     for prompt, answer in zip(_prompts("share"), answers, strict=True):
         assert answer == "echo: " + prompt  # what one instance alone answers
-    ran = {k: v.ensemble_done() - before[k] for k, v in cluster.items()}
-    print(f"requests run per instance: {ran}")
-    assert ran["A"] + ran["B"] == N
+    after = {k: v.events() for k, v in cluster.items()}
+    delta = {k: {e: n - before[k].get(e, 0) for e, n in after[k].items()} for k in cluster}
+    ran = {k: d.get("executed", 0) for k, d in delta.items()}
+    print(f"requests run per instance: {ran}; scheduler events: {delta}")
+    assert delta["A"]["submitted"] == N
+    # Every request started from scratch exactly once; a resume (a lease that lapsed under load and was taken
+    # over) continues a request, it does not repeat it.
+    assert sum(d.get("executed", 0) - d.get("resumed", 0) for d in delta.values()) == N, delta
     assert ran["B"] >= 0.3 * N, ran
     assert ran["C"] == 0, ran
     del b, c
