@@ -49,6 +49,10 @@ class LaunchError(RuntimeError):
     """Start-up failed; the message says why (and where the log is)."""
 
 
+class GatewayCrashed(LaunchError):
+    """The gateway died by a signal before it answered /health."""
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     engine: EngineConfig
@@ -283,17 +287,29 @@ class Launcher:
             "5",
         ]
         self.say(f"starting the gateway ({plan.workers} worker(s)) on http://{plan.host}:{plan.port}")
-        self.gateway = ManagedProcess(
-            "gateway",
-            argv,
-            env,
-            run_dir / "gateway.log",
-            lambda line: print(f"[gateway] {line.rstrip()}", flush=True),
-            cwd=REPO_ROOT,
-        )
+
+        def spawn() -> ManagedProcess:
+            return ManagedProcess(
+                "gateway",
+                argv,
+                env,
+                run_dir / "gateway.log",
+                lambda line: print(f"[gateway] {line.rstrip()}", flush=True),
+                cwd=REPO_ROOT,
+            )
+
+        self.gateway = spawn()
         if settings.metrics_port is not None:
             self._start_metrics_server(settings.metrics_port, env, run_dir)
-        self._wait_gateway()
+        try:
+            self._wait_gateway()
+        except GatewayCrashed as exc:
+            # Seen once under heavy load: gRPC's C core aborted in its poller (ev_epoll1_linux.cc
+            # "wakeup_fd_->Wakeup().ok()") while the gateway was starting. A crash by a signal before the
+            # first healthy answer gets one more start; a second one, or an exit with a code, is final.
+            self.say(f"the gateway crashed during start-up ({exc}); starting it once more")
+            self.gateway = spawn()
+            self._wait_gateway()
 
     def _start_metrics_server(self, port: int, env: dict[str, str], run_dir: Path) -> None:
         """/metrics on its own port: one small process reading the same settings and metrics directory."""
@@ -353,10 +369,9 @@ class Launcher:
         deadline = time.monotonic() + 120
         while not self.stop_requested.is_set():
             if not self.gateway.alive():
-                raise LaunchError(
-                    f"the gateway exited with code {self.gateway.proc.returncode}; last lines:\n"
-                    + "\n".join(self.gateway.tail)
-                )
+                code = self.gateway.proc.returncode
+                message = f"the gateway exited with code {code}; last lines:\n" + "\n".join(self.gateway.tail)
+                raise (GatewayCrashed if code is not None and code < 0 else LaunchError)(message)
             try:
                 with urllib.request.urlopen(url, timeout=30) as r:
                     if r.status == 200:

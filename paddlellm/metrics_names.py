@@ -36,6 +36,7 @@ class MetricSpec:
     side: str  # ENGINE (measured in the llm_engine stub) | GATEWAY (measured in the HTTP server)
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
+    only_with: str = ""  # the flag that makes it exported ("" = always on the page)
 
     def __post_init__(self) -> None:
         if not self.name.startswith(PREFIX):
@@ -54,8 +55,9 @@ def _m(
     side: str = ENGINE,
     labels: tuple[str, ...] = (),
     buckets: tuple[float, ...] = (),
+    only_with: str = "",
 ) -> MetricSpec:
-    return MetricSpec(PREFIX + name, kind, unit, help, side, labels, buckets)
+    return MetricSpec(PREFIX + name, kind, unit, help, side, labels, buckets, only_with)
 
 
 MODEL = ("model_name",)
@@ -244,6 +246,7 @@ GATEWAY_METRICS: tuple[MetricSpec, ...] = (
         "instance began), withdrawn (in-process starts undone), reaped_leases, dead_instances.",
         GATEWAY,
         labels=("event",),
+        only_with="--scheduler-name global",
     ),
 )
 

@@ -191,7 +191,7 @@ def test_idle_instance_takes_work_and_other_topics_none(cluster: dict[str, Insta
     delta = {k: {e: n - before[k].get(e, 0) for e, n in after[k].items()} for k in cluster}
     ran = {k: d.get("executed", 0) for k, d in delta.items()}
     print(f"requests run per instance: {ran}; scheduler events: {delta}")
-    assert delta["A"]["submitted"] == N
+    assert delta["A"]["submitted"] == N  # (also: the counter family is on each gateway's /metrics)
     # Every request started from scratch exactly once; a resume (a lease that lapsed under load and was taken
     # over) continues a request, it does not repeat it.
     assert sum(d.get("executed", 0) - d.get("resumed", 0) for d in delta.values()) == N, delta
