@@ -18,6 +18,7 @@ writes results.json and bench_engine.png to --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -32,7 +33,13 @@ sys.path.insert(0, REPO)
 
 
 def engine_bench(
-    path: str, batches: list[int], prompt_len: int, new_tokens: int, prefill_len: int, threads: int
+    path: str,
+    batches: list[int],
+    prompt_len: int,
+    new_tokens: int,
+    prefill_len: int,
+    threads: int,
+    cpu_kernels: str = "auto",
 ) -> dict[str, float]:
     from paddlellm.config import EngineConfig
     from paddlellm.engine.core import LLMEngine
@@ -45,6 +52,7 @@ def engine_bench(
         num_threads=threads,
         max_num_batched_tokens=2048,
         use_warmup=True,
+        cpu_kernels=cpu_kernels,
     )
     engine = LLMEngine.create(config)
     vocab = engine.info.vocab_size
@@ -162,6 +170,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="runs per implementation; the best is kept")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers reference")
+    ap.add_argument(
+        "--compare-kernels",
+        action="store_true",
+        help="also run the engine on Paddle's ops (--cpu-kernels paddle)",
+    )
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -171,7 +184,11 @@ def main() -> int:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for path in models:
         name = os.path.basename(path.rstrip("/"))
-        impls = {"paddlellm": engine_bench} | ({} if args.no_hf else {"transformers": hf_bench})
+        impls = {"paddlellm": engine_bench}
+        if args.compare_kernels:
+            impls["paddlellm (paddle ops)"] = functools.partial(engine_bench, cpu_kernels="paddle")
+        if not args.no_hf:
+            impls["transformers"] = hf_bench
         results[name] = {}
         for _ in range(args.repeats):
             for impl, fn in impls.items():

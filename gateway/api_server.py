@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--kv-cache-ratio", type=float, default=0.75, help=_help("kv_cache_ratio"))
     m.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help=_help("device"))
     m.add_argument("--num-threads", type=int, default=0, help=_help("num_threads"))
+    m.add_argument(
+        "--cpu-kernels", choices=("auto", "native", "paddle"), default="auto", help=_help("cpu_kernels")
+    )
     m.add_argument("--seed", type=int, default=0, help=_help("seed"))
     m.add_argument("--enable-mm", action="store_true", help="accept multimodal content parts")
     s = p.add_argument_group("scheduler")
@@ -238,6 +241,7 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             use_warmup=bool(args.use_warmup),
             device=args.device,
             num_threads=args.num_threads,
+            cpu_kernels=args.cpu_kernels,
             scheduler_max_size=args.scheduler_max_size,
             scheduler_ttl=args.scheduler_ttl,
             instance_id=uuid.uuid4().hex[:8],

@@ -38,6 +38,11 @@ class EngineConfig:
     use_warmup: bool = _f(False, "run dummy prefill and decode batches at start-up")
     device: str = _f("cpu", "cpu or gpu")
     num_threads: int = _f(0, "math threads per rank; 0 = all cores / tensor_parallel_size")
+    cpu_kernels: str = _f(
+        "auto",
+        "CPU GEMMs and decode attention: native (the project's AVX-512 C kernels), paddle (Paddle's ops), "
+        "or auto (native when they build on this CPU)",
+    )
     scheduler_max_size: int = _f(-1, "most requests waiting in the engine queue; -1 = unbounded")
     scheduler_ttl: float = _f(900.0, "seconds a request may wait before it starts; then it fails")
     instance_id: str = _f("", "suffix for IPC names so instances on one host never collide; '' = pid-based")
@@ -71,6 +76,8 @@ class EngineConfig:
             raise bad("device", "must be 'cpu' or 'gpu'")
         if self.num_threads < 0:
             raise bad("num_threads", "must be >= 0")
+        if self.cpu_kernels not in ("auto", "native", "paddle"):
+            raise bad("cpu_kernels", "must be 'auto', 'native' or 'paddle'")
         if self.scheduler_max_size < -1 or self.scheduler_max_size == 0:
             raise bad("scheduler_max_size", "must be -1 (unbounded) or >= 1")
         if self.scheduler_ttl <= 0:

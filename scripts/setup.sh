@@ -10,6 +10,8 @@ need_apt=()
 for pkg in libb64-0d redis-server unzip; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# gcc builds the engine's AVX-512 CPU kernels (paddlellm/native); without it Paddle's matmul is used.
+command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 # libpython3.11.so: the Triton python backend stub embeds the interpreter.
 LIBDIR=$(python3 -c 'import sysconfig;print(sysconfig.get_config_var("LIBDIR"))')
 if ! ls "$LIBDIR"/libpython3.11*.so* >/dev/null 2>&1; then need_apt+=(libpython3.11); fi
@@ -31,4 +33,5 @@ if [ "${1:-}" = "--dev" ]; then
 fi
 bash scripts/setup_triton.sh
 bash scripts/setup_default_model.sh
+.venv/bin/python -m paddlellm.native.build
 echo "[setup] done: $ROOT/.venv"

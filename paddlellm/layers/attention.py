@@ -4,10 +4,11 @@ Cache layout (per layer, K and V in one tensor): [2 * kv_heads * num_slots, head
 block * block_size + offset; row (j, slot) = j * num_slots + slot, j < kv_heads for K heads, then V heads.
 One step:
 1. write: scatter the step's new K|V rows at their slots (in place, one op);
-2. decode requests (one new token each, batched first): gather each request's K and V context rows in
-   one op into [2 * kv_heads, B, L, d] (padded to the longest context, masked only when lengths differ),
-   then q [kv_heads, B, group, d] attends with one batched matmul per side: the query group of a KV head
-   is the matmul's M dimension, so GQA needs no repeated K/V;
+2. decode requests (one new token each, batched first): with the native kernel (layers/decode_attention.py)
+   every request's heads attend to its context rows in place in the cache. Otherwise gather each
+   request's K and V context rows in one op into [2 * kv_heads, B, L, d] (padded to the longest context,
+   masked only when lengths differ), then q [kv_heads, B, group, d] attends with one batched matmul per
+   side: the query group of a KV head is the matmul's M dimension, so GQA needs no repeated K/V;
 3. prefill chunks (several new tokens): each request gathers its context (cached + this chunk, written in
    step 1) and attends causally, in query tiles that read only the keys they can see.
 All index and mask tensors are built once per step (AttentionMetadata) and shared by every layer; masks are
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import paddle
+
+from paddlellm.layers.decode_attention import NativeDecodeAttention
 
 NEG = -1e30  # additive mask; finite, so a padded row can never turn into NaN
 TILE_ELEMENTS = 1 << 22  # score elements per prefill tile at most (16 MiB fp32)
@@ -63,6 +66,9 @@ class AttentionMetadata:
     decode_mask: paddle.Tensor | None  # [kv_heads, B, group, L]; None when every context has length L
     prefills: tuple[PrefillMeta, ...]
     q_sections: tuple[int, ...]  # query rows of the decodes (if any), then of each prefill tile in order
+    decode_kernel: NativeDecodeAttention | None = None  # with it, decode_slots/lens replace gather/mask
+    decode_slots: paddle.Tensor | None = None  # [B, L] int64 cache slots, row b valid up to decode_lens[b]
+    decode_lens: paddle.Tensor | None = None  # [B] int64
 
     @classmethod
     def build(
@@ -73,6 +79,7 @@ class AttentionMetadata:
         num_slots: int,
         kv_heads: int,
         group: int,
+        decode_kernel: NativeDecodeAttention | None = None,
     ) -> AttentionMetadata:
         """spans: the step's requests in batch order, the first `num_decode` with num_new == 1."""
         head_base = np.arange(2 * kv_heads, dtype=np.int64) * num_slots  # K heads, then V heads
@@ -85,7 +92,7 @@ class AttentionMetadata:
         new_slots = np.concatenate([slots(s, s.start, s.start + s.num_new) for s in spans])
         write_rows = (new_slots[:, None] + head_base[None, :]).reshape(-1)
 
-        decode_gather = decode_mask = None
+        decode_gather = decode_mask = decode_slots = decode_lens = None
         decode_len = 0
         if num_decode:
             lens = np.array([s.start + 1 for s in spans[:num_decode]], dtype=np.int64)
@@ -93,6 +100,9 @@ class AttentionMetadata:
             ctx = np.zeros((num_decode, decode_len), dtype=np.int64)  # padding reads slot 0 (masked)
             for i, s in enumerate(spans[:num_decode]):
                 ctx[i, : lens[i]] = slots(s, 0, int(lens[i]))
+        if num_decode and decode_kernel is not None:
+            decode_slots, decode_lens = paddle.to_tensor(ctx), paddle.to_tensor(lens)
+        elif num_decode:
             decode_gather = paddle.to_tensor((head_base[:, None, None] + ctx[None]).reshape(-1))
             if lens.min() < decode_len:
                 valid = np.arange(decode_len)[None, :] < lens[:, None]
@@ -127,6 +137,9 @@ class AttentionMetadata:
             decode_mask,
             tuple(prefills),
             tuple(sections),
+            decode_kernel,
+            decode_slots,
+            decode_lens,
         )
 
 
@@ -150,7 +163,11 @@ def paged_attention(
     # a slice that starts past row 0 ~10x slower than one of a fresh tensor.
     pieces = iter(paddle.split(q, list(meta.q_sections), axis=0) if len(meta.q_sections) > 1 else [q])
     b = meta.num_decode
-    if b:
+    if b and meta.decode_kernel is not None:
+        assert meta.decode_slots is not None and meta.decode_lens is not None
+        q_dec = next(pieces)
+        outs.append(meta.decode_kernel(q_dec, cache, meta.decode_slots, meta.decode_lens, kv_heads, group))
+    elif b:
         length = meta.decode_len
         qd = paddle.transpose(next(pieces).reshape([b, kv_heads, group, d]), [1, 0, 2, 3])
         ctx = paddle.gather(cache, meta.decode_gather).reshape([2 * kv_heads, b, length, d])

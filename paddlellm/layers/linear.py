@@ -4,9 +4,8 @@
   so rank r holds [q_r | k_r | v_r]; no communication.
 - RowParallelLinear splits input features; the partial products are summed by the injected all-reduce, and
   the bias is added once, after the reduction.
-With world == 1 both are one matmul (+ bias), nothing else.
-
-Weights are stored as [in, out] (x @ W): measured fastest for memory-bound small batches on this CPU's MKL.
+With world == 1 both are one GEMM (+ bias), nothing else. How the GEMM runs (Paddle's matmul or the packed
+AVX-512 kernel) is the injected `Gemm`'s business (layers/gemm.py).
 """
 
 from __future__ import annotations
@@ -18,7 +17,10 @@ import numpy as np
 import paddle
 
 from paddlellm.errors import ConfigError
+from paddlellm.layers.gemm import Gemm, PaddleGemm, to_param
 from paddlellm.worker.weights import WeightReader
+
+__all__ = ["AllReduce", "ColumnParallelLinear", "RowParallelLinear", "Shard", "to_param"]
 
 AllReduce = Callable[[paddle.Tensor], paddle.Tensor]
 # Applied to each part's (weight rows [out_local, in], bias [out_local] or None) before fusing.
@@ -38,18 +40,11 @@ class Shard:
         return self.rank * size, (self.rank + 1) * size
 
 
-def to_param(arr: np.ndarray) -> paddle.Tensor:
-    t = paddle.to_tensor(np.ascontiguousarray(arr, dtype=np.float32))
-    t.stop_gradient = True
-    return t
-
-
 class ColumnParallelLinear:
-    def __init__(self, weight: np.ndarray, bias: np.ndarray | None) -> None:
-        # weight: [out_local, in] as in HF files; stored transposed for x @ W.
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, gemm: Gemm | None = None) -> None:
+        # weight: [out_local, in] as in HF files
         self.out_features = weight.shape[0]
-        self.weight = to_param(weight.T)
-        self.bias = to_param(bias) if bias is not None else None
+        self.gemm = (gemm or PaddleGemm()).weight(weight, bias)
 
     @classmethod
     def load(
@@ -58,6 +53,7 @@ class ColumnParallelLinear:
         parts: Sequence[tuple[str, int]],
         shard: Shard,
         transform: PartTransform | None = None,
+        gemm: Gemm | None = None,
     ) -> ColumnParallelLinear:
         """parts: (tensor name without '.weight', unit) where unit = rows per shardable group (head_dim
         for attention projections, 1 for MLP); a bias is loaded when the checkpoint has one."""
@@ -77,23 +73,35 @@ class ColumnParallelLinear:
         if any(b is not None for b in bs):
             zero = [np.zeros(w.shape[0], np.float32) for w in ws]
             bias = np.concatenate([b if b is not None else z for z, b in zip(zero, bs, strict=True)])
-        return cls(np.concatenate(ws, axis=0), bias)
+        return cls(np.concatenate(ws, axis=0), bias, gemm)
 
     def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
-        y = paddle.matmul(x, self.weight)
-        return y + self.bias if self.bias is not None else y
+        return self.gemm(x)
 
 
 class RowParallelLinear:
-    def __init__(self, weight: np.ndarray, bias: np.ndarray | None, all_reduce: AllReduce | None) -> None:
-        # weight: [out, in_local]
-        self.weight = to_param(weight.T)
-        self.bias = to_param(bias) if bias is not None else None
+    def __init__(
+        self,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        all_reduce: AllReduce | None,
+        gemm: Gemm | None = None,
+    ) -> None:
+        # weight: [out, in_local]; with an all-reduce the bias is added after it, once
+        fuse_bias = all_reduce is None
+        self.gemm = (gemm or PaddleGemm()).weight(weight, bias if fuse_bias else None)
+        self.bias = to_param(bias) if bias is not None and not fuse_bias else None
         self.all_reduce = all_reduce
 
     @classmethod
     def load(
-        cls, reader: WeightReader, name: str, unit: int, shard: Shard, all_reduce: AllReduce | None
+        cls,
+        reader: WeightReader,
+        name: str,
+        unit: int,
+        shard: Shard,
+        all_reduce: AllReduce | None,
+        gemm: Gemm | None = None,
     ) -> RowParallelLinear:
         total = reader.shape(f"{name}.weight")[1]
         lo, hi = shard.split(total // unit, f"{name} input groups")
@@ -101,10 +109,10 @@ class RowParallelLinear:
         b = reader.get(f"{name}.bias") if f"{name}.bias" in reader else None
         if shard.world > 1 and all_reduce is None:
             raise ConfigError("tensor parallelism needs an all_reduce callable")
-        return cls(w, b, all_reduce if shard.world > 1 else None)
+        return cls(w, b, all_reduce if shard.world > 1 else None, gemm)
 
     def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
-        y = paddle.matmul(x, self.weight)
+        y = self.gemm(x)
         if self.all_reduce is not None:
             y = self.all_reduce(y)
         return y + self.bias if self.bias is not None else y

@@ -21,6 +21,7 @@ import paddle
 from paddlellm.errors import CheckpointError
 from paddlellm.layers.attention import AttentionMetadata, paged_attention
 from paddlellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from paddlellm.layers.gemm import Gemm, PaddleGemm
 from paddlellm.layers.linear import AllReduce, ColumnParallelLinear, RowParallelLinear, Shard
 from paddlellm.layers.norm import RMSNorm
 from paddlellm.model_info import ModelInfo
@@ -31,7 +32,13 @@ INTERLEAVED_ROPE = ("Ernie4_5ForCausalLM",)
 
 class DecoderLayer:
     def __init__(
-        self, info: ModelInfo, reader: WeightReader, prefix: str, shard: Shard, all_reduce: AllReduce | None
+        self,
+        info: ModelInfo,
+        reader: WeightReader,
+        prefix: str,
+        shard: Shard,
+        all_reduce: AllReduce | None,
+        gemm: Gemm,
     ) -> None:
         d = info.head_dim
         self.head_dim = d
@@ -57,14 +64,14 @@ class DecoderLayer:
         attn = f"{prefix}.self_attn"
         mlp = f"{prefix}.mlp"
         self.qkv = ColumnParallelLinear.load(
-            reader, [(f"{attn}.q_proj", d), (f"{attn}.k_proj", d), (f"{attn}.v_proj", d)], shard, fix_qk
+            reader, [(f"{attn}.q_proj", d), (f"{attn}.k_proj", d), (f"{attn}.v_proj", d)], shard, fix_qk, gemm
         )
-        self.o_proj = RowParallelLinear.load(reader, f"{attn}.o_proj", d, shard, all_reduce)
+        self.o_proj = RowParallelLinear.load(reader, f"{attn}.o_proj", d, shard, all_reduce, gemm)
         # gate and up stay two matmuls: with N = 2 * intermediate, MKL's x @ W was ~1.5-2x slower at
         # batch >= 8 than two half-width calls, and equal at batch 1.
-        self.gate = ColumnParallelLinear.load(reader, [(f"{mlp}.gate_proj", 1)], shard)
-        self.up = ColumnParallelLinear.load(reader, [(f"{mlp}.up_proj", 1)], shard)
-        self.down = RowParallelLinear.load(reader, f"{mlp}.down_proj", 1, shard, all_reduce)
+        self.gate = ColumnParallelLinear.load(reader, [(f"{mlp}.gate_proj", 1)], shard, gemm=gemm)
+        self.up = ColumnParallelLinear.load(reader, [(f"{mlp}.up_proj", 1)], shard, gemm=gemm)
+        self.down = RowParallelLinear.load(reader, f"{mlp}.down_proj", 1, shard, all_reduce, gemm)
         eps = info.rms_norm_eps
         self.input_norm = RMSNorm(reader.get(f"{prefix}.input_layernorm.weight"), eps)
         self.post_norm = RMSNorm(reader.get(f"{prefix}.post_attention_layernorm.weight"), eps)
@@ -102,8 +109,14 @@ class DecoderLayer:
 
 class DecoderModel:
     def __init__(
-        self, info: ModelInfo, reader: WeightReader, shard: Shard, all_reduce: AllReduce | None
+        self,
+        info: ModelInfo,
+        reader: WeightReader,
+        shard: Shard,
+        all_reduce: AllReduce | None,
+        gemm: Gemm | None = None,
     ) -> None:
+        gemm = gemm or PaddleGemm()
         _check_supported(info)
         shard.split(info.num_heads, "num_attention_heads")
         shard.split(info.num_kv_heads, "num_key_value_heads")
@@ -120,9 +133,11 @@ class DecoderModel:
             shard,
             all_reduce,
             self.embed.weight if tied else None,
+            gemm,
         )
         self.layers = [
-            DecoderLayer(info, reader, f"model.layers.{i}", shard, all_reduce) for i in range(info.num_layers)
+            DecoderLayer(info, reader, f"model.layers.{i}", shard, all_reduce, gemm)
+            for i in range(info.num_layers)
         ]
         self.norm = RMSNorm(reader.get("model.norm.weight"), info.rms_norm_eps)
         self.qk_heads = self.layers[0].heads + self.layers[0].kv_heads  # rotated heads per rank

@@ -20,6 +20,7 @@ from paddlellm.config import EngineConfig
 from paddlellm.engine.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
 from paddlellm.errors import InvalidRequest
 from paddlellm.layers.attention import AttentionMetadata, SeqSpan
+from paddlellm.layers.kernels import select_kernels
 from paddlellm.layers.linear import AllReduce, Shard
 from paddlellm.layers.rotary import RotaryTables
 from paddlellm.model_info import ModelInfo
@@ -55,7 +56,9 @@ class ModelRunner:
         self.info = info
         tune_process()  # process-wide, but every process that runs the model wants it (cpu_tuning.py)
         with paddle.no_grad():
-            self.model = DecoderModel(info, WeightReader(info.path), Shard(rank, world), all_reduce)
+            self.kernels = select_kernels(config)
+            shard = Shard(rank, world)
+            self.model = DecoderModel(info, WeightReader(info.path), shard, all_reduce, self.kernels.gemm)
         layer = self.model.layers[0]
         self.kv_heads, self.group, self.head_dim = layer.kv_heads, layer.group, layer.head_dim
         self.block_size = config.block_size
@@ -136,7 +139,13 @@ class ModelRunner:
         self, ids: np.ndarray, positions: np.ndarray, spans: list[SeqSpan], num_decode: int
     ) -> paddle.Tensor:
         meta = AttentionMetadata.build(
-            spans, num_decode, self.block_size, self.cache.num_slots, self.kv_heads, self.group
+            spans,
+            num_decode,
+            self.block_size,
+            self.cache.num_slots,
+            self.kv_heads,
+            self.group,
+            self.kernels.decode_attention,
         )
         cos, sin = self.rotary.expand(positions, self.model.qk_heads, self.model.v_heads)
         return self.model.forward(

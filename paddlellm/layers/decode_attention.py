@@ -1,0 +1,54 @@
+"""Decode attention by the C kernel `paged_decode_attention` (paddlellm/native/paged_attention.c): every
+decode request's query heads attend to its context rows read in place from the paged cache, instead of
+Paddle's gather into a padded [2 * kv_heads, B, L, d] copy + two batched matmuls + mask + softmax.
+
+Inputs come from `AttentionMetadata` (decode_slots [B, L] int64, decode_lens [B] int64, built once per
+step and shared by all layers).
+"""
+
+from __future__ import annotations
+
+import paddle
+from paddle import _C_ops
+
+from paddlellm.native.build import NativeLibrary
+
+
+class NativeDecodeAttention:
+    def __init__(self, native: NativeLibrary, threads: int) -> None:
+        self._fn = native.lib.paged_decode_attention
+        self._threads = threads
+        self._place = paddle.CPUPlace()
+
+    def __call__(
+        self,
+        q: paddle.Tensor,
+        cache: paddle.Tensor,
+        slots: paddle.Tensor,
+        lens: paddle.Tensor,
+        kv_heads: int,
+        group: int,
+    ) -> paddle.Tensor:
+        """q [B, kv_heads * group, d] (pre-scaled) -> [B, kv_heads * group * d]."""
+        if not q.is_contiguous():
+            q = q.contiguous()
+        b, heads, d = q.shape
+        num_slots = cache.shape[0] // (2 * kv_heads)
+        out = _C_ops.empty([b, heads * d], paddle.float32, self._place)
+        rc = self._fn(
+            q.data_ptr(),
+            cache.data_ptr(),
+            num_slots,
+            slots.data_ptr(),
+            lens.data_ptr(),
+            b,
+            slots.shape[1],
+            kv_heads,
+            group,
+            d,
+            out.data_ptr(),
+            self._threads,
+        )
+        if rc != 0:
+            raise MemoryError("paged_decode_attention: no memory for its score buffers")
+        return out

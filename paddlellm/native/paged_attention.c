@@ -1,0 +1,97 @@
+/* Decode attention straight from the paged KV cache, fp32.
+ *
+ * Why: the Paddle path gathers every decode request's whole K|V context into a fresh padded tensor each
+ * layer (the largest non-GEMM cost of a decode step here), then runs two batched matmuls, a mask add and a
+ * softmax. This kernel reads the cache rows where they are.
+ *
+ * Per (request b, KV head j), split over threads: the group's query heads score every context row of b
+ * (q is pre-scaled), take a max-subtracted softmax, and accumulate the V rows weighted by it, in context
+ * order. Each output depends only on its own request's rows, in a fixed order: batch-invariant.
+ *
+ * Layouts: q [B, kvh * group, d] (head h = j * group + g); cache [2 * kvh * num_slots, d] with K head j at
+ * rows j * num_slots + slot and V head j at (kvh + j) * num_slots + slot; slots [B, L] (row b valid up to
+ * lens[b]); out [B, kvh * group, d].
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* glibc's libmvec has a 16-lane expf (_ZGVeN16v_expf, within 4 ulp); math.h only announces it under
+ * -ffast-math, which this file does not want, so announce it here. */
+#pragma omp declare simd simdlen(16) notinbranch
+extern float expf(float);
+
+static inline float dot(const float *a, const float *b, int d) {
+  if ((d & 15) == 0) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    return _mm512_reduce_add_ps(acc);
+  }
+  float s = 0.f;
+  for (int i = 0; i < d; i++) s += a[i] * b[i];
+  return s;
+}
+
+static inline void axpy(float p, const float *x, float *y, int d) {
+  if ((d & 15) == 0) {
+    const __m512 pv = _mm512_set1_ps(p);
+    for (int i = 0; i < d; i += 16)
+      _mm512_storeu_ps(y + i, _mm512_fmadd_ps(pv, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    return;
+  }
+  for (int i = 0; i < d; i++) y[i] += p * x[i];
+}
+
+/* Returns 0, or -1 when scratch memory could not be allocated. */
+int paged_decode_attention(const float *q, const float *cache, long num_slots, const int64_t *slots,
+                           const int64_t *lens, long B, long L, int kvh, int group, int d, float *out,
+                           int nthreads) {
+  const long work = B * kvh;
+  int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && work > 1)
+  {
+    float *scores = malloc(sizeof(float) * (size_t)group * (size_t)(L > 0 ? L : 1));
+    if (!scores) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(static)
+    for (long w = 0; w < work; w++) {
+      if (!scores) continue;
+      const long b = w / kvh;
+      const int j = (int)(w % kvh);
+      const long len = lens[b];
+      const int64_t *sl = slots + b * L;
+      const float *kbase = cache + (long)j * num_slots * d;
+      const float *vbase = cache + ((long)kvh + j) * num_slots * d;
+      const long head0 = (b * kvh + j) * (long)group;
+      const float *qb = q + head0 * d;
+      float *ob = out + head0 * d;
+      for (long l = 0; l < len; l++) {
+        const float *krow = kbase + sl[l] * d;
+        for (int g = 0; g < group; g++) scores[g * L + l] = dot(qb + (long)g * d, krow, d);
+      }
+      for (int g = 0; g < group; g++) {
+        float *s = scores + (long)g * L;
+        float m = -INFINITY;
+        for (long l = 0; l < len; l++) m = s[l] > m ? s[l] : m;
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (long l = 0; l < len; l++) {
+          s[l] = expf(s[l] - m);
+          sum += s[l];
+        }
+        const float inv = 1.f / sum;
+        for (long l = 0; l < len; l++) s[l] *= inv;
+        for (int i = 0; i < d; i++) ob[(long)g * d + i] = 0.f;
+      }
+      for (long l = 0; l < len; l++) {
+        const float *vrow = vbase + sl[l] * d;
+        for (int g = 0; g < group; g++) axpy(scores[g * L + l], vrow, ob + (long)g * d, d);
+      }
+    }
+    free(scores);
+  }
+  return failed ? -1 : 0;
+}

@@ -1,0 +1,99 @@
+"""The packed AVX-512 GEMM (paddlellm/native/packed_sgemm.c via layers/gemm.py) against numpy float64, on the
+shapes that exercise its edges: M across the 8-row blocks and 64-row chunks, N across the 32-column panels
+(masked last panel), odd K, bias, 1 and 2 threads; and a row's result independent of the rows around it.
+
+Skipped only on a CPU without AVX-512; a missing compiler is a failure (scripts/setup.sh installs gcc).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlellm.config import EngineConfig
+from paddlellm.errors import ConfigError
+from paddlellm.layers.gemm import PackedGemm, PaddleGemm, pack_panels
+from paddlellm.layers.kernels import select_kernels
+from paddlellm.native import build
+
+
+@pytest.fixture(scope="module")
+def native() -> build.NativeLibrary:
+    missing = [f for f in build.REQUIRED_CPU_FLAGS if f not in build.cpu_flags()]
+    if missing:
+        pytest.skip(f"CPU lacks {missing}")
+    return build.load()
+
+
+def _ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    y = x.astype(np.float64) @ w.astype(np.float64).T
+    return y + b if b is not None else y
+
+
+SHAPES = [(1, 17, 1), (3, 64, 31), (8, 576, 32), (9, 100, 33), (70, 33, 100)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("m", "k", "n"), SHAPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_float64_reference(
+    native: build.NativeLibrary, threads: int, m: int, k: int, n: int, with_bias: bool
+) -> None:
+    rng = np.random.default_rng(m * 1000 + k + n)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32) if with_bias else None
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    got = PackedGemm(native, threads).weight(w, b)(paddle.to_tensor(x)).numpy()
+    assert got.shape == (m, n)
+    np.testing.assert_allclose(got, _ref(x, w, b), rtol=1e-5, atol=1e-4 * np.sqrt(k))
+
+
+def test_a_row_does_not_depend_on_the_batch_or_threads(native: build.NativeLibrary) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((200, 576), dtype=np.float32)
+    x = rng.standard_normal((67, 576), dtype=np.float32)
+    alone = PackedGemm(native, 1).weight(w)(paddle.to_tensor(x[5:6])).numpy()
+    for threads in (1, 2):
+        batch = PackedGemm(native, threads).weight(w)(paddle.to_tensor(x)).numpy()
+        assert np.array_equal(batch[5:6], alone)  # bitwise: fixed summation order per output
+
+
+def test_views_and_leading_dims(native: build.NativeLibrary) -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((40, 24), dtype=np.float32)
+    x = paddle.to_tensor(rng.standard_normal((2, 6, 24), dtype=np.float32))
+    f = PackedGemm(native, 2).weight(w)
+    y = f(x)
+    assert y.shape == [2, 6, 40]
+    want = _ref(x.numpy().reshape(12, 24), w, None).reshape(2, 6, 40)
+    np.testing.assert_allclose(y.numpy(), want, atol=1e-4)
+    rows = x.reshape([12, 24])[3:7]  # a row view that starts past row 0
+    np.testing.assert_allclose(f(rows).numpy(), _ref(rows.numpy(), w, None), atol=1e-4)
+    cols = x.reshape([12, 24]).T.T  # non-contiguous strides are copied first
+    np.testing.assert_allclose(f(cols).numpy(), _ref(cols.numpy(), w, None), atol=1e-4)
+    assert f(paddle.zeros([0, 24])).shape == [0, 40]
+    with pytest.raises(ValueError, match="24"):
+        f(paddle.zeros([2, 23]))
+
+
+def test_pack_layout() -> None:
+    w = np.arange(33 * 3, dtype=np.float32).reshape(33, 3)  # [out, in]
+    p = pack_panels(w)
+    assert p.shape == (2, 3, 32)
+    assert p[0, 2, 5] == w[5, 2] and p[1, 1, 0] == w[32, 1] and not p[1, :, 1:].any()
+
+
+def test_select_kernels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert isinstance(select_kernels(EngineConfig(cpu_kernels="paddle")).gemm, PaddleGemm)
+    assert select_kernels(EngineConfig(device="gpu")).decode_attention is None
+    with pytest.raises(ConfigError, match="cpu_kernels"):
+        EngineConfig(cpu_kernels="fast")
+    no_avx512 = tmp_path / "cpuinfo"
+    no_avx512.write_text("processor: 0\nflags: fpu sse2 avx2 fma\n")
+    with pytest.raises(build.NativeUnavailable, match="avx512f"):
+        build.build(str(no_avx512))
+
+
+def test_build_is_cached_and_shared(native: build.NativeLibrary) -> None:
+    assert build.build() == native.path  # the second build finds the first one's library
