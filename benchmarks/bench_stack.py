@@ -2,7 +2,7 @@
 offline decode throughput on the same model and workload.
 
     python benchmarks/bench_stack.py [--url http://HOST:PORT] [--model DIR] [--concurrency 1,8,32]
-        [--rounds 2] [--repeats 2] [--max-tokens 64] [--threads 0] [--no-offline] [--out DIR]
+        [--rounds 2] [--repeats 2] [--max-tokens 64] [--threads 0] [--no-offline] [--profile] [--out DIR]
 
 Without --url it starts the stack itself (`python -m gateway.api_server` on a free loopback port with
 --max-num-seqs = the largest concurrency, so that level decodes as one batch) and stops it afterwards.
@@ -19,6 +19,9 @@ same prompt length (the chat template's, counted with the tokenizer), max_tokens
 batch size C, run in a fresh process right after each stack level while the stack idles: on a shared,
 noisy machine only such pairs compare. ratio = stack / offline of the same pair; --repeats pairs per
 level, medians reported. Prints markdown tables, writes results.json and bench_stack.png to --out.
+--profile (with a stack it started) also records, per level, each stack process's CPU ms per engine step and
+Triton's per-model executions and queue/compute times (stack_profile.py): on the shared machine these move far
+less than tok/s, so they show what a change to the serving path buys.
 """
 
 from __future__ import annotations
@@ -212,6 +215,27 @@ class Stack:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+class Profiler:
+    """--profile: snapshots of the stack's per-process CPU and Triton's model statistics around a level."""
+
+    def __init__(self, stack: Stack) -> None:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import stack_profile
+
+        self.sp = stack_profile
+        self.root = stack.proc.pid
+        self.http = json.loads((stack.run_dir / "endpoints.json").read_text())["triton_http"]
+
+    def snapshot(self):  # noqa: ANN201 - a stack_profile.Snapshot
+        return self.sp.snapshot(self.root, self.http)
+
+    def level(self, before, concurrency: int, repeat: int, recs: list[StreamRecord]) -> dict:  # noqa: ANN001
+        tokens = sum(r.completion_tokens for r in recs)
+        rep = self.sp.report(before, self.snapshot(), tokens, tokens // concurrency)
+        print(f"profile, concurrency {concurrency}:\n{self.sp.format_report(rep)}", flush=True)
+        return {"concurrency": concurrency, "repeat": repeat, **rep}
+
+
 # ------------------------------------------------------------------------------------------- offline
 def offline_decode(model: Path, batches: list[int], prompt_len: int, new_tokens: int, threads: int) -> dict:
     """bench_engine's in-process engine run, in a fresh process (paddle stays out of this one)."""
@@ -298,6 +322,8 @@ def main() -> int:
     ap.add_argument("--no-offline", action="store_true", help="skip the engine's offline reference")
     ap.add_argument("--launcher-arg", action="append", default=[], help="extra launcher flag (repeatable)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stack")
+    ap.add_argument("--profile", action="store_true",
+                    help="per level: CPU per stack process and Triton's model statistics (stack_profile.py)")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -313,18 +339,25 @@ def main() -> int:
         stack = Stack(args.model, max(levels), args.launcher_arg, args.out / "launcher.log")
         base_url = stack.base_url
     stats: list[LevelStats] = []
+    profiles: list[dict] = []
+    profiler = None
     try:
         if stack is not None:
             print(f"starting the stack (log {stack.log})", flush=True)
             stack.wait_ready()
+            if args.profile:
+                profiler = Profiler(stack)
         asyncio.run(run_level(base_url, 1, 1, 8))  # warm-up: first-request paths, connection set-up
         for rep in range(args.repeats):
             for c in levels:
                 load = os.getloadavg()[0]
+                before = profiler.snapshot() if profiler else None
                 t0 = time.perf_counter()
                 recs = asyncio.run(run_level(base_url, c, args.rounds, args.max_tokens))
                 s = summarize(c, recs, load)
                 msg = f"concurrency {c}: {len(recs)} requests in {time.perf_counter() - t0:.1f}s"
+                if profiler and before:
+                    profiles.append(profiler.level(before, c, rep, recs))
                 if not args.no_offline:
                     # Right after, while the stack idles: paired, so both see about the same machine load.
                     res = offline_decode(args.model, [c], prompt_len, args.max_tokens, threads)
@@ -346,7 +379,8 @@ def main() -> int:
     print(table(summary))
     (args.out / "results.json").write_text(
         json.dumps({"runs": [asdict(s) for s in stats], "medians": [asdict(s) for s in summary],
-                    "threads": threads, "prompt_len": prompt_len, "max_tokens": args.max_tokens}, indent=1),
+                    "threads": threads, "prompt_len": prompt_len, "max_tokens": args.max_tokens,
+                    "profiles": profiles}, indent=1),
         encoding="utf-8",
     )
     plot(summary, args.out / "bench_stack.png")

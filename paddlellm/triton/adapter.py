@@ -48,7 +48,7 @@ def read_str(pb: Any, request: Any, name: str) -> str:
 
 
 def read_ids(pb: Any, request: Any, name: str) -> tuple[int, ...]:
-    return tuple(int(t) for t in _tensor(pb, request, name).reshape(-1))
+    return tuple(_tensor(pb, request, name).reshape(-1).tolist())
 
 
 def read_int(pb: Any, request: Any, name: str) -> int:
@@ -113,13 +113,9 @@ def read_engine_input(pb: Any, request: Any) -> EngineInput:
 
 @dataclass(frozen=True)
 class DetokenizerInput:
-    token_ids: tuple[int, ...]
     window_ids: tuple[int, ...]
     prefix_len: int
     finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    engine_stats: str
 
     @property
     def finished(self) -> bool:
@@ -133,15 +129,7 @@ def read_detokenizer_input(pb: Any, request: Any) -> DetokenizerInput:
         raise InvalidRequest(
             f"prefix_len {prefix_len} is outside the window of {len(window)}", param=p.PREFIX_LEN
         )
-    return DetokenizerInput(
-        token_ids=read_ids(pb, request, p.TOKEN_IDS),
-        window_ids=window,
-        prefix_len=prefix_len,
-        finish_reason=read_str(pb, request, p.FINISH_REASON),
-        prompt_tokens=read_int(pb, request, p.PROMPT_TOKENS),
-        completion_tokens=read_int(pb, request, p.COMPLETION_TOKENS),
-        engine_stats=read_str(pb, request, p.ENGINE_STATS),
-    )
+    return DetokenizerInput(window, prefix_len, read_str(pb, request, p.FINISH_REASON))
 
 
 # ------------------------------------------------------------------------------------------- writers
@@ -181,19 +169,9 @@ def engine_response(pb: Any, out: RequestOutput, context_ids: Sequence[int], eng
     )
 
 
-def detokenizer_response(pb: Any, inp: DetokenizerInput, text: str) -> Any:
-    """The text delta plus the engine values passed through under the detokenizer's output names."""
-    names = {spec.name for spec in p.DETOKENIZER.outputs}
-    out = [
-        _str_tensor(pb, p.TEXT_OUTPUT, text),
-        _ids_tensor(pb, p.TOKEN_IDS + "_out", inp.token_ids),
-        _str_tensor(pb, p.FINISH_REASON + "_out", inp.finish_reason),
-        _int_tensor(pb, p.PROMPT_TOKENS + "_out", inp.prompt_tokens),
-        _int_tensor(pb, p.COMPLETION_TOKENS + "_out", inp.completion_tokens),
-        _str_tensor(pb, p.ENGINE_STATS + "_out", inp.engine_stats),
-    ]
-    assert {t.name() for t in out} == names, "detokenizer outputs drifted from protocol.DETOKENIZER"
-    return pb.InferenceResponse(output_tensors=out)
+def detokenizer_response(pb: Any, text: str) -> Any:
+    """The text delta: the detokenizer's only output (the engine's other outputs bypass it)."""
+    return pb.InferenceResponse(output_tensors=[_str_tensor(pb, p.TEXT_OUTPUT, text)])
 
 
 def abort_request(pb: Any, request_id: str, engine_model: str = p.LLM_ENGINE.name) -> Any:

@@ -4,12 +4,16 @@ The text work itself (chat template, encoding, the pure detokenize step) lives i
 injected, so these classes only translate tensors, enforce the length limit and turn errors into
 responses. The detokenizer also carries cancellation to the engine: Triton cancels an ensemble's later
 step requests but never its running decoupled step, so when a detokenizer request arrives cancelled it
-sends the engine an abort request for the same request id (docs/triton-notes.md, "Cancellation").
+sends the engine an abort request for the same request id (docs/triton-notes.md, "Cancellation"). Asking
+`is_cancelled()` is an IPC round trip to tritonserver (the stub waited on it about as long as the rest of a
+response's work took), so each stream is asked at its first response and then at most every CANCEL_POLL_S
+(CancelPoll).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +25,10 @@ from paddlellm.triton.errors import error_response
 from paddlellm.triton.params import pick
 
 log = logging.getLogger(__name__)
+
+# How often the detokenizer asks one stream whether its client went away. The gateway aborts the engine
+# itself when its client disconnects; this catches direct Triton clients, within this delay plus a step.
+CANCEL_POLL_S = 0.25
 
 
 class PromptEncoder(Protocol):
@@ -62,24 +70,75 @@ class TokenizerModel:
             )
 
 
+class CancelPoll:
+    """When to ask a stream's request `is_cancelled()`: at its first response, then at most every
+    `interval_s`. Only bookkeeping of when a request id was last asked (the text stays a pure function of
+    the window); ids are forgotten at their final response, or after `forget_s` without one (a stream
+    that ended in an error never shows its final response here)."""
+
+    def __init__(
+        self,
+        interval_s: float = CANCEL_POLL_S,
+        forget_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval_s = interval_s
+        self.forget_s = forget_s
+        self.clock = clock
+        self._next: dict[str, float] = {}  # request id -> when to ask again
+        self._next_sweep = clock() + forget_s
+
+    def due(self, request_id: str) -> bool:
+        if not request_id:
+            return False  # nothing to name the engine request by: an abort could not be sent anyway
+        now = self.clock()
+        if now < self._next.get(request_id, now):
+            return False
+        self._next[request_id] = now + self.interval_s
+        if now >= self._next_sweep:
+            self._next = {k: t for k, t in self._next.items() if t > now - self.forget_s}
+            self._next_sweep = now + self.forget_s
+        return True
+
+    def forget(self, request_id: str) -> None:
+        self._next.pop(request_id, None)
+
+    def __len__(self) -> int:
+        return len(self._next)
+
+
 class DetokenizerModel:
-    def __init__(self, pb: Any, step: DetokenizeStep, engine_model: str = protocol.LLM_ENGINE.name) -> None:
+    """One text delta per engine response. Triton runs this once per response of every running request, so
+    the per-request work is kept to reading the window, the pure detokenize step, one output tensor and,
+    now and then, a cancellation check (CancelPoll)."""
+
+    def __init__(
+        self,
+        pb: Any,
+        step: DetokenizeStep,
+        engine_model: str = protocol.LLM_ENGINE.name,
+        cancel_poll: CancelPoll | None = None,
+    ) -> None:
         self.pb = pb
         self.step = step
         self.engine_model = engine_model
+        self.cancel_poll = cancel_poll if cancel_poll is not None else CancelPoll()
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         return [self._one(r) for r in requests]
 
     def _one(self, request: Any) -> Any:
-        if request.is_cancelled():
+        request_id = request.request_id()
+        if self.cancel_poll.due(request_id) and request.is_cancelled():
             # Answer normally all the same: an error response here leaves the cancelled ensemble request
             # in flight forever in Triton 2.51 (it then blocks shutdown until --exit-timeout-secs).
-            self._abort_engine(request.request_id())
+            self._abort_engine(request_id)
         try:
             inp = adapter.read_detokenizer_input(self.pb, request)
+            if inp.finished:
+                self.cancel_poll.forget(request_id)
             text = self.step(inp.window_ids, inp.prefix_len, inp.finished)
-            return adapter.detokenizer_response(self.pb, inp, text)
+            return adapter.detokenizer_response(self.pb, text)
         except Exception as e:  # noqa: BLE001
             return error_response(self.pb, e)
 

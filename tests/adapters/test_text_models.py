@@ -111,16 +111,12 @@ def test_tokenizer_rejects_bad_utf8(pb: ModuleType) -> None:
 # ------------------------------------------------------------------------------------------ detokenizer
 
 
-def detok_request(pb: ModuleType, window, prefix_len, new, finish="", rid="d"):
+def detok_request(pb: ModuleType, window, prefix_len, finish="", rid="d"):
     return pb.InferenceRequest(
         inputs=[
-            pb.Tensor(p.TOKEN_IDS, np.asarray(new, np.int32)),
             pb.Tensor(p.WINDOW_IDS, np.asarray(window, np.int32)),
             pb.Tensor(p.PREFIX_LEN, np.array([prefix_len], np.int32)),
             str_tensor(pb, p.FINISH_REASON, finish),
-            pb.Tensor(p.PROMPT_TOKENS, np.array([7], np.int32)),
-            pb.Tensor(p.COMPLETION_TOKENS, np.array([3], np.int32)),
-            str_tensor(pb, p.ENGINE_STATS, '{"e2e_s":1}' if finish else ""),
         ],
         request_id=rid,
     )
@@ -131,26 +127,29 @@ def letters(window, prefix_len, final) -> str:
     return text[prefix_len:] + ("." if final else "")
 
 
-def test_detokenizer_delta_and_pass_through(pb: ModuleType) -> None:
+def test_detokenizer_delta_per_request(pb: ModuleType) -> None:
     calls = []
 
     def step(window, prefix_len, final):
         calls.append((tuple(window), prefix_len, final))
         return letters(window, prefix_len, final)
 
-    [resp] = DetokenizerModel(pb, step).execute([detok_request(pb, [1, 2, 3], 2, [3], finish="stop")])
-    out = resp.outputs()
-    assert calls == [((1, 2, 3), 2, True)]
-    assert set(out) == {s.name for s in p.DETOKENIZER.outputs}
-    assert out[p.TEXT_OUTPUT][0].decode() == "c."
-    assert out["token_ids_out"].tolist() == [3]
-    assert out["finish_reason_out"][0] == b"stop"
-    assert int(out["prompt_tokens_out"][0]) == 7 and int(out["completion_tokens_out"][0]) == 3
-    assert out["engine_stats_out"][0] == b'{"e2e_s":1}'
+    requests = [
+        detok_request(pb, [1, 2, 3], 2, finish="stop"),
+        detok_request(pb, [4, 5], 0),
+        detok_request(pb, [7], 2),  # bad: an error for this request only
+    ]
+    first, second, bad = DetokenizerModel(pb, step).execute(requests)
+    assert calls == [((1, 2, 3), 2, True), ((4, 5), 0, False)]
+    for resp, text in ((first, "c."), (second, "de")):
+        out = resp.outputs()
+        assert set(out) == {s.name for s in p.DETOKENIZER.outputs}  # the text only: the rest bypasses it
+        assert out[p.TEXT_OUTPUT].tolist() == [text.encode()]
+    assert error_of(bad)[1].param == p.PREFIX_LEN
 
 
 def test_detokenizer_rejects_prefix_outside_window(pb: ModuleType) -> None:
-    [resp] = DetokenizerModel(pb, letters).execute([detok_request(pb, [1, 2], 3, [2])])
+    [resp] = DetokenizerModel(pb, letters).execute([detok_request(pb, [1, 2], 3)])
     assert error_of(resp)[1].param == p.PREFIX_LEN
 
 
@@ -162,7 +161,7 @@ def test_cancelled_detokenizer_request_aborts_the_engine_request(pb: ModuleType)
         return []  # the engine answers an abort with FINAL only: no data responses
 
     pb.bls_models[p.LLM_ENGINE.name] = engine
-    req = detok_request(pb, [1, 2], 1, [2], rid="client-42")
+    req = detok_request(pb, [1, 2], 1, rid="client-42")
     req.cancel()
     [resp] = DetokenizerModel(pb, letters).execute([req])
     assert seen == [("client-42", True, [t.name for t in p.LLM_ENGINE.inputs])]  # every required input
@@ -171,10 +170,73 @@ def test_cancelled_detokenizer_request_aborts_the_engine_request(pb: ModuleType)
 
 
 def test_abort_failure_does_not_break_the_detokenizer(pb: ModuleType) -> None:
-    req = detok_request(pb, [1], 0, [1], rid="x")  # no engine registered: exec raises
+    req = detok_request(pb, [1], 0, rid="x")  # no engine registered: exec raises
     req.cancel()
     [resp] = DetokenizerModel(pb, letters).execute([req])
     assert not resp.has_error()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cancel_poll_asks_each_stream_at_first_then_every_interval() -> None:
+    clock = Clock()
+    poll = text_models.CancelPoll(interval_s=0.25, forget_s=10.0, clock=clock)
+    assert poll.due("a") and poll.due("b")  # first response of each stream
+    assert not poll.due("a")
+    clock.now += 0.2
+    assert not poll.due("a")
+    clock.now += 0.05
+    assert poll.due("a") and not poll.due("a")
+    assert not poll.due("")  # no request id: no abort could name the engine request
+    poll.forget("a")
+    assert poll.due("a")  # a new stream reusing the id starts afresh
+    clock.now += 9.0
+    assert poll.due("a")  # "a" keeps streaming; "b" ended without a final response here (an engine error)
+    clock.now += 2.0
+    assert poll.due("c")
+    assert len(poll) == 2  # "b" swept, "a" and "c" kept
+
+
+def test_detokenizer_asks_is_cancelled_only_when_the_poll_is_due(pb: ModuleType) -> None:
+    """is_cancelled() is an IPC round trip in the python backend: a stream is asked at its first response
+    and then every interval, not at every response; a cancelled stream is still seen and aborted."""
+    clock = Clock()
+    asked: list[str] = []
+    aborted: list[str] = []
+
+    def engine(request):
+        aborted.append(request.request_id())
+        return []
+
+    pb.bls_models[p.LLM_ENGINE.name] = engine
+    model = DetokenizerModel(pb, letters, cancel_poll=text_models.CancelPoll(interval_s=0.25, clock=clock))
+
+    def response(rid: str, cancelled: bool = False, finish: str = ""):
+        req = detok_request(pb, [1, 2], 1, finish=finish, rid=rid)
+        if cancelled:
+            req.cancel()
+        original = req.is_cancelled
+        req.is_cancelled = lambda: asked.append(rid) or original()
+        [resp] = model.execute([req])
+        assert resp.outputs()[p.TEXT_OUTPUT].tolist() == [b"b." if finish else b"b"]
+
+    for _ in range(5):  # one engine step's response every 0.1 s
+        response("s1")
+        clock.now += 0.1
+    assert asked == ["s1", "s1"]  # at 0.0 and 0.3
+    response("s1", cancelled=True)  # 0.5: the client went away; not due yet
+    assert aborted == []
+    clock.now += 0.1
+    response("s1", cancelled=True)  # 0.6: due, seen, aborted
+    assert aborted == ["s1"]
+    response("s2", finish="length")  # a one-response stream: asked once, then forgotten
+    assert asked[-1] == "s2" and len(model.cancel_poll) == 1
 
 
 # ------------------------------------------------------------------------------------------ model.py
@@ -204,8 +266,8 @@ def test_tokenizer_model_py(pb: ModuleType, load_model, fake_text) -> None:
 def test_detokenizer_model_py(pb: ModuleType, load_model, fake_text) -> None:
     m = load_model("detokenizer").TritonPythonModel()
     m.initialize(initialize_args("detokenizer", {"model": "/ckpt"}))
-    [resp] = m.execute([detok_request(pb, [1, 2], 1, [2])])
-    assert resp.outputs()[p.TEXT_OUTPUT][0] == b"b"
+    [resp] = m.execute([detok_request(pb, [1, 2], 1)])
+    assert resp.outputs()[p.TEXT_OUTPUT].tolist() == [b"b"]
 
 
 def test_tokenizer_model_py_config_errors(pb: ModuleType, load_model, fake_text) -> None:
@@ -245,10 +307,11 @@ def test_engine_windows_through_the_real_detokenizer_are_byte_exact(
     for n, token in enumerate(ids, start=1):
         last = n == len(ids)
         out = RequestOutput("r", (token,), 3, n, finished=last, finish_reason="stop" if last else None)
-        engine = adapter.engine_response(pb, out, tuple(context), "")
+        engine = {t.name(): t for t in adapter.engine_response(pb, out, tuple(context), "").output_tensors()}
         context.append(token)
-        req = pb.InferenceRequest(inputs=engine.output_tensors(), request_id="r")
-        [resp] = detok.execute([req])
+        # What the ensemble hands the detokenizer: the engine outputs its input_map names.
+        inputs = [engine[s.name] for s in p.DETOKENIZER.inputs]
+        [resp] = detok.execute([pb.InferenceRequest(inputs=inputs, request_id="r")])
         deltas.append(resp.outputs()[p.TEXT_OUTPUT][0].decode())
     assert "".join(deltas) == TextTokenizer.from_dir(path).decode(ids)
     assert "".join(deltas).endswith("indented")

@@ -66,6 +66,32 @@ def test_ensemble_streams_one_response_per_token(server: str) -> None:
     run(go())
 
 
+def test_concurrent_streams_pair_text_with_their_own_tokens(server: str) -> None:
+    """Only text_output goes through the detokenizer; the other outputs come straight from the engine and
+    Triton pairs them per engine response. Under concurrency every response must still carry the text of
+    its own ids, in order."""
+
+    async def one(k: int) -> list[dict[str, Any]]:
+        sampling = {"max_tokens": 10, "temperature": 1.0, "seed": k, "ignore_eos": True}
+        s = Stream(server, p.ENSEMBLE.name, ensemble_inputs(f"prompt {k}", **sampling), uuid.uuid4().hex)
+        outs, err = await s.drain()
+        await s.close()
+        assert err is None
+        return outs
+
+    async def go() -> list[list[dict[str, Any]]]:
+        return await asyncio.gather(*(one(k) for k in range(16)))
+
+    streams = run(go())
+    for outs in streams:
+        assert len(outs) == 10
+        for n, o in enumerate(outs, start=1):
+            assert o[p.TEXT_OUTPUT][0].decode() == "".join(f"<{t}>" for t in o[p.TOKEN_IDS])
+            assert int(o[p.COMPLETION_TOKENS][0]) == n
+        assert [o[p.FINISH_REASON][0] for o in outs] == [b""] * 9 + [b"length"]
+    assert len({tuple(int(o[p.TOKEN_IDS][0]) for o in outs) for outs in streams}) > 1  # seeds differ
+
+
 def test_ensemble_resumes_a_cut_stream_after_the_ids_already_sent(server: str) -> None:
     """resume_ids goes straight from the ensemble to the engine; an empty one (every other test) is a
     fresh request."""

@@ -1,4 +1,4 @@
-"""Triton model `detokenizer`: one engine response -> its text delta. Logic: paddlellm.triton.text_models."""
+"""Triton model `detokenizer`: an engine window -> its text delta. Logic: paddlellm.triton.text_models."""
 
 import triton_python_backend_utils as pb_utils
 
