@@ -6,8 +6,10 @@
  * of NR = 32 columns ([panels][K][32], zero-padded) lets the micro-kernel stream each panel exactly once per
  * block of up to MR = 8 rows: 16 zmm accumulators, two 64-byte weight loads and 8 broadcasts per k.
  *
- * Loop nest: M in chunks of MC rows (the chunk of X stays in L2) > panels, split statically over threads
- * (each thread streams its own part of W) > MR-row blocks (the panel stays in L1/L2 across them) > k.
+ * Loop nest: M in chunks of MC rows (the chunk of X stays in L2) > panels, handed out to the threads two at a
+ * time (dynamic: when another process takes a core for a while, as the serving processes beside the engine do,
+ * the other thread takes over its panels instead of the whole region waiting at the barrier) > MR-row blocks
+ * (the panel stays in L1/L2 across them) > k.
  * The summation order over k is fixed (k ascending, one FMA chain per output), so a row's result does not
  * depend on M, on the thread count or on which other rows are in the batch.
  */
@@ -81,7 +83,7 @@ void packed_sgemm(const float *x, long M, long K, long ldx, const float *wp, lon
   const long panels = (N + NR - 1) / NR;
   for (long m0 = 0; m0 < M; m0 += MC) {
     const long mc = M - m0 < MC ? M - m0 : MC;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && panels > 1)
+#pragma omp parallel for schedule(monotonic : dynamic, 2) num_threads(nthreads) if (nthreads > 1 && panels > 1)
     for (long p = 0; p < panels; p++) {
       const float *panel = wp + p * K * NR;
       const float *pb = bias ? bias + p * NR : 0;

@@ -4,7 +4,7 @@
  * layer (the largest non-GEMM cost of a decode step here), then runs two batched matmuls, a mask add and a
  * softmax. This kernel reads the cache rows where they are.
  *
- * Per (request b, KV head j), split over threads: the group's query heads score every context row of b
+ * Per (request b, KV head j), handed out to the threads one at a time (dynamic, see packed_sgemm.c): the group's query heads score every context row of b
  * (q is pre-scaled), take a max-subtracted softmax, and accumulate the V rows weighted by it, in context
  * order. Each output depends only on its own request's rows, in a fixed order: batch-invariant.
  *
@@ -56,7 +56,7 @@ int paged_decode_attention(const float *q, const float *cache, long num_slots, c
 #pragma omp atomic write
       failed = 1;
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(monotonic : dynamic, 1)
     for (long w = 0; w < work; w++) {
       if (!scores) continue;
       const long b = w / kvh;

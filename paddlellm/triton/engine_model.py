@@ -84,7 +84,7 @@ class EngineModel:
         self,
         pb: Any,
         make_loop: LoopFactory,
-        cancel_poll_s: float = 0.05,
+        cancel_poll_s: float = 0.25,
         metrics: EngineMetrics | None = None,
     ) -> None:
         """`metrics`: default Triton's metric families when `pb` has them (a real stub), else none."""
@@ -188,7 +188,9 @@ class EngineModel:
 
     def _poll_cancelled(self) -> None:
         """Abort requests whose client went away. Only direct calls see this: through the ensemble the
-        detokenizer sends an abort request instead (adapter.ABORT_PARAMETER)."""
+        detokenizer sends an abort request instead (adapter.ABORT_PARAMETER). Every `cancel_poll_s`, not every
+        step: each `is_cancelled()` is an IPC round trip on the engine thread (measured at concurrency 32:
+        ~3 ms per step, 3% of it, when polled every 50 ms)."""
         now = time.monotonic()
         if now - self._last_poll < self.cancel_poll_s:
             return
