@@ -15,13 +15,6 @@ from paddlellm.native import build
 BLOCK = 16
 
 
-@pytest.fixture(scope="module")
-def native() -> build.NativeLibrary:
-    missing = [f for f in build.REQUIRED_CPU_FLAGS if f not in build.cpu_flags()]
-    if missing:
-        pytest.skip(f"CPU lacks {missing}")
-    return build.load()
-
 
 def _step(kv_heads: int, group: int, d: int, lens: list[int], prefill: int, seed: int):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(seed)

@@ -18,14 +18,6 @@ from paddlellm.layers.kernels import select_kernels
 from paddlellm.native import build
 
 
-@pytest.fixture(scope="module")
-def native() -> build.NativeLibrary:
-    missing = [f for f in build.REQUIRED_CPU_FLAGS if f not in build.cpu_flags()]
-    if missing:
-        pytest.skip(f"CPU lacks {missing}")
-    return build.load()
-
-
 def _ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     y = x.astype(np.float64) @ w.astype(np.float64).T
     return y + b if b is not None else y
