@@ -203,19 +203,22 @@ def test_idle_instance_takes_work_and_other_topics_none(cluster: dict[str, Insta
 def test_kill_9_of_the_instance_running_streams(cluster: dict[str, Instance]) -> None:
     a, b = cluster["A"], cluster["B"]
     before_b = b.ensemble_done()
+    import redis as redis_sync
+
+    r = redis_sync.Redis(port=int(cluster["_redis_port"]))  # type: ignore[call-overload]
     with ThreadPoolExecutor(N) as pool:
         futures = [pool.submit(_stream, a.port, p) for p in _prompts("kill")]
-        # B is mid-stream on some requests once it has finished a few
+        # Kill B once it has finished a few and is mid-stream on others: only runs away from the origin push
+        # their tokens to Redis (`toks:R`), so a non-empty one is a stream B has begun.
         deadline = time.monotonic() + 60
-        while b.ensemble_done() - before_b < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            if b.ensemble_done() - before_b >= 2 and any(r.strlen(k) for k in r.keys("pllm:{t}:toks:*")):
+                break
+            time.sleep(0.02)
         b.kill()
         try:
             answers = [f.result(timeout=60) for f in futures]
         except Exception:  # show where the unfinished requests stand
-            import redis as redis_sync
-
-            r = redis_sync.Redis(port=int(cluster["_redis_port"]))  # type: ignore[call-overload]
             for k in sorted(r.keys("pllm:*:req:*")):
                 prefix, rid = k.split(b":req:")
                 print("REDIS", k, r.hmget(k, "attempt", "seq"), r.hget(prefix + b":owner", rid))
