@@ -54,7 +54,8 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
 
 def _paddle_omp_dir() -> Path | None:
     spec = importlib.util.find_spec("paddle")
-    for base in spec.submodule_search_locations or [] if spec else []:
+    bases = list(spec.submodule_search_locations or []) if spec is not None else []
+    for base in bases:
         libs = Path(base) / "libs"
         if (libs / "libiomp5.so").exists():
             return libs
@@ -75,6 +76,13 @@ def cache_dir() -> Path:
 
 def build(cpuinfo: str = "/proc/cpuinfo") -> Path:
     """Path of the built library (building it if needed); raises NativeUnavailable."""
+    try:
+        return _build(cpuinfo)
+    except OSError as e:  # e.g. an unwritable cache directory: fall back, do not crash the engine
+        raise NativeUnavailable(f"cannot build the kernels under {cache_dir()}: {e}") from e
+
+
+def _build(cpuinfo: str) -> Path:
     missing = [f for f in REQUIRED_CPU_FLAGS if f not in cpu_flags(cpuinfo)]
     if missing:
         raise NativeUnavailable(f"the CPU lacks {', '.join(missing)}")

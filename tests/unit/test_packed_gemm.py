@@ -89,3 +89,14 @@ def test_select_kernels(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 def test_build_is_cached_and_shared(native: build.NativeLibrary) -> None:
     assert build.build() == native.path  # the second build finds the first one's library
+
+
+def test_an_unwritable_cache_falls_back_to_paddle(native, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the cache directory would go
+    monkeypatch.setenv(build.CACHE_ENV, str(blocker / "cache"))
+    with pytest.raises(build.NativeUnavailable, match="cannot build"):
+        build.build()
+    assert select_kernels(EngineConfig()).decode_attention is None  # auto: Paddle's ops, no crash
+    with pytest.raises(ConfigError, match="cpu_kernels='native'"):
+        select_kernels(EngineConfig(cpu_kernels="native"))
