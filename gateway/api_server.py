@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--cpu-kernels", choices=("auto", "native", "paddle"), default="auto", help=_help("cpu_kernels")
     )
+    m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=_help("dtype"))
     m.add_argument("--seed", type=int, default=0, help=_help("seed"))
     m.add_argument("--enable-mm", action="store_true", help="accept multimodal content parts")
     s = p.add_argument_group("scheduler")
@@ -242,6 +243,7 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             device=args.device,
             num_threads=args.num_threads,
             cpu_kernels=args.cpu_kernels,
+            dtype=args.dtype,
             scheduler_max_size=args.scheduler_max_size,
             scheduler_ttl=args.scheduler_ttl,
             instance_id=uuid.uuid4().hex[:8],

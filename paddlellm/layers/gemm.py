@@ -5,6 +5,8 @@ once at load; the returned `GemmWeight(x)` computes `x @ w.T (+ bias)` for x `[.
 - `PackedGemm`: the weight packed into 32-column panels for the project's AVX-512 kernel
   (paddlellm/native/packed_sgemm.c): at decode batch sizes 2-4x faster than eager Paddle's MKL here, bias
   fused, and a row's result independent of the batch around it. Only the packed copy is kept.
+  With `bf16=True` (`--dtype bfloat16`) the panels hold bf16 weight pairs for `vdpbf16ps`: half the bytes,
+  activations rounded to bf16 per call, fp32 accumulation.
 `layers/kernels.py` picks one from `EngineConfig.cpu_kernels`.
 """
 
@@ -66,13 +68,39 @@ def pack_panels(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(panels, PANEL, k).transpose(0, 2, 1))
 
 
+def to_bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), round to nearest even (the kernel rounds activations alike)."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def pack_panels_bf16(w: np.ndarray) -> np.ndarray:
+    """[out, in] -> [ceil(out / 32), ceil(in / 2), 32] uint32: lane j of k-pair q holds column j's bf16
+    weights for inputs 2q (low half) and 2q + 1 (high half); zero-padded."""
+    n, k = w.shape
+    padded = np.zeros((n, k + k % 2), np.float32)
+    padded[:, :k] = w
+    panels = pack_panels(padded)  # [P, K, 32] float32
+    bits = to_bf16_bits(panels).astype(np.uint32)
+    pairs = bits.reshape(panels.shape[0], -1, 2, PANEL)  # [P, K/2, 2, 32]
+    return np.ascontiguousarray(pairs[:, :, 0, :] | (pairs[:, :, 1, :] << 16))
+
+
 class _PackedWeight:
-    def __init__(self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None) -> None:
+    def __init__(
+        self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None, bf16: bool = False
+    ) -> None:
         self.out_features, self.in_features = w.shape
-        self._fn = native.lib.packed_sgemm
+        self._fn = native.lib.packed_sgemm_bf16 if bf16 else native.lib.packed_sgemm
+        self._bf16 = bf16
         self._place = paddle.CPUPlace()
         self._threads = threads
-        self.packed = to_param(pack_panels(w))
+        if bf16:
+            packed = paddle.to_tensor(pack_panels_bf16(w).view(np.int32))  # paddle has no uint32
+            packed.stop_gradient = True
+            self.packed = packed
+        else:
+            self.packed = to_param(pack_panels(w))
         self.bias = None
         if bias is not None:
             padded = np.zeros(self.packed.shape[0] * PANEL, np.float32)
@@ -97,15 +125,15 @@ class _PackedWeight:
         y = _C_ops.empty([m, n], paddle.float32, self._place)
         if m:
             w, b = self._packed_ptr, self._bias_ptr
-            self._fn(x.data_ptr(), m, k, k, w, n, b, y.data_ptr(), n, self._threads)
+            if self._fn(x.data_ptr(), m, k, k, w, n, b, y.data_ptr(), n, self._threads) and self._bf16:
+                raise MemoryError("packed_sgemm_bf16: no memory for the bf16 copy of the activations")
         return y if len(shape) == 2 else y.reshape([*shape[:-1], n])
 
 
 class PackedGemm:
-    name = "packed"
-
-    def __init__(self, native: NativeLibrary, threads: int) -> None:
-        self.native, self.threads = native, threads
+    def __init__(self, native: NativeLibrary, threads: int, bf16: bool = False) -> None:
+        self.native, self.threads, self.bf16 = native, threads, bf16
+        self.name = "packed-bf16" if bf16 else "packed"
 
     def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
-        return _PackedWeight(self.native, self.threads, w, bias)
+        return _PackedWeight(self.native, self.threads, w, bias, self.bf16)

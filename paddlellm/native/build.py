@@ -24,11 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("packed_sgemm.c", "paged_attention.c"))
-CFLAGS = ("-O3", "-mavx512f", "-mavx512vl", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-Wall")
+CFLAGS = (
+    "-O3", "-mavx512f", "-mavx512vl", "-mavx512bf16", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-Wall"
+)
+BF16_CPU_FLAG = "avx512_bf16"  # packed_sgemm_bf16 runs only where the CPU has it
 LIBS = ("-lmvec", "-lm")  # libmvec: the vector expf of paged_attention.c
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512vl", "fma")
 CACHE_ENV = "PADDLELLM_CACHE_DIR"
-ABI = 2  # packed_sgemm_abi() of the sources this loader speaks to
+ABI = 3  # packed_sgemm_abi() of the sources this loader speaks to
 
 
 class NativeUnavailable(RuntimeError):
@@ -127,6 +130,9 @@ def load(cpuinfo: str = "/proc/cpuinfo") -> NativeLibrary:
     a = lib.paged_decode_attention
     a.argtypes = [ptr, ptr, c_long, ptr, ptr, c_long, c_long, c_int, c_int, c_int, ptr, c_int]
     a.restype = c_int
+    b = lib.packed_sgemm_bf16
+    b.argtypes = [ptr, c_long, c_long, c_long, ptr, c_long, ptr, ptr, c_long, c_int]
+    b.restype = c_int
     return NativeLibrary(path, lib)
 
 

@@ -82,3 +82,23 @@ def test_text_and_ids_agree_and_loop_matches_offline(tiny_checkpoint):
         assert set(finished.values()) == {"length"}
         assert [got[f"t{i}"] for i in range(len(prompts))] == [list(c.token_ids) for c in by_text]
         assert llm.engine.stats().num_free_blocks == 64
+
+
+def test_bfloat16_weights_answer_the_seed_question_like_float32(default_model_dir):
+    """--dtype bfloat16 (native kernels, AVX512_BF16): the default model still answers the seed question, and
+    its first greedy tokens match float32's (bf16 rounding may move a later near-tie, so not all of them)."""
+    from paddlellm.native import build
+
+    if build.BF16_CPU_FLAG not in build.cpu_flags():
+        pytest.skip("CPU lacks avx512_bf16")
+    greedy = SamplingParams(max_tokens=96, temperature=0.0)
+    seed = [[{"role": "user", "content": "List 3 countries and their capitals."}]]
+    answers = {}
+    for dtype in ("float32", "bfloat16"):
+        with LLM(default_model_dir, num_threads=2, dtype=dtype) as llm:
+            want = "packed-bf16" if dtype == "bfloat16" else "packed"
+            assert llm.engine.executor.runner.kernels.gemm.name == want
+            (answers[dtype],) = llm.chat(seed, greedy)
+    bf16 = answers["bfloat16"]
+    assert sum(city in bf16.text for city in CAPITALS) >= 2, bf16.text
+    assert bf16.token_ids[:8] == answers["float32"].token_ids[:8]

@@ -100,3 +100,31 @@ def test_an_unwritable_cache_falls_back_to_paddle(native, tmp_path, monkeypatch)
     assert select_kernels(EngineConfig()).decode_attention is None  # auto: Paddle's ops, no crash
     with pytest.raises(ConfigError, match="cpu_kernels='native'"):
         select_kernels(EngineConfig(cpu_kernels="native"))
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    from paddlellm.layers.gemm import to_bf16_bits
+
+    return (to_bf16_bits(a).astype(np.uint32) << 16).view(np.float32)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("m", "k", "n"), [*SHAPES, (3, 1, 5), (130, 7, 64)])
+def test_bf16_matches_the_bf16_rounded_reference(native, threads, m, k, n) -> None:  # type: ignore[no-untyped-def]
+    if build.BF16_CPU_FLAG not in build.cpu_flags():
+        pytest.skip("CPU lacks avx512_bf16")
+    rng = np.random.default_rng(m + 10 * k + 100 * n)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    b = rng.standard_normal(n, dtype=np.float32)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    got = PackedGemm(native, threads, bf16=True).weight(w, b)(paddle.to_tensor(x)).numpy()
+    # The kernel's products are exact in fp32 (bf16 x bf16); only the fp32 summation order differs.
+    np.testing.assert_allclose(got, _ref(_bf16(x), _bf16(w), b), rtol=1e-5, atol=1e-4 * np.sqrt(k))
+    assert np.abs(got - _ref(x, w, b)).max() < 0.05 * np.sqrt(k)  # and near the fp32 product
+
+
+def test_bf16_needs_the_native_kernels() -> None:
+    with pytest.raises(ConfigError, match="bfloat16"):
+        select_kernels(EngineConfig(dtype="bfloat16", cpu_kernels="paddle"))
+    with pytest.raises(ConfigError, match="dtype"):
+        EngineConfig(dtype="float16")
