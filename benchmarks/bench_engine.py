@@ -40,6 +40,7 @@ def engine_bench(
     prefill_len: int,
     threads: int,
     cpu_kernels: str = "auto",
+    dtype: str = "float32",
 ) -> dict[str, float]:
     from paddlellm.config import EngineConfig
     from paddlellm.engine.core import LLMEngine
@@ -53,6 +54,7 @@ def engine_bench(
         max_num_batched_tokens=2048,
         use_warmup=True,
         cpu_kernels=cpu_kernels,
+        dtype=dtype,
     )
     engine = LLMEngine.create(config)
     vocab = engine.info.vocab_size
@@ -175,6 +177,7 @@ def main() -> int:
         action="store_true",
         help="also run the engine on Paddle's ops (--cpu-kernels paddle)",
     )
+    ap.add_argument("--bf16", action="store_true", help="also run the engine with --dtype bfloat16")
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -187,6 +190,8 @@ def main() -> int:
         impls = {"paddlellm": engine_bench}
         if args.compare_kernels:
             impls["paddlellm (paddle ops)"] = functools.partial(engine_bench, cpu_kernels="paddle")
+        if args.bf16:
+            impls["paddlellm (bf16 weights)"] = functools.partial(engine_bench, dtype="bfloat16")
         if not args.no_hf:
             impls["transformers"] = hf_bench
         results[name] = {}
