@@ -20,27 +20,19 @@
 #define MR 8
 #define MC 64
 
-static inline __attribute__((always_inline)) void micro(
-    const int mr, const float *x, long ldx, const float *wp, int K, float *y, long ldy, int ncols,
-    const float *bias) {
-  __m512 a0[MR], a1[MR];
-  __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-  __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+/* Accumulators start at the bias (or 0); the block is stored with masks when the panel is the last, partial one. */
+static inline __attribute__((always_inline)) void init_acc(const int mr, __m512 *a0, __m512 *a1, const float *bias) {
+  const __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+  const __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 8
   for (int i = 0; i < mr; i++) {
     a0[i] = b0;
     a1[i] = b1;
   }
-  for (int k = 0; k < K; k++) {
-    const __m512 w0 = _mm512_loadu_ps(wp + (long)k * NR);
-    const __m512 w1 = _mm512_loadu_ps(wp + (long)k * NR + 16);
-#pragma GCC unroll 8
-    for (int i = 0; i < mr; i++) {
-      const __m512 xv = _mm512_set1_ps(x[i * ldx + k]);
-      a0[i] = _mm512_fmadd_ps(xv, w0, a0[i]);
-      a1[i] = _mm512_fmadd_ps(xv, w1, a1[i]);
-    }
-  }
+}
+
+static inline __attribute__((always_inline)) void store_acc(const int mr, const __m512 *a0, const __m512 *a1,
+                                                            float *y, long ldy, int ncols) {
   if (ncols >= NR) {
 #pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
@@ -56,6 +48,24 @@ static inline __attribute__((always_inline)) void micro(
       _mm512_mask_storeu_ps(y + i * ldy + 16, m1, a1[i]);
     }
   }
+}
+
+static inline __attribute__((always_inline)) void micro(
+    const int mr, const float *x, long ldx, const float *wp, int K, float *y, long ldy, int ncols,
+    const float *bias) {
+  __m512 a0[MR], a1[MR];
+  init_acc(mr, a0, a1, bias);
+  for (int k = 0; k < K; k++) {
+    const __m512 w0 = _mm512_loadu_ps(wp + (long)k * NR);
+    const __m512 w1 = _mm512_loadu_ps(wp + (long)k * NR + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++) {
+      const __m512 xv = _mm512_set1_ps(x[i * ldx + k]);
+      a0[i] = _mm512_fmadd_ps(xv, w0, a0[i]);
+      a1[i] = _mm512_fmadd_ps(xv, w1, a1[i]);
+    }
+  }
+  store_acc(mr, a0, a1, y, ldy, ncols);
 }
 
 #define MICRO(n)                                                                                    \
@@ -108,13 +118,7 @@ static inline __attribute__((always_inline)) void micro_bf16(
     const int mr, const uint32_t *xp, long ldxp, const uint32_t *wp, int K2, float *y, long ldy, int ncols,
     const float *bias) {
   __m512 a0[MR], a1[MR];
-  __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-  __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-  for (int i = 0; i < mr; i++) {
-    a0[i] = b0;
-    a1[i] = b1;
-  }
+  init_acc(mr, a0, a1, bias);
   for (int k = 0; k < K2; k++) {
     const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wp + (long)k * NR);
     const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wp + (long)k * NR + 16);
@@ -125,21 +129,7 @@ static inline __attribute__((always_inline)) void micro_bf16(
       a1[i] = _mm512_dpbf16_ps(a1[i], xv, w1);
     }
   }
-  if (ncols >= NR) {
-#pragma GCC unroll 8
-    for (int i = 0; i < mr; i++) {
-      _mm512_storeu_ps(y + i * ldy, a0[i]);
-      _mm512_storeu_ps(y + i * ldy + 16, a1[i]);
-    }
-  } else {
-    const __mmask16 m0 = ncols >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << ncols) - 1);
-    const __mmask16 m1 = ncols <= 16 ? (__mmask16)0 : (__mmask16)((1u << (ncols - 16)) - 1);
-#pragma GCC unroll 8
-    for (int i = 0; i < mr; i++) {
-      _mm512_mask_storeu_ps(y + i * ldy, m0, a0[i]);
-      _mm512_mask_storeu_ps(y + i * ldy + 16, m1, a1[i]);
-    }
-  }
+  store_acc(mr, a0, a1, y, ldy, ncols);
 }
 
 #define MICRO_BF16(n)                                                                               \
