@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
-from paddlellm.layers.gemm import Gemm, GemmWeight, PaddleGemm
-from paddlellm.layers.linear import AllReduce, Shard, to_param
+from paddlellm.layers.gemm import Gemm, PaddleGemm, to_param
+from paddlellm.layers.linear import AllReduce, Shard
 from paddlellm.worker.weights import WeightReader
 
 
@@ -49,16 +49,8 @@ class VocabParallelEmbedding:
 
 
 class ParallelLMHead:
-    """Logits for this rank's vocab slice. With the packed kernel: one call (it streams the [hidden, V]
-    matrix from memory once per 64 rows). With Paddle's matmul: vocab chunks, by the layout that is fastest
-    for the batch size on this CPU's MKL (single-thread CPU time, 576 x 49,152 head): batch 1: x @ W
-    4.9 ms, x @ E^T 9.4; batch 8: 8192-column chunks of x @ W 15.0, whole x @ E^T 20.8, whole x @ W 30.1;
-    batch 32: 2048-row chunks of x @ E^T 27.7, whole 34.3, x @ W 63.6. The E^T chunks are row views of the
-    [V, hidden] table (the embedding itself when tied), so only the [hidden, V] copy costs memory."""
-
-    NT_MIN_ROWS = 12
-    NN_CHUNK = 8192
-    NT_CHUNK = 2048
+    """Logits for this rank's vocab slice, by the injected `Gemm`'s head layout (`Gemm.head_weight`: one
+    packed-kernel call, or vocab chunks for Paddle's matmul)."""
 
     def __init__(
         self,
@@ -70,30 +62,12 @@ class ParallelLMHead:
         table: paddle.Tensor | None = None,
         gemm: Gemm | None = None,
     ) -> None:
-        """table: the tied embedding's [V_local, hidden] tensor, shared as the row-major copy."""
+        """table: the tied embedding's [V_local, hidden] tensor, which a Gemm may share instead of copying."""
         rows, self.start, self.per = _vocab_rows(reader, name, vocab, shard)
         self.vocab = vocab
         self.world = shard.world
         self.all_reduce = all_reduce
-        self.packed: GemmWeight | None = None
-        if gemm is not None and not isinstance(gemm, PaddleGemm):
-            self.packed = gemm.weight(rows)
-            return
-        n = rows.shape[0]
-        self.nn_chunks = [to_param(rows[i : i + self.NN_CHUNK].T) for i in range(0, n, self.NN_CHUNK)]
-        shared = table is not None and list(table.shape) == list(rows.shape)
-        full = table if shared else to_param(rows)  # [V_local, hidden]
-        assert full is not None
-        self.nt_chunks = [full[i : i + self.NT_CHUNK] for i in range(0, n, self.NT_CHUNK)]
-
-    def _logits(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.packed is not None:
-            return self.packed(x)
-        if x.shape[0] >= self.NT_MIN_ROWS:
-            parts = [paddle.matmul(x, c, transpose_y=True) for c in self.nt_chunks]
-        else:
-            parts = [paddle.matmul(x, c) for c in self.nn_chunks]
-        return parts[0] if len(parts) == 1 else paddle.concat(parts, axis=1)
+        self._logits = (gemm or PaddleGemm()).head_weight(rows, table)
 
     def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
         logits = self._logits(x)

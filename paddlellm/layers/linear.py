@@ -20,8 +20,6 @@ from paddlellm.errors import ConfigError
 from paddlellm.layers.gemm import Gemm, PaddleGemm, to_param
 from paddlellm.worker.weights import WeightReader
 
-__all__ = ["AllReduce", "ColumnParallelLinear", "RowParallelLinear", "Shard", "to_param"]
-
 AllReduce = Callable[[paddle.Tensor], paddle.Tensor]
 # Applied to each part's (weight rows [out_local, in], bias [out_local] or None) before fusing.
 PartTransform = Callable[[str, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]]

@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 from paddle.incubate.nn.functional import fused_rms_norm
 
-from paddlellm.layers.linear import to_param
+from paddlellm.layers.gemm import to_param
 
 
 class RMSNorm:
