@@ -102,3 +102,15 @@ def test_bfloat16_weights_answer_the_seed_question_like_float32(default_model_di
     bf16 = answers["bfloat16"]
     assert sum(city in bf16.text for city in CAPITALS) >= 2, bf16.text
     assert bf16.token_ids[:8] == answers["float32"].token_ids[:8]
+
+
+def test_paddle_ops_and_native_kernels_give_the_same_greedy_tokens(default_model_dir):
+    """The fallback path (--cpu-kernels paddle: GPU, CPUs without AVX-512) stays covered: same tokens."""
+    greedy = SamplingParams(max_tokens=40, temperature=0.0)
+    questions = ("List 3 countries and their capitals.", "写一首关于春天的诗")
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    tokens = {}
+    for kernels in ("paddle", "auto"):
+        with LLM(default_model_dir, num_threads=2, cpu_kernels=kernels) as llm:
+            tokens[kernels] = [c.token_ids for c in llm.chat(chats, greedy)]
+    assert tokens["paddle"] == tokens["auto"]
