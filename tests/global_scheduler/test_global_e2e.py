@@ -127,17 +127,23 @@ class Instance:
         self.proc.wait(30)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Instance]]:
+def _started_redis(tmp_path_factory: pytest.TempPathFactory, name: str) -> RedisServer:
+    """A running redis-server for a module's launchers; skips when tritonserver or redis-server is missing."""
     try:
         locate()
     except TritonNotFound as e:
         pytest.skip(f"tritonserver not set up: {e}")
     try:
-        redis = RedisServer(tmp_path_factory.mktemp("redis"))
+        redis = RedisServer(tmp_path_factory.mktemp(name))
     except FileNotFoundError:
         pytest.skip("redis-server is not installed (Debian package redis-server)")
     redis.start()
+    return redis
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Instance]]:
+    redis = _started_redis(tmp_path_factory, "redis")
     insts: dict[str, Instance] = {}
     try:
         for name, topic in (("A", "t"), ("B", "t"), ("C", "other")):
@@ -239,15 +245,7 @@ def _read(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def lone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Instance, RedisServer]]:
     """One instance with one engine slot and a 2 s scheduler TTL."""
-    try:
-        locate()
-    except TritonNotFound as e:
-        pytest.skip(f"tritonserver not set up: {e}")
-    try:
-        redis = RedisServer(tmp_path_factory.mktemp("redis2"))
-    except FileNotFoundError:
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    redis.start()
+    redis = _started_redis(tmp_path_factory, "redis2")
     inst = Instance(
         tmp_path_factory.mktemp("lone"),
         redis.port,
