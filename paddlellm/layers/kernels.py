@@ -25,10 +25,6 @@ class Kernels:
     gemm: Gemm
     decode_attention: NativeDecodeAttention | None = None  # None: Paddle's gather + matmul path
 
-    @property
-    def name(self) -> str:
-        return "native" if self.decode_attention is not None else "paddle"
-
 
 def select_kernels(config: EngineConfig) -> Kernels:
     bf16 = config.dtype == "bfloat16"
@@ -46,4 +42,6 @@ def select_kernels(config: EngineConfig) -> Kernels:
     if bf16 and BF16_CPU_FLAG not in cpu_flags():
         raise ConfigError(f"dtype='bfloat16': this CPU lacks {BF16_CPU_FLAG}")
     threads = config.threads_per_rank
-    return Kernels(PackedGemm(native, threads, bf16), NativeDecodeAttention(native, threads))
+    gemm = PackedGemm(native, threads, bf16)
+    log.info("native CPU kernels: %s GEMM + decode attention, %d threads", gemm.name, threads)
+    return Kernels(gemm, NativeDecodeAttention(native, threads))
