@@ -3,13 +3,15 @@ offline decode throughput on the same model and workload.
 
     python benchmarks/bench_stack.py [--url http://HOST:PORT] [--model DIR] [--concurrency 1,8,32]
         [--rounds 2] [--repeats 2] [--max-tokens 64] [--threads 0] [--no-offline] [--profile] [--out DIR]
+        [--launcher-arg=--stream-interval=4] [--stack-env NAME=VALUE]
 
 Without --url it starts the stack itself (`python -m gateway.api_server` on a free loopback port with
 --max-num-seqs = the largest concurrency, so that level decodes as one batch) and stops it afterwards.
 Per concurrency level C, C clients each send --rounds greedy streaming chat requests back to back
 (max_tokens tokens each, ignore_eos, so every request generates the same count) with httpx. Measured:
 - TTFT: request sent -> first chunk carrying tokens;
-- ITL: gaps between consecutive token-carrying chunks of one stream (one chunk per engine step);
+- ITL: gaps between consecutive token-carrying chunks of one stream (one chunk per engine step, or per k
+  steps with --stream-interval k: `tokens/chunk` says which);
 - output tok/s: sum of completion_tokens (usage) / (first send -> last stream end), prefill included;
 - batch decode tok/s: tokens arriving while the whole first round is decoding (from the last first token
   of round 1 to the first end of round 1) / that window - the stack-side twin of bench_engine's decode
@@ -78,12 +80,13 @@ class LevelStats:
     batch_decode_tok_s: float
     prompt_tokens: int
     load_avg: float
+    tokens_per_chunk: float = 1.0
     offline_decode_tok_s: float = float("nan")
     repeat: int = 0
 
 
 _NUMERIC = ("ttft_p50_ms", "ttft_p90_ms", "itl_p50_ms", "itl_p90_ms", "output_tok_s", "batch_decode_tok_s",
-            "load_avg", "offline_decode_tok_s")
+            "load_avg", "offline_decode_tok_s", "tokens_per_chunk")
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -112,6 +115,7 @@ def summarize(concurrency: int, recs: list[StreamRecord], load_avg: float) -> Le
         batch_decode_tok_s=in_window / (hi - lo) if hi > lo else float("nan"),
         prompt_tokens=int(statistics.median(r.prompt_tokens for r in recs)),
         load_avg=load_avg,
+        tokens_per_chunk=sum(n for r in recs for n in r.tokens) / max(1, sum(len(r.tokens) for r in recs)),
     )
 
 
@@ -178,14 +182,15 @@ class Stack:
     """`python -m gateway.api_server` in its own session; stop() sends SIGTERM (the launcher stops
     tritonserver and the gateway itself) and kills the group if it lingers."""
 
-    def __init__(self, model: Path, max_num_seqs: int, extra: list[str], log: Path) -> None:
+    def __init__(self, model: Path, max_num_seqs: int, extra: list[str], log: Path,
+                 env_extra: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.run_dir = Path(tempfile.mkdtemp(prefix="paddlellm-bench-"))
         argv = [sys.executable, "-m", "gateway.api_server", "--host", "127.0.0.1", "--port", str(self.port),
                 "--run-dir", str(self.run_dir), "--model", str(model), "--max-num-seqs", str(max_num_seqs),
                 *extra]
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, PYTHONPATH=path)
+        env = dict(os.environ, PYTHONPATH=path, **(env_extra or {}))
         self.log = log
         self._log_file = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
@@ -258,14 +263,14 @@ def chat_prompt_len(model: Path) -> int:
 # -------------------------------------------------------------------------------------------- report
 def table(stats: list[LevelStats]) -> str:
     head = ["concurrency", "repeat", "requests", "TTFT p50 (ms)", "TTFT p90 (ms)", "ITL p50 (ms)",
-            "ITL p90 (ms)", "output tok/s", "batch decode tok/s", "offline decode tok/s", "ratio output",
-            "ratio decode", "load avg"]
+            "ITL p90 (ms)", "tokens/chunk", "output tok/s", "batch decode tok/s", "offline decode tok/s",
+            "ratio output", "ratio decode", "load avg"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for s in stats:
         off = s.offline_decode_tok_s
         lines.append(
             f"| {s.concurrency} | {s.repeat} | {s.requests} | {s.ttft_p50_ms:.0f} | {s.ttft_p90_ms:.0f} "
-            f"| {s.itl_p50_ms:.1f} | {s.itl_p90_ms:.1f} "
+            f"| {s.itl_p50_ms:.1f} | {s.itl_p90_ms:.1f} | {s.tokens_per_chunk:.2f} "
             f"| {s.output_tok_s:.1f} | {s.batch_decode_tok_s:.1f} | {off:.1f} "
             f"| {s.output_tok_s / off:.0%} | {s.batch_decode_tok_s / off:.0%} | {s.load_avg:.1f} |"
         )
@@ -321,6 +326,8 @@ def main() -> int:
                     help="engine math threads, stack (--num-threads) and offline alike; 0 = all cores")
     ap.add_argument("--no-offline", action="store_true", help="skip the engine's offline reference")
     ap.add_argument("--launcher-arg", action="append", default=[], help="extra launcher flag (repeatable)")
+    ap.add_argument("--stack-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment variable for the stack only, not the offline run (repeatable)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stack")
     ap.add_argument("--profile", action="store_true",
                     help="per level: CPU per stack process and Triton's model statistics (stack_profile.py)")
@@ -336,7 +343,8 @@ def main() -> int:
     if args.url:
         base_url = args.url.rstrip("/").removesuffix("/v1") + "/v1"
     else:
-        stack = Stack(args.model, max(levels), args.launcher_arg, args.out / "launcher.log")
+        stack_env = dict(kv.split("=", 1) for kv in args.stack_env)
+        stack = Stack(args.model, max(levels), args.launcher_arg, args.out / "launcher.log", stack_env)
         base_url = stack.base_url
     stats: list[LevelStats] = []
     profiles: list[dict] = []

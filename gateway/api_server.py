@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         "requests may always say 'default'",
     )
     g.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="tokens per streamed chunk after the first, unless a request sets "
+        "max_streaming_response_tokens; larger values cost the serving path less CPU per token at the "
+        "price of k-token bursts",
+    )
+    g.add_argument(
         "--run-dir",
         type=Path,
         default=None,
@@ -259,6 +267,7 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             reasoning_starts_inside=markers[2] if markers else False,
             **sampling_defaults(model),
             metrics_port=args.metrics_port if args.metrics_port not in (None, args.port) else None,
+            stream_interval=args.stream_interval,
             **_global_scheduler(args),
         )
     except ConfigError as e:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from paddlellm.sampling import MAX_STREAM_INTERVAL
+
 _MAX_STOP = 16  # OpenAI allows 4; a few more cost nothing
 
 
@@ -81,6 +83,8 @@ class _SamplingFields(_Strict):
     min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
+    # FastDeploy's: at most this many tokens per streamed chunk (also accepted in `metadata`).
+    max_streaming_response_tokens: int | None = Field(None, ge=1, le=MAX_STREAM_INTERVAL)
     # Known OpenAI fields that are accepted and ignored.
     user: str | None = None
     logprobs: Any = None

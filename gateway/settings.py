@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from paddlellm.errors import ConfigError
+from paddlellm.sampling import MAX_STREAM_INTERVAL
 
 # The only environment variable the gateway reads: the path of a settings JSON file (see `from_env`).
 SETTINGS_ENV = "PADDLELLM_GATEWAY_SETTINGS"
@@ -56,6 +57,8 @@ class GatewaySettings:
     """With the global scheduler: requests one worker runs at once (its share of --max-num-seqs)."""
     metrics_port: int | None = None
     """Where the metrics server listens; None or the main port: /metrics on the gateway app (issue 6)."""
+    stream_interval: int = 1
+    """Tokens per streamed chunk after the first, for requests without max_streaming_response_tokens."""
 
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
@@ -73,6 +76,11 @@ class GatewaySettings:
             )
         if self.default_top_p is not None and not 0.0 < self.default_top_p <= 1.0:
             raise ConfigError(f"gateway 'default_top_p' must be in (0, 1] (got {self.default_top_p})")
+        if not 1 <= self.stream_interval <= MAX_STREAM_INTERVAL:
+            raise ConfigError(
+                f"gateway 'stream_interval' must be between 1 and {MAX_STREAM_INTERVAL} "
+                f"(got {self.stream_interval})"
+            )
         if not self.served_model_name:
             raise ConfigError("gateway 'served_model_name' must not be empty")
 

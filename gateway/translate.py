@@ -15,11 +15,12 @@ from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.reasoning import ReasoningSplitter
 from gateway.settings import GatewaySettings
 from paddlellm.errors import EngineError, InvalidRequest
-from paddlellm.sampling import SamplingParams
+from paddlellm.sampling import MAX_STREAM_INTERVAL, SamplingParams
 from paddlellm.text.stop import StopStringMatcher
 
 Kind = Literal["chat", "completion"]
 DEFAULT_MAX_TOKENS = 16
+NON_STREAMING_INTERVAL = 16  # tokens per engine response for a non-streamed answer (see _stream_interval)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def sampling_params(
         "min_tokens": _min_tokens(req),
         "ignore_eos": req.ignore_eos,
         "stop_token_ids": req.stop_token_ids,
+        "stream_interval": _stream_interval(req, settings),
     }
     sent = {k: v for k, v in values.items() if v is not None}
     sent["max_tokens"] = max_tokens  # None (chat's default) means "to the end of the context"
@@ -80,13 +82,36 @@ def sampling_params(
 def _min_tokens(req: ChatCompletionRequest | CompletionRequest) -> int | None:
     if req.min_tokens is not None:
         return req.min_tokens
-    raw = (req.metadata or {}).get("min_tokens")
+    return _metadata_int(req, "min_tokens")
+
+
+def _stream_interval(req: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings) -> int:
+    """Tokens per response after the first: the request's `max_streaming_response_tokens` (FastDeploy's field,
+    top level or in metadata), else --stream-interval. A non-streamed answer is only read whole, so it takes
+    at least NON_STREAMING_INTERVAL: its stop strings are then seen up to that many tokens late, and the
+    tokens past the match are computed and dropped."""
+    n = req.max_streaming_response_tokens  # range-checked by the schema
+    if n is None:
+        n = _metadata_int(req, "max_streaming_response_tokens")
+        if n is not None and not 1 <= n <= MAX_STREAM_INTERVAL:
+            raise InvalidRequest(
+                f"'metadata.max_streaming_response_tokens' must be between 1 and {MAX_STREAM_INTERVAL}, "
+                f"got {n}",
+                param="metadata.max_streaming_response_tokens",
+            )
+    if n is None:
+        n = settings.stream_interval
+    return n if req.stream else max(n, NON_STREAMING_INTERVAL)
+
+
+def _metadata_int(req: ChatCompletionRequest | CompletionRequest, name: str) -> int | None:
+    raw = (req.metadata or {}).get(name)
     if raw is None:
         return None
     # OpenAI types metadata values as strings; accept "3" and 3.
     if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).strip().isdigit():
         raise InvalidRequest(
-            f"'metadata.min_tokens' must be a non-negative integer, got {raw!r}", param="metadata.min_tokens"
+            f"'metadata.{name}' must be a non-negative integer, got {raw!r}", param=f"metadata.{name}"
         )
     return int(raw)
 

@@ -15,6 +15,7 @@ from typing import Any
 from paddlellm.errors import InvalidRequest
 
 _MAX_SEED = 2**63 - 1
+MAX_STREAM_INTERVAL = 4096
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class SamplingParams:
     min_tokens: int = 0  # EOS and stop ids are suppressed until this many tokens are generated
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # Output granularity, not sampling: after the first token, the serving adapter sends a response every
+    # `stream_interval` tokens (and at the end). Fewer responses per step cost the serving path less CPU.
+    stream_interval: int = 1
 
     def __post_init__(self) -> None:
         def bad(param: str, why: str) -> InvalidRequest:
@@ -51,6 +55,8 @@ class SamplingParams:
             raise bad("min_tokens", f"must be <= max_tokens ({self.max_tokens})")
         if any(t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative token ids")
+        if not 1 <= self.stream_interval <= MAX_STREAM_INTERVAL:
+            raise bad("stream_interval", f"must be between 1 and {MAX_STREAM_INTERVAL}")
 
     def with_room(self, room: int) -> SamplingParams:
         """Resolve max_tokens=None to the `room` left in the context (at least 1, so limits still apply)."""
@@ -99,7 +105,7 @@ class SamplingParams:
         return cls.from_dict(data)
 
 
-_INTS = {"max_tokens", "min_tokens", "seed"}
+_INTS = {"max_tokens", "min_tokens", "seed", "stream_interval"}
 _FLOATS = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
 
 

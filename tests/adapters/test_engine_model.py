@@ -391,3 +391,49 @@ def test_a_character_split_across_the_cut_comes_out_whole(pb: ModuleType, llama2
     window = [int(t) for t in out[p.WINDOW_IDS]]
     text = detokenize_step(tok, window, int(out[p.PREFIX_LEN][0]), final=True)
     assert text == "😀!"  # the lead byte came from the resumed ids, so the emoji is whole
+
+
+@pytest.mark.parametrize("interval", [3, 5])
+def test_stream_interval_sends_the_first_token_then_every_k(
+    pb: ModuleType, model: EngineModel, interval: int
+) -> None:
+    """stream_interval k: one response for the first token, then one per k tokens, the rest with the last; the
+    ids, their order, the windows and the counters are what per-token streaming would have sent."""
+    sampling = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
+    req = engine_request(pb, "k", prompt(9), {**sampling, "stream_interval": interval})
+    model.execute([req])
+    sender = req.get_response_sender()
+    wait_done(sender)
+    outs = outputs(sender)
+    sizes = [len(o[p.TOKEN_IDS]) for o in outs]
+    rest = 11 % interval
+    assert sizes == [1] + [interval] * (11 // interval) + ([rest] if rest else [])
+    got = [int(t) for o in outs for t in o[p.TOKEN_IDS]]
+    assert got == expected_tokens("k", prompt(9), **sampling)
+    assert int(outs[-1][p.COMPLETION_TOKENS][0]) == 12
+    assert outs[-1][p.FINISH_REASON][0].decode() == "length"
+    assert [s.flags for s in sender.sent][-1] == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+    emitted: list[int] = []
+    for o in outs:
+        window, prefix_len = [int(t) for t in o[p.WINDOW_IDS]], int(o[p.PREFIX_LEN][0])
+        assert window[:prefix_len] == emitted[len(emitted) - prefix_len :]
+        assert window[prefix_len:] == [int(t) for t in o[p.TOKEN_IDS]]
+        emitted += window[prefix_len:]
+
+
+def test_stream_interval_flushes_held_tokens_when_the_request_stops_early(
+    pb: ModuleType, model: EngineModel
+) -> None:
+    """A stop before the k-th token still delivers every held token, in the final response."""
+    full = expected_tokens("s", prompt(9), max_tokens=12, temperature=0.0, ignore_eos=True)
+    stop_at = full[6]
+    sampling = {"max_tokens": 12, "temperature": 0.0, "stop_token_ids": [stop_at], "stream_interval": 4}
+    req = engine_request(pb, "s", prompt(9), sampling)
+    model.execute([req])
+    sender = req.get_response_sender()
+    wait_done(sender)
+    outs = outputs(sender)
+    got = [int(t) for o in outs for t in o[p.TOKEN_IDS]]
+    assert got == full[: full.index(stop_at) + 1]
+    assert outs[-1][p.FINISH_REASON][0].decode() == "stop"
+    assert all(len(o[p.TOKEN_IDS]) <= 4 for o in outs)

@@ -11,7 +11,7 @@ from gateway.errors import from_validation, param_from_loc
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.reasoning import ReasoningSplitter
 from gateway.settings import GatewaySettings
-from gateway.translate import chat_request, completion_request, sampling_params
+from gateway.translate import NON_STREAMING_INTERVAL, chat_request, completion_request, sampling_params
 from paddlellm.errors import ConfigError, InvalidRequest
 from paddlellm.sampling import SamplingParams
 
@@ -55,10 +55,10 @@ def _chat(**kw: object) -> ChatCompletionRequest:
 
 def test_sampling_params_mapping_and_defaults() -> None:
     s = GatewaySettings(max_model_len=100)
-    p = sampling_params(_chat(), s)
+    p = sampling_params(_chat(stream=True), s)
     assert p == SamplingParams(max_tokens=None)  # chat: to the end of the context, as OpenAI and vLLM
     assert SamplingParams.from_json(p.to_json()).max_tokens is None
-    completion = CompletionRequest.model_validate({"model": "default", "prompt": "hi"})
+    completion = CompletionRequest.model_validate({"model": "default", "prompt": "hi", "stream": True})
     assert sampling_params(completion, s) == SamplingParams(max_tokens=16)  # legacy completions default
     p = sampling_params(
         _chat(max_tokens=5, temperature=0, top_p=0.5, seed=7, metadata={"min_tokens": "2"}), s
@@ -74,12 +74,32 @@ def test_sampling_params_mapping_and_defaults() -> None:
         ({"max_completion_tokens": 500}, "max_completion_tokens"),
         ({"max_tokens": 3, "min_tokens": 4}, "min_tokens"),
         ({"metadata": {"min_tokens": "x"}}, "metadata.min_tokens"),
+        ({"metadata": {"max_streaming_response_tokens": "0"}}, "metadata.max_streaming_response_tokens"),
+        ({"metadata": {"max_streaming_response_tokens": 10**6}}, "metadata.max_streaming_response_tokens"),
     ],
 )
 def test_sampling_params_errors_name_the_field(kw: dict, param: str) -> None:
     with pytest.raises(InvalidRequest) as e:
         sampling_params(_chat(**kw), GatewaySettings(max_model_len=100))
     assert e.value.param == param
+
+
+def test_stream_interval_from_the_request_its_metadata_or_the_flag() -> None:
+    s = GatewaySettings(max_model_len=100, stream_interval=3)
+
+    def interval(**kw: object) -> int:
+        return sampling_params(_chat(**kw), s).stream_interval
+
+    assert interval(stream=True) == 3  # --stream-interval
+    assert interval(stream=True, max_streaming_response_tokens=2) == 2  # FastDeploy's field wins
+    assert interval(stream=True, metadata={"max_streaming_response_tokens": "5"}) == 5
+    # Nobody sees the chunks of a non-streamed answer: at least NON_STREAMING_INTERVAL tokens per response.
+    assert interval() == NON_STREAMING_INTERVAL
+    assert interval(max_streaming_response_tokens=40) == 40
+    with pytest.raises(ValidationError):
+        _chat(max_streaming_response_tokens=0)
+    with pytest.raises(ConfigError):
+        GatewaySettings(stream_interval=0)
 
 
 def test_chat_request_flattens_text_parts_and_keeps_roles() -> None:

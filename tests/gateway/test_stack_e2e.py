@@ -140,11 +140,16 @@ def test_streamed_equals_non_streamed(stack: Stack, content: str) -> None:
     with httpx.Client(base_url=stack.url, timeout=120) as c:
         plain = c.post("/v1/chat/completions", json=body).json()["choices"][0]
         r = c.post("/v1/chat/completions", json={**body, "stream": True})
-    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
-    assert r.text.rstrip().endswith("data: [DONE]")
-    streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
-    assert streamed == plain["message"]["content"]
-    assert [i for e in events for i in e["choices"][0]["delta"]["token_ids"]] == plain["token_ids"]
+        # Stream interval 3: the engine sends the first token, then 3 per response (and the rest at the end).
+        r3 = c.post("/v1/chat/completions", json={**body, "stream": True, "max_streaming_response_tokens": 3})
+    for resp in (r, r3):
+        events = [json.loads(line[6:]) for line in resp.text.splitlines() if line.startswith("data: {")]
+        assert resp.text.rstrip().endswith("data: [DONE]")
+        streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+        assert streamed == plain["message"]["content"]
+        assert [i for e in events for i in e["choices"][0]["delta"]["token_ids"]] == plain["token_ids"]
+    sizes = [n for e in events if (n := len(e["choices"][0]["delta"]["token_ids"]))]
+    assert sizes[0] == 1 and set(sizes[1:-1]) <= {3} and sizes[-1] <= 3, sizes
 
 
 @pytest.mark.parametrize(
