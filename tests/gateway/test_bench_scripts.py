@@ -96,8 +96,21 @@ def test_bench_stack_summary_definitions() -> None:
     assert s.output_tok_s == pytest.approx(8 / 1.0)
     # Window (0.6, 0.8]: a's 0.7 and 0.8, b's 0.7 and 0.8 -> 4 tokens in 0.2 s.
     assert s.batch_decode_tok_s == pytest.approx(20.0)
+    assert s.tokens_per_chunk == pytest.approx(1.0)
     table = bench.table([bench.dataclasses.replace(s, offline_decode_tok_s=25.0)])
     assert "| 2 | 0 | 2 |" in table and "80%" in table and "32%" in table
+    # A stream interval: 1 token, then chunks of 3 -> 7 tokens in 3 chunks.
+    k = rec(sent=0.0, arrivals=[0.5, 0.8, 1.1], tokens=[1, 3, 3], ended=1.1, completion_tokens=7)
+    assert bench.summarize(1, [k], load_avg=1.0).tokens_per_chunk == pytest.approx(7 / 3)
+
+
+def test_wakeup_interference_help() -> None:
+    script = REPO / "benchmarks" / "wakeup_interference.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--repeats" in out.stdout and "--batch" in out.stdout
 
 
 def test_bench_stack_medians_pair_each_level() -> None:
