@@ -92,6 +92,7 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--scheduler-name", "global", "--scheduler-topic", "a b"], "--scheduler-topic"),
         (["--enable-mm"], "not supported yet"),
         (["--use-warmup", "2"], "--use-warmup: invalid choice"),
+        (["--stream-interval", "0"], "--stream-interval must be between 1 and 4096"),
     ],
 )
 def test_bad_flags_fail_fast_naming_the_flag(argv: list[str], needle: str, model: Path, capsys) -> None:
@@ -134,6 +135,8 @@ def test_dry_run_maps_flags_to_engine_and_gateway_config(model: Path, capsys) ->
         "60",
         "--metrics-port",
         "9100",
+        "--stream-interval",
+        "4",
     ]
     assert main(argv) == 0
     cfg = json.loads(capsys.readouterr().out)
@@ -152,6 +155,7 @@ def test_dry_run_maps_flags_to_engine_and_gateway_config(model: Path, capsys) ->
     ) == (100, 128, 0.5)
     assert (engine["scheduler_max_size"], engine["scheduler_ttl"]) == (10, 60.0)
     assert gateway["max_model_len"] == 512 and gateway["api_key"] == "***" and gateway["metrics_port"] == 9100
+    assert gateway["stream_interval"] == 4
     assert (cfg["port"], cfg["workers"]) == (8188, 3)
 
 
