@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="tokens per streamed chunk after the first, unless a request sets "
-        "max_streaming_response_tokens; larger values cost the serving path less CPU per token at the "
+        "max_streaming_response_tokens; larger values wake the serving path less often per token at the "
         "price of k-token bursts",
     )
     g.add_argument(

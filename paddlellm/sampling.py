@@ -30,7 +30,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     # Output granularity, not sampling: after the first token, the serving adapter sends a response every
-    # `stream_interval` tokens (and at the end). Fewer responses per step cost the serving path less CPU.
+    # `stream_interval` tokens (and at the end). Fewer responses mean fewer wake-ups along the serving path.
     stream_interval: int = 1
 
     def __post_init__(self) -> None:

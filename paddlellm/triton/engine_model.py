@@ -198,9 +198,10 @@ class EngineModel:
         """Stream interval: the first tokens go out at once (time to first token), then ids are held until
         `interval` of them are ready; the last output flushes them. None: nothing to send yet.
 
-        Every response costs the serving path the same CPU whatever it carries (Triton's two hops, the
-        detokenizer, the gateway's SSE chunk), so an interval of k divides that cost by k at the price of
-        k-token bursts."""
+        Every response costs the serving path the same whatever it carries: Triton's two hops, the
+        detokenizer and the gateway's SSE chunk each wake a process, and on a small CPU those wake-ups
+        preempt the engine's math threads (docs/serving-perf.md). An interval of k divides that cost by k at
+        the price of k-token bursts."""
         ready = len(stream.pending) + len(out.new_token_ids)
         if not out.finished and stream.sent_tokens and ready < stream.interval:
             stream.pending.extend(out.new_token_ids)
