@@ -395,8 +395,11 @@ def test_a_run_cut_by_a_redis_error_resumes_elsewhere(redis_server: RedisServer)
         try:
             ids, text, who = await asyncio.wait_for(ask(a, "cut", 30), 20)
             check_answer("cut", ids, text, 30)
-            assert who[:4] == ["B"] * 4 and set(who[4:]) <= {"A", "B"} and len(set(who)) == 2, who
+            # The requeued run may go to A or back to B (B is alive: it only lost one write), whichever
+            # claims it first; either way it continues after the 4 ids already streamed, not from scratch.
+            assert who[:4] == ["B"] * 4 and set(who[4:]) <= {"A", "B"}, who
             assert a.stats.reaped_leases + b.stats.reaped_leases == 1
+            assert a.stats.resumed + b.stats.resumed == 1
             await busy
         finally:
             await a.stop()
