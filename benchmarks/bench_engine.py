@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py [--model DIR ...] [--batches 1,8,32] [--prompt-len 32]
         [--new-tokens 128] [--prefill-len 512] [--threads 2] [--repeats 2] [--no-hf] [--out DIR]
+        [--variants auto,avx2,avx2:bfloat16,paddle]
 
 Default models: SmolLM2-135M (<repo>/.models/SmolLM2-135M-Instruct) and a generated ~15M Llama
 (make_tiny_model --size 15m, built once into .models/llama-15m-bench). Per model and batch size B, B greedy
@@ -11,8 +12,10 @@ requests with random --prompt-len-token prompts generate --new-tokens tokens eac
 - prefill tok/s = prefill_len / time of one request of --prefill-len tokens with max_tokens=1.
 transformers runs the same workload in its own process (torch threads = --threads; its prefill is timed as
 one forward of the batch and subtracted from generate's time). The machine is shared, so every point is
-measured --repeats times (alternating implementations) and the best is kept. Prints a markdown table and
-writes results.json and bench_engine.png to --out.
+measured --repeats times (alternating implementations) and the best is kept. --variants lists the engine
+configurations to compare, each `cpu_kernels[:dtype]` (e.g. `avx512_bf16`, `avx2` forced on an AVX-512
+machine, `avx2:bfloat16`, `paddle`). Prints a markdown table (with the CPU's model name) and writes
+results.json and bench_engine.png to --out.
 """
 
 from __future__ import annotations
@@ -173,11 +176,10 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="runs per implementation; the best is kept")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers reference")
     ap.add_argument(
-        "--compare-kernels",
-        action="store_true",
-        help="also run the engine on Paddle's ops (--cpu-kernels paddle)",
+        "--variants",
+        default="auto",
+        help="comma-separated engine variants cpu_kernels[:dtype], e.g. auto,avx2,avx2:bfloat16,paddle",
     )
-    ap.add_argument("--bf16", action="store_true", help="also run the engine with --dtype bfloat16")
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -187,11 +189,11 @@ def main() -> int:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for path in models:
         name = os.path.basename(path.rstrip("/"))
-        impls = {"paddlellm": engine_bench}
-        if args.compare_kernels:
-            impls["paddlellm (paddle ops)"] = functools.partial(engine_bench, cpu_kernels="paddle")
-        if args.bf16:
-            impls["paddlellm (bf16 weights)"] = functools.partial(engine_bench, dtype="bfloat16")
+        impls = {}
+        for variant in args.variants.split(","):
+            kernels, _, dtype = variant.partition(":")
+            label = "paddlellm" if variant == "auto" else f"paddlellm ({kernels}, {dtype or 'float32'})"
+            impls[label] = functools.partial(engine_bench, cpu_kernels=kernels, dtype=dtype or "float32")
         if not args.no_hf:
             impls["transformers"] = hf_bench
         results[name] = {}
@@ -202,8 +204,11 @@ def main() -> int:
                 for key, value in run.items():
                     best[key] = max(best[key], value)
     cols = [f"decode b={b}" for b in batches] + [f"prefill ({args.prefill_len})"]
+    from paddlellm.cpu import read_cpu
+
     print(
-        f"\ntokens/s, fp32, {args.threads} threads, prompt {args.prompt_len}, {args.new_tokens} new tokens\n"
+        f"\n{read_cpu().describe()}\ntokens/s, {args.threads} threads, prompt {args.prompt_len}, "
+        f"{args.new_tokens} new tokens\n"
     )
     print("| model | impl | " + " | ".join(cols) + " |")
     print("|---|---|" + "---:|" * len(cols))

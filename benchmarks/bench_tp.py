@@ -3,9 +3,8 @@
   python benchmarks/bench_tp.py allreduce   shm all-reduce vs paddle.distributed gloo, 2 ranks
   python benchmarks/bench_tp.py decode      decode tokens/s of a generated ~100M llama, TP=1 vs TP=2
 
-Each prints a table and writes a PNG next to --out (default run/bench_tp_*.png). Run with
-MKL_DEBUG_CPU_TYPE=5 in the environment; other load on the machine makes the numbers noisy, so every point
-is the median of several repeats.
+Each prints a table and writes a PNG next to --out (default run/bench_tp_*.png).
+Other load on the machine makes the numbers noisy, so every point is the median of several repeats.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ render the dashboard's panels with matplotlib (docs/metrics-dashboard.png) and p
 
 The panels are defined once (benchmarks/metrics_panels.py): each series has the PromQL the Grafana
 dashboard uses and the same computation over the scraped samples, so the PNG shows what Grafana would.
-Run with MKL_DEBUG_CPU_TYPE=5; other jobs on the machine make the latencies noisy.
+Other jobs on the machine make the latencies noisy.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def start_stack(args: argparse.Namespace, run_dir: Path, port: int) -> subproces
         "--workers",
         str(args.workers),
     ]
-    env = {**os.environ, "MKL_DEBUG_CPU_TYPE": "5", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

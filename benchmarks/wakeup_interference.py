@@ -1,6 +1,6 @@
 """How much a small, bursty neighbour slows the engine's offline decode: the serving path's cost model.
 
-    MKL_DEBUG_CPU_TYPE=5 python benchmarks/wakeup_interference.py [--model DIR] [--batch 32] [--repeats 3]
+    python benchmarks/wakeup_interference.py [--model DIR] [--batch 32] [--repeats 3]
 
 The serving stack (tritonserver, the python-backend stubs, the gateway, the load generator) shares the cores
 with the engine's math threads and works in many short bursts: one burst per process per response. This

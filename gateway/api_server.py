@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.launcher import Launcher, LaunchPlan
 from gateway.settings import GatewaySettings
-from paddlellm.config import EngineConfig
+from paddlellm.config import CPU_KERNEL_CHOICES, DTYPE_CHOICES, EngineConfig
 from paddlellm.errors import ConfigError
 from paddlellm.tritonenv import REPO_ROOT
 
@@ -117,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help=_help("device"))
     m.add_argument("--num-threads", type=int, default=0, help=_help("num_threads"))
     m.add_argument(
-        "--cpu-kernels", choices=("auto", "native", "paddle"), default="auto", help=_help("cpu_kernels")
+        "--cpu-kernels", choices=CPU_KERNEL_CHOICES, default="auto", help=_help("cpu_kernels")
     )
-    m.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=_help("dtype"))
+    m.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help=_help("dtype"))
     m.add_argument("--seed", type=int, default=0, help=_help("seed"))
     m.add_argument("--enable-mm", action="store_true", help="accept multimodal content parts")
     s = p.add_argument_group("scheduler")

@@ -34,6 +34,7 @@ from typing import IO
 from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import SETTINGS_ENV, GatewaySettings
 from paddlellm.config import EngineConfig
+from paddlellm.cpu import read_cpu
 from paddlellm.triton.render import engine_params, render_model_repository
 from paddlellm.tritonenv import REPO_ROOT, TritonInstall, locate
 
@@ -76,9 +77,10 @@ _LOADED = re.compile(r"\"successfully loaded '([\w-]+)'\"")
 
 def _triton_env(install: TritonInstall) -> dict[str, str]:
     env = install.launch_env()
-    # MKL picks its slow generic path on some CPUs unless told otherwise; it reads this once, when the
-    # engine's stub loads paddle, so it has to be in tritonserver's environment.
-    env.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    # What MKL needs on this CPU (AMD: its AVX2 kernels; Intel: nothing), in tritonserver's environment so
+    # the engine's stub has it before paddle loads; the engine also applies it itself (worker/cpu_tuning.py).
+    for key, value in read_cpu().mkl_env().items():
+        env.setdefault(key, value)
     return env
 
 

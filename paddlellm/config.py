@@ -14,7 +14,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from paddlellm.cpu import KERNEL_ISAS
 from paddlellm.errors import ConfigError
+
+CPU_KERNEL_CHOICES = ("auto", "native", *KERNEL_ISAS, "paddle")
+DTYPE_CHOICES = ("float32", "bfloat16")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -40,13 +44,16 @@ class EngineConfig:
     num_threads: int = _f(0, "math threads per rank; 0 = all cores / tensor_parallel_size")
     cpu_kernels: str = _f(
         "auto",
-        "CPU GEMMs and decode attention: native (the project's AVX-512 C kernels), paddle (Paddle's ops), "
-        "or auto (native when they build on this CPU)",
+        "CPU GEMMs, decode attention and RMSNorm: auto (the project's C kernels for the best ISA this CPU "
+        "has: avx512_bf16 > avx512 > avx2; else Paddle's ops), native (the same, or fail), avx512_bf16 / "
+        "avx512 / avx2 (force that ISA's kernels, e.g. a lower one; fails if the CPU lacks it), or paddle "
+        "(Paddle's ops)",
     )
     dtype: str = _f(
         "float32",
-        "weight precision of the linear layers: float32, or bfloat16 (CPU native kernels on AVX512_BF16 "
-        "CPUs: half the weight memory traffic, activations rounded to bf16, fp32 accumulation)",
+        "weight precision of the linear layers: float32, or bfloat16 (CPU native kernels, any ISA: half the "
+        "weight memory traffic, activations rounded to bf16, fp32 accumulation; vdpbf16ps on AVX512_BF16, "
+        "widened to fp32 in registers elsewhere)",
     )
     scheduler_max_size: int = _f(-1, "most requests waiting in the engine queue; -1 = unbounded")
     scheduler_ttl: float = _f(900.0, "seconds a request may wait before it starts; then it fails")
@@ -81,10 +88,10 @@ class EngineConfig:
             raise bad("device", "must be 'cpu' or 'gpu'")
         if self.num_threads < 0:
             raise bad("num_threads", "must be >= 0")
-        if self.cpu_kernels not in ("auto", "native", "paddle"):
-            raise bad("cpu_kernels", "must be 'auto', 'native' or 'paddle'")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise bad("dtype", "must be 'float32' or 'bfloat16'")
+        if self.cpu_kernels not in CPU_KERNEL_CHOICES:
+            raise bad("cpu_kernels", f"must be one of {', '.join(CPU_KERNEL_CHOICES)}")
+        if self.dtype not in DTYPE_CHOICES:
+            raise bad("dtype", f"must be one of {', '.join(DTYPE_CHOICES)}")
         if self.scheduler_max_size < -1 or self.scheduler_max_size == 0:
             raise bad("scheduler_max_size", "must be -1 (unbounded) or >= 1")
         if self.scheduler_ttl <= 0:

@@ -3,6 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
-export MKL_DEBUG_CPU_TYPE=5
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

@@ -72,8 +72,6 @@ def rank_env(rank: int, world: int, endpoints: list[str], device: str, threads: 
 
 def apply_rank_env(rank: int, world: int, endpoints: list[str], device: str, threads: int) -> None:
     os.environ.update(rank_env(rank, world, endpoints, device, threads))
-    # Without it MKL picks slow code paths on some AMD CPUs; keep a value the launcher chose.
-    os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
 
 
 def configure_paddle(device: str, threads: int, rank: int = 0) -> None:

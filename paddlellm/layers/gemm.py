@@ -1,12 +1,14 @@
 """How a layer multiplies activations by a weight: `Gemm.weight(w, bias)` prepares an HF `[out, in]` matrix
 once at load; the returned `GemmWeight(x)` computes `x @ w.T (+ bias)` for x `[..., in]`.
 
-- `PaddleGemm`: the weight stored `[in, out]` for `paddle.matmul` (GPU, and CPUs without AVX-512).
-- `PackedGemm`: the weight packed into 32-column panels for the project's AVX-512 kernel
-  (paddlellm/native/packed_sgemm.c): at decode batch sizes 2-4x faster than eager Paddle's MKL here, bias
-  fused, and a row's result independent of the batch around it. Only the packed copy is kept.
-  With `bf16=True` (`--dtype bfloat16`) the panels hold bf16 weight pairs for `vdpbf16ps`: half the bytes,
-  activations rounded to bf16 per call, fp32 accumulation.
+- `PaddleGemm`: the weight stored `[in, out]` for `paddle.matmul` (GPU, `--cpu-kernels paddle`, and CPUs
+  with no native kernel ISA).
+- `PackedGemm`: the weight packed into column panels (their width is the loaded library's, 32 on AVX-512 and
+  16 on AVX2) for the project's kernel (paddlellm/native/packed_sgemm.c): at decode batch sizes 2-4x faster
+  than eager Paddle's MKL here, bias fused, and a row's result independent of the batch around it. Only the
+  packed copy is kept. With `bf16=True` (`--dtype bfloat16`) the panels hold bf16 weight pairs (`vdpbf16ps`
+  on AVX512_BF16, widened to fp32 in registers elsewhere): half the bytes, activations rounded to bf16 per
+  call, fp32 accumulation.
 `layers/kernels.py` picks one from `EngineConfig.cpu_kernels`.
 """
 
@@ -19,8 +21,6 @@ import paddle
 from paddle import _C_ops
 
 from paddlellm.native.build import NativeLibrary
-
-PANEL = 32  # columns per packed panel (NR in packed_sgemm.c)
 
 
 def to_param(arr: np.ndarray) -> paddle.Tensor:
@@ -92,13 +92,13 @@ class PaddleGemm:
         return _ChunkedHeadWeight(rows, table)
 
 
-def pack_panels(w: np.ndarray) -> np.ndarray:
-    """[out, in] -> [ceil(out / 32), in, 32], zero-padded: panel p holds output columns 32p..32p+31."""
+def pack_panels(w: np.ndarray, nr: int) -> np.ndarray:
+    """[out, in] -> [ceil(out / nr), in, nr], zero-padded: panel p holds output columns [nr*p, nr*p + nr)."""
     n, k = w.shape
-    panels = -(-n // PANEL)
-    padded = np.zeros((panels * PANEL, k), np.float32)
+    panels = -(-n // nr)
+    padded = np.zeros((panels * nr, k), np.float32)
     padded[:n] = w
-    return np.ascontiguousarray(padded.reshape(panels, PANEL, k).transpose(0, 2, 1))
+    return np.ascontiguousarray(padded.reshape(panels, nr, k).transpose(0, 2, 1))
 
 
 def to_bf16_bits(a: np.ndarray) -> np.ndarray:
@@ -107,15 +107,15 @@ def to_bf16_bits(a: np.ndarray) -> np.ndarray:
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-def pack_panels_bf16(w: np.ndarray) -> np.ndarray:
-    """[out, in] -> [ceil(out / 32), ceil(in / 2), 32] uint32: lane j of k-pair q holds column j's bf16
+def pack_panels_bf16(w: np.ndarray, nr: int) -> np.ndarray:
+    """[out, in] -> [ceil(out / nr), ceil(in / 2), nr] uint32: lane j of k-pair q holds column j's bf16
     weights for inputs 2q (low half) and 2q + 1 (high half); zero-padded."""
     n, k = w.shape
     padded = np.zeros((n, k + k % 2), np.float32)
     padded[:, :k] = w
-    panels = pack_panels(padded)  # [P, K, 32] float32
+    panels = pack_panels(padded, nr)  # [P, K, nr] float32
     bits = to_bf16_bits(panels).astype(np.uint32)
-    pairs = bits.reshape(panels.shape[0], -1, 2, PANEL)  # [P, K/2, 2, 32]
+    pairs = bits.reshape(panels.shape[0], -1, 2, nr)  # [P, K/2, 2, nr]
     return np.ascontiguousarray(pairs[:, :, 0, :] | (pairs[:, :, 1, :] << 16))
 
 
@@ -127,15 +127,16 @@ class _PackedWeight:
         self._fn = native.lib.packed_sgemm_bf16 if bf16 else native.lib.packed_sgemm
         self._place = paddle.CPUPlace()
         self._threads = threads
+        nr = native.panel_width
         if bf16:
-            packed = paddle.to_tensor(pack_panels_bf16(w).view(np.int32))  # paddle has no uint32
+            packed = paddle.to_tensor(pack_panels_bf16(w, nr).view(np.int32))  # paddle has no uint32
             packed.stop_gradient = True
             self.packed = packed
         else:
-            self.packed = to_param(pack_panels(w))
+            self.packed = to_param(pack_panels(w, nr))
         self.bias = None
         if bias is not None:
-            padded = np.zeros(self.packed.shape[0] * PANEL, np.float32)
+            padded = np.zeros(self.packed.shape[0] * nr, np.float32)
             padded[: self.out_features] = bias
             self.bias = to_param(padded)
         # The tensors above live as long as this object, so their addresses can be taken once.
@@ -165,7 +166,7 @@ class _PackedWeight:
 class PackedGemm:
     def __init__(self, native: NativeLibrary, threads: int, bf16: bool = False) -> None:
         self.native, self.threads, self.bf16 = native, threads, bf16
-        self.name = "packed-bf16" if bf16 else "packed"
+        self.name = f"packed-{'bf16' if bf16 else 'fp32'}-{native.isa}"
 
     def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
         return _PackedWeight(self.native, self.threads, w, bias, self.bf16)

@@ -1,9 +1,16 @@
-"""Which implementation runs the CPU hot spots: the project's C kernels (paddlellm/native) or Paddle's ops.
+"""Which implementation runs the hot spots (GEMMs, decode attention, RMSNorm), chosen once per model from
+`EngineConfig.cpu_kernels` and the one CPU description (paddlellm/cpu.py):
 
-`select_kernels(config)` reads `EngineConfig.cpu_kernels` once per model: 'auto' = native when the device is
-the CPU and the kernels build here (AVX-512 + a C compiler), else Paddle; 'native' = native or a ConfigError
-saying why not; 'paddle' = Paddle's ops everywhere (the reference path, and GPU). `dtype='bfloat16'` needs the
-native kernels and a CPU with AVX512_BF16, and says so otherwise.
+- 'auto': the native library of the best kernel ISA the CPU has (avx512_bf16 > avx512 > avx2), else Paddle's
+  ops with a warning (no native ISA, no compiler, unwritable cache);
+- 'native': the same, but a ConfigError saying why instead of the fallback;
+- 'avx512_bf16' / 'avx512' / 'avx2': that ISA's library (forcing a lower ISA than the CPU's best, e.g. to test
+  the AVX2 kernels on an AVX-512 machine); a ConfigError when the CPU lacks it;
+- 'paddle': Paddle's ops everywhere (the reference path; always on GPU).
+On the Paddle path RMSNorm is Paddle's fused op only where it can run (GPU, CPUs with AVX-512), else
+plain ops.
+`dtype='bfloat16'` needs the native kernels (any ISA) and says so otherwise. Nothing selected here can
+execute an instruction the CPU description lacks; `Kernels.required_cpu_flags` says what each choice needs.
 """
 
 from __future__ import annotations
@@ -12,10 +19,12 @@ import logging
 from dataclasses import dataclass
 
 from paddlellm.config import EngineConfig
+from paddlellm.cpu import KERNEL_ISA_FLAGS, PADDLE_FUSED_CPU_FLAGS, CpuInfo, read_cpu
 from paddlellm.errors import ConfigError
 from paddlellm.layers.decode_attention import NativeDecodeAttention
 from paddlellm.layers.gemm import Gemm, PackedGemm, PaddleGemm
-from paddlellm.native.build import BF16_CPU_FLAG, NativeUnavailable, cpu_flags, load
+from paddlellm.layers.norm import FusedRMSNorm, NativeNorms, NormFactory, PaddleRMSNorm
+from paddlellm.native.build import NativeUnavailable, load
 
 log = logging.getLogger("paddlellm.kernels")
 
@@ -23,25 +32,50 @@ log = logging.getLogger("paddlellm.kernels")
 @dataclass(frozen=True)
 class Kernels:
     gemm: Gemm
+    norm: NormFactory
     decode_attention: NativeDecodeAttention | None = None  # None: Paddle's gather + matmul path
+    isa: str = "paddle"  # the native kernel ISA, or 'paddle'
+    required_cpu_flags: frozenset[str] = frozenset()  # every CPU flag the choices above execute
+
+    def describe(self) -> str:
+        norm = getattr(self.norm, "__name__", type(self.norm).__name__)
+        return f"{self.isa}: {getattr(self.gemm, 'name', '?')} GEMM, {norm} RMSNorm"
 
 
-def select_kernels(config: EngineConfig) -> Kernels:
-    bf16 = config.dtype == "bfloat16"
-    if config.device != "cpu" or config.cpu_kernels == "paddle":
+def paddle_kernels(device: str, cpu: CpuInfo) -> Kernels:
+    """Paddle's ops; its fused RMSNorm only where it was built to run."""
+    if device != "cpu":
+        return Kernels(PaddleGemm(), FusedRMSNorm)
+    if cpu.paddle_fused_ops_ok:
+        return Kernels(PaddleGemm(), FusedRMSNorm, required_cpu_flags=PADDLE_FUSED_CPU_FLAGS)
+    return Kernels(PaddleGemm(), PaddleRMSNorm)
+
+
+def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
+    cpu = cpu or read_cpu()
+    mode, bf16 = config.cpu_kernels, config.dtype == "bfloat16"
+    if config.device != "cpu" or mode == "paddle":
         if bf16:
             raise ConfigError("dtype='bfloat16' runs on the native CPU kernels only (device cpu, not paddle)")
-        return Kernels(PaddleGemm())
+        return paddle_kernels(config.device, cpu)
+    isa = cpu.best_kernel_isa if mode in ("auto", "native") else mode
     try:
-        native = load()
+        if isa is None:
+            need = " or ".join("+".join(sorted(f)) for f in KERNEL_ISA_FLAGS.values())
+            raise NativeUnavailable(f"the CPU has no native kernel ISA (needs {need})")
+        native = load(isa, cpu)
     except NativeUnavailable as e:
-        if config.cpu_kernels == "native" or bf16:
-            raise ConfigError(f"cpu_kernels='{config.cpu_kernels}', dtype='{config.dtype}': {e}") from e
+        if mode != "auto" or bf16:
+            raise ConfigError(f"cpu_kernels='{mode}', dtype='{config.dtype}': {e}") from e
         log.warning("native CPU kernels unavailable, using Paddle's ops: %s", e)
-        return Kernels(PaddleGemm())
-    if bf16 and BF16_CPU_FLAG not in cpu_flags():
-        raise ConfigError(f"dtype='bfloat16': this CPU lacks {BF16_CPU_FLAG}")
+        return paddle_kernels(config.device, cpu)
     threads = config.threads_per_rank
-    gemm = PackedGemm(native, threads, bf16)
-    log.info("native CPU kernels: %s GEMM + decode attention, %d threads", gemm.name, threads)
-    return Kernels(gemm, NativeDecodeAttention(native, threads))
+    kernels = Kernels(
+        PackedGemm(native, threads, bf16),
+        NativeNorms(native, threads),
+        NativeDecodeAttention(native, threads),
+        native.isa,
+        KERNEL_ISA_FLAGS[native.isa],
+    )
+    log.info("native CPU kernels %s, %d threads (%s)", kernels.describe(), threads, cpu.describe())
+    return kernels

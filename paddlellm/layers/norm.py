@@ -1,15 +1,38 @@
-"""RMSNorm through Paddle's fused CPU kernel, which also folds the residual add into the same op."""
+"""RMSNorm with the residual add folded in: `norm(x, residual) -> (norm(x + residual), x + residual)`.
+
+Three implementations of the same math, one chosen per model by `layers/kernels.py` from the CPU description:
+- `NativeRMSNorm`: the project's C kernel (paddlellm/native/rms_norm.c), on every CPU with a native ISA;
+- `FusedRMSNorm`: Paddle's `fused_rms_norm`, on GPU and on CPUs with AVX-512 (its CPU kernel is compiled for
+  AVX-512 with no runtime check: SIGILL on AVX2-only CPUs);
+- `PaddleRMSNorm`: plain Paddle ops, which run on any CPU.
+Each is built as `impl(weight, eps)`; a `NormFactory` is any such callable.
+"""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import paddle
-from paddle.incubate.nn.functional import fused_rms_norm
+from paddle import _C_ops
 
 from paddlellm.layers.gemm import to_param
+from paddlellm.native.build import NativeLibrary
 
 
-class RMSNorm:
+class RMSNorm(Protocol):
+    def __call__(
+        self, x: paddle.Tensor, residual: paddle.Tensor | None = None
+    ) -> tuple[paddle.Tensor, paddle.Tensor]: ...
+
+
+class NormFactory(Protocol):
+    def __call__(self, weight: np.ndarray, eps: float) -> RMSNorm: ...
+
+
+class PaddleRMSNorm:
+    """HF's order: s = x + residual; s * rsqrt(mean(s^2) + eps), then times the weight."""
+
     def __init__(self, weight: np.ndarray, eps: float) -> None:
         self.weight = to_param(weight)
         self.eps = eps
@@ -17,9 +40,72 @@ class RMSNorm:
     def __call__(
         self, x: paddle.Tensor, residual: paddle.Tensor | None = None
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
-        """(norm(x + residual), x + residual); normalises over the last axis."""
+        s = x if residual is None else x + residual
+        var = paddle.mean(paddle.square(s), axis=-1, keepdim=True)
+        return s * paddle.rsqrt(var + self.eps) * self.weight, s
+
+
+class FusedRMSNorm:
+    def __init__(self, weight: np.ndarray, eps: float) -> None:
+        self.weight = to_param(weight)
+        self.eps = eps
+
+    def __call__(
+        self, x: paddle.Tensor, residual: paddle.Tensor | None = None
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        from paddle.incubate.nn.functional import fused_rms_norm  # only imported where it may run
+
         axis = x.ndim - 1
         if residual is None:
             return fused_rms_norm(x, self.weight, None, self.eps, axis)[0], x
         out, summed = fused_rms_norm(x, self.weight, None, self.eps, axis, residual=residual)
         return out, summed
+
+
+class NativeRMSNorm:
+    def __init__(self, native: NativeLibrary, threads: int, weight: np.ndarray, eps: float) -> None:
+        self.weight = to_param(weight)
+        self.eps = eps
+        self._fn = native.lib.rms_norm
+        self._threads = threads
+        self._place = paddle.CPUPlace()
+        self._w_ptr = self.weight.data_ptr()  # lives as long as this object
+
+    def __call__(
+        self, x: paddle.Tensor, residual: paddle.Tensor | None = None
+    ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        # Hot path (two calls per layer per step): _C_ops.empty, no dtype checks (activations are float32).
+        if not x.is_contiguous():
+            x = x.contiguous()
+        shape = x.shape
+        n = shape[-1]
+        if n != self.weight.shape[0]:
+            raise ValueError(f"rms_norm: input has {n} features, the weight {self.weight.shape[0]}")
+        rows = x.size // n if n else 0
+        out = _C_ops.empty(shape, paddle.float32, self._place)
+        if residual is None:
+            if rows:
+                ptrs = (x.data_ptr(), None, self._w_ptr, self.eps, out.data_ptr(), None)
+                self._fn(*ptrs, rows, n, self._threads)
+            return out, x
+        if not residual.is_contiguous():
+            residual = residual.contiguous()
+        if residual.shape != shape:
+            raise ValueError(f"rms_norm: residual {residual.shape} != input {shape}")
+        summed = _C_ops.empty(shape, paddle.float32, self._place)
+        if rows:
+            self._fn(
+                x.data_ptr(), residual.data_ptr(), self._w_ptr, self.eps, out.data_ptr(), summed.data_ptr(),
+                rows, n, self._threads,
+            )
+        return out, summed
+
+
+class NativeNorms:
+    """A NormFactory for the native kernel of one loaded library."""
+
+    def __init__(self, native: NativeLibrary, threads: int) -> None:
+        self.native, self.threads = native, threads
+
+    def __call__(self, weight: np.ndarray, eps: float) -> RMSNorm:
+        return NativeRMSNorm(self.native, self.threads, weight, eps)

@@ -6,8 +6,8 @@ Llama `attention_bias` / `mlp_bias`); Qwen3 adds per-head RMSNorm on q and k; ER
 pairs, which becomes the half-split convention by permuting each q/k head's rows (q.k is unchanged when both
 sides are permuted alike). The softmax scale is folded into the q rows (or Qwen3's q-norm weight).
 
-Per layer: fused residual+RMSNorm, one qkv matmul, rotary on q|k|v together, paged attention, o matmul,
-fused residual+RMSNorm, gate and up matmuls, swiglu, down matmul.
+Per layer: residual+RMSNorm (one kernel), one qkv matmul, rotary on q|k|v together, paged attention, o matmul,
+residual+RMSNorm, gate and up matmuls, swiglu, down matmul.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from collections.abc import Sequence
 import numpy as np
 import paddle
 
+from paddlellm.cpu import read_cpu
 from paddlellm.errors import CheckpointError
 from paddlellm.layers.attention import AttentionMetadata, paged_attention
 from paddlellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from paddlellm.layers.gemm import Gemm, PaddleGemm
+from paddlellm.layers.kernels import Kernels, paddle_kernels
 from paddlellm.layers.linear import AllReduce, ColumnParallelLinear, RowParallelLinear, Shard
-from paddlellm.layers.norm import RMSNorm
 from paddlellm.model_info import ModelInfo
 from paddlellm.worker.weights import WeightReader
 
@@ -38,8 +38,9 @@ class DecoderLayer:
         prefix: str,
         shard: Shard,
         all_reduce: AllReduce | None,
-        gemm: Gemm,
+        kernels: Kernels,
     ) -> None:
+        gemm, norm = kernels.gemm, kernels.norm
         d = info.head_dim
         self.head_dim = d
         self.heads = info.num_heads // shard.world
@@ -73,16 +74,16 @@ class DecoderLayer:
         self.up = ColumnParallelLinear.load(reader, [(f"{mlp}.up_proj", 1)], shard, gemm=gemm)
         self.down = RowParallelLinear.load(reader, f"{mlp}.down_proj", 1, shard, all_reduce, gemm)
         eps = info.rms_norm_eps
-        self.input_norm = RMSNorm(reader.get(f"{prefix}.input_layernorm.weight"), eps)
-        self.post_norm = RMSNorm(reader.get(f"{prefix}.post_attention_layernorm.weight"), eps)
+        self.input_norm = norm(reader.get(f"{prefix}.input_layernorm.weight"), eps)
+        self.post_norm = norm(reader.get(f"{prefix}.post_attention_layernorm.weight"), eps)
         self.q_norm = self.k_norm = None
         if info.qk_norm:
             qw = reader.get(f"{attn}.q_norm.weight")
             kw = reader.get(f"{attn}.k_norm.weight")
             if interleaved:
                 qw, kw = qw[perm], kw[perm]
-            self.q_norm = RMSNorm(qw * np.float32(scale), eps)
-            self.k_norm = RMSNorm(kw, eps)
+            self.q_norm = norm(qw * np.float32(scale), eps)
+            self.k_norm = norm(kw, eps)
 
     def __call__(
         self,
@@ -114,9 +115,10 @@ class DecoderModel:
         reader: WeightReader,
         shard: Shard,
         all_reduce: AllReduce | None,
-        gemm: Gemm | None = None,
+        kernels: Kernels | None = None,
     ) -> None:
-        gemm = gemm or PaddleGemm()
+        kernels = kernels or paddle_kernels("cpu", read_cpu())
+        gemm = kernels.gemm
         _check_supported(info)
         shard.split(info.num_heads, "num_attention_heads")
         shard.split(info.num_kv_heads, "num_key_value_heads")
@@ -136,10 +138,10 @@ class DecoderModel:
             gemm,
         )
         self.layers = [
-            DecoderLayer(info, reader, f"model.layers.{i}", shard, all_reduce, gemm)
+            DecoderLayer(info, reader, f"model.layers.{i}", shard, all_reduce, kernels)
             for i in range(info.num_layers)
         ]
-        self.norm = RMSNorm(reader.get("model.norm.weight"), info.rms_norm_eps)
+        self.norm = kernels.norm(reader.get("model.norm.weight"), info.rms_norm_eps)
         self.qk_heads = self.layers[0].heads + self.layers[0].kv_heads  # rotated heads per rank
         self.v_heads = self.layers[0].kv_heads
 

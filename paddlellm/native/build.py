@@ -1,7 +1,9 @@
-"""Build and load the project's C kernels (`packed_sgemm.c`, `paged_attention.c`) with the system C compiler,
-once per machine.
+"""Build and load the project's C kernels (`packed_sgemm.c`, `paged_attention.c`, `rms_norm.c`) with the
+system C compiler, once per machine: one shared library per kernel ISA (`avx2`, `avx512`, `avx512_bf16`), the
+same sources compiled with that ISA's flags (`simd.h` is the only per-ISA code). Set-up builds them all (an
+image built on one CPU must run on another); `load` refuses an ISA the CPU description lacks.
 
-The shared library is cached under `$PADDLELLM_CACHE_DIR` (default `~/.cache/paddlellm`) in a directory
+Each library is cached under `$PADDLELLM_CACHE_DIR` (default `~/.cache/paddlellm`) in a directory
 named by a hash of the source, the flags and the compiler, so a changed source rebuilds and a second process
 (a TP rank, the Triton stub) reuses the first one's build. Concurrent builders write to private temporary
 names and `os.replace` the result, so nobody loads a half-written file.
@@ -23,36 +25,32 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-SOURCES = tuple(Path(__file__).with_name(n) for n in ("packed_sgemm.c", "paged_attention.c"))
-CFLAGS = (
-    "-O3", "-mavx512f", "-mavx512vl", "-mavx512bf16", "-mfma", "-fno-math-errno", "-fopenmp", "-fPIC", "-Wall"
-)
-BF16_CPU_FLAG = "avx512_bf16"  # packed_sgemm_bf16 runs only where the CPU has it
+from paddlellm.cpu import KERNEL_ISA_FLAGS, CpuInfo, read_cpu
+
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("packed_sgemm.c", "paged_attention.c", "rms_norm.c"))
+HEADERS = (Path(__file__).with_name("simd.h"),)
+COMMON_CFLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-fPIC", "-Wall")
+# Per kernel ISA (paddlellm/cpu.py says which CPU flags each needs): the instructions the compiler may use.
+ISA_CFLAGS: dict[str, tuple[str, ...]] = {
+    "avx512_bf16": ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512bf16"),
+    "avx512": ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512vl"),
+    "avx2": ("-mavx2", "-mfma", "-mf16c"),
+}
 LIBS = ("-lmvec", "-lm")  # libmvec: the vector expf of paged_attention.c
-REQUIRED_CPU_FLAGS = ("avx512f", "avx512vl", "fma")
 CACHE_ENV = "PADDLELLM_CACHE_DIR"
-ABI = 3  # packed_sgemm_abi() of the sources this loader speaks to
+ABI = 4  # packed_sgemm_abi() of the sources this loader speaks to
 
 
 class NativeUnavailable(RuntimeError):
-    """The kernels cannot be used here; the message says why (no compiler, no AVX-512, build error)."""
+    """The kernels cannot be used here; the message says why (no compiler, CPU lacks the ISA, build error)."""
 
 
 @dataclass(frozen=True)
 class NativeLibrary:
     path: Path
     lib: ctypes.CDLL
-
-
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    try:
-        with open(cpuinfo, encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    isa: str  # the kernel ISA the library was compiled for (read from it)
+    panel_width: int  # NR: output columns per packed weight panel (read from it)
 
 
 def _paddle_omp_dir() -> Path | None:
@@ -77,33 +75,36 @@ def cache_dir() -> Path:
     return Path(root) / "native"
 
 
-def build(cpuinfo: str = "/proc/cpuinfo") -> Path:
-    """Path of the built library (building it if needed); raises NativeUnavailable."""
+def build(isa: str) -> Path:
+    """Path of the library for kernel ISA `isa` (building it if needed); raises NativeUnavailable.
+
+    Building needs only the compiler, not a CPU with the ISA: set-up builds every ISA, so an image built on
+    one CPU runs on another."""
+    if isa not in ISA_CFLAGS:
+        raise NativeUnavailable(f"unknown kernel ISA {isa!r} (known: {', '.join(ISA_CFLAGS)})")
     try:
-        return _build(cpuinfo)
+        return _build(isa)
     except OSError as e:  # e.g. an unwritable cache directory: fall back, do not crash the engine
         raise NativeUnavailable(f"cannot build the kernels under {cache_dir()}: {e}") from e
 
 
-def _build(cpuinfo: str) -> Path:
-    missing = [f for f in REQUIRED_CPU_FLAGS if f not in cpu_flags(cpuinfo)]
-    if missing:
-        raise NativeUnavailable(f"the CPU lacks {', '.join(missing)}")
+def _build(isa: str) -> Path:
     cc = _compiler()
     omp = _paddle_omp_dir()
     link = [f"-L{omp}", "-l:libiomp5.so", f"-Wl,-rpath,{omp}"] if omp else ["-fopenmp"]
+    cflags = [*COMMON_CFLAGS, *ISA_CFLAGS[isa], f"-I{SOURCES[0].parent}"]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    texts = [src.read_text() for src in SOURCES]
-    key = hashlib.sha256("\0".join([*texts, *CFLAGS, *link, *LIBS, version]).encode()).hexdigest()[:16]
+    texts = [src.read_text() for src in (*SOURCES, *HEADERS)]
+    key = hashlib.sha256("\0".join([*texts, *cflags, *link, *LIBS, version]).encode()).hexdigest()[:16]
     out_dir = cache_dir() / key
-    target = out_dir / "libpaddlellm_kernels.so"
+    target = out_dir / f"libpaddlellm_{isa}.so"
     if target.exists():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         objs = [str(Path(tmp) / f"{src.stem}.o") for src in SOURCES]
         lib = Path(tmp) / "k.so"
-        cmds = [[cc, *CFLAGS, "-c", str(src), "-o", obj] for src, obj in zip(SOURCES, objs, strict=True)]
+        cmds = [[cc, *cflags, "-c", str(src), "-o", obj] for src, obj in zip(SOURCES, objs, strict=True)]
         cmds.append([cc, "-shared", *objs, "-o", str(lib), *link, *LIBS])
         for cmd in cmds:
             r = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -113,35 +114,61 @@ def _build(cpuinfo: str) -> Path:
     return target
 
 
-def load(cpuinfo: str = "/proc/cpuinfo") -> NativeLibrary:
-    """Build if needed and load; raises NativeUnavailable."""
-    path = build(cpuinfo)
+def load(isa: str, cpu: CpuInfo) -> NativeLibrary:
+    """Build if needed and load the `isa` library; raises NativeUnavailable, also when `cpu` lacks the ISA
+    (loading it would be harmless, calling it would not)."""
+    if isa not in KERNEL_ISA_FLAGS:
+        raise NativeUnavailable(f"unknown kernel ISA {isa!r} (known: {', '.join(KERNEL_ISA_FLAGS)})")
+    missing = cpu.missing(isa)
+    if missing:
+        raise NativeUnavailable(f"the CPU lacks {', '.join(missing)} for the {isa} kernels")
+    path = build(isa)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
         raise NativeUnavailable(f"cannot load {path}: {e}") from e
     if lib.packed_sgemm_abi() != ABI:
         raise NativeUnavailable(f"{path}: ABI {lib.packed_sgemm_abi()} != {ABI}")
+    lib.paddlellm_kernel_isa.restype = ctypes.c_char_p
+    built_for = lib.paddlellm_kernel_isa().decode()
+    if built_for != isa:
+        raise NativeUnavailable(f"{path} was built for {built_for}, not {isa}")
+    c_long, c_int, ptr = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
     f = lib.packed_sgemm
-    c_long, ptr = ctypes.c_long, ctypes.c_void_p
-    f.argtypes = [ptr, c_long, c_long, c_long, ptr, c_long, ptr, ptr, c_long, ctypes.c_int]
+    f.argtypes = [ptr, c_long, c_long, c_long, ptr, c_long, ptr, ptr, c_long, c_int]
     f.restype = None
-    c_int = ctypes.c_int
-    a = lib.paged_decode_attention
-    a.argtypes = [ptr, ptr, c_long, ptr, ptr, c_long, c_long, c_int, c_int, c_int, ptr, c_int]
-    a.restype = c_int
     b = lib.packed_sgemm_bf16
     b.argtypes = [ptr, c_long, c_long, c_long, ptr, c_long, ptr, ptr, c_long, c_int]
     b.restype = c_int
-    return NativeLibrary(path, lib)
+    a = lib.paged_decode_attention
+    a.argtypes = [ptr, ptr, c_long, ptr, ptr, c_long, c_long, c_int, c_int, c_int, ptr, c_int]
+    a.restype = c_int
+    n = lib.rms_norm
+    n.argtypes = [ptr, ptr, ptr, ctypes.c_float, ptr, ptr, c_long, c_long, c_int]
+    n.restype = None
+    return NativeLibrary(path, lib, built_for, int(lib.packed_sgemm_panel_width()))
+
+
+def build_all() -> dict[str, Path | NativeUnavailable]:
+    """Every ISA's library, or why it could not be built (e.g. a compiler too old for -mavx512bf16)."""
+    out: dict[str, Path | NativeUnavailable] = {}
+    for isa in ISA_CFLAGS:
+        try:
+            out[isa] = build(isa)
+        except NativeUnavailable as e:
+            out[isa] = e
+    return out
 
 
 def main() -> int:
-    """`python -m paddlellm.native.build`: build now (set-up does this, so no request pays for it)."""
-    try:
-        print(f"[native] {build()}")
-    except NativeUnavailable as e:
-        print(f"[native] not available, Paddle's matmul will be used: {e}")
+    """`python -m paddlellm.native.build`: build every ISA's library now (set-up does this, so no request pays
+    for it, and an image built on one CPU has the libraries another CPU needs)."""
+    cpu = read_cpu()
+    for isa, result in build_all().items():
+        runs = "runs here" if isa in cpu.kernel_isas else "this CPU lacks it"
+        print(f"[native] {isa}: {result} ({runs})")
+    best = cpu.best_kernel_isa
+    print(f"[native] {cpu.describe()}; auto selects {best or 'Paddle ops (no native ISA)'}")
     return 0
 
 

@@ -1,4 +1,4 @@
-/* Decode attention straight from the paged KV cache, fp32.
+/* Decode attention straight from the paged KV cache, fp32; one source for every ISA (simd.h).
  *
  * Why: the Paddle path gathers every decode request's whole K|V context into a fresh padded tensor each
  * layer (the largest non-GEMM cost of a decode step here), then runs two batched matmuls, a mask add and a
@@ -12,21 +12,26 @@
  * rows j * num_slots + slot and V head j at (kvh + j) * num_slots + slot; slots [B, L] (row b valid up to
  * lens[b]); out [B, kvh * group, d].
  */
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
-/* glibc's libmvec has a 16-lane expf (_ZGVeN16v_expf, within 4 ulp); math.h only announces it under
- * -ffast-math, which this file does not want, so announce it here. */
+#include "simd.h"
+
+/* glibc's libmvec has VL-lane expf variants (_ZGVeN16v_expf for AVX-512, _ZGVdN8v_expf for AVX2, within
+ * 4 ulp); math.h only announces them under -ffast-math, which this file does not want, so announce them here. */
+#if VL == 16
 #pragma omp declare simd simdlen(16) notinbranch
+#else
+#pragma omp declare simd simdlen(8) notinbranch
+#endif
 extern float expf(float);
 
 static inline float dot(const float *a, const float *b, int d) {
-  if ((d & 15) == 0) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-    return _mm512_reduce_add_ps(acc);
+  if ((d % VL) == 0) {
+    vf acc = vf_zero();
+    for (int i = 0; i < d; i += VL) acc = vf_fmadd(vf_load(a + i), vf_load(b + i), acc);
+    return vf_hsum(acc);
   }
   float s = 0.f;
   for (int i = 0; i < d; i++) s += a[i] * b[i];
@@ -34,10 +39,9 @@ static inline float dot(const float *a, const float *b, int d) {
 }
 
 static inline void axpy(float p, const float *x, float *y, int d) {
-  if ((d & 15) == 0) {
-    const __m512 pv = _mm512_set1_ps(p);
-    for (int i = 0; i < d; i += 16)
-      _mm512_storeu_ps(y + i, _mm512_fmadd_ps(pv, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  if ((d % VL) == 0) {
+    const vf pv = vf_set1(p);
+    for (int i = 0; i < d; i += VL) vf_store(y + i, vf_fmadd(pv, vf_load(x + i), vf_load(y + i)));
     return;
   }
   for (int i = 0; i < d; i++) y[i] += p * x[i];

@@ -17,6 +17,7 @@ import numpy as np
 import paddle
 
 from paddlellm.config import EngineConfig
+from paddlellm.cpu import read_cpu
 from paddlellm.engine.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
 from paddlellm.errors import InvalidRequest
 from paddlellm.layers.attention import AttentionMetadata, SeqSpan
@@ -54,11 +55,12 @@ class ModelRunner:
     ) -> None:
         self.config = config
         self.info = info
-        tune_process()  # process-wide, but every process that runs the model wants it (cpu_tuning.py)
+        cpu = read_cpu()
+        tune_process(cpu)  # process-wide, but every process that runs the model wants it (cpu_tuning.py)
         with paddle.no_grad():
-            self.kernels = select_kernels(config)
+            self.kernels = select_kernels(config, cpu)
             shard = Shard(rank, world)
-            self.model = DecoderModel(info, WeightReader(info.path), shard, all_reduce, self.kernels.gemm)
+            self.model = DecoderModel(info, WeightReader(info.path), shard, all_reduce, self.kernels)
         layer = self.model.layers[0]
         self.kv_heads, self.group, self.head_dim = layer.kv_heads, layer.group, layer.head_dim
         self.block_size = config.block_size

@@ -33,7 +33,7 @@ def config(default_model_dir: str) -> EngineConfig:
 def server(config: EngineConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("triton_real")
     repo = render_model_repository(MODEL_REPOSITORY, tmp / "repo", engine_params(config))
-    with running_tritonserver(repo, tmp, ready_timeout_s=300, extra_env={"MKL_DEBUG_CPU_TYPE": "5"}) as url:
+    with running_tritonserver(repo, tmp, ready_timeout_s=300) as url:
         yield url
 
 

@@ -9,6 +9,7 @@ import pytest
 from paddlellm.config import EngineConfig
 from paddlellm.engine.core import LLMEngine
 from paddlellm.sampling import SamplingParams
+from tests.kernel_choices import model_kernels
 
 pytest.importorskip("paddle")
 pytest.importorskip("paddlellm.executor.inproc")
@@ -17,6 +18,11 @@ pytest.importorskip("paddlellm.executor.inproc")
 @pytest.fixture(scope="module")
 def ckpt(tiny_checkpoint) -> str:
     return tiny_checkpoint(arch="llama", tokenizer="llama2", seed=7)
+
+
+@pytest.fixture(params=model_kernels())
+def kernels(request) -> str:
+    return request.param
 
 
 def _engine(path: str, **cfg) -> LLMEngine:
@@ -52,8 +58,8 @@ def _alone(engine: LLMEngine, reqs) -> dict[str, list[int]]:
     return {rid: _run(engine, {rid: r})[rid] for rid, r in reqs.items()}
 
 
-def test_sixteen_concurrent_requests_equal_each_run_alone(ckpt):
-    engine = _engine(ckpt)
+def test_sixteen_concurrent_requests_equal_each_run_alone(ckpt, kernels):
+    engine = _engine(ckpt, cpu_kernels=kernels)
     reqs = {
         f"r{i}": (_prompt(3 + 11 * i, i), SamplingParams(max_tokens=12 + i, temperature=0.0, ignore_eos=True))
         for i in range(16)
@@ -64,8 +70,8 @@ def test_sixteen_concurrent_requests_equal_each_run_alone(ckpt):
     assert engine.stats().num_free_blocks == 256
 
 
-def test_seeded_sampled_request_is_batch_invariant(ckpt):
-    engine = _engine(ckpt)
+def test_seeded_sampled_request_is_batch_invariant(ckpt, kernels):
+    engine = _engine(ckpt, cpu_kernels=kernels)
     target = (
         _prompt(20, 99),
         SamplingParams(max_tokens=24, temperature=0.8, top_p=0.9, seed=4321, ignore_eos=True),

@@ -67,7 +67,7 @@ def stack(default_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> I
         "--run-dir",
         str(run_dir),
     ]
-    env = {**os.environ, "MKL_DEBUG_CPU_TYPE": "5", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

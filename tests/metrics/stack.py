@@ -73,7 +73,7 @@ def running_stack(
     argv += ["--port", str(port), "--workers", str(workers), "--run-dir", str(run_dir), *extra]
     if separate_metrics_port:
         argv += ["--metrics-port", str(metrics_port)]
-    env = {**os.environ, "MKL_DEBUG_CPU_TYPE": "5", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -1,7 +1,7 @@
 """The default model (SmolLM2-135M-Instruct converted from its GGUF) against transformers loading that GGUF.
 
 8 chat prompts (English, Chinese, emoji): prompt logits within 2e-3 and greedy continuations of 32 tokens
-identical, generated together under continuous batching.
+identical, generated together under continuous batching; on the CPU's best kernel ISA and on AVX2 forced.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from paddlellm.sampling import SamplingParams  # noqa: E402
+from tests.kernel_choices import model_kernels  # noqa: E402
 from tests.parity.driver import run_requests  # noqa: E402
 from tests.parity.test_tiny_models import hf_greedy, hf_logits, make_runner  # noqa: E402
 
@@ -49,11 +50,20 @@ def hf_gguf_model(default_gguf_file: str):
     ).eval()
 
 
-def test_default_model_matches_transformers_gguf(default_model_dir: str, chat_ids, hf_gguf_model) -> None:
-    runner = make_runner(default_model_dir, block_size=64, num_blocks=64, max_model_len=2048)
+@pytest.fixture(scope="module")
+def hf_expected(chat_ids, hf_gguf_model) -> list[list[int]]:
+    return [hf_greedy(hf_gguf_model, ids, 32) for ids in chat_ids]
+
+
+@pytest.mark.parametrize("kernels", model_kernels())
+def test_default_model_matches_transformers_gguf(
+    default_model_dir: str, chat_ids, hf_gguf_model, hf_expected, kernels: str
+) -> None:
+    runner = make_runner(
+        default_model_dir, block_size=64, num_blocks=64, max_model_len=2048, cpu_kernels=kernels
+    )
     for ids in chat_ids:
         diff = np.abs(runner.prompt_logits(ids) - hf_logits(hf_gguf_model, ids)).max()
         assert diff <= 2e-3, f"max abs logit diff {diff} on {len(ids)}-token prompt"
-    expected = [hf_greedy(hf_gguf_model, ids, 32) for ids in chat_ids]
     got = run_requests(runner, chat_ids, SamplingParams(temperature=0.0, max_tokens=32), token_budget=256)
-    assert got == expected
+    assert got == hf_expected

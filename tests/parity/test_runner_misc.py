@@ -15,6 +15,7 @@ from paddlellm.model_info import ModelInfo  # noqa: E402
 from paddlellm.models.decoder import DecoderModel  # noqa: E402
 from paddlellm.sampling import SamplingParams  # noqa: E402
 from paddlellm.worker.weights import WeightReader  # noqa: E402
+from tests.kernel_choices import model_kernels  # noqa: E402
 from tests.parity.driver import run_requests  # noqa: E402
 from tests.parity.test_tiny_models import hf_logits, make_runner, prompts  # noqa: E402
 
@@ -56,9 +57,10 @@ def test_warmup_leaves_no_state_and_changes_nothing(tiny_checkpoint) -> None:
     assert run_requests(runner, ps, params) == before
 
 
-def test_seeded_sampling_is_batch_and_chunk_invariant(tiny_checkpoint) -> None:
+@pytest.mark.parametrize("kernels", model_kernels())
+def test_seeded_sampling_is_batch_and_chunk_invariant(tiny_checkpoint, kernels: str) -> None:
     path = tiny_checkpoint(arch="qwen3", tokenizer="llama2")
-    runner = make_runner(path, block_size=8, num_blocks=512)
+    runner = make_runner(path, block_size=8, num_blocks=512, cpu_kernels=kernels)
     ps = prompts(runner.info.vocab_size, [12 + 5 * i for i in range(12)], seed=11)
     params = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=24)
     seeds = [100 + i for i in range(12)]

@@ -2,7 +2,8 @@
 
 Logits of a whole prompt within 1e-3; greedy continuations of 32 tokens identical, for single requests and
 for many requests of different lengths under continuous batching (chunked prefill, mixed prefill/decode
-steps, staggered arrivals, reused blocks).
+steps, staggered arrivals, reused blocks). The core cases run on every kernel choice of
+tests/kernel_choices.py (the CPU's best ISA, and AVX2 forced).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from paddlellm.config import EngineConfig  # noqa: E402
 from paddlellm.model_info import ModelInfo  # noqa: E402
 from paddlellm.sampling import SamplingParams  # noqa: E402
 from paddlellm.worker.model_runner import ModelRunner  # noqa: E402
+from tests.kernel_choices import model_kernels  # noqa: E402
 from tests.parity.driver import run_requests  # noqa: E402
 
 pytestmark = pytest.mark.parity
@@ -27,9 +29,15 @@ GREEDY32 = SamplingParams(temperature=0.0, max_tokens=32)
 
 
 def make_runner(
-    path: str, block_size: int = 16, num_blocks: int = 256, max_model_len: int = 1024
+    path: str,
+    block_size: int = 16,
+    num_blocks: int = 256,
+    max_model_len: int = 1024,
+    cpu_kernels: str = "auto",
 ) -> ModelRunner:
-    cfg = EngineConfig(model=path, block_size=block_size, max_model_len=max_model_len, num_threads=2)
+    cfg = EngineConfig(
+        model=path, block_size=block_size, max_model_len=max_model_len, num_threads=2, cpu_kernels=cpu_kernels
+    )
     return ModelRunner(cfg, ModelInfo.from_dir(path), num_blocks=num_blocks)
 
 
@@ -60,20 +68,22 @@ def prompts(vocab: int, lengths: list[int], seed: int = 0) -> list[list[int]]:
     return [rng.randint(3, vocab, n).tolist() for n in lengths]
 
 
+@pytest.mark.parametrize("kernels", model_kernels())
 @pytest.mark.parametrize("tie", [True, False])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_prompt_logits_match(tiny_checkpoint, arch: str, tie: bool) -> None:
+def test_prompt_logits_match(tiny_checkpoint, arch: str, tie: bool, kernels: str) -> None:
     path = tiny_checkpoint(arch=arch, tokenizer="llama2", tie=tie)
-    runner = make_runner(path)
+    runner = make_runner(path, cpu_kernels=kernels)
     ids = prompts(runner.info.vocab_size, [77])[0]
     diff = np.abs(runner.prompt_logits(ids) - hf_logits(hf_model(path), ids)).max()
     assert diff <= 1e-3, f"{arch} tie={tie}: max abs logit diff {diff}"
 
 
+@pytest.mark.parametrize("kernels", model_kernels())
 @pytest.mark.parametrize("arch", ARCHS)
-def test_greedy_single_and_batched(tiny_checkpoint, arch: str) -> None:
+def test_greedy_single_and_batched(tiny_checkpoint, arch: str, kernels: str) -> None:
     path = tiny_checkpoint(arch=arch, tokenizer="llama2", tie=False)
-    runner = make_runner(path)
+    runner = make_runner(path, cpu_kernels=kernels)
     model = hf_model(path)
     ps = prompts(runner.info.vocab_size, [5, 23, 1, 40, 17, 64], seed=1)
     expected = [hf_greedy(model, p, 32) for p in ps]
@@ -83,9 +93,10 @@ def test_greedy_single_and_batched(tiny_checkpoint, arch: str) -> None:
     assert got == expected
 
 
-def test_sixteen_concurrent_requests(tiny_checkpoint) -> None:
+@pytest.mark.parametrize("kernels", model_kernels())
+def test_sixteen_concurrent_requests(tiny_checkpoint, kernels: str) -> None:
     path = tiny_checkpoint(arch="llama", tokenizer="llama2", tie=True)
-    runner = make_runner(path, block_size=8, num_blocks=512)
+    runner = make_runner(path, block_size=8, num_blocks=512, cpu_kernels=kernels)
     model = hf_model(path)
     lengths = [3 + 7 * i for i in range(16)]
     ps = prompts(runner.info.vocab_size, lengths, seed=2)

@@ -19,14 +19,15 @@ from paddlellm.errors import ConfigError, EngineDead
 from paddlellm.executor.multiproc import MultiprocExecutor
 from paddlellm.model_info import ModelInfo
 from paddlellm.sampling import SamplingParams
+from tests.kernel_choices import model_kernels
 
 BLOCKS = 256
 
 
-def _run(path: str, tp: int, prompts: list[list[int]], max_tokens: int
+def _run(path: str, tp: int, prompts: list[list[int]], max_tokens: int, kernels: str = "auto"
          ) -> tuple[np.ndarray, dict[str, list[int]]]:
     config = EngineConfig(model=path, tensor_parallel_size=tp, max_model_len=256, block_size=16,
-                          max_num_seqs=16, num_gpu_blocks_override=BLOCKS)
+                          max_num_seqs=16, num_gpu_blocks_override=BLOCKS, cpu_kernels=kernels)
     info = ModelInfo.from_dir(path)
     ex = MultiprocExecutor(config, info, BLOCKS)
     try:
@@ -48,19 +49,20 @@ def _prompts(vocab: int, n: int = 16) -> list[list[int]]:
     return [[int(t) for t in rng.integers(3, vocab, 3 + 5 * i)] for i in range(n)]
 
 
-def _check(path: str, tp: int, n_req: int = 16, max_tokens: int = 12) -> None:
+def _check(path: str, tp: int, n_req: int = 16, max_tokens: int = 12, kernels: str = "auto") -> None:
     prompts = _prompts(ModelInfo.from_dir(path).vocab_size, n_req)
-    ref_logits, ref_tokens = _run(path, 1, prompts, max_tokens)
-    logits, tokens = _run(path, tp, prompts, max_tokens)
+    ref_logits, ref_tokens = _run(path, 1, prompts, max_tokens, kernels)
+    logits, tokens = _run(path, tp, prompts, max_tokens, kernels)
     assert logits.shape == ref_logits.shape
     np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=1e-4)
     assert len(ref_tokens) == n_req and all(len(t) == max_tokens for t in ref_tokens.values())
     assert tokens == ref_tokens
 
 
+@pytest.mark.parametrize("kernels", model_kernels())
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "ernie4_5"])
-def test_tp2_matches_tp1(tiny_checkpoint, arch: str) -> None:
-    _check(tiny_checkpoint(arch=arch, tokenizer="llama2", tie=arch != "qwen2"), tp=2)
+def test_tp2_matches_tp1(tiny_checkpoint, arch: str, kernels: str) -> None:
+    _check(tiny_checkpoint(arch=arch, tokenizer="llama2", tie=arch != "qwen2"), tp=2, kernels=kernels)
 
 
 def test_default_model_refuses_tp2_and_runs_tp3(default_model_dir: str) -> None:

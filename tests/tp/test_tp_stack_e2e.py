@@ -32,7 +32,7 @@ class Stack:
         argv = [sys.executable, "-m", "gateway.api_server", "--model", model, "--host", "127.0.0.1",
                 "--port", str(self.port), "--tensor-parallel-size", "2", "--max-model-len", "2048",
                 "--block-size", "16", "--num-gpu-blocks-override", "256", "--run-dir", str(run_dir)]
-        env = {**os.environ, "MKL_DEBUG_CPU_TYPE": "5", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._pump, daemon=True).start()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from paddlellm.cpu import KERNEL_ISAS, read_cpu
 from paddlellm.native import build
 
 
-@pytest.fixture(scope="module")
-def native() -> build.NativeLibrary:
-    """The project's C kernels; skipped only on a CPU without AVX-512 (a missing compiler fails)."""
-    missing = [f for f in build.REQUIRED_CPU_FLAGS if f not in build.cpu_flags()]
-    if missing:
-        pytest.skip(f"CPU lacks {missing}")
-    return build.load()
+@pytest.fixture(scope="module", params=KERNEL_ISAS)
+def native(request: pytest.FixtureRequest) -> build.NativeLibrary:
+    """The project's C kernels, once per kernel ISA; an ISA this CPU (description) lacks is skipped, and only
+    that: a missing compiler fails (scripts/setup.sh installs gcc)."""
+    isa, cpu = request.param, read_cpu()
+    if isa not in cpu.kernel_isas:
+        pytest.skip(f"the CPU lacks {', '.join(cpu.missing(isa))} for the {isa} kernels")
+    return build.load(isa, cpu)

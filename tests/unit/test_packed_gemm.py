@@ -1,8 +1,9 @@
-"""The packed AVX-512 GEMM (paddlellm/native/packed_sgemm.c via layers/gemm.py) against numpy float64, on the
-shapes that exercise its edges: M across the 8-row blocks and 64-row chunks, N across the 32-column panels
-(masked last panel), odd K, bias, 1 and 2 threads; and a row's result independent of the rows around it.
+"""The packed GEMM (paddlellm/native/packed_sgemm.c via layers/gemm.py), for every kernel ISA the CPU runs,
+against numpy float64, on the shapes that exercise its edges: M across the row blocks (8 on AVX-512, 4 on
+AVX2) and 64-row chunks, N across the panels (32 / 24 columns; masked last panel), odd K, bias, 1 and 2
+threads; a row's result independent of the rows around it; fp32 results bitwise equal across ISAs.
 
-Skipped only on a CPU without AVX-512; a missing compiler is a failure (scripts/setup.sh installs gcc).
+An ISA the CPU lacks is skipped; a missing compiler is a failure (scripts/setup.sh installs gcc).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import paddle
 import pytest
 
 from paddlellm.config import EngineConfig
+from paddlellm.cpu import read_cpu
 from paddlellm.errors import ConfigError
 from paddlellm.layers.gemm import PackedGemm, PaddleGemm, pack_panels
 from paddlellm.layers.kernels import select_kernels
@@ -23,7 +25,7 @@ def _ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return y + b if b is not None else y
 
 
-SHAPES = [(1, 17, 1), (3, 64, 31), (8, 576, 32), (9, 100, 33), (70, 33, 100)]
+SHAPES = [(1, 17, 1), (3, 64, 31), (8, 576, 32), (9, 100, 33), (70, 33, 100), (7, 40, 17), (13, 5, 48)]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -71,24 +73,43 @@ def test_views_and_leading_dims(native: build.NativeLibrary) -> None:
 
 def test_pack_layout() -> None:
     w = np.arange(33 * 3, dtype=np.float32).reshape(33, 3)  # [out, in]
-    p = pack_panels(w)
+    p = pack_panels(w, 32)
     assert p.shape == (2, 3, 32)
     assert p[0, 2, 5] == w[5, 2] and p[1, 1, 0] == w[32, 1] and not p[1, :, 1:].any()
+    p = pack_panels(w, 24)
+    assert p.shape == (2, 3, 24)
+    assert p[0, 2, 5] == w[5, 2] and p[1, 1, 8] == w[32, 1] and not p[1, :, 9:].any()
 
 
-def test_select_kernels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_select_kernels_paths() -> None:
     assert isinstance(select_kernels(EngineConfig(cpu_kernels="paddle")).gemm, PaddleGemm)
     assert select_kernels(EngineConfig(device="gpu")).decode_attention is None
     with pytest.raises(ConfigError, match="cpu_kernels"):
         EngineConfig(cpu_kernels="fast")
-    no_avx512 = tmp_path / "cpuinfo"
-    no_avx512.write_text("processor: 0\nflags: fpu sse2 avx2 fma\n")
-    with pytest.raises(build.NativeUnavailable, match="avx512f"):
-        build.build(str(no_avx512))
+
+
+def test_the_library_says_its_isa_and_panel_width(native: build.NativeLibrary) -> None:
+    assert native.isa in native.path.name
+    assert native.panel_width == (24 if native.isa == "avx2" else 32)
+
+
+def test_fp32_results_are_the_same_bits_on_every_isa() -> None:
+    """One FMA chain per output in k order, from the bias: the ISA (vector width, panel width, row block)
+    changes nothing, so forcing AVX2 on an AVX-512 machine reproduces an AVX2 machine's numbers exactly."""
+    cpu = read_cpu()
+    if len(cpu.kernel_isas) < 2:
+        pytest.skip(f"the CPU runs only {cpu.kernel_isas}")
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((100, 577), dtype=np.float32)
+    b = rng.standard_normal(100, dtype=np.float32)
+    x = paddle.to_tensor(rng.standard_normal((37, 577), dtype=np.float32))
+    outs = {isa: PackedGemm(build.load(isa, cpu), 2).weight(w, b)(x).numpy() for isa in cpu.kernel_isas}
+    first = outs[cpu.kernel_isas[0]]
+    assert all(np.array_equal(first, y) for y in outs.values()), list(outs)
 
 
 def test_build_is_cached_and_shared(native: build.NativeLibrary) -> None:
-    assert build.build() == native.path  # the second build finds the first one's library
+    assert build.build(native.isa) == native.path  # the second build finds the first one's library
 
 
 def test_an_unwritable_cache_falls_back_to_paddle(native, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -96,10 +117,12 @@ def test_an_unwritable_cache_falls_back_to_paddle(native, tmp_path, monkeypatch)
     blocker.write_text("")  # a file where the cache directory would go
     monkeypatch.setenv(build.CACHE_ENV, str(blocker / "cache"))
     with pytest.raises(build.NativeUnavailable, match="cannot build"):
-        build.build()
+        build.build(native.isa)
     assert select_kernels(EngineConfig()).decode_attention is None  # auto: Paddle's ops, no crash
     with pytest.raises(ConfigError, match="cpu_kernels='native'"):
         select_kernels(EngineConfig(cpu_kernels="native"))
+    with pytest.raises(ConfigError, match=f"cpu_kernels='{native.isa}'"):
+        select_kernels(EngineConfig(cpu_kernels=native.isa))
 
 
 def _bf16(a: np.ndarray) -> np.ndarray:
@@ -111,8 +134,7 @@ def _bf16(a: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(("m", "k", "n"), [*SHAPES, (3, 1, 5), (130, 7, 64)])
 def test_bf16_matches_the_bf16_rounded_reference(native, threads, m, k, n) -> None:  # type: ignore[no-untyped-def]
-    if build.BF16_CPU_FLAG not in build.cpu_flags():
-        pytest.skip("CPU lacks avx512_bf16")
+    """Every ISA: vdpbf16ps on AVX512_BF16, bf16 widened to fp32 in registers on the others."""
     rng = np.random.default_rng(m + 10 * k + 100 * n)
     w = rng.standard_normal((n, k), dtype=np.float32)
     b = rng.standard_normal(n, dtype=np.float32)
@@ -121,6 +143,16 @@ def test_bf16_matches_the_bf16_rounded_reference(native, threads, m, k, n) -> No
     # The kernel's products are exact in fp32 (bf16 x bf16); only the fp32 summation order differs.
     np.testing.assert_allclose(got, _ref(_bf16(x), _bf16(w), b), rtol=1e-5, atol=1e-4 * np.sqrt(k))
     assert np.abs(got - _ref(x, w, b)).max() < 0.05 * np.sqrt(k)  # and near the fp32 product
+
+
+def test_bf16_a_row_does_not_depend_on_the_batch_or_threads(native: build.NativeLibrary) -> None:
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((70, 301), dtype=np.float32)
+    x = rng.standard_normal((67, 301), dtype=np.float32)
+    alone = PackedGemm(native, 1, bf16=True).weight(w)(paddle.to_tensor(x[9:10])).numpy()
+    for threads in (1, 2):
+        batch = PackedGemm(native, threads, bf16=True).weight(w)(paddle.to_tensor(x)).numpy()
+        assert np.array_equal(batch[9:10], alone)
 
 
 def test_bf16_needs_the_native_kernels() -> None:

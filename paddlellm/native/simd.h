@@ -1,0 +1,95 @@
+/* The only per-ISA part of the native kernels: a float vector `vf` of VL lanes, its few operations, and the
+ * GEMM micro-kernel's shape. Every .c file is compiled once per ISA (build.py: -mavx2 -mfma -mf16c, or
+ * -mavx512f -mavx512vl, or that plus -mavx512bf16) into one shared library per ISA; the loop nests, the
+ * threading and the summation orders are the same source for all of them.
+ *
+ * GEMM shape per ISA: MR rows x NV vectors of accumulators, NR = NV * VL columns per packed panel (read by
+ * Python through packed_sgemm_panel_width(), never kept equal by hand).
+ * - AVX-512 (32 zmm): 8 x 2 -> 16 accumulators + 2 weight vectors + 1 broadcast, NR = 32.
+ * - AVX2 (16 ymm): 4 x 3 -> 12 accumulators + 3 weight vectors + 1 broadcast, NR = 24. Measured against
+ *   6 x 2 (NR 16), 3 x 4, 4 x 2 and 8 x 1 on SmolLM2's 30 layers (benchmarks/bench_gemm.py): the fastest at
+ *   M = 8 and 32 and equal at M = 1 (8 rows are two full blocks, not 6 + 2; three weight vectors per k keep
+ *   the FMA ports fed with fewer broadcasts per FMA than 6 x 2 needs loads).
+ */
+#ifndef PADDLELLM_SIMD_H
+#define PADDLELLM_SIMD_H
+
+#include <immintrin.h>
+#include <stdint.h>
+
+#if defined(__AVX512F__)
+#define VL 16
+#ifndef GEMM_MR /* -D overrides: for benchmarks/bench_gemm.py --shape, not for builds */
+#define GEMM_MR 8
+#define GEMM_NV 2
+#endif
+#if defined(__AVX512BF16__)
+#define KERNEL_ISA "avx512_bf16"
+#else
+#define KERNEL_ISA "avx512"
+#endif
+typedef __m512 vf;
+static inline __attribute__((always_inline)) vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline __attribute__((always_inline)) void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+/* Store lanes [0, n), 0 < n < VL. */
+static inline __attribute__((always_inline)) void vf_store_n(float *p, vf v, int n) {
+  _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
+}
+static inline __attribute__((always_inline)) vf vf_set1(float f) { return _mm512_set1_ps(f); }
+static inline __attribute__((always_inline)) vf vf_zero(void) { return _mm512_setzero_ps(); }
+static inline __attribute__((always_inline)) vf vf_fmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline __attribute__((always_inline)) vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline __attribute__((always_inline)) vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+/* bf16 pairs (low half: element 2q, high half: 2q + 1) widened to fp32: exact. */
+static inline __attribute__((always_inline)) vf vf_bf16_lo(const uint32_t *p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(p), 16));
+}
+static inline __attribute__((always_inline)) vf vf_bf16_hi(const uint32_t *p) {
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(p), _mm512_set1_epi32((int)0xFFFF0000u)));
+}
+static inline __attribute__((always_inline)) __m256 vf_fold(vf v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+#define VL 8
+#ifndef GEMM_MR
+#define GEMM_MR 4
+#define GEMM_NV 3
+#endif
+#define KERNEL_ISA "avx2"
+typedef __m256 vf;
+static inline __attribute__((always_inline)) vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline __attribute__((always_inline)) void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+static inline __attribute__((always_inline)) void vf_store_n(float *p, vf v, int n) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane), v);
+}
+static inline __attribute__((always_inline)) vf vf_set1(float f) { return _mm256_set1_ps(f); }
+static inline __attribute__((always_inline)) vf vf_zero(void) { return _mm256_setzero_ps(); }
+static inline __attribute__((always_inline)) vf vf_fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline __attribute__((always_inline)) vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline __attribute__((always_inline)) vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline __attribute__((always_inline)) vf vf_bf16_lo(const uint32_t *p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)p), 16));
+}
+static inline __attribute__((always_inline)) vf vf_bf16_hi(const uint32_t *p) {
+  const __m256i v = _mm256_loadu_si256((const __m256i *)p);
+  return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xFFFF0000u)));
+}
+static inline __attribute__((always_inline)) __m256 vf_fold(vf v) { return v; }
+#else
+#error "paddlellm kernels: compile with -mavx2 -mfma -mf16c or -mavx512f -mavx512vl"
+#endif
+
+#define GEMM_NR (GEMM_NV * VL)
+
+/* Horizontal sum in a fixed order: fold to 8 lanes, then 4, 2, 1. */
+static inline __attribute__((always_inline)) float vf_hsum(vf v) {
+  const __m256 v8 = vf_fold(v);
+  __m128 v4 = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+  v4 = _mm_add_ps(v4, _mm_movehl_ps(v4, v4));
+  v4 = _mm_add_ss(v4, _mm_movehdup_ps(v4));
+  return _mm_cvtss_f32(v4);
+}
+
+#endif
