@@ -13,8 +13,9 @@ requests with random --prompt-len-token prompts generate --new-tokens tokens eac
 transformers runs the same workload in its own process (torch threads = --threads; its prefill is timed as
 one forward of the batch and subtracted from generate's time). The machine is shared, so every point is
 measured --repeats times (alternating implementations) and the best is kept. --variants lists the engine
-configurations to compare, each `cpu_kernels[:dtype]` (e.g. `avx512_bf16`, `avx2` forced on an AVX-512
-machine, `avx2:bfloat16`, `paddle`). Prints a markdown table (with the CPU's model name) and writes
+configurations to compare, each `cpu_kernels[:dtype][@avx2cpu]` (e.g. `avx512_bf16`, `avx2` forced on an
+AVX-512 machine, `avx2:bfloat16`, `paddle`; `@avx2cpu` runs it as an AVX2-only CPU would: that CPU's
+description and MKL capped at AVX2). Prints a markdown table (with the CPU's model name) and writes
 results.json and bench_engine.png to --out.
 """
 
@@ -122,9 +123,22 @@ def hf_bench(
     return res
 
 
-def isolated(fn, *args):  # noqa: ANN001, ANN002, ANN201
+# A variant suffixed `@avx2cpu` runs as an AVX2-only machine would have it: the engine reads a Zen 3's CPU
+# description (so it selects what such a CPU gets) and MKL is capped at AVX2 (Paddle's matmul on that path).
+AVX2_CPU_ENV = {
+    "PADDLELLM_CPUINFO": os.path.join(REPO, "tests", "fakes", "cpuinfo_avx2_zen3"),
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
+
+
+def _set_env(env: dict[str, str]) -> None:
+    os.environ.update(env)
+
+
+def isolated(fn, *args, env: dict[str, str] | None = None):  # noqa: ANN001, ANN002, ANN201
     """Run fn in a fresh process: paddle and torch bring different OpenMP runtimes and thread settings."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_set_env, initargs=(env or {},)) as pool:
         return pool.submit(fn, *args).result()
 
 
@@ -190,16 +204,23 @@ def main() -> int:
     for path in models:
         name = os.path.basename(path.rstrip("/"))
         impls = {}
+        envs: dict[str, dict[str, str]] = {}
         for variant in args.variants.split(","):
-            kernels, _, dtype = variant.partition(":")
+            spec, _, cpu = variant.partition("@")
+            kernels, _, dtype = spec.partition(":")
             label = "paddlellm" if variant == "auto" else f"paddlellm ({kernels}, {dtype or 'float32'})"
+            if cpu:
+                if cpu != "avx2cpu":
+                    ap.error(f"--variants: unknown CPU {cpu!r} in {variant!r} (known: avx2cpu)")
+                label += " as on an AVX2-only CPU"
+                envs[label] = AVX2_CPU_ENV
             impls[label] = functools.partial(engine_bench, cpu_kernels=kernels, dtype=dtype or "float32")
         if not args.no_hf:
             impls["transformers"] = hf_bench
         results[name] = {}
         for _ in range(args.repeats):
             for impl, fn in impls.items():
-                run = isolated(fn, path, *work)
+                run = isolated(fn, path, *work, env=envs.get(impl))
                 best = results[name].setdefault(impl, run)
                 for key, value in run.items():
                     best[key] = max(best[key], value)

@@ -10,8 +10,14 @@ need_apt=()
 for pkg in libb64-0d redis-server unzip; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
-# gcc builds the engine's AVX-512 CPU kernels (paddlellm/native); without it Paddle's matmul is used.
+# gcc builds the engine's CPU kernels, one library per ISA (paddlellm/native); without it Paddle's ops are used.
 command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+if [ "${1:-}" = "--dev" ]; then
+  # Tests: qemu-user runs the engine on an emulated AVX2-only CPU (tests/emulated: SIGILL on any AVX-512
+  # instruction); objdump (binutils) reads the avx2 kernel library's instructions.
+  command -v qemu-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-user)
+  command -v objdump >/dev/null 2>&1 || need_apt+=(binutils)
+fi
 # libpython3.11.so: the Triton python backend stub embeds the interpreter.
 LIBDIR=$(python3 -c 'import sysconfig;print(sysconfig.get_config_var("LIBDIR"))')
 if ! ls "$LIBDIR"/libpython3.11*.so* >/dev/null 2>&1; then need_apt+=(libpython3.11); fi

@@ -4,9 +4,10 @@
  * layer (the largest non-GEMM cost of a decode step here), then runs two batched matmuls, a mask add and a
  * softmax. This kernel reads the cache rows where they are.
  *
- * Per (request b, KV head j), handed out to the threads one at a time (dynamic, see packed_sgemm.c): the group's query heads score every context row of b
- * (q is pre-scaled), take a max-subtracted softmax, and accumulate the V rows weighted by it, in context
- * order. Each output depends only on its own request's rows, in a fixed order: batch-invariant.
+ * Per (request b, query head h of KV head j), handed out to the threads one at a time (dynamic, see
+ * packed_sgemm.c): h scores every context row of b (q is pre-scaled), takes a max-subtracted softmax, and
+ * accumulates the V rows weighted by it, in context order, in registers. Each output depends only on its own
+ * request's rows, in a fixed order: batch-invariant.
  *
  * Layouts: q [B, kvh * group, d] (head h = j * group + g); cache [2 * kvh * num_slots, d] with K head j at
  * rows j * num_slots + slot and V head j at (kvh + j) * num_slots + slot; slots [B, L] (row b valid up to
@@ -47,55 +48,77 @@ static inline void axpy(float p, const float *x, float *y, int d) {
   for (int i = 0; i < d; i++) y[i] += p * x[i];
 }
 
-/* Returns 0, or -1 when scratch memory could not be allocated. */
+/* o[0:d] = sum over l ascending of p[l] * V row l, with the d outputs held in NV vector registers (one FMA
+ * chain per element, so the same bits as accumulating in memory). */
+static inline __attribute__((always_inline)) void weighted_rows_nv(const int nv, const float *p, const float *vbase,
+                                                                   const int64_t *sl, long len, int d, float *o) {
+  vf acc[8];
+  for (int i = 0; i < nv; i++) acc[i] = vf_zero();
+  for (long l = 0; l < len; l++) {
+    const vf pv = vf_set1(p[l]);
+    const float *vrow = vbase + sl[l] * d;
+    for (int i = 0; i < nv; i++) acc[i] = vf_fmadd(pv, vf_load(vrow + i * VL), acc[i]);
+  }
+  for (int i = 0; i < nv; i++) vf_store(o + i * VL, acc[i]);
+}
+
+static void weighted_rows(const float *p, const float *vbase, const int64_t *sl, long len, int d, float *o) {
+  switch (d % VL ? 0 : d / VL) {
+#define CASE(n) \
+  case n:       \
+    weighted_rows_nv(n, p, vbase, sl, len, d, o); return;
+    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+    default:
+      for (int i = 0; i < d; i++) o[i] = 0.f;
+      for (long l = 0; l < len; l++) axpy(p[l], vbase + sl[l] * d, o, d);
+  }
+}
+
+/* Returns 0, or -1 when scratch memory could not be allocated.
+ * Work items are (request, query head): at batch 1 a model with 3 KV heads still has 9 items for the threads
+ * (per KV head it had 3, for 2 threads). A KV head's K|V rows are read once per query head of its group, from
+ * L1/L2 after the first. */
 int paged_decode_attention(const float *q, const float *cache, long num_slots, const int64_t *slots,
                            const int64_t *lens, long B, long L, int kvh, int group, int d, float *out,
                            int nthreads) {
-  const long work = B * kvh;
+  const long heads = (long)kvh * group;
+  const long work = B * heads;
   int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && work > 1)
   {
-    float *scores = malloc(sizeof(float) * (size_t)group * (size_t)(L > 0 ? L : 1));
-    if (!scores) {
+    float *s = malloc(sizeof(float) * (size_t)(L > 0 ? L : 1));
+    if (!s) {
 #pragma omp atomic write
       failed = 1;
     }
 #pragma omp for schedule(monotonic : dynamic, 1)
     for (long w = 0; w < work; w++) {
-      if (!scores) continue;
-      const long b = w / kvh;
-      const int j = (int)(w % kvh);
+      if (!s) continue;
+      const long b = w / heads;
+      const long h = w % heads; /* query head h = j * group + g */
+      const int j = (int)(h / group);
       const long len = lens[b];
       const int64_t *sl = slots + b * L;
       const float *kbase = cache + (long)j * num_slots * d;
       const float *vbase = cache + ((long)kvh + j) * num_slots * d;
-      const long head0 = (b * kvh + j) * (long)group;
-      const float *qb = q + head0 * d;
-      float *ob = out + head0 * d;
+      const float *qh = q + (b * heads + h) * d;
+      float m = -INFINITY;
       for (long l = 0; l < len; l++) {
-        const float *krow = kbase + sl[l] * d;
-        for (int g = 0; g < group; g++) scores[g * L + l] = dot(qb + (long)g * d, krow, d);
+        s[l] = dot(qh, kbase + sl[l] * d, d);
+        m = s[l] > m ? s[l] : m;
       }
-      for (int g = 0; g < group; g++) {
-        float *s = scores + (long)g * L;
-        float m = -INFINITY;
-        for (long l = 0; l < len; l++) m = s[l] > m ? s[l] : m;
-        float sum = 0.f;
+      float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-        for (long l = 0; l < len; l++) {
-          s[l] = expf(s[l] - m);
-          sum += s[l];
-        }
-        const float inv = 1.f / sum;
-        for (long l = 0; l < len; l++) s[l] *= inv;
-        for (int i = 0; i < d; i++) ob[(long)g * d + i] = 0.f;
-      }
       for (long l = 0; l < len; l++) {
-        const float *vrow = vbase + sl[l] * d;
-        for (int g = 0; g < group; g++) axpy(scores[g * L + l], vrow, ob + (long)g * d, d);
+        s[l] = expf(s[l] - m);
+        sum += s[l];
       }
+      const float inv = 1.f / sum;
+      for (long l = 0; l < len; l++) s[l] *= inv;
+      weighted_rows(s, vbase, sl, len, d, out + (b * heads + h) * d);
     }
-    free(scores);
+    free(s);
   }
   return failed ? -1 : 0;
 }
