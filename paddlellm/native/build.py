@@ -94,8 +94,11 @@ def _build(isa: str) -> Path:
     link = [f"-L{omp}", "-l:libiomp5.so", f"-Wl,-rpath,{omp}"] if omp else ["-fopenmp"]
     cflags = [*COMMON_CFLAGS, *ISA_CFLAGS[isa], f"-I{SOURCES[0].parent}"]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    texts = [src.read_text() for src in (*SOURCES, *HEADERS)]
-    key = hashlib.sha256("\0".join([*texts, *cflags, *link, *LIBS, version]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for src in (*SOURCES, *HEADERS):  # bytes: the Triton stub's interpreter may run with an ASCII locale
+        digest.update(src.read_bytes() + b"\0")
+    digest.update("\0".join([*cflags, *link, *LIBS, version]).encode())
+    key = digest.hexdigest()[:16]
     out_dir = cache_dir() / key
     target = out_dir / f"libpaddlellm_{isa}.so"
     if target.exists():

@@ -1,7 +1,7 @@
 /* RMSNorm with the residual add folded in, fp32; one source for every ISA (simd.h).
  *
  * Why: Paddle's fused_rms_norm CPU kernel is compiled for AVX-512 with no runtime check (SIGILL on AVX2 CPUs),
- * and the same math in plain Paddle ops is six dispatches (~30 us) where this is one call (a few us) — there
+ * and the same math in plain Paddle ops is six dispatches (~30 us) where this is one call (a few us); there
  * are two per layer per step.
  *
  * Per row r (rows are independent, so the result is batch-invariant):

@@ -127,3 +127,10 @@ def test_the_avx2_library_holds_no_avx512_instruction() -> None:
     # The check can fail: the AVX-512 libraries trip it.
     assert _AVX512_ONLY.search(_disassembly(str(build.build("avx512"))))
     assert "vdpbf16ps" in _disassembly(str(build.build("avx512_bf16")))
+
+
+def test_kernel_sources_are_ascii() -> None:
+    """The Triton stub's embedded interpreter may run with an ASCII locale; the sources stay plain ASCII
+    (the builder hashes bytes anyway)."""
+    for src in (*build.SOURCES, *build.HEADERS):
+        src.read_bytes().decode("ascii")
