@@ -30,12 +30,14 @@ class NormFactory(Protocol):
     def __call__(self, weight: np.ndarray, eps: float) -> RMSNorm: ...
 
 
-class PaddleRMSNorm:
-    """HF's order: s = x + residual; s * rsqrt(mean(s^2) + eps), then times the weight."""
-
+class _NormWeight:
     def __init__(self, weight: np.ndarray, eps: float) -> None:
         self.weight = to_param(weight)
         self.eps = eps
+
+
+class PaddleRMSNorm(_NormWeight):
+    """HF's order: s = x + residual; s * rsqrt(mean(s^2) + eps), then times the weight."""
 
     def __call__(
         self, x: paddle.Tensor, residual: paddle.Tensor | None = None
@@ -45,11 +47,7 @@ class PaddleRMSNorm:
         return s * paddle.rsqrt(var + self.eps) * self.weight, s
 
 
-class FusedRMSNorm:
-    def __init__(self, weight: np.ndarray, eps: float) -> None:
-        self.weight = to_param(weight)
-        self.eps = eps
-
+class FusedRMSNorm(_NormWeight):
     def __call__(
         self, x: paddle.Tensor, residual: paddle.Tensor | None = None
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
@@ -62,10 +60,9 @@ class FusedRMSNorm:
         return out, summed
 
 
-class NativeRMSNorm:
+class NativeRMSNorm(_NormWeight):
     def __init__(self, native: NativeLibrary, threads: int, weight: np.ndarray, eps: float) -> None:
-        self.weight = to_param(weight)
-        self.eps = eps
+        super().__init__(weight, eps)
         self._fn = native.lib.rms_norm
         self._threads = threads
         self._place = paddle.CPUPlace()
