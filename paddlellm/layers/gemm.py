@@ -4,7 +4,7 @@ once at load; the returned `GemmWeight(x)` computes `x @ w.T (+ bias)` for x `[.
 - `PaddleGemm`: the weight stored `[in, out]` for `paddle.matmul` (GPU, `--cpu-kernels paddle`, and CPUs
   with no native kernel ISA).
 - `PackedGemm`: the weight packed into column panels (their width is the loaded library's, 32 on AVX-512 and
-  16 on AVX2) for the project's kernel (paddlellm/native/packed_sgemm.c): at decode batch sizes 2-4x faster
+  24 on AVX2) for the project's kernel (paddlellm/native/packed_sgemm.c): at decode batch sizes 2-4x faster
   than eager Paddle's MKL here, bias fused, and a row's result independent of the batch around it. Only the
   packed copy is kept. With `bf16=True` (`--dtype bfloat16`) the panels hold bf16 weight pairs (`vdpbf16ps`
   on AVX512_BF16, widened to fp32 in registers elsewhere): half the bytes, activations rounded to bf16 per

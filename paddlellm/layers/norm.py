@@ -48,15 +48,19 @@ class PaddleRMSNorm(_NormWeight):
 
 
 class FusedRMSNorm(_NormWeight):
+    def __init__(self, weight: np.ndarray, eps: float) -> None:
+        super().__init__(weight, eps)
+        from paddle.incubate.nn.functional import fused_rms_norm  # imported only where it may run
+
+        self._fused = fused_rms_norm
+
     def __call__(
         self, x: paddle.Tensor, residual: paddle.Tensor | None = None
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
-        from paddle.incubate.nn.functional import fused_rms_norm  # only imported where it may run
-
         axis = x.ndim - 1
         if residual is None:
-            return fused_rms_norm(x, self.weight, None, self.eps, axis)[0], x
-        out, summed = fused_rms_norm(x, self.weight, None, self.eps, axis, residual=residual)
+            return self._fused(x, self.weight, None, self.eps, axis)[0], x
+        out, summed = self._fused(x, self.weight, None, self.eps, axis, residual=residual)
         return out, summed
 
 
@@ -67,6 +71,7 @@ class NativeRMSNorm(_NormWeight):
         self._threads = threads
         self._place = paddle.CPUPlace()
         self._w_ptr = self.weight.data_ptr()  # lives as long as this object
+        self._n = int(weight.shape[0])
 
     def __call__(
         self, x: paddle.Tensor, residual: paddle.Tensor | None = None
@@ -76,8 +81,8 @@ class NativeRMSNorm(_NormWeight):
             x = x.contiguous()
         shape = x.shape
         n = shape[-1]
-        if n != self.weight.shape[0]:
-            raise ValueError(f"rms_norm: input has {n} features, the weight {self.weight.shape[0]}")
+        if n != self._n:
+            raise ValueError(f"rms_norm: input has {n} features, the weight {self._n}")
         rows = 1
         for dim in shape[:-1]:  # not x.size: Paddle computes it through numpy (~0.1 ms a call)
             rows *= dim
