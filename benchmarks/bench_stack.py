@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -172,19 +171,15 @@ async def run_level(base_url: str, concurrency: int, rounds: int, max_tokens: in
 
 
 # ------------------------------------------------------------------------------------------ launcher
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Stack:
     """`python -m gateway.api_server` in its own session; stop() sends SIGTERM (the launcher stops
     tritonserver and the gateway itself) and kills the group if it lingers."""
 
     def __init__(self, model: Path, max_num_seqs: int, extra: list[str], log: Path,
                  env_extra: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
+        from paddlellm.ports import free_port  # the repo root is on sys.path (main)
+
+        self.port = free_port()
         self.run_dir = Path(tempfile.mkdtemp(prefix="paddlellm-bench-"))
         argv = [sys.executable, "-m", "gateway.api_server", "--host", "127.0.0.1", "--port", str(self.port),
                 "--run-dir", str(self.run_dir), "--model", str(model), "--max-num-seqs", str(max_num_seqs),

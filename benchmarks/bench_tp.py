@@ -72,7 +72,7 @@ def _ar_rank(rank: int, world: int, spec: Any, endpoints: list[str], reps: int, 
 
 
 def bench_allreduce(args: argparse.Namespace) -> None:
-    from paddlellm.executor.dist_env import free_endpoints
+    from paddlellm.ports import free_endpoints
     from paddlellm.worker.shm_allreduce import ShmGroup
 
     world = 2

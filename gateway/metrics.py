@@ -31,7 +31,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.settings import GatewaySettings
-from paddlellm.metrics_names import GATEWAY_METRICS, PREFIX, MetricSpec
+from paddlellm.protocol.metrics import GATEWAY_METRICS, PREFIX, MetricSpec
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Triton writes the 0.0.4 text format; the gateway's part is rendered in the same format.

@@ -14,9 +14,9 @@ from typing import Any, Literal
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.reasoning import ReasoningSplitter
 from gateway.settings import GatewaySettings
+from gateway.stop_strings import StopStringMatcher
 from paddlellm.errors import EngineError, InvalidRequest
 from paddlellm.sampling import MAX_STREAM_INTERVAL, SamplingParams
-from paddlellm.text.stop import StopStringMatcher
 
 Kind = Literal["chat", "completion"]
 DEFAULT_MAX_TOKENS = 16

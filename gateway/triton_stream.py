@@ -27,9 +27,6 @@ from paddlellm import protocol
 from paddlellm.errors import Cancelled, EngineError, Overloaded
 
 log = logging.getLogger("gateway")
-# A request to llm_engine with this parameter set aborts the live request with the same id (the adapter's
-# paddlellm.triton.adapter.ABORT_PARAMETER; a test keeps the two equal).
-ABORT_PARAMETER = "paddlellm_abort"
 ABORT_TIMEOUT_S = 10.0
 
 
@@ -215,7 +212,7 @@ class TritonEnsemble:
             _string_input(protocol.SAMPLING, ""),
             _ids_input(protocol.RESUME_IDS, ()),
         ]
-        stream = self._open(self.engine_model, inputs, request_id, **{ABORT_PARAMETER: True})
+        stream = self._open(self.engine_model, inputs, request_id, **{protocol.ABORT_PARAMETER: True})
         try:
             async with asyncio.timeout(ABORT_TIMEOUT_S):
                 async for _ in stream:

@@ -20,7 +20,7 @@ else
 fi
 
 env_file="$repo/.triton/env"
-exports="$(cd "$repo" && "$py" -m paddlellm.tritonenv setup --backend-root "$repo/.triton/backends")"
+exports="$(cd "$repo" && "$py" -m launcher.tritonenv setup --backend-root "$repo/.triton/backends")"
 if [[ ! -f "$env_file" ]] || [[ "$(cat "$env_file")" != "$exports" ]]; then
     printf '%s\n' "$exports" >"$env_file"
     echo "wrote $env_file" >&2

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A loopback port that is free now (the OS picks it; the caller binds it soon after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from paddlellm.ports import free_port  # noqa: F401 - the tests' port helper
 
 
 def descendants(pid: int) -> set[int]:

@@ -8,7 +8,6 @@ own process, so an engine's environment is left as the launcher gave it.
 from __future__ import annotations
 
 import os
-import socket
 
 from paddlellm.errors import ConfigError
 from paddlellm.model_info import ModelInfo
@@ -32,17 +31,6 @@ def check_tp_divisible(info: ModelInfo, tp: int) -> None:
             f"({info.intermediate_size}) in {info.path}"
         )
 
-
-def free_endpoints(n: int, host: str = "127.0.0.1") -> list[str]:
-    """n loopback endpoints for paddle.distributed's rendezvous (only GPU ranks and the gloo benchmark)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind((host, 0))
-        return [f"{host}:{s.getsockname()[1]}" for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def rank_env(rank: int, world: int, endpoints: list[str], device: str, threads: int) -> dict[str, str]:

@@ -27,7 +27,7 @@ import zmq
 from paddlellm.config import EngineConfig
 from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.errors import ConfigError, EngineDead
-from paddlellm.executor.dist_env import check_tp_divisible, free_endpoints
+from paddlellm.executor.dist_env import check_tp_divisible
 from paddlellm.executor.messages import (
     DEFAULT_RUNNER,
     BadSignature,
@@ -45,6 +45,7 @@ from paddlellm.executor.messages import (
     encode,
 )
 from paddlellm.model_info import ModelInfo
+from paddlellm.ports import free_endpoints
 from paddlellm.worker.shm_allreduce import ShmGroup
 from paddlellm.worker.worker import rank_identity, rank_main
 

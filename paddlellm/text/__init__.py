@@ -1,4 +1,2 @@
-"""Text: tokenizer wrapper, chat templates, the pure streaming detokenizer step, stop strings.
-
-Nothing is imported here: the gateway imports paddlellm.text.stop alone and must not pull in tokenizers.
-"""
+"""Text: tokenizer wrapper, chat templates and the pure streaming detokenizer step (the engine side of text;
+stop strings are the gateway's, in gateway/stop_strings.py)."""

@@ -18,12 +18,6 @@ from paddlellm.engine.outputs import RequestOutput
 from paddlellm.errors import InvalidRequest
 from paddlellm.sampling import SamplingParams
 
-# A request to llm_engine carrying this request parameter (true) aborts the live request with the same
-# request id instead of starting one. The detokenizer sends it when it sees the ensemble was cancelled,
-# because Triton 2.51 never tells a decoupled ensemble step about cancellation (docs/triton-notes.md).
-ABORT_PARAMETER = "paddlellm_abort"
-
-
 # ------------------------------------------------------------------------------------------- readers
 
 
@@ -68,7 +62,7 @@ def request_parameters(request: Any) -> dict[str, Any]:
 
 
 def is_abort(request: Any) -> bool:
-    return request_parameters(request).get(ABORT_PARAMETER) is True
+    return request_parameters(request).get(p.ABORT_PARAMETER) is True
 
 
 @dataclass(frozen=True)
@@ -185,5 +179,5 @@ def abort_request(pb: Any, request_id: str, engine_model: str = p.LLM_ENGINE.nam
             _str_tensor(pb, p.SAMPLING, ""),
             _ids_tensor(pb, p.RESUME_IDS, []),
         ],
-        parameters={ABORT_PARAMETER: True},
+        parameters={p.ABORT_PARAMETER: True},
     )

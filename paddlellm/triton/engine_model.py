@@ -2,7 +2,7 @@
 
 Threads and their jobs:
 - Triton's thread calls `execute()`: parse each request, register a `_Stream`, `loop.add(...)`; errors go
-  straight back as that request's only (FINAL) response. Abort requests (`adapter.ABORT_PARAMETER`) call
+  straight back as that request's only (FINAL) response. Abort requests (`protocol.ABORT_PARAMETER`) call
   `loop.abort` for the live request with the same id.
 - The engine loop thread steps the engine and calls each request's sink with a RequestOutput. The sink
   only builds the response and queues it (sinks must not block the loop); before every step the loop
@@ -215,7 +215,7 @@ class EngineModel:
 
     def _poll_cancelled(self) -> None:
         """Abort requests whose client went away. Only direct calls see this: through the ensemble the
-        detokenizer sends an abort request instead (adapter.ABORT_PARAMETER). Every `cancel_poll_s`, not every
+        detokenizer sends an abort request (protocol.ABORT_PARAMETER). Every `cancel_poll_s`, not every
         step: each `is_cancelled()` is an IPC round trip on the engine thread (measured at concurrency 32:
         ~3 ms per step, 3% of it, when polled every 50 ms)."""
         now = time.monotonic()

@@ -29,7 +29,7 @@ def model_params(model_config: str | Mapping[str, Any]) -> dict[str, str]:
         if _PLACEHOLDER.search(value):
             raise ConfigError(
                 f"model parameter '{key}' = {value!r} was never substituted: render the model repository "
-                "(paddlellm.triton.render.render_model_repository) instead of serving the template"
+                "(launcher.render.render_model_repository) instead of serving the template"
             )
         params[key] = value
     return params

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from launcher.render import engine_params
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from paddlellm.engine.loop import EngineLoop
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.triton import adapter
 from paddlellm.triton.engine_model import DETOKENIZER_CONTEXT, EngineModel
-from paddlellm.triton.render import engine_params
 from tests.adapters.conftest import initialize_args
 from tests.unit.engine_fakes import collect, make_engine, prompt
 

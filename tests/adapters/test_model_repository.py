@@ -8,9 +8,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from launcher.render import engine_params, placeholders, render_model_repository
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
-from paddlellm.triton.render import engine_params, placeholders, render_model_repository
 from tests.adapters.conftest import MODEL_REPOSITORY
 
 PYTHON_MODELS = (p.TOKENIZER, p.LLM_ENGINE, p.DETOKENIZER)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from launcher.render import MARKER, engine_params, render_model_repository, substitute
 from paddlellm.config import EngineConfig
 from paddlellm.errors import ConfigError
 from paddlellm.triton.params import model_params, pick
-from paddlellm.triton.render import MARKER, engine_params, render_model_repository, substitute
 
 
 def template(tmp_path: Path, text: str) -> Path:

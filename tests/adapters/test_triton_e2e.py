@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from launcher.render import engine_params, render_model_repository
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
-from paddlellm.triton.adapter import ABORT_PARAMETER
-from paddlellm.triton.render import engine_params, render_model_repository
+from paddlellm.protocol import ABORT_PARAMETER
 from tests.adapters.conftest import MODEL_REPOSITORY
 from tests.adapters.tritonserver import (
     Stream,

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from launcher.render import engine_params, render_model_repository
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
-from paddlellm.triton.render import engine_params, render_model_repository
 from tests.adapters.conftest import MODEL_REPOSITORY
 from tests.adapters.tritonserver import Stream, ensemble_inputs, running_tritonserver, wait_engine_free
 

@@ -1,4 +1,4 @@
-"""paddlellm.tritonenv: paths and the environment that launches tritonserver (no server started)."""
+"""launcher.tritonenv: paths and the environment that launches tritonserver (no server started)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from paddlellm import tritonenv
-from paddlellm.tritonenv import BACKEND_FILES, TritonInstall, TritonNotFound
+from launcher import tritonenv
+from launcher.tritonenv import BACKEND_FILES, TritonInstall, TritonNotFound
 
 
 def test_launch_env_prepends_path_like_variables() -> None:

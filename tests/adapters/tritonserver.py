@@ -22,8 +22,8 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import InferInput
 
+from launcher import tritonenv
 from paddlellm import protocol as p
-from paddlellm import tritonenv
 from tests.procs import free_port  # noqa: F401 - re-exported for this folder's tests
 
 

@@ -24,8 +24,8 @@ from tritonclient.utils import InferenceServerException, deserialize_bytes_tenso
 
 from paddlellm import protocol
 from paddlellm.errors import EngineError, InvalidRequest
+from paddlellm.protocol import ABORT_PARAMETER
 from paddlellm.sampling import SamplingParams
-from paddlellm.triton.adapter import ABORT_PARAMETER
 
 # (token id, text delta): "" models a detokenizer holding back an incomplete UTF-8 character.
 DEFAULT_REPLY: tuple[tuple[int, str], ...] = (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.api_server import build_parser, main, reasoning_markers
+from launcher.cli import build_parser, main, reasoning_markers
 
 ROOT = Path(__file__).resolve().parents[2]
 DESIGN_FLAGS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import random
 
 import pytest
@@ -156,11 +157,18 @@ def test_settings_round_trip_and_strictness(tmp_path) -> None:
         GatewaySettings(reasoning_start="<think>")
 
 
-def test_abort_parameter_matches_the_engine_adapter() -> None:
-    from gateway.triton_stream import ABORT_PARAMETER
-    from paddlellm.triton.adapter import ABORT_PARAMETER as ADAPTER_ABORT
+def test_abort_parameter_is_declared_once_in_the_wire_contract() -> None:
+    from paddlellm import protocol
 
-    assert ABORT_PARAMETER == ADAPTER_ABORT
+    root = pathlib.Path(__file__).resolve().parents[2]
+    literal = repr(protocol.ABORT_PARAMETER).replace("'", '"')
+    holders = [
+        f.relative_to(root).as_posix()
+        for d in ("gateway", "paddlellm", "launcher", "model_repository")
+        for f in (root / d).rglob("*.py")
+        if literal in f.read_text(encoding="utf-8")
+    ]
+    assert holders == ["paddlellm/protocol.py"]
 
 
 def test_model_sampling_defaults_apply_only_when_the_request_is_silent() -> None:

@@ -18,8 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
+from launcher.tritonenv import TritonNotFound, locate
 from paddlellm import protocol
-from paddlellm.tritonenv import TritonNotFound, locate
 from tests.procs import follow_until_ready, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -85,7 +85,7 @@ def _docs_commands() -> list[tuple[str, list[str]]]:
 
 
 def test_every_launcher_command_parses() -> None:
-    from gateway.api_server import build_parser
+    from launcher.cli import build_parser
 
     commands = _dockerfile_commands() + _compose_commands() + _docs_commands()
     assert len(commands) >= 4

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from gs_fakes import RedisServer, free_port
 
-from paddlellm.tritonenv import TritonNotFound, locate
+from launcher.tritonenv import TritonNotFound, locate
 from tests.procs import descendants
 
 ROOT = Path(__file__).resolve().parents[2]

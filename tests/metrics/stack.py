@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from paddlellm.tritonenv import TritonNotFound, locate
+from launcher.tritonenv import TritonNotFound, locate
 from tests.metrics.promtext import Exposition, parse
 from tests.procs import follow_until_ready, free_port  # noqa: F401 - re-exported for this folder's tests
 

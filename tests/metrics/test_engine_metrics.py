@@ -16,7 +16,7 @@ import pytest
 from paddlellm import protocol as p
 from paddlellm.engine.loop import EngineLoop
 from paddlellm.engine.outputs import RequestOutput, RequestTimings
-from paddlellm.metrics_names import ENGINE_METRICS, HISTOGRAM, PREFIX
+from paddlellm.protocol.metrics import ENGINE_METRICS, HISTOGRAM, PREFIX
 from paddlellm.triton.engine_model import EngineModel
 from paddlellm.triton.metrics import EngineMetrics, TritonMetricsBackend
 from tests.unit.engine_fakes import make_engine, prompt

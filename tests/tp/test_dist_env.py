@@ -7,8 +7,9 @@ import json
 import pytest
 
 from paddlellm.errors import ConfigError
-from paddlellm.executor.dist_env import check_tp_divisible, free_endpoints, rank_env
+from paddlellm.executor.dist_env import check_tp_divisible, rank_env
 from paddlellm.model_info import ModelInfo
+from paddlellm.ports import free_endpoints
 
 
 def _info(tmp_path, heads: int, kv: int, inter: int) -> ModelInfo:

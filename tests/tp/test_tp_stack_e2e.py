@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from paddlellm.tritonenv import TritonNotFound, locate
+from launcher.tritonenv import TritonNotFound, locate
 from tests.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

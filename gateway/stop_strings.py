@@ -1,4 +1,5 @@
-"""Stop strings over a stream of text deltas (pure, stdlib only: the gateway may import it).
+"""Stop strings over a stream of text deltas (pure, stdlib only). The gateway applies them: the engine never
+sees stop strings.
 
 A stop string can straddle deltas, so the matcher holds back the longest tail of the text that is still a
 prefix of some stop string and releases it once it cannot become one. Text up to the earliest match is
@@ -63,10 +64,3 @@ class StopStringMatcher:
                     break
         return best
 
-
-def truncate_at_stop(text: str, stops: Iterable[str]) -> tuple[str, str | None]:
-    """Non-streaming: the text before the earliest stop string, and which one matched (None if none)."""
-    matcher = StopStringMatcher(stops)
-    head, _ = matcher.feed(text)
-    tail, _ = matcher.flush()
-    return head + tail, matcher.matched

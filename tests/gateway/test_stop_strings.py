@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paddlellm.text.stop import StopStringMatcher, truncate_at_stop
+from gateway.stop_strings import StopStringMatcher
+
+
+def truncate_at_stop(text: str, stops: Iterable[str]) -> tuple[str, str | None]:
+    """Non-streaming: the text before the earliest stop string, and which one matched (None if none)."""
+    matcher = StopStringMatcher(stops)
+    head, _ = matcher.feed(text)
+    tail, _ = matcher.flush()
+    return head + tail, matcher.matched
 
 
 def run(stops: list[str], deltas: list[str]) -> tuple[str, bool, list[str]]:

@@ -12,7 +12,7 @@ Pure stdlib and Triton-free, so the launcher (gateway side) can import it. Two l
 The stub embeds its own interpreter, so the environment must make it find the right ``libpython``
 (``LD_LIBRARY_PATH``) and the project's packages (``PYTHONPATH``: the repo root and site-packages).
 
-``python -m paddlellm.tritonenv setup`` builds the backend directory and prints ``export`` lines;
+``python -m launcher.tritonenv setup`` builds the backend directory and prints ``export`` lines;
 ``scripts/setup_triton.sh`` wraps it.
 """
 
@@ -194,7 +194,7 @@ def _shell_lines(install: TritonInstall) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m paddlellm.tritonenv", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m launcher.tritonenv", description=__doc__.split("\n")[0])
     parser.add_argument(
         "action", choices=("setup", "env"), help="setup: build the backend dir; env: print the exports"
     )

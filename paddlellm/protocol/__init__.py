@@ -62,6 +62,10 @@ PROMPT_TOKENS = "prompt_tokens"
 COMPLETION_TOKENS = "completion_tokens"  # cumulative generated tokens
 ENGINE_STATS = "engine_stats"  # JSON with engine-side timings on the final response, "" otherwise
 TEXT_OUTPUT = "text_output"
+# A request to llm_engine carrying this request parameter (true) aborts the live request with the same
+# request id instead of starting one. The detokenizer (and the gateway, when its client goes away) sends it,
+# because Triton 2.51 never tells a decoupled ensemble step about cancellation (docs/triton-notes.md).
+ABORT_PARAMETER = "paddlellm_abort"
 
 TOKENIZER = ModelSpec(
     "tokenizer",

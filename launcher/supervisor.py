@@ -10,40 +10,35 @@ process group (python backend stubs, rank workers), so nothing is left behind.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import SETTINGS_ENV, GatewaySettings
+from launcher.process import ManagedProcess
+from launcher.render import engine_params, render_model_repository
+from launcher.tritonenv import REPO_ROOT, TritonInstall, locate
 from paddlellm.config import EngineConfig
 from paddlellm.cpu import read_cpu
-from paddlellm.triton.render import engine_params, render_model_repository
-from paddlellm.tritonenv import REPO_ROOT, TritonInstall, locate
+from paddlellm.ports import free_ports
 
 MODELS = ("tokenizer", "llm_engine", "detokenizer", "ensemble")
 # tritonserver output worth showing on the console (the rest goes to the log file only): warmup progress,
 # the engine's own log lines and errors, minus the ones that are harmless on a CPU-only machine.
 _ECHO = re.compile(r"warm|^E\d{4} |^error|paddlellm\b", re.IGNORECASE)
 _HARMLESS = re.compile(r"CudaDriverHelper|NVML|DCGM|CUDA driver|pinned (system )?memory|cuda", re.IGNORECASE)
-_PR_SET_PDEATHSIG = 1
 
 
 class LaunchError(RuntimeError):
@@ -82,82 +77,6 @@ def _triton_env(install: TritonInstall) -> dict[str, str]:
     for key, value in read_cpu().mkl_env().items():
         env.setdefault(key, value)
     return env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if the launcher is killed outright, the child gets SIGTERM.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class ManagedProcess:
-    """A child in its own session (so a terminal's Ctrl-C reaches only the launcher, which stops children
-    in order), with its output pumped to a log file and, filtered, to the console."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        env: dict[str, str],
-        log_path: Path,
-        on_line: Callable[[str], None],
-        cwd: Path | None = None,
-    ) -> None:
-        self.name = name
-        self.log_path = log_path
-        self.tail: deque[str] = deque(maxlen=25)
-        self._log: IO[str] = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-            text=True,
-            errors="replace",
-        )
-        self._on_line = on_line
-        self._pump = threading.Thread(target=self._read, name=f"{name}-log", daemon=True)
-        self._pump.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._log.write(line)
-            self._log.flush()
-            if not line.startswith(("|", "+")):  # Triton's status tables say less than its error lines
-                self.tail.append(line.rstrip("\n"))
-            self._on_line(line)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout_s: float) -> int | None:
-        """SIGTERM, wait, then SIGKILL the whole process group. Returns the exit code."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                print(f"[launcher] {self.name} did not exit in {timeout_s:g}s: killing it", flush=True)
-        # Children of the child (stubs, rank workers, uvicorn workers) share its process group.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        code = self.proc.wait()
-        self._pump.join(5)
-        self._log.close()
-        return code
 
 
 class Launcher:
@@ -213,94 +132,22 @@ class Launcher:
 
     # ------------------------------------------------------------------ start-up
     def _start(self, run_dir: Path) -> None:
-        plan = self.plan
+        """Render -> tritonserver -> models ready -> gateway settings -> gateway workers -> healthy."""
         run_dir.mkdir(parents=True, exist_ok=True)
-        repo = run_dir / "model_repository"
-        self.say(f"rendering the model repository into {repo}")
-        render_model_repository(plan.template_dir, repo, engine_params(plan.engine))
-        install = self.install or locate()
-        grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-        argv = install.command(
-            repo,
-            f"--grpc-port={grpc_port}",
-            f"--http-port={http_port}",
-            f"--metrics-port={metrics_port}",
-            "--exit-on-error=true",
-            "--disable-auto-complete-config",
-            "--exit-timeout-secs=10",
-            "--log-verbose=0",
-            *plan.triton_args,
-        )
-        self.say(
-            f"starting tritonserver (grpc {grpc_port}, http {http_port}, metrics {metrics_port}); "
-            f"log: {run_dir / 'tritonserver.log'}"
-        )
-        self._t0 = time.monotonic()
-        self.triton = ManagedProcess(
-            "tritonserver",
-            argv,
-            _triton_env(install),
-            run_dir / "tritonserver.log",
-            self._triton_line,
-        )
+        repo = self._render(run_dir)
+        grpc_port, http_port, metrics_port = free_ports(3)
+        self._start_triton(repo, run_dir, grpc_port, http_port, metrics_port)
         self._wait_models(f"127.0.0.1:{grpc_port}")
         if self.stop_requested.is_set():
             return
         settings = dataclasses.replace(
-            plan.gateway,
+            self.plan.gateway,
             triton_url=f"127.0.0.1:{grpc_port}",
             triton_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
-        settings_path = run_dir / "gateway.json"
-        settings_path.touch(mode=0o600)  # it may hold the API key and the Redis password
-        settings_path.write_text(settings.to_json(), encoding="utf-8")
-        # For tools that talk to Triton directly (perf_analyzer, benchmarks, tests reading engine metrics).
-        endpoints = {
-            "triton_grpc": f"127.0.0.1:{grpc_port}",
-            "triton_http": f"127.0.0.1:{http_port}",
-            "triton_metrics": settings.triton_metrics_url,
-            "openai": f"http://{plan.host}:{plan.port}/v1",
-            "launcher_pid": os.getpid(),
-        }
-        (run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1), encoding="utf-8")
-        env = dict(os.environ)
-        env[SETTINGS_ENV] = str(settings_path)
-        # Gateway metrics from every uvicorn worker are summed through files here (gateway/metrics.py).
-        prom_dir = run_dir / "prometheus"
-        shutil.rmtree(prom_dir, ignore_errors=True)
-        prom_dir.mkdir()
-        env[MULTIPROC_ENV] = str(prom_dir)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "gateway.app:app_from_env",
-            "--factory",
-            "--host",
-            plan.host,
-            "--port",
-            str(plan.port),
-            "--workers",
-            str(plan.workers),
-            "--log-level",
-            "warning",
-            "--timeout-graceful-shutdown",
-            "5",
-        ]
-        self.say(f"starting the gateway ({plan.workers} worker(s)) on http://{plan.host}:{plan.port}")
-
-        def spawn() -> ManagedProcess:
-            return ManagedProcess(
-                "gateway",
-                argv,
-                env,
-                run_dir / "gateway.log",
-                lambda line: print(f"[gateway] {line.rstrip()}", flush=True),
-                cwd=REPO_ROOT,
-            )
-
-        self.gateway = spawn()
+        env = self._gateway_env(run_dir, self._write_settings(run_dir, settings))
+        self._write_endpoints(run_dir, settings, http_port)
+        self._start_gateway(run_dir, env)
         if settings.metrics_port is not None:
             self._start_metrics_server(settings.metrics_port, env, run_dir)
         try:
@@ -310,8 +157,81 @@ class Launcher:
             # "wakeup_fd_->Wakeup().ok()") while the gateway was starting. A crash by a signal before the
             # first healthy answer gets one more start; a second one, or an exit with a code, is final.
             self.say(f"the gateway crashed during start-up ({exc}); starting it once more")
-            self.gateway = spawn()
+            self._start_gateway(run_dir, env)
             self._wait_gateway()
+
+    def _render(self, run_dir: Path) -> Path:
+        repo = run_dir / "model_repository"
+        self.say(f"rendering the model repository into {repo}")
+        return render_model_repository(self.plan.template_dir, repo, engine_params(self.plan.engine))
+
+    def _start_triton(self, repo: Path, run_dir: Path, *ports: int) -> None:
+        grpc_port, http_port, metrics_port = ports
+        install = self.install or locate()
+        argv = install.command(
+            repo,
+            f"--grpc-port={grpc_port}",
+            f"--http-port={http_port}",
+            f"--metrics-port={metrics_port}",
+            "--exit-on-error=true",
+            "--disable-auto-complete-config",
+            "--exit-timeout-secs=10",
+            "--log-verbose=0",
+            *self.plan.triton_args,
+        )
+        self.say(
+            f"starting tritonserver (grpc {grpc_port}, http {http_port}, metrics {metrics_port}); "
+            f"log: {run_dir / 'tritonserver.log'}"
+        )
+        self._t0 = time.monotonic()
+        self.triton = ManagedProcess(
+            "tritonserver", argv, _triton_env(install), run_dir / "tritonserver.log", self._triton_line
+        )
+
+    @staticmethod
+    def _write_settings(run_dir: Path, settings: GatewaySettings) -> Path:
+        path = run_dir / "gateway.json"
+        path.touch(mode=0o600)  # it may hold the API key and the Redis password
+        path.write_text(settings.to_json(), encoding="utf-8")
+        return path
+
+    def _write_endpoints(self, run_dir: Path, settings: GatewaySettings, http_port: int) -> None:
+        """For tools that talk to Triton directly (perf_analyzer, benchmarks, tests of engine metrics)."""
+        endpoints = {
+            "triton_grpc": settings.triton_url,
+            "triton_http": f"127.0.0.1:{http_port}",
+            "triton_metrics": settings.triton_metrics_url,
+            "openai": f"http://{self.plan.host}:{self.plan.port}/v1",
+            "launcher_pid": os.getpid(),
+        }
+        (run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=1), encoding="utf-8")
+
+    @staticmethod
+    def _gateway_env(run_dir: Path, settings_path: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env[SETTINGS_ENV] = str(settings_path)
+        # Gateway metrics from every uvicorn worker are summed through files here (gateway/metrics.py).
+        prom_dir = run_dir / "prometheus"
+        shutil.rmtree(prom_dir, ignore_errors=True)
+        prom_dir.mkdir()
+        env[MULTIPROC_ENV] = str(prom_dir)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        return env
+
+    def _start_gateway(self, run_dir: Path, env: dict[str, str]) -> None:
+        plan = self.plan
+        argv = [sys.executable, "-m", "uvicorn", "gateway.app:app_from_env", "--factory"]
+        argv += ["--host", plan.host, "--port", str(plan.port), "--workers", str(plan.workers)]
+        argv += ["--log-level", "warning", "--timeout-graceful-shutdown", "5"]
+        self.say(f"starting the gateway ({plan.workers} worker(s)) on http://{plan.host}:{plan.port}")
+        self.gateway = ManagedProcess(
+            "gateway",
+            argv,
+            env,
+            run_dir / "gateway.log",
+            lambda line: print(f"[gateway] {line.rstrip()}", flush=True),
+            cwd=REPO_ROOT,
+        )
 
     def _start_metrics_server(self, port: int, env: dict[str, str], run_dir: Path) -> None:
         """/metrics on its own port: one small process reading the same settings and metrics directory."""

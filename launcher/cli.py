@@ -1,0 +1,324 @@
+"""`python -m gateway.api_server`: serve a model behind the OpenAI API (tritonserver + gateway).
+
+Flags follow FastDeploy's api_server (DESIGN.md, "Flags"). Parsing happens in `main()` only; bad or unknown
+flags fail before anything starts, naming the flag. Flags whose feature has not landed fail with "not
+supported yet" rather than being ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from gateway.settings import GatewaySettings
+from launcher.supervisor import Launcher, LaunchPlan
+from launcher.tritonenv import REPO_ROOT
+from paddlellm.config import CPU_KERNEL_CHOICES, DTYPE_CHOICES, EngineConfig
+from paddlellm.errors import ConfigError
+
+DEFAULT_MODEL = REPO_ROOT / ".models" / "SmolLM2-135M-Instruct"
+
+
+def _help(name: str) -> str:
+    return {k: h for k, _, h in EngineConfig.help_items()}[name]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show the default unless the help text already says it (or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gateway.api_server",
+        description="Serve a model with an OpenAI-compatible API: tritonserver (tokenizer -> llm_engine -> "
+        "detokenizer ensemble) behind a FastAPI gateway.",
+        formatter_class=_Formatter,
+        allow_abbrev=False,
+    )
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="0.0.0.0", help="address of the OpenAI HTTP server")
+    g.add_argument("--port", type=int, default=8000, help="port of the OpenAI HTTP server")
+    g.add_argument(
+        "--metrics-port", type=int, default=None, help="port of Prometheus /metrics (default: the main port)"
+    )
+    g.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the gateway")
+    g.add_argument(
+        "--api-key", default=None, help="bearer token clients must send (default: none, no authentication)"
+    )
+    g.add_argument(
+        "--served-model-name",
+        default=None,
+        help="model name the API reports (default: the checkpoint's directory name); "
+        "requests may always say 'default'",
+    )
+    g.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="tokens per streamed chunk after the first, unless a request sets "
+        "max_streaming_response_tokens; larger values wake the serving path less often per token at the "
+        "price of k-token bursts",
+    )
+    g.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="directory for the rendered model repository, settings and logs "
+        "(default: a temporary one, removed at a clean exit)",
+    )
+    g.add_argument(
+        "--model-repository",
+        type=Path,
+        default=REPO_ROOT / "model_repository",
+        help="the model repository template rendered for these flags",
+    )
+    g.add_argument(
+        "--ready-timeout", type=float, default=900.0, help="seconds to wait for the models to load"
+    )
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the flags, print the engine and gateway configuration, and exit",
+    )
+    m = p.add_argument_group("model and engine")
+    m.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=_help("model"))
+    m.add_argument("--max-model-len", type=int, default=2048, help=_help("max_model_len"))
+    m.add_argument("--block-size", type=int, default=64, help=_help("block_size"))
+    m.add_argument("--use-warmup", type=int, choices=(0, 1), default=0, help="1: " + _help("use_warmup"))
+    m.add_argument("--engine-worker-queue-port", type=int, default=0, help=_help("engine_worker_queue_port"))
+    m.add_argument("--tensor-parallel-size", type=int, default=1, help=_help("tensor_parallel_size"))
+    m.add_argument("--max-num-seqs", type=int, default=8, help=_help("max_num_seqs"))
+    m.add_argument(
+        "--num-gpu-blocks-override",
+        type=int,
+        default=None,
+        help="KV blocks to allocate instead of sizing them from memory",
+    )
+    m.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="tokens per step (default: max_model_len); longer prompts are prefilled in chunks",
+    )
+    m.add_argument("--gpu-memory-utilization", type=float, default=0.9, help=_help("gpu_memory_utilization"))
+    m.add_argument("--cpu-memory-budget-gib", type=float, default=2.0, help=_help("cpu_memory_budget_gib"))
+    m.add_argument("--kv-cache-ratio", type=float, default=0.75, help=_help("kv_cache_ratio"))
+    m.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help=_help("device"))
+    m.add_argument("--num-threads", type=int, default=0, help=_help("num_threads"))
+    m.add_argument(
+        "--cpu-kernels", choices=CPU_KERNEL_CHOICES, default="auto", help=_help("cpu_kernels")
+    )
+    m.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help=_help("dtype"))
+    m.add_argument("--seed", type=int, default=0, help=_help("seed"))
+    m.add_argument("--enable-mm", action="store_true", help="accept multimodal content parts")
+    s = p.add_argument_group("scheduler")
+    s.add_argument(
+        "--scheduler-name",
+        choices=("local", "global"),
+        default="local",
+        help="local: one instance; global: instances share work through Redis",
+    )
+    s.add_argument("--scheduler-max-size", type=int, default=-1, help=_help("scheduler_max_size"))
+    s.add_argument("--scheduler-ttl", type=float, default=900.0, help=_help("scheduler_ttl"))
+    for flag, default, text in (
+        ("--scheduler-host", "127.0.0.1", "Redis host (global scheduler)"),
+        ("--scheduler-port", 6379, "Redis port (global scheduler)"),
+        ("--scheduler-db", 0, "Redis database (global scheduler)"),
+        ("--scheduler-password", None, "Redis password (global scheduler)"),
+        ("--scheduler-topic", "default", "instances of one topic share work (global scheduler)"),
+        ("--scheduler-min-load-score", 3.0, "steal only from instances loaded above this (global scheduler)"),
+        ("--scheduler-load-shards-num", 1, "shards of the load table (global scheduler)"),
+    ):
+        s.add_argument(flag, type=type(default) if default is not None else str, default=default, help=text)
+    return p
+
+
+def _fail(parser: argparse.ArgumentParser, msg: str) -> None:
+    parser.error(msg)  # prints usage + message, exits 2
+
+
+def reasoning_markers(model: Path) -> tuple[str, str, bool] | None:
+    """Thinking markers of the model's chat template, if it has them: (start, end, starts_inside).
+
+    `starts_inside`: the generation prompt itself opens the block (DeepSeek-R1 style), so the output begins
+    inside it."""
+    cfg = model / "tokenizer_config.json" if model.is_dir() else None
+    if cfg is None or not cfg.exists():
+        return None
+    try:
+        template = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template") or ""
+    except ValueError:
+        return None
+    if isinstance(template, list):  # named templates
+        template = " ".join(t.get("template", "") for t in template if isinstance(t, dict))
+    if "<think>" not in template or "</think>" not in template:
+        return None
+    gen = template[template.rfind("add_generation_prompt") :]
+    gen = re.split(r"\{%-?\s*endif", gen, maxsplit=1)[0]
+    return "<think>", "</think>", "<think>" in gen and "</think>" not in gen
+
+
+def sampling_defaults(model: Path) -> dict[str, float]:
+    """temperature / top_p from the checkpoint's generation_config.json, as vLLM applies them by default."""
+    path = model / "generation_config.json" if model.is_dir() else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    out = {}
+    for key in ("temperature", "top_p"):
+        value = cfg.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"default_{key}"] = float(value)
+    if cfg.get("do_sample") is False and "default_temperature" in out:
+        out["default_temperature"] = 0.0  # HF: greedy unless sampling is asked for
+    return out
+
+
+def _global_scheduler(args: argparse.Namespace) -> dict[str, Any]:
+    """GatewaySettings fields for --scheduler-name global (ConfigError names the bad --scheduler-* flag)."""
+    if args.scheduler_name != "global":
+        return {}
+    from gateway.global_scheduler import GlobalSchedulerSettings
+
+    scheduler = GlobalSchedulerSettings.from_namespace(args)
+    # Each uvicorn worker is one scheduler instance over the shared engine: split the engine's batch.
+    capacity = max(1, -(-args.max_num_seqs // args.workers))
+    return {"global_scheduler": scheduler.to_dict(), "scheduler_capacity": capacity}
+
+
+def check_scheduler_reachable(plan: LaunchPlan) -> str | None:
+    """Why the global scheduler's Redis cannot be used (None: it can), checked before anything starts."""
+    if plan.gateway.global_scheduler is None:
+        return None
+    import asyncio
+
+    from gateway.global_scheduler import GlobalSchedulerSettings, SchedulerUnavailable
+    from gateway.global_scheduler.store import check_reachable
+
+    try:
+        asyncio.run(check_reachable(GlobalSchedulerSettings(**plan.gateway.global_scheduler)))
+    except SchedulerUnavailable as e:
+        return str(e)
+    return None
+
+
+def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> LaunchPlan:
+    if args.enable_mm:
+        _fail(parser, "--enable-mm: not supported yet (no multimodal model is supported)")
+    for flag, value, low in (("--port", args.port, 1), ("--workers", args.workers, 1)):
+        if value < low:
+            _fail(parser, f"{flag} must be >= {low}, got {value}")
+    if args.port > 65535 or (args.metrics_port is not None and not 1 <= args.metrics_port <= 65535):
+        _fail(parser, "--port/--metrics-port must be a port number")
+    model: Path = args.model.expanduser().resolve()
+    if not model.exists():
+        hint = " (run scripts/setup_default_model.sh to convert it)" if args.model == DEFAULT_MODEL else ""
+        _fail(parser, f"--model {model}: no such file or directory{hint}")
+    if model.is_dir() and not (model / "config.json").exists():
+        _fail(parser, f"--model {model}: not an HF-layout checkpoint (no config.json)")
+    if model.is_file() and model.suffix != ".gguf":
+        _fail(parser, f"--model {model}: a file must be a .gguf checkpoint")
+    served = args.served_model_name or (model.stem if model.is_file() else model.name)
+    try:
+        engine = EngineConfig(
+            model=str(model),
+            served_model_name=served,
+            max_model_len=args.max_model_len,
+            block_size=args.block_size,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens or 0,
+            num_gpu_blocks_override=args.num_gpu_blocks_override or 0,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            cpu_memory_budget_gib=args.cpu_memory_budget_gib,
+            kv_cache_ratio=args.kv_cache_ratio,
+            tensor_parallel_size=args.tensor_parallel_size,
+            engine_worker_queue_port=args.engine_worker_queue_port,
+            use_warmup=bool(args.use_warmup),
+            device=args.device,
+            num_threads=args.num_threads,
+            cpu_kernels=args.cpu_kernels,
+            dtype=args.dtype,
+            scheduler_max_size=args.scheduler_max_size,
+            scheduler_ttl=args.scheduler_ttl,
+            instance_id=uuid.uuid4().hex[:8],
+            seed=args.seed,
+        )
+        markers = reasoning_markers(model)
+        gateway = GatewaySettings(
+            served_model_name=served,
+            max_model_len=args.max_model_len,
+            api_key=args.api_key,
+            reasoning_start=markers[0] if markers else None,
+            reasoning_end=markers[1] if markers else None,
+            reasoning_starts_inside=markers[2] if markers else False,
+            **sampling_defaults(model),
+            metrics_port=args.metrics_port if args.metrics_port not in (None, args.port) else None,
+            stream_interval=args.stream_interval,
+            **_global_scheduler(args),
+        )
+    except ConfigError as e:
+        # "config 'block_size': ..." -> name the flag the user typed.
+        _fail(
+            parser,
+            re.sub(r"(?:config|gateway) '([a-z_]+)'", lambda m: "--" + m.group(1).replace("_", "-"), str(e)),
+        )
+        raise  # unreachable: parser.error exits
+    return LaunchPlan(
+        engine=engine,
+        gateway=gateway,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        run_dir=args.run_dir,
+        template_dir=args.model_repository.resolve(),
+        ready_timeout_s=args.ready_timeout,
+    )
+
+
+def _describe(plan: LaunchPlan) -> dict[str, Any]:
+    import dataclasses
+
+    gateway = dataclasses.asdict(plan.gateway)
+    if gateway.get("api_key"):
+        gateway["api_key"] = "***"
+    if (gateway.get("global_scheduler") or {}).get("password"):
+        gateway["global_scheduler"]["password"] = "***"
+    return {
+        "engine": dataclasses.asdict(plan.engine),
+        "gateway": gateway,
+        "host": plan.host,
+        "port": plan.port,
+        "workers": plan.workers,
+        "run_dir": str(plan.run_dir) if plan.run_dir else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    plan = plan_from_args(args, parser)
+    if args.dry_run:
+        print(json.dumps(_describe(plan), indent=2))
+        return 0
+    problem = check_scheduler_reachable(plan)
+    if problem is not None:
+        parser.error(problem)
+    return Launcher(plan).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
