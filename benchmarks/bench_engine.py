@@ -145,7 +145,7 @@ def isolated(fn, *args, env: dict[str, str] | None = None):  # noqa: ANN001, ANN
 def ensure_15m() -> str:
     """The generated ~15M Llama (SmolLM2's tokenizer and vocabulary), built once into .models/."""
     from paddlellm.tools.default_model import default_dest
-    from paddlellm.tools.make_tiny_model import TinySpec, make_tiny_model
+    from scripts.make_tiny_model import TinySpec, make_tiny_model
 
     path = os.path.join(REPO, ".models", "llama-15m-bench")
     if not os.path.isfile(os.path.join(path, "config.json")):

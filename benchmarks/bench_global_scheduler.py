@@ -283,15 +283,15 @@ def bench_stack(port: int, requests: int) -> list[dict[str, Any]]:
 async def _bench_triton_async(redis_port: int, grpc_url: str, requests: int) -> list[dict[str, Any]]:
     from tritonclient.grpc.aio import InferenceServerClient
 
-    from gateway.global_scheduler.backend import TritonExecutor
+    from gateway.global_scheduler.scheduled_backend import TritonLocalEngine
     from gateway.translate import EnsembleRequest
     from gateway.triton_stream import TritonEnsemble
 
     client = InferenceServerClient(grpc_url)
     ens = TritonEnsemble(client, "ensemble", "llm_engine", 60)
     s = GlobalSchedulerSettings(port=redis_port, topic="bench-triton")
-    sched = GlobalScheduler(s, TritonExecutor(ens), capacity=16, instance_id="T")
-    peer = GlobalScheduler(s, TritonExecutor(ens), capacity=16, instance_id="peer")  # idle, polling
+    sched = GlobalScheduler(s, TritonLocalEngine(ens), capacity=16, instance_id="T")
+    peer = GlobalScheduler(s, TritonLocalEngine(ens), capacity=16, instance_id="peer")  # idle, polling
     await sched.start()
     await peer.start()
     sampling = json.dumps({"max_tokens": 8})

@@ -209,7 +209,7 @@ def bench_decode(args: argparse.Namespace) -> None:
 
 
 def _make_checkpoint(out: str) -> str:
-    from paddlellm.tools.make_tiny_model import TinySpec, make_tiny_model
+    from scripts.make_tiny_model import TinySpec, make_tiny_model
 
     if not os.path.isfile(os.path.join(out, "config.json")):
         make_tiny_model(TinySpec(arch="llama", tokenizer="llama2", size="100m", tie=False), out)

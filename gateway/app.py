@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.backend import GenerationBackend
+from gateway.backend_protocol import GenerationBackend
 from gateway.errors import ApiError, install_handlers, model_not_found
 from gateway.metrics import GatewayMetrics, install_metrics
 from gateway.observer import NullObserver, RequestObserver
@@ -151,11 +151,9 @@ def app_from_env() -> FastAPI:
     metrics = GatewayMetrics.from_env()
     factory = None
     if settings.global_scheduler is not None:
-        from gateway.global_scheduler import GlobalSchedulerSettings
-        from gateway.global_scheduler.backend import global_backend_factory
+        from gateway.global_scheduler.scheduled_backend import global_backend_factory
 
-        scheduler = GlobalSchedulerSettings(**settings.global_scheduler)
         factory = global_backend_factory(
-            scheduler, settings.scheduler_capacity, on_event=metrics.count_scheduler_event
+            settings.global_scheduler, settings.scheduler_capacity, on_event=metrics.count_scheduler_event
         )
     return create_app(settings, backend_factory=factory, metrics=metrics)

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from gateway.backend import GenerationBackend, ResponseStream
+from gateway.backend_protocol import GenerationBackend, ResponseStream
 from gateway.errors import ApiError, from_engine, from_validation, model_not_found
 from gateway.observer import RequestObserver
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.global_scheduler.settings import GlobalSchedulerSettings
 from paddlellm.errors import ConfigError
 from paddlellm.sampling import MAX_STREAM_INTERVAL
 
@@ -50,9 +51,9 @@ class GatewaySettings:
     """Used when a request gives none: the checkpoint's generation_config.json (None: OpenAI's 1.0)."""
     triton_metrics_url: str | None = None
     """Triton's Prometheus endpoint (engine metrics live there); the launcher fills it in."""
-    global_scheduler: dict[str, Any] | None = None
-    """GlobalSchedulerSettings fields with --scheduler-name global (each uvicorn worker joins the topic as
-    its own instance); None: requests go straight to the local ensemble."""
+    global_scheduler: GlobalSchedulerSettings | None = None
+    """With --scheduler-name global (each uvicorn worker joins the topic as its own instance); None:
+    requests go straight to the local ensemble."""
     scheduler_capacity: int = 0
     """With the global scheduler: requests one worker runs at once (its share of --max-num-seqs)."""
     metrics_port: int | None = None
@@ -96,6 +97,9 @@ class GatewaySettings:
         if unknown:
             raise ConfigError(f"unknown gateway setting(s): {', '.join(unknown)}")
         try:
+            scheduler = data.get("global_scheduler")
+            if isinstance(scheduler, dict):
+                data = data | {"global_scheduler": GlobalSchedulerSettings(**scheduler)}
             return cls(**data)
         except TypeError as e:
             raise ConfigError(f"bad gateway settings: {e}") from None

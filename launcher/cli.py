@@ -15,17 +15,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gateway.global_scheduler.settings import GlobalSchedulerSettings
 from gateway.settings import GatewaySettings
 from launcher.supervisor import Launcher, LaunchPlan
 from launcher.tritonenv import REPO_ROOT
-from paddlellm.config import CPU_KERNEL_CHOICES, DTYPE_CHOICES, EngineConfig
+from paddlellm.config import ENGINE_GROUP, SCHEDULER_GROUP, EngineConfig
 from paddlellm.errors import ConfigError
 
 DEFAULT_MODEL = REPO_ROOT / ".models" / "SmolLM2-135M-Instruct"
 
 
 def _help(name: str) -> str:
-    return {k: h for k, _, h in EngineConfig.help_items()}[name]
+    return next(info.help for f, _, info in EngineConfig.options() if f.name == name)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -56,12 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--api-key", default=None, help="bearer token clients must send (default: none, no authentication)"
     )
-    g.add_argument(
-        "--served-model-name",
-        default=None,
-        help="model name the API reports (default: the checkpoint's directory name); "
-        "requests may always say 'default'",
-    )
+    g.add_argument("--served-model-name", default=None, help=_help("served_model_name"))
     g.add_argument(
         "--stream-interval",
         type=int,
@@ -91,57 +87,49 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the flags, print the engine and gateway configuration, and exit",
     )
-    m = p.add_argument_group("model and engine")
+    m = p.add_argument_group(ENGINE_GROUP)
     m.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=_help("model"))
-    m.add_argument("--max-model-len", type=int, default=2048, help=_help("max_model_len"))
-    m.add_argument("--block-size", type=int, default=64, help=_help("block_size"))
-    m.add_argument("--use-warmup", type=int, choices=(0, 1), default=0, help="1: " + _help("use_warmup"))
-    m.add_argument("--engine-worker-queue-port", type=int, default=0, help=_help("engine_worker_queue_port"))
-    m.add_argument("--tensor-parallel-size", type=int, default=1, help=_help("tensor_parallel_size"))
-    m.add_argument("--max-num-seqs", type=int, default=8, help=_help("max_num_seqs"))
-    m.add_argument(
-        "--num-gpu-blocks-override",
-        type=int,
-        default=None,
-        help="KV blocks to allocate instead of sizing them from memory",
-    )
-    m.add_argument(
-        "--max-num-batched-tokens",
-        type=int,
-        default=None,
-        help="tokens per step (default: max_model_len); longer prompts are prefilled in chunks",
-    )
-    m.add_argument("--gpu-memory-utilization", type=float, default=0.9, help=_help("gpu_memory_utilization"))
-    m.add_argument("--cpu-memory-budget-gib", type=float, default=2.0, help=_help("cpu_memory_budget_gib"))
-    m.add_argument("--kv-cache-ratio", type=float, default=0.75, help=_help("kv_cache_ratio"))
-    m.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help=_help("device"))
-    m.add_argument("--num-threads", type=int, default=0, help=_help("num_threads"))
-    m.add_argument(
-        "--cpu-kernels", choices=CPU_KERNEL_CHOICES, default="auto", help=_help("cpu_kernels")
-    )
-    m.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help=_help("dtype"))
-    m.add_argument("--seed", type=int, default=0, help=_help("seed"))
     m.add_argument("--enable-mm", action="store_true", help="accept multimodal content parts")
-    s = p.add_argument_group("scheduler")
+    s = p.add_argument_group(SCHEDULER_GROUP)
     s.add_argument(
         "--scheduler-name",
         choices=("local", "global"),
         default="local",
         help="local: one instance; global: instances share work through Redis",
     )
-    s.add_argument("--scheduler-max-size", type=int, default=-1, help=_help("scheduler_max_size"))
-    s.add_argument("--scheduler-ttl", type=float, default=900.0, help=_help("scheduler_ttl"))
-    for flag, default, text in (
-        ("--scheduler-host", "127.0.0.1", "Redis host (global scheduler)"),
-        ("--scheduler-port", 6379, "Redis port (global scheduler)"),
-        ("--scheduler-db", 0, "Redis database (global scheduler)"),
-        ("--scheduler-password", None, "Redis password (global scheduler)"),
-        ("--scheduler-topic", "default", "instances of one topic share work (global scheduler)"),
-        ("--scheduler-min-load-score", 3.0, "steal only from instances loaded above this (global scheduler)"),
-        ("--scheduler-load-shards-num", 1, "shards of the load table (global scheduler)"),
-    ):
+    add_engine_options({ENGINE_GROUP: m, SCHEDULER_GROUP: s})
+    for flag, default, text in GlobalSchedulerSettings.flags():
         s.add_argument(flag, type=type(default) if default is not None else str, default=default, help=text)
     return p
+
+
+def add_engine_options(groups: dict[str, Any]) -> None:
+    """One flag per EngineConfig option the CLI does not define itself, generated from its declaration:
+    `--max-num-seqs` for `max_num_seqs`, the field's type, default, choices and help. Booleans take 0/1 as
+    FastDeploy's flags do. An `unset` option defaults to None, which means the field's own default."""
+    for f, typ, info in EngineConfig.options():
+        if not info.cli:
+            continue
+        kwargs: dict[str, Any] = {"help": info.help, "default": f.default, "dest": f.name}
+        if typ is bool:
+            kwargs |= {"type": int, "choices": (0, 1), "default": int(f.default), "help": "1: " + info.help}
+        elif info.choices:
+            kwargs["choices"] = info.choices
+        else:
+            kwargs["type"] = typ
+        if info.unset is not None:
+            kwargs |= {"default": None, "help": f"{kwargs['help']} (default: {info.unset})"}
+        groups[info.group].add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def engine_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The EngineConfig keyword arguments the generated flags carry (unset ones left to the field)."""
+    values = {}
+    for f, typ, info in EngineConfig.options():
+        value = getattr(args, f.name, None) if info.cli else None
+        if value is not None:
+            values[f.name] = bool(value) if typ is bool else value
+    return values
 
 
 def _fail(parser: argparse.ArgumentParser, msg: str) -> None:
@@ -192,12 +180,10 @@ def _global_scheduler(args: argparse.Namespace) -> dict[str, Any]:
     """GatewaySettings fields for --scheduler-name global (ConfigError names the bad --scheduler-* flag)."""
     if args.scheduler_name != "global":
         return {}
-    from gateway.global_scheduler import GlobalSchedulerSettings
-
     scheduler = GlobalSchedulerSettings.from_namespace(args)
     # Each uvicorn worker is one scheduler instance over the shared engine: split the engine's batch.
     capacity = max(1, -(-args.max_num_seqs // args.workers))
-    return {"global_scheduler": scheduler.to_dict(), "scheduler_capacity": capacity}
+    return {"global_scheduler": scheduler, "scheduler_capacity": capacity}
 
 
 def check_scheduler_reachable(plan: LaunchPlan) -> str | None:
@@ -206,11 +192,11 @@ def check_scheduler_reachable(plan: LaunchPlan) -> str | None:
         return None
     import asyncio
 
-    from gateway.global_scheduler import GlobalSchedulerSettings, SchedulerUnavailable
+    from gateway.global_scheduler import SchedulerUnavailable
     from gateway.global_scheduler.store import check_reachable
 
     try:
-        asyncio.run(check_reachable(GlobalSchedulerSettings(**plan.gateway.global_scheduler)))
+        asyncio.run(check_reachable(plan.gateway.global_scheduler))
     except SchedulerUnavailable as e:
         return str(e)
     return None
@@ -235,28 +221,12 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     served = args.served_model_name or (model.stem if model.is_file() else model.name)
     try:
         engine = EngineConfig(
+            **engine_values(args),
             model=str(model),
             served_model_name=served,
-            max_model_len=args.max_model_len,
-            block_size=args.block_size,
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens or 0,
-            num_gpu_blocks_override=args.num_gpu_blocks_override or 0,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            cpu_memory_budget_gib=args.cpu_memory_budget_gib,
-            kv_cache_ratio=args.kv_cache_ratio,
-            tensor_parallel_size=args.tensor_parallel_size,
-            engine_worker_queue_port=args.engine_worker_queue_port,
-            use_warmup=bool(args.use_warmup),
-            device=args.device,
-            num_threads=args.num_threads,
-            cpu_kernels=args.cpu_kernels,
-            dtype=args.dtype,
-            scheduler_max_size=args.scheduler_max_size,
-            scheduler_ttl=args.scheduler_ttl,
-            instance_id=uuid.uuid4().hex[:8],
-            seed=args.seed,
         )
+        if not engine.instance_id:  # instances on one host must never share IPC names
+            engine = engine.replace(instance_id=uuid.uuid4().hex[:8])
         markers = reasoning_markers(model)
         gateway = GatewaySettings(
             served_model_name=served,

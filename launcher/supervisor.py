@@ -28,7 +28,7 @@ from pathlib import Path
 from gateway.metrics import MULTIPROC_ENV
 from gateway.settings import SETTINGS_ENV, GatewaySettings
 from launcher.process import ManagedProcess
-from launcher.render import engine_params, render_model_repository
+from launcher.render import render_model_repository
 from launcher.tritonenv import REPO_ROOT, TritonInstall, locate
 from paddlellm.config import EngineConfig
 from paddlellm.cpu import read_cpu
@@ -163,7 +163,7 @@ class Launcher:
     def _render(self, run_dir: Path) -> Path:
         repo = run_dir / "model_repository"
         self.say(f"rendering the model repository into {repo}")
-        return render_model_repository(self.plan.template_dir, repo, engine_params(self.plan.engine))
+        return render_model_repository(self.plan.template_dir, repo, self.plan.engine.to_params())
 
     def _start_triton(self, repo: Path, run_dir: Path, *ports: int) -> None:
         grpc_port, http_port, metrics_port = ports

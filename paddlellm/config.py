@@ -1,8 +1,13 @@
-"""EngineConfig: the one strict, typed configuration of an engine process.
+"""EngineConfig: the one strict, typed configuration of an engine process, and the one declaration of every
+engine option.
 
-Built once per process, either from keyword arguments (offline use, tests) or from the string parameters that
-the launcher renders into the llm_engine model's config.pbtxt (`EngineConfig.from_params`). Unknown keys and
-malformed values fail with the key's name; the field help strings also feed the launcher's `--help`.
+Each field is declared once with `option(...)`: type (the annotation), default, help, choices, and how the
+launcher's command line shows it. From these declarations the launcher generates its `--flags` and `--help`
+(launcher/cli.py) and the llm_engine model's `config.pbtxt` parameters (launcher/render.py), and the engine
+parses them back (`EngineConfig.from_params`). Adding an option = one field here + the code that uses it.
+
+Built once per process, either from keyword arguments (offline use, tests) or from the string parameters of
+config.pbtxt. Unknown keys and malformed values fail with the key's name.
 """
 
 from __future__ import annotations
@@ -21,44 +26,89 @@ CPU_KERNEL_CHOICES = ("auto", "native", *KERNEL_ISAS, "paddle")
 DTYPE_CHOICES = ("float32", "bfloat16")
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+ENGINE_GROUP, SCHEDULER_GROUP = "model and engine", "scheduler"
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """How an EngineConfig field is presented: help text, allowed values, its command-line flag."""
+
+    help: str
+    choices: tuple[str, ...] = ()
+    group: str = ENGINE_GROUP
+    cli: bool = True  # False: the launcher declares the flag itself (its default is derived at launch)
+    unset: str | None = None  # the flag may be left unset: the field's default applies, --help shows this
+
+
+def option(default: Any, help: str, **info: Any) -> Any:
+    return field(default=default, metadata={"option": OptionInfo(help, **info)})
+
+
+def option_info(f: dataclasses.Field[Any]) -> OptionInfo:
+    return f.metadata["option"]
+
+
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str = _f("", "checkpoint directory in HF layout, or a llama-architecture .gguf file")
-    served_model_name: str = _f("", "model name the API reports; '' = the checkpoint's directory name")
-    max_model_len: int = _f(2048, "longest prompt + output, in tokens")
-    block_size: int = _f(64, "tokens per KV-cache block")
-    max_num_seqs: int = _f(8, "requests running at once (decode batch)")
-    max_num_batched_tokens: int = _f(0, "tokens per step; 0 = max_model_len; longer prompts are chunked")
-    num_gpu_blocks_override: int = _f(0, "KV blocks to allocate; 0 = size them from memory")
-    gpu_memory_utilization: float = _f(0.9, "share of device memory (CPU: of cpu_memory_budget_gib) for KV")
-    cpu_memory_budget_gib: float = _f(2.0, "on CPU: the memory budget the KV cache is sized from")
-    kv_cache_ratio: float = _f(0.75, "share of KV blocks that admitting new requests may fill")
-    tensor_parallel_size: int = _f(1, "rank worker processes that split every layer")
-    engine_worker_queue_port: int = _f(0, "engine <-> rank worker channel port; 0 = pick a free one")
-    use_warmup: bool = _f(False, "run dummy prefill and decode batches at start-up")
-    device: str = _f("cpu", "cpu or gpu")
-    num_threads: int = _f(0, "math threads per rank; 0 = all cores / tensor_parallel_size")
-    cpu_kernels: str = _f(
+    model: str = option(
+        "", "checkpoint directory in HF layout, or a llama-architecture .gguf file", cli=False
+    )
+    served_model_name: str = option(
+        "",
+        "model name the API reports (default: the checkpoint's directory name); requests may always say "
+        "'default'",
+        cli=False,
+    )
+    max_model_len: int = option(2048, "longest prompt + output, in tokens")
+    block_size: int = option(64, "tokens per KV-cache block")
+    max_num_seqs: int = option(8, "requests running at once (decode batch)")
+    max_num_batched_tokens: int = option(
+        0,
+        "tokens per step (0 = max_model_len); longer prompts are prefilled in chunks",
+        unset="max_model_len",
+    )
+    num_gpu_blocks_override: int = option(
+        0, "KV blocks to allocate instead of sizing them from memory (0 = size them)", unset="none"
+    )
+    gpu_memory_utilization: float = option(
+        0.9, "share of device memory (CPU: of cpu_memory_budget_gib) for KV"
+    )
+    cpu_memory_budget_gib: float = option(2.0, "on CPU: the memory budget the KV cache is sized from")
+    kv_cache_ratio: float = option(0.75, "share of KV blocks that admitting new requests may fill")
+    tensor_parallel_size: int = option(1, "rank worker processes that split every layer")
+    engine_worker_queue_port: int = option(0, "engine <-> rank worker channel port; 0 = pick a free one")
+    use_warmup: bool = option(False, "run dummy prefill and decode batches at start-up")
+    device: str = option("cpu", "cpu or gpu", choices=("cpu", "gpu"))
+    num_threads: int = option(0, "math threads per rank; 0 = all cores / tensor_parallel_size")
+    cpu_kernels: str = option(
         "auto",
         "CPU GEMMs, decode attention and RMSNorm: auto (the project's C kernels for the best ISA this CPU "
         "has: avx512_bf16 > avx512 > avx2; else Paddle's ops), native (the same, or fail), avx512_bf16 / "
         "avx512 / avx2 (force that ISA's kernels, e.g. a lower one; fails if the CPU lacks it), or paddle "
         "(Paddle's ops)",
+        choices=CPU_KERNEL_CHOICES,
     )
-    dtype: str = _f(
+    dtype: str = option(
         "float32",
         "weight precision of the linear layers: float32, or bfloat16 (CPU native kernels, any ISA: half the "
         "weight memory traffic, activations rounded to bf16, fp32 accumulation; vdpbf16ps on AVX512_BF16, "
         "widened to fp32 in registers elsewhere)",
+        choices=DTYPE_CHOICES,
     )
-    scheduler_max_size: int = _f(-1, "most requests waiting in the engine queue; -1 = unbounded")
-    scheduler_ttl: float = _f(900.0, "seconds a request may wait before it starts; then it fails")
-    instance_id: str = _f("", "suffix for IPC names so instances on one host never collide; '' = pid-based")
-    seed: int = _f(0, "seed for requests that give none (each still gets its own derived seed)")
+    scheduler_max_size: int = option(
+        -1, "most requests waiting in the engine queue; -1 = unbounded", group=SCHEDULER_GROUP
+    )
+    scheduler_ttl: float = option(
+        900.0, "seconds a request may wait before it starts; then it fails", group=SCHEDULER_GROUP
+    )
+    instance_id: str = option(
+        "",
+        "suffix for IPC names so instances on one host never collide; '' = pid-based in the engine, random "
+        "per launch from the command line",
+    )
+    seed: int = option(0, "seed for requests that give none (each still gets its own derived seed)")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -84,14 +134,12 @@ class EngineConfig:
             raise bad("tensor_parallel_size", "must be >= 1")
         if not 0 <= self.engine_worker_queue_port <= 65535:
             raise bad("engine_worker_queue_port", "must be a port number or 0")
-        if self.device not in ("cpu", "gpu"):
-            raise bad("device", "must be 'cpu' or 'gpu'")
         if self.num_threads < 0:
             raise bad("num_threads", "must be >= 0")
-        if self.cpu_kernels not in CPU_KERNEL_CHOICES:
-            raise bad("cpu_kernels", f"must be one of {', '.join(CPU_KERNEL_CHOICES)}")
-        if self.dtype not in DTYPE_CHOICES:
-            raise bad("dtype", f"must be one of {', '.join(DTYPE_CHOICES)}")
+        for f in dataclasses.fields(self):
+            choices = option_info(f).choices
+            if choices and getattr(self, f.name) not in choices:
+                raise bad(f.name, f"must be one of {', '.join(choices)}")
         if self.scheduler_max_size < -1 or self.scheduler_max_size == 0:
             raise bad("scheduler_max_size", "must be -1 (unbounded) or >= 1")
         if self.scheduler_ttl <= 0:
@@ -114,8 +162,14 @@ class EngineConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def help_items(cls) -> list[tuple[str, Any, str]]:
-        return [(f.name, f.default, f.metadata["help"]) for f in dataclasses.fields(cls)]
+    def options(cls) -> list[tuple[dataclasses.Field[Any], type, OptionInfo]]:
+        """Every option in declaration order: (field, its type, how it is presented)."""
+        hints = typing.get_type_hints(cls)
+        return [(f, hints[f.name], option_info(f)) for f in dataclasses.fields(cls)]
+
+    def to_params(self) -> dict[str, str]:
+        """Every field as the string `from_params` parses back to the same value (config.pbtxt values)."""
+        return {f.name: format_value(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> EngineConfig:
@@ -152,3 +206,9 @@ def _parse_value(key: str, raw: str, typ: Any) -> Any:
         return raw
     except ValueError as e:
         raise ConfigError(f"config '{key}': cannot parse {raw!r}: {e}") from None
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)

@@ -28,7 +28,7 @@ class Tokenizer(Protocol):
 
 
 @dataclass(frozen=True)
-class Completion:
+class OfflineCompletion:
     prompt_token_ids: tuple[int, ...]
     token_ids: tuple[int, ...]
     text: str
@@ -57,7 +57,7 @@ class LLM:
         self,
         prompts: Sequence[str] | Sequence[Sequence[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
-    ) -> list[Completion]:
+    ) -> list[OfflineCompletion]:
         """Complete each prompt (text, or token ids as is); results in prompt order."""
         ids = [self.tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
         return self._run(ids, params)
@@ -66,7 +66,7 @@ class LLM:
         self,
         messages_list: Sequence[list[dict[str, Any]]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
-    ) -> list[Completion]:
+    ) -> list[OfflineCompletion]:
         """Answer each conversation through the model's chat template."""
         return self._run([self.tokenizer.encode_chat(list(m)) for m in messages_list], params)
 
@@ -81,7 +81,7 @@ class LLM:
 
     def _run(
         self, prompts: list[list[int]], params: SamplingParams | Sequence[SamplingParams] | None
-    ) -> list[Completion]:
+    ) -> list[OfflineCompletion]:
         """Validate everything first (nothing is queued for a bad batch), then keep the engine's queue fed
         (in prompt order) and step until every request finished."""
         if params is None or isinstance(params, SamplingParams):
@@ -115,6 +115,6 @@ class LLM:
                 if out.finished:
                     reasons[i] = out.finish_reason
         return [
-            Completion(tuple(p), tuple(t), self.tokenizer.decode(t), r)
+            OfflineCompletion(tuple(p), tuple(t), self.tokenizer.decode(t), r)
             for p, t, r in zip(prompts, tokens, reasons, strict=True)
         ]

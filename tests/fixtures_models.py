@@ -38,7 +38,7 @@ def llama2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Tokenizer files only: Llama 2's SentencePiece byte-fallback BPE as tokenizer.json."""
     pytest.importorskip("transformers")
     pytest.importorskip("sentencepiece")
-    from paddlellm.tools.make_tiny_model import LLAMA2_SPM, write_llama2_tokenizer
+    from scripts.make_tiny_model import LLAMA2_SPM, write_llama2_tokenizer
 
     if not os.path.isfile(LLAMA2_SPM):
         pytest.skip(f"{LLAMA2_SPM} not found")
@@ -57,7 +57,7 @@ def tiny_checkpoint(
     model, so a smollm checkpoint skips the test when the default model is unavailable.
     """
     pytest.importorskip("transformers")
-    from paddlellm.tools.make_tiny_model import TinySpec, make_tiny_model
+    from scripts.make_tiny_model import TinySpec, make_tiny_model
 
     built: dict[TinySpec, str] = {}
     root = tmp_path_factory.mktemp("tiny_models")

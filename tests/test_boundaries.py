@@ -83,8 +83,8 @@ def test_gateway_uses_only_engine_contracts() -> None:
 
 def test_launcher_imports_neither_paddle_nor_triton_adapters() -> None:
     """The supervisor builds an EngineConfig and renders config.pbtxt, but runs no model code."""
-    heavy = {"paddle", "triton_python_backend_utils", "paddlellm.triton", "paddlellm.models", "paddlellm.layers",
-             "paddlellm.worker", "paddlellm.executor", "paddlellm.engine"}
+    heavy = {"paddle", "triton_python_backend_utils", "paddlellm.triton", "paddlellm.models",
+             "paddlellm.layers", "paddlellm.worker", "paddlellm.executor", "paddlellm.engine"}
     bad = [
         (_rel(p), m)
         for p in _files("launcher")

@@ -1,7 +1,7 @@
 """The executor side of a GlobalScheduler: take work while a slot is free, run it, deliver its chunks.
 
 Own queue first, else steal from the most loaded live instance of the topic whose load exceeds
-`min_load_score`; run on the local Executor; deliver chunks in-process when this instance is the origin, else
+`min_load_score`; run on the LocalEngine; deliver chunks in-process when this instance is the origin, else
 append them (fenced by the lease token) to the request's Redis stream. A run whose engine fails is handed back
 to the queue (the next taker resumes it) and this instance pauses taking for a lease period.
 """
@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from gateway.global_scheduler.errors import CannotResume, SchedulerUnavailable
-from gateway.global_scheduler.executor import Executor
+from gateway.global_scheduler.local_engine import LocalEngine
 from gateway.global_scheduler.messages import WorkRequest, error_to_json
 from gateway.global_scheduler.origin import Waiter
 from gateway.global_scheduler.settings import GlobalSchedulerSettings
@@ -31,7 +31,7 @@ class RunnerMixin:
     # State owned by GlobalScheduler.__init__.
     id: str
     settings: GlobalSchedulerSettings
-    executor: Executor
+    local_engine: LocalEngine
     capacity: int
     stats: Any
     _store: RedisStore
@@ -82,7 +82,7 @@ class RunnerMixin:
         task.add_done_callback(lambda t: self._run_done(rid, t))
 
     async def _execute(self, lease: Lease) -> None:
-        """Run one leased request on the local executor and deliver its chunks (in-process or via Redis)."""
+        """Run one leased request on the local engine and deliver its chunks (in-process or via Redis)."""
         rid = lease.request_id
         req = WorkRequest.from_json(lease.body, resume=lease.sent_token_ids, attempt=lease.attempt)
         waiter = self._waiters.get(rid) if req.origin == self.id and lease.attempt == 0 else None
@@ -94,7 +94,7 @@ class RunnerMixin:
             self._remote_leases[rid] = lease
         seq, done = lease.next_seq, False
         sent: list[int] = []  # ids delivered in-process (so a hand-off can resume after them)
-        gen = self.executor.run(req)
+        gen = self.local_engine.run(req)
         try:
             async for chunk in gen:
                 chunk = dataclasses.replace(chunk, executor=self.id)

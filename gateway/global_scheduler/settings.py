@@ -14,21 +14,24 @@ from typing import Any
 from paddlellm.errors import ConfigError
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, flag: bool = False) -> Any:
+    """`flag`: the launcher declares `--scheduler-<name>` from this field (type, default, help)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
 
 
 @dataclass(frozen=True)
 class GlobalSchedulerSettings:
-    host: str = _f("127.0.0.1", "Redis host shared by all instances of the global scheduler")
-    port: int = _f(6379, "Redis port")
-    db: int = _f(0, "Redis database number")
-    password: str | None = _f(None, "Redis password (none by default)")
-    topic: str = _f("default", "only instances with the same topic share work")
+    host: str = _f("127.0.0.1", "Redis host shared by all instances of the global scheduler", flag=True)
+    port: int = _f(6379, "Redis port", flag=True)
+    db: int = _f(0, "Redis database number", flag=True)
+    password: str | None = _f(None, "Redis password (none by default)", flag=True)
+    topic: str = _f("default", "only instances with the same topic share work", flag=True)
     max_size: int = _f(-1, "most requests waiting in one instance's queue; -1 = unbounded")
     ttl: float = _f(900.0, "seconds a request may wait before it starts; then it ends with an error")
-    min_load_score: float = _f(3.0, "instances whose load (running + queued) exceeds this may be stolen from")
-    load_shards_num: int = _f(1, "shards of the load table")
+    min_load_score: float = _f(
+        3.0, "instances whose load (running + queued) exceeds this may be stolen from", flag=True
+    )
+    load_shards_num: int = _f(1, "shards of the load table", flag=True)
     # Beyond FastDeploy: liveness and leases. An instance silent for `lease_ttl` is dead; its leases expire.
     heartbeat_interval: float = _f(0.5, "seconds between heartbeats (and lease renewals)")
     lease_ttl: float = _f(3.0, "seconds a lease (and an instance's liveness) lasts without a heartbeat")
@@ -76,9 +79,18 @@ class GlobalSchedulerSettings:
         kw.update(overrides)
         return cls(**kw)
 
-    def to_dict(self) -> dict[str, Any]:
-        """For the settings file the launcher writes for gateway workers; read with `cls(**d)`."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    @classmethod
+    def flags(cls) -> list[tuple[str, Any, str]]:
+        """(flag, default, help) of the fields the launcher exposes as `--scheduler-*` flags."""
+        return [
+            (f"--scheduler-{f.name.replace('_', '-')}", f.default, _with_scope(f.metadata["help"]))
+            for f in fields(cls)
+            if f.metadata["flag"]
+        ]
+
+
+def _with_scope(help: str) -> str:
+    return help if "global scheduler" in help else f"{help} (global scheduler)"
 
 
 def default_instance_id() -> str:

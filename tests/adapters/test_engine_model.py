@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from launcher.render import engine_params
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from paddlellm.engine.loop import EngineLoop
@@ -334,7 +333,7 @@ def test_model_py_wires_config_and_loop(pb: ModuleType, load_model, monkeypatch:
     monkeypatch.setattr(module, "engine_loop_factory", fake_factory)
     config = EngineConfig(max_model_len=512, block_size=16, max_num_seqs=4)
     triton_model = module.TritonPythonModel()
-    triton_model.initialize(initialize_args("llm_engine", engine_params(config)))
+    triton_model.initialize(initialize_args("llm_engine", config.to_params()))
     try:
         assert seen == [config]
         req = engine_request(pb, "via-model-py", prompt(4), {"max_tokens": 3, "ignore_eos": True})
@@ -349,7 +348,7 @@ def test_model_py_rejects_an_unrendered_config(pb: ModuleType, load_model) -> No
     from paddlellm.errors import ConfigError
 
     module = load_model("llm_engine")
-    params = engine_params(EngineConfig()) | {"block_size": "${block_size}"}
+    params = EngineConfig().to_params() | {"block_size": "${block_size}"}
     with pytest.raises(ConfigError, match="block_size"):
         module.TritonPythonModel().initialize(initialize_args("llm_engine", params))
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from launcher.render import engine_params, placeholders, render_model_repository
+from launcher.render import engine_parameter_block, placeholders, render_model_repository, with_engine_block
+from launcher.render import main as render_main
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from tests.adapters.conftest import MODEL_REPOSITORY
@@ -57,9 +59,17 @@ def test_config_matches_protocol(spec: p.ModelSpec) -> None:
 
 def test_engine_parameters_are_the_engine_config_fields() -> None:
     cfg = load(p.LLM_ENGINE.name)
-    assert sorted(cfg.parameters) == sorted(name for name, _, _ in EngineConfig.help_items())
+    assert sorted(cfg.parameters) == sorted(f.name for f in dataclasses.fields(EngineConfig))
     for key, value in cfg.parameters.items():
         assert value.string_value == "${" + key + "}"
+
+
+def test_engine_parameters_are_generated_from_the_declarations() -> None:
+    """The committed block is what `python -m launcher.render --update` writes (no hand edits, not stale)."""
+    text = (MODEL_REPOSITORY / p.LLM_ENGINE.name / "config.pbtxt").read_text(encoding="utf-8")
+    assert with_engine_block(text) == text
+    assert engine_parameter_block() in text
+    assert render_main(["--check", "--repository", str(MODEL_REPOSITORY)]) == 0
 
 
 def test_ensemble_wires_the_steps_by_the_protocol() -> None:
@@ -90,7 +100,7 @@ def test_ensemble_wires_the_steps_by_the_protocol() -> None:
 
 def test_rendered_repository_has_no_placeholders_and_round_trips(tmp_path: Path) -> None:
     config = EngineConfig(model="/models/x", max_model_len=4096, use_warmup=True, kv_cache_ratio=0.5)
-    out = render_model_repository(MODEL_REPOSITORY, tmp_path / "repo", engine_params(config))
+    out = render_model_repository(MODEL_REPOSITORY, tmp_path / "repo", config.to_params())
     for f in out.rglob("config.pbtxt"):
         assert not placeholders(f.read_text()), f
     engine = load(p.LLM_ENGINE.name, out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.render import MARKER, engine_params, render_model_repository, substitute
+from launcher.render import MARKER, render_model_repository, substitute
 from paddlellm.config import EngineConfig
 from paddlellm.errors import ConfigError
 from paddlellm.triton.params import model_params, pick
@@ -66,7 +66,7 @@ def test_rerender_replaces_only_its_own_output(tmp_path: Path) -> None:
 
 def test_engine_params_round_trip() -> None:
     config = EngineConfig(use_warmup=True, gpu_memory_utilization=0.123456789, scheduler_ttl=1e-3, seed=-5)
-    params = engine_params(config)
+    params = config.to_params()
     assert params["use_warmup"] == "1"
     assert EngineConfig.from_params(params) == config
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from launcher.render import engine_params, render_model_repository
+from launcher.render import render_model_repository
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from paddlellm.protocol import ABORT_PARAMETER
@@ -36,7 +36,7 @@ MAX_MODEL_LEN = 4096
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("triton")
-    params = engine_params(EngineConfig(max_model_len=MAX_MODEL_LEN, block_size=16))
+    params = EngineConfig(max_model_len=MAX_MODEL_LEN, block_size=16).to_params()
     repo = render_model_repository(MODEL_REPOSITORY, tmp / "repo", params)
     for name in ("tokenizer", "llm_engine", "detokenizer"):
         shutil.copy(E2E_MODELS / f"{name}.py", repo / name / "1" / "model.py")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from launcher.render import engine_params, render_model_repository
+from launcher.render import render_model_repository
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from tests.adapters.conftest import MODEL_REPOSITORY
@@ -32,7 +32,7 @@ def config(default_model_dir: str) -> EngineConfig:
 @pytest.fixture(scope="module")
 def server(config: EngineConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("triton_real")
-    repo = render_model_repository(MODEL_REPOSITORY, tmp / "repo", engine_params(config))
+    repo = render_model_repository(MODEL_REPOSITORY, tmp / "repo", config.to_params())
     with running_tritonserver(repo, tmp, ready_timeout_s=300) as url:
         yield url
 

@@ -4,6 +4,7 @@ the configuration the flags turn into (--dry-run)."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -232,3 +233,32 @@ def test_unreachable_redis_fails_before_anything_starts(model: Path, capsys) -> 
         port = s.getsockname()[1]  # closed again: nothing listens there
     err = _error(["--model", str(model), "--scheduler-name", "global", "--scheduler-port", str(port)], capsys)
     assert f"127.0.0.1:{port}" in err
+
+
+def test_every_engine_option_is_in_help_and_in_the_rendered_repository(model: Path, tmp_path: Path) -> None:
+    """One declaration per option (paddlellm/config.py): each EngineConfig field has a flag in --help and a
+    parameter in the rendered llm_engine config.pbtxt, and a non-default value given as a flag arrives in the
+    rendered parameter."""
+    import dataclasses
+
+    from launcher.cli import plan_from_args
+    from launcher.render import render_model_repository
+    from paddlellm.config import EngineConfig
+
+    help_text = build_parser().format_help()
+    fields = dataclasses.fields(EngineConfig)
+    for f in fields:
+        assert f"--{f.name.replace('_', '-')}" in help_text, f.name
+    parser = build_parser()
+    argv = ["--model", str(model), "--max-num-seqs", "5", "--dtype", "bfloat16", "--use-warmup", "1"]
+    argv += ["--cpu-kernels", "avx2", "--seed", "7", "--scheduler-ttl", "12.5", "--instance-id", "abc"]
+    plan = plan_from_args(parser.parse_args(argv), parser)
+    repo = render_model_repository(ROOT / "model_repository", tmp_path / "repo", plan.engine.to_params())
+    text = (repo / "llm_engine" / "config.pbtxt").read_text()
+    for f in fields:
+        assert f'key: "{f.name}"' in text, f.name
+    params = dict(re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)" \}', text))
+    assert EngineConfig.from_params(params) == plan.engine
+    assert (params["max_num_seqs"], params["dtype"], params["use_warmup"]) == ("5", "bfloat16", "1")
+    assert (params["cpu_kernels"], params["seed"], params["scheduler_ttl"]) == ("avx2", "7", "12.5")
+    assert params["instance_id"] == "abc"

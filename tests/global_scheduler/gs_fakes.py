@@ -28,7 +28,7 @@ def text_of(ids: list[int] | tuple[int, ...]) -> str:
     return "".join(f"<{i}>" for i in ids)
 
 
-class FakeExecutor:
+class FakeLocalEngine:
     """Yields one token per `delay` seconds; continues from `resume_token_ids` like the real engine must."""
 
     def __init__(self, delay: float = 0.005, fail_after: int | None = None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from gs_fakes import FakeExecutor
+from gs_fakes import FakeLocalEngine
 
 from gateway.global_scheduler import GlobalScheduler, GlobalSchedulerSettings
 
@@ -22,7 +22,7 @@ async def main(argv: list[str]) -> None:
         heartbeat_interval=float(lease_ttl) / 4,
         min_load_score=1,
     )
-    sched = GlobalScheduler(settings, FakeExecutor(float(delay)), capacity=int(capacity), instance_id=iid)
+    sched = GlobalScheduler(settings, FakeLocalEngine(float(delay)), capacity=int(capacity), instance_id=iid)
     await sched.start()
     print("READY", flush=True)
     await asyncio.Event().wait()  # serve until killed

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from gs_fakes import FakeExecutor, RedisServer, expected_ids, free_port, subprocess_env, text_of
+from gs_fakes import FakeLocalEngine, RedisServer, expected_ids, free_port, subprocess_env, text_of
 
 from gateway.global_scheduler import (
     EnsembleInputs,
@@ -72,7 +72,7 @@ def check_answer(prompt: str, ids: list[int], text: str, n: int = N_TOKENS) -> N
 
 def test_single_instance_runs_its_own_requests(redis_server: RedisServer) -> None:
     async def main() -> None:
-        a = GlobalScheduler(settings(redis_server), FakeExecutor(), capacity=2, instance_id="A")
+        a = GlobalScheduler(settings(redis_server), FakeLocalEngine(), capacity=2, instance_id="A")
         await a.start()
         try:
             results = await asyncio.gather(*(ask(a, f"p{i}") for i in range(6)))
@@ -88,7 +88,7 @@ def test_single_instance_runs_its_own_requests(redis_server: RedisServer) -> Non
 
 def test_idle_instance_steals_from_a_loaded_one_and_other_topics_take_none(redis_server: RedisServer) -> None:
     async def main() -> None:
-        ex = {k: FakeExecutor(0.005) for k in "ABC"}
+        ex = {k: FakeLocalEngine(0.005) for k in "ABC"}
         a = GlobalScheduler(settings(redis_server), ex["A"], capacity=4, instance_id="A")
         b = GlobalScheduler(settings(redis_server), ex["B"], capacity=4, instance_id="B")
         c = GlobalScheduler(settings(redis_server, topic="other"), ex["C"], capacity=4, instance_id="C")
@@ -116,10 +116,10 @@ def test_idle_instance_steals_from_a_loaded_one_and_other_topics_take_none(redis
 def test_errors_of_a_stolen_request_reach_the_origin_typed(redis_server: RedisServer) -> None:
     async def main() -> None:
         a = GlobalScheduler(
-            settings(redis_server, min_load_score=0), FakeExecutor(0.02), capacity=1, instance_id="A"
+            settings(redis_server, min_load_score=0), FakeLocalEngine(0.02), capacity=1, instance_id="A"
         )
         b = GlobalScheduler(
-            settings(redis_server, min_load_score=0), FakeExecutor(), capacity=1, instance_id="B"
+            settings(redis_server, min_load_score=0), FakeLocalEngine(), capacity=1, instance_id="B"
         )
         await a.start()
         busy = asyncio.create_task(ask(a, "keeps A busy", 30))
@@ -149,7 +149,7 @@ def test_kill_9_of_an_executing_instance_loses_nothing(redis_server: RedisServer
         assert b.stdout is not None and b.stdout.readline().strip() == "READY"
 
         async def main() -> None:
-            a = GlobalScheduler(settings(redis_server), FakeExecutor(0.02), capacity=4, instance_id="A")
+            a = GlobalScheduler(settings(redis_server), FakeLocalEngine(0.02), capacity=4, instance_id="A")
             await a.start()
             try:
                 tasks = [asyncio.create_task(ask(a, f"req {i}", 20)) for i in range(40)]
@@ -174,7 +174,9 @@ def test_kill_9_of_an_executing_instance_loses_nothing(redis_server: RedisServer
 
 def test_request_not_started_within_ttl_gets_a_clear_error(redis_server: RedisServer) -> None:
     async def main() -> None:
-        a = GlobalScheduler(settings(redis_server, ttl=1.0), FakeExecutor(0.1), capacity=1, instance_id="A")
+        a = GlobalScheduler(
+            settings(redis_server, ttl=1.0), FakeLocalEngine(0.1), capacity=1, instance_id="A"
+        )
         await a.start()
         try:
             busy = asyncio.create_task(ask(a, "long", 30))  # 3 s of work holds the only slot
@@ -194,7 +196,7 @@ def test_request_not_started_within_ttl_gets_a_clear_error(redis_server: RedisSe
 def test_queue_bounded_by_max_size(redis_server: RedisServer) -> None:
     async def main() -> None:
         a = GlobalScheduler(
-            settings(redis_server, max_size=1), FakeExecutor(0.05), capacity=1, instance_id="A"
+            settings(redis_server, max_size=1), FakeLocalEngine(0.05), capacity=1, instance_id="A"
         )
         await a.start()
         try:
@@ -214,9 +216,9 @@ def test_queue_bounded_by_max_size(redis_server: RedisServer) -> None:
 
 def test_client_leaving_cancels_a_remote_run(redis_server: RedisServer) -> None:
     async def main() -> None:
-        ex_b = FakeExecutor(0.05)
+        ex_b = FakeLocalEngine(0.05)
         a = GlobalScheduler(
-            settings(redis_server, min_load_score=0), FakeExecutor(0.05), capacity=1, instance_id="A"
+            settings(redis_server, min_load_score=0), FakeLocalEngine(0.05), capacity=1, instance_id="A"
         )
         b = GlobalScheduler(settings(redis_server, min_load_score=0), ex_b, capacity=1, instance_id="B")
         await a.start()
@@ -247,14 +249,14 @@ def test_redis_unreachable_at_start_names_the_address() -> None:
     async def main() -> None:
         s = GlobalSchedulerSettings(port=port, connect_timeout=0.5)
         with pytest.raises(SchedulerUnavailable, match=f"127.0.0.1:{port}"):
-            await GlobalScheduler(s, FakeExecutor(), capacity=1, instance_id="A").start()
+            await GlobalScheduler(s, FakeLocalEngine(), capacity=1, instance_id="A").start()
 
     asyncio.run(main())
 
 
 def test_redis_lost_fails_fast_then_recovers(redis_server: RedisServer) -> None:
     async def main() -> None:
-        a = GlobalScheduler(settings(redis_server), FakeExecutor(), capacity=2, instance_id="A")
+        a = GlobalScheduler(settings(redis_server), FakeLocalEngine(), capacity=2, instance_id="A")
         await a.start()
         try:
             check_answer("before", *(await ask(a, "before"))[:2])
@@ -278,9 +280,9 @@ def test_redis_lost_fails_fast_then_recovers(redis_server: RedisServer) -> None:
 
 def test_a_stolen_run_stops_when_its_origin_dies(redis_server: RedisServer) -> None:
     async def main() -> None:
-        ex_b = FakeExecutor(0.05)
+        ex_b = FakeLocalEngine(0.05)
         s = settings(redis_server, min_load_score=0)
-        a = GlobalScheduler(s, FakeExecutor(0.05), capacity=1, instance_id="A")
+        a = GlobalScheduler(s, FakeLocalEngine(0.05), capacity=1, instance_id="A")
         b = GlobalScheduler(s, ex_b, capacity=1, instance_id="B")
         await a.start()
         busy = asyncio.create_task(ask(a, "A's own", 40))
@@ -308,8 +310,8 @@ def test_a_stolen_run_stops_when_its_origin_dies(redis_server: RedisServer) -> N
 def test_a_failing_engine_hands_a_stolen_request_back(redis_server: RedisServer) -> None:
     async def main() -> None:
         s = settings(redis_server, min_load_score=0)
-        a = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="A")
-        b = GlobalScheduler(s, FakeExecutor(0.01, fail_after=3), capacity=1, instance_id="B")
+        a = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="A")
+        b = GlobalScheduler(s, FakeLocalEngine(0.01, fail_after=3), capacity=1, instance_id="B")
         await a.start()
         busy = asyncio.create_task(ask(a, "A's own", 20))
         await asyncio.sleep(0.05)
@@ -330,8 +332,8 @@ def test_a_failing_engine_hands_a_stolen_request_back(redis_server: RedisServer)
 def test_a_failing_engine_hands_its_own_request_to_a_peer(redis_server: RedisServer) -> None:
     async def main() -> None:
         s = settings(redis_server, min_load_score=0)
-        a = GlobalScheduler(s, FakeExecutor(0.01, fail_after=4), capacity=1, instance_id="A")
-        b = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="B")
+        a = GlobalScheduler(s, FakeLocalEngine(0.01, fail_after=4), capacity=1, instance_id="A")
+        b = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="B")
         await a.start()
         await b.start()
         try:
@@ -349,8 +351,8 @@ def test_a_failing_engine_hands_its_own_request_to_a_peer(redis_server: RedisSer
 def test_a_stopping_instance_hands_its_stolen_runs_back(redis_server: RedisServer) -> None:
     async def main() -> None:
         s = settings(redis_server, min_load_score=0, lease_ttl=30.0, heartbeat_interval=0.2)
-        a = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="A")
-        b = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="B")
+        a = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="A")
+        b = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="B")
         await a.start()
         busy = asyncio.create_task(ask(a, "A's own", 30))
         await asyncio.sleep(0.05)
@@ -375,8 +377,8 @@ def test_a_stopping_instance_hands_its_stolen_runs_back(redis_server: RedisServe
 def test_a_run_cut_by_a_redis_error_resumes_elsewhere(redis_server: RedisServer) -> None:
     async def main() -> None:
         s = settings(redis_server, min_load_score=0)
-        a = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="A")
-        b = GlobalScheduler(s, FakeExecutor(0.01), capacity=1, instance_id="B")
+        a = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="A")
+        b = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="B")
         await a.start()
         busy = asyncio.create_task(ask(a, "A's own", 30))
         await asyncio.sleep(0.05)

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file  # noqa: E402
 
 from paddlellm.model_info import ModelInfo  # noqa: E402
-from paddlellm.tools.make_tiny_model import (  # noqa: E402
+from scripts.make_tiny_model import (  # noqa: E402
     LLAMA2_SPM,
     SIZES,
     TinySpec,

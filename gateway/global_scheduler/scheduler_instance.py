@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable
 
 from gateway.global_scheduler.errors import QueueFull, SchedulerUnavailable
-from gateway.global_scheduler.executor import Executor
+from gateway.global_scheduler.local_engine import LocalEngine
 from gateway.global_scheduler.messages import EnsembleInputs, WorkRequest
 from gateway.global_scheduler.origin import RequestStream, Waiter
 from gateway.global_scheduler.runner import RunnerMixin
@@ -53,7 +53,7 @@ class GlobalScheduler(RunnerMixin):
     def __init__(
         self,
         settings: GlobalSchedulerSettings,
-        executor: Executor,
+        local_engine: LocalEngine,
         capacity: int,
         instance_id: str | None = None,
         on_event: EventSink | None = None,
@@ -63,7 +63,7 @@ class GlobalScheduler(RunnerMixin):
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.settings = settings
-        self.executor = executor
+        self.local_engine = local_engine
         self.capacity = capacity
         self.id = instance_id or default_instance_id()
         self.shard = zlib.crc32(self.id.encode()) % settings.load_shards_num

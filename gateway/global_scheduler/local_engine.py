@@ -15,7 +15,7 @@ from typing import Protocol
 from gateway.global_scheduler.messages import Chunk, WorkRequest
 
 
-class Executor(Protocol):
+class LocalEngine(Protocol):
     def run(self, request: WorkRequest) -> AsyncIterator[Chunk]:
         """An async generator of the request's chunks; the last has a non-empty `finish_reason`.
 

@@ -8,7 +8,7 @@ import json
 from gs_fakes import RedisServer, expected_ids, text_of
 
 from gateway.global_scheduler import GlobalSchedulerSettings
-from gateway.global_scheduler.backend import global_backend_factory
+from gateway.global_scheduler.scheduled_backend import global_backend_factory
 from gateway.translate import EnsembleRequest, EnsembleResponse
 
 

@@ -1,8 +1,9 @@
-"""The global scheduler as the gateway's `GenerationBackend` (gateway/backend.py), over the local ensemble.
+"""The global scheduler as the gateway's `GenerationBackend` (gateway/backend_protocol.py), over the local
+ensemble.
 
 Wiring: `create_app(settings, backend_factory=global_backend_factory(scheduler_settings, capacity))`. Each
 request the gateway opens is submitted to the scheduler; whichever instance runs it does so through its own
-local ensemble (`TritonExecutor`), and the chunks come back as the `EnsembleResponse`s the gateway shapes.
+local ensemble (`TritonLocalEngine`), and the chunks come back as the `EnsembleResponse`s the gateway shapes.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from typing import Any
 
 from gateway.global_scheduler.errors import CannotResume
 from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest
-from gateway.global_scheduler.scheduler import EventSink, GlobalScheduler, RequestStream
+from gateway.global_scheduler.scheduler_instance import EventSink, GlobalScheduler, RequestStream
 from gateway.global_scheduler.settings import GlobalSchedulerSettings
 from gateway.translate import EnsembleRequest, EnsembleResponse
 from paddlellm.errors import EngineError
 
 
-class TritonExecutor:
-    """Executor over the local ensemble (`gateway.triton_stream.TritonEnsemble` or anything with its `open`).
+class TritonLocalEngine:
+    """This instance's LocalEngine: its ensemble (`gateway.triton_stream.TritonEnsemble`, or anything with
+    its `open`).
 
     A resumed request needs the ensemble's optional `resume_ids` input; `open` must accept `resume_ids=` for
     that (until it does, a resumed request ends with an error rather than with wrong text)."""
@@ -68,7 +70,7 @@ class TritonExecutor:
 
 
 class SchedulerStream:
-    """One request's responses through the scheduler (`gateway.backend.ResponseStream`)."""
+    """One request's responses through the scheduler (`gateway.backend_protocol.ResponseStream`)."""
 
     def __init__(self, scheduler: GlobalScheduler, req: EnsembleRequest, request_id: str) -> None:
         self._scheduler, self._req, self._rid = scheduler, req, request_id
@@ -138,7 +140,7 @@ def global_backend_factory(
 
     @asynccontextmanager
     async def factory(local: Any) -> AsyncIterator[GlobalBackend]:
-        scheduler = GlobalScheduler(settings, TritonExecutor(local), capacity, instance_id, on_event)
+        scheduler = GlobalScheduler(settings, TritonLocalEngine(local), capacity, instance_id, on_event)
         await scheduler.start()
         try:
             yield GlobalBackend(scheduler, local)

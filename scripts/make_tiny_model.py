@@ -1,6 +1,6 @@
 """Write a small random-weight checkpoint in HF layout, built with transformers' own config and model classes.
 
-    python -m paddlellm.tools.make_tiny_model --arch {llama,qwen2,qwen3,ernie4_5} --out DIR
+    python -m scripts.make_tiny_model --arch {llama,qwen2,qwen3,ernie4_5} --out DIR
         [--tokenizer {smollm,llama2}] [--size {tiny,15m,100m}] [--tie/--no-tie] [--seed N]
         [--rope-scaling {none,llama3}] [--smollm-dir DIR]
 
@@ -24,7 +24,7 @@ from typing import Any
 
 # The team's shared test data sits beside the repository (CI clones it with ../shared next to it).
 LLAMA2_SPM = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     os.pardir, "shared", "models", "llama2-tokenizer", "tokenizer.model",
 )
 CHATML_TEMPLATE = (
@@ -253,7 +253,7 @@ def _write_legacy_config_fields(out: str, config: Any, spec: TinySpec) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m paddlellm.tools.make_tiny_model",
+        prog="python -m scripts.make_tiny_model",
         description="Write a small random-weight HF checkpoint.",
     )
     parser.add_argument("--arch", required=True, choices=ARCHS)
