@@ -28,7 +28,7 @@ AR_SHAPES = [(1, 576), (2, 576), (4, 576), (8, 576), (16, 576), (32, 576), (32, 
 def _ar_rank(rank: int, world: int, spec: Any, endpoints: list[str], reps: int, q: Any) -> None:
     from paddlellm.executor.dist_env import apply_rank_env, configure_paddle, init_distributed
 
-    apply_rank_env(rank, world, endpoints, device="cpu", threads=1)
+    apply_rank_env(rank, world, endpoints, device="cpu")
     configure_paddle("cpu", threads=1)
     import numpy as np
     import paddle
@@ -37,7 +37,7 @@ def _ar_rank(rank: int, world: int, spec: Any, endpoints: list[str], reps: int, 
     from paddlellm.worker.shm_allreduce import ShmAllReduce
 
     ar = ShmAllReduce(spec, rank)
-    init_distributed(device="cpu")
+    init_distributed()
     results: dict[str, dict[str, float]] = {"shm": {}, "gloo": {}}
     # All shm shapes first: gloo leaves busy threads behind that would slow the shm runs.
     for kind in ("shm", "gloo"):

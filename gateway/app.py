@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse, Response
 from gateway.backend_protocol import GenerationBackend
 from gateway.errors import ApiError, install_handlers, model_not_found
 from gateway.metrics import GatewayMetrics, install_metrics
-from gateway.observer import NullObserver, RequestObserver
 from gateway.serving import GatewayContext, generate
 from gateway.settings import GatewaySettings
 from gateway.triton_stream import TritonEnsemble
@@ -29,7 +28,6 @@ from gateway.triton_stream import TritonEnsemble
 def create_app(
     settings: GatewaySettings,
     client: Any = None,
-    observer: RequestObserver | None = None,
     backend_factory: BackendFactory | None = None,
     metrics: GatewayMetrics | None = None,
 ) -> FastAPI:
@@ -57,7 +55,7 @@ def create_app(
         )
         try:
             async with (backend_factory or _local)(ensemble) as backend:
-                holder["ctx"] = GatewayContext(settings, backend, observer or NullObserver())
+                holder["ctx"] = GatewayContext(settings, backend)
                 try:
                     yield
                 finally:

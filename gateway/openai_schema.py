@@ -3,15 +3,21 @@
 Requests are validated strictly from the raw JSON body (`model_validate_json`): wrong types and out-of-range
 values fail with the field's location, which `gateway.errors` turns into OpenAI's `param`. Known OpenAI
 fields the server does not implement are declared loosely and ignored; unknown fields are ignored too.
-Responses are built as plain dicts by `gateway.translate`; the response models here document their shape and
-let tests check it.
+Responses are TypedDicts: `gateway.translate` and `gateway.errors` build them (plain dicts at run time, so a
+streamed token costs no model validation), and the same declarations give their JSON schema and let tests
+validate what the server sent (`pydantic.TypeAdapter(ChatCompletionChunk)`, extra keys forbidden).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import (
+    Any,
+    Literal,
+    NotRequired,  # pydantic needs these on Python < 3.12
+)
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator, with_config
+from typing_extensions import TypedDict
 
 from paddlellm.sampling import MAX_STREAM_INTERVAL
 
@@ -148,52 +154,64 @@ class CompletionRequest(_SamplingFields):
 # Response shapes (documentation and test checks).
 
 
-class Usage(BaseModel):
+# ------------------------------------------------------------------ responses
+FinishReason = Literal["stop", "length"]
+_STRICT = ConfigDict(extra="forbid")
+
+
+@with_config(_STRICT)
+class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
-class ChatDelta(BaseModel):
-    role: str | None = None
-    content: str | None = None
-    reasoning_content: str | None = None
-    token_ids: list[int] | None = None
+@with_config(_STRICT)
+class ChatDelta(TypedDict):
+    role: NotRequired[Literal["assistant"]]  # on the first chunk only
+    content: str
+    reasoning_content: NotRequired[str]  # only when the chunk carries some
+    token_ids: list[int]
 
 
-class ChatChunkChoice(BaseModel):
+@with_config(_STRICT)
+class ChatChunkChoice(TypedDict):
     index: int
     delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None
     arrival_time: float
-    logprobs: None = None
+    logprobs: None
 
 
-class ChatCompletionChunk(BaseModel):
+@with_config(_STRICT)
+class ChatCompletionChunk(TypedDict):
     id: str
     object: Literal["chat.completion.chunk"]
     created: int
     model: str
     choices: list[ChatChunkChoice]
-    usage: Usage | None = None
+    usage: NotRequired[Usage | None]  # with stream_options.include_usage: null but on the last chunk
 
 
-class ChatResponseMessage(BaseModel):
+@with_config(_STRICT)
+class ChatResponseMessage(TypedDict):
     role: Literal["assistant"]
     content: str
-    reasoning_content: str | None = None
+    reasoning_content: str | None
 
 
-class ChatChoice(BaseModel):
+@with_config(_STRICT)
+class ChatChoice(TypedDict):
     index: int
     message: ChatResponseMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason | None
     token_ids: list[int]
     arrival_time: float
-    logprobs: None = None
+    logprobs: None
 
 
-class ChatCompletion(BaseModel):
+@with_config(_STRICT)
+class ChatCompletion(TypedDict):
     id: str
     object: Literal["chat.completion"]
     created: int
@@ -202,16 +220,18 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-class CompletionChoice(BaseModel):
+@with_config(_STRICT)
+class CompletionChoice(TypedDict):
     index: int
     text: str
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None
     token_ids: list[int]
     arrival_time: float
-    logprobs: None = None
+    logprobs: None
 
 
-class Completion(BaseModel):
+@with_config(_STRICT)
+class Completion(TypedDict):
     """Both the non-streamed response and each streamed chunk (OpenAI uses one object type for both)."""
 
     id: str
@@ -219,15 +239,17 @@ class Completion(BaseModel):
     created: int
     model: str
     choices: list[CompletionChoice]
-    usage: Usage | None = None
+    usage: NotRequired[Usage | None]
 
 
-class ErrorBody(BaseModel):
+@with_config(_STRICT)
+class ErrorBody(TypedDict):
     message: str
     type: str
-    param: str | None = None
-    code: str | int | None = None
+    param: str | None
+    code: str | int | None
 
 
-class ErrorResponse(BaseModel):
+@with_config(_STRICT)
+class ErrorResponse(TypedDict):
     error: ErrorBody

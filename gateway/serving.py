@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 from pydantic import ValidationError
@@ -25,10 +25,9 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.backend_protocol import GenerationBackend, ResponseStream
 from gateway.errors import ApiError, from_engine, from_validation, model_not_found
-from gateway.observer import RequestObserver
-from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
+from gateway.openai_schema import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from gateway.settings import GatewaySettings
-from gateway.translate import ChunkShaper, EnsembleResponse, assemble, chat_request, completion_request
+from gateway.translate import Chunk, ChunkShaper, EnsembleResponse, assemble, chat_request, completion_request
 from paddlellm.errors import EngineError
 
 log = logging.getLogger("gateway")
@@ -40,7 +39,6 @@ DONE = "data: [DONE]\n\n"
 class GatewayContext:
     settings: GatewaySettings
     backend: GenerationBackend
-    observer: RequestObserver
 
 
 class ClientGone(Exception):
@@ -110,7 +108,7 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-def _sse(chunk: dict[str, Any]) -> str:
+def _sse(chunk: Chunk) -> str:
     return f"data: {json.dumps(chunk, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
@@ -152,76 +150,39 @@ async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response
         include_usage=req.include_usage(),
         reasoning=reasoning,
     )
-    ctx.observer.request_started(endpoint)
-    outcome = _Outcome(ctx.observer, endpoint, shaper, arrival)
     stream = ctx.backend.open(ens_req, request_id)
     headers = {"X-Request-Id": request_id}
     try:
         first = await until_disconnect(request, stream.next())
     except ClientGone:
         stream.cancel()
-        outcome.finish(499)
         return GoneResponse()
     except EngineError as e:
-        err = from_engine(e, request_id)
-        outcome.finish(err.status)
-        return err.response(headers=headers)
+        return from_engine(e, request_id).response(headers=headers)
     except BaseException:
         stream.cancel()
-        outcome.finish(500)
         raise
-    outcome.first(first)
     if req.stream:
         sse_headers = {
             **headers,
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         }  # no proxy buffering
-        return SSEResponse(_sse_body(stream, shaper, first, arrival, outcome), headers=sse_headers)
+        return SSEResponse(_sse_body(stream, shaper, first, arrival), headers=sse_headers)
     try:
-        result = await until_disconnect(request, _collect(stream, shaper, first, arrival, outcome))
+        result = await until_disconnect(request, _collect(stream, shaper, first, arrival))
     except ClientGone:
-        outcome.finish(499)
         return GoneResponse()
     except EngineError as e:
-        err = from_engine(e, request_id)
-        outcome.finish(err.status)
-        return err.response(headers=headers)
+        return from_engine(e, request_id).response(headers=headers)
     finally:
         stream.cancel()  # no-op when the stream ended normally
-    outcome.finish(200)
     return JSONResponse(result, headers=headers)
 
 
-class _Outcome:
-    """Reports one request to the observer exactly once."""
-
-    def __init__(self, observer: RequestObserver, endpoint: str, shaper: ChunkShaper, arrival: float) -> None:
-        self.observer, self.endpoint, self.shaper, self.arrival = observer, endpoint, shaper, arrival
-        self.reported_first = self.done = False
-
-    def first(self, resp: EnsembleResponse) -> None:
-        if not self.reported_first and resp.token_ids:
-            self.reported_first = True
-            self.observer.first_token(self.endpoint, time.monotonic() - self.arrival)
-
-    def finish(self, status: int) -> None:
-        if not self.done:
-            self.done = True
-            s = self.shaper
-            self.observer.request_finished(
-                self.endpoint,
-                status,
-                s.prompt_tokens,
-                s.completion_tokens,
-                time.monotonic() - self.arrival,
-                s.finish_reason,
-            )
-
-
 async def _responses(
-    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
-) -> AsyncIterator[dict[str, Any]]:
+    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float
+) -> AsyncIterator[Chunk]:
     """Chunks of one generation, in order; raises EngineError; cancels Triton on a stop-string match.
 
     After the engine's finish reason the stream is still read to its (empty) final response, so Triton
@@ -236,35 +197,29 @@ async def _responses(
         if resp.final:
             break
         resp = await stream.next()
-        outcome.first(resp)
     for chunk in shaper.end_of_stream(time.monotonic() - arrival):
         yield chunk
 
 
 async def _collect(
-    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
-) -> dict[str, Any]:
-    chunks = [c async for c in _responses(stream, shaper, first, arrival, outcome)]
+    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float
+) -> ChatCompletion | Completion:
+    chunks = [c async for c in _responses(stream, shaper, first, arrival)]
     return assemble(shaper, chunks)
 
 
 async def _sse_body(
-    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float, outcome: _Outcome
+    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float
 ) -> AsyncIterator[str]:
-    status = 499  # unless the generator runs to its end
     try:
         try:
-            async for chunk in _responses(stream, shaper, first, arrival, outcome):
+            async for chunk in _responses(stream, shaper, first, arrival):
                 yield _sse(chunk)
-            status = 200
             yield DONE
         except EngineError as e:
-            err = from_engine(e, shaper.request_id)
-            status = err.status
-            yield err.sse()
+            yield from_engine(e, shaper.request_id).sse()
         except Exception:
             log.exception("request %s: error while streaming", shaper.request_id)
-            status = 500
             yield ApiError(
                 500,
                 f"internal server error (request {shaper.request_id})",
@@ -273,4 +228,3 @@ async def _sse_body(
             ).sse()
     finally:
         stream.cancel()
-        outcome.finish(status)

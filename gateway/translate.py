@@ -11,7 +11,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
+from gateway.openai_schema import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatResponseMessage,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    FinishReason,
+    Usage,
+)
 from gateway.reasoning import ReasoningSplitter
 from gateway.settings import GatewaySettings
 from gateway.stop_strings import StopStringMatcher
@@ -21,6 +34,8 @@ from paddlellm.sampling import MAX_STREAM_INTERVAL, SamplingParams
 Kind = Literal["chat", "completion"]
 DEFAULT_MAX_TOKENS = 16
 NON_STREAMING_INTERVAL = 16  # tokens per engine response for a non-streamed answer (see _stream_interval)
+
+Chunk = ChatCompletionChunk | Completion  # one streamed chunk of either endpoint
 
 
 @dataclass(frozen=True)
@@ -183,7 +198,7 @@ class ChunkShaper:
         """A stop string ended the generation before the engine did: the caller cancels the stream."""
         return self._cut_short
 
-    def feed(self, resp: EnsembleResponse, arrival: float) -> list[dict[str, Any]]:
+    def feed(self, resp: EnsembleResponse, arrival: float) -> list[Chunk]:
         if self.finished:
             return []
         if resp.prompt_tokens:
@@ -205,7 +220,7 @@ class ChunkShaper:
             finish = "stop" if stopped else resp.finish_reason
         return self._chunks(text, list(resp.token_ids), finish, arrival)
 
-    def end_of_stream(self, arrival: float) -> list[dict[str, Any]]:
+    def end_of_stream(self, arrival: float) -> list[Chunk]:
         """After the final response: the usage chunk when asked for; an error if no finish reason came."""
         if not self.finished:
             raise EngineError("the inference stream ended before the generation finished")
@@ -213,25 +228,21 @@ class ChunkShaper:
             return [self._envelope([], usage=self.usage())]
         return []
 
-    def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+        )
 
-    def _chunks(self, text: str, ids: list[int], finish: str | None, arrival: float) -> list[dict[str, Any]]:
+    def _chunks(self, text: str, ids: list[int], finish: str | None, arrival: float) -> list[Chunk]:
         if finish is not None:
             self.finish_reason = finish
+        reason = _finish_reason(finish)
         if self.kind == "completion":
-            choice = {
-                "index": 0,
-                "text": text,
-                "token_ids": ids,
-                "arrival_time": arrival,
-                "finish_reason": finish,
-                "logprobs": None,
-            }
+            choice = CompletionChoice(
+                index=0, text=text, token_ids=ids, arrival_time=arrival, finish_reason=reason, logprobs=None
+            )
             return [self._envelope([choice])]
         reasoning, content = "", text
         if self._split is not None:
@@ -239,61 +250,67 @@ class ChunkShaper:
             if finish is not None:
                 r, c = self._split.flush()
                 reasoning, content = reasoning + r, content + c
-        delta: dict[str, Any] = {"content": content, "token_ids": ids}
+        delta = ChatDelta(content=content, token_ids=ids)
         if not self._started:
-            delta = {"role": "assistant", **delta}
+            delta = ChatDelta(role="assistant", **delta)
             self._started = True
         if reasoning:
             delta["reasoning_content"] = reasoning
-        choice = {
-            "index": 0,
-            "delta": delta,
-            "arrival_time": arrival,
-            "finish_reason": finish,
-            "logprobs": None,
-        }
-        return [self._envelope([choice])]
+        chat_choice = ChatChunkChoice(
+            index=0, delta=delta, arrival_time=arrival, finish_reason=reason, logprobs=None
+        )
+        return [self._envelope([chat_choice])]
 
-    def _envelope(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
-        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        chunk: dict[str, Any] = {
-            "id": self.request_id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
+    def _envelope(self, choices: list[Any], usage: Usage | None = None) -> Chunk:
+        chunk: Chunk
+        if self.kind == "chat":
+            chunk = ChatCompletionChunk(
+                id=self.request_id,
+                object="chat.completion.chunk",
+                created=self.created,
+                model=self.model,
+                choices=choices,
+            )
+        else:
+            chunk = Completion(
+                id=self.request_id, object="text_completion", created=self.created, model=self.model,
+                choices=choices,
+            )
         if self.include_usage:
             chunk["usage"] = usage  # OpenAI: null on every chunk but the last
         return chunk
 
 
-def assemble(shaper: ChunkShaper, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+def _finish_reason(finish: str | None) -> FinishReason | None:
+    return finish  # type: ignore[return-value]  # feed() admits only "stop" and "length"
+
+
+def assemble(shaper: ChunkShaper, chunks: list[Chunk]) -> ChatCompletion | Completion:
     """The non-streamed response, folded from the chunks a stream would have carried."""
-    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    choices: list[Any] = [c["choices"][0] for c in chunks if c["choices"]]
     ids = [
         i
         for c in choices
         for i in (c["token_ids"] if shaper.kind == "completion" else c["delta"]["token_ids"])
     ]
     arrival = choices[-1]["arrival_time"] if choices else 0.0
+    reason = _finish_reason(shaper.finish_reason)
     if shaper.kind == "completion":
-        choice: dict[str, Any] = {"index": 0, "text": "".join(c["text"] for c in choices)}
-        obj = "text_completion"
-    else:
-        content = "".join(c["delta"].get("content") or "" for c in choices)
-        reasoning = "".join(c["delta"].get("reasoning_content") or "" for c in choices)
-        message = {"role": "assistant", "content": content, "reasoning_content": reasoning or None}
-        choice = {"index": 0, "message": message}
-        obj = "chat.completion"
-    choice.update(
-        {"finish_reason": shaper.finish_reason, "token_ids": ids, "arrival_time": arrival, "logprobs": None}
+        text = "".join(c["text"] for c in choices)
+        choice = CompletionChoice(
+            index=0, text=text, finish_reason=reason, token_ids=ids, arrival_time=arrival, logprobs=None
+        )
+        return Completion(
+            id=shaper.request_id, object="text_completion", created=shaper.created, model=shaper.model,
+            choices=[choice], usage=shaper.usage(),
+        )
+    content = "".join(c["delta"].get("content") or "" for c in choices)
+    reasoning = "".join(c["delta"].get("reasoning_content") or "" for c in choices)
+    message = ChatResponseMessage(role="assistant", content=content, reasoning_content=reasoning or None)
+    chat_choice = ChatChoice(
+        index=0, message=message, finish_reason=reason, token_ids=ids, arrival_time=arrival, logprobs=None
     )
-    return {
-        "id": shaper.request_id,
-        "object": obj,
-        "created": shaper.created,
-        "model": shaper.model,
-        "choices": [choice],
-        "usage": shaper.usage(),
-    }
+    return ChatCompletion(
+        id=shaper.request_id, object="chat.completion", created=shaper.created, model=shaper.model,
+        choices=[chat_choice], usage=shaper.usage(),
+    )

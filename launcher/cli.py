@@ -20,7 +20,8 @@ from gateway.settings import GatewaySettings
 from launcher.supervisor import Launcher, LaunchPlan
 from launcher.tritonenv import REPO_ROOT
 from paddlellm.config import ENGINE_GROUP, SCHEDULER_GROUP, EngineConfig
-from paddlellm.errors import ConfigError
+from paddlellm.errors import CheckpointError, ConfigError
+from paddlellm.model_info import CheckpointText
 
 DEFAULT_MODEL = REPO_ROOT / ".models" / "SmolLM2-135M-Instruct"
 
@@ -136,44 +137,10 @@ def _fail(parser: argparse.ArgumentParser, msg: str) -> None:
     parser.error(msg)  # prints usage + message, exits 2
 
 
-def reasoning_markers(model: Path) -> tuple[str, str, bool] | None:
-    """Thinking markers of the model's chat template, if it has them: (start, end, starts_inside).
-
-    `starts_inside`: the generation prompt itself opens the block (DeepSeek-R1 style), so the output begins
-    inside it."""
-    cfg = model / "tokenizer_config.json" if model.is_dir() else None
-    if cfg is None or not cfg.exists():
-        return None
-    try:
-        template = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template") or ""
-    except ValueError:
-        return None
-    if isinstance(template, list):  # named templates
-        template = " ".join(t.get("template", "") for t in template if isinstance(t, dict))
-    if "<think>" not in template or "</think>" not in template:
-        return None
-    gen = template[template.rfind("add_generation_prompt") :]
-    gen = re.split(r"\{%-?\s*endif", gen, maxsplit=1)[0]
-    return "<think>", "</think>", "<think>" in gen and "</think>" not in gen
-
-
-def sampling_defaults(model: Path) -> dict[str, float]:
-    """temperature / top_p from the checkpoint's generation_config.json, as vLLM applies them by default."""
-    path = model / "generation_config.json" if model.is_dir() else None
-    if path is None or not path.exists():
-        return {}
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
-    out = {}
-    for key in ("temperature", "top_p"):
-        value = cfg.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[f"default_{key}"] = float(value)
-    if cfg.get("do_sample") is False and "default_temperature" in out:
-        out["default_temperature"] = 0.0  # HF: greedy unless sampling is asked for
-    return out
+def checkpoint_text(model: Path) -> CheckpointText | None:
+    """The chat template's thinking markers and the sampling defaults come from here (None for a .gguf,
+    whose facts the engine reads when it converts the file)."""
+    return CheckpointText.from_dir(str(model)) if model.is_dir() else None
 
 
 def _global_scheduler(args: argparse.Namespace) -> dict[str, Any]:
@@ -227,7 +194,8 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         )
         if not engine.instance_id:  # instances on one host must never share IPC names
             engine = engine.replace(instance_id=uuid.uuid4().hex[:8])
-        markers = reasoning_markers(model)
+        text = checkpoint_text(model)
+        markers = text.reasoning_markers() if text else None
         gateway = GatewaySettings(
             served_model_name=served,
             max_model_len=args.max_model_len,
@@ -235,11 +203,14 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             reasoning_start=markers[0] if markers else None,
             reasoning_end=markers[1] if markers else None,
             reasoning_starts_inside=markers[2] if markers else False,
-            **sampling_defaults(model),
+            **(text.sampling_defaults() if text else {}),
             metrics_port=args.metrics_port if args.metrics_port not in (None, args.port) else None,
             stream_interval=args.stream_interval,
             **_global_scheduler(args),
         )
+    except CheckpointError as e:
+        _fail(parser, f"--model {model}: {e}")
+        raise  # unreachable: parser.error exits
     except ConfigError as e:
         # "config 'block_size': ..." -> name the flag the user typed.
         _fail(

@@ -39,7 +39,7 @@ class LLM:
     def __init__(self, model: str, **engine_config_overrides: Any) -> None:
         """Build an engine for `model` (a checkpoint dir or .gguf file) with EngineConfig overrides."""
         engine = LLMEngine.create(EngineConfig(model=model, **engine_config_overrides))
-        self._init(engine, TextTokenizer.from_dir(engine.info.path))
+        self._init(engine, TextTokenizer.from_dir(engine.info.path, engine.info.text))
 
     @classmethod
     def from_engine(cls, engine: LLMEngine, tokenizer: Tokenizer) -> LLM:

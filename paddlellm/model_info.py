@@ -1,19 +1,103 @@
-"""ModelInfo: the architecture facts of a checkpoint, parsed from its HF-layout config files.
+"""ModelInfo and CheckpointText: every fact of an HF-layout checkpoint, read in one place.
 
-Pure JSON parsing (no paddle): the engine core sizes the KV cache and knows the stop ids from it; the Paddle
-model code builds layers from it. A malformed or unsupported checkpoint fails here with the file and field.
+`CheckpointText` holds the facts of the text side, readable from a tokenizer-only directory: the generation
+config (stop ids, BOS, sampling defaults), the tokenizer config, and the chat template's source (and the
+thinking markers it uses). `ModelInfo` adds the architecture from config.json and carries the `CheckpointText`
+it was read with. The engine, the tokenizer model and the launcher all take these facts from here; nothing
+else opens a checkpoint's JSON files.
+
+Pure parsing (no paddle): the engine core sizes the KV cache and knows the stop ids from it; the Paddle model
+code builds layers from it. A malformed or unsupported checkpoint fails here with the file and field.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from paddlellm.errors import CheckpointError
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Ernie4_5ForCausalLM")
+
+
+@dataclass(frozen=True)
+class CheckpointText:
+    """The text-side facts of a checkpoint directory (config.json optional)."""
+
+    path: str
+    generation_config: dict[str, Any]
+    tokenizer_config: dict[str, Any]
+    # Stop ids: generation_config.json's eos_token_id, else config.json's (what HF generate() stops on).
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+    # chat_template.jinja wins over tokenizer_config.json's chat_template (a string, or a named list whose
+    # "default" is used). `chat_template_origin` = (file, key) for error messages.
+    chat_template: Any  # str, or None; anything else is the tokenizer's CheckpointError
+    chat_template_origin: tuple[str, str]
+
+    @classmethod
+    def from_dir(cls, path: str, model_config: dict[str, Any] | None = None) -> CheckpointText:
+        cfg = model_config
+        if cfg is None:
+            cfg = read_json_object(os.path.join(path, "config.json"))
+        gen = read_json_object(os.path.join(path, "generation_config.json"))
+        tok_file = os.path.join(path, "tokenizer_config.json")
+        tok = read_json_object(tok_file)
+        eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
+        eos_list = eos if isinstance(eos, list) else [eos]
+        bos = gen.get("bos_token_id", cfg.get("bos_token_id"))
+        source, origin = _chat_template_source(path, tok, tok_file)
+        return cls(
+            path=path,
+            generation_config=gen,
+            tokenizer_config=tok,
+            eos_token_ids=tuple(e for e in eos_list if isinstance(e, int) and not isinstance(e, bool)),
+            bos_token_id=bos if isinstance(bos, int) and not isinstance(bos, bool) else None,
+            chat_template=source,
+            chat_template_origin=origin,
+        )
+
+    def sampling_defaults(self) -> dict[str, float]:
+        """temperature / top_p from generation_config.json, as vLLM applies them to requests that give none
+        (keys: `default_temperature`, `default_top_p`)."""
+        out = {}
+        for key in ("temperature", "top_p"):
+            value = self.generation_config.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"default_{key}"] = float(value)
+        if self.generation_config.get("do_sample") is False and "default_temperature" in out:
+            out["default_temperature"] = 0.0  # HF: greedy unless sampling is asked for
+        return out
+
+    def reasoning_markers(self) -> tuple[str, str, bool] | None:
+        """Thinking markers of the chat template, if it has them: (start, end, starts_inside).
+
+        `starts_inside`: the generation prompt itself opens the block (DeepSeek-R1 style), so the output
+        begins inside it."""
+        template = self.chat_template if isinstance(self.chat_template, str) else ""
+        if "<think>" not in template or "</think>" not in template:
+            return None
+        gen = template[template.rfind("add_generation_prompt") :]
+        gen = re.split(r"\{%-?\s*endif", gen, maxsplit=1)[0]
+        return "<think>", "</think>", "<think>" in gen and "</think>" not in gen
+
+
+def _chat_template_source(path: str, tok: dict[str, Any], tok_file: str) -> tuple[Any, tuple[str, str]]:
+    jinja_file = os.path.join(path, "chat_template.jinja")
+    if os.path.isfile(jinja_file):
+        try:
+            with open(jinja_file, encoding="utf-8") as f:
+                return f.read(), (jinja_file, "(file)")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CheckpointError(jinja_file, "(file)", f"unreadable: {e}") from None
+    source = tok.get("chat_template")
+    if isinstance(source, list):
+        named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
+        source = named.get("default")
+    return source, (tok_file, "chat_template")
 
 
 @dataclass(frozen=True)
@@ -37,6 +121,7 @@ class ModelInfo:
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
     raw_config: dict[str, Any]
+    text: CheckpointText | None = field(default=None, compare=False, repr=False)  # None: built in tests
 
     def kv_bytes_per_token(self, dtype_bytes: int = 4, tp: int = 1) -> int:
         """K and V, all layers, for the heads one rank holds."""
@@ -45,7 +130,7 @@ class ModelInfo:
     @classmethod
     def from_dir(cls, path: str) -> ModelInfo:
         cfg_file = os.path.join(path, "config.json")
-        cfg = _read_json(cfg_file, required=True)
+        cfg = read_json_object(cfg_file, required=True)
         archs = cfg.get("architectures")
         if not isinstance(archs, list) or not archs:
             raise CheckpointError(cfg_file, "architectures", "missing or empty")
@@ -87,10 +172,7 @@ class ModelInfo:
         is_qwen2 = arch == "Qwen2ForCausalLM"
         bias = bool(cfg.get("attention_bias", cfg.get("use_bias", is_qwen2))) or is_qwen2
 
-        gen = _read_json(os.path.join(path, "generation_config.json"), required=False)
-        eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
-        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if isinstance(eos, int) else ())
-        bos = gen.get("bos_token_id", cfg.get("bos_token_id"))
+        text = CheckpointText.from_dir(path, model_config=cfg)
         return cls(
             path=path,
             architecture=arch,
@@ -108,9 +190,10 @@ class ModelInfo:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=bias,
             qk_norm=arch == "Qwen3ForCausalLM",
-            eos_token_ids=eos_ids,
-            bos_token_id=bos if isinstance(bos, int) else None,
+            eos_token_ids=text.eos_token_ids,
+            bos_token_id=text.bos_token_id,
             raw_config=cfg,
+            text=text,
         )
 
 
@@ -134,7 +217,8 @@ def _theta(cfg_file: str, value: Any) -> float:
     return float(value)
 
 
-def _read_json(file: str, required: bool) -> dict[str, Any]:
+def read_json_object(file: str, required: bool = False) -> dict[str, Any]:
+    """A checkpoint JSON file's top-level object; {} when it is absent and not required."""
     if not os.path.isfile(file):
         if required:
             raise CheckpointError(file, "(file)", "not found")

@@ -33,11 +33,9 @@ def check_tp_divisible(info: ModelInfo, tp: int) -> None:
 
 
 
-def rank_env(rank: int, world: int, endpoints: list[str], device: str, threads: int) -> dict[str, str]:
-    """Environment variables of rank `rank` (pure; `apply_rank_env` installs them)."""
-    # No OMP/MKL_NUM_THREADS: paddle resets OpenMP on import and warns about them; configure_paddle sizes the
-    # pool instead.
-    del threads
+def rank_env(rank: int, world: int, endpoints: list[str], device: str) -> dict[str, str]:
+    """Environment variables of rank `rank` (pure; `apply_rank_env` installs them). No OMP/MKL_NUM_THREADS:
+    paddle resets OpenMP on import and warns about them; configure_paddle sizes the pool instead."""
     env = {
         "PADDLE_TRAINER_ID": str(rank),
         "PADDLE_TRAINERS_NUM": str(world),
@@ -58,8 +56,8 @@ def rank_env(rank: int, world: int, endpoints: list[str], device: str, threads: 
     return env
 
 
-def apply_rank_env(rank: int, world: int, endpoints: list[str], device: str, threads: int) -> None:
-    os.environ.update(rank_env(rank, world, endpoints, device, threads))
+def apply_rank_env(rank: int, world: int, endpoints: list[str], device: str) -> None:
+    os.environ.update(rank_env(rank, world, endpoints, device))
 
 
 def configure_paddle(device: str, threads: int, rank: int = 0) -> None:
@@ -70,9 +68,9 @@ def configure_paddle(device: str, threads: int, rank: int = 0) -> None:
     paddle.base.core.set_num_threads(threads)
 
 
-def init_distributed(device: str) -> None:
-    """paddle.distributed's process group (NCCL on GPU; gloo on CPU, used only by the benchmark)."""
+def init_distributed() -> None:
+    """paddle.distributed's process group: NCCL on GPU; gloo on CPU, used only by the benchmark (the backend
+    comes from PADDLE_DISTRI_BACKEND, which apply_rank_env set)."""
     import paddle.distributed as dist
 
     dist.init_parallel_env()
-    del device  # the backend comes from PADDLE_DISTRI_BACKEND, set by apply_rank_env

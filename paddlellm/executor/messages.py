@@ -25,8 +25,6 @@ from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.model_info import ModelInfo
 from paddlellm.worker.shm_allreduce import ShmSpec
 
-DEFAULT_RUNNER = "paddlellm.worker.model_runner:ModelRunner"
-
 
 # ---------------------------------------------------------------- engine -> ranks
 @dataclass(frozen=True)
@@ -41,7 +39,6 @@ class Init:
     address: str  # the engine's channel, tcp://127.0.0.1:<port>
     shm: ShmSpec | None  # CPU all-reduce group; None on GPU
     dist_endpoints: tuple[str, ...]  # paddle.distributed rendezvous (GPU only)
-    runner: str = DEFAULT_RUNNER  # "module:callable" building the model runner (tests pass a fake)
     key: bytes = b""  # the channel's signing key
 
 

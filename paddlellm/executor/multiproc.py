@@ -19,6 +19,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,6 @@ from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.errors import ConfigError, EngineDead
 from paddlellm.executor.dist_env import check_tp_divisible
 from paddlellm.executor.messages import (
-    DEFAULT_RUNNER,
     BadSignature,
     Failed,
     FromRank,
@@ -57,7 +57,7 @@ class MultiprocExecutor:
         info: ModelInfo,
         num_blocks: int,
         *,
-        runner: str = DEFAULT_RUNNER,
+        rank_target: Callable[[Init], None] = rank_main,
         start_timeout_s: float = 600.0,
         step_timeout_s: float = 600.0,
     ) -> None:
@@ -76,7 +76,7 @@ class MultiprocExecutor:
         self._zctx = zmq.Context()
         self._sock = self._bind(config.engine_worker_queue_port)
         try:
-            self._start(info, num_blocks, runner, start_timeout_s)
+            self._start(info, num_blocks, rank_target, start_timeout_s)
         except BaseException:
             self.shutdown()
             raise
@@ -162,7 +162,9 @@ class MultiprocExecutor:
         self._address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return sock
 
-    def _start(self, info: ModelInfo, num_blocks: int, runner: str, timeout_s: float) -> None:
+    def _start(
+        self, info: ModelInfo, num_blocks: int, target: Callable[[Init], None], timeout_s: float
+    ) -> None:
         """Spawn every rank, then wait for all Ready acks; a rank that fails or exits first is named."""
         gpu = self.config.device == "gpu"
         if not gpu and self.world > 1:
@@ -174,8 +176,8 @@ class MultiprocExecutor:
             ctx.set_executable(exe)  # inside Triton's stub sys.executable is not a Python interpreter
         for rank in range(self.world):
             init = Init(self.config, info, num_blocks, rank, self.world, self._address,
-                        self._group.spec if self._group else None, endpoints, runner, self._key)
-            p = ctx.Process(target=rank_main, args=(init,), name=f"paddlellm-rank{rank}", daemon=True)
+                        self._group.spec if self._group else None, endpoints, self._key)
+            p = ctx.Process(target=target, args=(init,), name=f"paddlellm-rank{rank}", daemon=True)
             p.start()
             self._procs.append(p)
         waiting = set(range(self.world))

@@ -1,4 +1,5 @@
-"""TextTokenizer: HF `tokenizers` (tokenizer.json) plus the checkpoint's tokenizer and generation configs.
+"""TextTokenizer: HF `tokenizers` (tokenizer.json) plus the checkpoint's chat template and special tokens
+(read by `paddlellm.model_info.CheckpointText`).
 
 Encodes exactly as transformers' (v5) AutoTokenizer does for the same directory: tokenizer.json's
 post-processor alone decides which special tokens encode(add_special_tokens=True) adds; transformers v5
@@ -20,6 +21,7 @@ import jinja2
 from tokenizers import Tokenizer
 
 from paddlellm.errors import CheckpointError
+from paddlellm.model_info import CheckpointText
 from paddlellm.text.chat_template import ChatTemplate
 
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -39,19 +41,6 @@ def _gpt2_unicode_to_byte() -> dict[str, int]:
     return table
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(path, "(file)", f"unreadable JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(path, "(file)", "top level must be a JSON object")
-    return data
-
-
 def _token_str(value: Any) -> str | None:
     """A special token from tokenizer_config.json: a string or an AddedToken-style {"content": ...} object."""
     if isinstance(value, str):
@@ -66,15 +55,13 @@ class TextTokenizer:
     path: str
     tokenizer: Tokenizer
     chat_template: ChatTemplate | None
-    bos_token_id: int | None
-    eos_token_ids: tuple[int, ...]
     special_ids: frozenset[int]
     added_ids: frozenset[int]
     decoder_kind: str  # see _decoder_kind
     _bytes: list[bytes | None] = field(default_factory=list, repr=False)  # token_bytes cache, filled lazily
 
     @classmethod
-    def from_dir(cls, path: str) -> TextTokenizer:
+    def from_dir(cls, path: str, text_facts: CheckpointText | None = None) -> TextTokenizer:
         tok_file = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(tok_file):
             raise CheckpointError(tok_file, "(file)", "not found")
@@ -82,31 +69,14 @@ class TextTokenizer:
             tokenizer = Tokenizer.from_file(tok_file)
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
             raise CheckpointError(tok_file, "(file)", f"cannot load: {e}") from None
-        cfg_file = os.path.join(path, "tokenizer_config.json")
-        cfg = _read_json(cfg_file)
-        gen = _read_json(os.path.join(path, "generation_config.json"))
-        model_cfg = _read_json(os.path.join(path, "config.json"))
+        facts = text_facts or CheckpointText.from_dir(path)
+        cfg = facts.tokenizer_config
         specials = {k: s for k in _SPECIAL_KEYS if (s := _token_str(cfg.get(k))) is not None}
-
-        def token_id(key: str) -> int | None:
-            text = specials.get(key)
-            return tokenizer.token_to_id(text) if text is not None else None
-
-        eos = gen.get("eos_token_id", model_cfg.get("eos_token_id"))
-        eos_list = eos if isinstance(eos, list) else [eos]
-        eos_ids = [e for e in eos_list if isinstance(e, int) and not isinstance(e, bool)]
-        if (cfg_eos := token_id("eos_token")) is not None and cfg_eos not in eos_ids:
-            eos_ids.append(cfg_eos)
-        bos = gen.get("bos_token_id", model_cfg.get("bos_token_id"))
-        if not isinstance(bos, int):
-            bos = token_id("bos_token")
         added = tokenizer.get_added_tokens_decoder()
         return cls(
             path=path,
             tokenizer=tokenizer,
-            chat_template=_load_template(path, cfg, cfg_file, specials),
-            bos_token_id=bos,
-            eos_token_ids=tuple(eos_ids),
+            chat_template=_compile_template(facts, specials),
             special_ids=frozenset(i for i, t in added.items() if t.special),
             added_ids=frozenset(added),
             decoder_kind=_decoder_kind(tok_file),
@@ -178,20 +148,8 @@ def _decoder_kind(tok_file: str) -> str:
     return "other"
 
 
-def _load_template(
-    path: str, cfg: Mapping[str, Any], cfg_file: str, specials: Mapping[str, str]
-) -> ChatTemplate | None:
-    """chat_template.jinja wins over tokenizer_config.json's chat_template (a string or a named list)."""
-    jinja_file = os.path.join(path, "chat_template.jinja")
-    source: Any
-    if os.path.isfile(jinja_file):
-        with open(jinja_file, encoding="utf-8") as f:
-            source, where, key = f.read(), jinja_file, "(file)"
-    else:
-        source, where, key = cfg.get("chat_template"), cfg_file, "chat_template"
-        if isinstance(source, list):
-            named = {t.get("name"): t.get("template") for t in source if isinstance(t, Mapping)}
-            source = named.get("default")
+def _compile_template(facts: CheckpointText, specials: Mapping[str, str]) -> ChatTemplate | None:
+    source, (where, key) = facts.chat_template, facts.chat_template_origin
     if source is None:
         return None
     if not isinstance(source, str):

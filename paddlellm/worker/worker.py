@@ -9,13 +9,13 @@ then stuck in a collective and the executor tears the whole group down anyway.
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import os
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -43,10 +43,22 @@ def rank_identity(rank: int) -> bytes:
 
 
 def rank_main(init: Init) -> None:
-    """Process entry point; exits with 0 after Shutdown or the engine's death, 1 after an error."""
+    """Process entry point of a model rank; exits with 0 after Shutdown or the engine's death, 1 after an
+    error."""
+    serve_rank(init, _model_runner)
+
+
+def _model_runner(*args: Any, **kwargs: Any) -> Any:
+    from paddlellm.worker.model_runner import ModelRunner  # after the rank's environment is set
+
+    return ModelRunner(*args, **kwargs)
+
+
+def serve_rank(init: Init, make_runner: Callable[..., Any]) -> None:
+    """A rank's life around `make_runner(config, info, num_blocks, rank=, world=, all_reduce=)`."""
     started = time.monotonic()
     threads = init.config.threads_per_rank
-    apply_rank_env(init.rank, init.world, list(init.dist_endpoints), init.config.device, threads)
+    apply_rank_env(init.rank, init.world, list(init.dist_endpoints), init.config.device)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, rank_identity(init.rank))
@@ -60,8 +72,7 @@ def rank_main(init: Init) -> None:
             # paddle's own SIGTERM handler prints a C++ "FatalError" report; a terminated rank is routine.
             signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
             all_reduce = _make_all_reduce(init)
-            runner_cls = _load_runner(init.runner)
-            runner = runner_cls(init.config, init.info, init.num_blocks,
+            runner = make_runner(init.config, init.info, init.num_blocks,
                                 rank=init.rank, world=init.world, all_reduce=all_reduce)
         except Exception as e:
             _report(sock, init.key, init.rank, -1, e)
@@ -136,7 +147,7 @@ def _make_all_reduce(init: Init) -> Any:
     if init.config.device == "gpu":
         from paddlellm.worker.shm_allreduce import NcclAllReduce
 
-        init_distributed("gpu")
+        init_distributed()
         return NcclAllReduce(init.rank, init.world)
     from paddlellm.worker.shm_allreduce import ShmAllReduce
 
@@ -144,7 +155,3 @@ def _make_all_reduce(init: Init) -> Any:
         raise ValueError("a CPU rank needs the shared-memory all-reduce group")
     return ShmAllReduce(init.shm, init.rank)
 
-
-def _load_runner(spec: str) -> Any:
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)

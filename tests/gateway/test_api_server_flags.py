@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cli import build_parser, main, reasoning_markers
+from launcher.cli import build_parser, main
+from paddlellm.model_info import CheckpointText
 
 ROOT = Path(__file__).resolve().parents[2]
 DESIGN_FLAGS = {
@@ -173,17 +174,21 @@ def _template(tmp_path: Path, template: str) -> Path:
     return d
 
 
+def _markers(model: Path) -> tuple[str, str, bool] | None:
+    return CheckpointText.from_dir(str(model)).reasoning_markers()
+
+
 def test_reasoning_markers_from_the_chat_template(tmp_path: Path) -> None:
     plain = "{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
-    assert reasoning_markers(_template(tmp_path, plain)) is None
+    assert _markers(_template(tmp_path, plain)) is None
     qwen3 = (
         "{% for m in messages %}{{ m.content }}{% if '</think>' in m.content %}x{% endif %}{% endfor %}"
         "{%- if add_generation_prompt %}A:{%- if enable_thinking is false %}<think>\n\n</think>{%- endif %}"
         "{%- endif %}"
     )
-    assert reasoning_markers(_template(tmp_path, qwen3)) == ("<think>", "</think>", False)
+    assert _markers(_template(tmp_path, qwen3)) == ("<think>", "</think>", False)
     r1 = "{{ '</think>' }}{% if add_generation_prompt %}{{ 'A:<think>\\n' }}{% endif %}"
-    assert reasoning_markers(_template(tmp_path, r1)) == ("<think>", "</think>", True)
+    assert _markers(_template(tmp_path, r1)) == ("<think>", "</think>", True)
 
 
 def test_sampling_defaults_from_generation_config(model: Path, capsys) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 
 from gateway.app import create_app
 from gateway.openai_schema import ChatCompletion, ChatCompletionChunk, Completion, ErrorResponse
@@ -82,13 +83,14 @@ def chunk_ids(chunks: list[dict], key: str = "delta") -> list[int]:
 def test_chat_non_streaming_shape_and_usage(client: TestClient, fake: FakeTritonClient) -> None:
     r = client.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 200, r.text
-    body = ChatCompletion.model_validate(r.json())
-    assert body.choices[0].message.content == REPLY_TEXT
-    assert body.choices[0].finish_reason == "stop"
-    assert body.choices[0].token_ids == REPLY_IDS
-    assert body.usage.completion_tokens == len(REPLY_IDS)
-    assert body.usage.total_tokens == body.usage.prompt_tokens + body.usage.completion_tokens > len(REPLY_IDS)
-    assert r.headers["x-request-id"] == body.id
+    body = validate(ChatCompletion, r.json())
+    assert body["choices"][0]["message"]["content"] == REPLY_TEXT
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["choices"][0]["token_ids"] == REPLY_IDS
+    usage = body["usage"]
+    assert usage["completion_tokens"] == len(REPLY_IDS)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > len(REPLY_IDS)
+    assert r.headers["x-request-id"] == body["id"]
     sent = fake.streams[-1]
     assert sent.parameters == {"triton_enable_empty_final_response": True}
     assert json.loads(sent.inputs["messages"])[0] == {"role": "system", "content": "Be brief."}
@@ -102,7 +104,7 @@ def test_chat_streaming_equals_non_streaming(client: TestClient) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     chunks = sse_events(r.text)
     for c in chunks:
-        ChatCompletionChunk.model_validate(c)
+        validate(ChatCompletionChunk, c)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chat_text(chunks) == plain["choices"][0]["message"]["content"] == REPLY_TEXT
     assert chunk_ids(chunks) == plain["choices"][0]["token_ids"]
@@ -114,14 +116,14 @@ def test_chat_streaming_equals_non_streaming(client: TestClient) -> None:
 
 def test_completions_stream_and_plain_with_usage_chunk(client: TestClient) -> None:
     plain = client.post("/v1/completions", json={**COMPLETION, "prompt": [COMPLETION["prompt"]]}).json()
-    Completion.model_validate(plain)
+    validate(Completion, plain)
     assert plain["choices"][0]["text"] == REPLY_TEXT
     r = client.post(
         "/v1/completions", json={**COMPLETION, "stream": True, "stream_options": {"include_usage": True}}
     )
     chunks = sse_events(r.text)
     for c in chunks:
-        Completion.model_validate(c)
+        validate(Completion, c)
     assert all(c["usage"] is None for c in chunks[:-1])
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
     assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == REPLY_TEXT
@@ -169,11 +171,16 @@ def test_models_and_default_alias(client: TestClient) -> None:
         assert client.post("/v1/completions", json={**COMPLETION, "model": name}).status_code == 200
 
 
+def validate(shape: Any, body: Any) -> Any:
+    """`body` has exactly the declared response shape (no missing, extra or mistyped keys)."""
+    return TypeAdapter(shape).validate_python(body)
+
+
 def _error(r: Any, status: int) -> dict:
     assert r.status_code == status, r.text
-    body = ErrorResponse.model_validate(r.json())
+    body = validate(ErrorResponse, r.json())
     assert "Traceback" not in r.text
-    return body.error.model_dump()
+    return dict(body["error"])
 
 
 CHAT_ERRORS = [

@@ -168,7 +168,7 @@ def test_abort_parameter_is_declared_once_in_the_wire_contract() -> None:
         for f in (root / d).rglob("*.py")
         if literal in f.read_text(encoding="utf-8")
     ]
-    assert holders == ["paddlellm/protocol.py"]
+    assert holders == ["paddlellm/protocol/__init__.py"]
 
 
 def test_model_sampling_defaults_apply_only_when_the_request_is_silent() -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
+from paddlellm.executor.messages import Init
+from paddlellm.worker.worker import serve_rank
 
 
 def expected_token(history: list[int], world: int) -> int:
@@ -57,3 +59,12 @@ class FailingRunner(FakeRunner):
         if rank == 1:
             raise ValueError("shard 1 is broken")
         super().__init__(config, info, num_blocks, rank, world, all_reduce)
+
+
+def fake_rank_main(init: Init) -> None:
+    """A rank process serving FakeRunner through the real worker main (spawn target: module level)."""
+    serve_rank(init, FakeRunner)
+
+
+def failing_rank_main(init: Init) -> None:
+    serve_rank(init, FailingRunner)

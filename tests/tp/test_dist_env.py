@@ -33,10 +33,10 @@ def test_divisibility(tmp_path) -> None:
 def test_rank_env() -> None:
     eps = free_endpoints(2)
     assert len(set(eps)) == 2 and all(e.startswith("127.0.0.1:") for e in eps)
-    cpu = rank_env(1, 2, [], "cpu", threads=1)
+    cpu = rank_env(1, 2, [], "cpu")
     assert cpu["PADDLE_TRAINER_ID"] == "1" and cpu["PADDLE_TRAINERS_NUM"] == "2"
     assert cpu["CUDA_VISIBLE_DEVICES"] == "" and "PADDLE_TRAINER_ENDPOINTS" not in cpu
     assert "OMP_NUM_THREADS" not in cpu  # paddle warns about it; threads are set through paddle instead
-    gpu = rank_env(1, 2, eps, "gpu", threads=4)
+    gpu = rank_env(1, 2, eps, "gpu")
     assert gpu["PADDLE_CURRENT_ENDPOINT"] == eps[1] and gpu["PADDLE_TRAINER_ENDPOINTS"] == ",".join(eps)
     assert gpu["FLAGS_selected_gpus"] == "1" and gpu["PADDLE_DISTRI_BACKEND"] == "nccl"

@@ -9,19 +9,21 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
 from paddlellm.config import EngineConfig
 from paddlellm.engine.outputs import CachedRequestData, NewRequestData, SchedulerOutput
 from paddlellm.errors import ConfigError, EngineDead
+from paddlellm.executor.messages import Init
 from paddlellm.executor.multiproc import MultiprocExecutor
 from paddlellm.model_info import ModelInfo
 from paddlellm.sampling import SamplingParams
 from tests.procs import free_port
-from tests.tp.fake_runner import expected_token
+from tests.tp.fake_runner import expected_token, failing_rank_main, fake_rank_main
 
-FAKE = "tests.tp.fake_runner:FakeRunner"
+FAKE = fake_rank_main
 
 
 def _info(tmp_path, heads: int = 6, kv_heads: int = 6) -> ModelInfo:
@@ -32,9 +34,11 @@ def _info(tmp_path, heads: int = 6, kv_heads: int = 6) -> ModelInfo:
     return ModelInfo.from_dir(str(tmp_path))
 
 
-def _executor(tmp_path, tp: int = 2, runner: str = FAKE, **cfg: object) -> MultiprocExecutor:
+def _executor(
+    tmp_path, tp: int = 2, runner: Callable[[Init], None] = FAKE, **cfg: object
+) -> MultiprocExecutor:
     config = EngineConfig(model=str(tmp_path), tensor_parallel_size=tp, **cfg)  # type: ignore[arg-type]
-    return MultiprocExecutor(config, _info(tmp_path), num_blocks=16, runner=runner)
+    return MultiprocExecutor(config, _info(tmp_path), num_blocks=16, rank_target=runner)
 
 
 def _new(rid: str, prompt: list[int]) -> NewRequestData:
@@ -146,7 +150,7 @@ def test_rank_error_in_step_is_reported(tmp_path) -> None:
 
 def test_start_failure_names_the_rank(tmp_path) -> None:
     with pytest.raises(EngineDead, match="rank 1 .*shard 1 is broken"):
-        _executor(tmp_path, tp=2, runner="tests.tp.fake_runner:FailingRunner")
+        _executor(tmp_path, tp=2, runner=failing_rank_main)
 
 
 def test_two_executors_side_by_side(tmp_path) -> None:
@@ -199,7 +203,8 @@ def test_foreign_messages_are_dropped(tmp_path) -> None:
 def test_heads_not_divisible(tmp_path) -> None:
     info = _info(tmp_path, heads=9, kv_heads=3)  # SmolLM2-135M's shape
     with pytest.raises(ConfigError, match=r"tensor_parallel_size': 2 .*num_attention_heads=9.*1, 3"):
-        MultiprocExecutor(EngineConfig(model=str(tmp_path), tensor_parallel_size=2), info, 16, runner=FAKE)
+        config = EngineConfig(model=str(tmp_path), tensor_parallel_size=2)
+        MultiprocExecutor(config, info, 16, rank_target=FAKE)
 
 
 def _pid_alive(pid: int) -> bool:

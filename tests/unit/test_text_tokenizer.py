@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from paddlellm.errors import CheckpointError, InvalidRequest
+from paddlellm.model_info import CheckpointText
 from paddlellm.text.tokenizer import TextTokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -71,8 +72,9 @@ def test_chat_template_matches_transformers(pair) -> None:
 
 def test_special_ids_and_token_bytes(pair) -> None:
     ours, ref = pair
-    assert ours.bos_token_id == ref.bos_token_id
-    assert ref.eos_token_id in ours.eos_token_ids
+    facts = CheckpointText.from_dir(ours.path)  # stop and BOS ids: one source, the engine's
+    assert facts.bos_token_id == ref.bos_token_id
+    assert ref.eos_token_id in facts.eos_token_ids
     assert ours.vocab_size == len(ref)
     for text in TEXTS:
         ids = ours.encode(text, add_special_tokens=False)
