@@ -220,30 +220,30 @@ class Launcher:
 
     def _start_gateway(self, run_dir: Path, env: dict[str, str]) -> None:
         plan = self.plan
-        argv = [sys.executable, "-m", "uvicorn", "gateway.app:app_from_env", "--factory"]
-        argv += ["--host", plan.host, "--port", str(plan.port), "--workers", str(plan.workers)]
-        argv += ["--log-level", "warning", "--timeout-graceful-shutdown", "5"]
         self.say(f"starting the gateway ({plan.workers} worker(s)) on http://{plan.host}:{plan.port}")
-        self.gateway = ManagedProcess(
-            "gateway",
-            argv,
-            env,
-            run_dir / "gateway.log",
-            lambda line: print(f"[gateway] {line.rstrip()}", flush=True),
-            cwd=REPO_ROOT,
-        )
+        extra = ["--timeout-graceful-shutdown", "5"]
+        self.gateway = self._uvicorn("gateway", "gateway.app:app_from_env", plan.port, plan.workers, extra,
+                                     env, run_dir)
 
     def _start_metrics_server(self, port: int, env: dict[str, str], run_dir: Path) -> None:
         """/metrics on its own port: one small process reading the same settings and metrics directory."""
-        argv = [sys.executable, "-m", "uvicorn", "gateway.metrics:metrics_app_from_env", "--factory"]
-        argv += ["--host", self.plan.host, "--port", str(port), "--workers", "1", "--log-level", "warning"]
         self.say(f"starting the metrics server on http://{self.plan.host}:{port}/metrics")
-        self.metrics_server = ManagedProcess(
-            "metrics server",
+        self.metrics_server = self._uvicorn("metrics", "gateway.metrics:metrics_app_from_env", port, 1, [],
+                                            env, run_dir)
+
+    def _uvicorn(
+        self, name: str, factory: str, port: int, workers: int, extra: list[str], env: dict[str, str],
+        run_dir: Path,
+    ) -> ManagedProcess:
+        """uvicorn serving the app `factory` builds, logging to <run_dir>/<name>.log and `[name]` lines."""
+        argv = [sys.executable, "-m", "uvicorn", factory, "--factory", "--host", self.plan.host]
+        argv += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", *extra]
+        return ManagedProcess(
+            name,
             argv,
             env,
-            run_dir / "metrics.log",
-            lambda line: print(f"[metrics] {line.rstrip()}", flush=True),
+            run_dir / f"{name}.log",
+            lambda line: print(f"[{name}] {line.rstrip()}", flush=True),
             cwd=REPO_ROOT,
         )
 

@@ -94,6 +94,20 @@ def test_launcher_imports_neither_paddle_nor_triton_adapters() -> None:
     assert not bad, f"launcher imports model code: {bad}"
 
 
+def test_layers_and_models_do_not_reach_up() -> None:
+    """Layers build on nothing above them; models build on layers. Neither knows the worker, executor or
+    engine that drive them (weights come from paddlellm.weight_reader, below both)."""
+    above = ("paddlellm.worker", "paddlellm.executor", "paddlellm.engine", "paddlellm.triton")
+    bad = [
+        (_rel(p), m)
+        for p in _files("paddlellm/layers", "paddlellm/models")
+        for m in _imports(p)
+        if m.startswith(above)
+        or (_rel(p).startswith("paddlellm/layers/") and m.startswith("paddlellm.models"))
+    ]
+    assert not bad, f"a layer or model imports the code above it: {bad}"
+
+
 def _is_stdlib(name: str) -> bool:
     import sys
 

@@ -15,7 +15,7 @@ import paddle
 
 from paddlellm.layers.gemm import Gemm, PaddleGemm, to_param
 from paddlellm.layers.linear import AllReduce, Shard
-from paddlellm.worker.weights import WeightReader
+from paddlellm.weight_reader import WeightReader
 
 
 def _vocab_rows(reader: WeightReader, name: str, vocab: int, shard: Shard) -> tuple[np.ndarray, int, int]:

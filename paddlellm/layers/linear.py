@@ -18,7 +18,7 @@ import paddle
 
 from paddlellm.errors import ConfigError
 from paddlellm.layers.gemm import Gemm, PaddleGemm, to_param
-from paddlellm.worker.weights import WeightReader
+from paddlellm.weight_reader import WeightReader
 
 AllReduce = Callable[[paddle.Tensor], paddle.Tensor]
 # Applied to each part's (weight rows [out_local, in], bias [out_local] or None) before fusing.

@@ -25,7 +25,7 @@ from paddlellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from paddlellm.layers.kernels import Kernels, paddle_kernels
 from paddlellm.layers.linear import AllReduce, ColumnParallelLinear, RowParallelLinear, Shard
 from paddlellm.model_info import ModelInfo
-from paddlellm.worker.weights import WeightReader
+from paddlellm.weight_reader import WeightReader
 
 INTERLEAVED_ROPE = ("Ernie4_5ForCausalLM",)
 

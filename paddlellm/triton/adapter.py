@@ -1,4 +1,4 @@
-"""Tensors <-> typed values for the three python models, by the names and dtypes in paddlellm/protocol.py.
+"""Tensors <-> typed values for the three python models, by the names and dtypes in paddlellm/protocol/.
 
 Readers raise InvalidRequest naming the tensor; writers build `pb.InferenceResponse`s. `pb` is the
 triton_python_backend_utils module, passed in by the caller.

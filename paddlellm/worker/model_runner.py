@@ -27,10 +27,10 @@ from paddlellm.layers.rotary import RotaryTables
 from paddlellm.model_info import ModelInfo
 from paddlellm.models.decoder import DecoderModel
 from paddlellm.sampling import SamplingParams
+from paddlellm.weight_reader import WeightReader
 from paddlellm.worker.cpu_tuning import tune_process
 from paddlellm.worker.kv_cache import KVCache
 from paddlellm.worker.sampler import Sampler, SampleRow
-from paddlellm.worker.weights import WeightReader
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Every config.pbtxt matches paddlellm/protocol.py, parsed with Triton's own ModelConfig schema."""
+"""Every config.pbtxt matches paddlellm/protocol/, parsed with Triton's own ModelConfig schema."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from paddlellm.layers.linear import Shard  # noqa: E402
 from paddlellm.model_info import ModelInfo  # noqa: E402
 from paddlellm.models.decoder import DecoderModel  # noqa: E402
 from paddlellm.sampling import SamplingParams  # noqa: E402
-from paddlellm.worker.weights import WeightReader  # noqa: E402
+from paddlellm.weight_reader import WeightReader  # noqa: E402
 from tests.kernel_choices import model_kernels  # noqa: E402
 from tests.parity.driver import run_requests  # noqa: E402
 from tests.parity.test_tiny_models import hf_logits, make_runner, prompts  # noqa: E402
