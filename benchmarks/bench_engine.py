@@ -45,6 +45,7 @@ def engine_bench(
     threads: int,
     cpu_kernels: str = "auto",
     dtype: str = "float32",
+    quantization: str = "none",
 ) -> dict[str, float]:
     from paddlellm.config import EngineConfig
     from paddlellm.engine.core import LLMEngine
@@ -59,6 +60,7 @@ def engine_bench(
         use_warmup=True,
         cpu_kernels=cpu_kernels,
         dtype=dtype,
+        quantization=quantization,
     )
     engine = LLMEngine.create(config)
     vocab = engine.info.vocab_size
@@ -192,7 +194,8 @@ def main() -> int:
     ap.add_argument(
         "--variants",
         default="auto",
-        help="comma-separated engine variants cpu_kernels[:dtype], e.g. auto,avx2,avx2:bfloat16,paddle",
+        help="comma-separated engine variants cpu_kernels[:dtype or quantization], e.g. "
+        "auto,avx2,avx2:bfloat16,auto:wint8,paddle",
     )
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
@@ -214,7 +217,8 @@ def main() -> int:
                     ap.error(f"--variants: unknown CPU {cpu!r} in {variant!r} (known: avx2cpu)")
                 label += " as on an AVX2-only CPU"
                 envs[label] = AVX2_CPU_ENV
-            impls[label] = functools.partial(engine_bench, cpu_kernels=kernels, dtype=dtype or "float32")
+            weights = {"quantization": dtype} if dtype.startswith("wint") else {"dtype": dtype or "float32"}
+            impls[label] = functools.partial(engine_bench, cpu_kernels=kernels, **weights)
         if not args.no_hf:
             impls["transformers"] = hf_bench
         results[name] = {}

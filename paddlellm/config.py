@@ -24,6 +24,7 @@ from paddlellm.errors import ConfigError
 
 CPU_KERNEL_CHOICES = ("auto", "native", *KERNEL_ISAS, "paddle")
 DTYPE_CHOICES = ("float32", "bfloat16")
+QUANTIZATION_CHOICES = ("none", "wint8")
 
 
 ENGINE_GROUP, SCHEDULER_GROUP = "model and engine", "scheduler"
@@ -96,6 +97,14 @@ class EngineConfig:
         "weight memory traffic, activations rounded to bf16, fp32 accumulation; vdpbf16ps on AVX512_BF16, "
         "widened to fp32 in registers elsewhere)",
         choices=DTYPE_CHOICES,
+    )
+    quantization: str = option(
+        "none",
+        "weight-only quantization of every linear layer and the LM head (FastDeploy's names): none, or wint8 "
+        "(int8 weights with a scale per output channel; activations quantized to int8 per token on the fly; "
+        "integer dot products: vpdpbusd with AVX512-VNNI, vpmaddubsw on AVX2; a quarter of fp32's weight "
+        "bytes)",
+        choices=QUANTIZATION_CHOICES,
     )
     scheduler_max_size: int = option(
         -1, "most requests waiting in the engine queue; -1 = unbounded", group=SCHEDULER_GROUP

@@ -24,7 +24,11 @@ PROC_CPUINFO = "/proc/cpuinfo"
 
 # Kernel ISA -> the /proc/cpuinfo flags its library's code needs (what its compiler flags enable).
 KERNEL_ISA_FLAGS: dict[str, frozenset[str]] = {
-    "avx512_bf16": frozenset({"avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512bw", "avx512_bf16"}),
+    # AVX512_BF16 CPUs (Cooper Lake, Sapphire Rapids, Zen 4 and later) all have VNNI: its int8 dot products
+    # serve --quantization there.
+    "avx512_bf16": frozenset(
+        {"avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512bw", "avx512_bf16", "avx512_vnni"}
+    ),
     "avx512": frozenset({"avx2", "fma", "f16c", "avx512f", "avx512vl"}),
     "avx2": frozenset({"avx2", "fma", "f16c"}),
 }

@@ -9,12 +9,15 @@
 - 'paddle': Paddle's ops everywhere (the reference path; always on GPU).
 On the Paddle path RMSNorm is Paddle's fused op only where it can run (GPU, CPUs with AVX-512), else
 plain ops.
-`dtype='bfloat16'` needs the native kernels (any ISA) and says so otherwise. Nothing selected here can
+`dtype='bfloat16'` needs the native kernels (any ISA) and says so otherwise. `quantization='wint8'` runs the
+int8 kernel of the selected ISA (paddlellm/native/quant_gemm.c), or the same math in Paddle ops on the
+Paddle path. Nothing selected here can
 execute an instruction the CPU description lacks; `Kernels.required_cpu_flags` says what each choice needs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ from paddlellm.errors import ConfigError
 from paddlellm.layers.decode_attention import NativeDecodeAttention
 from paddlellm.layers.gemm import Gemm, PackedGemm, PaddleGemm
 from paddlellm.layers.norm import FusedRMSNorm, NativeNorms, NormFactory, PaddleRMSNorm
+from paddlellm.layers.quant_gemm import Int8Gemm, PaddleInt8Gemm
 from paddlellm.native.build import NativeUnavailable, load
 
 log = logging.getLogger("paddlellm.kernels")
@@ -53,11 +57,14 @@ def paddle_kernels(device: str, cpu: CpuInfo) -> Kernels:
 
 def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
     cpu = cpu or read_cpu()
-    mode, bf16 = config.cpu_kernels, config.dtype == "bfloat16"
+    mode, bf16, int8 = config.cpu_kernels, config.dtype == "bfloat16", config.quantization == "wint8"
+    if bf16 and int8:
+        raise ConfigError("dtype='bfloat16' and quantization='wint8' both set the linear weights: choose one")
     if config.device != "cpu" or mode == "paddle":
         if bf16:
             raise ConfigError("dtype='bfloat16' runs on the native CPU kernels only (device cpu, not paddle)")
-        return paddle_kernels(config.device, cpu)
+        kernels = paddle_kernels(config.device, cpu)
+        return dataclasses.replace(kernels, gemm=PaddleInt8Gemm()) if int8 else kernels
     isa = cpu.best_kernel_isa if mode in ("auto", "native") else mode
     try:
         if isa is None:
@@ -71,7 +78,7 @@ def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
         return paddle_kernels(config.device, cpu)
     threads = config.threads_per_rank
     kernels = Kernels(
-        PackedGemm(native, threads, bf16),
+        Int8Gemm(native, threads) if int8 else PackedGemm(native, threads, bf16),
         NativeNorms(native, threads),
         NativeDecodeAttention(native, threads),
         native.isa,

@@ -27,18 +27,21 @@ from pathlib import Path
 
 from paddlellm.cpu import KERNEL_ISA_FLAGS, CpuInfo, read_cpu
 
-SOURCES = tuple(Path(__file__).with_name(n) for n in ("packed_sgemm.c", "paged_attention.c", "rms_norm.c"))
+_C_FILES = ("packed_sgemm.c", "quant_gemm.c", "paged_attention.c", "rms_norm.c")
+SOURCES = tuple(Path(__file__).with_name(n) for n in _C_FILES)
 HEADERS = (Path(__file__).with_name("simd.h"),)
 COMMON_CFLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-fPIC", "-Wall")
 # Per kernel ISA (paddlellm/cpu.py says which CPU flags each needs): the instructions the compiler may use.
 ISA_CFLAGS: dict[str, tuple[str, ...]] = {
-    "avx512_bf16": ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512bf16"),
+    "avx512_bf16": (
+        "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512bf16", "-mavx512vnni"
+    ),
     "avx512": ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512vl"),
     "avx2": ("-mavx2", "-mfma", "-mf16c"),
 }
 LIBS = ("-lmvec", "-lm")  # libmvec: the vector expf of paged_attention.c
 CACHE_ENV = "PADDLELLM_CACHE_DIR"
-ABI = 4  # packed_sgemm_abi() of the sources this loader speaks to
+ABI = 5  # packed_sgemm_abi() of the sources this loader speaks to
 
 
 class NativeUnavailable(RuntimeError):
@@ -51,6 +54,7 @@ class NativeLibrary:
     lib: ctypes.CDLL
     isa: str  # the kernel ISA the library was compiled for (read from it)
     panel_width: int  # NR: output columns per packed weight panel (read from it)
+    int8_panel_width: int  # the same for the int8 weights of quant_gemm.c
 
 
 def _paddle_omp_dir() -> Path | None:
@@ -143,13 +147,18 @@ def load(isa: str, cpu: CpuInfo) -> NativeLibrary:
     b = lib.packed_sgemm_bf16
     b.argtypes = [ptr, c_long, c_long, c_long, ptr, c_long, ptr, ptr, c_long, c_int]
     b.restype = c_int
+    q = lib.quant_gemm_w8
+    q.argtypes = [ptr, c_long, c_long, c_long, ptr, ptr, ptr, c_long, ptr, ptr, c_long, c_int]
+    q.restype = c_int
     a = lib.paged_decode_attention
     a.argtypes = [ptr, ptr, c_long, ptr, ptr, c_long, c_long, c_int, c_int, c_int, ptr, c_int]
     a.restype = c_int
     n = lib.rms_norm
     n.argtypes = [ptr, ptr, ptr, ctypes.c_float, ptr, ptr, c_long, c_long, c_int]
     n.restype = None
-    return NativeLibrary(path, lib, built_for, int(lib.packed_sgemm_panel_width()))
+    return NativeLibrary(
+        path, lib, built_for, int(lib.packed_sgemm_panel_width()), int(lib.quant_gemm_w8_panel_width())
+    )
 
 
 def build_all() -> dict[str, Path | NativeUnavailable]:

@@ -56,7 +56,10 @@ def test_every_isa_has_compiler_flags_and_a_choice() -> None:
     assert tuple(build.ISA_CFLAGS) == KERNEL_ISAS
     assert set(KERNEL_ISAS) <= set(CPU_KERNEL_CHOICES)
     for isa in KERNEL_ISAS:  # the compiler may use nothing beyond what the CPU flags promise
-        implied = {f.removeprefix("-m").replace("avx512bf16", "avx512_bf16") for f in build.ISA_CFLAGS[isa]}
+        implied = {
+            f.removeprefix("-m").replace("avx512bf16", "avx512_bf16").replace("avx512vnni", "avx512_vnni")
+            for f in build.ISA_CFLAGS[isa]
+        }
         assert implied == set(KERNEL_ISA_FLAGS[isa]), isa
 
 
@@ -69,6 +72,9 @@ def test_a_faked_avx2_only_cpu_selects_nothing_that_needs_avx512() -> None:
         assert k.gemm.native.isa == "avx2"  # type: ignore[attr-defined]
     bf16 = select_kernels(EngineConfig(dtype="bfloat16"), cpu)  # bf16 weights widened on AVX2
     assert bf16.isa == "avx2" and bf16.gemm.name == "packed-bf16-avx2"
+    int8 = select_kernels(EngineConfig(quantization="wint8"), cpu)  # vpmaddubsw, no VNNI needed
+    assert int8.isa == "avx2" and int8.gemm.name == "packed-wint8-avx2"
+    assert int8.required_cpu_flags <= cpu.flags
     paddle = select_kernels(EngineConfig(cpu_kernels="paddle"), cpu)
     assert paddle.norm is PaddleRMSNorm and paddle.required_cpu_flags <= cpu.flags
     for isa in ("avx512", "avx512_bf16"):

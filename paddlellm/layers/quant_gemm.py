@@ -1,0 +1,169 @@
+"""Int8 linear layers (`--quantization wint8`): int8 weights in blocks of 32 along K with one fp32 scale per
+(output column, block) -- GGUF's Q8_0 layout --, activations quantized to int8 per (row, block) on the fly,
+integer dot products within a block, fp32 across blocks.
+
+The math (the native kernel, paddlellm/native/quant_gemm.c, and `PaddleInt8Gemm` compute it alike; the
+tests check the kernel bit for bit against NumPy):
+    d[n, b] = max_{k in b} |W[n, k]| / 127     Wq = clip(rint(W * (127 / max)), -127, 127)   (at load)
+    a[m, b] likewise for X and Xq                                                           (per call)
+    acc = 0; for each block b in order: acc = acc + (float(sum_{k in b} Xq Wq) * a[m, b]) * d[n, b]
+    Y[m, n] = acc (+ bias[n])
+- `Int8Gemm`: the native kernel for the loaded ISA (vpdpbusd with AVX512-VNNI, vpmaddubsw on AVX2); about
+  a quarter of fp32's weight bytes, which is what a decode step waits for.
+- `PaddleInt8Gemm`: the same arithmetic in Paddle ops (block sums exact in float64), the reference path for
+  `--cpu-kernels paddle` and for GPUs without a weight-only kernel here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+from paddle import _C_ops
+
+from paddlellm.layers.gemm import GemmWeight, to_param
+from paddlellm.native.build import NativeLibrary
+
+QMAX = 127.0
+BLOCK = 32  # k per scale: quant_gemm_w8_block() of the library, GGUF's Q8_0
+
+
+def quantize_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric int8: (q int8 [rows, k], scale float32 [rows]); a zero row gets scale 0."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    amax = np.abs(a).max(axis=1) if a.shape[1] else np.zeros(a.shape[0], np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(QMAX) / amax, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(a * inv[:, None]), -QMAX, QMAX).astype(np.int8)
+    return q, (amax / np.float32(QMAX)).astype(np.float32)
+
+
+def quantize_blocks(a: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Per (row, block of `block` columns) int8: (q int8 [rows, KB * block], scale float32 [rows, KB]), K
+    zero-padded to KB * block."""
+    rows, k = a.shape
+    kb = -(-k // block)
+    padded = np.zeros((rows, kb * block), np.float32)
+    padded[:, :k] = a
+    q, scale = quantize_rows(padded.reshape(rows * kb, block))
+    return q.reshape(rows, kb * block), scale.reshape(rows, kb)
+
+
+def pack_int8_panels(q: np.ndarray, nr: int) -> np.ndarray:
+    """[N, K'] int8 (K' a multiple of 4) -> [ceil(N / nr), K' / 4, nr] int32: lane j of quad t holds column
+    j's weights for k = 4t..4t+3 (lowest byte first); columns zero-padded."""
+    n, k = q.shape
+    panels, quads = -(-n // nr), k // 4
+    padded = np.zeros((panels * nr, k), np.int8)
+    padded[:n] = q
+    lanes = padded.reshape(panels, nr, quads, 4).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(lanes).view(np.int32).reshape(panels, quads, nr)
+
+
+def pack_block_values(v: np.ndarray, nr: int) -> np.ndarray:
+    """[N, KB] per-(column, block) values -> [ceil(N / nr), KB, nr], columns zero-padded."""
+    n, kb = v.shape
+    panels = -(-n // nr)
+    padded = np.zeros((panels * nr, kb), v.dtype)
+    padded[:n] = v
+    return np.ascontiguousarray(padded.reshape(panels, nr, kb).transpose(0, 2, 1))
+
+
+def _padded(v: np.ndarray, size: int, dtype: type) -> np.ndarray:
+    out = np.zeros(size, dtype)
+    out[: v.shape[0]] = v
+    return out
+
+
+class _Int8Weight:
+    def __init__(self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None) -> None:
+        self.out_features, self.in_features = w.shape
+        nr = native.int8_panel_width
+        q, scale = quantize_blocks(w)
+        packed = pack_int8_panels(q, nr)
+        size = packed.shape[0] * nr
+        self.packed = paddle.to_tensor(packed)
+        self.scale = to_param(pack_block_values(scale, nr))
+        # Column sums of each block of Wq: the kernel's u8-offset form (AVX512-VNNI) subtracts 128 * sum.
+        sums = q.astype(np.int32).reshape(q.shape[0], -1, BLOCK).sum(axis=2)
+        self.colsum = paddle.to_tensor(pack_block_values(sums.astype(np.int32), nr))
+        self.bias = to_param(_padded(bias, size, np.float32)) if bias is not None else None
+        for t in (self.packed, self.colsum):
+            t.stop_gradient = True
+        self._fn = native.lib.quant_gemm_w8
+        self._threads = threads
+        self._place = paddle.CPUPlace()
+        self._ptrs = (self.packed.data_ptr(), self.scale.data_ptr(), self.colsum.data_ptr())
+        self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
+
+    def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
+        shape = x.shape
+        if len(shape) != 2:
+            x = x.reshape([-1, shape[-1]])
+        if not x.is_contiguous():
+            x = x.contiguous()
+        m, k = x.shape
+        if k != self.in_features:
+            raise ValueError(f"int8 gemm: input has {k} features, the weight {self.in_features}")
+        n = self.out_features
+        y = _C_ops.empty([m, n], paddle.float32, self._place)
+        if m:
+            wp, ws, wc = self._ptrs
+            if self._fn(x.data_ptr(), m, k, k, wp, ws, wc, n, self._bias_ptr, y.data_ptr(), n, self._threads):
+                raise MemoryError("quant_gemm_w8: no memory for the quantized activations")
+        return y if len(shape) == 2 else y.reshape([*shape[:-1], n])
+
+
+class Int8Gemm:
+    def __init__(self, native: NativeLibrary, threads: int) -> None:
+        self.native, self.threads = native, threads
+        self.name = f"packed-wint8-{native.isa}"
+
+    def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
+        return _Int8Weight(self.native, self.threads, w, bias)
+
+    def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
+        del table  # the int8 copy is the only one the head needs
+        return self.weight(rows)
+
+
+class _PaddleInt8Weight:
+    """The same arithmetic in Paddle ops; block sums of int8 products are exact in float64."""
+
+    def __init__(self, w: np.ndarray, bias: np.ndarray | None) -> None:
+        self.out_features, self.in_features = w.shape
+        q, scale = quantize_blocks(w)
+        kb = scale.shape[1]
+        # [KB, BLOCK, N] float64 for one batched matmul per call; scales [KB, 1, N].
+        blocks = q.reshape(-1, kb, BLOCK).transpose(1, 2, 0)
+        self.wq = paddle.to_tensor(np.ascontiguousarray(blocks, np.float64))
+        self.scale = to_param(np.ascontiguousarray(scale.T[:, None, :]))
+        self.bias = to_param(bias) if bias is not None else None
+
+    def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
+        shape = x.shape
+        m, k = int(np.prod(shape[:-1])), shape[-1]
+        kb = self.wq.shape[0]
+        x2 = paddle.nn.functional.pad(x.reshape([m, k]).astype("float32"), [0, kb * BLOCK - k])
+        xb = x2.reshape([m, kb, BLOCK]).transpose([1, 0, 2])  # [KB, M, BLOCK]
+        amax = xb.abs().max(axis=2, keepdim=True)
+        inv = paddle.where(amax > 0, QMAX / amax, paddle.zeros_like(amax))
+        xq = paddle.clip(paddle.round(xb * inv), -QMAX, QMAX)  # paddle.round: half away from zero
+        sums = paddle.bmm(xq.astype("float64"), self.wq).astype("float32")  # [KB, M, N]
+        terms = sums * (amax / QMAX) * self.scale
+        y = terms[0]
+        for b in range(1, kb):  # block order, as the kernel
+            y = y + terms[b]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape([*shape[:-1], self.out_features])
+
+
+class PaddleInt8Gemm:
+    name = "paddle-wint8"
+
+    def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
+        return _PaddleInt8Weight(w, bias)
+
+    def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
+        del table
+        return _PaddleInt8Weight(rows, None)

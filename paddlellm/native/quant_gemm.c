@@ -1,0 +1,165 @@
+/* Y[M, N] = X[M, K] @ W[K, N] (+ bias[N]) with int8 weights (wint8): blocks of QB = 32 consecutive k, each
+ * with its own fp32 scale per output column (the layout of GGUF's Q8_0), activations quantized to int8 per
+ * row and block on the fly, integer dot products inside a block, fp32 across blocks.
+ *
+ * Why: a decode step reads every weight once, so its time is the bytes of the weights; int8 is a quarter of
+ * fp32 (plus one scale per 32 weights). The integer instructions (vpmaddubsw/vpmaddwd on AVX2, vpdpbusd with
+ * AVX512-VNNI) also do four multiply-adds per 32-bit lane. Blocks, not one scale per row: on SmolLM2 one
+ * scale per output channel and per token kept 84 % of fp32's greedy next tokens, blocks of 32 95 %
+ * (docs/quantization.md).
+ *
+ * The math, which tests/unit/test_quant_gemm.py repeats in NumPy bit for bit:
+ *   weights (at load, Python): per row n and block b: d[n, b] = max |W[n, b]| / 127,
+ *                              Wq = clip(rint(W * (127 / max)), -127, 127)
+ *   activations (here):        per row m and block b: a[m, b] and Xq alike
+ *   acc = 0; for b ascending: acc = acc + (float(sum_{k in b} Xq[m, k] * Wq[n, k]) * a[m, b]) * d[n, b]
+ *   Y[m, n] = acc (+ bias[n])                       -- every operation rounded to fp32, in this order
+ * A block's integer sum is exact, so neither the batch, nor the thread count, nor the ISA changes a row's
+ * result. This file is compiled without FP contraction: a multiply and an add must stay two roundings, as
+ * in the reference.
+ *
+ * Layout: W is packed at load into panels of NR columns: per panel [K / QB][QB / 4][NR] int32 lanes (each
+ * lane the 4 int8 weights of 4 consecutive k of one column), then the scales [K / QB][NR] fp32 and the
+ * blocks' column sums [K / QB][NR] int32 (for the u8 offset form, simd.h), all zero-padded (K to a multiple
+ * of QB, N to a multiple of NR).
+ * Loop nest: quantize all M rows into a scratch buffer > panels (two at a time per thread, as the fp32
+ * kernel) > MR-row blocks > k blocks > k quads.
+ */
+#pragma GCC optimize("fp-contract=off")
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "simd.h"
+
+#define MRI QGEMM_MR
+#define NVI QGEMM_NV
+#define NRI QGEMM_NR
+#define QB 32
+
+/* Row i of X -> int8 blocks (u8 + 128 in the offset form) in xq[i * KB * QB ...], scales in xs[i * KB ...]. */
+static void quantize_rows(const float *x, long M, long K, long ldx, long KB, uint8_t *xq, float *xs) {
+  const uint8_t flip = QUANT_XOFFSET ? 0x80u : 0u;
+  for (long i = 0; i < M; i++) {
+    const float *row = x + i * ldx;
+    for (long b = 0; b < KB; b++) {
+      const long k0 = b * QB, k1 = k0 + QB < K ? k0 + QB : K;
+      float amax = 0.0f;
+      for (long k = k0; k < k1; k++) {
+        const float a = fabsf(row[k]);
+        amax = a > amax ? a : amax;
+      }
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      xs[i * KB + b] = amax / 127.0f;
+      uint8_t *q = xq + i * KB * QB;
+      for (long k = k0; k < k1; k++) {
+        float r = nearbyintf(row[k] * inv); /* round half to even, as numpy.rint */
+        r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+        q[k] = (uint8_t)(int8_t)(int)r ^ flip;
+      }
+      for (long k = k1; k < k0 + QB; k++) q[k] = flip; /* the weights are zero there */
+    }
+  }
+}
+
+/* One MR x NR block of Y over every k block. wp: the panel's weights; ws, wc: its scales and column sums. */
+static inline __attribute__((always_inline)) void qmicro(const int mr, const uint8_t *xq, const float *xs,
+                                                         long KB, const int32_t *wp, const float *ws,
+                                                         const int32_t *wc, float *out) {
+  vq acc[MRI][NVI];
+#pragma GCC unroll 8
+  for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NVI; v++) acc[i][v] = vq_zero();
+  for (long b = 0; b < KB; b++) {
+    vi isum[MRI][NVI];
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+      for (int v = 0; v < NVI; v++) isum[i][v] = vi_zero();
+    const int32_t *wb = wp + b * (QB / 4) * NRI;
+#pragma GCC unroll 8
+    for (int q = 0; q < QB / 4; q++) {
+      vi w[NVI];
+#pragma GCC unroll 4
+      for (int v = 0; v < NVI; v++) w[v] = vi_load(wb + q * NRI + v * VLI);
+#pragma GCC unroll 8
+      for (int i = 0; i < mr; i++) {
+        int32_t x4;
+        memcpy(&x4, xq + (i * KB + b) * QB + 4 * q, 4);
+        const vi xb = vi_set1(x4);
+        const vi xa = vi_xabs(xb);
+#pragma GCC unroll 4
+        for (int v = 0; v < NVI; v++) isum[i][v] = vi_dot4(isum[i][v], xb, xa, w[v]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NVI; v++) {
+      const vq d = vq_load(ws + b * NRI + v * VLI);
+      const vi corr = QUANT_XOFFSET ? vi_shl7(vi_load(wc + b * NRI + v * VLI)) : vi_zero();
+#pragma GCC unroll 8
+      for (int i = 0; i < mr; i++) {
+        const vq t = vq_mul(vq_cvt(QUANT_XOFFSET ? vi_sub(isum[i][v], corr) : isum[i][v]), vq_set1(xs[i * KB + b]));
+        acc[i][v] = vq_add(acc[i][v], vq_mul(t, d));
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NVI; v++) vq_store(out + i * NRI + v * VLI, acc[i][v]);
+}
+
+#define QMICRO(n)                                                                                          \
+  static void qmicro_##n(const uint8_t *xq, const float *xs, long KB, const int32_t *wp, const float *ws, \
+                         const int32_t *wc, float *out) {                                                  \
+    qmicro(n < MRI ? n : MRI, xq, xs, KB, wp, ws, wc, out);                                               \
+  }
+QMICRO(1)
+QMICRO(2)
+QMICRO(3)
+QMICRO(4)
+typedef void (*qmicro_fn)(const uint8_t *, const float *, long, const int32_t *, const float *, const int32_t *,
+                          float *);
+static const qmicro_fn qmicros[5] = {0, qmicro_1, qmicro_2, qmicro_3, qmicro_4};
+
+/* x: [M, K] rows ldx floats apart; wp: per panel (ceil(N / NR) of them) KB * QB / 4 * NR int32 lanes;
+ * wscale: per panel KB * NR floats; wsum: per panel KB * NR int32 (KB = ceil(K / QB)); bias: NULL or
+ * ceil(N / NR) * NR floats; y: [M, N] rows ldy floats apart. Returns 0, or -1 when the scratch buffer for
+ * the quantized rows cannot be allocated. */
+int quant_gemm_w8(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wscale,
+                  const int32_t *wsum, long N, const float *bias, float *y, long ldy, int nthreads) {
+  const long KB = (K + QB - 1) / QB, panels = (N + NRI - 1) / NRI;
+  uint8_t *xq = malloc((size_t)(M * KB * QB + 64));
+  float *xs = malloc((size_t)(M * KB + 16) * sizeof(float));
+  if (!xq || !xs) {
+    free(xq);
+    free(xs);
+    return -1;
+  }
+  quantize_rows(x, M, K, ldx, KB, xq, xs);
+#pragma omp parallel for schedule(monotonic : dynamic, 2) num_threads(nthreads) if (nthreads > 1 && panels > 1)
+  for (long p = 0; p < panels; p++) {
+    float out[MRI * NRI];
+    const int32_t *panel = wp + p * KB * (QB / 4) * NRI;
+    const float *ps = wscale + p * KB * NRI;
+    const int32_t *pc = wsum + p * KB * NRI;
+    const float *pb = bias ? bias + p * NRI : 0;
+    const int ncols = N - p * NRI < NRI ? (int)(N - p * NRI) : NRI;
+    for (long i = 0; i < M; i += MRI) {
+      const int mr = M - i < MRI ? (int)(M - i) : MRI;
+      qmicros[mr](xq + i * KB * QB, xs + i * KB, KB, panel, ps, pc, out);
+      for (int r = 0; r < mr; r++) {
+        float *yr = y + (i + r) * ldy + p * NRI;
+        for (int j = 0; j < ncols; j++) yr[j] = pb ? out[r * NRI + j] + pb[j] : out[r * NRI + j];
+      }
+    }
+  }
+  free(xq);
+  free(xs);
+  return 0;
+}
+
+int quant_gemm_w8_panel_width(void) { return NRI; }
+int quant_gemm_w8_block(void) { return QB; }

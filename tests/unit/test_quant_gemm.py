@@ -1,0 +1,106 @@
+"""The int8 weight kernel (`--quantization wint8`): bit-exact against NumPy doing the same quantized
+arithmetic, across blocking edges and every ISA this CPU runs (forced lower ISAs too), batch invariant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+paddle = pytest.importorskip("paddle")
+
+from paddlellm.cpu import read_cpu  # noqa: E402
+from paddlellm.layers.quant_gemm import (  # noqa: E402
+    BLOCK,
+    Int8Gemm,
+    PaddleInt8Gemm,
+    pack_int8_panels,
+    quantize_blocks,
+)
+from paddlellm.native import build  # noqa: E402
+
+
+def reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """What the kernel computes, op by op in float32, block by block (a block's integer sum in int64)."""
+    xq, a = quantize_blocks(x)
+    wq, d = quantize_blocks(w)
+    acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    for b in range(a.shape[1]):
+        cols = slice(b * BLOCK, (b + 1) * BLOCK)
+        sums = (xq[:, cols].astype(np.int64) @ wq[:, cols].astype(np.int64).T).astype(np.float32)
+        acc = acc + (sums * a[:, b : b + 1]) * d[None, :, b]
+    return acc + bias[None, :] if bias is not None else acc
+
+
+def _data(m: int, k: int, n: int, seed: int, bias: bool = True) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[:, rng.integers(0, k)] *= 20  # an outlier channel, as real activations have
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    return x, w, b
+
+
+def _run(native: build.NativeLibrary, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, threads: int = 2):
+    layer = Int8Gemm(native, threads).weight(w, b)
+    return layer(paddle.to_tensor(x)).numpy()
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [(1, 576, 1536), (3, 5, 7), (4, 8, 16), (9, 63, 33), (17, 130, 47), (64, 576, 192), (70, 1536, 40)],
+)
+def test_bit_exact_against_the_numpy_reference(native: build.NativeLibrary, m: int, k: int, n: int) -> None:
+    """M across row-block edges (MR 4 or 8, chunks), K not a multiple of 4, N across partial panels."""
+    for bias in (True, False):
+        x, w, b = _data(m, k, n, seed=m * 1000 + k + n, bias=bias)
+        got = _run(native, x, w, b)
+        np.testing.assert_array_equal(got, reference(x, w, b))
+
+
+def test_a_row_does_not_depend_on_the_batch_or_threads(native: build.NativeLibrary) -> None:
+    x, w, b = _data(33, 200, 100, seed=3)
+    full = _run(native, x, w, b, threads=2)
+    for i in (0, 5, 32):
+        np.testing.assert_array_equal(_run(native, x[i : i + 1], w, b, threads=1)[0], full[i])
+    np.testing.assert_array_equal(_run(native, x[7:20], w, b, threads=1), full[7:20])
+
+
+def test_every_isa_gives_the_same_bits() -> None:
+    cpu = read_cpu()
+    x, w, b = _data(11, 300, 70, seed=5)
+    results = {isa: _run(build.load(isa, cpu), x, w, b) for isa in cpu.kernel_isas}
+    first = next(iter(results.values()), None)
+    for isa, got in results.items():
+        np.testing.assert_array_equal(got, first, err_msg=isa)
+
+
+def test_zero_rows_and_extremes(native: build.NativeLibrary) -> None:
+    x, w, b = _data(5, 64, 40, seed=9)
+    x[1] = 0.0  # a zero activation row: scale 0, output = bias
+    w[3] = 0.0  # a zero weight row
+    x[2, 0] = 1e6  # one huge value: every other entry of the row quantizes to ~0
+    got = _run(native, x, w, b)
+    np.testing.assert_array_equal(got, reference(x, w, b))
+    np.testing.assert_array_equal(got[1], b)
+
+
+def test_pack_layout() -> None:
+    q, _ = quantize_blocks(np.arange(-60, 60, dtype=np.float32).reshape(4, 30))  # K 30 -> one block of 32
+    packed = pack_int8_panels(q, nr=8)  # 1 panel, 8 quads, 8 lanes
+    assert packed.shape == (1, 8, 8) and packed.dtype == np.int32
+    lane = packed[0, 2, 1].tobytes()  # column 1, k = 8..11
+    assert list(np.frombuffer(lane, np.int8)) == list(q[1, 8:12])
+    assert packed[0, 7, 0].tobytes()[2:] == b"\0\0"  # k = 30, 31: padding
+    assert not packed[0, :, 4:].any()  # columns 4..7: padding
+
+
+def test_int8_is_close_to_fp32_and_the_paddle_reference() -> None:
+    """Quantization error stays small, and the Paddle-ops reference computes the same math (it rounds
+    half away from zero, NumPy half to even: ties may differ by one step)."""
+    x, w, b = _data(6, 256, 64, seed=11)
+    exact = x @ w.T + b
+    ref = reference(x, w, b)
+    rel = np.abs(ref - exact).max() / np.abs(exact).max()
+    assert rel < 0.03, rel
+    paddle_y = PaddleInt8Gemm().weight(w, b)(paddle.to_tensor(x)).numpy()
+    np.testing.assert_allclose(paddle_y, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
