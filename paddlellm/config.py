@@ -24,7 +24,7 @@ from paddlellm.errors import ConfigError
 
 CPU_KERNEL_CHOICES = ("auto", "native", *KERNEL_ISAS, "paddle")
 DTYPE_CHOICES = ("float32", "bfloat16")
-QUANTIZATION_CHOICES = ("none", "wint8")
+QUANTIZATION_CHOICES = ("none", "wint8", "wint4")
 
 
 ENGINE_GROUP, SCHEDULER_GROUP = "model and engine", "scheduler"
@@ -100,10 +100,11 @@ class EngineConfig:
     )
     quantization: str = option(
         "none",
-        "weight-only quantization of every linear layer and the LM head (FastDeploy's names): none, or wint8 "
-        "(int8 weights with a scale per output channel; activations quantized to int8 per token on the fly; "
-        "integer dot products: vpdpbusd with AVX512-VNNI, vpmaddubsw on AVX2; a quarter of fp32's weight "
-        "bytes)",
+        "quantized weights of every linear layer and the LM head (FastDeploy's names): none; wint8 (int8 "
+        "weights with a scale per output column and block of 32 inputs, GGUF Q8_0's layout; activations "
+        "quantized to int8 per token and block on the fly; integer dot products: vpdpbusd with AVX512-VNNI, "
+        "vpmaddubsw on AVX2); or wint4 (4-bit weights with a scale and a minimum per block of 32, GGUF "
+        "Q4_1's math, the LM head int8; native CPU kernels only)",
         choices=QUANTIZATION_CHOICES,
     )
     scheduler_max_size: int = option(

@@ -27,8 +27,8 @@ from paddlellm.errors import ConfigError
 from paddlellm.layers.decode_attention import NativeDecodeAttention
 from paddlellm.layers.gemm import Gemm, PackedGemm, PaddleGemm
 from paddlellm.layers.norm import FusedRMSNorm, NativeNorms, NormFactory, PaddleRMSNorm
-from paddlellm.layers.quant_gemm import Int8Gemm, PaddleInt8Gemm
-from paddlellm.native.build import NativeUnavailable, load
+from paddlellm.layers.quant_gemm import Int4Gemm, Int8Gemm, PaddleInt8Gemm
+from paddlellm.native.build import NativeLibrary, NativeUnavailable, load
 
 log = logging.getLogger("paddlellm.kernels")
 
@@ -57,12 +57,14 @@ def paddle_kernels(device: str, cpu: CpuInfo) -> Kernels:
 
 def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
     cpu = cpu or read_cpu()
-    mode, bf16, int8 = config.cpu_kernels, config.dtype == "bfloat16", config.quantization == "wint8"
-    if bf16 and int8:
-        raise ConfigError("dtype='bfloat16' and quantization='wint8' both set the linear weights: choose one")
+    mode, bf16, quant = config.cpu_kernels, config.dtype == "bfloat16", config.quantization
+    int8 = quant == "wint8"
+    if bf16 and quant != "none":
+        raise ConfigError(f"dtype='bfloat16' and quantization='{quant}' both set the weights: choose one")
     if config.device != "cpu" or mode == "paddle":
-        if bf16:
-            raise ConfigError("dtype='bfloat16' runs on the native CPU kernels only (device cpu, not paddle)")
+        if bf16 or quant == "wint4":
+            what = "dtype='bfloat16'" if bf16 else "quantization='wint4'"
+            raise ConfigError(f"{what} runs on the native CPU kernels only (device cpu, not paddle)")
         kernels = paddle_kernels(config.device, cpu)
         return dataclasses.replace(kernels, gemm=PaddleInt8Gemm()) if int8 else kernels
     isa = cpu.best_kernel_isa if mode in ("auto", "native") else mode
@@ -72,13 +74,13 @@ def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
             raise NativeUnavailable(f"the CPU has no native kernel ISA (needs {need})")
         native = load(isa, cpu)
     except NativeUnavailable as e:
-        if mode != "auto" or bf16:
+        if mode != "auto" or bf16 or quant == "wint4":
             raise ConfigError(f"cpu_kernels='{mode}', dtype='{config.dtype}': {e}") from e
         log.warning("native CPU kernels unavailable, using Paddle's ops: %s", e)
         return paddle_kernels(config.device, cpu)
     threads = config.threads_per_rank
     kernels = Kernels(
-        Int8Gemm(native, threads) if int8 else PackedGemm(native, threads, bf16),
+        _gemm(native, threads, quant, bf16),
         NativeNorms(native, threads),
         NativeDecodeAttention(native, threads),
         native.isa,
@@ -86,3 +88,11 @@ def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
     )
     log.info("native CPU kernels %s, %d threads (%s)", kernels.describe(), threads, cpu.describe())
     return kernels
+
+
+def _gemm(native: NativeLibrary, threads: int, quantization: str, bf16: bool) -> Gemm:
+    if quantization == "wint8":
+        return Int8Gemm(native, threads)
+    if quantization == "wint4":
+        return Int4Gemm(native, threads)
+    return PackedGemm(native, threads, bf16)

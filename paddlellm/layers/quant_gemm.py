@@ -68,6 +68,35 @@ def pack_block_values(v: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(panels, nr, kb).transpose(0, 2, 1))
 
 
+def quantize_q4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GGUF Q4_1's math per (row, block): d = (max - min) / 15, q = clip(rint((w - min) * (1 / d)), 0, 15), so
+    w ~ q * d + min. Returns (q uint8 [rows, KB * block], d float32 [rows, KB], min float32 [rows, KB]);
+    K zero-padded (a padded tail's nibbles multiply zero activations)."""
+    rows, k = w.shape
+    kb = -(-k // block)
+    padded = np.zeros((rows, kb * block), np.float32)
+    padded[:, :k] = w
+    blocks = padded.reshape(rows, kb, block)
+    lo, hi = blocks.min(axis=2), blocks.max(axis=2)
+    d = ((hi - lo) / np.float32(15)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint((blocks - lo[:, :, None]) * inv[:, :, None]), 0, 15).astype(np.uint8)
+    return q.reshape(rows, kb * block), d, lo.astype(np.float32)
+
+
+def pack_q4_panels(q: np.ndarray, nr: int) -> np.ndarray:
+    """[N, K'] nibbles (K' a multiple of 8) -> [ceil(N / nr), K' / 8, nr] int32: byte i of lane j of octet o
+    holds column j's k = 8o + i in its low half and k = 8o + 4 + i in its high half."""
+    n, k = q.shape
+    panels, octets = -(-n // nr), k // 8
+    padded = np.zeros((panels * nr, k), np.uint8)
+    padded[:n] = q
+    pairs = padded.reshape(panels, nr, octets, 2, 4)  # [..., half, i]
+    packed = pairs[:, :, :, 0, :] | (pairs[:, :, :, 1, :] << 4)  # [panels, nr, octets, 4] bytes
+    return np.ascontiguousarray(packed.transpose(0, 2, 1, 3)).view(np.int32).reshape(panels, octets, nr)
+
+
 def _padded(v: np.ndarray, size: int, dtype: type) -> np.ndarray:
     out = np.zeros(size, dtype)
     out[: v.shape[0]] = v
@@ -109,7 +138,7 @@ class _Int8Weight:
         if m:
             wp, ws, wc = self._ptrs
             if self._fn(x.data_ptr(), m, k, k, wp, ws, wc, n, self._bias_ptr, y.data_ptr(), n, self._threads):
-                raise MemoryError("quant_gemm_w8: no memory for the quantized activations")
+                raise MemoryError("quantized gemm: no memory for the quantized activations")
         return y if len(shape) == 2 else y.reshape([*shape[:-1], n])
 
 
@@ -124,6 +153,40 @@ class Int8Gemm:
     def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
         del table  # the int8 copy is the only one the head needs
         return self.weight(rows)
+
+
+class _Int4Weight(_Int8Weight):
+    def __init__(self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None) -> None:
+        self.out_features, self.in_features = w.shape
+        nr = native.int8_panel_width
+        q, d, mn = quantize_q4(w)
+        packed = pack_q4_panels(q, nr)
+        size = packed.shape[0] * nr
+        self.packed = paddle.to_tensor(packed)
+        self.packed.stop_gradient = True
+        self.scale = to_param(pack_block_values(d, nr))
+        self.minimum = to_param(pack_block_values(mn, nr))
+        self.bias = to_param(_padded(bias, size, np.float32)) if bias is not None else None
+        self._fn = native.lib.quant_gemm_w4
+        self._threads = threads
+        self._place = paddle.CPUPlace()
+        self._ptrs = (self.packed.data_ptr(), self.scale.data_ptr(), self.minimum.data_ptr())
+        self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
+
+
+class Int4Gemm(Int8Gemm):
+    def __init__(self, native: NativeLibrary, threads: int) -> None:
+        super().__init__(native, threads)
+        self.name = f"packed-wint4-{native.isa}"
+
+    def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
+        return _Int4Weight(self.native, self.threads, w, bias)
+
+    def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
+        """The LM head stays int8 (as llama.cpp keeps its output matrix at 6-8 bits): every logit comes from
+        it, and 4 bits there cost more quality than the 4 saved bits per weight save time."""
+        del table
+        return _Int8Weight(self.native, self.threads, rows, None)
 
 
 class _PaddleInt8Weight:

@@ -150,6 +150,9 @@ def load(isa: str, cpu: CpuInfo) -> NativeLibrary:
     q = lib.quant_gemm_w8
     q.argtypes = [ptr, c_long, c_long, c_long, ptr, ptr, ptr, c_long, ptr, ptr, c_long, c_int]
     q.restype = c_int
+    q4 = lib.quant_gemm_w4
+    q4.argtypes = [ptr, c_long, c_long, c_long, ptr, ptr, ptr, c_long, ptr, ptr, c_long, c_int]
+    q4.restype = c_int
     a = lib.paged_decode_attention
     a.argtypes = [ptr, ptr, c_long, ptr, ptr, c_long, c_long, c_int, c_int, c_int, ptr, c_int]
     a.restype = c_int

@@ -38,9 +38,10 @@
 #define NRI QGEMM_NR
 #define QB 32
 
-/* Row i of X -> int8 blocks (u8 + 128 in the offset form) in xq[i * KB * QB ...], scales in xs[i * KB ...]. */
-static void quantize_rows(const float *x, long M, long K, long ldx, long KB, uint8_t *xq, float *xs) {
-  const uint8_t flip = QUANT_XOFFSET ? 0x80u : 0u;
+/* Row i of X -> int8 blocks in xq[i * KB * QB ...] (stored as u8 = x + 128 when `flip` is 0x80), scales in
+ * xs[i * KB ...]; with `xsa`, also xsa[i * KB + b] = float(sum of the block's int8 values) * scale. */
+static void quantize_rows(const float *x, long M, long K, long ldx, long KB, uint8_t *xq, float *xs, uint8_t flip,
+                          float *xsa) {
   for (long i = 0; i < M; i++) {
     const float *row = x + i * ldx;
     for (long b = 0; b < KB; b++) {
@@ -53,12 +54,15 @@ static void quantize_rows(const float *x, long M, long K, long ldx, long KB, uin
       const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
       xs[i * KB + b] = amax / 127.0f;
       uint8_t *q = xq + i * KB * QB;
+      int32_t sum = 0;
       for (long k = k0; k < k1; k++) {
         float r = nearbyintf(row[k] * inv); /* round half to even, as numpy.rint */
         r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+        sum += (int)r;
         q[k] = (uint8_t)(int8_t)(int)r ^ flip;
       }
       for (long k = k1; k < k0 + QB; k++) q[k] = flip; /* the weights are zero there */
+      if (xsa) xsa[i * KB + b] = (float)sum * xs[i * KB + b];
     }
   }
 }
@@ -138,7 +142,7 @@ int quant_gemm_w8(const float *x, long M, long K, long ldx, const int32_t *wp, c
     free(xs);
     return -1;
   }
-  quantize_rows(x, M, K, ldx, KB, xq, xs);
+  quantize_rows(x, M, K, ldx, KB, xq, xs, QUANT_XOFFSET ? 0x80u : 0u, 0);
 #pragma omp parallel for schedule(monotonic : dynamic, 2) num_threads(nthreads) if (nthreads > 1 && panels > 1)
   for (long p = 0; p < panels; p++) {
     float out[MRI * NRI];
@@ -150,6 +154,113 @@ int quant_gemm_w8(const float *x, long M, long K, long ldx, const int32_t *wp, c
     for (long i = 0; i < M; i += MRI) {
       const int mr = M - i < MRI ? (int)(M - i) : MRI;
       qmicros[mr](xq + i * KB * QB, xs + i * KB, KB, panel, ps, pc, out);
+      for (int r = 0; r < mr; r++) {
+        float *yr = y + (i + r) * ldy + p * NRI;
+        for (int j = 0; j < ncols; j++) yr[j] = pb ? out[r * NRI + j] + pb[j] : out[r * NRI + j];
+      }
+    }
+  }
+  free(xq);
+  free(xs);
+  return 0;
+}
+
+/* ---- wint4: 4-bit weights, GGUF Q4_1's math ------------------------------------------------------------
+ * Per (column n, block b of QB k): an fp32 scale d and minimum mn, nibbles q in 0..15, W ~ q * d + mn.
+ * With the activations as above (int8 Xq, scale a, and the block's sum of Xq):
+ *   acc = 0; for b ascending: acc = acc + (float(sum_{k in b} q[n, k] * Xq[m, k]) * a[m, b]) * d[n, b]
+ *                             acc = acc + (float(sum_{k in b} Xq[m, k]) * a[m, b]) * mn[n, b]
+ *   Y = acc (+ bias)
+ * Layout per panel: [KB][QB / 8][NR] uint32 lanes: byte i of lane j of octet o holds column j's nibbles for
+ * k = 8o + i (low half) and 8o + 4 + i (high half); then d and mn as [KB][NR] fp32 each. Half the bytes of
+ * wint8, and the nibbles go straight into vpdpbusd / vpmaddubsw as the unsigned operand. */
+static inline __attribute__((always_inline)) void q4micro(const int mr, const uint8_t *xq, const float *xs,
+                                                          const float *xsa, long KB, const int32_t *wp,
+                                                          const float *wd, const float *wm, float *out) {
+  vq acc[MRI][NVI];
+#pragma GCC unroll 8
+  for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NVI; v++) acc[i][v] = vq_zero();
+  for (long b = 0; b < KB; b++) {
+    vi isum[MRI][NVI];
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+      for (int v = 0; v < NVI; v++) isum[i][v] = vi_zero();
+    const int32_t *wb = wp + b * (QB / 8) * NRI;
+#pragma GCC unroll 4
+    for (int o = 0; o < QB / 8; o++) {
+      vi lo[NVI], hi[NVI];
+#pragma GCC unroll 4
+      for (int v = 0; v < NVI; v++) {
+        const vi raw = vi_load(wb + o * NRI + v * VLI);
+        lo[v] = vi_lo4(raw);
+        hi[v] = vi_hi4(raw);
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < mr; i++) {
+        int32_t x4lo, x4hi;
+        memcpy(&x4lo, xq + (i * KB + b) * QB + 8 * o, 4);
+        memcpy(&x4hi, xq + (i * KB + b) * QB + 8 * o + 4, 4);
+        const vi xl = vi_set1(x4lo), xh = vi_set1(x4hi);
+#pragma GCC unroll 4
+        for (int v = 0; v < NVI; v++) isum[i][v] = vi_dot4_u8s8(vi_dot4_u8s8(isum[i][v], lo[v], xl), hi[v], xh);
+      }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NVI; v++) {
+      const vq d = vq_load(wd + b * NRI + v * VLI), mn = vq_load(wm + b * NRI + v * VLI);
+#pragma GCC unroll 8
+      for (int i = 0; i < mr; i++) {
+        const vq t = vq_mul(vq_cvt(isum[i][v]), vq_set1(xs[i * KB + b]));
+        acc[i][v] = vq_add(acc[i][v], vq_mul(t, d));
+        acc[i][v] = vq_add(acc[i][v], vq_mul(vq_set1(xsa[i * KB + b]), mn));
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NVI; v++) vq_store(out + i * NRI + v * VLI, acc[i][v]);
+}
+
+#define Q4MICRO(n)                                                                                          \
+  static void q4micro_##n(const uint8_t *xq, const float *xs, const float *xsa, long KB, const int32_t *wp, \
+                          const float *wd, const float *wm, float *out) {                                   \
+    q4micro(n < MRI ? n : MRI, xq, xs, xsa, KB, wp, wd, wm, out);                                           \
+  }
+Q4MICRO(1)
+Q4MICRO(2)
+Q4MICRO(3)
+Q4MICRO(4)
+typedef void (*q4micro_fn)(const uint8_t *, const float *, const float *, long, const int32_t *, const float *,
+                           const float *, float *);
+static const q4micro_fn q4micros[5] = {0, q4micro_1, q4micro_2, q4micro_3, q4micro_4};
+
+/* As quant_gemm_w8, with wp: per panel KB * QB / 8 * NR uint32 lanes; wd, wm: per panel KB * NR floats. */
+int quant_gemm_w4(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd, const float *wm,
+                  long N, const float *bias, float *y, long ldy, int nthreads) {
+  const long KB = (K + QB - 1) / QB, panels = (N + NRI - 1) / NRI;
+  uint8_t *xq = malloc((size_t)(M * KB * QB + 64));
+  float *xs = malloc((size_t)(2 * M * KB + 16) * sizeof(float));
+  if (!xq || !xs) {
+    free(xq);
+    free(xs);
+    return -1;
+  }
+  float *xsa = xs + M * KB;
+  quantize_rows(x, M, K, ldx, KB, xq, xs, 0u, xsa);
+#pragma omp parallel for schedule(monotonic : dynamic, 2) num_threads(nthreads) if (nthreads > 1 && panels > 1)
+  for (long p = 0; p < panels; p++) {
+    float out[MRI * NRI];
+    const int32_t *panel = wp + p * KB * (QB / 8) * NRI;
+    const float *pd = wd + p * KB * NRI, *pm = wm + p * KB * NRI;
+    const float *pb = bias ? bias + p * NRI : 0;
+    const int ncols = N - p * NRI < NRI ? (int)(N - p * NRI) : NRI;
+    for (long i = 0; i < M; i += MRI) {
+      const int mr = M - i < MRI ? (int)(M - i) : MRI;
+      q4micros[mr](xq + i * KB * QB, xs + i * KB, xsa + i * KB, KB, panel, pd, pm, out);
       for (int r = 0; r < mr; r++) {
         float *yr = y + (i + r) * ldy + p * NRI;
         for (int j = 0; j < ncols; j++) yr[j] = pb ? out[r * NRI + j] + pb[j] : out[r * NRI + j];

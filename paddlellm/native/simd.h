@@ -92,6 +92,8 @@ static inline __attribute__((always_inline)) __m256 vf_fold(vf v) { return v; }
  * vector of the same VLI lanes (the per-block scaling and the fp32 accumulators).
  * - AVX512-BW + VNNI: vpdpbusd (u8 x s8, 4 products summed into each int32 lane), 16 lanes, 4 x 2 blocks
  *   (8 int32 + 8 fp32 accumulators, 2 weights, broadcast, scales).
+ * wint4 weights are unsigned nibbles (0..15), so vi_dot4_u8s8 multiplies them directly with the signed
+ * activations (vpdpbusd, or vpmaddubsw: at most 2 * 15 * 127, no saturation); vi_lo4 / vi_hi4 unpack them.
  * - AVX2 (also the avx512 F+VL library, which has no 512-bit byte ops): |x| (u8) x sign(w, x) (s8) by
  *   vpmaddubsw (pairs to s16: at most 2 * 127 * 127, no saturation) then vpmaddwd by 1 (to s32); 8 lanes,
  *   4 x 1 blocks (4 int32 + 4 fp32 accumulators and the temporaries fit 16 ymm). */
@@ -111,6 +113,12 @@ static inline __attribute__((always_inline)) vi vi_xabs(vi xb) { return xb; }
 static inline __attribute__((always_inline)) vi vi_dot4(vi acc, vi xb, vi xa, vi w) {
   (void)xa;
   return _mm512_dpbusd_epi32(acc, xb, w);
+}
+/* u8 weights (a vector) x s8 activations (broadcast): the wint4 form, no offset needed. */
+static inline __attribute__((always_inline)) vi vi_dot4_u8s8(vi acc, vi w, vi xb) { return _mm512_dpbusd_epi32(acc, w, xb); }
+static inline __attribute__((always_inline)) vi vi_lo4(vi v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0F)); }
+static inline __attribute__((always_inline)) vi vi_hi4(vi v) {
+  return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
 }
 static inline __attribute__((always_inline)) vq vq_cvt(vi a) { return _mm512_cvtepi32_ps(a); }
 static inline __attribute__((always_inline)) vq vq_load(const float *p) { return _mm512_loadu_ps(p); }
@@ -137,6 +145,13 @@ static inline __attribute__((always_inline)) vi vi_xabs(vi xb) { return _mm256_a
 static inline __attribute__((always_inline)) vi vi_dot4(vi acc, vi xb, vi xa, vi w) {
   const vi pairs = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w, xb));
   return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+static inline __attribute__((always_inline)) vi vi_dot4_u8s8(vi acc, vi w, vi xb) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, xb), _mm256_set1_epi16(1)));
+}
+static inline __attribute__((always_inline)) vi vi_lo4(vi v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0F)); }
+static inline __attribute__((always_inline)) vi vi_hi4(vi v) {
+  return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
 }
 static inline __attribute__((always_inline)) vq vq_cvt(vi a) { return _mm256_cvtepi32_ps(a); }
 static inline __attribute__((always_inline)) vq vq_load(const float *p) { return _mm256_loadu_ps(p); }

@@ -114,17 +114,18 @@ def test_paddle_ops_and_native_kernels_give_the_same_greedy_tokens(default_model
     assert all(t == tokens["paddle"] for t in tokens.values()), list(tokens)
 
 
-def test_wint8_answers_the_seed_question_on_every_kernel_choice(default_model_dir):
-    """--quantization wint8: the default model still answers the seed question with every kernel ISA the tests
-    run. The int8 GEMM gives the same bits on every ISA (tests/unit/test_quant_gemm.py), but attention's exp
+@pytest.mark.parametrize("quantization", ["wint8", "wint4"])
+def test_quantized_weights_answer_the_seed_question_on_every_kernel_choice(default_model_dir, quantization):
+    """--quantization wint8 / wint4: the default model still answers the seed question with every kernel ISA
+    the tests run. The int8 GEMM gives the same bits on every ISA (tests/unit/test_quant_gemm.py), but attention's exp
     and the norms differ in the last bits between ISAs, and quantizing activations to int8 can turn such a
     difference into a different rounding step: so the answers agree on a prefix, not necessarily whole."""
     greedy = SamplingParams(max_tokens=96, temperature=0.0)
     seed = [[{"role": "user", "content": "List 3 countries and their capitals."}]]
     tokens = {}
     for kernels in model_kernels():
-        with LLM(default_model_dir, num_threads=2, quantization="wint8", cpu_kernels=kernels) as llm:
-            assert llm.engine.executor.runner.kernels.gemm.name.startswith("packed-wint8")
+        with LLM(default_model_dir, num_threads=2, quantization=quantization, cpu_kernels=kernels) as llm:
+            assert llm.engine.executor.runner.kernels.gemm.name.startswith(f"packed-{quantization}")
             (answer,) = llm.chat(seed, greedy)
         assert answer.finish_reason == "stop", answer.text
         assert sum(city in answer.text for city in CAPITALS) >= 2, answer.text

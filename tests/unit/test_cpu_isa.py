@@ -72,9 +72,10 @@ def test_a_faked_avx2_only_cpu_selects_nothing_that_needs_avx512() -> None:
         assert k.gemm.native.isa == "avx2"  # type: ignore[attr-defined]
     bf16 = select_kernels(EngineConfig(dtype="bfloat16"), cpu)  # bf16 weights widened on AVX2
     assert bf16.isa == "avx2" and bf16.gemm.name == "packed-bf16-avx2"
-    int8 = select_kernels(EngineConfig(quantization="wint8"), cpu)  # vpmaddubsw, no VNNI needed
-    assert int8.isa == "avx2" and int8.gemm.name == "packed-wint8-avx2"
-    assert int8.required_cpu_flags <= cpu.flags
+    for quant in ("wint8", "wint4"):  # vpmaddubsw, no VNNI needed
+        q = select_kernels(EngineConfig(quantization=quant), cpu)
+        assert q.isa == "avx2" and q.gemm.name == f"packed-{quant}-avx2"
+        assert q.required_cpu_flags <= cpu.flags
     paddle = select_kernels(EngineConfig(cpu_kernels="paddle"), cpu)
     assert paddle.norm is PaddleRMSNorm and paddle.required_cpu_flags <= cpu.flags
     for isa in ("avx512", "avx512_bf16"):

@@ -11,10 +11,13 @@ paddle = pytest.importorskip("paddle")
 from paddlellm.cpu import read_cpu  # noqa: E402
 from paddlellm.layers.quant_gemm import (  # noqa: E402
     BLOCK,
+    Int4Gemm,
     Int8Gemm,
     PaddleInt8Gemm,
     pack_int8_panels,
+    pack_q4_panels,
     quantize_blocks,
+    quantize_q4,
 )
 from paddlellm.native import build  # noqa: E402
 
@@ -104,3 +107,56 @@ def test_int8_is_close_to_fp32_and_the_paddle_reference() -> None:
     assert rel < 0.03, rel
     paddle_y = PaddleInt8Gemm().weight(w, b)(paddle.to_tensor(x)).numpy()
     np.testing.assert_allclose(paddle_y, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+# ------------------------------------------------------------------ wint4 (GGUF Q4_1's math)
+def reference_w4(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """Block by block: the nibbles' integer dot product scaled by d, plus the activations' block sum scaled
+    by the minimum, each op in float32 in the kernel's order."""
+    xq, a = quantize_blocks(x)
+    q, d, mn = quantize_q4(w)
+    acc = np.zeros((x.shape[0], w.shape[0]), np.float32)
+    for b in range(a.shape[1]):
+        cols = slice(b * BLOCK, (b + 1) * BLOCK)
+        xb = xq[:, cols].astype(np.int64)
+        sums = (xb @ q[:, cols].astype(np.int64).T).astype(np.float32)
+        xsa = xb.sum(axis=1).astype(np.float32) * a[:, b]
+        acc = acc + (sums * a[:, b : b + 1]) * d[None, :, b]
+        acc = acc + xsa[:, None] * mn[None, :, b]
+    return acc + bias[None, :] if bias is not None else acc
+
+
+def _run4(native: build.NativeLibrary, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, threads: int = 2):
+    return Int4Gemm(native, threads).weight(w, b)(paddle.to_tensor(x)).numpy()
+
+
+W4_SHAPES = [(1, 576, 1536), (3, 5, 7), (9, 63, 33), (17, 130, 47), (70, 256, 40)]
+
+
+@pytest.mark.parametrize(("m", "k", "n"), W4_SHAPES)
+def test_w4_bit_exact_against_the_numpy_reference(native: build.NativeLibrary, m: int, k: int, n: int):
+    for bias in (True, False):
+        x, w, b = _data(m, k, n, seed=m * 7 + k + n, bias=bias)
+        np.testing.assert_array_equal(_run4(native, x, w, b), reference_w4(x, w, b))
+
+
+def test_w4_rows_are_batch_and_thread_invariant_and_isas_agree(native: build.NativeLibrary) -> None:
+    x, w, b = _data(21, 160, 90, seed=13)
+    full = _run4(native, x, w, b)
+    for i in (0, 9, 20):
+        np.testing.assert_array_equal(_run4(native, x[i : i + 1], w, b, threads=1)[0], full[i])
+    best = build.load(read_cpu().best_kernel_isa or native.isa, read_cpu())
+    np.testing.assert_array_equal(_run4(best, x, w, b), full)
+
+
+def test_q4_quantization_and_packing() -> None:
+    w = np.linspace(-1, 2, 40, dtype=np.float32).reshape(1, 40)
+    q, d, mn = quantize_q4(w)
+    assert q.shape == (1, 64) and d.shape == mn.shape == (1, 2)
+    restored = q[:, :40] * np.repeat(d, 32)[:40] + np.repeat(mn, 32)[:40]
+    assert q.max() <= 15 and np.abs(restored - w).max() <= d.max() / 2 + 1e-6
+    packed = pack_q4_panels(q, nr=8)
+    assert packed.shape == (1, 8, 8)
+    lane = np.frombuffer(packed[0, 1, 0].tobytes(), np.uint8)  # column 0, k = 8..15
+    assert list(lane & 15) == list(q[0, 8:12]) and list(lane >> 4) == list(q[0, 12:16])
+    assert not packed[0, :, 1:].any()
