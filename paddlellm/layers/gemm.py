@@ -119,29 +119,16 @@ def pack_panels_bf16(w: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(pairs[:, :, 0, :] | (pairs[:, :, 1, :] << 16))
 
 
-class _PackedWeight:
-    def __init__(
-        self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None, bf16: bool = False
-    ) -> None:
-        self.out_features, self.in_features = w.shape
-        self._fn = native.lib.packed_sgemm_bf16 if bf16 else native.lib.packed_sgemm
-        self._place = paddle.CPUPlace()
-        self._threads = threads
-        nr = native.panel_width
-        if bf16:
-            packed = paddle.to_tensor(pack_panels_bf16(w, nr).view(np.int32))  # paddle has no uint32
-            packed.stop_gradient = True
-            self.packed = packed
-        else:
-            self.packed = to_param(pack_panels(w, nr))
-        self.bias = None
-        if bias is not None:
-            padded = np.zeros(self.packed.shape[0] * nr, np.float32)
-            padded[: self.out_features] = bias
-            self.bias = to_param(padded)
-        # The tensors above live as long as this object, so their addresses can be taken once.
-        self._packed_ptr = self.packed.data_ptr()
-        self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
+class NativeLinear:
+    """A weight one of the native GEMMs multiplies: `__call__` checks and reshapes x, allocates y and calls
+    `_run(x_ptr, m, k, y_ptr, n)`, which returns non-zero when the kernel could not allocate its scratch."""
+
+    out_features: int
+    in_features: int
+    _place = paddle.CPUPlace()
+
+    def _run(self, x: int, m: int, k: int, y: int, n: int) -> int | None:
+        raise NotImplementedError
 
     def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
         # Hot path (~150 calls per decode step): no dtype check (every activation here is float32), and
@@ -153,14 +140,42 @@ class _PackedWeight:
             x = x.contiguous()
         m, k = x.shape
         if k != self.in_features:
-            raise ValueError(f"packed gemm: input has {k} features, the weight {self.in_features}")
+            raise ValueError(f"{type(self).__name__}: input has {k} features, the weight {self.in_features}")
         n = self.out_features
         y = _C_ops.empty([m, n], paddle.float32, self._place)
-        if m:
-            w, b = self._packed_ptr, self._bias_ptr
-            if self._fn(x.data_ptr(), m, k, k, w, n, b, y.data_ptr(), n, self._threads):  # fp32: None
-                raise MemoryError("packed_sgemm_bf16: no memory for the bf16 copy of the activations")
+        if m and self._run(x.data_ptr(), m, k, y.data_ptr(), n):
+            raise MemoryError(f"{type(self).__name__}: no memory for the kernel's copy of the activations")
         return y if len(shape) == 2 else y.reshape([*shape[:-1], n])
+
+
+def padded_param(v: np.ndarray, size: int) -> paddle.Tensor:
+    """A float32 vector zero-padded to `size` (a whole number of panels)."""
+    out = np.zeros(size, np.float32)
+    out[: v.shape[0]] = v
+    return to_param(out)
+
+
+class _PackedWeight(NativeLinear):
+    def __init__(
+        self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None, bf16: bool = False
+    ) -> None:
+        self.out_features, self.in_features = w.shape
+        self._fn = native.lib.packed_sgemm_bf16 if bf16 else native.lib.packed_sgemm
+        self._threads = threads
+        nr = native.panel_width
+        if bf16:
+            packed = paddle.to_tensor(pack_panels_bf16(w, nr).view(np.int32))  # paddle has no uint32
+            packed.stop_gradient = True
+            self.packed = packed
+        else:
+            self.packed = to_param(pack_panels(w, nr))
+        self.bias = padded_param(bias, self.packed.shape[0] * nr) if bias is not None else None
+        # The tensors above live as long as this object, so their addresses can be taken once.
+        self._packed_ptr = self.packed.data_ptr()
+        self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
+
+    def _run(self, x: int, m: int, k: int, y: int, n: int) -> int | None:
+        return self._fn(x, m, k, k, self._packed_ptr, n, self._bias_ptr, y, n, self._threads)  # fp32: None
 
 
 class PackedGemm:

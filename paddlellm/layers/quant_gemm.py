@@ -16,11 +16,12 @@ tests check the kernel bit for bit against NumPy):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import paddle
-from paddle import _C_ops
 
-from paddlellm.layers.gemm import GemmWeight, to_param
+from paddlellm.layers.gemm import GemmWeight, NativeLinear, padded_param, to_param
 from paddlellm.native.build import NativeLibrary
 
 QMAX = 127.0
@@ -97,49 +98,31 @@ def pack_q4_panels(q: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(packed.transpose(0, 2, 1, 3)).view(np.int32).reshape(panels, octets, nr)
 
 
-def _padded(v: np.ndarray, size: int, dtype: type) -> np.ndarray:
-    out = np.zeros(size, dtype)
-    out[: v.shape[0]] = v
-    return out
-
-
-class _Int8Weight:
+class _Int8Weight(NativeLinear):
     def __init__(self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None) -> None:
         self.out_features, self.in_features = w.shape
         nr = native.int8_panel_width
         q, scale = quantize_blocks(w)
-        packed = pack_int8_panels(q, nr)
-        size = packed.shape[0] * nr
-        self.packed = paddle.to_tensor(packed)
-        self.scale = to_param(pack_block_values(scale, nr))
         # Column sums of each block of Wq: the kernel's u8-offset form (AVX512-VNNI) subtracts 128 * sum.
-        sums = q.astype(np.int32).reshape(q.shape[0], -1, BLOCK).sum(axis=2)
-        self.colsum = paddle.to_tensor(pack_block_values(sums.astype(np.int32), nr))
-        self.bias = to_param(_padded(bias, size, np.float32)) if bias is not None else None
-        for t in (self.packed, self.colsum):
+        sums = q.astype(np.int32).reshape(q.shape[0], -1, BLOCK).sum(axis=2, dtype=np.int32)
+        self._keep(native.lib.quant_gemm_w8, threads, pack_int8_panels(q, nr),
+                   pack_block_values(scale, nr), pack_block_values(sums, nr), bias, nr)
+
+    def _keep(self, fn: Any, threads: int, packed: np.ndarray, first: np.ndarray, second: np.ndarray,
+              bias: np.ndarray | None, nr: int) -> None:
+        """Hold the packed weights and the two per-block tables the kernel reads after them."""
+        self._fn, self._threads = fn, threads
+        self.tensors = [paddle.to_tensor(np.ascontiguousarray(a)) for a in (packed, first, second)]
+        for t in self.tensors:
             t.stop_gradient = True
-        self._fn = native.lib.quant_gemm_w8
-        self._threads = threads
-        self._place = paddle.CPUPlace()
-        self._ptrs = (self.packed.data_ptr(), self.scale.data_ptr(), self.colsum.data_ptr())
+        self.bias = padded_param(bias, packed.shape[0] * nr) if bias is not None else None
+        # The tensors live as long as this object, so their addresses can be taken once.
+        self._ptrs = tuple(t.data_ptr() for t in self.tensors)
         self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
 
-    def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
-        shape = x.shape
-        if len(shape) != 2:
-            x = x.reshape([-1, shape[-1]])
-        if not x.is_contiguous():
-            x = x.contiguous()
-        m, k = x.shape
-        if k != self.in_features:
-            raise ValueError(f"int8 gemm: input has {k} features, the weight {self.in_features}")
-        n = self.out_features
-        y = _C_ops.empty([m, n], paddle.float32, self._place)
-        if m:
-            wp, ws, wc = self._ptrs
-            if self._fn(x.data_ptr(), m, k, k, wp, ws, wc, n, self._bias_ptr, y.data_ptr(), n, self._threads):
-                raise MemoryError("quantized gemm: no memory for the quantized activations")
-        return y if len(shape) == 2 else y.reshape([*shape[:-1], n])
+    def _run(self, x: int, m: int, k: int, y: int, n: int) -> int | None:
+        wp, first, second = self._ptrs
+        return self._fn(x, m, k, k, wp, first, second, n, self._bias_ptr, y, n, self._threads)
 
 
 class Int8Gemm:
@@ -160,18 +143,8 @@ class _Int4Weight(_Int8Weight):
         self.out_features, self.in_features = w.shape
         nr = native.int8_panel_width
         q, d, mn = quantize_q4(w)
-        packed = pack_q4_panels(q, nr)
-        size = packed.shape[0] * nr
-        self.packed = paddle.to_tensor(packed)
-        self.packed.stop_gradient = True
-        self.scale = to_param(pack_block_values(d, nr))
-        self.minimum = to_param(pack_block_values(mn, nr))
-        self.bias = to_param(_padded(bias, size, np.float32)) if bias is not None else None
-        self._fn = native.lib.quant_gemm_w4
-        self._threads = threads
-        self._place = paddle.CPUPlace()
-        self._ptrs = (self.packed.data_ptr(), self.scale.data_ptr(), self.minimum.data_ptr())
-        self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
+        self._keep(native.lib.quant_gemm_w4, threads, pack_q4_panels(q, nr),
+                   pack_block_values(d, nr), pack_block_values(mn, nr), bias, nr)
 
 
 class Int4Gemm(Int8Gemm):

@@ -67,21 +67,36 @@ static void quantize_rows(const float *x, long M, long K, long ldx, long KB, uin
   }
 }
 
+static inline __attribute__((always_inline)) void zero_vq(const int mr, vq acc[MRI][NVI]) {
+#pragma GCC unroll 8
+  for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NVI; v++) acc[i][v] = vq_zero();
+}
+
+static inline __attribute__((always_inline)) void zero_vi(const int mr, vi acc[MRI][NVI]) {
+#pragma GCC unroll 8
+  for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NVI; v++) acc[i][v] = vi_zero();
+}
+
+static inline __attribute__((always_inline)) void store_vq(const int mr, vq acc[MRI][NVI], float *out) {
+#pragma GCC unroll 8
+  for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NVI; v++) vq_store(out + i * NRI + v * VLI, acc[i][v]);
+}
+
 /* One MR x NR block of Y over every k block. wp: the panel's weights; ws, wc: its scales and column sums. */
 static inline __attribute__((always_inline)) void qmicro(const int mr, const uint8_t *xq, const float *xs,
                                                          long KB, const int32_t *wp, const float *ws,
                                                          const int32_t *wc, float *out) {
   vq acc[MRI][NVI];
-#pragma GCC unroll 8
-  for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
-    for (int v = 0; v < NVI; v++) acc[i][v] = vq_zero();
+  zero_vq(mr, acc);
   for (long b = 0; b < KB; b++) {
     vi isum[MRI][NVI];
-#pragma GCC unroll 8
-    for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
-      for (int v = 0; v < NVI; v++) isum[i][v] = vi_zero();
+    zero_vi(mr, isum);
     const int32_t *wb = wp + b * (QB / 4) * NRI;
 #pragma GCC unroll 8
     for (int q = 0; q < QB / 4; q++) {
@@ -109,51 +124,50 @@ static inline __attribute__((always_inline)) void qmicro(const int mr, const uin
       }
     }
   }
-#pragma GCC unroll 8
-  for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
-    for (int v = 0; v < NVI; v++) vq_store(out + i * NRI + v * VLI, acc[i][v]);
+  store_vq(mr, acc, out);
 }
 
+/* Every micro-kernel behind one signature, per row count: (xq, xs, xsa, KB, weights, table1, table2, out). */
+typedef void (*block_fn)(const uint8_t *, const float *, const float *, long, const int32_t *, const float *,
+                         const void *, float *);
 #define QMICRO(n)                                                                                          \
-  static void qmicro_##n(const uint8_t *xq, const float *xs, long KB, const int32_t *wp, const float *ws, \
-                         const int32_t *wc, float *out) {                                                  \
-    qmicro(n < MRI ? n : MRI, xq, xs, KB, wp, ws, wc, out);                                               \
+  static void qmicro_##n(const uint8_t *xq, const float *xs, const float *xsa, long KB, const int32_t *wp, \
+                         const float *ws, const void *wc, float *out) {                                    \
+    (void)xsa;                                                                                             \
+    qmicro(n < MRI ? n : MRI, xq, xs, KB, wp, ws, (const int32_t *)wc, out);                              \
   }
 QMICRO(1)
 QMICRO(2)
 QMICRO(3)
 QMICRO(4)
-typedef void (*qmicro_fn)(const uint8_t *, const float *, long, const int32_t *, const float *, const int32_t *,
-                          float *);
-static const qmicro_fn qmicros[5] = {0, qmicro_1, qmicro_2, qmicro_3, qmicro_4};
+static const block_fn qmicros[5] = {0, qmicro_1, qmicro_2, qmicro_3, qmicro_4};
 
-/* x: [M, K] rows ldx floats apart; wp: per panel (ceil(N / NR) of them) KB * QB / 4 * NR int32 lanes;
- * wscale: per panel KB * NR floats; wsum: per panel KB * NR int32 (KB = ceil(K / QB)); bias: NULL or
- * ceil(N / NR) * NR floats; y: [M, N] rows ldy floats apart. Returns 0, or -1 when the scratch buffer for
- * the quantized rows cannot be allocated. */
-int quant_gemm_w8(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wscale,
-                  const int32_t *wsum, long N, const float *bias, float *y, long ldy, int nthreads) {
+/* The loop nest both formats share: quantize X, then panels in parallel > MR-row blocks, bias in the epilogue.
+ * `wk` int32 lanes of weights, t1 and t2 KB * NR entries each per panel. */
+static int run_panels(const block_fn *micros, const float *x, long M, long K, long ldx, const int32_t *wp, long wk,
+                      const float *t1, const char *t2, long t2_size, long N, const float *bias, float *y, long ldy,
+                      int nthreads, uint8_t flip, int want_sums) {
   const long KB = (K + QB - 1) / QB, panels = (N + NRI - 1) / NRI;
   uint8_t *xq = malloc((size_t)(M * KB * QB + 64));
-  float *xs = malloc((size_t)(M * KB + 16) * sizeof(float));
+  float *xs = malloc((size_t)(2 * M * KB + 16) * sizeof(float));
   if (!xq || !xs) {
     free(xq);
     free(xs);
     return -1;
   }
-  quantize_rows(x, M, K, ldx, KB, xq, xs, QUANT_XOFFSET ? 0x80u : 0u, 0);
+  float *xsa = xs + M * KB;
+  quantize_rows(x, M, K, ldx, KB, xq, xs, flip, want_sums ? xsa : 0);
 #pragma omp parallel for schedule(monotonic : dynamic, 2) num_threads(nthreads) if (nthreads > 1 && panels > 1)
   for (long p = 0; p < panels; p++) {
     float out[MRI * NRI];
-    const int32_t *panel = wp + p * KB * (QB / 4) * NRI;
-    const float *ps = wscale + p * KB * NRI;
-    const int32_t *pc = wsum + p * KB * NRI;
+    const int32_t *panel = wp + p * wk;
+    const float *p1 = t1 + p * KB * NRI;
+    const void *p2 = t2 + p * KB * NRI * t2_size;
     const float *pb = bias ? bias + p * NRI : 0;
     const int ncols = N - p * NRI < NRI ? (int)(N - p * NRI) : NRI;
     for (long i = 0; i < M; i += MRI) {
       const int mr = M - i < MRI ? (int)(M - i) : MRI;
-      qmicros[mr](xq + i * KB * QB, xs + i * KB, KB, panel, ps, pc, out);
+      micros[mr](xq + i * KB * QB, xs + i * KB, xsa + i * KB, KB, panel, p1, p2, out);
       for (int r = 0; r < mr; r++) {
         float *yr = y + (i + r) * ldy + p * NRI;
         for (int j = 0; j < ncols; j++) yr[j] = pb ? out[r * NRI + j] + pb[j] : out[r * NRI + j];
@@ -163,6 +177,17 @@ int quant_gemm_w8(const float *x, long M, long K, long ldx, const int32_t *wp, c
   free(xq);
   free(xs);
   return 0;
+}
+
+/* x: [M, K] rows ldx floats apart; wp: per panel (ceil(N / NR) of them) KB * QB / 4 * NR int32 lanes;
+ * wscale: per panel KB * NR floats; wsum: per panel KB * NR int32 (KB = ceil(K / QB)); bias: NULL or
+ * ceil(N / NR) * NR floats; y: [M, N] rows ldy floats apart. Returns 0, or -1 when the scratch buffer for
+ * the quantized rows cannot be allocated. */
+int quant_gemm_w8(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wscale,
+                  const int32_t *wsum, long N, const float *bias, float *y, long ldy, int nthreads) {
+  const long KB = (K + QB - 1) / QB;
+  return run_panels(qmicros, x, M, K, ldx, wp, KB * (QB / 4) * NRI, wscale, (const char *)wsum, sizeof(int32_t),
+                    N, bias, y, ldy, nthreads, QUANT_XOFFSET ? 0x80u : 0u, 0);
 }
 
 /* ---- wint4: 4-bit weights, GGUF Q4_1's math ------------------------------------------------------------
@@ -178,16 +203,10 @@ static inline __attribute__((always_inline)) void q4micro(const int mr, const ui
                                                           const float *xsa, long KB, const int32_t *wp,
                                                           const float *wd, const float *wm, float *out) {
   vq acc[MRI][NVI];
-#pragma GCC unroll 8
-  for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
-    for (int v = 0; v < NVI; v++) acc[i][v] = vq_zero();
+  zero_vq(mr, acc);
   for (long b = 0; b < KB; b++) {
     vi isum[MRI][NVI];
-#pragma GCC unroll 8
-    for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
-      for (int v = 0; v < NVI; v++) isum[i][v] = vi_zero();
+    zero_vi(mr, isum);
     const int32_t *wb = wp + b * (QB / 8) * NRI;
 #pragma GCC unroll 4
     for (int o = 0; o < QB / 8; o++) {
@@ -219,57 +238,26 @@ static inline __attribute__((always_inline)) void q4micro(const int mr, const ui
       }
     }
   }
-#pragma GCC unroll 8
-  for (int i = 0; i < mr; i++)
-#pragma GCC unroll 4
-    for (int v = 0; v < NVI; v++) vq_store(out + i * NRI + v * VLI, acc[i][v]);
+  store_vq(mr, acc, out);
 }
 
 #define Q4MICRO(n)                                                                                          \
   static void q4micro_##n(const uint8_t *xq, const float *xs, const float *xsa, long KB, const int32_t *wp, \
-                          const float *wd, const float *wm, float *out) {                                   \
-    q4micro(n < MRI ? n : MRI, xq, xs, xsa, KB, wp, wd, wm, out);                                           \
+                          const float *wd, const void *wm, float *out) {                                    \
+    q4micro(n < MRI ? n : MRI, xq, xs, xsa, KB, wp, wd, (const float *)wm, out);                           \
   }
 Q4MICRO(1)
 Q4MICRO(2)
 Q4MICRO(3)
 Q4MICRO(4)
-typedef void (*q4micro_fn)(const uint8_t *, const float *, const float *, long, const int32_t *, const float *,
-                           const float *, float *);
-static const q4micro_fn q4micros[5] = {0, q4micro_1, q4micro_2, q4micro_3, q4micro_4};
+static const block_fn q4micros[5] = {0, q4micro_1, q4micro_2, q4micro_3, q4micro_4};
 
 /* As quant_gemm_w8, with wp: per panel KB * QB / 8 * NR uint32 lanes; wd, wm: per panel KB * NR floats. */
 int quant_gemm_w4(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd, const float *wm,
                   long N, const float *bias, float *y, long ldy, int nthreads) {
-  const long KB = (K + QB - 1) / QB, panels = (N + NRI - 1) / NRI;
-  uint8_t *xq = malloc((size_t)(M * KB * QB + 64));
-  float *xs = malloc((size_t)(2 * M * KB + 16) * sizeof(float));
-  if (!xq || !xs) {
-    free(xq);
-    free(xs);
-    return -1;
-  }
-  float *xsa = xs + M * KB;
-  quantize_rows(x, M, K, ldx, KB, xq, xs, 0u, xsa);
-#pragma omp parallel for schedule(monotonic : dynamic, 2) num_threads(nthreads) if (nthreads > 1 && panels > 1)
-  for (long p = 0; p < panels; p++) {
-    float out[MRI * NRI];
-    const int32_t *panel = wp + p * KB * (QB / 8) * NRI;
-    const float *pd = wd + p * KB * NRI, *pm = wm + p * KB * NRI;
-    const float *pb = bias ? bias + p * NRI : 0;
-    const int ncols = N - p * NRI < NRI ? (int)(N - p * NRI) : NRI;
-    for (long i = 0; i < M; i += MRI) {
-      const int mr = M - i < MRI ? (int)(M - i) : MRI;
-      q4micros[mr](xq + i * KB * QB, xs + i * KB, xsa + i * KB, KB, panel, pd, pm, out);
-      for (int r = 0; r < mr; r++) {
-        float *yr = y + (i + r) * ldy + p * NRI;
-        for (int j = 0; j < ncols; j++) yr[j] = pb ? out[r * NRI + j] + pb[j] : out[r * NRI + j];
-      }
-    }
-  }
-  free(xq);
-  free(xs);
-  return 0;
+  const long KB = (K + QB - 1) / QB;
+  return run_panels(q4micros, x, M, K, ldx, wp, KB * (QB / 8) * NRI, wd, (const char *)wm, sizeof(float), N,
+                    bias, y, ldy, nthreads, 0u, 1);
 }
 
 int quant_gemm_w8_panel_width(void) { return NRI; }

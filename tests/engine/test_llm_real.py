@@ -115,11 +115,11 @@ def test_paddle_ops_and_native_kernels_give_the_same_greedy_tokens(default_model
 
 
 @pytest.mark.parametrize("quantization", ["wint8", "wint4"])
-def test_quantized_weights_answer_the_seed_question_on_every_kernel_choice(default_model_dir, quantization):
+def test_quantized_weights_answer_the_seed_question_with_every_kernel_isa(default_model_dir, quantization):
     """--quantization wint8 / wint4: the default model still answers the seed question with every kernel ISA
-    the tests run. The int8 GEMM gives the same bits on every ISA (tests/unit/test_quant_gemm.py), but attention's exp
-    and the norms differ in the last bits between ISAs, and quantizing activations to int8 can turn such a
-    difference into a different rounding step: so the answers agree on a prefix, not necessarily whole."""
+    the tests run. The quantized GEMMs give the same bits on every ISA (tests/unit/test_quant_gemm.py), but
+    attention's exp and the norms differ in the last bits between ISAs, and quantizing activations to int8
+    can turn such a difference into another rounding step: the answers agree on a prefix, not whole."""
     greedy = SamplingParams(max_tokens=96, temperature=0.0)
     seed = [[{"role": "user", "content": "List 3 countries and their capitals."}]]
     tokens = {}
