@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,9 +204,11 @@ def resolve_checkpoint(path: str) -> str:
         return path
     if path.endswith(".gguf") and os.path.isfile(path):
         out = path + ".hf"
-        if not os.path.isfile(os.path.join(out, "config.json")):
-            from paddlellm.tools.convert_gguf import convert  # lazy: only .gguf users need gguf
+        from paddlellm.tools.convert_gguf import convert, is_complete  # lazy: only .gguf users need gguf
 
+        if not is_complete(out):
+            if os.path.isfile(os.path.join(out, "config.json")):
+                shutil.rmtree(out)  # our own earlier conversion, from before a file was added to it
             convert(path, out)
         return out
     raise CheckpointError(path, "path", "not a checkpoint directory or a .gguf file")

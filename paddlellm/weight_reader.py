@@ -17,6 +17,7 @@ import numpy as np
 from safetensors import safe_open
 
 from paddlellm.errors import CheckpointError
+from paddlellm.quant_blocks import BlockQuantized, BlockStore
 
 
 class WeightReader:
@@ -34,6 +35,15 @@ class WeightReader:
             for name in handle.keys():
                 self._where[name] = file
         self._headers: dict[str, dict[str, Any]] = {}
+        self.path = path
+        self._blocks: BlockStore | None = None
+
+    def blocks(self, name: str) -> BlockQuantized | None:
+        """The tensor as the GGUF file stored it (Q8_0 / Q4_0 / Q4_1 blocks), when the checkpoint was
+        converted from one and keeps them (paddlellm/quant_blocks.py); else None."""
+        if self._blocks is None:
+            self._blocks = BlockStore(self.path)
+        return self._blocks.get(name)
 
     def __contains__(self, name: str) -> bool:
         return name in self._where

@@ -67,7 +67,11 @@ class ParallelLMHead:
         self.vocab = vocab
         self.world = shard.world
         self.all_reduce = all_reduce
-        self._logits = (gemm or PaddleGemm()).head_weight(rows, table)
+        stored = reader.blocks(name) if getattr(gemm, "takes_blocks", False) else None
+        blocks = stored.rows(self.start, self.start + rows.shape[0]) if stored is not None else None
+        if blocks is not None and blocks.q.shape[0] != rows.shape[0]:
+            blocks = None  # a vocab padded for TP: quantize the padded rows instead
+        self._logits = (gemm or PaddleGemm()).head_weight(rows, table, blocks)
 
     def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
         logits = self._logits(x)

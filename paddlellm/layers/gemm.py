@@ -21,6 +21,7 @@ import paddle
 from paddle import _C_ops
 
 from paddlellm.native.build import NativeLibrary
+from paddlellm.quant_blocks import BlockQuantized
 
 
 def to_param(arr: np.ndarray) -> paddle.Tensor:
@@ -37,10 +38,16 @@ class GemmWeight(Protocol):
 
 class Gemm(Protocol):
     name: str
+    # True: the layers pass `blocks` (the weight as a GGUF file stored it) when the checkpoint has them.
+    takes_blocks: bool
 
-    def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight: ...
+    def weight(
+        self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight: ...
 
-    def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
+    def head_weight(
+        self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
         """The LM head's [V, hidden] rows; `table` is the tied embedding's tensor when it holds them."""
         ...
 
@@ -84,11 +91,16 @@ class _ChunkedHeadWeight:
 
 class PaddleGemm:
     name = "paddle"
+    takes_blocks = False
 
-    def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
+    def weight(
+        self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
         return _DenseWeight(w, bias)
 
-    def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
+    def head_weight(
+        self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
         return _ChunkedHeadWeight(rows, table)
 
 
@@ -183,9 +195,15 @@ class PackedGemm:
         self.native, self.threads, self.bf16 = native, threads, bf16
         self.name = f"packed-{'bf16' if bf16 else 'fp32'}-{native.isa}"
 
-    def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
+    takes_blocks = False
+
+    def weight(
+        self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
         return _PackedWeight(self.native, self.threads, w, bias, self.bf16)
 
-    def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
+    def head_weight(
+        self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
         del table  # the packed copy is the only one the head needs
         return self.weight(rows)

@@ -23,6 +23,7 @@ import paddle
 
 from paddlellm.layers.gemm import GemmWeight, NativeLinear, padded_param, to_param
 from paddlellm.native.build import NativeLibrary
+from paddlellm.quant_blocks import BlockQuantized
 
 QMAX = 127.0
 BLOCK = 32  # k per scale: quant_gemm_w8_block() of the library, GGUF's Q8_0
@@ -99,10 +100,19 @@ def pack_q4_panels(q: np.ndarray, nr: int) -> np.ndarray:
 
 
 class _Int8Weight(NativeLinear):
-    def __init__(self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        native: NativeLibrary,
+        threads: int,
+        w: np.ndarray,
+        bias: np.ndarray | None,
+        blocks: BlockQuantized | None = None,
+    ) -> None:
         self.out_features, self.in_features = w.shape
         nr = native.int8_panel_width
-        q, scale = quantize_blocks(w)
+        # A Q8_0 tensor runs as the file stores it (no second rounding); anything else is quantized here.
+        self.as_stored = blocks is not None and blocks.kind == "q8_0"
+        q, scale = (blocks.q, blocks.d) if blocks is not None and self.as_stored else quantize_blocks(w)
         # Column sums of each block of Wq: the kernel's u8-offset form (AVX512-VNNI) subtracts 128 * sum.
         sums = q.astype(np.int32).reshape(q.shape[0], -1, BLOCK).sum(axis=2, dtype=np.int32)
         self._keep(native.lib.quant_gemm_w8, threads, pack_int8_panels(q, nr),
@@ -130,19 +140,37 @@ class Int8Gemm:
         self.native, self.threads = native, threads
         self.name = f"packed-wint8-{native.isa}"
 
-    def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
-        return _Int8Weight(self.native, self.threads, w, bias)
+    takes_blocks = True
 
-    def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
+    def weight(
+        self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
+        return _Int8Weight(self.native, self.threads, w, bias, blocks)
+
+    def head_weight(
+        self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
         del table  # the int8 copy is the only one the head needs
-        return self.weight(rows)
+        return _Int8Weight(self.native, self.threads, rows, None, blocks)
 
 
 class _Int4Weight(_Int8Weight):
-    def __init__(self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        native: NativeLibrary,
+        threads: int,
+        w: np.ndarray,
+        bias: np.ndarray | None,
+        blocks: BlockQuantized | None = None,
+    ) -> None:
         self.out_features, self.in_features = w.shape
         nr = native.int8_panel_width
-        q, d, mn = quantize_q4(w)
+        # Q4_0 / Q4_1 tensors run as the file stores them (Q4_0 as Q4_1 with m = -8 d, exact).
+        self.as_stored = blocks is not None and blocks.kind in ("q4_0", "q4_1") and blocks.m is not None
+        if self.as_stored:
+            q, d, mn = blocks.q, blocks.d, blocks.m  # type: ignore[union-attr]
+        else:
+            q, d, mn = quantize_q4(w)
         self._keep(native.lib.quant_gemm_w4, threads, pack_q4_panels(q, nr),
                    pack_block_values(d, nr), pack_block_values(mn, nr), bias, nr)
 
@@ -152,14 +180,19 @@ class Int4Gemm(Int8Gemm):
         super().__init__(native, threads)
         self.name = f"packed-wint4-{native.isa}"
 
-    def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
-        return _Int4Weight(self.native, self.threads, w, bias)
+    def weight(
+        self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
+        return _Int4Weight(self.native, self.threads, w, bias, blocks)
 
-    def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
+    def head_weight(
+        self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
         """The LM head stays int8 (as llama.cpp keeps its output matrix at 6-8 bits): every logit comes from
-        it, and 4 bits there cost more quality than the 4 saved bits per weight save time."""
+        it, and 4 bits there cost more quality than the 4 saved bits per weight save time. A Q8_0 head (the
+        default model's tied embedding) runs as stored."""
         del table
-        return _Int8Weight(self.native, self.threads, rows, None)
+        return _Int8Weight(self.native, self.threads, rows, None, blocks)
 
 
 class _PaddleInt8Weight:
@@ -196,10 +229,15 @@ class _PaddleInt8Weight:
 
 class PaddleInt8Gemm:
     name = "paddle-wint8"
+    takes_blocks = False
 
-    def weight(self, w: np.ndarray, bias: np.ndarray | None = None) -> GemmWeight:
+    def weight(
+        self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
         return _PaddleInt8Weight(w, bias)
 
-    def head_weight(self, rows: np.ndarray, table: paddle.Tensor | None) -> GemmWeight:
+    def head_weight(
+        self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
         del table
         return _PaddleInt8Weight(rows, None)

@@ -25,6 +25,7 @@ from paddlellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from paddlellm.layers.kernels import Kernels, paddle_kernels
 from paddlellm.layers.linear import AllReduce, ColumnParallelLinear, RowParallelLinear, Shard
 from paddlellm.model_info import ModelInfo
+from paddlellm.quant_blocks import BlockQuantized
 from paddlellm.weight_reader import WeightReader
 
 INTERLEAVED_ROPE = ("Ernie4_5ForCausalLM",)
@@ -62,11 +63,20 @@ class DecoderLayer:
                 b = None if b is None else b * np.float32(scale)
             return w, b
 
+        def fix_qk_blocks(name: str, blocks: BlockQuantized) -> BlockQuantized:
+            """fix_qk for weights kept as a GGUF file stored them: the same row order and q scale."""
+            if name.endswith("v_proj"):
+                return blocks
+            if interleaved:
+                blocks = blocks.permute_rows(np.arange(blocks.q.shape[0]).reshape(-1, d)[:, perm].reshape(-1))
+            if fold_scale and name.endswith("q_proj"):
+                blocks = blocks.scaled(np.float32(scale))
+            return blocks
+
         attn = f"{prefix}.self_attn"
         mlp = f"{prefix}.mlp"
-        self.qkv = ColumnParallelLinear.load(
-            reader, [(f"{attn}.q_proj", d), (f"{attn}.k_proj", d), (f"{attn}.v_proj", d)], shard, fix_qk, gemm
-        )
+        qkv = [(f"{attn}.q_proj", d), (f"{attn}.k_proj", d), (f"{attn}.v_proj", d)]
+        self.qkv = ColumnParallelLinear.load(reader, qkv, shard, fix_qk, gemm, fix_qk_blocks)
         self.o_proj = RowParallelLinear.load(reader, f"{attn}.o_proj", d, shard, all_reduce, gemm)
         # gate and up stay two matmuls: with N = 2 * intermediate, MKL's x @ W was ~1.5-2x slower at
         # batch >= 8 than two half-width calls, and equal at batch 1.

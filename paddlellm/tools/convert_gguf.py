@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from paddlellm.errors import CheckpointError
+from paddlellm.quant_blocks import BLOCKS_FILE, KINDS, BlockQuantized, read_gguf_blocks, save_blocks
 from paddlellm.tools.gguf_tokenizer import PRE_TOKENIZERS, build_tokenizer_config, build_tokenizer_json
 
 # GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.").
@@ -45,6 +46,7 @@ _GLOBAL_TENSORS = {
 OUTPUT_FILES = (
     "config.json",
     "model.safetensors",
+    BLOCKS_FILE,
     "tokenizer.json",
     "tokenizer_config.json",
     "generation_config.json",
@@ -189,6 +191,29 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def read_blocks(reader: Any, model: GGUFModel) -> dict[str, BlockQuantized]:
+    """The Q8_0 / Q4_0 / Q4_1 tensors as stored (HF names, q/k rows un-permuted like the fp32 copy): what
+    --quantization wint8 / wint4 run as is, with no second rounding."""
+    out: dict[str, BlockQuantized] = {}
+    for t in reader.tensors:
+        kind = t.tensor_type.name.lower()
+        if kind not in KINDS:
+            continue
+        name, layer = _hf_name(model.path, t.name, model.num_layers)
+        rows, cols = (int(d) for d in reversed(t.shape.tolist()))
+        try:
+            blocks = read_gguf_blocks(kind, t.data, rows, cols)
+        except ValueError as e:
+            raise CheckpointError(model.path, t.name, str(e)) from None
+        key = name if layer is None else name.split(".", 3)[3]
+        heads = {"self_attn.q_proj.weight": model.num_heads, "self_attn.k_proj.weight": model.num_kv_heads}
+        if key in heads:
+            order = unpermute_qk(np.arange(rows), heads[key])
+            blocks = blocks.permute_rows(order)
+        out[name] = blocks
+    return out
+
+
 def read_tensors(reader: Any, model: GGUFModel) -> dict[str, np.ndarray]:
     """All tensors, dequantized to float32 under HF names, with q/k rows un-permuted."""
     from gguf.quants import dequantize
@@ -300,6 +325,7 @@ def convert(src: str, out_dir: str, sampling_defaults: dict[str, float] | None =
     try:
         save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         del tensors
+        save_blocks(os.path.join(tmp, BLOCKS_FILE), read_blocks(reader, model))
         with open(os.path.join(tmp, "tokenizer.json"), "w", encoding="utf-8") as f:
             f.write(build_tokenizer_json(model))
         generation = {
@@ -317,9 +343,10 @@ def convert(src: str, out_dir: str, sampling_defaults: dict[str, float] | None =
                 json.dump(data, f, indent=2, ensure_ascii=False)
                 f.write("\n")
         # mkdtemp and safetensors create owner-only entries; a model dir is meant to be shared.
-        os.chmod(tmp, 0o755)
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o644)
+        for root, _, files in os.walk(tmp):
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty (checked above)
         os.replace(tmp, out_dir)

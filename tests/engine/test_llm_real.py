@@ -114,6 +114,27 @@ def test_paddle_ops_and_native_kernels_give_the_same_greedy_tokens(default_model
     assert all(t == tokens["paddle"] for t in tokens.values()), list(tokens)
 
 
+def _weights_as_stored(model: object) -> dict[tuple[str, bool], int]:
+    """(weight class, runs the GGUF's blocks as stored) -> count, over every quantized weight of `model`."""
+    counts: dict[tuple[str, bool], int] = {}
+    seen: set[int] = set()
+
+    def walk(obj: object, depth: int) -> None:
+        if id(obj) in seen or depth > 6:
+            return
+        seen.add(id(obj))
+        if hasattr(obj, "as_stored"):
+            key = (type(obj).__name__, bool(obj.as_stored))
+            counts[key] = counts.get(key, 0) + 1
+            return
+        for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                walk(item, depth + 1)
+
+    walk(model, 0)
+    return counts
+
+
 @pytest.mark.parametrize("quantization", ["wint8", "wint4"])
 def test_quantized_weights_answer_the_seed_question_with_every_kernel_isa(default_model_dir, quantization):
     """--quantization wint8 / wint4: the default model still answers the seed question with every kernel ISA
@@ -126,6 +147,11 @@ def test_quantized_weights_answer_the_seed_question_with_every_kernel_isa(defaul
     for kernels in model_kernels():
         with LLM(default_model_dir, num_threads=2, quantization=quantization, cpu_kernels=kernels) as llm:
             assert llm.engine.executor.runner.kernels.gemm.name.startswith(f"packed-{quantization}")
+            stored = _weights_as_stored(llm.engine.executor.runner.model)
+            if quantization == "wint4":  # the GGUF's Q4_1 layers and Q8_0 head, no second rounding
+                assert stored == {("_Int4Weight", True): 150, ("_Int8Weight", True): 1}, stored
+            else:  # only the Q8_0 head is in wint8's format; the Q4_1 layers are re-quantized to 8 bits
+                assert stored == {("_Int8Weight", False): 150, ("_Int8Weight", True): 1}, stored
             (answer,) = llm.chat(seed, greedy)
         assert answer.finish_reason == "stop", answer.text
         assert sum(city in answer.text for city in CAPITALS) >= 2, answer.text
