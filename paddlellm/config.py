@@ -24,7 +24,7 @@ from paddlellm.errors import ConfigError
 
 CPU_KERNEL_CHOICES = ("auto", "native", *KERNEL_ISAS, "paddle")
 DTYPE_CHOICES = ("float32", "bfloat16")
-QUANTIZATION_CHOICES = ("none", "wint8", "wint4")
+QUANTIZATION_CHOICES = ("none", "wint8", "wint4", "auto")
 
 
 ENGINE_GROUP, SCHEDULER_GROUP = "model and engine", "scheduler"
@@ -104,7 +104,8 @@ class EngineConfig:
         "weights with a scale per output column and block of 32 inputs, GGUF Q8_0's layout; activations "
         "quantized to int8 per token and block on the fly; integer dot products: vpdpbusd with AVX512-VNNI, "
         "vpmaddubsw on AVX2); or wint4 (4-bit weights with a scale and a minimum per block of 32, GGUF "
-        "Q4_1's math, the LM head int8; native CPU kernels only)",
+        "Q4_1's math, the LM head int8; native CPU kernels only); a GGUF's own Q8_0/Q4_0/Q4_1 tensors run as "
+        "stored; auto: what the checkpoint's GGUF stored (wint4 for Q4_*, wint8 for Q8_0), else none",
         choices=QUANTIZATION_CHOICES,
     )
     scheduler_max_size: int = option(

@@ -100,6 +100,15 @@ def save_blocks(path: str, blocks: dict[str, BlockQuantized]) -> None:
     save_file(tensors, path, metadata={name: b.kind for name, b in blocks.items()})
 
 
+def stored_quantization(checkpoint: str) -> str:
+    """--quantization auto: the format that runs a converted GGUF's own blocks (wint4 when it has Q4_0/Q4_1
+    tensors, wint8 when only Q8_0), or 'none' for a checkpoint without them."""
+    kinds = set(BlockStore(checkpoint).kinds.values())
+    if kinds & {"q4_0", "q4_1"}:
+        return "wint4"
+    return "wint8" if "q8_0" in kinds else "none"
+
+
 class BlockStore:
     """The blocks a converted GGUF checkpoint keeps beside its fp32 weights (read lazily, per tensor)."""
 

@@ -58,6 +58,8 @@ def paddle_kernels(device: str, cpu: CpuInfo) -> Kernels:
 def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
     cpu = cpu or read_cpu()
     mode, bf16, quant = config.cpu_kernels, config.dtype == "bfloat16", config.quantization
+    if quant == "auto":
+        raise ConfigError("quantization='auto' is resolved from the checkpoint before kernels are chosen")
     int8 = quant == "wint8"
     if bf16 and quant != "none":
         raise ConfigError(f"dtype='bfloat16' and quantization='{quant}' both set the weights: choose one")

@@ -26,6 +26,7 @@ from paddlellm.layers.linear import AllReduce, Shard
 from paddlellm.layers.rotary import RotaryTables
 from paddlellm.model_info import ModelInfo
 from paddlellm.models.decoder import DecoderModel
+from paddlellm.quant_blocks import stored_quantization
 from paddlellm.sampling import SamplingParams
 from paddlellm.weight_reader import WeightReader
 from paddlellm.worker.cpu_tuning import tune_process
@@ -57,6 +58,9 @@ class ModelRunner:
         self.info = info
         cpu = read_cpu()
         tune_process(cpu)  # process-wide, but every process that runs the model wants it (cpu_tuning.py)
+        if config.quantization == "auto":  # resolved from the checkpoint, once, in every rank alike
+            config = config.replace(quantization=stored_quantization(info.path))
+            self.config = config
         with paddle.no_grad():
             self.kernels = select_kernels(config, cpu)
             shard = Shard(rank, world)

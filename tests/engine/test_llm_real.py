@@ -158,3 +158,13 @@ def test_quantized_weights_answer_the_seed_question_with_every_kernel_isa(defaul
         tokens[kernels] = answer.token_ids
     first = next(iter(tokens.values()))
     assert all(t[:12] == first[:12] for t in tokens.values()), tokens
+
+
+def test_quantization_auto_runs_what_the_gguf_stored(default_model_dir, tiny_checkpoint):
+    """--quantization auto: the default model (a Q4_1 GGUF) runs as wint4 on its own blocks; a checkpoint
+    with full-precision weights only stays unquantized."""
+    with LLM(default_model_dir, num_threads=2, quantization="auto") as llm:
+        runner = llm.engine.executor.runner
+        assert runner.config.quantization == "wint4" and runner.kernels.gemm.name.startswith("packed-wint4")
+    with LLM(tiny_checkpoint(arch="llama"), num_threads=2, quantization="auto") as llm:
+        assert llm.engine.executor.runner.config.quantization == "none"
