@@ -18,8 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.backend_protocol import GenerationBackend
-from gateway.errors import ApiError, install_handlers, model_not_found
-from gateway.metrics import GatewayMetrics, install_metrics
+from gateway.gateway_metrics import GatewayMetrics, install_metrics
+from gateway.openai_errors import ApiError, install_handlers, model_not_found
 from gateway.serving import GatewayContext, generate
 from gateway.settings import GatewaySettings
 from gateway.triton_stream import TritonEnsemble

@@ -1,11 +1,11 @@
 """OpenAI request and response models (pydantic), as far as this server supports them.
 
 Requests are validated strictly from the raw JSON body (`model_validate_json`): wrong types and out-of-range
-values fail with the field's location, which `gateway.errors` turns into OpenAI's `param`. Known OpenAI
-fields the server does not implement are declared loosely and ignored; unknown fields are ignored too.
-Responses are TypedDicts: `gateway.translate` and `gateway.errors` build them (plain dicts at run time, so a
-streamed token costs no model validation), and the same declarations give their JSON schema and let tests
-validate what the server sent (`pydantic.TypeAdapter(ChatCompletionChunk)`, extra keys forbidden).
+values fail with the field's location, which `gateway.openai_errors` turns into OpenAI's `param`. Known
+OpenAI fields the server does not implement are declared loosely and ignored; unknown fields are ignored too.
+Responses are TypedDicts: `gateway.translate` and `gateway.openai_errors` build them (plain dicts at run
+time, so a streamed token costs no model validation), and the same declarations give their JSON schema and
+let tests validate what the server sent (`pydantic.TypeAdapter(ChatCompletionChunk)`, extra keys forbidden).
 """
 
 from __future__ import annotations

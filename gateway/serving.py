@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.backend_protocol import GenerationBackend, ResponseStream
-from gateway.errors import ApiError, from_engine, from_validation, model_not_found
+from gateway.openai_errors import ApiError, from_engine, from_validation, model_not_found
 from gateway.openai_schema import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from gateway.settings import GatewaySettings
 from gateway.translate import Chunk, ChunkShaper, EnsembleResponse, assemble, chat_request, completion_request

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.global_scheduler.settings import GlobalSchedulerSettings
+from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings
 from paddlellm.errors import ConfigError
 from paddlellm.sampling import MAX_STREAM_INTERVAL
 

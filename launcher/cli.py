@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gateway.global_scheduler.settings import GlobalSchedulerSettings
+from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings
 from gateway.settings import GatewaySettings
 from launcher.supervisor import Launcher, LaunchPlan
 from launcher.tritonenv import REPO_ROOT

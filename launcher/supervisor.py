@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.metrics import MULTIPROC_ENV
+from gateway.gateway_metrics import MULTIPROC_ENV
 from gateway.settings import SETTINGS_ENV, GatewaySettings
 from launcher.process import ManagedProcess
 from launcher.render import render_model_repository
@@ -210,7 +210,7 @@ class Launcher:
     def _gateway_env(run_dir: Path, settings_path: Path) -> dict[str, str]:
         env = dict(os.environ)
         env[SETTINGS_ENV] = str(settings_path)
-        # Gateway metrics from every uvicorn worker are summed through files here (gateway/metrics.py).
+        # Gateway metrics from every uvicorn worker are summed through files here (gateway_metrics.py).
         prom_dir = run_dir / "prometheus"
         shutil.rmtree(prom_dir, ignore_errors=True)
         prom_dir.mkdir()
@@ -228,8 +228,8 @@ class Launcher:
     def _start_metrics_server(self, port: int, env: dict[str, str], run_dir: Path) -> None:
         """/metrics on its own port: one small process reading the same settings and metrics directory."""
         self.say(f"starting the metrics server on http://{self.plan.host}:{port}/metrics")
-        self.metrics_server = self._uvicorn("metrics", "gateway.metrics:metrics_app_from_env", port, 1, [],
-                                            env, run_dir)
+        factory = "gateway.gateway_metrics:metrics_app_from_env"
+        self.metrics_server = self._uvicorn("metrics", factory, port, 1, [], env, run_dir)
 
     def _uvicorn(
         self, name: str, factory: str, port: int, workers: int, extra: list[str], env: dict[str, str],

@@ -112,3 +112,17 @@ def _is_stdlib(name: str) -> bool:
     import sys
 
     return name in sys.stdlib_module_names
+
+
+def test_module_names_are_unique_across_the_packages() -> None:
+    """Names that say what a thing is: no two production modules share a file name (two `backend.py` or
+    `errors.py` in one traceback are a guessing game)."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for p in _files("paddlellm", "gateway", "launcher"):
+        if p.name == "__init__.py":
+            continue
+        if p.name in seen:
+            clashes.append((seen[p.name], _rel(p)))
+        seen[p.name] = _rel(p)
+    assert not clashes, clashes

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from gateway.global_scheduler.messages import Chunk, WorkRequest
+from gateway.global_scheduler.work_items import Chunk, WorkRequest
 
 
 class LocalEngine(Protocol):

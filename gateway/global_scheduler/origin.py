@@ -16,9 +16,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.global_scheduler.errors import RequestExpired, RequestLost, SchedulerUnavailable
-from gateway.global_scheduler.messages import Chunk, error_from_json
+from gateway.global_scheduler.scheduler_errors import RequestExpired, RequestLost, SchedulerUnavailable
 from gateway.global_scheduler.store import RedisStore
+from gateway.global_scheduler.work_items import Chunk, error_from_json
 from paddlellm.errors import EngineError
 
 log = logging.getLogger("gateway.global_scheduler")

@@ -15,12 +15,12 @@ import logging
 import time
 from typing import Any
 
-from gateway.global_scheduler.errors import CannotResume, SchedulerUnavailable
 from gateway.global_scheduler.local_engine import LocalEngine
-from gateway.global_scheduler.messages import WorkRequest, error_to_json
 from gateway.global_scheduler.origin import Waiter
-from gateway.global_scheduler.settings import GlobalSchedulerSettings
+from gateway.global_scheduler.scheduler_errors import CannotResume, SchedulerUnavailable
+from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings
 from gateway.global_scheduler.store import Lease, RedisStore
+from gateway.global_scheduler.work_items import WorkRequest, error_to_json
 from paddlellm.errors import EngineDead, EngineError, InvalidRequest
 
 log = logging.getLogger("gateway.global_scheduler")

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from gateway.global_scheduler.errors import CannotResume
-from gateway.global_scheduler.messages import Chunk, EnsembleInputs, WorkRequest
+from gateway.global_scheduler.scheduler_errors import CannotResume
 from gateway.global_scheduler.scheduler_instance import EventSink, GlobalScheduler, RequestStream
-from gateway.global_scheduler.settings import GlobalSchedulerSettings
+from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings
+from gateway.global_scheduler.work_items import Chunk, EnsembleInputs, WorkRequest
 from gateway.translate import EnsembleRequest, EnsembleResponse
 from paddlellm.errors import EngineError
 

@@ -21,13 +21,13 @@ import uuid
 import zlib
 from collections.abc import Callable
 
-from gateway.global_scheduler.errors import QueueFull, SchedulerUnavailable
 from gateway.global_scheduler.local_engine import LocalEngine
-from gateway.global_scheduler.messages import EnsembleInputs, WorkRequest
 from gateway.global_scheduler.origin import RequestStream, Waiter
 from gateway.global_scheduler.runner import RunnerMixin
-from gateway.global_scheduler.settings import GlobalSchedulerSettings, default_instance_id
+from gateway.global_scheduler.scheduler_errors import QueueFull, SchedulerUnavailable
+from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings, default_instance_id
 from gateway.global_scheduler.store import Lease, RedisStore
+from gateway.global_scheduler.work_items import EnsembleInputs, WorkRequest
 
 log = logging.getLogger("gateway.global_scheduler")
 

@@ -18,8 +18,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.global_scheduler import scripts
-from gateway.global_scheduler.errors import SchedulerUnavailable
-from gateway.global_scheduler.settings import GlobalSchedulerSettings
+from gateway.global_scheduler.scheduler_errors import SchedulerUnavailable
+from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from paddlellm.config import EngineConfig
 from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.errors import ConfigError, EngineDead
 from paddlellm.executor.dist_env import check_tp_divisible
-from paddlellm.executor.messages import (
+from paddlellm.executor.rank_messages import (
     BadSignature,
     Failed,
     FromRank,

@@ -13,7 +13,7 @@ The detokenizer is stateless, so every response carries the last few already-emi
 this step's ids (`window_ids`, `prefix_len`); `_Stream.context` keeps them, seeded with the `resume_ids`
 of a resumed request.
 
-Metrics (paddlellm/triton/metrics.py): execute() counts requests, the sink hands every output to
+Metrics (paddlellm/triton/engine_metrics.py): execute() counts requests, the sink hands every output to
 `EngineMetrics.output`, and `EngineMetrics.tick` reads the engine's stats before every step and after every
 finished request; a metrics thread applies them to Triton's metric families.
 """
@@ -38,8 +38,8 @@ from paddlellm.errors import EngineDead, EngineError, InvalidRequest
 from paddlellm.sampling import SamplingParams
 from paddlellm.text.incremental import DEFAULT_CONTEXT
 from paddlellm.triton import adapter
-from paddlellm.triton.errors import error_response, send_error
-from paddlellm.triton.metrics import EngineMetrics
+from paddlellm.triton.engine_metrics import EngineMetrics
+from paddlellm.triton.error_responses import error_response, send_error
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from paddlellm import protocol
 from paddlellm.errors import ConfigError, InvalidRequest
 from paddlellm.triton import adapter
-from paddlellm.triton.errors import error_response
+from paddlellm.triton.error_responses import error_response
 from paddlellm.triton.params import pick
 
 log = logging.getLogger(__name__)

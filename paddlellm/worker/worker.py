@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from paddlellm.executor.dist_env import apply_rank_env, configure_paddle, init_distributed
-from paddlellm.executor.messages import (
+from paddlellm.executor.rank_messages import (
     BadSignature,
     Failed,
     Init,

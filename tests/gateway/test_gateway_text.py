@@ -8,7 +8,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from gateway.errors import from_validation, param_from_loc
+from gateway.openai_errors import from_validation, param_from_loc
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.reasoning import ReasoningSplitter
 from gateway.settings import GatewaySettings

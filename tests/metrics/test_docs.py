@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from paddlellm.protocol.metrics import ALL_METRICS, PREFIX
+from paddlellm.protocol.metric_names import ALL_METRICS, PREFIX
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 _ROW = re.compile(r"^\|\s*`(?P<name>" + re.escape(PREFIX) + r"[a-zA-Z0-9_:]+)`\s*\|\s*(?P<kind>\w+)\s*\|")

@@ -16,9 +16,9 @@ import pytest
 from paddlellm import protocol as p
 from paddlellm.engine.loop import EngineLoop
 from paddlellm.engine.outputs import RequestOutput, RequestTimings
-from paddlellm.protocol.metrics import ENGINE_METRICS, HISTOGRAM, PREFIX
+from paddlellm.protocol.metric_names import ENGINE_METRICS, HISTOGRAM, PREFIX
+from paddlellm.triton.engine_metrics import EngineMetrics, TritonMetricsBackend
 from paddlellm.triton.engine_model import EngineModel
-from paddlellm.triton.metrics import EngineMetrics, TritonMetricsBackend
 from tests.unit.engine_fakes import make_engine, prompt
 
 WAIT_S = 10.0
@@ -216,7 +216,7 @@ def test_one_info_line_per_finished_request_without_the_prompt(pb: ModuleType, c
         "ttft=1.000s total=2.250s queue=0.500s"
     ]
     # Without Triton's logger the line goes to Python logging at INFO.
-    with caplog.at_level(logging.INFO, logger="paddlellm.triton.metrics"):
+    with caplog.at_level(logging.INFO, logger="paddlellm.triton.engine_metrics"):
         m = EngineMetrics.for_backend(object())
         m.output(out)
         m.flush()
@@ -280,7 +280,7 @@ def test_triton_backend_declares_every_engine_metric_with_its_kind_and_buckets()
 
 
 def test_queued_operations_are_coalesced_without_changing_totals() -> None:
-    from paddlellm.triton.metrics import _coalesce
+    from paddlellm.triton.engine_metrics import _coalesce
 
     g, c, h = PREFIX + "num_requests_running", PREFIX + "generation_tokens_total", PREFIX + "batch_size"
     ops = [

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.metrics import create_metrics_app, engine_families
+from gateway.gateway_metrics import create_metrics_app, engine_families
 from gateway.settings import GatewaySettings
 from tests.fakes.triton_client import FakeTritonClient
 from tests.metrics.promtext import parse

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from paddlellm.protocol.metrics import ENGINE_METRICS, GATEWAY_METRICS, HISTOGRAM, PREFIX
+from paddlellm.protocol.metric_names import ENGINE_METRICS, GATEWAY_METRICS, HISTOGRAM, PREFIX
 from paddlellm.text.tokenizer import TextTokenizer
 from tests.metrics.promtext import Exposition
 from tests.metrics.stack import Stack, running_stack

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
-from paddlellm.executor.messages import Init
+from paddlellm.executor.rank_messages import Init
 from paddlellm.worker.worker import serve_rank
 
 

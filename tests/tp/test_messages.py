@@ -8,7 +8,7 @@ import time
 import pytest
 
 from paddlellm.engine.outputs import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
-from paddlellm.executor.messages import (
+from paddlellm.executor.rank_messages import (
     BadSignature,
     Failed,
     Ready,

@@ -16,8 +16,8 @@ import pytest
 from paddlellm.config import EngineConfig
 from paddlellm.engine.outputs import CachedRequestData, NewRequestData, SchedulerOutput
 from paddlellm.errors import ConfigError, EngineDead
-from paddlellm.executor.messages import Init
 from paddlellm.executor.multiproc import MultiprocExecutor
+from paddlellm.executor.rank_messages import Init
 from paddlellm.model_info import ModelInfo
 from paddlellm.sampling import SamplingParams
 from tests.procs import free_port

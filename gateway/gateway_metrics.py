@@ -1,9 +1,9 @@
 """Prometheus `/metrics` for the gateway: the engine's metrics re-exposed verbatim, plus the gateway's own.
 
 - Engine metrics are measured in the llm_engine stub and published on tritonserver's metrics port
-  (paddlellm/triton/metrics.py). Each scrape of `/metrics` fetches that page and passes on, line for line, the
-  families named `paddlellm:*`; nothing the engine knows is recomputed here. One engine serves every gateway
-  worker, so these numbers are whole by construction.
+  (paddlellm/triton/engine_metrics.py). Each scrape of `/metrics` fetches that page and passes on, line for
+  line, the families named `paddlellm:*`; nothing the engine knows is recomputed here. One engine serves
+  every gateway worker, so these numbers are whole by construction.
 - Gateway metrics (HTTP requests by route and status, their duration, requests in progress) come from an
   ASGI middleware. With several uvicorn workers the launcher points PROMETHEUS_MULTIPROC_DIR
   (prometheus_client's own variable, read when prometheus_client is imported) at a fresh directory; every
@@ -31,7 +31,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.settings import GatewaySettings
-from paddlellm.protocol.metrics import GATEWAY_METRICS, PREFIX, MetricSpec
+from paddlellm.protocol.metric_names import GATEWAY_METRICS, PREFIX, MetricSpec
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Triton writes the 0.0.4 text format; the gateway's part is rendered in the same format.

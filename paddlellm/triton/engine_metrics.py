@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from paddlellm.engine.outputs import RequestOutput
-from paddlellm.protocol.metrics import COUNTER, ENGINE_METRICS, GAUGE, HISTOGRAM, PREFIX, MetricSpec
+from paddlellm.protocol.metric_names import COUNTER, ENGINE_METRICS, GAUGE, HISTOGRAM, PREFIX, MetricSpec
 
 if TYPE_CHECKING:
     from paddlellm.engine.core import EngineStats

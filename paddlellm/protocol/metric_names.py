@@ -1,7 +1,8 @@
 """Every Prometheus metric the server exports, as data: name, type, unit, help, labels and buckets.
 
-One table read by the engine's exporter (paddlellm/triton/metrics.py, through Triton's python-backend metrics
-API), the gateway (gateway/metrics.py) and the docs test (docs/metrics.md must list each name with its type).
+One table read by the engine's exporter (paddlellm/triton/engine_metrics.py, through Triton's python-backend
+metrics API), the gateway (gateway/gateway_metrics.py) and the docs test (docs/metrics.md must list each name
+with its type).
 Names follow FastDeploy's set under the project's prefix; counters carry their `_total` suffix in the name,
 as they appear on the wire. Pure Python: importable from the engine, the gateway and tests alike.
 """
