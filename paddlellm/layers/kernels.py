@@ -9,10 +9,11 @@
 - 'paddle': Paddle's ops everywhere (the reference path; always on GPU).
 On the Paddle path RMSNorm is Paddle's fused op only where it can run (GPU, CPUs with AVX-512), else
 plain ops.
-`dtype='bfloat16'` needs the native kernels (any ISA) and says so otherwise. `quantization='wint8'` runs the
-int8 kernel of the selected ISA (paddlellm/native/quant_gemm.c), or the same math in Paddle ops on the
-Paddle path. Nothing selected here can
-execute an instruction the CPU description lacks; `Kernels.required_cpu_flags` says what each choice needs.
+`dtype='bfloat16'` needs the native kernels (any ISA) and says so otherwise. `quantization='wint8'` /
+`'wint4'` run the quantized kernels of the selected ISA (paddlellm/native/quant_gemm.c), or the same math in
+Paddle ops on the Paddle path; 'auto' is resolved from the checkpoint before (worker/model_runner.py). Nothing selected
+here can execute an instruction the CPU description lacks; `Kernels.required_cpu_flags` says what each
+choice needs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from paddlellm.errors import ConfigError
 from paddlellm.layers.decode_attention import NativeDecodeAttention
 from paddlellm.layers.gemm import Gemm, PackedGemm, PaddleGemm
 from paddlellm.layers.norm import FusedRMSNorm, NativeNorms, NormFactory, PaddleRMSNorm
-from paddlellm.layers.quant_gemm import Int4Gemm, Int8Gemm, PaddleInt8Gemm
+from paddlellm.layers.quant_gemm import Int4Gemm, Int8Gemm, PaddleInt4Gemm, PaddleInt8Gemm
 from paddlellm.native.build import NativeLibrary, NativeUnavailable, load
 
 log = logging.getLogger("paddlellm.kernels")
@@ -64,11 +65,12 @@ def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
     if bf16 and quant != "none":
         raise ConfigError(f"dtype='bfloat16' and quantization='{quant}' both set the weights: choose one")
     if config.device != "cpu" or mode == "paddle":
-        if bf16 or quant == "wint4":
-            what = "dtype='bfloat16'" if bf16 else "quantization='wint4'"
-            raise ConfigError(f"{what} runs on the native CPU kernels only (device cpu, not paddle)")
+        if bf16:
+            raise ConfigError("dtype='bfloat16' runs on the native CPU kernels only (device cpu, not paddle)")
         kernels = paddle_kernels(config.device, cpu)
-        return dataclasses.replace(kernels, gemm=PaddleInt8Gemm()) if int8 else kernels
+        if quant == "none":
+            return kernels
+        return dataclasses.replace(kernels, gemm=PaddleInt8Gemm() if int8 else PaddleInt4Gemm())
     isa = cpu.best_kernel_isa if mode in ("auto", "native") else mode
     try:
         if isa is None:
@@ -76,7 +78,7 @@ def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
             raise NativeUnavailable(f"the CPU has no native kernel ISA (needs {need})")
         native = load(isa, cpu)
     except NativeUnavailable as e:
-        if mode != "auto" or bf16 or quant == "wint4":
+        if mode != "auto" or bf16:
             raise ConfigError(f"cpu_kernels='{mode}', dtype='{config.dtype}': {e}") from e
         log.warning("native CPU kernels unavailable, using Paddle's ops: %s", e)
         return paddle_kernels(config.device, cpu)

@@ -195,39 +195,73 @@ class Int4Gemm(Int8Gemm):
         return _Int8Weight(self.native, self.threads, rows, None, blocks)
 
 
+def _blocks_t(v: np.ndarray, kb: int, dtype: type) -> paddle.Tensor:
+    """[N, KB * BLOCK] -> [KB, BLOCK, N] (one batched matmul per call); [N, KB] -> [KB, 1, N]."""
+    n = v.shape[0]
+    shaped = v.reshape(n, kb, -1).transpose(1, 2, 0)
+    t = paddle.to_tensor(np.ascontiguousarray(shaped, dtype))
+    t.stop_gradient = True
+    return t
+
+
+def _quantized_activations(x: paddle.Tensor, kb: int) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """x [..., K] -> (Xq [KB, M, BLOCK] float64 integers, a [KB, M, 1] float32): per row and block, as the
+    kernel (paddle.round rounds ties half away from zero, the kernel half to even)."""
+    k = x.shape[-1]
+    m = int(np.prod(x.shape[:-1]))
+    x2 = paddle.nn.functional.pad(x.reshape([m, k]).astype("float32"), [0, kb * BLOCK - k])
+    xb = x2.reshape([m, kb, BLOCK]).transpose([1, 0, 2])
+    amax = xb.abs().max(axis=2, keepdim=True)
+    inv = paddle.where(amax > 0, QMAX / amax, paddle.zeros_like(amax))
+    return paddle.clip(paddle.round(xb * inv), -QMAX, QMAX).astype("float64"), amax / QMAX
+
+
 class _PaddleInt8Weight:
-    """The same arithmetic in Paddle ops; block sums of int8 products are exact in float64."""
+    """The same arithmetic in Paddle ops; block sums of integer products are exact in float64."""
 
     def __init__(self, w: np.ndarray, bias: np.ndarray | None) -> None:
-        self.out_features, self.in_features = w.shape
+        self.out_features = w.shape[0]
         q, scale = quantize_blocks(w)
-        kb = scale.shape[1]
-        # [KB, BLOCK, N] float64 for one batched matmul per call; scales [KB, 1, N].
-        blocks = q.reshape(-1, kb, BLOCK).transpose(1, 2, 0)
-        self.wq = paddle.to_tensor(np.ascontiguousarray(blocks, np.float64))
-        self.scale = to_param(np.ascontiguousarray(scale.T[:, None, :]))
+        self.kb = scale.shape[1]
+        self.wq, self.scale = _blocks_t(q, self.kb, np.float64), _blocks_t(scale, self.kb, np.float32)
         self.bias = to_param(bias) if bias is not None else None
 
+    def _terms(self, xq: paddle.Tensor, a: paddle.Tensor) -> list[paddle.Tensor]:
+        sums = paddle.bmm(xq, self.wq).astype("float32")  # [KB, M, N]
+        return [(sums * a) * self.scale]
+
     def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
-        shape = x.shape
-        m, k = int(np.prod(shape[:-1])), shape[-1]
-        kb = self.wq.shape[0]
-        x2 = paddle.nn.functional.pad(x.reshape([m, k]).astype("float32"), [0, kb * BLOCK - k])
-        xb = x2.reshape([m, kb, BLOCK]).transpose([1, 0, 2])  # [KB, M, BLOCK]
-        amax = xb.abs().max(axis=2, keepdim=True)
-        inv = paddle.where(amax > 0, QMAX / amax, paddle.zeros_like(amax))
-        xq = paddle.clip(paddle.round(xb * inv), -QMAX, QMAX)  # paddle.round: half away from zero
-        sums = paddle.bmm(xq.astype("float64"), self.wq).astype("float32")  # [KB, M, N]
-        terms = sums * (amax / QMAX) * self.scale
-        y = terms[0]
-        for b in range(1, kb):  # block order, as the kernel
-            y = y + terms[b]
+        xq, a = _quantized_activations(x, self.kb)
+        parts = self._terms(xq, a)
+        y = None
+        for b in range(self.kb):  # block order, each block's terms in order, as the kernel
+            for t in parts:
+                y = t[b] if y is None else y + t[b]
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape([*shape[:-1], self.out_features])
+        return y.reshape([*x.shape[:-1], self.out_features])
+
+
+class _PaddleInt4Weight(_PaddleInt8Weight):
+    def __init__(self, w: np.ndarray, bias: np.ndarray | None) -> None:
+        self.out_features = w.shape[0]
+        q, d, mn = quantize_q4(w)
+        self.kb = d.shape[1]
+        self.wq, self.scale = _blocks_t(q, self.kb, np.float64), _blocks_t(d, self.kb, np.float32)
+        self.minimum = _blocks_t(mn, self.kb, np.float32)
+        self.bias = to_param(bias) if bias is not None else None
+
+    def _terms(self, xq: paddle.Tensor, a: paddle.Tensor) -> list[paddle.Tensor]:
+        sums = paddle.bmm(xq, self.wq).astype("float32")
+        xsa = xq.sum(axis=2, keepdim=True).astype("float32") * a  # the block's activation sum, scaled
+        return [(sums * a) * self.scale, xsa * self.minimum]
 
 
 class PaddleInt8Gemm:
+    """`--quantization wint8` (and `wint4`, `PaddleInt4Gemm`) in Paddle ops: the reference path for
+    `--cpu-kernels paddle` and GPUs. The fp32 weights it quantizes are a GGUF's blocks exactly dequantized,
+    so re-quantizing them gives the stored values back up to rounding."""
+
     name = "paddle-wint8"
     takes_blocks = False
 
@@ -241,3 +275,12 @@ class PaddleInt8Gemm:
     ) -> GemmWeight:
         del table
         return _PaddleInt8Weight(rows, None)
+
+
+class PaddleInt4Gemm(PaddleInt8Gemm):
+    name = "paddle-wint4"
+
+    def weight(
+        self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
+    ) -> GemmWeight:
+        return _PaddleInt4Weight(w, bias)

@@ -13,6 +13,7 @@ from paddlellm.layers.quant_gemm import (  # noqa: E402
     BLOCK,
     Int4Gemm,
     Int8Gemm,
+    PaddleInt4Gemm,
     PaddleInt8Gemm,
     pack_int8_panels,
     pack_q4_panels,
@@ -160,3 +161,12 @@ def test_q4_quantization_and_packing() -> None:
     lane = np.frombuffer(packed[0, 1, 0].tobytes(), np.uint8)  # column 0, k = 8..15
     assert list(lane & 15) == list(q[0, 8:12]) and list(lane >> 4) == list(q[0, 12:16])
     assert not packed[0, :, 1:].any()
+
+
+def test_w4_paddle_reference_computes_the_same_math() -> None:
+    """The Paddle-ops path (--cpu-kernels paddle, GPUs) against the NumPy twin of the kernel (ties round
+    half away from zero there, half to even here: a tie may differ by one step)."""
+    x, w, b = _data(5, 200, 48, seed=17)
+    ref = reference_w4(x, w, b)
+    got = PaddleInt4Gemm().weight(w, b)(paddle.to_tensor(x)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
