@@ -11,9 +11,9 @@ On the Paddle path RMSNorm is Paddle's fused op only where it can run (GPU, CPUs
 plain ops.
 `dtype='bfloat16'` needs the native kernels (any ISA) and says so otherwise. `quantization='wint8'` /
 `'wint4'` run the quantized kernels of the selected ISA (paddlellm/native/quant_gemm.c), or the same math in
-Paddle ops on the Paddle path; 'auto' is resolved from the checkpoint before (worker/model_runner.py). Nothing selected
-here can execute an instruction the CPU description lacks; `Kernels.required_cpu_flags` says what each
-choice needs.
+Paddle ops on the Paddle path; 'auto' is resolved from the checkpoint before (worker/model_runner.py).
+Nothing selected here can execute an instruction the CPU description lacks; `Kernels.required_cpu_flags`
+says what each choice needs.
 """
 
 from __future__ import annotations
