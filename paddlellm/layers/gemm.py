@@ -105,10 +105,11 @@ class PaddleGemm:
 
 
 def pack_panels(w: np.ndarray, nr: int) -> np.ndarray:
-    """[out, in] -> [ceil(out / nr), in, nr], zero-padded: panel p holds output columns [nr*p, nr*p + nr)."""
+    """[out, in] -> [ceil(out / nr), in, nr], zero-padded: panel p holds output columns [nr*p, nr*p + nr).
+    Any element type: the fp32 weights here, and the quantized lanes and per-block tables of quant_gemm.py."""
     n, k = w.shape
     panels = -(-n // nr)
-    padded = np.zeros((panels * nr, k), np.float32)
+    padded = np.zeros((panels * nr, k), w.dtype)
     padded[:n] = w
     return np.ascontiguousarray(padded.reshape(panels, nr, k).transpose(0, 2, 1))
 
@@ -180,7 +181,7 @@ class _PackedWeight(NativeLinear):
             packed.stop_gradient = True
             self.packed = packed
         else:
-            self.packed = to_param(pack_panels(w, nr))
+            self.packed = to_param(pack_panels(np.asarray(w, np.float32), nr))
         self.bias = padded_param(bias, self.packed.shape[0] * nr) if bias is not None else None
         # The tensors above live as long as this object, so their addresses can be taken once.
         self._packed_ptr = self.packed.data_ptr()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import paddle
 
-from paddlellm.layers.gemm import GemmWeight, NativeLinear, padded_param, to_param
+from paddlellm.layers.gemm import GemmWeight, NativeLinear, pack_panels, padded_param, to_param
 from paddlellm.native.build import NativeLibrary
 from paddlellm.quant_blocks import BlockQuantized
 
@@ -53,21 +53,7 @@ def quantize_blocks(a: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.n
 def pack_int8_panels(q: np.ndarray, nr: int) -> np.ndarray:
     """[N, K'] int8 (K' a multiple of 4) -> [ceil(N / nr), K' / 4, nr] int32: lane j of quad t holds column
     j's weights for k = 4t..4t+3 (lowest byte first); columns zero-padded."""
-    n, k = q.shape
-    panels, quads = -(-n // nr), k // 4
-    padded = np.zeros((panels * nr, k), np.int8)
-    padded[:n] = q
-    lanes = padded.reshape(panels, nr, quads, 4).transpose(0, 2, 1, 3)
-    return np.ascontiguousarray(lanes).view(np.int32).reshape(panels, quads, nr)
-
-
-def pack_block_values(v: np.ndarray, nr: int) -> np.ndarray:
-    """[N, KB] per-(column, block) values -> [ceil(N / nr), KB, nr], columns zero-padded."""
-    n, kb = v.shape
-    panels = -(-n // nr)
-    padded = np.zeros((panels * nr, kb), v.dtype)
-    padded[:n] = v
-    return np.ascontiguousarray(padded.reshape(panels, nr, kb).transpose(0, 2, 1))
+    return pack_panels(np.ascontiguousarray(q, np.int8).view(np.int32), nr)
 
 
 def quantize_q4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,13 +76,9 @@ def quantize_q4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarr
 def pack_q4_panels(q: np.ndarray, nr: int) -> np.ndarray:
     """[N, K'] nibbles (K' a multiple of 8) -> [ceil(N / nr), K' / 8, nr] int32: byte i of lane j of octet o
     holds column j's k = 8o + i in its low half and k = 8o + 4 + i in its high half."""
-    n, k = q.shape
-    panels, octets = -(-n // nr), k // 8
-    padded = np.zeros((panels * nr, k), np.uint8)
-    padded[:n] = q
-    pairs = padded.reshape(panels, nr, octets, 2, 4)  # [..., half, i]
-    packed = pairs[:, :, :, 0, :] | (pairs[:, :, :, 1, :] << 4)  # [panels, nr, octets, 4] bytes
-    return np.ascontiguousarray(packed.transpose(0, 2, 1, 3)).view(np.int32).reshape(panels, octets, nr)
+    halves = np.ascontiguousarray(q, np.uint8).reshape(q.shape[0], -1, 2, 4)  # [N, octets, half, i]
+    lanes = np.ascontiguousarray(halves[:, :, 0, :] | (halves[:, :, 1, :] << 4))  # [N, octets, 4] bytes
+    return pack_panels(lanes.view(np.int32).reshape(q.shape[0], -1), nr)
 
 
 class _Int8Weight(NativeLinear):
@@ -116,7 +98,7 @@ class _Int8Weight(NativeLinear):
         # Column sums of each block of Wq: the kernel's u8-offset form (AVX512-VNNI) subtracts 128 * sum.
         sums = q.astype(np.int32).reshape(q.shape[0], -1, BLOCK).sum(axis=2, dtype=np.int32)
         self._keep(native.lib.quant_gemm_w8, threads, pack_int8_panels(q, nr),
-                   pack_block_values(scale, nr), pack_block_values(sums, nr), bias, nr)
+                   pack_panels(scale, nr), pack_panels(sums, nr), bias, nr)
 
     def _keep(self, fn: Any, threads: int, packed: np.ndarray, first: np.ndarray, second: np.ndarray,
               bias: np.ndarray | None, nr: int) -> None:
@@ -172,7 +154,7 @@ class _Int4Weight(_Int8Weight):
         else:
             q, d, mn = quantize_q4(w)
         self._keep(native.lib.quant_gemm_w4, threads, pack_q4_panels(q, nr),
-                   pack_block_values(d, nr), pack_block_values(mn, nr), bias, nr)
+                   pack_panels(d, nr), pack_panels(mn, nr), bias, nr)
 
 
 class Int4Gemm(Int8Gemm):
