@@ -14,10 +14,11 @@ from paddlellm.sampling import SamplingParams
 
 def main(path: str, choices: list[str]) -> None:
     params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
-    for kernels in choices:
+    for choice in choices:  # cpu_kernels[:quantization]
+        kernels, _, quant = choice.partition(":")
         config = EngineConfig(
             model=path, cpu_kernels=kernels, num_threads=1, max_model_len=128, block_size=16,
-            num_gpu_blocks_override=32, max_num_seqs=4,
+            num_gpu_blocks_override=32, max_num_seqs=4, quantization=quant or "none",
         )
         engine = LLMEngine.create(config)
         for i in range(3):
@@ -27,7 +28,8 @@ def main(path: str, choices: list[str]) -> None:
             tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
         chosen = engine.executor.runner.kernels  # type: ignore[attr-defined]
         norm = getattr(chosen.norm, "__name__", type(chosen.norm).__name__)
-        row = {"cpu_kernels": kernels, "isa": chosen.isa, "norm": norm, "tokens": tokens}
+        row = {"cpu_kernels": choice, "isa": chosen.isa, "norm": norm, "gemm": chosen.gemm.name}
+        row["tokens"] = tokens
         print(json.dumps(row), flush=True)
 
 

@@ -43,10 +43,12 @@ def _run(prefix: list[str], path: str, choices: list[str], timeout: float) -> di
 def test_an_avx2_only_cpu_runs_the_engine_without_avx512(tiny_checkpoint) -> None:
     path = tiny_checkpoint(arch="qwen3", tokenizer="llama2", seed=5)  # qk-norm: both norm call sites
     subprocess.run([sys.executable, "-m", "paddlellm.native.build"], check=True, capture_output=True)
-    emulated = _run([str(QEMU), "-cpu", "EPYC-Milan"], path, ["auto", "paddle"], timeout=600)
+    emulated = _run([str(QEMU), "-cpu", "EPYC-Milan"], path, ["auto", "paddle", "auto:wint4"], timeout=600)
     assert emulated["auto"]["isa"] == "avx2"
+    assert emulated["auto:wint4"]["gemm"] == "packed-wint4-avx2"  # the integer kernels, without VNNI
     assert emulated["paddle"]["isa"] == "paddle" and emulated["paddle"]["norm"] == "PaddleRMSNorm"
-    native = _run([], path, ["avx2", "paddle"], timeout=300)
+    native = _run([], path, ["avx2", "paddle", "avx2:wint4"], timeout=300)
     assert emulated["auto"]["tokens"] == native["avx2"]["tokens"]
     assert emulated["paddle"]["tokens"] == native["paddle"]["tokens"]
+    assert emulated["auto:wint4"]["tokens"] == native["avx2:wint4"]["tokens"]
     assert all(len(t) == 5 for t in native["avx2"]["tokens"].values())
