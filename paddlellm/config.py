@@ -108,6 +108,11 @@ class EngineConfig:
         "stored; auto: what the checkpoint's GGUF stored (wint4 for Q4_*, wint8 for Q8_0), else none",
         choices=QUANTIZATION_CHOICES,
     )
+    enforce_eager: bool = option(
+        False,
+        "run every step layer by layer from Python (vLLM's name); by default a decode-only step on the "
+        "native CPU kernels runs all layers in one native call (same results, less dispatch)",
+    )
     scheduler_max_size: int = option(
         -1, "most requests waiting in the engine queue; -1 = unbounded", group=SCHEDULER_GROUP
     )

@@ -69,6 +69,7 @@ class AttentionMetadata:
     decode_kernel: NativeDecodeAttention | None = None  # with it, decode_slots/lens replace gather/mask
     decode_slots: paddle.Tensor | None = None  # [B, L] int64 cache slots, row b valid up to decode_lens[b]
     decode_lens: paddle.Tensor | None = None  # [B] int64
+    new_slots: paddle.Tensor | None = None  # [T] int64 cache slot of each new token (with decode_kernel)
 
     @classmethod
     def build(
@@ -140,12 +141,13 @@ class AttentionMetadata:
             decode_kernel,
             decode_slots,
             decode_lens,
+            paddle.to_tensor(new_slots) if decode_kernel is not None else None,
         )
 
 
 def paged_attention(
     q: paddle.Tensor,
-    kv: paddle.Tensor,
+    kv: paddle.Tensor | None,
     cache: paddle.Tensor,
     meta: AttentionMetadata,
     kv_heads: int,
@@ -154,10 +156,12 @@ def paged_attention(
     """q [T, heads, d] (already scaled), kv [T, 2 * kv_heads, d] (K heads then V heads), both contiguous
     -> [T, heads * d].
 
-    Writes kv into the cache first, so every request attends to its own new tokens too."""
+    Writes kv into the cache first, so every request attends to its own new tokens too (kv None: the caller
+    has written them, NativeOps.rope_write)."""
     d = q.shape[-1]
     heads = kv_heads * group
-    paddle.scatter_(cache, meta.write_rows, kv.reshape([-1, d]), overwrite=True)
+    if kv is not None:
+        paddle.scatter_(cache, meta.write_rows, kv.reshape([-1, d]), overwrite=True)
     outs = []
     # One split into the decode rows and each prefill tile's rows: Paddle materialises a transposed view of
     # a slice that starts past row 0 ~10x slower than one of a fresh tensor.

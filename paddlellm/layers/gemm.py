@@ -14,6 +14,7 @@ once at load; the returned `GemmWeight(x)` computes `x @ w.T (+ bias)` for x `[.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -132,13 +133,35 @@ def pack_panels_bf16(w: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(pairs[:, :, 0, :] | (pairs[:, :, 1, :] << 16))
 
 
+@dataclass(frozen=True)
+class LinearSpec:
+    """What the fused decode pass (paddlellm/native/decode_step.c, `pl_linear`) needs to run a packed
+    weight: its kind (`LINEAR_*` there), shape and the addresses of its packed data, tables and padded bias
+    (0: none)."""
+
+    kind: int
+    k: int
+    n: int
+    w: int
+    t1: int = 0
+    t2: int = 0
+    bias: int = 0
+
+
+LINEAR_F32, LINEAR_BF16, LINEAR_W8, LINEAR_W4 = 0, 1, 2, 3
+
+
 class NativeLinear:
     """A weight one of the native GEMMs multiplies: `__call__` checks and reshapes x, allocates y and calls
-    `_run(x_ptr, m, k, y_ptr, n)`, which returns non-zero when the kernel could not allocate its scratch."""
+    `_run(x_ptr, m, k, y_ptr, n)`, which returns non-zero when the kernel could not allocate its scratch;
+    `spec()` describes it to the fused decode pass."""
 
     out_features: int
     in_features: int
     _place = paddle.CPUPlace()
+
+    def spec(self) -> LinearSpec:
+        raise NotImplementedError
 
     def _run(self, x: int, m: int, k: int, y: int, n: int) -> int | None:
         raise NotImplementedError
@@ -174,6 +197,7 @@ class _PackedWeight(NativeLinear):
     ) -> None:
         self.out_features, self.in_features = w.shape
         self._fn = native.lib.packed_sgemm_bf16 if bf16 else native.lib.packed_sgemm
+        self._kind = LINEAR_BF16 if bf16 else LINEAR_F32
         self._threads = threads
         nr = native.panel_width
         if bf16:
@@ -189,6 +213,10 @@ class _PackedWeight(NativeLinear):
 
     def _run(self, x: int, m: int, k: int, y: int, n: int) -> int | None:
         return self._fn(x, m, k, k, self._packed_ptr, n, self._bias_ptr, y, n, self._threads)  # fp32: None
+
+    def spec(self) -> LinearSpec:
+        n, k = self.out_features, self.in_features
+        return LinearSpec(self._kind, k, n, self._packed_ptr, bias=self._bias_ptr or 0)
 
 
 class PackedGemm:

@@ -26,6 +26,7 @@ from paddlellm.config import EngineConfig
 from paddlellm.cpu import KERNEL_ISA_FLAGS, PADDLE_FUSED_CPU_FLAGS, CpuInfo, read_cpu
 from paddlellm.errors import ConfigError
 from paddlellm.layers.decode_attention import NativeDecodeAttention
+from paddlellm.layers.decode_step import NativeOps
 from paddlellm.layers.gemm import Gemm, PackedGemm, PaddleGemm
 from paddlellm.layers.norm import FusedRMSNorm, NativeNorms, NormFactory, PaddleRMSNorm
 from paddlellm.layers.quant_gemm import Int4Gemm, Int8Gemm, PaddleInt4Gemm, PaddleInt8Gemm
@@ -39,6 +40,9 @@ class Kernels:
     gemm: Gemm
     norm: NormFactory
     decode_attention: NativeDecodeAttention | None = None  # None: Paddle's gather + matmul path
+    ops: NativeOps | None = None  # native rotary + cache write and SwiGLU; None: Paddle's ops
+    native: NativeLibrary | None = None  # the loaded library (the fused decode pass calls it)
+    threads: int = 1
     isa: str = "paddle"  # the native kernel ISA, or 'paddle'
     required_cpu_flags: frozenset[str] = frozenset()  # every CPU flag the choices above execute
 
@@ -87,6 +91,9 @@ def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
         _gemm(native, threads, quant, bf16),
         NativeNorms(native, threads),
         NativeDecodeAttention(native, threads),
+        NativeOps(native, threads),
+        native,
+        threads,
         native.isa,
         KERNEL_ISA_FLAGS[native.isa],
     )

@@ -73,6 +73,11 @@ class NativeRMSNorm(_NormWeight):
         self._w_ptr = self.weight.data_ptr()  # lives as long as this object
         self._n = int(weight.shape[0])
 
+    @property
+    def weight_address(self) -> int:
+        """Where the fp32 weight lives (the fused decode pass reads it)."""
+        return self._w_ptr
+
     def __call__(
         self, x: paddle.Tensor, residual: paddle.Tensor | None = None
     ) -> tuple[paddle.Tensor, paddle.Tensor]:

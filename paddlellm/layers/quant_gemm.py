@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 import paddle
 
-from paddlellm.layers.gemm import GemmWeight, NativeLinear, pack_panels, padded_param, to_param
+from paddlellm.layers.gemm import (
+    LINEAR_W4,
+    LINEAR_W8,
+    GemmWeight,
+    LinearSpec,
+    NativeLinear,
+    pack_panels,
+    padded_param,
+    to_param,
+)
 from paddlellm.native.build import NativeLibrary
 from paddlellm.quant_blocks import BlockQuantized
 
@@ -82,6 +91,8 @@ def pack_q4_panels(q: np.ndarray, nr: int) -> np.ndarray:
 
 
 class _Int8Weight(NativeLinear):
+    KIND = LINEAR_W8
+
     def __init__(
         self,
         native: NativeLibrary,
@@ -116,6 +127,11 @@ class _Int8Weight(NativeLinear):
         wp, first, second = self._ptrs
         return self._fn(x, m, k, k, wp, first, second, n, self._bias_ptr, y, n, self._threads)
 
+    def spec(self) -> LinearSpec:
+        wp, first, second = self._ptrs
+        k, n = self.in_features, self.out_features
+        return LinearSpec(self.KIND, k, n, wp, first, second, self._bias_ptr or 0)
+
 
 class Int8Gemm:
     def __init__(self, native: NativeLibrary, threads: int) -> None:
@@ -137,6 +153,8 @@ class Int8Gemm:
 
 
 class _Int4Weight(_Int8Weight):
+    KIND = LINEAR_W4
+
     def __init__(
         self,
         native: NativeLibrary,

@@ -59,6 +59,10 @@ class RotaryTables:
         self.sin_signed = np.concatenate([-sin, sin], axis=1)
         self.max_positions = max_positions
 
+    def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[T, d] cos and signed sin for the given token positions (the native rotary reads these)."""
+        return self.cos[positions], self.sin_signed[positions]
+
     def expand(
         self, positions: np.ndarray, heads: int, passthrough: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,10 @@ pairs, which becomes the half-split convention by permuting each q/k head's rows
 sides are permuted alike). The softmax scale is folded into the q rows (or Qwen3's q-norm weight).
 
 Per layer: residual+RMSNorm (one kernel), one qkv matmul, rotary on q|k|v together, paged attention, o matmul,
-residual+RMSNorm, gate and up matmuls, swiglu, down matmul.
+residual+RMSNorm, gate and up matmuls, swiglu, down matmul. On the native CPU kernels the rotary and the K|V
+cache write are one call and a decode-only step runs every layer in one native call (`FusedDecode`, unless
+`fuse_decode` is off or a layer needs Python in the middle: tensor parallelism's all-reduce, Qwen3's q/k
+norm).
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ import paddle
 from paddlellm.cpu import read_cpu
 from paddlellm.errors import CheckpointError
 from paddlellm.layers.attention import AttentionMetadata, paged_attention
+from paddlellm.layers.decode_step import DecodeShape, FusedDecode, LayerSpec
 from paddlellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from paddlellm.layers.gemm import NativeLinear
 from paddlellm.layers.kernels import Kernels, paddle_kernels
 from paddlellm.layers.linear import AllReduce, ColumnParallelLinear, RowParallelLinear, Shard
+from paddlellm.layers.norm import NativeRMSNorm
 from paddlellm.model_info import ModelInfo
 from paddlellm.quant_blocks import BlockQuantized
 from paddlellm.weight_reader import WeightReader
@@ -42,6 +48,7 @@ class DecoderLayer:
         kernels: Kernels,
     ) -> None:
         gemm, norm = kernels.gemm, kernels.norm
+        self.ops = kernels.ops
         d = info.head_dim
         self.head_dim = d
         self.heads = info.num_heads // shard.world
@@ -104,18 +111,42 @@ class DecoderLayer:
         meta: AttentionMetadata,
         cache: paddle.Tensor,
     ) -> tuple[paddle.Tensor, paddle.Tensor]:
+        """cos / sin: [T, d] rows with the native ops, else expanded to [T, heads + 2 * kv_heads, d]."""
         t, d, h, kvh = x.shape[0], self.head_dim, self.heads, self.kv_heads
         hidden, residual = self.input_norm(x, residual)
         qkv = self.qkv(hidden).reshape([t, h + 2 * kvh, d])
         if self.q_norm is not None and self.k_norm is not None:
             parts = [self.q_norm(qkv[:, :h])[0], self.k_norm(qkv[:, h : h + kvh])[0], qkv[:, h + kvh :]]
             qkv = paddle.concat(parts, axis=1)
-        # V heads have cos 1 / sin 0: one rotation over q|k|v leaves V exact and K|V adjacent for the cache.
-        qkv = qkv * cos + paddle.roll(qkv, d // 2, axis=2) * sin
-        q, kv = paddle.split(qkv, [h, 2 * kvh], axis=1)  # contiguous: Paddle's strided-view copies are slow
+        if self.ops is not None:  # rotate q|k in place and write K|V to the cache: one call
+            assert meta.new_slots is not None
+            self.ops.rope_write(qkv, cache, h, kvh, cos, sin, meta.new_slots)
+            q, kv = paddle.split(qkv, [h, 2 * kvh], axis=1)[0], None
+        else:
+            # V heads have cos 1 / sin 0: one rotation over q|k|v leaves V exact and K|V adjacent for the
+            # cache. split, not slices: Paddle's strided-view copies are slow.
+            qkv = qkv * cos + paddle.roll(qkv, d // 2, axis=2) * sin
+            q, kv = paddle.split(qkv, [h, 2 * kvh], axis=1)
         attn = paged_attention(q, kv, cache, meta, kvh, self.group)
         hidden, residual = self.post_norm(self.o_proj(attn), residual)
-        return self.down(paddle.nn.functional.swiglu(self.gate(hidden), self.up(hidden))), residual
+        gate, up = self.gate(hidden), self.up(hidden)
+        act = self.ops.swiglu(gate, up) if self.ops is not None else paddle.nn.functional.swiglu(gate, up)
+        return self.down(act), residual
+
+    def fused_spec(self) -> LayerSpec | None:
+        """This layer for the fused decode pass, or None when it needs Python between its kernels."""
+        linears = (self.qkv.gemm, self.o_proj.gemm, self.gate.gemm, self.up.gemm, self.down.gemm)
+        norms = (self.input_norm, self.post_norm)
+        if self.ops is None or self.q_norm is not None or self.o_proj.all_reduce is not None:
+            return None
+        if self.down.all_reduce is not None or self.o_proj.bias is not None or self.down.bias is not None:
+            return None
+        if not all(isinstance(g, NativeLinear) for g in linears):
+            return None
+        if not all(isinstance(n, NativeRMSNorm) for n in norms):
+            return None
+        qkv, o, gate, up, down = (g.spec() for g in linears)  # type: ignore[union-attr]
+        return LayerSpec(qkv, o, gate, up, down, norms[0].weight_address, norms[1].weight_address)  # type: ignore[union-attr]
 
 
 class DecoderModel:
@@ -126,6 +157,7 @@ class DecoderModel:
         shard: Shard,
         all_reduce: AllReduce | None,
         kernels: Kernels | None = None,
+        fuse_decode: bool = True,
     ) -> None:
         kernels = kernels or paddle_kernels("cpu", read_cpu())
         gemm = kernels.gemm
@@ -154,6 +186,21 @@ class DecoderModel:
         self.norm = kernels.norm(reader.get("model.norm.weight"), info.rms_norm_eps)
         self.qk_heads = self.layers[0].heads + self.layers[0].kv_heads  # rotated heads per rank
         self.v_heads = self.layers[0].kv_heads
+        self.native_rope = kernels.ops is not None  # the layers want cos / sin as [T, d] rows
+        self.fused = self._fused(info, kernels) if fuse_decode else None
+
+    def _fused(self, info: ModelInfo, kernels: Kernels) -> FusedDecode | None:
+        specs = [layer.fused_spec() for layer in self.layers]
+        if kernels.native is None or not isinstance(self.norm, NativeRMSNorm):
+            return None
+        if any(s is None for s in specs):
+            return None
+        first = self.layers[0]
+        shape = DecodeShape(
+            info.hidden_size, first.heads, first.kv_heads, first.head_dim, info.rms_norm_eps,
+            self.norm.weight_address,
+        )
+        return FusedDecode(kernels.native, kernels.threads, specs, shape)  # type: ignore[arg-type]
 
     def forward(
         self,
@@ -165,6 +212,10 @@ class DecoderModel:
     ) -> paddle.Tensor:
         """ids [T] -> final hidden states [T, hidden]; writes the step's K/V into the cache."""
         x = self.embed(ids)
+        if self.fused is not None and meta.num_decode == x.shape[0] and not meta.prefills:
+            slots, lens, new = meta.decode_slots, meta.decode_lens, meta.new_slots
+            assert slots is not None and lens is not None and new is not None  # built with the native kernel
+            return self.fused(x, cos, sin, new, slots, lens, kv_caches)
         residual = None
         for layer, cache in zip(self.layers, kv_caches, strict=True):
             x, residual = layer(x, residual, cos, sin, meta, cache)

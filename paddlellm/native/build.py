@@ -1,7 +1,8 @@
-"""Build and load the project's C kernels (`packed_sgemm.c`, `paged_attention.c`, `rms_norm.c`) with the
-system C compiler, once per machine: one shared library per kernel ISA (`avx2`, `avx512`, `avx512_bf16`), the
-same sources compiled with that ISA's flags (`simd.h` is the only per-ISA code). Set-up builds them all (an
-image built on one CPU must run on another); `load` refuses an ISA the CPU description lacks.
+"""Build and load the project's C kernels (`packed_sgemm.c`, `quant_gemm.c`, `paged_attention.c`,
+`rms_norm.c`, `decode_step.c`) with the system C compiler, once per machine: one shared library per kernel ISA
+(`avx2`, `avx512`, `avx512_bf16`), the same sources compiled with that ISA's flags (`simd.h` is the only
+per-ISA code; `team.h` declares the kernels' work-sharing forms the fused decode pass calls). Set-up builds
+them all (an image built on one CPU must run on another); `load` refuses an ISA the CPU description lacks.
 
 Each library is cached under `$PADDLELLM_CACHE_DIR` (default `~/.cache/paddlellm`) in a directory
 named by a hash of the source, the flags and the compiler, so a changed source rebuilds and a second process
@@ -27,9 +28,9 @@ from pathlib import Path
 
 from paddlellm.cpu import KERNEL_ISA_FLAGS, CpuInfo, read_cpu
 
-_C_FILES = ("packed_sgemm.c", "quant_gemm.c", "paged_attention.c", "rms_norm.c")
+_C_FILES = ("packed_sgemm.c", "quant_gemm.c", "paged_attention.c", "rms_norm.c", "decode_step.c")
 SOURCES = tuple(Path(__file__).with_name(n) for n in _C_FILES)
-HEADERS = (Path(__file__).with_name("simd.h"),)
+HEADERS = (Path(__file__).with_name("simd.h"), Path(__file__).with_name("team.h"))
 COMMON_CFLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-fPIC", "-Wall")
 # Per kernel ISA (paddlellm/cpu.py says which CPU flags each needs): the instructions the compiler may use.
 ISA_CFLAGS: dict[str, tuple[str, ...]] = {
@@ -41,7 +42,7 @@ ISA_CFLAGS: dict[str, tuple[str, ...]] = {
 }
 LIBS = ("-lmvec", "-lm")  # libmvec: the vector expf of paged_attention.c
 CACHE_ENV = "PADDLELLM_CACHE_DIR"
-ABI = 5  # packed_sgemm_abi() of the sources this loader speaks to
+ABI = 6  # packed_sgemm_abi() of the sources this loader speaks to
 
 
 class NativeUnavailable(RuntimeError):
@@ -159,6 +160,16 @@ def load(isa: str, cpu: CpuInfo) -> NativeLibrary:
     n = lib.rms_norm
     n.argtypes = [ptr, ptr, ptr, ctypes.c_float, ptr, ptr, c_long, c_long, c_int]
     n.restype = None
+    r = lib.rotary_cache_write
+    r.argtypes = [ptr, c_long, c_long, c_long, c_long, ptr, ptr, ptr, c_long, ptr, c_int]
+    r.restype = c_int
+    s = lib.swiglu
+    s.argtypes = [ptr, ptr, ptr, c_long, c_long, c_int]
+    s.restype = None
+    d = lib.decode_layers
+    d.argtypes = [ptr, c_long, ptr, c_long, c_long, ptr, ptr, ptr, ptr, ptr, c_long, c_long, c_long, c_long,
+                  c_long, ctypes.c_float, ptr, ptr, c_int]
+    d.restype = c_int
     return NativeLibrary(
         path, lib, built_for, int(lib.packed_sgemm_panel_width()), int(lib.quant_gemm_w8_panel_width())
     )

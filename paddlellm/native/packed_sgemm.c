@@ -19,6 +19,7 @@
 #include <stdlib.h>
 
 #include "simd.h"
+#include "team.h"
 
 #define MR GEMM_MR
 #define NV GEMM_NV
@@ -69,16 +70,19 @@ static inline __attribute__((always_inline)) void micro(const int mr, const floa
   store_acc(mr, acc, y, ldy, ncols);
 }
 
-/* The loop nest over row chunks, panels and row blocks, for one element type of W and of the prepared X;
- * `micros[mr]` handles an mr-row block, `prep` (may be empty) readies a chunk of X, `xk` and `wk` are the
- * elements of X per row and of W per panel row (K, or ceil(K / 2) bf16 pairs). */
-#define GEMM_LOOP(XT, WT, micros, prep, xbase, ldxp, wk)                                                       \
+/* The loop nest over row chunks, panels and row blocks, for one element type of W and of the prepared X, as
+ * team work (team.h): `prep` (may be empty) readies a chunk of X in an `omp single`, the panels go to the
+ * team's threads two at a time; `micros[mr]` handles an mr-row block, `xk` and `wk` are the elements of X per
+ * row and of W per panel row (K, or ceil(K / 2) bf16 pairs). */
+#define GEMM_LOOP(XT, WT, micros, has_prep, prep, xbase, ldxp, wk)                                             \
   do {                                                                                                       \
     const long panels = (N + NR - 1) / NR;                                                                   \
     for (long m0 = 0; m0 < M; m0 += MC) {                                                                    \
       const long mc = M - m0 < MC ? M - m0 : MC;                                                             \
-      prep;                                                                                                  \
-      _Pragma("omp parallel for schedule(monotonic : dynamic, 2) num_threads(nthreads) if (nthreads > 1 && panels > 1)") \
+      if (has_prep) {                                                                                        \
+        _Pragma("omp single") { prep; }                                                                      \
+      }                                                                                                      \
+      _Pragma("omp for schedule(monotonic : dynamic, 2)")                                                    \
       for (long p = 0; p < panels; p++) {                                                                    \
         const WT *panel = wp + p * (wk) * NR;                                                                \
         const float *pb = bias ? bias + p * NR : 0;                                                          \
@@ -91,6 +95,9 @@ static inline __attribute__((always_inline)) void micro(const int mr, const floa
       }                                                                                                      \
     }                                                                                                        \
   } while (0)
+
+/* Threads for a GEMM of N columns: the team's work-sharing needs more than one panel to share. */
+#define PANEL_THREADS(N, nthreads) ((nthreads) > 1 && ((N) + NR - 1) / NR > 1)
 
 #define DEFINE_MICROS(name, body, XT, WT)                                                                       \
   static void name##_1(const XT *x, long ldx, const WT *w, int K, float *y, long ldy, int nc, const float *b) { body(1 < MR ? 1 : MR, x, ldx, w, K, y, ldy, nc, b); } \
@@ -108,13 +115,19 @@ DEFINE_MICROS(micro_f32, micro, float, float)
 
 /* x: [M, K] rows ldx floats apart; wp: [ceil(N / NR)][K][NR]; bias: NULL or ceil(N / NR) * NR floats;
  * y: [M, N] rows ldy floats apart. */
+void packed_sgemm_team(const float *x, long M, long K, long ldx, const float *wp, long N, const float *bias, float *y,
+                       long ldy) {
+  GEMM_LOOP(float, float, micro_f32s, 0, (void)0, x + m0 * ldx, ldx, K);
+}
+
 void packed_sgemm(const float *x, long M, long K, long ldx, const float *wp, long N, const float *bias, float *y,
                   long ldy, int nthreads) {
-  GEMM_LOOP(float, float, micro_f32s, (void)0, x + m0 * ldx, ldx, K);
+#pragma omp parallel num_threads(nthreads) if (PANEL_THREADS(N, nthreads))
+  packed_sgemm_team(x, M, K, ldx, wp, N, bias, y, ldy);
 }
 
 int packed_sgemm_panel_width(void) { return NR; }
-int packed_sgemm_abi(void) { return 5; } /* bump with any exported signature or layout (build.ABI) */
+int packed_sgemm_abi(void) { return 6; } /* bump with any exported signature or layout (build.ABI) */
 const char *paddlellm_kernel_isa(void) { return KERNEL_ISA; }
 
 /* ---- bf16 weights ---------------------------------------------------------------------------------------
@@ -215,14 +228,25 @@ static void prep_bf16(const float *x, long ldx, long rows, long K, bf16x_t *xp) 
 
 DEFINE_MICROS(micro_bf16v, micro_bf16, bf16x_t, uint32_t)
 
+long packed_sgemm_bf16_scratch(long M, long K) {
+  return (long)sizeof(bf16x_t) * (M > MC ? MC : M) * XP_PER_ROW(K);
+}
+
+void packed_sgemm_bf16_team(const float *x, long M, long K, long ldx, const uint32_t *wp, long N, const float *bias,
+                            float *y, long ldy, void *scratch) {
+  bf16x_t *xp = (bf16x_t *)scratch;
+  const long xk = XP_PER_ROW(K);
+  GEMM_LOOP(bf16x_t, uint32_t, micro_bf16vs, 1, prep_bf16(x + m0 * ldx, ldx, mc, K, xp), xp, xk, (K + 1) / 2);
+}
+
 /* As packed_sgemm, with wp: [ceil(N / NR)][ceil(K / 2)][NR] uint32 (bf16 pairs, K zero-padded to even).
  * Returns 0, or -1 when the scratch buffer for X could not be allocated. */
 int packed_sgemm_bf16(const float *x, long M, long K, long ldx, const uint32_t *wp, long N, const float *bias,
                       float *y, long ldy, int nthreads) {
-  const long xk = XP_PER_ROW(K);
-  bf16x_t *xp = (bf16x_t *)malloc(sizeof(bf16x_t) * (size_t)(M > MC ? MC : M) * (size_t)xk);
+  void *xp = malloc((size_t)packed_sgemm_bf16_scratch(M, K));
   if (!xp) return -1;
-  GEMM_LOOP(bf16x_t, uint32_t, micro_bf16vs, prep_bf16(x + m0 * ldx, ldx, mc, K, xp), xp, xk, (K + 1) / 2);
+#pragma omp parallel num_threads(nthreads) if (PANEL_THREADS(N, nthreads))
+  packed_sgemm_bf16_team(x, M, K, ldx, wp, N, bias, y, ldy, xp);
   free(xp);
   return 0;
 }

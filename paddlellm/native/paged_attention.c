@@ -17,7 +17,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <omp.h>
+
 #include "simd.h"
+#include "team.h"
 
 /* glibc's libmvec has VL-lane expf variants (_ZGVeN16v_expf for AVX-512, _ZGVdN8v_expf for AVX2, within
  * 4 ulp); math.h only announces them under -ffast-math, which this file does not want, so announce them here. */
@@ -75,50 +78,53 @@ static void weighted_rows(const float *p, const float *vbase, const int64_t *sl,
   }
 }
 
-/* Returns 0, or -1 when scratch memory could not be allocated.
- * Work items are (request, query head): at batch 1 a model with 3 KV heads still has 9 items for the threads
+/* Work items are (request, query head): at batch 1 a model with 3 KV heads still has 9 items for the threads
  * (per KV head it had 3, for 2 threads). A KV head's K|V rows are read once per query head of its group, from
- * L1/L2 after the first. */
+ * L1/L2 after the first. `scores`: L floats per thread of the team. */
+void paged_decode_attention_team(const float *q, long ldq, const float *cache, long num_slots, const int64_t *slots,
+                                 const int64_t *lens, long B, long L, int kvh, int group, int d, float *out,
+                                 float *scores) {
+  const long heads = (long)kvh * group;
+  const long work = B * heads;
+  float *s = scores + (long)omp_get_thread_num() * (L > 0 ? L : 1);
+#pragma omp for schedule(monotonic : dynamic, 1)
+  for (long w = 0; w < work; w++) {
+    const long b = w / heads;
+    const long h = w % heads; /* query head h = j * group + g */
+    const int j = (int)(h / group);
+    const long len = lens[b];
+    const int64_t *sl = slots + b * L;
+    const float *kbase = cache + (long)j * num_slots * d;
+    const float *vbase = cache + ((long)kvh + j) * num_slots * d;
+    const float *qh = q + b * ldq + h * d;
+    float m = -INFINITY;
+    for (long l = 0; l < len; l++) {
+      s[l] = dot(qh, kbase + sl[l] * d, d);
+      m = s[l] > m ? s[l] : m;
+    }
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (long l = 0; l < len; l++) {
+      s[l] = expf(s[l] - m);
+      sum += s[l];
+    }
+    const float inv = 1.f / sum;
+    for (long l = 0; l < len; l++) s[l] *= inv;
+    weighted_rows(s, vbase, sl, len, d, out + (b * heads + h) * d);
+  }
+}
+
+/* q [B, heads, d] contiguous. Returns 0, or -1 when scratch memory could not be allocated. */
 int paged_decode_attention(const float *q, const float *cache, long num_slots, const int64_t *slots,
                            const int64_t *lens, long B, long L, int kvh, int group, int d, float *out,
                            int nthreads) {
-  const long heads = (long)kvh * group;
-  const long work = B * heads;
-  int failed = 0;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && work > 1)
-  {
-    float *s = malloc(sizeof(float) * (size_t)(L > 0 ? L : 1));
-    if (!s) {
-#pragma omp atomic write
-      failed = 1;
-    }
-#pragma omp for schedule(monotonic : dynamic, 1)
-    for (long w = 0; w < work; w++) {
-      if (!s) continue;
-      const long b = w / heads;
-      const long h = w % heads; /* query head h = j * group + g */
-      const int j = (int)(h / group);
-      const long len = lens[b];
-      const int64_t *sl = slots + b * L;
-      const float *kbase = cache + (long)j * num_slots * d;
-      const float *vbase = cache + ((long)kvh + j) * num_slots * d;
-      const float *qh = q + (b * heads + h) * d;
-      float m = -INFINITY;
-      for (long l = 0; l < len; l++) {
-        s[l] = dot(qh, kbase + sl[l] * d, d);
-        m = s[l] > m ? s[l] : m;
-      }
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (long l = 0; l < len; l++) {
-        s[l] = expf(s[l] - m);
-        sum += s[l];
-      }
-      const float inv = 1.f / sum;
-      for (long l = 0; l < len; l++) s[l] *= inv;
-      weighted_rows(s, vbase, sl, len, d, out + (b * heads + h) * d);
-    }
-    free(s);
-  }
-  return failed ? -1 : 0;
+  const long work = B * (long)kvh * group;
+  const int team = nthreads > 1 && work > 1 ? nthreads : 1;
+  float *scores = malloc(sizeof(float) * (size_t)team * (size_t)(L > 0 ? L : 1));
+  if (!scores) return -1;
+#pragma omp parallel num_threads(team) if (team > 1)
+  paged_decode_attention_team(q, (long)kvh * group * d, cache, num_slots, slots, lens, B, L, kvh, group, d, out,
+                              scores);
+  free(scores);
+  return 0;
 }

@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "simd.h"
+#include "team.h"
 
 #define MRI QGEMM_MR
 #define NVI QGEMM_NV
@@ -142,22 +143,24 @@ QMICRO(3)
 QMICRO(4)
 static const block_fn qmicros[5] = {0, qmicro_1, qmicro_2, qmicro_3, qmicro_4};
 
-/* The loop nest both formats share: quantize X, then panels in parallel > MR-row blocks, bias in the epilogue.
- * `wk` int32 lanes of weights, t1 and t2 KB * NR entries each per panel. */
-static int run_panels(const block_fn *micros, const float *x, long M, long K, long ldx, const int32_t *wp, long wk,
-                      const float *t1, const char *t2, long t2_size, long N, const float *bias, float *y, long ldy,
-                      int nthreads, uint8_t flip, int want_sums) {
+/* Scratch for the quantized activations of M rows of K: xq (M * KB * QB bytes), then xs and xsa (M * KB floats
+ * each), 64-byte aligned. */
+static long xq_bytes(long M, long K) { return (M * ((K + QB - 1) / QB) * QB + 63) / 64 * 64; }
+long quant_gemm_scratch(long M, long K) { return xq_bytes(M, K) + 2 * M * ((K + QB - 1) / QB) * (long)sizeof(float) + 64; }
+
+/* The loop nest both formats share, as team work (team.h): quantize X once (`omp single`), then the panels go
+ * to the team's threads two at a time > MR-row blocks, bias in the epilogue. `wk` int32 lanes of weights, t1
+ * and t2 KB * NR entries each per panel. */
+static void panels_team(const block_fn *micros, const float *x, long M, long K, long ldx, const int32_t *wp, long wk,
+                        const float *t1, const char *t2, long t2_size, long N, const float *bias, float *y, long ldy,
+                        void *scratch, uint8_t flip, int want_sums) {
   const long KB = (K + QB - 1) / QB, panels = (N + NRI - 1) / NRI;
-  uint8_t *xq = malloc((size_t)(M * KB * QB + 64));
-  float *xs = malloc((size_t)(2 * M * KB + 16) * sizeof(float));
-  if (!xq || !xs) {
-    free(xq);
-    free(xs);
-    return -1;
-  }
+  uint8_t *xq = scratch;
+  float *xs = (float *)((char *)scratch + xq_bytes(M, K));
   float *xsa = xs + M * KB;
+#pragma omp single
   quantize_rows(x, M, K, ldx, KB, xq, xs, flip, want_sums ? xsa : 0);
-#pragma omp parallel for schedule(monotonic : dynamic, 2) num_threads(nthreads) if (nthreads > 1 && panels > 1)
+#pragma omp for schedule(monotonic : dynamic, 2)
   for (long p = 0; p < panels; p++) {
     float out[MRI * NRI];
     const int32_t *panel = wp + p * wk;
@@ -174,20 +177,29 @@ static int run_panels(const block_fn *micros, const float *x, long M, long K, lo
       }
     }
   }
-  free(xq);
-  free(xs);
-  return 0;
 }
+
+#define PANEL_THREADS(N, nthreads) ((nthreads) > 1 && ((N) + NRI - 1) / NRI > 1)
 
 /* x: [M, K] rows ldx floats apart; wp: per panel (ceil(N / NR) of them) KB * QB / 4 * NR int32 lanes;
  * wscale: per panel KB * NR floats; wsum: per panel KB * NR int32 (KB = ceil(K / QB)); bias: NULL or
  * ceil(N / NR) * NR floats; y: [M, N] rows ldy floats apart. Returns 0, or -1 when the scratch buffer for
  * the quantized rows cannot be allocated. */
+void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wscale,
+                        const int32_t *wsum, long N, const float *bias, float *y, long ldy, void *scratch) {
+  const long KB = (K + QB - 1) / QB;
+  panels_team(qmicros, x, M, K, ldx, wp, KB * (QB / 4) * NRI, wscale, (const char *)wsum, sizeof(int32_t), N, bias,
+              y, ldy, scratch, QUANT_XOFFSET ? 0x80u : 0u, 0);
+}
+
 int quant_gemm_w8(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wscale,
                   const int32_t *wsum, long N, const float *bias, float *y, long ldy, int nthreads) {
-  const long KB = (K + QB - 1) / QB;
-  return run_panels(qmicros, x, M, K, ldx, wp, KB * (QB / 4) * NRI, wscale, (const char *)wsum, sizeof(int32_t),
-                    N, bias, y, ldy, nthreads, QUANT_XOFFSET ? 0x80u : 0u, 0);
+  void *scratch = malloc((size_t)quant_gemm_scratch(M, K));
+  if (!scratch) return -1;
+#pragma omp parallel num_threads(nthreads) if (PANEL_THREADS(N, nthreads))
+  quant_gemm_w8_team(x, M, K, ldx, wp, wscale, wsum, N, bias, y, ldy, scratch);
+  free(scratch);
+  return 0;
 }
 
 /* ---- wint4: 4-bit weights, GGUF Q4_1's math ------------------------------------------------------------
@@ -252,12 +264,22 @@ Q4MICRO(3)
 Q4MICRO(4)
 static const block_fn q4micros[5] = {0, q4micro_1, q4micro_2, q4micro_3, q4micro_4};
 
+void quant_gemm_w4_team(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd, const float *wm,
+                        long N, const float *bias, float *y, long ldy, void *scratch) {
+  const long KB = (K + QB - 1) / QB;
+  panels_team(q4micros, x, M, K, ldx, wp, KB * (QB / 8) * NRI, wd, (const char *)wm, sizeof(float), N, bias, y, ldy,
+              scratch, 0u, 1);
+}
+
 /* As quant_gemm_w8, with wp: per panel KB * QB / 8 * NR uint32 lanes; wd, wm: per panel KB * NR floats. */
 int quant_gemm_w4(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd, const float *wm,
                   long N, const float *bias, float *y, long ldy, int nthreads) {
-  const long KB = (K + QB - 1) / QB;
-  return run_panels(q4micros, x, M, K, ldx, wp, KB * (QB / 8) * NRI, wd, (const char *)wm, sizeof(float), N,
-                    bias, y, ldy, nthreads, 0u, 1);
+  void *scratch = malloc((size_t)quant_gemm_scratch(M, K));
+  if (!scratch) return -1;
+#pragma omp parallel num_threads(nthreads) if (PANEL_THREADS(N, nthreads))
+  quant_gemm_w4_team(x, M, K, ldx, wp, wd, wm, N, bias, y, ldy, scratch);
+  free(scratch);
+  return 0;
 }
 
 int quant_gemm_w8_panel_width(void) { return NRI; }

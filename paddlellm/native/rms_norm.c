@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "simd.h"
+#include "team.h"
 
 static void norm_row(const float *x, const float *res, const float *w, float eps, float *out, float *summed,
                      long n) {
@@ -43,10 +44,17 @@ static void norm_row(const float *x, const float *res, const float *w, float eps
   for (long i = nv; i < n; i++) out[i] = (src[i] * inv) * w[i];
 }
 
-/* x, residual (or NULL), out, summed: [rows, n] contiguous; w: [n]. Threads only for prefill-sized inputs. */
-void rms_norm(const float *x, const float *residual, const float *w, float eps, float *out, float *summed,
-              long rows, long n, int nthreads) {
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && rows * n >= (1L << 16))
+/* x, residual (or NULL), out, summed: [rows, n] contiguous; w: [n]. summed may be residual (in place). */
+void rms_norm_team(const float *x, const float *residual, const float *w, float eps, float *out, float *summed,
+                   long rows, long n) {
+#pragma omp for schedule(static)
   for (long r = 0; r < rows; r++)
     norm_row(x + r * n, residual ? residual + r * n : 0, w, eps, out + r * n, residual ? summed + r * n : 0, n);
+}
+
+/* Threads only for prefill-sized inputs. */
+void rms_norm(const float *x, const float *residual, const float *w, float eps, float *out, float *summed,
+              long rows, long n, int nthreads) {
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && rows * n >= (1L << 16))
+  rms_norm_team(x, residual, w, eps, out, summed, rows, n);
 }

@@ -64,7 +64,9 @@ class ModelRunner:
         with paddle.no_grad():
             self.kernels = select_kernels(config, cpu)
             shard = Shard(rank, world)
-            self.model = DecoderModel(info, WeightReader(info.path), shard, all_reduce, self.kernels)
+            self.model = DecoderModel(
+                info, WeightReader(info.path), shard, all_reduce, self.kernels, not config.enforce_eager
+            )
         layer = self.model.layers[0]
         self.kv_heads, self.group, self.head_dim = layer.kv_heads, layer.group, layer.head_dim
         self.block_size = config.block_size
@@ -153,7 +155,10 @@ class ModelRunner:
             self.group,
             self.kernels.decode_attention,
         )
-        cos, sin = self.rotary.expand(positions, self.model.qk_heads, self.model.v_heads)
+        if self.model.native_rope:
+            cos, sin = self.rotary.rows(positions)
+        else:
+            cos, sin = self.rotary.expand(positions, self.model.qk_heads, self.model.v_heads)
         return self.model.forward(
             paddle.to_tensor(ids), paddle.to_tensor(cos), paddle.to_tensor(sin), meta, self.cache.layers
         )

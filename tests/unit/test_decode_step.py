@@ -1,0 +1,119 @@
+"""The fused decode pass (decode_layers) against the layer-by-layer native path: the same bits.
+
+Two runners on one checkpoint, one with `enforce_eager`: the same prompts prefilled (both through the layer
+path, so the caches start equal), then decode steps at batch 1 and 3 with contexts of different lengths; the
+final hidden states must be equal bit for bit at every step, for fp32, bf16, wint8 and wint4 weights, on every
+kernel ISA the host runs. Also: the fused pass is really taken (and not where it must not be), and the native
+rotary + cache write equals Paddle's rotation and scatter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+
+from paddlellm.config import EngineConfig
+from paddlellm.layers.attention import SeqSpan
+from paddlellm.model_info import ModelInfo
+from paddlellm.worker.model_runner import ModelRunner
+from tests.kernel_choices import model_kernels
+
+pytest.importorskip("transformers")
+
+NATIVE = [k for k in model_kernels() if k != "paddle"]
+pytestmark = pytest.mark.skipif(not NATIVE, reason="no native kernel ISA on this CPU")
+
+WEIGHTS = [("float32", "none"), ("bfloat16", "none"), ("float32", "wint8"), ("float32", "wint4")]
+
+
+def _runner(path: str, kernels: str, dtype: str, quant: str, eager: bool) -> ModelRunner:
+    cfg = EngineConfig(
+        model=path, block_size=8, max_model_len=256, num_threads=2, cpu_kernels=kernels, dtype=dtype,
+        quantization=quant, enforce_eager=eager,
+    )
+    return ModelRunner(cfg, ModelInfo.from_dir(path), num_blocks=64)
+
+
+def _decode_trace(runner: ModelRunner, prompts: list[list[int]], steps: int) -> list[np.ndarray]:
+    """Prefill every prompt in one step, then `steps` decode steps of all of them (greedy ids fed back):
+    the final hidden states of each decode step."""
+    tables = [list(range(i * 16, (i + 1) * 16)) for i in range(len(prompts))]
+    spans = [SeqSpan(0, len(p), t) for p, t in zip(prompts, tables, strict=True)]
+    ids = np.concatenate([np.asarray(p, np.int64) for p in prompts])
+    positions = np.concatenate([np.arange(len(p)) for p in prompts])
+    with paddle.no_grad():
+        hidden = runner._forward(ids, positions, spans, num_decode=0)
+        last = np.cumsum([len(p) for p in prompts]) - 1
+        nxt = runner.model.logits(hidden).numpy()[last].argmax(axis=1)
+        lengths = [len(p) for p in prompts]
+        out = []
+        for _ in range(steps):
+            spans = [SeqSpan(n, 1, t) for n, t in zip(lengths, tables, strict=True)]
+            ids = nxt.astype(np.int64)
+            hidden = runner._forward(ids, np.asarray(lengths), spans, num_decode=len(prompts))
+            out.append(hidden.numpy())
+            nxt = runner.model.logits(hidden).numpy().argmax(axis=1)
+            lengths = [n + 1 for n in lengths]
+    return out
+
+
+@pytest.mark.parametrize("kernels", NATIVE)
+@pytest.mark.parametrize(("dtype", "quant"), WEIGHTS)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: q/k/v biases in the fused qkv GEMM
+def test_fused_decode_equals_layer_path(
+    tiny_checkpoint, arch: str, kernels: str, dtype: str, quant: str
+) -> None:
+    path = tiny_checkpoint(arch=arch, tokenizer="llama2")
+    fused = _runner(path, kernels, dtype, quant, eager=False)
+    eager = _runner(path, kernels, dtype, quant, eager=True)
+    assert fused.model.fused is not None and eager.model.fused is None
+    rng = np.random.RandomState(3)
+    vocab = fused.info.vocab_size
+    for lengths in ([11], [5, 17, 30]):
+        prompts = [rng.randint(3, vocab, n).tolist() for n in lengths]
+        a, b = _decode_trace(fused, prompts, 6), _decode_trace(eager, prompts, 6)
+        for step, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert np.array_equal(x, y), f"{arch} {kernels} {dtype}/{quant} batch {len(lengths)} step {step}"
+
+
+def test_fused_decode_is_not_built_where_layers_need_python(tiny_checkpoint) -> None:
+    """Qwen3's per-head q/k norm runs in Paddle between the kernels: those layers run one by one."""
+    path = tiny_checkpoint(arch="qwen3", tokenizer="llama2")
+    assert _runner(path, NATIVE[0], "float32", "none", eager=False).model.fused is None
+
+
+def test_paddle_kernels_have_no_fused_pass(tiny_checkpoint) -> None:
+    path = tiny_checkpoint(arch="llama", tokenizer="llama2")
+    runner = _runner(path, "paddle", "float32", "none", eager=False)
+    assert runner.model.fused is None and not runner.model.native_rope
+
+
+@pytest.mark.parametrize("kernels", NATIVE)
+def test_native_rope_write_equals_paddle_rotation_and_scatter(kernels: str) -> None:
+    from paddlellm.cpu import read_cpu
+    from paddlellm.layers.decode_step import NativeOps
+    from paddlellm.layers.rotary import RotaryTables
+    from paddlellm.native.build import load
+
+    heads, kvh, d, slots = 6, 2, 64, 40
+    rng = np.random.RandomState(0)
+    qkv = rng.standard_normal((5, heads + 2 * kvh, d)).astype(np.float32)
+    positions = np.array([0, 3, 7, 8, 31])
+    new_slots = np.array([4, 9, 17, 2, 39], np.int64)
+    tables = RotaryTables(d, 10000.0, None, 64)
+    cos, sin = tables.expand(positions, heads + kvh, kvh)
+    want = qkv * cos + np.roll(qkv, d // 2, axis=2) * sin
+    want_cache = np.zeros((2 * kvh * slots, d), np.float32)
+    for t, s in enumerate(new_slots):
+        for j in range(2 * kvh):
+            want_cache[j * slots + s] = want[t, heads + j]
+
+    ops = NativeOps(load(kernels, read_cpu()), 2)
+    got = paddle.to_tensor(qkv.reshape(5, -1))
+    cache = paddle.zeros([2 * kvh * slots, d])
+    c, s = tables.rows(positions)
+    c, s, slot_t = paddle.to_tensor(c), paddle.to_tensor(s), paddle.to_tensor(new_slots)
+    ops.rope_write(got, cache, heads, kvh, c, s, slot_t)
+    assert np.array_equal(got.numpy().reshape(qkv.shape), want)
+    assert np.array_equal(cache.numpy(), want_cache)
