@@ -8,7 +8,6 @@ wrote.
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -17,12 +16,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway.auth import ApiKeyMiddleware
 from gateway.backend_protocol import GenerationBackend
 from gateway.gateway_metrics import GatewayMetrics, install_metrics
+from gateway.limits import StreamSlots
 from gateway.openai_errors import ApiError, install_handlers, model_not_found
+from gateway.openapi_doc import install_openapi
 from gateway.serving import GatewayContext, generate
 from gateway.settings import GatewaySettings
 from gateway.triton_stream import TritonEnsemble
+
+GRPC_GRACE_S = 5.0
 
 
 def create_app(
@@ -50,12 +54,16 @@ def create_app(
             triton = InferenceServerClient(settings.triton_url)
         else:
             triton = client
-        ensemble = TritonEnsemble(
-            triton, settings.ensemble_model, settings.engine_model, settings.request_timeout_s
+        # gRPC's deadline only backs up the gateway's own (limits.DeadlineStream), which aborts the engine.
+        grpc_timeout = (
+            None if settings.request_timeout_s is None else settings.request_timeout_s + GRPC_GRACE_S
         )
+        ensemble = TritonEnsemble(triton, settings.ensemble_model, settings.engine_model, grpc_timeout)
         try:
             async with (backend_factory or _local)(ensemble) as backend:
-                holder["ctx"] = GatewayContext(settings, backend)
+                holder["ctx"] = GatewayContext(
+                    settings, backend, StreamSlots(settings.max_concurrent_streams)
+                )
                 try:
                     yield
                 finally:
@@ -70,28 +78,19 @@ def create_app(
         title="paddlellm OpenAI-compatible gateway", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     install_handlers(app)
+    install_openapi(app, settings)
+    if settings.api_key is not None:  # inside the metrics middleware, so 401s are counted too
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key, exempt_paths=settings.api_key_exempt_paths)
     install_metrics(app, settings, metrics)  # HTTP metrics; /metrics here unless settings.metrics_port is set
-
-    def authorize(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), settings.api_key.encode()
-        ):
-            raise ApiError(
-                401, "invalid or missing API key (send 'Authorization: Bearer <key>')", code="invalid_api_key"
-            )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        authorize(request)
+        """A chat completion (OpenAI's API); streamed as server-sent events with `stream: true`."""
         return await generate(request, ctx(), "chat")
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        authorize(request)
+        """A text completion of one prompt (OpenAI's legacy API); streamed with `stream: true`."""
         return await generate(request, ctx(), "completion")
 
     def model_card() -> dict[str, Any]:
@@ -105,13 +104,13 @@ def create_app(
         }
 
     @app.get("/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
-        authorize(request)
+    async def list_models() -> dict[str, Any]:
+        """The one served model."""
         return {"object": "list", "data": [model_card()]}
 
     @app.get("/v1/models/{name:path}")
-    async def get_model(name: str, request: Request) -> dict[str, Any]:
-        authorize(request)
+    async def get_model(name: str) -> dict[str, Any]:
+        """The served model, by its name or "default"."""
         if name not in (settings.served_model_name, "default"):
             raise model_not_found(name)
         return model_card()

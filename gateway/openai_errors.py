@@ -36,9 +36,11 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}  # e.g. Retry-After on a 429
 
     def body(self) -> ErrorResponse:
         return ErrorResponse(
@@ -46,7 +48,7 @@ class ApiError(Exception):
         )
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers | (headers or {}))
 
     def sse(self) -> str:
         return f"data: {json.dumps(self.body(), ensure_ascii=False)}\n\ndata: [DONE]\n\n"
@@ -117,7 +119,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+        request_id = getattr(request.state, "request_id", None)
+        return exc.response(headers={"X-Request-Id": request_id} if request_id else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -10,13 +10,23 @@ let tests validate what the server sent (`pydantic.TypeAdapter(ChatCompletionChu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import (
+    Annotated,
     Any,
     Literal,
     NotRequired,  # pydantic needs these on Python < 3.12
 )
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator, with_config
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+    with_config,
+)
 from typing_extensions import TypedDict
 
 from paddlellm.sampling import MAX_STREAM_INTERVAL
@@ -28,12 +38,57 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
+# The JSON schema (and so /openapi.json) must say what the validators below enforce, or generated clients and
+# schema fuzzers disagree with the server: each validator that adds a rule adds it to the schema next to it.
+def _in_branch(json_type: str, **rules: Any) -> Callable[[dict[str, Any]], None]:
+    """json_schema_extra for an optional/union field: add `rules` to its `json_type` alternative."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", [schema]):
+            if branch.get("type") == json_type:
+                branch.update(rules)
+
+    return extra
+
+
+def _integral(value: Any) -> Any:
+    # JSON does not tell 3 from 3.0 (JSON Schema's "integer" admits both): an integral float is that int.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# After the bounds in `Annotated[int, Field(...), INTEGRAL]`, so the bounds still reach the JSON schema.
+INTEGRAL = BeforeValidator(_integral)  # strict otherwise: "3" and true stay errors
+
+# metadata values arrive as strings or integers (see gateway.translate._metadata_int).
+_COUNT = "^[0-9]+$"
+ONE_TO_MAX_INTERVAL = "^0*([1-9][0-9]{0,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-6])$"  # 1..4096 (tested)
+_METADATA = {  # null: not given
+    "min_tokens": {
+        "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _COUNT}, {"type": "null"}]
+    },
+    "max_streaming_response_tokens": {
+        "anyOf": [
+            {"type": "integer", "minimum": 1, "maximum": MAX_STREAM_INTERVAL},
+            {"type": "string", "pattern": ONE_TO_MAX_INTERVAL},
+            {"type": "null"},
+        ]
+    },
+}
+
+
 class StreamOptions(_Strict):
     include_usage: bool = False
     continuous_usage_stats: bool | None = None  # vLLM's extension, ignored
 
 
 class TextPart(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+            "required": ["type", "text"],
+        }
+    )
+
     type: str
     text: str | None = None
 
@@ -47,6 +102,21 @@ class TextPart(_Strict):
 
 
 class ChatMessage(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [  # _content_present
+                {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
+                {
+                    "required": ["role", "tool_calls"],
+                    "properties": {
+                        "role": {"const": "assistant"},
+                        "tool_calls": {"type": "array", "minItems": 1},
+                    },
+                },
+            ]
+        }
+    )
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -73,24 +143,29 @@ class ChatMessage(_Strict):
 class _SamplingFields(_Strict):
     """Fields shared by both endpoints."""
 
-    model: str = "default"
-    max_tokens: int | None = Field(None, ge=1)
+    model: str = "default"  # the served name or "default": the API document lists both
+    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1), INTEGRAL] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=1)  # more than one choice is not supported
-    metadata: dict[str, Any] | None = None  # min_tokens and friends (FastDeploy's convention)
+    stop: str | list[str] | None = Field(
+        None,
+        json_schema_extra=_in_branch("array", maxItems=_MAX_STOP, items={"type": "string", "minLength": 1}),
+    )
+    n: Annotated[int, Field(ge=1, le=1), INTEGRAL] = 1  # more than one choice is not supported
+    metadata: dict[str, Any] | None = Field(  # min_tokens and friends (FastDeploy's convention)
+        None, json_schema_extra=_in_branch("object", properties=_METADATA)
+    )
     # Extensions vLLM and FastDeploy accept at the top level.
-    min_tokens: int | None = Field(None, ge=0)
+    min_tokens: Annotated[int, Field(ge=0), INTEGRAL] | None = None
     ignore_eos: bool | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[Annotated[int, Field(ge=0), INTEGRAL]] | None = None  # SamplingParams' rule
     # FastDeploy's: at most this many tokens per streamed chunk (also accepted in `metadata`).
-    max_streaming_response_tokens: int | None = Field(None, ge=1, le=MAX_STREAM_INTERVAL)
+    max_streaming_response_tokens: Annotated[int, Field(ge=1, le=MAX_STREAM_INTERVAL), INTEGRAL] | None = None
     # Known OpenAI fields that are accepted and ignored.
     user: str | None = None
     logprobs: Any = None
@@ -125,14 +200,21 @@ class _SamplingFields(_Strict):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
 
     def max_tokens_value(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(  # _one_prompt; an empty one is refused in gateway.translate
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 1},
+            ]
+        }
+    )
     echo: Any = None
     best_of: Any = None
     suffix: Any = None
@@ -253,3 +335,24 @@ class ErrorBody(TypedDict):
 @with_config(_STRICT)
 class ErrorResponse(TypedDict):
     error: ErrorBody
+
+
+@with_config(_STRICT)
+class ModelCard(TypedDict):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str
+    max_model_len: int
+
+
+@with_config(_STRICT)
+class ModelList(TypedDict):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+@with_config(_STRICT)
+class HealthStatus(TypedDict):
+    status: Literal["ok"]

@@ -1,9 +1,10 @@
 """One generation request, from HTTP body to SSE stream or JSON response.
 
-Flow: validate (pydantic, then SamplingParams) -> open the Triton stream -> wait for its first response ->
-only then commit to HTTP 200. Errors before that point are ordinary 4xx/5xx responses; after it they are one
-SSE error chunk and `[DONE]`. A stop-string match or a client disconnect cancels the Triton stream, which
-the engine notices through `is_cancelled()` and frees the request's KV blocks.
+Flow: take a concurrency slot (429 past the limit) -> read the body within its size limit (413) -> validate
+(pydantic, then SamplingParams) -> open the Triton stream (under the request's deadline, if one is set) ->
+wait for its first response -> only then commit to HTTP 200. Errors before that point are ordinary 4xx/5xx
+responses; after it they are one SSE error chunk and `[DONE]`. A stop-string match, a client disconnect or
+the deadline cancels the Triton stream, and the engine is told to abort the request and free its KV blocks.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.backend_protocol import GenerationBackend, ResponseStream
+from gateway.limits import DeadlineStream, Slot, StreamSlots, read_body
 from gateway.openai_errors import ApiError, from_engine, from_validation, model_not_found
 from gateway.openai_schema import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from gateway.settings import GatewaySettings
@@ -39,6 +41,7 @@ DONE = "data: [DONE]\n\n"
 class GatewayContext:
     settings: GatewaySettings
     backend: GenerationBackend
+    slots: StreamSlots
 
 
 class ClientGone(Exception):
@@ -50,6 +53,10 @@ class SSEResponse(StreamingResponse):
     and always closes its body iterator, so the generator's cleanup (cancelling Triton) runs right away."""
 
     media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[str], headers: dict[str, str], on_close: Callable[[], None]):
+        super().__init__(content, headers=headers)
+        self.on_close = on_close  # runs however the response ends, even if its body never started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -66,6 +73,7 @@ class SSEResponse(StreamingResponse):
                 await self.listen_for_disconnect(receive)
                 tg.cancel_scope.cancel()
         finally:
+            self.on_close()
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -114,21 +122,40 @@ def _sse(chunk: Chunk) -> str:
 
 async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response:
     arrival = time.monotonic()
-    endpoint = "chat" if kind == "chat" else "completion"
     request_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
     request.state.request_id = request_id
-    settings = ctx.settings
-    body = await request.body()
+    slot = ctx.slots.acquire()  # 429 before any work is spent on the request
     try:
-        req: ChatCompletionRequest | CompletionRequest
+        response = await _generate(request, ctx, kind, arrival, request_id, slot)
+    except BaseException:
+        slot.release()
+        raise
+    if not isinstance(response, SSEResponse):
+        slot.release()  # a stream holds its slot until the response ends (SSEResponse.on_close)
+    return response
+
+
+async def _parse(
+    request: Request, settings: GatewaySettings, kind: str
+) -> ChatCompletionRequest | CompletionRequest:
+    body = await read_body(request, settings.max_request_body_bytes)
+    try:
         if kind == "chat":
-            req = ChatCompletionRequest.model_validate_json(body)
+            req: ChatCompletionRequest | CompletionRequest = ChatCompletionRequest.model_validate_json(body)
         else:
             req = CompletionRequest.model_validate_json(body)
     except ValidationError as e:
         raise from_validation(e) from None
     if req.model not in (settings.served_model_name, "default"):
         raise model_not_found(req.model)
+    return req
+
+
+async def _generate(
+    request: Request, ctx: GatewayContext, kind: str, arrival: float, request_id: str, slot: Slot
+) -> Response:
+    settings = ctx.settings
+    req = await _parse(request, settings, kind)
     try:
         ens_req = (
             chat_request(req, settings)
@@ -142,7 +169,7 @@ async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response
     if settings.reasoning_start and settings.reasoning_end:
         reasoning = (settings.reasoning_start, settings.reasoning_end, settings.reasoning_starts_inside)
     shaper = ChunkShaper(
-        kind=endpoint,
+        kind="chat" if kind == "chat" else "completion",
         request_id=request_id,
         model=settings.served_model_name,
         created=int(time.time()),
@@ -150,15 +177,19 @@ async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response
         include_usage=req.include_usage(),
         reasoning=reasoning,
     )
-    stream = ctx.backend.open(ens_req, request_id)
+    stream: ResponseStream = ctx.backend.open(ens_req, request_id)
+    if settings.request_timeout_s is not None:
+        stream = DeadlineStream(
+            stream, arrival + settings.request_timeout_s, settings.request_timeout_s, request_id
+        )
     headers = {"X-Request-Id": request_id}
     try:
         first = await until_disconnect(request, stream.next())
     except ClientGone:
         stream.cancel()
         return GoneResponse()
-    except EngineError as e:
-        return from_engine(e, request_id).response(headers=headers)
+    except (EngineError, ApiError) as e:
+        return _error(e, request_id).response(headers=headers)
     except BaseException:
         stream.cancel()
         raise
@@ -168,16 +199,21 @@ async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         }  # no proxy buffering
-        return SSEResponse(_sse_body(stream, shaper, first, arrival), headers=sse_headers)
+        body = _sse_body(stream, shaper, first, arrival)
+        return SSEResponse(body, headers=sse_headers, on_close=slot.release)
     try:
         result = await until_disconnect(request, _collect(stream, shaper, first, arrival))
     except ClientGone:
         return GoneResponse()
-    except EngineError as e:
-        return from_engine(e, request_id).response(headers=headers)
+    except (EngineError, ApiError) as e:
+        return _error(e, request_id).response(headers=headers)
     finally:
         stream.cancel()  # no-op when the stream ended normally
     return JSONResponse(result, headers=headers)
+
+
+def _error(e: EngineError | ApiError, request_id: str) -> ApiError:
+    return e if isinstance(e, ApiError) else from_engine(e, request_id)
 
 
 async def _responses(
@@ -216,8 +252,8 @@ async def _sse_body(
             async for chunk in _responses(stream, shaper, first, arrival):
                 yield _sse(chunk)
             yield DONE
-        except EngineError as e:
-            yield from_engine(e, shaper.request_id).sse()
+        except (EngineError, ApiError) as e:
+            yield _error(e, shaper.request_id).sse()
         except Exception:
             log.exception("request %s: error while streaming", shaper.request_id)
             yield ApiError(

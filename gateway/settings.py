@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,23 @@ class GatewaySettings:
     """The model name /v1/models reports; requests may also say "default"."""
     max_model_len: int = 2048
     """Longest prompt + output; max_tokens above it is rejected before Triton is asked."""
-    api_key: str | None = None
-    """When set, /v1/* require `Authorization: Bearer <api_key>`."""
+    api_key: str | None = field(default=None, repr=False)  # never in a repr, so never in a log line
+    """When set, every route but `api_key_exempt_paths` requires `Authorization: Bearer <api_key>`."""
+    api_key_exempt_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
+    """Exact paths that need no API key: health checks and scrapers usually cannot send one."""
     ensemble_model: str = "ensemble"
     engine_model: str = "llm_engine"
     """Triton model names: the ensemble serves requests, the engine is what /health probes."""
-    request_timeout_s: float = 3600.0
-    """A whole request's stream (queueing included) may not take longer than this."""
+    request_timeout_s: float | None = None
+    """Deadline of one generation request from its arrival (queueing included); on expiry the engine is told
+    to abort it and the client gets a 504. None: no deadline (max_tokens and max_model_len bound it)."""
+    max_request_body_bytes: int = 16 * 2**20
+    """Larger request bodies get a 413 before they are parsed (parsing costs several times the body)."""
+    max_messages: int = 2048
+    """Chat requests with more messages get a 400 before the chat template is rendered (OpenAI's limit)."""
+    max_concurrent_streams: int = 0
+    """Generation requests this process serves at once; more get a 429 with Retry-After. 0: no limit (the
+    engine queues them, bounded by --scheduler-max-size)."""
     health_timeout_s: float = 10.0
     health_probe: bool = True
     """/health also runs a one-token request through the engine, so a dead engine loop shows."""
@@ -64,9 +74,22 @@ class GatewaySettings:
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
             raise ConfigError(f"gateway 'max_model_len' must be >= 2 (got {self.max_model_len})")
-        for name in ("request_timeout_s", "health_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"gateway '{name}' must be > 0 (got {getattr(self, name)})")
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise ConfigError(f"gateway 'request_timeout_s' must be > 0 (got {self.request_timeout_s})")
+        if not self.health_timeout_s > 0:
+            raise ConfigError(f"gateway 'health_timeout_s' must be > 0 (got {self.health_timeout_s})")
+        for name in ("max_request_body_bytes", "max_messages"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"gateway '{name}' must be >= 1 (got {getattr(self, name)})")
+        if self.max_concurrent_streams < 0:
+            raise ConfigError(
+                f"gateway 'max_concurrent_streams' must be >= 0 (got {self.max_concurrent_streams})"
+            )
+        # JSON has no tuples: a settings file brings a list.
+        object.__setattr__(self, "api_key_exempt_paths", tuple(self.api_key_exempt_paths))
+        for path in self.api_key_exempt_paths:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ConfigError(f"gateway 'api_key_exempt_paths': {path!r} is not a path starting with '/'")
         if self.health_cache_s < 0:
             raise ConfigError(f"gateway 'health_cache_s' must be >= 0 (got {self.health_cache_s})")
         if (self.reasoning_start is None) != (self.reasoning_end is None):

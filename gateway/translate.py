@@ -8,6 +8,7 @@ chunks into the non-streamed response, so streamed and non-streamed answers cann
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,18 +66,18 @@ def sampling_params(
     req: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings
 ) -> SamplingParams:
     """OpenAI sampling fields -> SamplingParams; raises InvalidRequest naming the field."""
+    # Both fields are checked, also the one max_completion_tokens overrides: the API document says so.
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(req, name, None)
+        if value is not None and value >= settings.max_model_len:
+            raise InvalidRequest(
+                f"'{name}' is {value}, but this model's maximum context length is {settings.max_model_len} "
+                "tokens (prompt and output together)",
+                param=name,
+            )
     max_tokens = req.max_tokens_value()
-    name = (
-        "max_completion_tokens" if getattr(req, "max_completion_tokens", None) is not None else "max_tokens"
-    )
     if max_tokens is None and isinstance(req, CompletionRequest):
         max_tokens = DEFAULT_MAX_TOKENS  # legacy completions default; chat runs to the end of the context
-    if max_tokens is not None and max_tokens >= settings.max_model_len:
-        raise InvalidRequest(
-            f"'{name}' is {max_tokens}, but this model's maximum context length is {settings.max_model_len} "
-            "tokens (prompt and output together)",
-            param=name,
-        )
     values: dict[str, Any] = {
         "max_tokens": max_tokens,
         "temperature": req.temperature if req.temperature is not None else settings.default_temperature,
@@ -95,9 +96,8 @@ def sampling_params(
 
 
 def _min_tokens(req: ChatCompletionRequest | CompletionRequest) -> int | None:
-    if req.min_tokens is not None:
-        return req.min_tokens
-    return _metadata_int(req, "min_tokens")
+    in_metadata = _metadata_int(req, "min_tokens")  # checked even when the top-level field wins
+    return req.min_tokens if req.min_tokens is not None else in_metadata
 
 
 def _stream_interval(req: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings) -> int:
@@ -105,15 +105,16 @@ def _stream_interval(req: ChatCompletionRequest | CompletionRequest, settings: G
     top level or in metadata), else --stream-interval. A non-streamed answer is only read whole, so it takes
     at least NON_STREAMING_INTERVAL: its stop strings are then seen up to that many tokens late, and the
     tokens past the match are computed and dropped."""
+    in_metadata = _metadata_int(req, "max_streaming_response_tokens")  # checked even when unused
+    if in_metadata is not None and not 1 <= in_metadata <= MAX_STREAM_INTERVAL:
+        raise InvalidRequest(
+            f"'metadata.max_streaming_response_tokens' must be between 1 and {MAX_STREAM_INTERVAL}, "
+            f"got {in_metadata}",
+            param="metadata.max_streaming_response_tokens",
+        )
     n = req.max_streaming_response_tokens  # range-checked by the schema
     if n is None:
-        n = _metadata_int(req, "max_streaming_response_tokens")
-        if n is not None and not 1 <= n <= MAX_STREAM_INTERVAL:
-            raise InvalidRequest(
-                f"'metadata.max_streaming_response_tokens' must be between 1 and {MAX_STREAM_INTERVAL}, "
-                f"got {n}",
-                param="metadata.max_streaming_response_tokens",
-            )
+        n = in_metadata
     if n is None:
         n = settings.stream_interval
     return n if req.stream else max(n, NON_STREAMING_INTERVAL)
@@ -123,8 +124,10 @@ def _metadata_int(req: ChatCompletionRequest | CompletionRequest, name: str) -> 
     raw = (req.metadata or {}).get(name)
     if raw is None:
         return None
-    # OpenAI types metadata values as strings; accept "3" and 3.
-    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).strip().isdigit():
+    # OpenAI types metadata values as strings; accept "3", 3 and 3.0 (ASCII digits only, as int() wants).
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not re.fullmatch("[0-9]+", str(raw)):
         raise InvalidRequest(
             f"'metadata.{name}' must be a non-negative integer, got {raw!r}", param=f"metadata.{name}"
         )
@@ -132,6 +135,13 @@ def _metadata_int(req: ChatCompletionRequest | CompletionRequest, name: str) -> 
 
 
 def chat_request(req: ChatCompletionRequest, settings: GatewaySettings) -> EnsembleRequest:
+    if len(req.messages) > settings.max_messages:
+        # Checked here, before Triton's tokenizer renders the template over all of them.
+        raise InvalidRequest(
+            f"'messages' has {len(req.messages)} messages; this server accepts at most "
+            f"{settings.max_messages}",
+            param="messages",
+        )
     messages = []
     for m in req.messages:
         msg: dict[str, Any] = {"role": m.role, "content": m.text()}
@@ -273,7 +283,10 @@ class ChunkShaper:
             )
         else:
             chunk = Completion(
-                id=self.request_id, object="text_completion", created=self.created, model=self.model,
+                id=self.request_id,
+                object="text_completion",
+                created=self.created,
+                model=self.model,
                 choices=choices,
             )
         if self.include_usage:
@@ -301,8 +314,12 @@ def assemble(shaper: ChunkShaper, chunks: list[Chunk]) -> ChatCompletion | Compl
             index=0, text=text, finish_reason=reason, token_ids=ids, arrival_time=arrival, logprobs=None
         )
         return Completion(
-            id=shaper.request_id, object="text_completion", created=shaper.created, model=shaper.model,
-            choices=[choice], usage=shaper.usage(),
+            id=shaper.request_id,
+            object="text_completion",
+            created=shaper.created,
+            model=shaper.model,
+            choices=[choice],
+            usage=shaper.usage(),
         )
     content = "".join(c["delta"].get("content") or "" for c in choices)
     reasoning = "".join(c["delta"].get("reasoning_content") or "" for c in choices)
@@ -311,6 +328,10 @@ def assemble(shaper: ChunkShaper, chunks: list[Chunk]) -> ChatCompletion | Compl
         index=0, message=message, finish_reason=reason, token_ids=ids, arrival_time=arrival, logprobs=None
     )
     return ChatCompletion(
-        id=shaper.request_id, object="chat.completion", created=shaper.created, model=shaper.model,
-        choices=[chat_choice], usage=shaper.usage(),
+        id=shaper.request_id,
+        object="chat.completion",
+        created=shaper.created,
+        model=shaper.model,
+        choices=[chat_choice],
+        usage=shaper.usage(),
     )

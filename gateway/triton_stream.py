@@ -152,7 +152,7 @@ class TritonStream:
 class TritonEnsemble:
     """The gateway's view of Triton: open request streams, check readiness."""
 
-    def __init__(self, client: Any, ensemble_model: str, engine_model: str, timeout_s: float) -> None:
+    def __init__(self, client: Any, ensemble_model: str, engine_model: str, timeout_s: float | None) -> None:
         self.client = client
         self.ensemble_model = ensemble_model
         self.engine_model = engine_model

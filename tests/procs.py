@@ -6,6 +6,9 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import uvicorn
 
 from paddlellm.ports import free_port  # noqa: F401 - the tests' port helper
 
@@ -48,3 +51,27 @@ def follow_until_ready(
         if proc.poll() is not None or time.monotonic() > deadline:
             return ready.is_set()
     return True
+
+
+class UvicornThread:
+    """`with UvicornThread(app) as srv:` serves `app` (lifespan included) on a free loopback port, `srv.port`,
+    from a thread of this process, and stops it on exit."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> UvicornThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        assert not self.thread.is_alive()

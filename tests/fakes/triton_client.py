@@ -147,6 +147,7 @@ class FakeTritonClient:
             params = SamplingParams.from_json(record.inputs[protocol.SAMPLING])
             messages = json.loads(messages_json) if messages_json else []
             n_prompt = _count_tokens(prompt, messages)
+            params = params.with_room(self.max_model_len - n_prompt)  # like the engine: None = the rest
             if n_prompt + params.max_tokens > self.max_model_len:
                 raise InvalidRequest(
                     f"prompt has {n_prompt} tokens; with max_tokens={params.max_tokens} that exceeds "

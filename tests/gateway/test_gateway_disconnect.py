@@ -11,12 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.fakes.triton_client import FakeTritonClient
-from tests.procs import free_port
+from tests.procs import UvicornThread
 
 LONG_REPLY = tuple((1000 + i, f" w{i}") for i in range(200))
 BODY = {"model": "default", "messages": [{"role": "user", "content": "talk"}], "max_tokens": 200}
@@ -96,30 +95,9 @@ def test_non_streamed_disconnect_cancels_triton() -> None:
     assert fake.aborted == [stream.request_id]
 
 
-class _Server:
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-
-
 def test_real_uvicorn_disconnects_mid_stream_and_others_finish() -> None:
     fake = _fake(delay=0.01)
-    with _Server(create_app(GatewaySettings(), client=fake)) as srv:
+    with UvicornThread(create_app(GatewaySettings(), client=fake)) as srv:
         url = f"http://127.0.0.1:{srv.port}/v1/chat/completions"
         results: dict[int, str] = {}
 
