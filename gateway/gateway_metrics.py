@@ -25,11 +25,13 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.auth import ApiKeyMiddleware
 from gateway.settings import GatewaySettings
 from paddlellm.protocol.metric_names import GATEWAY_METRICS, PREFIX, MetricSpec
 
@@ -192,7 +194,13 @@ def create_metrics_app(settings: GatewaySettings, metrics: GatewayMetrics | None
     async def serve_metrics(request: Request) -> Response:
         return await metrics_response(settings, metrics)
 
-    return Starlette(routes=[Route("/metrics", serve_metrics, methods=["GET"])])
+    # The same key as the main port's, unless /metrics is exempt (the default).
+    auth = (
+        []
+        if settings.api_key is None
+        else [Middleware(ApiKeyMiddleware, key=settings.api_key, exempt_paths=settings.api_key_exempt_paths)]
+    )
+    return Starlette(routes=[Route("/metrics", serve_metrics, methods=["GET"])], middleware=auth)
 
 
 def metrics_app_from_env() -> Starlette:

@@ -58,6 +58,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--api-key", default=None, help="bearer token clients must send (default: none, no authentication)"
     )
+    g.add_argument(
+        "--api-key-exempt-paths",
+        default=",".join(GatewaySettings.api_key_exempt_paths),
+        help="comma-separated paths that need no API key (exact matches; an empty value exempts none)",
+    )
+    limits = p.add_argument_group("request limits")
+    limits.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        default=GatewaySettings.max_request_body_bytes,
+        help="larger request bodies get a 413 before they are parsed",
+    )
+    limits.add_argument(
+        "--max-messages",
+        type=int,
+        default=GatewaySettings.max_messages,
+        help="chat requests with more messages get a 400",
+    )
+    limits.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=GatewaySettings.max_concurrent_streams,
+        help="generation requests (streamed or not) the gateway serves at once, split evenly over --workers; "
+        "more get a 429 with Retry-After; 0: no limit (the engine queues them)",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        help="seconds a generation request may take from its arrival, queueing included; then the engine "
+        "aborts it and the client gets a 504 (default: none)",
+    )
     g.add_argument("--served-model-name", default=None, help=_help("served_model_name"))
     g.add_argument(
         "--stream-interval",
@@ -172,9 +204,15 @@ def check_scheduler_reachable(plan: LaunchPlan) -> str | None:
 def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> LaunchPlan:
     if args.enable_mm:
         _fail(parser, "--enable-mm: not supported yet (no multimodal model is supported)")
-    for flag, value, low in (("--port", args.port, 1), ("--workers", args.workers, 1)):
+    for flag, value, low in (
+        ("--port", args.port, 1),
+        ("--workers", args.workers, 1),
+        ("--max-concurrent-streams", args.max_concurrent_streams, 0),
+    ):
         if value < low:
             _fail(parser, f"{flag} must be >= {low}, got {value}")
+    if args.request_timeout is not None and not args.request_timeout > 0:
+        _fail(parser, f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
     if args.port > 65535 or (args.metrics_port is not None and not 1 <= args.metrics_port <= 65535):
         _fail(parser, "--port/--metrics-port must be a port number")
     model: Path = args.model.expanduser().resolve()
@@ -200,6 +238,12 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             served_model_name=served,
             max_model_len=args.max_model_len,
             api_key=args.api_key,
+            api_key_exempt_paths=tuple(p.strip() for p in args.api_key_exempt_paths.split(",") if p.strip()),
+            max_request_body_bytes=args.max_request_body_bytes,
+            max_messages=args.max_messages,
+            # Each uvicorn worker counts its own requests: split the limit (as the scheduler capacity is).
+            max_concurrent_streams=-(-args.max_concurrent_streams // args.workers),
+            request_timeout_s=args.request_timeout,
             reasoning_start=markers[0] if markers else None,
             reasoning_end=markers[1] if markers else None,
             reasoning_starts_inside=markers[2] if markers else False,

@@ -267,3 +267,46 @@ def test_every_engine_option_is_in_help_and_in_the_rendered_repository(model: Pa
     assert (params["max_num_seqs"], params["dtype"], params["use_warmup"]) == ("5", "bfloat16", "1")
     assert (params["cpu_kernels"], params["seed"], params["scheduler_ttl"]) == ("avx2", "7", "12.5")
     assert params["instance_id"] == "abc"
+
+
+def test_auth_and_limit_flags(model: Path, capsys) -> None:
+    help_text = " ".join(build_parser().format_help().split())
+    for flag, default in (
+        ("--api-key-exempt-paths", "/health,/ready,/metrics"),
+        ("--max-request-body-bytes", "16777216"),
+        ("--max-messages", "2048"),
+        ("--max-concurrent-streams", "0"),
+        ("--request-timeout", "none"),
+    ):
+        segment = help_text[help_text.index(f"{flag} ", help_text.index("options:")) :][:400]
+        assert f"default: {default}" in segment, flag
+    argv = ["--model", str(model), "--dry-run", "--api-key", "k"]
+    argv += ["--api-key-exempt-paths", "/ready, /metrics"]
+    argv += ["--max-request-body-bytes", "1024", "--max-messages", "16", "--max-concurrent-streams", "5"]
+    argv += ["--workers", "2", "--request-timeout", "90"]
+    assert main(argv) == 0
+    gateway = json.loads(capsys.readouterr().out)["gateway"]
+    assert gateway["api_key_exempt_paths"] == ["/ready", "/metrics"]
+    assert (gateway["max_request_body_bytes"], gateway["max_messages"]) == (1024, 16)
+    assert gateway["max_concurrent_streams"] == 3  # ceil(5 / 2 workers): each worker counts its own
+    assert gateway["request_timeout_s"] == 90.0
+    assert main(["--model", str(model), "--dry-run", "--api-key-exempt-paths", ""]) == 0
+    assert json.loads(capsys.readouterr().out)["gateway"]["api_key_exempt_paths"] == []
+    defaults = json.loads(main(["--model", str(model), "--dry-run"]) == 0 and capsys.readouterr().out)
+    assert defaults["gateway"]["request_timeout_s"] is None
+    assert defaults["gateway"]["max_concurrent_streams"] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--api-key-exempt-paths", "health"], "--api-key-exempt-paths"),
+        (["--max-request-body-bytes", "0"], "--max-request-body-bytes"),
+        (["--max-messages", "0"], "--max-messages"),
+        (["--max-concurrent-streams", "-1"], "--max-concurrent-streams must be >= 0"),
+        (["--request-timeout", "0"], "--request-timeout must be > 0"),
+        (["--request-timeout", "soon"], "--request-timeout: invalid float value"),
+    ],
+)
+def test_bad_auth_and_limit_flags_name_the_flag(argv: list[str], needle: str, model: Path, capsys) -> None:
+    assert needle in _error(["--model", str(model), "--dry-run", *argv], capsys)
