@@ -110,8 +110,8 @@ class EngineConfig:
     )
     enforce_eager: bool = option(
         False,
-        "run every step layer by layer from Python (vLLM's name); by default a decode-only step on the "
-        "native CPU kernels runs all layers in one native call (same results, less dispatch)",
+        "run every step layer by layer from Python (vLLM's name); by default a step on the native CPU "
+        "kernels runs all layers in one native call (same results, less dispatch)",
     )
     scheduler_max_size: int = option(
         -1, "most requests waiting in the engine queue; -1 = unbounded", group=SCHEDULER_GROUP

@@ -4,8 +4,9 @@ Cache layout (per layer, K and V in one tensor): [2 * kv_heads * num_slots, head
 block * block_size + offset; row (j, slot) = j * num_slots + slot, j < kv_heads for K heads, then V heads.
 One step:
 1. write: scatter the step's new K|V rows at their slots (in place, one op);
-2. decode requests (one new token each, batched first): with the native kernel (layers/decode_attention.py)
-   every request's heads attend to its context rows in place in the cache. Otherwise gather each
+2. with the native kernel (layers/decode_attention.py) every token's heads, decode or prefill, attend to its
+   context rows in place in the cache (a prefill token's context ends at itself), all in one call, and steps
+   3 and the rest of 2 do not apply. Decode requests (one new token each, batched first): gather each
    request's K and V context rows in one op into [2 * kv_heads, B, L, d] (padded to the longest context,
    masked only when lengths differ), then q [kv_heads, B, group, d] attends with one batched matmul per
    side: the query group of a KV head is the matmul's M dimension, so GQA needs no repeated K/V;
@@ -17,7 +18,7 @@ materialised at full shape because broadcasting elementwise kernels are slow on 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,10 +67,13 @@ class AttentionMetadata:
     decode_mask: paddle.Tensor | None  # [kv_heads, B, group, L]; None when every context has length L
     prefills: tuple[PrefillMeta, ...]
     q_sections: tuple[int, ...]  # query rows of the decodes (if any), then of each prefill tile in order
-    decode_kernel: NativeDecodeAttention | None = None  # with it, decode_slots/lens replace gather/mask
-    decode_slots: paddle.Tensor | None = None  # [B, L] int64 cache slots, row b valid up to decode_lens[b]
-    decode_lens: paddle.Tensor | None = None  # [B] int64
-    new_slots: paddle.Tensor | None = None  # [T] int64 cache slot of each new token (with decode_kernel)
+    # With the native kernel every token (decode or prefill) is one query over its request's slots, and the
+    # gather / mask / tile fields above stay empty:
+    decode_kernel: NativeDecodeAttention | None = None
+    slot_table: paddle.Tensor | None = None  # [requests, L] int64 cache slots of each request's context
+    token_rows: paddle.Tensor | None = None  # [T] int64: the slot_table row of each token
+    token_lens: paddle.Tensor | None = None  # [T] int64: context length each token sees (itself included)
+    new_slots: paddle.Tensor | None = None  # [T] int64 cache slot of each new token
 
     @classmethod
     def build(
@@ -92,8 +96,10 @@ class AttentionMetadata:
 
         new_slots = np.concatenate([slots(s, s.start, s.start + s.num_new) for s in spans])
         write_rows = (new_slots[:, None] + head_base[None, :]).reshape(-1)
+        if decode_kernel is not None:
+            return cls._build_native(spans, num_decode, new_slots, write_rows, slots, decode_kernel)
 
-        decode_gather = decode_mask = decode_slots = decode_lens = None
+        decode_gather = decode_mask = None
         decode_len = 0
         if num_decode:
             lens = np.array([s.start + 1 for s in spans[:num_decode]], dtype=np.int64)
@@ -101,9 +107,6 @@ class AttentionMetadata:
             ctx = np.zeros((num_decode, decode_len), dtype=np.int64)  # padding reads slot 0 (masked)
             for i, s in enumerate(spans[:num_decode]):
                 ctx[i, : lens[i]] = slots(s, 0, int(lens[i]))
-        if num_decode and decode_kernel is not None:
-            decode_slots, decode_lens = paddle.to_tensor(ctx), paddle.to_tensor(lens)
-        elif num_decode:
             decode_gather = paddle.to_tensor((head_base[:, None, None] + ctx[None]).reshape(-1))
             if lens.min() < decode_len:
                 valid = np.arange(decode_len)[None, :] < lens[:, None]
@@ -138,11 +141,28 @@ class AttentionMetadata:
             decode_mask,
             tuple(prefills),
             tuple(sections),
-            decode_kernel,
-            decode_slots,
-            decode_lens,
-            paddle.to_tensor(new_slots) if decode_kernel is not None else None,
         )
+
+    @classmethod
+    def _build_native(
+        cls,
+        spans: Sequence[SeqSpan],
+        num_decode: int,
+        new_slots: np.ndarray,
+        write_rows: np.ndarray,
+        slots: Callable[[SeqSpan, int, int], np.ndarray],
+        kernel: NativeDecodeAttention,
+    ) -> AttentionMetadata:
+        """One row of slots per request; token i of a chunk starting at `start` sees start + i + 1 of them."""
+        ends = [s.start + s.num_new for s in spans]
+        table = np.zeros((len(spans), max(ends)), dtype=np.int64)  # padding is never read (lens)
+        for i, (s, end) in enumerate(zip(spans, ends, strict=True)):
+            table[i, :end] = slots(s, 0, end)
+        rows = np.repeat(np.arange(len(spans), dtype=np.int64), [s.num_new for s in spans])
+        lens = np.concatenate([np.arange(s.start + 1, s.start + s.num_new + 1) for s in spans])
+        lens = lens.astype(np.int64)
+        tensors = [paddle.to_tensor(a) for a in (table, rows, lens, new_slots)]
+        return cls(paddle.to_tensor(write_rows), num_decode, 0, None, None, (), (), kernel, *tensors)
 
 
 def paged_attention(
@@ -162,16 +182,16 @@ def paged_attention(
     heads = kv_heads * group
     if kv is not None:
         paddle.scatter_(cache, meta.write_rows, kv.reshape([-1, d]), overwrite=True)
+    if meta.decode_kernel is not None:  # every token, decode or prefill, in one call
+        table, rows, lens = meta.slot_table, meta.token_rows, meta.token_lens
+        assert table is not None and rows is not None and lens is not None  # built with the kernel
+        return meta.decode_kernel(q, cache, table, rows, lens, kv_heads, group)
     outs = []
     # One split into the decode rows and each prefill tile's rows: Paddle materialises a transposed view of
     # a slice that starts past row 0 ~10x slower than one of a fresh tensor.
     pieces = iter(paddle.split(q, list(meta.q_sections), axis=0) if len(meta.q_sections) > 1 else [q])
     b = meta.num_decode
-    if b and meta.decode_kernel is not None:
-        assert meta.decode_slots is not None and meta.decode_lens is not None
-        q_dec = next(pieces)
-        outs.append(meta.decode_kernel(q_dec, cache, meta.decode_slots, meta.decode_lens, kv_heads, group))
-    elif b:
+    if b:
         length = meta.decode_len
         qd = paddle.transpose(next(pieces).reshape([b, kv_heads, group, d]), [1, 0, 2, 3])
         ctx = paddle.gather(cache, meta.decode_gather).reshape([2 * kv_heads, b, length, d])

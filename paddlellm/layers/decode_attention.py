@@ -1,9 +1,10 @@
-"""Decode attention by the C kernel `paged_decode_attention` (paddlellm/native/paged_attention.c): every
-decode request's query heads attend to its context rows read in place from the paged cache, instead of
-Paddle's gather into a padded [2 * kv_heads, B, L, d] copy + two batched matmuls + mask + softmax.
+"""Attention by the C kernel `paged_decode_attention` (paddlellm/native/paged_attention.c): every token's
+query heads (a decode's one token, or each token of a prefill chunk, causally) attend to its context rows
+read in place from the paged cache, instead of Paddle's gather into a padded [2 * kv_heads, B, L, d] copy +
+two batched matmuls + mask + softmax.
 
-Inputs come from `AttentionMetadata` (decode_slots [B, L] int64, decode_lens [B] int64, built once per
-step and shared by all layers).
+Inputs come from `AttentionMetadata` (slot_table [requests, L], token_rows [T], token_lens [T], int64,
+built once per step and shared by all layers).
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ class NativeDecodeAttention:
         q: paddle.Tensor,
         cache: paddle.Tensor,
         slots: paddle.Tensor,
+        rows: paddle.Tensor | None,
         lens: paddle.Tensor,
         kv_heads: int,
         group: int,
     ) -> paddle.Tensor:
-        """q [B, kv_heads * group, d] (pre-scaled) -> [B, kv_heads * group * d]."""
+        """q [B, kv_heads * group, d] (pre-scaled) -> [B, kv_heads * group * d]; query b attends to the first
+        lens[b] slots of slots[rows[b]] (rows None: row b)."""
         if not q.is_contiguous():
             q = q.contiguous()
         b, heads, d = q.shape
@@ -40,6 +43,7 @@ class NativeDecodeAttention:
             cache.data_ptr(),
             num_slots,
             slots.data_ptr(),
+            rows.data_ptr() if rows is not None else None,
             lens.data_ptr(),
             b,
             slots.shape[1],

@@ -1,9 +1,9 @@
-"""The native decoder steps beside the GEMMs (paddlellm/native/decode_step.c), and the fused decode pass.
+"""The native decoder steps beside the GEMMs (paddlellm/native/decode_step.c), and the fused forward pass.
 
 - `NativeOps`: rotary on q|k plus the K|V cache write in one call (instead of Paddle's multiply, roll,
   multiply, add, split and scatter), and SwiGLU. The layer-by-layer path uses them whenever the native kernels
   run, so it computes exactly what the fused pass computes.
-- `FusedDecode`: a decode-only step (every request adds one token) through all layers in one native call,
+- `FusedDecode`: a step (decodes and prefill chunks alike) through all layers in one native call,
   `decode_layers`: one OpenMP region per step, no Python between the kernels. Built by the model when every
   layer runs on native kernels and nothing needs Python in the middle (one rank: no all-reduce between the
   attention and the MLP; no per-head q/k norm); otherwise, and with `enforce_eager`, the layers run one by
@@ -117,7 +117,7 @@ class DecodeShape:
 
 
 class FusedDecode:
-    """All layers of a decode-only step in one native call (decode_layers)."""
+    """All layers of a step in one native call (decode_layers)."""
 
     def __init__(
         self, native: NativeLibrary, threads: int, layers: Sequence[LayerSpec], shape: DecodeShape
@@ -151,11 +151,12 @@ class FusedDecode:
         sin: paddle.Tensor,
         new_slots: paddle.Tensor,
         slots: paddle.Tensor,
+        rows: paddle.Tensor,
         lens: paddle.Tensor,
         caches: Sequence[paddle.Tensor],
     ) -> paddle.Tensor:
-        """x [B, hidden] embeddings of B decode tokens -> the final norm's output [B, hidden]; writes each
-        layer's K|V rows. cos / sin [B, head_dim]; new_slots [B], slots [B, L], lens [B]
+        """x [T, hidden] embeddings of the step's tokens -> the final norm's output [T, hidden]; writes each
+        layer's K|V rows. cos / sin [T, head_dim]; new_slots [T], slots [requests, L], rows [T], lens [T]
         (AttentionMetadata)."""
         s = self._shape
         self._bind(caches)
@@ -166,7 +167,8 @@ class FusedDecode:
         num_slots = caches[0].shape[0] // (2 * s.kv_heads)
         rc = self._fn(
             self._layers, len(self._specs), x.data_ptr(), b, s.hidden, cos.data_ptr(), sin.data_ptr(),
-            new_slots.data_ptr(), slots.data_ptr(), lens.data_ptr(), slots.shape[1], s.heads, s.kv_heads,
+            new_slots.data_ptr(), slots.data_ptr(), rows.data_ptr(), lens.data_ptr(), slots.shape[1], s.heads,
+            s.kv_heads,
             s.head_dim, num_slots, s.eps, s.final_norm, out.data_ptr(), self._threads,
         )
         if rc == -1:

@@ -8,7 +8,7 @@ sides are permuted alike). The softmax scale is folded into the q rows (or Qwen3
 
 Per layer: residual+RMSNorm (one kernel), one qkv matmul, rotary on q|k|v together, paged attention, o matmul,
 residual+RMSNorm, gate and up matmuls, swiglu, down matmul. On the native CPU kernels the rotary and the K|V
-cache write are one call and a decode-only step runs every layer in one native call (`FusedDecode`, unless
+cache write are one call and a step runs every layer in one native call (`FusedDecode`, unless
 `fuse_decode` is off or a layer needs Python in the middle: tensor parallelism's all-reduce, Qwen3's q/k
 norm).
 """
@@ -212,10 +212,10 @@ class DecoderModel:
     ) -> paddle.Tensor:
         """ids [T] -> final hidden states [T, hidden]; writes the step's K/V into the cache."""
         x = self.embed(ids)
-        if self.fused is not None and meta.num_decode == x.shape[0] and not meta.prefills:
-            slots, lens, new = meta.decode_slots, meta.decode_lens, meta.new_slots
-            assert slots is not None and lens is not None and new is not None  # built with the native kernel
-            return self.fused(x, cos, sin, new, slots, lens, kv_caches)
+        if self.fused is not None:
+            slots, rows, lens, new = meta.slot_table, meta.token_rows, meta.token_lens, meta.new_slots
+            assert slots is not None and rows is not None and lens is not None and new is not None
+            return self.fused(x, cos, sin, new, slots, rows, lens, kv_caches)
         residual = None
         for layer, cache in zip(self.layers, kv_caches, strict=True):
             x, residual = layer(x, residual, cos, sin, meta, cache)

@@ -1,10 +1,11 @@
-/* A decoder's elementwise steps (rotary + KV-cache write, SwiGLU) and the whole decode forward pass as one call.
+/* A decoder's elementwise steps (rotary + KV-cache write, SwiGLU) and a whole forward pass as one call.
  *
  * Why: at batch 1 with 4-bit weights a step reads ~85 MB, ~5 ms of memory time here, but the layer-by-layer
  * path issues ~25 Paddle ops and 7 kernel calls per layer from Python: ~7 ms of dispatch and ~150 OpenMP
  * forks per step, and its GEMMs ran at half the bandwidth the machine has (each kernel call forks its own
- * threads). `decode_layers` runs every layer of a decode-only step inside one parallel region, calling the
- * kernels' team forms (team.h) separated by the barriers their work-sharing ends with.
+ * threads). `decode_layers` runs every layer of a step (decodes and prefill chunks alike: each token is a query
+ * over its request's cached rows) inside one parallel region, calling the kernels' team forms (team.h)
+ * separated by the barriers their work-sharing ends with.
  *
  * Same bits as the layer-by-layer native path: it calls the very same kernels (the layer path uses
  * `rotary_cache_write` and `swiglu` below too), in the same order, on the same rows; the test
@@ -133,13 +134,14 @@ static void linear_team(const pl_linear *l, const float *x, long M, float *y, vo
 }
 
 /* x0: [B, H] the tokens' embeddings; cos, sin: [B, d] for each token's position; new_slots [B]: the cache slot
- * of each token; slots [B, L], lens [B]: each request's context (its new token included, as the layer path's
+ * of each token; slots [rows, L], slot_row [B] (NULL: token b reads row b), lens [B]: each token's context
+ * (itself included; a prefill chunk's tokens share their request's row, as the layer path's
  * AttentionMetadata); out: [B, H] the final norm's output. Returns 0, -1 when memory could not be allocated,
- * -2 for a layer shape it cannot run (the caller then takes the layer path). */
+ * -2 for a layer shape it cannot run. */
 int decode_layers(const pl_layer *layers, long nlayers, const float *x0, long B, long H, const float *cos,
-                  const float *sin, const int64_t *new_slots, const int64_t *slots, const int64_t *lens, long L,
-                  long heads, long kv_heads, long d, long num_slots, float eps, const float *final_norm, float *out,
-                  int nthreads) {
+                  const float *sin, const int64_t *new_slots, const int64_t *slots, const int64_t *slot_row,
+                  const int64_t *lens, long L, long heads, long kv_heads, long d, long num_slots, float eps,
+                  const float *final_norm, float *out, int nthreads) {
   if (nlayers < 1 || B < 1 || d > 512 || d % 2) return -2;
   const long qkv_n = (heads + 2 * kv_heads) * d, inter = layers[0].gate.n;
   for (long l = 0; l < nlayers; l++) {
@@ -179,8 +181,8 @@ int decode_layers(const pl_layer *layers, long nlayers, const float *x0, long B,
       }
       linear_team(&ly->qkv, hid, B, qkv, scratch);
       rotary_cache_write_team(qkv, B, heads + kv_heads, 2 * kv_heads, d, cos, sin, ly->cache, num_slots, new_slots);
-      paged_decode_attention_team(qkv, qkv_n, ly->cache, num_slots, slots, lens, B, L, (int)kv_heads, (int)group,
-                                  (int)d, att, scores);
+      paged_decode_attention_team(qkv, qkv_n, ly->cache, num_slots, slots, slot_row, lens, B, L, (int)kv_heads,
+                                  (int)group, (int)d, att, scores);
       linear_team(&ly->o, att, B, tmp, scratch);
       rms_norm_team(tmp, res, ly->post_norm, eps, hid, res, B, H);
       linear_team(&ly->gate, hid, B, g, scratch);

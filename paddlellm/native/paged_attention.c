@@ -1,8 +1,10 @@
-/* Decode attention straight from the paged KV cache, fp32; one source for every ISA (simd.h).
+/* Attention straight from the paged KV cache, fp32, for decodes and prefill chunks alike; one source for every
+ * ISA (simd.h).
  *
- * Why: the Paddle path gathers every decode request's whole K|V context into a fresh padded tensor each
- * layer (the largest non-GEMM cost of a decode step here), then runs two batched matmuls, a mask add and a
- * softmax. This kernel reads the cache rows where they are.
+ * Why: the Paddle path gathers every request's whole K|V context into a fresh padded tensor each layer (the
+ * largest non-GEMM cost of a decode step here), then runs two batched matmuls, a mask add and a softmax; for a
+ * prefill chunk it also builds causal masks. This kernel reads the cache rows where they are; a prefill token
+ * is a query whose context ends at its own position.
  *
  * Per (request b, query head h of KV head j), handed out to the threads one at a time (dynamic, see
  * packed_sgemm.c): h scores every context row of b (q is pre-scaled), takes a max-subtracted softmax, and
@@ -10,8 +12,8 @@
  * request's rows, in a fixed order: batch-invariant.
  *
  * Layouts: q [B, kvh * group, d] (head h = j * group + g); cache [2 * kvh * num_slots, d] with K head j at
- * rows j * num_slots + slot and V head j at (kvh + j) * num_slots + slot; slots [B, L] (row b valid up to
- * lens[b]); out [B, kvh * group, d].
+ * rows j * num_slots + slot and V head j at (kvh + j) * num_slots + slot; slots [rows, L], query b reading row
+ * slot_row[b] up to lens[b]; out [B, kvh * group, d].
  */
 #include <math.h>
 #include <stdint.h>
@@ -78,12 +80,14 @@ static void weighted_rows(const float *p, const float *vbase, const int64_t *sl,
   }
 }
 
-/* Work items are (request, query head): at batch 1 a model with 3 KV heads still has 9 items for the threads
+/* Work items are (query row, query head): at batch 1 a model with 3 KV heads still has 9 items for the threads
  * (per KV head it had 3, for 2 threads). A KV head's K|V rows are read once per query head of its group, from
- * L1/L2 after the first. `scores`: L floats per thread of the team. */
+ * L1/L2 after the first. Query row b reads slots row slot_row[b] (NULL: row b) up to lens[b]: a prefill
+ * chunk's tokens share their request's row with growing lengths (causal), decodes have a row each.
+ * `scores`: L floats per thread of the team. */
 void paged_decode_attention_team(const float *q, long ldq, const float *cache, long num_slots, const int64_t *slots,
-                                 const int64_t *lens, long B, long L, int kvh, int group, int d, float *out,
-                                 float *scores) {
+                                 const int64_t *slot_row, const int64_t *lens, long B, long L, int kvh, int group,
+                                 int d, float *out, float *scores) {
   const long heads = (long)kvh * group;
   const long work = B * heads;
   float *s = scores + (long)omp_get_thread_num() * (L > 0 ? L : 1);
@@ -93,7 +97,7 @@ void paged_decode_attention_team(const float *q, long ldq, const float *cache, l
     const long h = w % heads; /* query head h = j * group + g */
     const int j = (int)(h / group);
     const long len = lens[b];
-    const int64_t *sl = slots + b * L;
+    const int64_t *sl = slots + (slot_row ? slot_row[b] : b) * L;
     const float *kbase = cache + (long)j * num_slots * d;
     const float *vbase = cache + ((long)kvh + j) * num_slots * d;
     const float *qh = q + b * ldq + h * d;
@@ -114,17 +118,18 @@ void paged_decode_attention_team(const float *q, long ldq, const float *cache, l
   }
 }
 
-/* q [B, heads, d] contiguous. Returns 0, or -1 when scratch memory could not be allocated. */
+/* q [B, heads, d] contiguous; slots [rows, L]; slot_row [B] or NULL. Returns 0, or -1 when scratch memory
+ * could not be allocated. */
 int paged_decode_attention(const float *q, const float *cache, long num_slots, const int64_t *slots,
-                           const int64_t *lens, long B, long L, int kvh, int group, int d, float *out,
-                           int nthreads) {
+                           const int64_t *slot_row, const int64_t *lens, long B, long L, int kvh, int group, int d,
+                           float *out, int nthreads) {
   const long work = B * (long)kvh * group;
   const int team = nthreads > 1 && work > 1 ? nthreads : 1;
   float *scores = malloc(sizeof(float) * (size_t)team * (size_t)(L > 0 ? L : 1));
   if (!scores) return -1;
 #pragma omp parallel num_threads(team) if (team > 1)
-  paged_decode_attention_team(q, (long)kvh * group * d, cache, num_slots, slots, lens, B, L, kvh, group, d, out,
-                              scores);
+  paged_decode_attention_team(q, (long)kvh * group * d, cache, num_slots, slots, slot_row, lens, B, L, kvh, group,
+                              d, out, scores);
   free(scores);
   return 0;
 }

@@ -39,30 +39,68 @@
 #define NRI QGEMM_NR
 #define QB 32
 
+/* One full block of 32 floats -> 32 int8 (xor `flip`), its scale amax / 127 and the sum of its int8 values.
+ * AVX2 on every ISA: the same operations as the scalar tail below (x * inv rounded half to even, clipped). */
+static inline void quantize_block32(const float *src, float *scale, uint8_t *q, uint8_t flip, int32_t *sum) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 v[4], am = _mm256_setzero_ps();
+  for (int i = 0; i < 4; i++) {
+    v[i] = _mm256_loadu_ps(src + 8 * i);
+    am = _mm256_max_ps(am, _mm256_and_ps(v[i], absmask));
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1)); /* max: order-free */
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  *scale = amax / 127.0f;
+  const __m256 iv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+  __m256i r[4], acc = _mm256_setzero_si256();
+  for (int i = 0; i < 4; i++) {
+    const __m256 x = _mm256_round_ps(_mm256_mul_ps(v[i], iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(x, lo), hi));
+    acc = _mm256_add_epi32(acc, r[i]);
+  }
+  /* packs work per 128-bit lane: the permute puts the 8 groups of 4 bytes back in order */
+  const __m256i b16 = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+  const __m256i bytes = _mm256_permutevar8x32_epi32(b16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256((__m256i *)q, _mm256_xor_si256(bytes, _mm256_set1_epi8((char)flip)));
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+  *sum = _mm_cvtsi128_si32(s4);
+}
+
 /* Row i of X -> int8 blocks in xq[i * KB * QB ...] (stored as u8 = x + 128 when `flip` is 0x80), scales in
- * xs[i * KB ...]; with `xsa`, also xsa[i * KB + b] = float(sum of the block's int8 values) * scale. */
+ * xs[i * KB ...]; with `xsa`, also xsa[i * KB + b] = float(sum of the block's int8 values) * scale. Rows are
+ * shared among the team's threads (each row's result is the same whoever computes it). */
 static void quantize_rows(const float *x, long M, long K, long ldx, long KB, uint8_t *xq, float *xs, uint8_t flip,
                           float *xsa) {
+#pragma omp for schedule(static)
   for (long i = 0; i < M; i++) {
     const float *row = x + i * ldx;
     for (long b = 0; b < KB; b++) {
       const long k0 = b * QB, k1 = k0 + QB < K ? k0 + QB : K;
-      float amax = 0.0f;
-      for (long k = k0; k < k1; k++) {
-        const float a = fabsf(row[k]);
-        amax = a > amax ? a : amax;
-      }
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      xs[i * KB + b] = amax / 127.0f;
       uint8_t *q = xq + i * KB * QB;
       int32_t sum = 0;
-      for (long k = k0; k < k1; k++) {
-        float r = nearbyintf(row[k] * inv); /* round half to even, as numpy.rint */
-        r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
-        sum += (int)r;
-        q[k] = (uint8_t)(int8_t)(int)r ^ flip;
+      if (k1 - k0 == QB) {
+        quantize_block32(row + k0, xs + i * KB + b, q + k0, flip, &sum);
+      } else {
+        float amax = 0.0f;
+        for (long k = k0; k < k1; k++) {
+          const float a = fabsf(row[k]);
+          amax = a > amax ? a : amax;
+        }
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        xs[i * KB + b] = amax / 127.0f;
+        for (long k = k0; k < k1; k++) {
+          float r = nearbyintf(row[k] * inv); /* round half to even, as numpy.rint */
+          r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+          sum += (int)r;
+          q[k] = (uint8_t)(int8_t)(int)r ^ flip;
+        }
+        for (long k = k1; k < k0 + QB; k++) q[k] = flip; /* the weights are zero there */
       }
-      for (long k = k1; k < k0 + QB; k++) q[k] = flip; /* the weights are zero there */
       if (xsa) xsa[i * KB + b] = (float)sum * xs[i * KB + b];
     }
   }
@@ -148,7 +186,7 @@ static const block_fn qmicros[5] = {0, qmicro_1, qmicro_2, qmicro_3, qmicro_4};
 static long xq_bytes(long M, long K) { return (M * ((K + QB - 1) / QB) * QB + 63) / 64 * 64; }
 long quant_gemm_scratch(long M, long K) { return xq_bytes(M, K) + 2 * M * ((K + QB - 1) / QB) * (long)sizeof(float) + 64; }
 
-/* The loop nest both formats share, as team work (team.h): quantize X once (`omp single`), then the panels go
+/* The loop nest both formats share, as team work (team.h): quantize X once (rows shared), then the panels go
  * to the team's threads two at a time > MR-row blocks, bias in the epilogue. `wk` int32 lanes of weights, t1
  * and t2 KB * NR entries each per panel. */
 static void panels_team(const block_fn *micros, const float *x, long M, long K, long ldx, const int32_t *wp, long wk,
@@ -158,7 +196,6 @@ static void panels_team(const block_fn *micros, const float *x, long M, long K, 
   uint8_t *xq = scratch;
   float *xs = (float *)((char *)scratch + xq_bytes(M, K));
   float *xsa = xs + M * KB;
-#pragma omp single
   quantize_rows(x, M, K, ldx, KB, xq, xs, flip, want_sums ? xsa : 0);
 #pragma omp for schedule(monotonic : dynamic, 2)
   for (long p = 0; p < panels; p++) {

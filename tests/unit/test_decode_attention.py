@@ -72,7 +72,7 @@ def test_a_request_does_not_depend_on_its_batch(native: build.NativeLibrary) -> 
         overwrite=True,
     )
     full = AttentionMetadata.build(spans, 4, BLOCK, num_slots, 3, 3, kernel)
-    batch = kernel(paddle.to_tensor(q), c, full.decode_slots, full.decode_lens, 3, 3).numpy()
+    batch = kernel(paddle.to_tensor(q), c, full.slot_table, full.token_rows, full.token_lens, 3, 3).numpy()
     one = AttentionMetadata.build(spans[2:3], 1, BLOCK, num_slots, 3, 3, kernel)
-    alone = kernel(paddle.to_tensor(q[2:3]), c, one.decode_slots, one.decode_lens, 3, 3).numpy()
+    alone = kernel(paddle.to_tensor(q[2:3]), c, one.slot_table, one.token_rows, one.token_lens, 3, 3).numpy()
     assert np.array_equal(batch[2:3], alone)

@@ -1,10 +1,10 @@
-"""The fused decode pass (decode_layers) against the layer-by-layer native path: the same bits.
+"""The fused forward pass (decode_layers) against the layer-by-layer native path: the same bits.
 
-Two runners on one checkpoint, one with `enforce_eager`: the same prompts prefilled (both through the layer
-path, so the caches start equal), then decode steps at batch 1 and 3 with contexts of different lengths; the
-final hidden states must be equal bit for bit at every step, for fp32, bf16, wint8 and wint4 weights, on every
-kernel ISA the host runs. Also: the fused pass is really taken (and not where it must not be), and the native
-rotary + cache write equals Paddle's rotation and scatter.
+Two runners on one checkpoint, one with `enforce_eager`: the same steps (prefill chunks that start at 0 and
+that continue a request, decode steps at batch 1 and 3 with contexts of different lengths, a step mixing a
+decode with a prefill); the final hidden states must be equal bit for bit at every step, for fp32, bf16, wint8
+and wint4 weights, on every kernel ISA the host runs. Also: the fused pass is really taken (and not where it
+must not be), and the native rotary + cache write equals Paddle's rotation and scatter.
 """
 
 from __future__ import annotations
@@ -36,25 +36,36 @@ def _runner(path: str, kernels: str, dtype: str, quant: str, eager: bool) -> Mod
 
 
 def _decode_trace(runner: ModelRunner, prompts: list[list[int]], steps: int) -> list[np.ndarray]:
-    """Prefill every prompt in one step, then `steps` decode steps of all of them (greedy ids fed back):
-    the final hidden states of each decode step."""
-    tables = [list(range(i * 16, (i + 1) * 16)) for i in range(len(prompts))]
-    spans = [SeqSpan(0, len(p), t) for p, t in zip(prompts, tables, strict=True)]
-    ids = np.concatenate([np.asarray(p, np.int64) for p in prompts])
-    positions = np.concatenate([np.arange(len(p)) for p in prompts])
+    """Prefill every prompt in one step (the first two prompts' first 4 tokens one step before, so the prefill
+    step continues chunks), then `steps` decode steps of all of them (greedy ids fed back), then one step
+    mixing a decode with a new prompt's prefill: the final hidden states of every step."""
+    tables = [list(range(i * 8, (i + 1) * 8)) for i in range(len(prompts) + 1)]
+    out = []
     with paddle.no_grad():
+        head = [(p[:4], t) for p, t in zip(prompts[:2], tables, strict=False)]
+        spans = [SeqSpan(0, 4, t) for _, t in head]
+        ids = np.concatenate([np.asarray(p, np.int64) for p, _ in head])
+        out.append(runner._forward(ids, np.concatenate([np.arange(4)] * len(head)), spans, 0).numpy())
+        starts = [4 if i < 2 else 0 for i in range(len(prompts))]
+        spans = [SeqSpan(s, len(p) - s, t) for s, p, t in zip(starts, prompts, tables, strict=False)]
+        ids = np.concatenate([np.asarray(p[s:], np.int64) for s, p in zip(starts, prompts, strict=True)])
+        positions = np.concatenate([np.arange(s, len(p)) for s, p in zip(starts, prompts, strict=True)])
         hidden = runner._forward(ids, positions, spans, num_decode=0)
-        last = np.cumsum([len(p) for p in prompts]) - 1
+        out.append(hidden.numpy())
+        last = np.cumsum([len(p) - s for s, p in zip(starts, prompts, strict=True)]) - 1
         nxt = runner.model.logits(hidden).numpy()[last].argmax(axis=1)
         lengths = [len(p) for p in prompts]
-        out = []
         for _ in range(steps):
-            spans = [SeqSpan(n, 1, t) for n, t in zip(lengths, tables, strict=True)]
+            spans = [SeqSpan(n, 1, t) for n, t in zip(lengths, tables, strict=False)]
             ids = nxt.astype(np.int64)
             hidden = runner._forward(ids, np.asarray(lengths), spans, num_decode=len(prompts))
             out.append(hidden.numpy())
             nxt = runner.model.logits(hidden).numpy().argmax(axis=1)
             lengths = [n + 1 for n in lengths]
+        # a decode and a new 9-token prompt in one step
+        spans = [SeqSpan(lengths[0], 1, tables[0]), SeqSpan(0, 9, tables[-1])]
+        ids = np.concatenate([nxt[:1].astype(np.int64), np.asarray(prompts[0][:9], np.int64)])
+        out.append(runner._forward(ids, np.concatenate([[lengths[0]], np.arange(9)]), spans, 1).numpy())
     return out
 
 
@@ -70,7 +81,7 @@ def test_fused_decode_equals_layer_path(
     assert fused.model.fused is not None and eager.model.fused is None
     rng = np.random.RandomState(3)
     vocab = fused.info.vocab_size
-    for lengths in ([11], [5, 17, 30]):
+    for lengths in ([11], [12, 17, 30]):
         prompts = [rng.randint(3, vocab, n).tolist() for n in lengths]
         a, b = _decode_trace(fused, prompts, 6), _decode_trace(eager, prompts, 6)
         for step, (x, y) in enumerate(zip(a, b, strict=True)):
