@@ -75,7 +75,9 @@ async def one(client: httpx.AsyncClient, url: str, model: str, i: int, max_token
 
 
 async def level(url: str, model: str, concurrency: int, rounds: int, max_tokens: int, counter) -> dict:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=httpx.Limits(max_connections=256)) as c:
+    # No keep-alive: llama-server closes idle connections, and a reused stale one fails the next request.
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as c:
 
         async def client() -> list[dict[str, float]]:
             return [await one(c, url, model, next(counter), max_tokens) for _ in range(rounds)]

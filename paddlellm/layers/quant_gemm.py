@@ -1,17 +1,21 @@
-"""Int8 linear layers (`--quantization wint8`): int8 weights in blocks of 32 along K with one fp32 scale per
-(output column, block) -- GGUF's Q8_0 layout --, activations quantized to int8 per (row, block) on the fly,
-integer dot products within a block, fp32 across blocks.
+"""Quantized linear layers: `--quantization wint8` and `wint4`, weights in blocks of 32 along K with an fp32
+scale d and minimum m per (output column, block), W ~ q d + m; activations quantized per (row, block) on the
+fly, integer dot products within a block, fp32 across blocks.
 
-The math (the native kernel, paddlellm/native/quant_gemm.c, and `PaddleInt8Gemm` compute it alike; the
+- wint8: q u8 (256 levels; a GGUF Q8_0 block exactly, q = q8 + 128, m = -128 d), activations int16.
+- wint4: q 4-bit (GGUF Q4_1's math), activations int8; the LM head stays wint8.
+The math (the native kernel, paddlellm/native/quant_gemm.c, and the Paddle reference compute it alike; the
 tests check the kernel bit for bit against NumPy):
-    d[n, b] = max_{k in b} |W[n, k]| / 127     Wq = clip(rint(W * (127 / max)), -127, 127)   (at load)
-    a[m, b] likewise for X and Xq                                                           (per call)
-    acc = 0; for each block b in order: acc = acc + (float(sum_{k in b} Xq Wq) * a[m, b]) * d[n, b]
-    Y[m, n] = acc (+ bias[n])
-- `Int8Gemm`: the native kernel for the loaded ISA (vpdpbusd with AVX512-VNNI, vpmaddubsw on AVX2); about
-  a quarter of fp32's weight bytes, which is what a decode step waits for.
-- `PaddleInt8Gemm`: the same arithmetic in Paddle ops (block sums exact in float64), the reference path for
-  `--cpu-kernels paddle` and for GPUs without a weight-only kernel here.
+    at load, per row n and block b:  lo, hi = min, max;  d = (hi - lo) / L;
+                                     q = clip(rint((W - lo) * (1 / d)), 0, L);  m = lo     (L = 255 or 15)
+    per call, per row and block:     a = amax / QX;  Xq = clip(rint(X * (QX / amax)), -QX, QX);
+                                     s = float(sum Xq) * a                      (QX = 32767 or 127)
+    acc = 0; for each block b in order: acc = acc + (float(sum_{k in b} Xq q) * a) * d;  acc = acc + s * m
+    Y = acc (+ bias)
+- `Int8Gemm` / `Int4Gemm`: the native kernels of the loaded ISA; a quarter / an eighth of fp32's weight bytes,
+  which is what a decode step waits for.
+- `PaddleInt8Gemm` / `PaddleInt4Gemm`: the same arithmetic in Paddle ops (block sums exact in float64), the
+  reference path for `--cpu-kernels paddle` and for GPUs without a weight-only kernel here.
 """
 
 from __future__ import annotations
@@ -34,52 +38,65 @@ from paddlellm.layers.gemm import (
 from paddlellm.native.build import NativeLibrary
 from paddlellm.quant_blocks import BlockQuantized
 
-QMAX = 127.0
-BLOCK = 32  # k per scale: quant_gemm_w8_block() of the library, GGUF's Q8_0
+BLOCK = 32  # k per scale: quant_gemm_w8_block() of the library, GGUF's block size
+X8, X16 = 127.0, 32767.0  # activation range: wint4 (int8), wint8 (int16)
+Q8_LEVELS, Q4_LEVELS = 255, 15
 
 
-def quantize_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row symmetric int8: (q int8 [rows, k], scale float32 [rows]); a zero row gets scale 0."""
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    amax = np.abs(a).max(axis=1) if a.shape[1] else np.zeros(a.shape[0], np.float32)
-    with np.errstate(divide="ignore"):
-        inv = np.where(amax > 0, np.float32(QMAX) / amax, np.float32(0)).astype(np.float32)
-    q = np.clip(np.rint(a * inv[:, None]), -QMAX, QMAX).astype(np.int8)
-    return q, (amax / np.float32(QMAX)).astype(np.float32)
-
-
-def quantize_blocks(a: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Per (row, block of `block` columns) int8: (q int8 [rows, KB * block], scale float32 [rows, KB]), K
-    zero-padded to KB * block."""
+def quantize_activations(a: np.ndarray, qmax: float, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Per (row, block of `block` columns) symmetric: (q int64 [rows, KB * block], scale float32 [rows, KB]),
+    K zero-padded to KB * block; a zero block gets scale 0."""
     rows, k = a.shape
     kb = -(-k // block)
     padded = np.zeros((rows, kb * block), np.float32)
     padded[:, :k] = a
-    q, scale = quantize_rows(padded.reshape(rows * kb, block))
-    return q.reshape(rows, kb * block), scale.reshape(rows, kb)
+    blocks = padded.reshape(rows, kb, block)
+    amax = np.abs(blocks).max(axis=2) if k else np.zeros((rows, kb), np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(qmax) / amax, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(blocks * inv[:, :, None]), -qmax, qmax).astype(np.int64)
+    return q.reshape(rows, kb * block), (amax / np.float32(qmax)).astype(np.float32)
 
 
-def pack_int8_panels(q: np.ndarray, nr: int) -> np.ndarray:
-    """[N, K'] int8 (K' a multiple of 4) -> [ceil(N / nr), K' / 4, nr] int32: lane j of quad t holds column
-    j's weights for k = 4t..4t+3 (lowest byte first); columns zero-padded."""
-    return pack_panels(np.ascontiguousarray(q, np.int8).view(np.int32), nr)
-
-
-def quantize_q4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GGUF Q4_1's math per (row, block): d = (max - min) / 15, q = clip(rint((w - min) * (1 / d)), 0, 15), so
-    w ~ q * d + min. Returns (q uint8 [rows, KB * block], d float32 [rows, KB], min float32 [rows, KB]);
-    K zero-padded (a padded tail's nibbles multiply zero activations)."""
+def quantize_asym(
+    w: np.ndarray, levels: int, block: int = BLOCK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (row, block): d = (max - min) / levels, q = clip(rint((w - min) * (1 / d)), 0, levels), so
+    w ~ q * d + min. Returns (q uint8 [rows, KB * block], d float32 [rows, KB], min float32 [rows, KB]); K
+    zero-padded (a padded tail's weights multiply zero activations)."""
     rows, k = w.shape
     kb = -(-k // block)
     padded = np.zeros((rows, kb * block), np.float32)
     padded[:, :k] = w
     blocks = padded.reshape(rows, kb, block)
     lo, hi = blocks.min(axis=2), blocks.max(axis=2)
-    d = ((hi - lo) / np.float32(15)).astype(np.float32)
+    d = ((hi - lo) / np.float32(levels)).astype(np.float32)
     with np.errstate(divide="ignore"):
         inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-    q = np.clip(np.rint((blocks - lo[:, :, None]) * inv[:, :, None]), 0, 15).astype(np.uint8)
+    q = np.clip(np.rint((blocks - lo[:, :, None]) * inv[:, :, None]), 0, levels).astype(np.uint8)
     return q.reshape(rows, kb * block), d, lo.astype(np.float32)
+
+
+def quantize_q4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GGUF Q4_1's math: 16 levels per block."""
+    return quantize_asym(w, Q4_LEVELS, block)
+
+
+def quantize_u8(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """wint8: 256 levels per block."""
+    return quantize_asym(w, Q8_LEVELS, block)
+
+
+def q8_0_as_u8(blocks: BlockQuantized) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A GGUF Q8_0 tensor (q8 int8, d) in wint8's form, exactly: q = q8 + 128, m = -128 d."""
+    q = (blocks.q.astype(np.int16) + 128).astype(np.uint8)
+    return q, blocks.d, (blocks.d * np.float32(-128)).astype(np.float32)
+
+
+def pack_u8_pair_panels(q: np.ndarray, nr: int) -> np.ndarray:
+    """[N, K'] u8 (K' even) -> [ceil(N / nr), K' / 2, nr] int16 words: lane j of pair p holds column j's
+    weights for k = 2p (low byte) and 2p + 1 (high byte); columns zero-padded."""
+    return pack_panels(np.ascontiguousarray(q, np.uint8).view(np.int16), nr)
 
 
 def pack_q4_panels(q: np.ndarray, nr: int) -> np.ndarray:
@@ -105,11 +122,9 @@ class _Int8Weight(NativeLinear):
         nr = native.int8_panel_width
         # A Q8_0 tensor runs as the file stores it (no second rounding); anything else is quantized here.
         self.as_stored = blocks is not None and blocks.kind == "q8_0"
-        q, scale = (blocks.q, blocks.d) if blocks is not None and self.as_stored else quantize_blocks(w)
-        # Column sums of each block of Wq: the kernel's u8-offset form (AVX512-VNNI) subtracts 128 * sum.
-        sums = q.astype(np.int32).reshape(q.shape[0], -1, BLOCK).sum(axis=2, dtype=np.int32)
-        self._keep(native.lib.quant_gemm_w8, threads, pack_int8_panels(q, nr),
-                   pack_panels(scale, nr), pack_panels(sums, nr), bias, nr)
+        q, d, mn = q8_0_as_u8(blocks) if blocks is not None and self.as_stored else quantize_u8(w)
+        self._keep(native.lib.quant_gemm_w8, threads, pack_u8_pair_panels(q, nr),
+                   pack_panels(d, nr), pack_panels(mn, nr), bias, nr)
 
     def _keep(self, fn: Any, threads: int, packed: np.ndarray, first: np.ndarray, second: np.ndarray,
               bias: np.ndarray | None, nr: int) -> None:
@@ -204,7 +219,7 @@ def _blocks_t(v: np.ndarray, kb: int, dtype: type) -> paddle.Tensor:
     return t
 
 
-def _quantized_activations(x: paddle.Tensor, kb: int) -> tuple[paddle.Tensor, paddle.Tensor]:
+def _quantized_activations(x: paddle.Tensor, kb: int, qmax: float) -> tuple[paddle.Tensor, paddle.Tensor]:
     """x [..., K] -> (Xq [KB, M, BLOCK] float64 integers, a [KB, M, 1] float32): per row and block, as the
     kernel (paddle.round rounds ties half away from zero, the kernel half to even)."""
     k = x.shape[-1]
@@ -212,49 +227,39 @@ def _quantized_activations(x: paddle.Tensor, kb: int) -> tuple[paddle.Tensor, pa
     x2 = paddle.nn.functional.pad(x.reshape([m, k]).astype("float32"), [0, kb * BLOCK - k])
     xb = x2.reshape([m, kb, BLOCK]).transpose([1, 0, 2])
     amax = xb.abs().max(axis=2, keepdim=True)
-    inv = paddle.where(amax > 0, QMAX / amax, paddle.zeros_like(amax))
-    return paddle.clip(paddle.round(xb * inv), -QMAX, QMAX).astype("float64"), amax / QMAX
+    inv = paddle.where(amax > 0, qmax / amax, paddle.zeros_like(amax))
+    return paddle.clip(paddle.round(xb * inv), -qmax, qmax).astype("float64"), amax / qmax
 
 
-class _PaddleInt8Weight:
+class _PaddleQuantWeight:
     """The same arithmetic in Paddle ops; block sums of integer products are exact in float64."""
+
+    LEVELS, QX = Q8_LEVELS, X16
 
     def __init__(self, w: np.ndarray, bias: np.ndarray | None) -> None:
         self.out_features = w.shape[0]
-        q, scale = quantize_blocks(w)
-        self.kb = scale.shape[1]
-        self.wq, self.scale = _blocks_t(q, self.kb, np.float64), _blocks_t(scale, self.kb, np.float32)
+        q, d, mn = quantize_asym(w, self.LEVELS)
+        self.kb = d.shape[1]
+        self.wq, self.scale = _blocks_t(q, self.kb, np.float64), _blocks_t(d, self.kb, np.float32)
+        self.minimum = _blocks_t(mn, self.kb, np.float32)
         self.bias = to_param(bias) if bias is not None else None
 
-    def _terms(self, xq: paddle.Tensor, a: paddle.Tensor) -> list[paddle.Tensor]:
-        sums = paddle.bmm(xq, self.wq).astype("float32")  # [KB, M, N]
-        return [(sums * a) * self.scale]
-
     def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
-        xq, a = _quantized_activations(x, self.kb)
-        parts = self._terms(xq, a)
+        xq, a = _quantized_activations(x, self.kb, self.QX)
+        sums = paddle.bmm(xq, self.wq).astype("float32")  # [KB, M, N]
+        xsa = xq.sum(axis=2, keepdim=True).astype("float32") * a  # the block's activation sum, scaled
+        terms = [(sums * a) * self.scale, xsa * self.minimum]
         y = None
         for b in range(self.kb):  # block order, each block's terms in order, as the kernel
-            for t in parts:
+            for t in terms:
                 y = t[b] if y is None else y + t[b]
         if self.bias is not None:
             y = y + self.bias
         return y.reshape([*x.shape[:-1], self.out_features])
 
 
-class _PaddleInt4Weight(_PaddleInt8Weight):
-    def __init__(self, w: np.ndarray, bias: np.ndarray | None) -> None:
-        self.out_features = w.shape[0]
-        q, d, mn = quantize_q4(w)
-        self.kb = d.shape[1]
-        self.wq, self.scale = _blocks_t(q, self.kb, np.float64), _blocks_t(d, self.kb, np.float32)
-        self.minimum = _blocks_t(mn, self.kb, np.float32)
-        self.bias = to_param(bias) if bias is not None else None
-
-    def _terms(self, xq: paddle.Tensor, a: paddle.Tensor) -> list[paddle.Tensor]:
-        sums = paddle.bmm(xq, self.wq).astype("float32")
-        xsa = xq.sum(axis=2, keepdim=True).astype("float32") * a  # the block's activation sum, scaled
-        return [(sums * a) * self.scale, xsa * self.minimum]
+class _PaddleInt4Weight(_PaddleQuantWeight):
+    LEVELS, QX = Q4_LEVELS, X8
 
 
 class PaddleInt8Gemm:
@@ -268,13 +273,13 @@ class PaddleInt8Gemm:
     def weight(
         self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
     ) -> GemmWeight:
-        return _PaddleInt8Weight(w, bias)
+        return _PaddleQuantWeight(w, bias)
 
     def head_weight(
         self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None
     ) -> GemmWeight:
         del table
-        return _PaddleInt8Weight(rows, None)
+        return _PaddleQuantWeight(rows, None)
 
 
 class PaddleInt4Gemm(PaddleInt8Gemm):

@@ -98,7 +98,10 @@ def _build(isa: str) -> Path:
     omp = _paddle_omp_dir()
     link = [f"-L{omp}", "-l:libiomp5.so", f"-Wl,-rpath,{omp}"] if omp else ["-fopenmp"]
     cflags = [*COMMON_CFLAGS, *ISA_CFLAGS[isa], f"-I{SOURCES[0].parent}"]
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    # utf-8 whatever the locale: the Triton stub's interpreter may run with an ASCII one, and gcc quotes with
+    # non-ASCII characters in its messages
+    run = {"capture_output": True, "encoding": "utf-8", "errors": "replace", "check": False}
+    version = subprocess.run([cc, "--version"], **run).stdout
     digest = hashlib.sha256()
     for src in (*SOURCES, *HEADERS):  # bytes: the Triton stub's interpreter may run with an ASCII locale
         digest.update(src.read_bytes() + b"\0")
@@ -115,7 +118,7 @@ def _build(isa: str) -> Path:
         cmds = [[cc, *cflags, "-c", str(src), "-o", obj] for src, obj in zip(SOURCES, objs, strict=True)]
         cmds.append([cc, "-shared", *objs, "-o", str(lib), *link, *LIBS])
         for cmd in cmds:
-            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            r = subprocess.run(cmd, **run)
             if r.returncode != 0:
                 raise NativeUnavailable(f"building the kernels failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
         os.replace(lib, target)

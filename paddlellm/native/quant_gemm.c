@@ -1,29 +1,34 @@
-/* Y[M, N] = X[M, K] @ W[K, N] (+ bias[N]) with int8 weights (wint8): blocks of QB = 32 consecutive k, each
- * with its own fp32 scale per output column (the layout of GGUF's Q8_0), activations quantized to int8 per
- * row and block on the fly, integer dot products inside a block, fp32 across blocks.
+/* Y[M, N] = X[M, K] @ W[K, N] (+ bias[N]) with quantized weights in blocks of QB = 32 consecutive k, each with
+ * its own fp32 scale d and minimum m per output column: W ~ q * d + m. Activations are quantized per row and
+ * block on the fly, so a block's dot product is an exact integer sum; blocks are combined in fp32.
  *
- * Why: a decode step reads every weight once, so its time is the bytes of the weights; int8 is a quarter of
- * fp32 (plus one scale per 32 weights). The integer instructions (vpmaddubsw/vpmaddwd on AVX2, vpdpbusd with
- * AVX512-VNNI) also do four multiply-adds per 32-bit lane. Blocks, not one scale per row: on SmolLM2 one
- * scale per output channel and per token kept 84 % of fp32's greedy next tokens, blocks of 32 95 %
- * (docs/quantization.md).
+ * Why: a decode step reads every weight once, so its time is the bytes of the weights; 8 bits are a quarter
+ * of fp32, 4 bits an eighth (plus two scales per 32 weights). Integer dot products do 2-4 multiply-adds per
+ * 32-bit lane and instruction.
+ *
+ * Two formats:
+ * - wint8: q u8 (0..255), activations int16 (|x| * 32767 / amax). 8 bits with a minimum hold 256 levels per
+ *   block (a GGUF Q8_0 block exactly: q = q8 + 128, m = -128 d; a Q4_1 block exactly too: 17 q4 on the same
+ *   range), and int16 activations keep the dot product at fp32's quality: with int8 activations (and
+ *   symmetric int8 weights) SmolLM2 kept 95 % of fp32's greedy next tokens, below the 98 % asked of wint8
+ *   (docs/quantization.md). vpdpwssd with AVX512-VNNI, vpmaddwd on AVX2: 2 products per lane.
+ * - wint4: q nibbles (0..15, GGUF Q4_1's math), activations int8: vpdpbusd / vpmaddubsw, 4 products per lane.
  *
  * The math, which tests/unit/test_quant_gemm.py repeats in NumPy bit for bit:
- *   weights (at load, Python): per row n and block b: d[n, b] = max |W[n, b]| / 127,
- *                              Wq = clip(rint(W * (127 / max)), -127, 127)
- *   activations (here):        per row m and block b: a[m, b] and Xq alike
- *   acc = 0; for b ascending: acc = acc + (float(sum_{k in b} Xq[m, k] * Wq[n, k]) * a[m, b]) * d[n, b]
+ *   activations (here):   per row m and block b: amax, Xq = clip(rint(X * (QX / amax)), -QX, QX),
+ *                         a[m, b] = amax / QX, s[m, b] = float(sum_{k in b} Xq) * a[m, b]    (QX 32767 or 127)
+ *   acc = 0; for b ascending: acc = acc + (float(sum_{k in b} q[n, k] Xq[m, k]) * a[m, b]) * d[n, b]
+ *                             acc = acc + s[m, b] * m[n, b]
  *   Y[m, n] = acc (+ bias[n])                       -- every operation rounded to fp32, in this order
- * A block's integer sum is exact, so neither the batch, nor the thread count, nor the ISA changes a row's
- * result. This file is compiled without FP contraction: a multiply and an add must stay two roundings, as
- * in the reference.
+ * A block's integer sum is exact (wint8: 32 * 255 * 32767 < 2^31), so neither the batch, nor the thread
+ * count, nor the ISA changes a row's result. This file is compiled without FP contraction: a multiply and an
+ * add must stay two roundings, as in the reference.
  *
- * Layout: W is packed at load into panels of NR columns: per panel [K / QB][QB / 4][NR] int32 lanes (each
- * lane the 4 int8 weights of 4 consecutive k of one column), then the scales [K / QB][NR] fp32 and the
- * blocks' column sums [K / QB][NR] int32 (for the u8 offset form, simd.h), all zero-padded (K to a multiple
- * of QB, N to a multiple of NR).
- * Loop nest: quantize all M rows into a scratch buffer > panels (two at a time per thread, as the fp32
- * kernel) > MR-row blocks > k blocks > k quads.
+ * Layout: W is packed at load into panels of NR columns, all zero-padded (K to a multiple of QB, N to a
+ * multiple of NR): per panel the weights, then d as [K / QB][NR] fp32, then m likewise. wint8 weights:
+ * [K / QB][QB / 2][NR] u8 pairs (k even, k odd); wint4: [K / QB][QB / 8][NR] uint32 lanes of 8 nibbles.
+ * Loop nest: quantize all M rows into a scratch buffer (rows shared among threads) > panels (two at a time per
+ * thread, as the fp32 kernel) > MR-row blocks > k blocks > k pairs / octets.
  */
 #pragma GCC optimize("fp-contract=off")
 #include <math.h>
@@ -39,9 +44,10 @@
 #define NRI QGEMM_NR
 #define QB 32
 
-/* One full block of 32 floats -> 32 int8 (xor `flip`), its scale amax / 127 and the sum of its int8 values.
- * AVX2 on every ISA: the same operations as the scalar tail below (x * inv rounded half to even, clipped). */
-static inline void quantize_block32(const float *src, float *scale, uint8_t *q, uint8_t flip, int32_t *sum) {
+/* The wint4 activations. One full block of 32 floats -> 32 int8, its scale amax / 127 and the sum of its int8
+ * values. AVX2 on every ISA: the same operations as the scalar tail below (x * inv rounded half to even,
+ * clipped). */
+static inline void quantize_block32(const float *src, float *scale, int8_t *q, int32_t *sum) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   __m256 v[4], am = _mm256_setzero_ps();
   for (int i = 0; i < 4; i++) {
@@ -64,27 +70,26 @@ static inline void quantize_block32(const float *src, float *scale, uint8_t *q, 
   /* packs work per 128-bit lane: the permute puts the 8 groups of 4 bytes back in order */
   const __m256i b16 = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
   const __m256i bytes = _mm256_permutevar8x32_epi32(b16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-  _mm256_storeu_si256((__m256i *)q, _mm256_xor_si256(bytes, _mm256_set1_epi8((char)flip)));
+  _mm256_storeu_si256((__m256i *)q, bytes);
   __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
   s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
   s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
   *sum = _mm_cvtsi128_si32(s4);
 }
 
-/* Row i of X -> int8 blocks in xq[i * KB * QB ...] (stored as u8 = x + 128 when `flip` is 0x80), scales in
- * xs[i * KB ...]; with `xsa`, also xsa[i * KB + b] = float(sum of the block's int8 values) * scale. Rows are
- * shared among the team's threads (each row's result is the same whoever computes it). */
-static void quantize_rows(const float *x, long M, long K, long ldx, long KB, uint8_t *xq, float *xs, uint8_t flip,
-                          float *xsa) {
+/* Row i of X -> int8 blocks in xq[i * KB * QB ...], scales in xs[i * KB ...], and xsa[i * KB + b] =
+ * float(sum of the block's int8 values) * scale. Rows are shared among the team's threads (each row's result
+ * is the same whoever computes it). */
+static void quantize_rows(const float *x, long M, long K, long ldx, long KB, int8_t *xq, float *xs, float *xsa) {
 #pragma omp for schedule(static)
   for (long i = 0; i < M; i++) {
     const float *row = x + i * ldx;
     for (long b = 0; b < KB; b++) {
       const long k0 = b * QB, k1 = k0 + QB < K ? k0 + QB : K;
-      uint8_t *q = xq + i * KB * QB;
+      int8_t *q = xq + i * KB * QB;
       int32_t sum = 0;
       if (k1 - k0 == QB) {
-        quantize_block32(row + k0, xs + i * KB + b, q + k0, flip, &sum);
+        quantize_block32(row + k0, xs + i * KB + b, q + k0, &sum);
       } else {
         float amax = 0.0f;
         for (long k = k0; k < k1; k++) {
@@ -97,11 +102,72 @@ static void quantize_rows(const float *x, long M, long K, long ldx, long KB, uin
           float r = nearbyintf(row[k] * inv); /* round half to even, as numpy.rint */
           r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
           sum += (int)r;
-          q[k] = (uint8_t)(int8_t)(int)r ^ flip;
+          q[k] = (int8_t)(int)r;
         }
-        for (long k = k1; k < k0 + QB; k++) q[k] = flip; /* the weights are zero there */
+        for (long k = k1; k < k0 + QB; k++) q[k] = 0; /* the weights are zero there */
       }
-      if (xsa) xsa[i * KB + b] = (float)sum * xs[i * KB + b];
+      xsa[i * KB + b] = (float)sum * xs[i * KB + b];
+    }
+  }
+}
+
+/* The wint8 activations: int16 per row and block, the same steps with QX = 32767 (AVX2 on every ISA). */
+static inline void quantize_block32_s16(const float *src, float *scale, int16_t *q, int32_t *sum) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 v[4], am = _mm256_setzero_ps();
+  for (int i = 0; i < 4; i++) {
+    v[i] = _mm256_loadu_ps(src + 8 * i);
+    am = _mm256_max_ps(am, _mm256_and_ps(v[i], absmask));
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+  *scale = amax / 32767.0f;
+  const __m256 iv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(32767.0f), lo = _mm256_set1_ps(-32767.0f);
+  __m256i r[4], acc = _mm256_setzero_si256();
+  for (int i = 0; i < 4; i++) {
+    const __m256 x = _mm256_round_ps(_mm256_mul_ps(v[i], iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(x, lo), hi));
+    acc = _mm256_add_epi32(acc, r[i]);
+  }
+  for (int h = 0; h < 2; h++) /* packs interleaves the 128-bit halves; the permute restores k order */
+    _mm256_storeu_si256((__m256i *)(q + 16 * h),
+                        _mm256_permute4x64_epi64(_mm256_packs_epi32(r[2 * h], r[2 * h + 1]), 0xD8));
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+  *sum = _mm_cvtsi128_si32(s4);
+}
+
+static void quantize_rows16(const float *x, long M, long K, long ldx, long KB, int16_t *xq, float *xs, float *xsa) {
+#pragma omp for schedule(static)
+  for (long i = 0; i < M; i++) {
+    const float *row = x + i * ldx;
+    for (long b = 0; b < KB; b++) {
+      const long k0 = b * QB, k1 = k0 + QB < K ? k0 + QB : K;
+      int16_t *q = xq + i * KB * QB;
+      int32_t sum = 0;
+      if (k1 - k0 == QB) {
+        quantize_block32_s16(row + k0, xs + i * KB + b, q + k0, &sum);
+      } else {
+        float amax = 0.0f;
+        for (long k = k0; k < k1; k++) {
+          const float a = fabsf(row[k]);
+          amax = a > amax ? a : amax;
+        }
+        const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+        xs[i * KB + b] = amax / 32767.0f;
+        for (long k = k0; k < k1; k++) {
+          float r = nearbyintf(row[k] * inv);
+          r = r > 32767.0f ? 32767.0f : (r < -32767.0f ? -32767.0f : r);
+          sum += (int)r;
+          q[k] = (int16_t)(int)r;
+        }
+        for (long k = k1; k < k0 + QB; k++) q[k] = 0;
+      }
+      xsa[i * KB + b] = (float)sum * xs[i * KB + b];
     }
   }
 }
@@ -127,41 +193,47 @@ static inline __attribute__((always_inline)) void store_vq(const int mr, vq acc[
     for (int v = 0; v < NVI; v++) vq_store(out + i * NRI + v * VLI, acc[i][v]);
 }
 
-/* One MR x NR block of Y over every k block. wp: the panel's weights; ws, wc: its scales and column sums. */
-static inline __attribute__((always_inline)) void qmicro(const int mr, const uint8_t *xq, const float *xs,
-                                                         long KB, const int32_t *wp, const float *ws,
-                                                         const int32_t *wc, float *out) {
+/* Per k block: the integer sums of the block, then the two fp32 terms in the reference's order. */
+static inline __attribute__((always_inline)) void scale_block(const int mr, vq acc[MRI][NVI], vi isum[MRI][NVI],
+                                                              const float *xs, const float *xsa, long KB, long b,
+                                                              const float *wd, const float *wm) {
+#pragma GCC unroll 4
+  for (int v = 0; v < NVI; v++) {
+    const vq d = vq_load(wd + b * NRI + v * VLI), mn = vq_load(wm + b * NRI + v * VLI);
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++) {
+      const vq t = vq_mul(vq_cvt(isum[i][v]), vq_set1(xs[i * KB + b]));
+      acc[i][v] = vq_add(acc[i][v], vq_mul(t, d));
+      acc[i][v] = vq_add(acc[i][v], vq_mul(vq_set1(xsa[i * KB + b]), mn));
+    }
+  }
+}
+
+/* wint8: one MR x NR block of Y over every k block; wp: the panel's u8 pairs, wd / wm its d and m. */
+static inline __attribute__((always_inline)) void q8micro(const int mr, const int16_t *xq, const float *xs,
+                                                          const float *xsa, long KB, const uint8_t *wp,
+                                                          const float *wd, const float *wm, float *out) {
   vq acc[MRI][NVI];
   zero_vq(mr, acc);
   for (long b = 0; b < KB; b++) {
     vi isum[MRI][NVI];
     zero_vi(mr, isum);
-    const int32_t *wb = wp + b * (QB / 4) * NRI;
-#pragma GCC unroll 8
-    for (int q = 0; q < QB / 4; q++) {
+    const uint8_t *wb = wp + b * (QB / 2) * NRI * 2;
+#pragma GCC unroll 4
+    for (int p = 0; p < QB / 2; p++) {
       vi w[NVI];
 #pragma GCC unroll 4
-      for (int v = 0; v < NVI; v++) w[v] = vi_load(wb + q * NRI + v * VLI);
+      for (int v = 0; v < NVI; v++) w[v] = vi_load_u8pairs(wb + (p * NRI + v * VLI) * 2);
 #pragma GCC unroll 8
       for (int i = 0; i < mr; i++) {
-        int32_t x4;
-        memcpy(&x4, xq + (i * KB + b) * QB + 4 * q, 4);
-        const vi xb = vi_set1(x4);
-        const vi xa = vi_xabs(xb);
+        int32_t x2;
+        memcpy(&x2, xq + (i * KB + b) * QB + 2 * p, 4);
+        const vi xb = vi_set1(x2);
 #pragma GCC unroll 4
-        for (int v = 0; v < NVI; v++) isum[i][v] = vi_dot4(isum[i][v], xb, xa, w[v]);
+        for (int v = 0; v < NVI; v++) isum[i][v] = vi_dot2_s16(isum[i][v], w[v], xb);
       }
     }
-#pragma GCC unroll 4
-    for (int v = 0; v < NVI; v++) {
-      const vq d = vq_load(ws + b * NRI + v * VLI);
-      const vi corr = QUANT_XOFFSET ? vi_shl7(vi_load(wc + b * NRI + v * VLI)) : vi_zero();
-#pragma GCC unroll 8
-      for (int i = 0; i < mr; i++) {
-        const vq t = vq_mul(vq_cvt(QUANT_XOFFSET ? vi_sub(isum[i][v], corr) : isum[i][v]), vq_set1(xs[i * KB + b]));
-        acc[i][v] = vq_add(acc[i][v], vq_mul(t, d));
-      }
-    }
+    scale_block(mr, acc, isum, xs, xsa, KB, b, wd, wm);
   }
   store_vq(mr, acc, out);
 }
@@ -171,9 +243,9 @@ typedef void (*block_fn)(const uint8_t *, const float *, const float *, long, co
                          const void *, float *);
 #define QMICRO(n)                                                                                          \
   static void qmicro_##n(const uint8_t *xq, const float *xs, const float *xsa, long KB, const int32_t *wp, \
-                         const float *ws, const void *wc, float *out) {                                    \
-    (void)xsa;                                                                                             \
-    qmicro(n < MRI ? n : MRI, xq, xs, KB, wp, ws, (const int32_t *)wc, out);                              \
+                         const float *wd, const void *wm, float *out) {                                    \
+    q8micro(n < MRI ? n : MRI, (const int16_t *)xq, xs, xsa, KB, (const uint8_t *)wp, wd, (const float *)wm, \
+            out);                                                                                          \
   }
 QMICRO(1)
 QMICRO(2)
@@ -181,33 +253,36 @@ QMICRO(3)
 QMICRO(4)
 static const block_fn qmicros[5] = {0, qmicro_1, qmicro_2, qmicro_3, qmicro_4};
 
-/* Scratch for the quantized activations of M rows of K: xq (M * KB * QB bytes), then xs and xsa (M * KB floats
- * each), 64-byte aligned. */
-static long xq_bytes(long M, long K) { return (M * ((K + QB - 1) / QB) * QB + 63) / 64 * 64; }
+/* Scratch for the quantized activations of M rows of K: xq (M * KB * QB int16 or int8), then xs and xsa (M * KB
+ * floats each), 64-byte aligned. */
+static long xq_bytes(long M, long K) { return (M * ((K + QB - 1) / QB) * QB * 2 + 63) / 64 * 64; }
 long quant_gemm_scratch(long M, long K) { return xq_bytes(M, K) + 2 * M * ((K + QB - 1) / QB) * (long)sizeof(float) + 64; }
 
-/* The loop nest both formats share, as team work (team.h): quantize X once (rows shared), then the panels go
- * to the team's threads two at a time > MR-row blocks, bias in the epilogue. `wk` int32 lanes of weights, t1
- * and t2 KB * NR entries each per panel. */
+/* The loop nest both formats share, as team work (team.h): quantize X once (rows shared; int16 when `wide`),
+ * then the panels go to the team's threads two at a time > MR-row blocks, bias in the epilogue. `wk` int32
+ * words of weights, d and m KB * NR floats each per panel. */
 static void panels_team(const block_fn *micros, const float *x, long M, long K, long ldx, const int32_t *wp, long wk,
-                        const float *t1, const char *t2, long t2_size, long N, const float *bias, float *y, long ldy,
-                        void *scratch, uint8_t flip, int want_sums) {
+                        const float *wd, const float *wm, long N, const float *bias, float *y, long ldy, void *scratch,
+                        int wide) {
   const long KB = (K + QB - 1) / QB, panels = (N + NRI - 1) / NRI;
+  const long row_bytes = KB * QB * (wide ? 2 : 1);
   uint8_t *xq = scratch;
   float *xs = (float *)((char *)scratch + xq_bytes(M, K));
   float *xsa = xs + M * KB;
-  quantize_rows(x, M, K, ldx, KB, xq, xs, flip, want_sums ? xsa : 0);
+  if (wide)
+    quantize_rows16(x, M, K, ldx, KB, (int16_t *)xq, xs, xsa);
+  else
+    quantize_rows(x, M, K, ldx, KB, (int8_t *)xq, xs, xsa);
 #pragma omp for schedule(monotonic : dynamic, 2)
   for (long p = 0; p < panels; p++) {
     float out[MRI * NRI];
     const int32_t *panel = wp + p * wk;
-    const float *p1 = t1 + p * KB * NRI;
-    const void *p2 = t2 + p * KB * NRI * t2_size;
+    const float *pd = wd + p * KB * NRI, *pm = wm + p * KB * NRI;
     const float *pb = bias ? bias + p * NRI : 0;
     const int ncols = N - p * NRI < NRI ? (int)(N - p * NRI) : NRI;
     for (long i = 0; i < M; i += MRI) {
       const int mr = M - i < MRI ? (int)(M - i) : MRI;
-      micros[mr](xq + i * KB * QB, xs + i * KB, xsa + i * KB, KB, panel, p1, p2, out);
+      micros[mr](xq + i * row_bytes, xs + i * KB, xsa + i * KB, KB, panel, pd, pm, out);
       for (int r = 0; r < mr; r++) {
         float *yr = y + (i + r) * ldy + p * NRI;
         for (int j = 0; j < ncols; j++) yr[j] = pb ? out[r * NRI + j] + pb[j] : out[r * NRI + j];
@@ -218,23 +293,22 @@ static void panels_team(const block_fn *micros, const float *x, long M, long K, 
 
 #define PANEL_THREADS(N, nthreads) ((nthreads) > 1 && ((N) + NRI - 1) / NRI > 1)
 
-/* x: [M, K] rows ldx floats apart; wp: per panel (ceil(N / NR) of them) KB * QB / 4 * NR int32 lanes;
- * wscale: per panel KB * NR floats; wsum: per panel KB * NR int32 (KB = ceil(K / QB)); bias: NULL or
- * ceil(N / NR) * NR floats; y: [M, N] rows ldy floats apart. Returns 0, or -1 when the scratch buffer for
- * the quantized rows cannot be allocated. */
-void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wscale,
-                        const int32_t *wsum, long N, const float *bias, float *y, long ldy, void *scratch) {
+/* x: [M, K] rows ldx floats apart; wp: per panel (ceil(N / NR) of them) KB * QB / 2 * NR u8 pairs; wd, wm:
+ * per panel KB * NR floats (KB = ceil(K / QB)); bias: NULL or ceil(N / NR) * NR floats; y: [M, N] rows ldy
+ * floats apart. Returns 0, or -1 when the scratch buffer for the quantized rows cannot be allocated. */
+void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const uint8_t *wp, const float *wd, const float *wm,
+                        long N, const float *bias, float *y, long ldy, void *scratch) {
   const long KB = (K + QB - 1) / QB;
-  panels_team(qmicros, x, M, K, ldx, wp, KB * (QB / 4) * NRI, wscale, (const char *)wsum, sizeof(int32_t), N, bias,
-              y, ldy, scratch, QUANT_XOFFSET ? 0x80u : 0u, 0);
+  panels_team(qmicros, x, M, K, ldx, (const int32_t *)wp, KB * (QB / 2) * NRI / 2, wd, wm, N, bias, y, ldy, scratch,
+              1);
 }
 
-int quant_gemm_w8(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wscale,
-                  const int32_t *wsum, long N, const float *bias, float *y, long ldy, int nthreads) {
+int quant_gemm_w8(const float *x, long M, long K, long ldx, const uint8_t *wp, const float *wd, const float *wm,
+                  long N, const float *bias, float *y, long ldy, int nthreads) {
   void *scratch = malloc((size_t)quant_gemm_scratch(M, K));
   if (!scratch) return -1;
 #pragma omp parallel num_threads(nthreads) if (PANEL_THREADS(N, nthreads))
-  quant_gemm_w8_team(x, M, K, ldx, wp, wscale, wsum, N, bias, y, ldy, scratch);
+  quant_gemm_w8_team(x, M, K, ldx, wp, wd, wm, N, bias, y, ldy, scratch);
   free(scratch);
   return 0;
 }
@@ -276,16 +350,7 @@ static inline __attribute__((always_inline)) void q4micro(const int mr, const ui
         for (int v = 0; v < NVI; v++) isum[i][v] = vi_dot4_u8s8(vi_dot4_u8s8(isum[i][v], lo[v], xl), hi[v], xh);
       }
     }
-#pragma GCC unroll 4
-    for (int v = 0; v < NVI; v++) {
-      const vq d = vq_load(wd + b * NRI + v * VLI), mn = vq_load(wm + b * NRI + v * VLI);
-#pragma GCC unroll 8
-      for (int i = 0; i < mr; i++) {
-        const vq t = vq_mul(vq_cvt(isum[i][v]), vq_set1(xs[i * KB + b]));
-        acc[i][v] = vq_add(acc[i][v], vq_mul(t, d));
-        acc[i][v] = vq_add(acc[i][v], vq_mul(vq_set1(xsa[i * KB + b]), mn));
-      }
-    }
+    scale_block(mr, acc, isum, xs, xsa, KB, b, wd, wm);
   }
   store_vq(mr, acc, out);
 }
@@ -304,8 +369,7 @@ static const block_fn q4micros[5] = {0, q4micro_1, q4micro_2, q4micro_3, q4micro
 void quant_gemm_w4_team(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd, const float *wm,
                         long N, const float *bias, float *y, long ldy, void *scratch) {
   const long KB = (K + QB - 1) / QB;
-  panels_team(q4micros, x, M, K, ldx, wp, KB * (QB / 8) * NRI, wd, (const char *)wm, sizeof(float), N, bias, y, ldy,
-              scratch, 0u, 1);
+  panels_team(q4micros, x, M, K, ldx, wp, KB * (QB / 8) * NRI, wd, wm, N, bias, y, ldy, scratch, 0);
 }
 
 /* As quant_gemm_w8, with wp: per panel KB * QB / 8 * NR uint32 lanes; wd, wm: per panel KB * NR floats. */

@@ -83,38 +83,32 @@ static inline __attribute__((always_inline)) __m256 vf_fold(vf v) { return v; }
 
 #define GEMM_NR (GEMM_NV * VL)
 
-/* ---- int8 dot products (quant_gemm.c) ------------------------------------------------------------------
- * `vi` holds VLI int32 lanes; lane j accumulates, per step, 4 consecutive k of one output column:
- * vi_dot4(acc, xb, xa, w) adds sum_b x[b] * w[b] over the 4 bytes, exactly (int32). xb is the row's 4
- * quantized activations broadcast to every lane, in the form the ISA wants (QUANT_XOFFSET: stored as
- * u8 = x + 128, the kernel subtracts 128 * colsum(w) afterwards), xa = vi_xabs(xb) computed once per
- * broadcast. Every form gives the same integer sums, so the same results on every ISA. `vq` is the float
- * vector of the same VLI lanes (the per-block scaling and the fp32 accumulators).
- * - AVX512-BW + VNNI: vpdpbusd (u8 x s8, 4 products summed into each int32 lane), 16 lanes, 4 x 2 blocks
- *   (8 int32 + 8 fp32 accumulators, 2 weights, broadcast, scales).
- * wint4 weights are unsigned nibbles (0..15), so vi_dot4_u8s8 multiplies them directly with the signed
- * activations (vpdpbusd, or vpmaddubsw: at most 2 * 15 * 127, no saturation); vi_lo4 / vi_hi4 unpack them.
- * - AVX2 (also the avx512 F+VL library, which has no 512-bit byte ops): |x| (u8) x sign(w, x) (s8) by
- *   vpmaddubsw (pairs to s16: at most 2 * 127 * 127, no saturation) then vpmaddwd by 1 (to s32); 8 lanes,
- *   4 x 1 blocks (4 int32 + 4 fp32 accumulators and the temporaries fit 16 ymm). */
+/* ---- integer dot products (quant_gemm.c) ---------------------------------------------------------------
+ * `vi` holds VLI int32 lanes, one output column each; `vq` is the float vector of the same lanes (the
+ * per-block scaling and the fp32 accumulators). Every form below gives the same exact integer sums, so the same
+ * results on every ISA.
+ * - wint8: vi_load_u8pairs widens a lane's two u8 weights (k even, k odd) to two int16; vi_dot2_s16 adds
+ *   w[2j] x[0] + w[2j + 1] x[1] with the row's two int16 activations broadcast (vpdpwssd with AVX512-VNNI;
+ *   vpmaddwd + vpaddd on AVX2: at most 2 * 255 * 32767 per pair, no overflow).
+ * - wint4: unsigned nibbles (0..15), unpacked by vi_lo4 / vi_hi4, times 4 int8 activations by vi_dot4_u8s8
+ *   (vpdpbusd, or vpmaddubsw: at most 2 * 15 * 127, no saturation, then vpmaddwd by 1).
+ * Shapes: AVX512-BW + VNNI 16 lanes, 4 x 2 blocks (8 int32 + 8 fp32 accumulators, 2 weights, broadcast,
+ * scales); AVX2 (also the avx512 F+VL library, which has no 512-bit byte or word ops) 8 lanes, 4 x 1 blocks
+ * (4 int32 + 4 fp32 accumulators and the temporaries fit 16 ymm). */
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define VLI 16
 #define QGEMM_MR 4
 #define QGEMM_NV 2
-#define QUANT_XOFFSET 1
 typedef __m512i vi;
 typedef __m512 vq;
 static inline __attribute__((always_inline)) vi vi_load(const int32_t *p) { return _mm512_loadu_si512(p); }
 static inline __attribute__((always_inline)) vi vi_zero(void) { return _mm512_setzero_si512(); }
 static inline __attribute__((always_inline)) vi vi_set1(int32_t x) { return _mm512_set1_epi32(x); }
-static inline __attribute__((always_inline)) vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
-static inline __attribute__((always_inline)) vi vi_shl7(vi a) { return _mm512_slli_epi32(a, 7); }
-static inline __attribute__((always_inline)) vi vi_xabs(vi xb) { return xb; }
-static inline __attribute__((always_inline)) vi vi_dot4(vi acc, vi xb, vi xa, vi w) {
-  (void)xa;
-  return _mm512_dpbusd_epi32(acc, xb, w);
+static inline __attribute__((always_inline)) vi vi_load_u8pairs(const uint8_t *p) {
+  return _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
 }
-/* u8 weights (a vector) x s8 activations (broadcast): the wint4 form, no offset needed. */
+static inline __attribute__((always_inline)) vi vi_dot2_s16(vi acc, vi w, vi x2) { return _mm512_dpwssd_epi32(acc, w, x2); }
+/* u8 weights (a vector) x s8 activations (broadcast): the wint4 form. */
 static inline __attribute__((always_inline)) vi vi_dot4_u8s8(vi acc, vi w, vi xb) { return _mm512_dpbusd_epi32(acc, w, xb); }
 static inline __attribute__((always_inline)) vi vi_lo4(vi v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0F)); }
 static inline __attribute__((always_inline)) vi vi_hi4(vi v) {
@@ -131,7 +125,6 @@ static inline __attribute__((always_inline)) vq vq_add(vq a, vq b) { return _mm5
 #define VLI 8
 #define QGEMM_MR 4
 #define QGEMM_NV 1
-#define QUANT_XOFFSET 0
 typedef __m256i vi;
 typedef __m256 vq;
 static inline __attribute__((always_inline)) vi vi_load(const int32_t *p) {
@@ -139,12 +132,11 @@ static inline __attribute__((always_inline)) vi vi_load(const int32_t *p) {
 }
 static inline __attribute__((always_inline)) vi vi_zero(void) { return _mm256_setzero_si256(); }
 static inline __attribute__((always_inline)) vi vi_set1(int32_t x) { return _mm256_set1_epi32(x); }
-static inline __attribute__((always_inline)) vi vi_sub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
-static inline __attribute__((always_inline)) vi vi_shl7(vi a) { return _mm256_slli_epi32(a, 7); }
-static inline __attribute__((always_inline)) vi vi_xabs(vi xb) { return _mm256_abs_epi8(xb); }
-static inline __attribute__((always_inline)) vi vi_dot4(vi acc, vi xb, vi xa, vi w) {
-  const vi pairs = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w, xb));
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+static inline __attribute__((always_inline)) vi vi_load_u8pairs(const uint8_t *p) {
+  return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+}
+static inline __attribute__((always_inline)) vi vi_dot2_s16(vi acc, vi w, vi x2) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x2));
 }
 static inline __attribute__((always_inline)) vi vi_dot4_u8s8(vi acc, vi w, vi xb) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, xb), _mm256_set1_epi16(1)));

@@ -24,9 +24,8 @@ TEAM_HIDDEN void packed_sgemm_bf16_team(const float *x, long M, long K, long ldx
 
 /* quant_gemm.c: `scratch` holds the quantized activations */
 TEAM_HIDDEN long quant_gemm_scratch(long M, long K); /* bytes */
-TEAM_HIDDEN void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const int32_t *wp,
-                                    const float *wscale, const int32_t *wsum, long N, const float *bias, float *y,
-                                    long ldy, void *scratch);
+TEAM_HIDDEN void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const uint8_t *wp, const float *wd,
+                                    const float *wm, long N, const float *bias, float *y, long ldy, void *scratch);
 TEAM_HIDDEN void quant_gemm_w4_team(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd,
                                     const float *wm, long N, const float *bias, float *y, long ldy, void *scratch);
 
