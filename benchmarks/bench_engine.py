@@ -46,6 +46,7 @@ def engine_bench(
     cpu_kernels: str = "auto",
     dtype: str = "float32",
     quantization: str = "none",
+    enforce_eager: bool = False,
 ) -> dict[str, float]:
     from paddlellm.config import EngineConfig
     from paddlellm.engine.core import LLMEngine
@@ -61,6 +62,7 @@ def engine_bench(
         cpu_kernels=cpu_kernels,
         dtype=dtype,
         quantization=quantization,
+        enforce_eager=enforce_eager,
     )
     engine = LLMEngine.create(config)
     vocab = engine.info.vocab_size
@@ -194,8 +196,9 @@ def main() -> int:
     ap.add_argument(
         "--variants",
         default="auto",
-        help="comma-separated engine variants cpu_kernels[:dtype or quantization], e.g. "
-        "auto,avx2,avx2:bfloat16,auto:wint8,paddle",
+        help="comma-separated engine variants cpu_kernels[:dtype or quantization][+eager][@avx2cpu], e.g. "
+        "auto,avx2,avx2:bfloat16,auto:wint8,auto:wint4+eager,paddle (+eager: --enforce-eager, the layer-by-"
+        "layer path instead of the fused native forward)",
     )
     ap.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))
     args = ap.parse_args()
@@ -210,15 +213,19 @@ def main() -> int:
         envs: dict[str, dict[str, str]] = {}
         for variant in args.variants.split(","):
             spec, _, cpu = variant.partition("@")
+            spec, eager, _ = spec.partition("+eager")
             kernels, _, dtype = spec.partition(":")
             label = "paddlellm" if variant == "auto" else f"paddlellm ({kernels}, {dtype or 'float32'})"
+            label += ", eager" if eager else ""
             if cpu:
                 if cpu != "avx2cpu":
                     ap.error(f"--variants: unknown CPU {cpu!r} in {variant!r} (known: avx2cpu)")
                 label += " as on an AVX2-only CPU"
                 envs[label] = AVX2_CPU_ENV
             weights = {"quantization": dtype} if dtype.startswith("wint") else {"dtype": dtype or "float32"}
-            impls[label] = functools.partial(engine_bench, cpu_kernels=kernels, **weights)
+            impls[label] = functools.partial(
+                engine_bench, cpu_kernels=kernels, enforce_eager=bool(eager), **weights
+            )
         if not args.no_hf:
             impls["transformers"] = hf_bench
         results[name] = {}

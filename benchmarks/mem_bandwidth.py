@@ -24,7 +24,9 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+static double now(void) {
+  struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9;
+}
 int main(int argc, char **argv) {
   const long n = atol(argv[1]) << 20; const int threads = atoi(argv[2]), rounds = atoi(argv[3]);
   char *buf = aligned_alloc(64, (size_t)n); memset(buf, 1, (size_t)n);
@@ -73,7 +75,8 @@ def main() -> int:
         for mib in sizes:
             row = []
             for t in threads:
-                out = subprocess.run([exe, str(mib), str(t), str(args.rounds)], capture_output=True, text=True)
+                cmd = [exe, str(mib), str(t), str(args.rounds)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
                 row.append(out.stdout.split()[0] if out.returncode == 0 else "error")
             print(f"| {mib} | " + " | ".join(row) + " |")
     return 0

@@ -139,13 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
 def add_engine_options(groups: dict[str, Any]) -> None:
     """One flag per EngineConfig option the CLI does not define itself, generated from its declaration:
     `--max-num-seqs` for `max_num_seqs`, the field's type, default, choices and help. Booleans take 0/1 as
-    FastDeploy's flags do. An `unset` option defaults to None, which means the field's own default."""
+    FastDeploy's flags do, or stand alone for 1 as vLLM's do (`--enforce-eager`). An `unset` option defaults
+    to None, which means the field's own default."""
     for f, typ, info in EngineConfig.options():
         if not info.cli:
             continue
         kwargs: dict[str, Any] = {"help": info.help, "default": f.default, "dest": f.name}
         if typ is bool:
-            kwargs |= {"type": int, "choices": (0, 1), "default": int(f.default), "help": "1: " + info.help}
+            kwargs |= {
+                "type": int, "choices": (0, 1), "nargs": "?", "const": 1, "default": int(f.default),
+                "help": "1 (or the flag alone): " + info.help,
+            }
         elif info.choices:
             kwargs["choices"] = info.choices
         else:

@@ -167,6 +167,15 @@ def test_defaults_leave_optional_engine_values_unset(model: Path) -> None:
     assert args.port == 8000 and args.scheduler_name == "local"
 
 
+def test_boolean_flags_take_0_1_or_stand_alone(model: Path) -> None:
+    """FastDeploy writes `--use-warmup 1`, vLLM `--enforce-eager`: both forms work, and the default stays."""
+    parse = build_parser().parse_args
+    assert parse(["--model", str(model), "--enforce-eager"]).enforce_eager == 1
+    assert parse(["--model", str(model), "--enforce-eager", "0"]).enforce_eager == 0
+    assert parse(["--model", str(model), "--enforce-eager", "1", "--use-warmup"]).use_warmup == 1
+    assert parse(["--model", str(model)]).enforce_eager == 0
+
+
 def _template(tmp_path: Path, template: str) -> Path:
     d = tmp_path / "m"
     d.mkdir(exist_ok=True)
