@@ -51,7 +51,7 @@ def create_app(
         if own:
             from tritonclient.grpc.aio import InferenceServerClient
 
-            triton = InferenceServerClient(settings.triton_url)
+            triton = InferenceServerClient(settings.triton_url, channel_args=_channel_args())
         else:
             triton = client
         # gRPC's deadline only backs up the gateway's own (limits.DeadlineStream), which aborts the engine.
@@ -154,3 +154,24 @@ def app_from_env() -> FastAPI:
             settings.global_scheduler, settings.scheduler_capacity, on_event=metrics.count_scheduler_event
         )
     return create_app(settings, backend_factory=factory, metrics=metrics)
+
+
+def _channel_args() -> list[tuple[str, int]]:
+    """tritonclient's defaults, plus reconnect attempts at most 1 s apart: when the launcher restarts
+    tritonserver (a dead engine), gRPC's default backoff (1 s growing to 120 s) would keep the gateway
+    away from the restarted server for up to tens of seconds after it is back."""
+    from tritonclient.grpc import KeepAliveOptions
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+    ka = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]

@@ -26,6 +26,9 @@ log = logging.getLogger("gateway")
 _UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-before"}
 
 
+RETRY_AFTER_S = 1  # seconds a client should wait before retrying a 503 of a busy or restarting engine
+
+
 class ApiError(Exception):
     """An error with everything the envelope needs."""
 
@@ -84,8 +87,11 @@ def from_validation(exc: ValidationError) -> ApiError:
 def from_engine(exc: EngineError, request_id: str) -> ApiError:
     if isinstance(exc, InvalidRequest):
         return ApiError(400, exc.message, param=exc.param, code="invalid_value")
-    if isinstance(exc, Overloaded):
-        return ApiError(503, f"{exc.message} (request {request_id})", type="server_error", code="overloaded")
+    if isinstance(exc, Overloaded):  # a full queue, or the inference server away (e.g. being restarted)
+        return ApiError(
+            503, f"{exc.message} (request {request_id})", type="server_error", code="overloaded",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     if isinstance(exc, Cancelled):
         return ApiError(499, "request cancelled", type="server_error", code="cancelled")
     if isinstance(exc, EngineDead):

@@ -116,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-timeout", type=float, default=900.0, help="seconds to wait for the models to load"
     )
     g.add_argument(
+        "--max-engine-restarts",
+        type=int,
+        default=5,
+        help="restarts of a dead engine (tritonserver, the llm_engine stub or a rank worker) within "
+        "--engine-restart-window before the launcher exits with code 3 (a crash loop); 0: never restart",
+    )
+    g.add_argument(
+        "--engine-restart-window", type=float, default=600.0, help="seconds --max-engine-restarts counts over"
+    )
+    g.add_argument(
         "--dry-run",
         action="store_true",
         help="validate the flags, print the engine and gateway configuration, and exit",
@@ -275,6 +285,8 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         run_dir=args.run_dir,
         template_dir=args.model_repository.resolve(),
         ready_timeout_s=args.ready_timeout,
+        max_restarts=args.max_engine_restarts,
+        restart_window_s=args.engine_restart_window,
     )
 
 
@@ -293,6 +305,8 @@ def _describe(plan: LaunchPlan) -> dict[str, Any]:
         "port": plan.port,
         "workers": plan.workers,
         "run_dir": str(plan.run_dir) if plan.run_dir else None,
+        "max_engine_restarts": plan.max_restarts,
+        "engine_restart_window_s": plan.restart_window_s,
     }
 
 

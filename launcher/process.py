@@ -67,9 +67,13 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def kill(self) -> int | None:
+        """SIGKILL the whole process group now (a restart: nothing in it is worth waiting for)."""
+        return self.stop(timeout_s=0)
+
     def stop(self, timeout_s: float) -> int | None:
         """SIGTERM, wait, then SIGKILL the whole process group. Returns the exit code."""
-        if self.alive():
+        if self.alive() and timeout_s > 0:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout_s)

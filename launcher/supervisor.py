@@ -60,6 +60,11 @@ class LaunchPlan:
     template_dir: Path = REPO_ROOT / "model_repository"
     ready_timeout_s: float = 900.0
     triton_args: tuple[str, ...] = field(default_factory=tuple)
+    max_restarts: int = 5  # engine restarts within restart_window_s before the launcher gives up (exit 3)
+    restart_window_s: float = 600.0
+
+
+EXIT_CRASH_LOOP = 3  # the engine kept dying: an orchestrator should restart (or alert), not wait
 
 
 def _worth_echoing(line: str) -> bool:
@@ -88,6 +93,10 @@ class Launcher:
         self.gateway: ManagedProcess | None = None
         self.metrics_server: ManagedProcess | None = None  # only with a separate --metrics-port
         self._t0 = time.monotonic()
+        self._triton_start: tuple[Path, Path, tuple[int, int, int]] | None = None  # repo, run dir, ports
+        self._engine_pids: list[int] = []  # the llm_engine stub and its rank workers, once ready
+        self._shm_regions: set[str] = set()  # the python backend stubs' shared memory (/dev/shm names)
+        self.restarts: list[tuple[float, str]] = []  # (monotonic time, cause) of each engine restart
 
     def say(self, msg: str) -> None:
         print(f"[launcher] {msg}", flush=True)
@@ -136,10 +145,13 @@ class Launcher:
         run_dir.mkdir(parents=True, exist_ok=True)
         repo = self._render(run_dir)
         grpc_port, http_port, metrics_port = free_ports(3)
+        self._triton_start = (repo, run_dir, (grpc_port, http_port, metrics_port))
         self._start_triton(repo, run_dir, grpc_port, http_port, metrics_port)
         self._wait_models(f"127.0.0.1:{grpc_port}")
         if self.stop_requested.is_set():
             return
+        self._engine_pids = self._find_engine_pids()
+        self.say(f"watching the engine's processes: {self._engine_pids}")
         settings = dataclasses.replace(
             self.plan.gateway,
             triton_url=f"127.0.0.1:{grpc_port}",
@@ -310,12 +322,99 @@ class Launcher:
 
     # ------------------------------------------------------------------ supervision and shutdown
     def _supervise(self) -> int:
+        """Every 0.5 s: a dead gateway ends the launcher (exit 1: its state is per-connection, an orchestrator
+        restarts the whole unit); a dead tritonserver, llm_engine stub or rank worker restarts tritonserver,
+        up to `max_restarts` times in `restart_window_s` (then exit 3, naming the cause)."""
         while not self.stop_requested.wait(0.5):
-            for proc in (self.triton, self.gateway, self.metrics_server):
+            for proc in (self.gateway, self.metrics_server):
                 if proc is not None and not proc.alive():
                     self.say(f"{proc.name} exited unexpectedly (code {proc.proc.returncode}); shutting down")
                     return 1
+            cause = self._engine_failure()
+            if cause is not None:
+                code = self._recover(cause)
+                if code is not None:
+                    return code
         return 0
+
+    def _recover(self, cause: str) -> int | None:
+        """Restart tritonserver until the engine is back (None) or the restart budget is spent (the exit
+        code). A restart that fails (the engine died again while loading, or its model no longer loads) counts
+        as one more death."""
+        start = time.monotonic()
+        while not self.stop_requested.is_set():
+            now = time.monotonic()
+            self.restarts.append((now, cause))
+            recent = [t for t, _ in self.restarts if now - t <= self.plan.restart_window_s]
+            if len(recent) > self.plan.max_restarts:
+                self.say(
+                    f"crash loop: {cause}; {len(recent) - 1} restarts in the last "
+                    f"{self.plan.restart_window_s:g}s already (limit {self.plan.max_restarts}): exiting"
+                )
+                return EXIT_CRASH_LOOP
+            self.say(f"{cause}: restarting tritonserver (restart {len(self.restarts)})")
+            try:
+                self._restart_triton()
+            except LaunchError as e:
+                cause = f"the restart failed ({str(e).splitlines()[0]})"
+                continue
+            self.say(f"engine back after {time.monotonic() - start:.1f}s (restart {len(self.restarts)})")
+            return None
+        return None
+
+    def _find_engine_pids(self) -> list[int]:
+        """The llm_engine stub(s) of this launcher's repository (their command line names its model.py) and
+        their children (TP rank workers)."""
+        if self._triton_start is None:
+            return []
+        repo = str(self._triton_start[0]).encode() + b"/"
+        every = [p for p in _all_pids() if repo in _cmdline(p)]
+        # A stub killed outright leaves its region behind: remembered here, unlinked once tritonserver
+        # is dead.
+        self._shm_regions |= {
+            arg.decode()
+            for p in every
+            for arg in _cmdline(p).split(b"\0")
+            if arg.startswith(b"triton_python_backend_shm_region")
+        }
+        stubs = [p for p in every if repo + b"llm_engine/" in _cmdline(p)]
+        return [q for p in stubs for q in (p, *_descendants(p))]
+
+    def _engine_failure(self) -> str | None:
+        """Why the engine cannot serve any more, or None."""
+        if self.triton is None:
+            return None
+        if not self.triton.alive():
+            return f"tritonserver exited (code {self.triton.proc.returncode})"
+        if not self._engine_pids:  # it died between loading and being looked for
+            return "an llm_engine process died (no llm_engine stub found after its model loaded)"
+        dead = [p for p in self._engine_pids if not _alive(p)]
+        if dead:
+            return f"an llm_engine process died (pid {dead[0]})"
+        return None
+
+    def _restart_triton(self) -> None:
+        """Kill tritonserver and everything under it at once (in-flight streams end now: the gateway turns
+        the broken gRPC streams into an error chunk + [DONE]; new requests get 503 + Retry-After until the
+        models are back), start it again on the same ports, wait for the models."""
+        assert self.triton is not None and self._triton_start is not None
+        repo, run_dir, ports = self._triton_start
+        # Every stub of this repository (a stub whose tritonserver died is an orphan outside its process
+        # group, and lives on) and its children; the python backend's shared-memory regions are named in the
+        # stubs' command lines, and a killed tritonserver does not unlink them.
+        stubs = [p for p in _all_pids() if str(repo).encode() + b"/" in _cmdline(p)]
+        doomed = [q for p in stubs for q in (p, *_descendants(p))]
+        self.triton.kill()
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._unlink_shm()
+        self._start_triton(repo, run_dir, *ports)
+        self._wait_models(f"127.0.0.1:{ports[0]}")
+        self._engine_pids = self._find_engine_pids()
+        self.say(f"watching the engine's processes: {self._engine_pids}")
 
     def _shutdown(self) -> None:
         if self.metrics_server is not None:
@@ -326,4 +425,50 @@ class Launcher:
         if self.triton is not None:
             self.say("stopping tritonserver")
             self.triton.stop(timeout_s=30)
+            self._unlink_shm()
         self.say("stopped")
+
+    def _unlink_shm(self) -> None:
+        """The python backend's shared-memory regions of stubs that are gone (tritonserver is dead)."""
+        for name in self._shm_regions:
+            Path("/dev/shm", name).unlink(missing_ok=True)
+        self._shm_regions.clear()
+
+
+def _all_pids() -> list[int]:
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    todo, seen = _children(pid), []
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        todo += _children(p)
+    return seen
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its parent, counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
