@@ -29,12 +29,6 @@
 #include "simd.h"
 #include "team.h"
 
-#if VL == 16
-#pragma omp declare simd simdlen(16) notinbranch
-#else
-#pragma omp declare simd simdlen(8) notinbranch
-#endif
-extern float expf(float);
 
 /* ---- rotary + cache write -------------------------------------------------------------------------------
  * qkv [T, qk_heads + kv_heads2 - qk_heads.., d]: per token, `qk_heads` rotated heads (q, then k) followed by the

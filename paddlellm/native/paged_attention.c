@@ -24,14 +24,6 @@
 #include "simd.h"
 #include "team.h"
 
-/* glibc's libmvec has VL-lane expf variants (_ZGVeN16v_expf for AVX-512, _ZGVdN8v_expf for AVX2, within
- * 4 ulp); math.h only announces them under -ffast-math, which this file does not want, so announce them here. */
-#if VL == 16
-#pragma omp declare simd simdlen(16) notinbranch
-#else
-#pragma omp declare simd simdlen(8) notinbranch
-#endif
-extern float expf(float);
 
 static inline float dot(const float *a, const float *b, int d) {
   if ((d % VL) == 0) {

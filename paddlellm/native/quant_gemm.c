@@ -44,10 +44,11 @@
 #define NRI QGEMM_NR
 #define QB 32
 
-/* The wint4 activations. One full block of 32 floats -> 32 int8, its scale amax / 127 and the sum of its int8
- * values. AVX2 on every ISA: the same operations as the scalar tail below (x * inv rounded half to even,
- * clipped). */
-static inline void quantize_block32(const float *src, float *scale, int8_t *q, int32_t *sum) {
+/* Activations, per row and block of 32: Xq = clip(rint(X * (QX / amax)), -QX, QX) with QX = 127 (int8, the
+ * wint4 kernel) or 32767 (int16, wint8), scale amax / QX, and the sum of the block's Xq. A full block runs in
+ * AVX2 (every ISA has it) with the same operations as the scalar tail (x * inv rounded half to even, then
+ * clipped), so both give the same values. */
+static inline void quantize_block32(const float *src, float qx, int wide, float *scale, void *q, int32_t *sum) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   __m256 v[4], am = _mm256_setzero_ps();
   for (int i = 0; i < 4; i++) {
@@ -58,114 +59,63 @@ static inline void quantize_block32(const float *src, float *scale, int8_t *q, i
   m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
   m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
   const float amax = _mm_cvtss_f32(m4);
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-  *scale = amax / 127.0f;
-  const __m256 iv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+  const float inv = amax > 0.0f ? qx / amax : 0.0f;
+  *scale = amax / qx;
+  const __m256 iv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(qx), lo = _mm256_set1_ps(-qx);
   __m256i r[4], acc = _mm256_setzero_si256();
   for (int i = 0; i < 4; i++) {
     const __m256 x = _mm256_round_ps(_mm256_mul_ps(v[i], iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(x, lo), hi));
     acc = _mm256_add_epi32(acc, r[i]);
   }
-  /* packs work per 128-bit lane: the permute puts the 8 groups of 4 bytes back in order */
-  const __m256i b16 = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
-  const __m256i bytes = _mm256_permutevar8x32_epi32(b16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-  _mm256_storeu_si256((__m256i *)q, bytes);
+  /* packs work per 128-bit lane: the permutes put k back in order */
+  if (wide) {
+    for (int h = 0; h < 2; h++)
+      _mm256_storeu_si256((__m256i *)((int16_t *)q + 16 * h),
+                          _mm256_permute4x64_epi64(_mm256_packs_epi32(r[2 * h], r[2 * h + 1]), 0xD8));
+  } else {
+    const __m256i b16 = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+    _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(b16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  }
   __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
   s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
   s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
   *sum = _mm_cvtsi128_si32(s4);
 }
 
-/* Row i of X -> int8 blocks in xq[i * KB * QB ...], scales in xs[i * KB ...], and xsa[i * KB + b] =
- * float(sum of the block's int8 values) * scale. Rows are shared among the team's threads (each row's result
- * is the same whoever computes it). */
-static void quantize_rows(const float *x, long M, long K, long ldx, long KB, int8_t *xq, float *xs, float *xsa) {
+/* Row i of X -> blocks of int8 (or int16 when `wide`) in xq[i * KB * QB ...], scales in xs[i * KB ...], and
+ * xsa[i * KB + b] = float(sum of the block's values) * scale. Rows are shared among the team's threads (each
+ * row's result is the same whoever computes it). */
+static void quantize_rows(const float *x, long M, long K, long ldx, long KB, void *xq, int wide, float *xs,
+                          float *xsa) {
+  const float qx = wide ? 32767.0f : 127.0f;
 #pragma omp for schedule(static)
   for (long i = 0; i < M; i++) {
     const float *row = x + i * ldx;
+    int8_t *q8 = (int8_t *)xq + i * KB * QB;
+    int16_t *q16 = (int16_t *)xq + i * KB * QB;
     for (long b = 0; b < KB; b++) {
       const long k0 = b * QB, k1 = k0 + QB < K ? k0 + QB : K;
-      int8_t *q = xq + i * KB * QB;
       int32_t sum = 0;
       if (k1 - k0 == QB) {
-        quantize_block32(row + k0, xs + i * KB + b, q + k0, &sum);
+        quantize_block32(row + k0, qx, wide, xs + i * KB + b, wide ? (void *)(q16 + k0) : (void *)(q8 + k0), &sum);
       } else {
         float amax = 0.0f;
         for (long k = k0; k < k1; k++) {
           const float a = fabsf(row[k]);
           amax = a > amax ? a : amax;
         }
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        xs[i * KB + b] = amax / 127.0f;
-        for (long k = k0; k < k1; k++) {
-          float r = nearbyintf(row[k] * inv); /* round half to even, as numpy.rint */
-          r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+        const float inv = amax > 0.0f ? qx / amax : 0.0f;
+        xs[i * KB + b] = amax / qx;
+        for (long k = k0; k < k0 + QB; k++) { /* past K: zero (the weights are zero there too) */
+          float r = k < k1 ? nearbyintf(row[k] * inv) : 0.0f; /* round half to even, as numpy.rint */
+          r = r > qx ? qx : (r < -qx ? -qx : r);
           sum += (int)r;
-          q[k] = (int8_t)(int)r;
+          if (wide)
+            q16[k] = (int16_t)(int)r;
+          else
+            q8[k] = (int8_t)(int)r;
         }
-        for (long k = k1; k < k0 + QB; k++) q[k] = 0; /* the weights are zero there */
-      }
-      xsa[i * KB + b] = (float)sum * xs[i * KB + b];
-    }
-  }
-}
-
-/* The wint8 activations: int16 per row and block, the same steps with QX = 32767 (AVX2 on every ISA). */
-static inline void quantize_block32_s16(const float *src, float *scale, int16_t *q, int32_t *sum) {
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  __m256 v[4], am = _mm256_setzero_ps();
-  for (int i = 0; i < 4; i++) {
-    v[i] = _mm256_loadu_ps(src + 8 * i);
-    am = _mm256_max_ps(am, _mm256_and_ps(v[i], absmask));
-  }
-  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
-  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-  const float amax = _mm_cvtss_f32(m4);
-  const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
-  *scale = amax / 32767.0f;
-  const __m256 iv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(32767.0f), lo = _mm256_set1_ps(-32767.0f);
-  __m256i r[4], acc = _mm256_setzero_si256();
-  for (int i = 0; i < 4; i++) {
-    const __m256 x = _mm256_round_ps(_mm256_mul_ps(v[i], iv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(x, lo), hi));
-    acc = _mm256_add_epi32(acc, r[i]);
-  }
-  for (int h = 0; h < 2; h++) /* packs interleaves the 128-bit halves; the permute restores k order */
-    _mm256_storeu_si256((__m256i *)(q + 16 * h),
-                        _mm256_permute4x64_epi64(_mm256_packs_epi32(r[2 * h], r[2 * h + 1]), 0xD8));
-  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
-  *sum = _mm_cvtsi128_si32(s4);
-}
-
-static void quantize_rows16(const float *x, long M, long K, long ldx, long KB, int16_t *xq, float *xs, float *xsa) {
-#pragma omp for schedule(static)
-  for (long i = 0; i < M; i++) {
-    const float *row = x + i * ldx;
-    for (long b = 0; b < KB; b++) {
-      const long k0 = b * QB, k1 = k0 + QB < K ? k0 + QB : K;
-      int16_t *q = xq + i * KB * QB;
-      int32_t sum = 0;
-      if (k1 - k0 == QB) {
-        quantize_block32_s16(row + k0, xs + i * KB + b, q + k0, &sum);
-      } else {
-        float amax = 0.0f;
-        for (long k = k0; k < k1; k++) {
-          const float a = fabsf(row[k]);
-          amax = a > amax ? a : amax;
-        }
-        const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
-        xs[i * KB + b] = amax / 32767.0f;
-        for (long k = k0; k < k1; k++) {
-          float r = nearbyintf(row[k] * inv);
-          r = r > 32767.0f ? 32767.0f : (r < -32767.0f ? -32767.0f : r);
-          sum += (int)r;
-          q[k] = (int16_t)(int)r;
-        }
-        for (long k = k1; k < k0 + QB; k++) q[k] = 0;
       }
       xsa[i * KB + b] = (float)sum * xs[i * KB + b];
     }
@@ -269,10 +219,7 @@ static void panels_team(const block_fn *micros, const float *x, long M, long K, 
   uint8_t *xq = scratch;
   float *xs = (float *)((char *)scratch + xq_bytes(M, K));
   float *xsa = xs + M * KB;
-  if (wide)
-    quantize_rows16(x, M, K, ldx, KB, (int16_t *)xq, xs, xsa);
-  else
-    quantize_rows(x, M, K, ldx, KB, (int8_t *)xq, xs, xsa);
+  quantize_rows(x, M, K, ldx, KB, xq, wide, xs, xsa);
 #pragma omp for schedule(monotonic : dynamic, 2)
   for (long p = 0; p < panels; p++) {
     float out[MRI * NRI];

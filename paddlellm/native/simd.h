@@ -83,6 +83,16 @@ static inline __attribute__((always_inline)) __m256 vf_fold(vf v) { return v; }
 
 #define GEMM_NR (GEMM_NV * VL)
 
+/* glibc's libmvec has VL-lane expf variants (_ZGVeN16v_expf for AVX-512, _ZGVdN8v_expf for AVX2, within 4 ulp)
+ * for the `omp simd` loops of paged_attention.c and decode_step.c; math.h only announces them under
+ * -ffast-math, which these files do not want, so announce them here. */
+#if VL == 16
+#pragma omp declare simd simdlen(16) notinbranch
+#else
+#pragma omp declare simd simdlen(8) notinbranch
+#endif
+extern float expf(float);
+
 /* ---- integer dot products (quant_gemm.c) ---------------------------------------------------------------
  * `vi` holds VLI int32 lanes, one output column each; `vq` is the float vector of the same lanes (the
  * per-block scaling and the fp32 accumulators). Every form below gives the same exact integer sums, so the same
