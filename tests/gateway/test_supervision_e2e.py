@@ -106,9 +106,13 @@ def test_dead_engine_is_restarted_then_a_crash_loop_exits(tmp_path: Path) -> Non
     except Exception as e:
         raise AssertionError("launcher output:\n" + "\n".join(st.lines[-30:])) from e
     finally:
-        if st.proc.poll() is None:
-            st.proc.kill()
-            st.proc.wait()
+        if st.proc.poll() is None:  # a failure: stop it as a user would, so nothing is left behind
+            st.proc.send_signal(signal.SIGTERM)
+            try:
+                st.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                st.proc.kill()
+                st.proc.wait()
     time.sleep(0.5)  # the harness's reader thread takes the last lines
     assert "crash loop: an llm_engine process died" in "\n".join(st.lines)
     deadline = time.monotonic() + 10
