@@ -1,13 +1,19 @@
-"""Render the model repository template with strict substitution.
+"""Render a copy of the model repository with the launcher's values, strictly.
 
-`model_repository/` holds templates: `config.pbtxt` files whose `parameters` values are `${name}`
-placeholders. Rendering copies the tree and replaces every placeholder. It is strict both ways: a
-placeholder without a value fails, and so does a value no placeholder uses (a launcher flag that would
-silently do nothing). Values are escaped for the pbtxt string literal they land in.
+`model_repository/` as committed is runnable: every `config.pbtxt` parameter holds a real default (the
+default model's path relative to the repository, FastDeploy's defaults for the rest), so a stock
+`tritonserver --model-repository model_repository` serves it and Triton users edit the values in place.
+The launcher renders a copy with its flags applied: it sets the value of every parameter it is given in
+every config.pbtxt that declares it. It is strict: a value no config.pbtxt declares fails (a flag that
+would silently do nothing), and so does a parameter written in another form than the one-line
+`parameters { key: "k" value: { string_value: "v" } }` (it could not be set reliably); values are escaped
+for the pbtxt string literal they land in, and the engine's parameters are parsed back (EngineConfig) so a
+malformed value fails here, naming the parameter, instead of in the Triton stub.
 
 The llm_engine model's parameters are generated from the EngineConfig declarations (one `parameters` entry
-per field, with its help as a comment) between two marker lines of its config.pbtxt:
-`python -m launcher.render --update` rewrites that block, `--check` (and a test) fails when it is stale.
+per field, its default as the value and its help as a comment) between two marker lines of its
+config.pbtxt: `python -m launcher.render --update` rewrites that block, `--check` (and a test) fails when it
+is stale.
 """
 
 from __future__ import annotations
@@ -23,64 +29,87 @@ from pathlib import Path
 from paddlellm.config import EngineConfig
 from paddlellm.errors import ConfigError
 
-PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 MARKER = ".paddlellm-rendered"  # lets a later render replace an earlier one, and nothing else
-TEMPLATE_SUFFIXES = (".pbtxt",)
+CONFIG = "config.pbtxt"
+# The committed `model` value: the default model (scripts/setup.sh converts it there), relative to the model
+# repository, which the adapters resolve it against (paddlellm/triton/params.py).
+COMMITTED_MODEL = "../.models/SmolLM2-135M-Instruct"
 
-
-def placeholders(text: str) -> set[str]:
-    names = set(PLACEHOLDER.findall(text))
-    bad = sorted(n for n in names if not _NAME.match(n))
-    if bad:
-        raise ConfigError(f"malformed placeholder(s): {', '.join('${' + n + '}' for n in bad)}")
-    return names
+_PARAMETER = re.compile(
+    r'^(?P<head>[ \t]*parameters \{ key: "(?P<key>[^"\\]+)" value: \{ string_value: ")'
+    r'(?P<value>(?:[^"\\\n]|\\.)*)(?P<tail>" \} \})[ \t]*$',
+    re.M,
+)
+_ANY_PARAMETER = re.compile(r"^[ \t]*parameters\b", re.M)
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def substitute(text: str, params: Mapping[str, str]) -> str:
-    """Replace every `${name}`; an unknown name raises ConfigError."""
-    missing = sorted(placeholders(text) - set(params))
-    if missing:
-        raise ConfigError(f"no value for template parameter(s): {', '.join(missing)}")
-    return PLACEHOLDER.sub(lambda m: _escape(params[m.group(1)]), text)
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
 
 
-def template_parameters(src: Path) -> set[str]:
-    """Every placeholder name used under `src`."""
-    return {n for f in _templates(src) for n in placeholders(f.read_text(encoding="utf-8"))}
+def parameters(text: str, where: str = CONFIG) -> dict[str, str]:
+    """The `parameters` of one config.pbtxt text, {key: string value}. Raises ConfigError (naming `where`)
+    for a parameter not written in the one-line form."""
+    found = {m.group("key"): _unescape(m.group("value")) for m in _PARAMETER.finditer(text)}
+    if len(_ANY_PARAMETER.findall(text)) != len(list(_PARAMETER.finditer(text))):
+        raise ConfigError(
+            f"{where}: write each parameter on one line as "
+            'parameters { key: "name" value: { string_value: "value" } } so it can be set'
+        )
+    return found
+
+
+def set_parameters(text: str, values: Mapping[str, str]) -> tuple[str, set[str]]:
+    """`text` with the values of the parameters named in `values` replaced; and the names it declared."""
+    used: set[str] = set()
+
+    def put(m: re.Match[str]) -> str:
+        key = m.group("key")
+        if key not in values:
+            return m.group(0)
+        used.add(key)
+        return m.group("head") + _escape(values[key]) + m.group("tail")
+
+    return _PARAMETER.sub(put, text), used
 
 
 def render_model_repository(src: Path | str, dst: Path | str, params: Mapping[str, str]) -> Path:
-    """Copy `src` to `dst` with every placeholder substituted. `dst` must be absent, empty, or an earlier
-    render (it is replaced). Raises ConfigError naming missing, unused or non-string parameters."""
+    """Copy `src` to `dst` with the given parameter values set. `dst` must be absent, empty, or an earlier
+    render (it is replaced). Raises ConfigError naming unused, non-string or malformed parameters."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
-        raise ConfigError(f"model repository template {src} is not a directory")
+        raise ConfigError(f"model repository {src} is not a directory")
     not_str = sorted(k for k, v in params.items() if not isinstance(v, str))
     if not_str:
-        raise ConfigError(f"template parameter values must be strings: {', '.join(not_str)}")
-    used = template_parameters(src)
-    missing, unused = sorted(used - set(params)), sorted(set(params) - used)
-    if missing:
-        raise ConfigError(f"no value for template parameter(s): {', '.join(missing)}")
+        raise ConfigError(f"parameter values must be strings: {', '.join(not_str)}")
+    rendered: dict[Path, str] = {}
+    used: set[str] = set()
+    for path in _configs(src):
+        rel = path.relative_to(src)
+        parameters(path.read_text(encoding="utf-8"), str(rel))  # the form check
+        rendered[rel], declared = set_parameters(path.read_text(encoding="utf-8"), params)
+        used |= declared
+    unused = sorted(set(params) - used)
     if unused:
-        raise ConfigError(f"parameter(s) not used by any template in {src}: {', '.join(unused)}")
+        raise ConfigError(f"parameter(s) not declared by any {CONFIG} in {src}: {', '.join(unused)}")
+    engine = rendered.get(Path(ENGINE_MODEL) / CONFIG)
+    if engine is not None:
+        EngineConfig.from_params(parameters(engine))  # "config 'block_size': cannot parse ..." names it
     _prepare(dst)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", MARKER)
     shutil.copytree(src, dst, ignore=ignore, dirs_exist_ok=True)
-    for rel in (f.relative_to(src) for f in _templates(src)):
-        out = dst / rel
-        out.write_text(substitute(out.read_text(encoding="utf-8"), params), encoding="utf-8")
+    for rel, text in rendered.items():
+        (dst / rel).write_text(text, encoding="utf-8")
     (dst / MARKER).write_text(f"rendered from {src.resolve()}\n", encoding="utf-8")
     return dst
 
 
-def _templates(src: Path) -> list[Path]:
-    return sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in TEMPLATE_SUFFIXES)
+def _configs(src: Path) -> list[Path]:
+    return sorted(p for p in src.rglob(CONFIG) if p.is_file())
 
 
 def _prepare(dst: Path) -> None:
@@ -100,13 +129,20 @@ BLOCK_BEGIN, BLOCK_END = "# BEGIN engine options", "# END engine options"
 _BLOCK_SOURCE = ": generated from paddlellm/config.py (python -m launcher.render --update)"
 
 
+def committed_engine_values() -> dict[str, str]:
+    """The values the committed llm_engine config.pbtxt holds: EngineConfig's defaults, the default model."""
+    return EngineConfig(model=COMMITTED_MODEL).to_params()
+
+
 def engine_parameter_block() -> str:
     """One `parameters` entry per EngineConfig field, in declaration order, each under its help text."""
     lines = [BLOCK_BEGIN + _BLOCK_SOURCE]
+    values = committed_engine_values()
     for f, _, info in EngineConfig.options():
         help_text = info.help + (f" (one of: {', '.join(info.choices)})" if info.choices else "")
         lines += textwrap.wrap(f"{f.name}: {help_text}", 108, initial_indent="# ", subsequent_indent="#   ")
-        lines.append(f'parameters {{ key: "{f.name}" value: {{ string_value: "${{{f.name}}}" }} }}')
+        value = _escape(values[f.name])
+        lines.append(f'parameters {{ key: "{f.name}" value: {{ string_value: "{value}" }} }}')
     lines.append(BLOCK_END)
     return "\n".join(lines) + "\n"
 

@@ -32,6 +32,12 @@ class SamplingParams:
     # Output granularity, not sampling: after the first token, the serving adapter sends a response every
     # `stream_interval` tokens (and at the end). Fewer responses mean fewer wake-ups along the serving path.
     stream_interval: int = 1
+    # False: one response at the end carrying every token (vLLM's FINAL_ONLY; Triton's vLLM-backend `stream`
+    # input, false by default). True: tokens as they come, `stream_interval` at a time.
+    stream: bool = True
+    # The first response's text starts with the prompt as tokenized (OpenAI completions' `echo`; the vLLM
+    # backend's `exclude_input_in_output` false).
+    echo: bool = False
 
     def __post_init__(self) -> None:
         def bad(param: str, why: str) -> InvalidRequest:
@@ -119,7 +125,7 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidRequest(f"'{key}' must be a number, got {value!r}", param=key)
         return float(value)
-    if key == "ignore_eos":
+    if key in ("ignore_eos", "stream", "echo"):
         if not isinstance(value, bool):
             raise InvalidRequest(f"'{key}' must be a boolean, got {value!r}", param=key)
         return value

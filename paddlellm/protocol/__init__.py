@@ -45,13 +45,23 @@ def _i1(name: str) -> TensorSpec:
     return TensorSpec(name, "TYPE_INT32", (1,))
 
 
+def _optional(spec: TensorSpec) -> TensorSpec:
+    return TensorSpec(spec.name, spec.dtype, spec.dims, optional=True)
+
+
 # Ensemble inputs (what the gateway sends). `messages` is a JSON array of chat messages or "" (completions);
 # `prompt` is the completion prompt or "" (chat); `sampling` is SamplingParams JSON ("" = defaults).
 PROMPT, MESSAGES, SAMPLING = "prompt", "messages", "sampling"
 # Ids already streamed to the client by a run that was cut (another instance died): the engine continues as
-# if it had generated them. Always sent, empty ([0]) for a fresh request: a missing ensemble input gets no
-# reply at all from Triton 2.51.
+# if it had generated them. Optional (absent or empty: a fresh request); the gateway always sends it.
 RESUME_IDS = "resume_ids"
+# Triton's LLM convention, the input names of Triton's vLLM backend (docs/triton.md), accepted besides ours:
+# `text_input` is a raw prompt (as `prompt`), `sampling_parameters` vLLM's SamplingParams as JSON (values
+# may be strings, as genai-perf sends them), `stream` false (its default) answers once at the end,
+# `exclude_input_in_output` false (the default when not streaming) starts `text_output` with the prompt.
+# The tokenizer step reads both conventions and hands the engine one canonical `sampling`.
+TEXT_INPUT, STREAM, SAMPLING_PARAMETERS = "text_input", "stream", "sampling_parameters"
+EXCLUDE_INPUT_IN_OUTPUT = "exclude_input_in_output"
 # Engine outputs, one response per engine step that produced tokens for the request.
 INPUT_IDS = "input_ids"
 TOKEN_IDS = "token_ids"  # ids produced by this step
@@ -67,14 +77,27 @@ TEXT_OUTPUT = "text_output"
 # because Triton 2.51 never tells a decoupled ensemble step about cancellation (docs/triton-notes.md).
 ABORT_PARAMETER = "paddlellm_abort"
 
+def _bool(name: str) -> TensorSpec:
+    return TensorSpec(name, "TYPE_BOOL", (1,))
+
+
+# Every input is optional: a request uses one convention or the other (or mixes them, one prompt source and
+# at most one sampling source); the tokenizer says which are missing or conflicting, naming them.
 TOKENIZER = ModelSpec(
     "tokenizer",
-    inputs=(_s(PROMPT), _s(MESSAGES), _s(SAMPLING)),
-    outputs=(_ids(INPUT_IDS),),
+    inputs=tuple(
+        _optional(t)
+        for t in (
+            _s(PROMPT), _s(MESSAGES), _s(SAMPLING),
+            _s(TEXT_INPUT), _bool(STREAM), _s(SAMPLING_PARAMETERS), _bool(EXCLUDE_INPUT_IN_OUTPUT),
+        )
+    ),
+    # `sampling`: the request's SamplingParams as canonical JSON, whichever convention it came in.
+    outputs=(_ids(INPUT_IDS), _s(SAMPLING)),
 )
 LLM_ENGINE = ModelSpec(
     "llm_engine",
-    inputs=(_ids(INPUT_IDS), _s(SAMPLING), _ids(RESUME_IDS)),
+    inputs=(_ids(INPUT_IDS), _s(SAMPLING), _optional(_ids(RESUME_IDS))),
     outputs=(_ids(TOKEN_IDS), _ids(WINDOW_IDS), _i1(PREFIX_LEN), _s(FINISH_REASON), _i1(PROMPT_TOKENS),
              _i1(COMPLETION_TOKENS), _s(ENGINE_STATS)),
     decoupled=True,
@@ -90,7 +113,7 @@ DETOKENIZER = ModelSpec(
 )
 ENSEMBLE = ModelSpec(
     "ensemble",
-    inputs=(*TOKENIZER.inputs, _ids(RESUME_IDS)),
+    inputs=(*TOKENIZER.inputs, _optional(_ids(RESUME_IDS))),
     outputs=(_s(TEXT_OUTPUT), _ids(TOKEN_IDS), _s(FINISH_REASON), _i1(PROMPT_TOKENS), _i1(COMPLETION_TOKENS),
              _s(ENGINE_STATS)),
     decoupled=True,

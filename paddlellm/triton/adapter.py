@@ -6,6 +6,7 @@ triton_python_backend_utils module, passed in by the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 from paddlellm import protocol as p
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.errors import InvalidRequest
+from paddlellm.protocol.vllm_convention import sampling_from_vllm
 from paddlellm.sampling import SamplingParams
 
 # ------------------------------------------------------------------------------------------- readers
@@ -65,17 +67,53 @@ def is_abort(request: Any) -> bool:
     return request_parameters(request).get(p.ABORT_PARAMETER) is True
 
 
+def _optional_str(pb: Any, request: Any, name: str) -> str | None:
+    return None if pb.get_input_tensor_by_name(request, name) is None else read_str(pb, request, name)
+
+
+def _optional_bool(pb: Any, request: Any, name: str) -> bool | None:
+    tensor = pb.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return None
+    arr = tensor.as_numpy().reshape(-1)
+    if arr.size != 1:
+        raise InvalidRequest(f"input tensor '{name}' must hold one boolean, got {arr.size}", param=name)
+    return bool(arr[0])
+
+
 @dataclass(frozen=True)
 class TokenizerInput:
     prompt: str
     messages: list[dict[str, Any]] | None  # None: a completion request (use `prompt`)
     sampling: SamplingParams
+    prompt_param: str = p.PROMPT  # the input the prompt came from, named by errors about it
 
 
 def read_tokenizer_input(pb: Any, request: Any) -> TokenizerInput:
-    prompt = read_str(pb, request, p.PROMPT)
-    messages_json = read_str(pb, request, p.MESSAGES)
-    sampling = SamplingParams.from_json(read_str(pb, request, p.SAMPLING))
+    """Our inputs (`prompt` or `messages`, `sampling`) or Triton's vLLM-backend names (`text_input`,
+    `sampling_parameters`, `stream`, `exclude_input_in_output`); every input is optional. One prompt source
+    and at most one sampling source; conflicts fail naming the input."""
+    prompt = _optional_str(pb, request, p.PROMPT) or ""
+    messages_json = _optional_str(pb, request, p.MESSAGES) or ""
+    text_input = _optional_str(pb, request, p.TEXT_INPUT)
+    if text_input is not None and (prompt or messages_json):
+        raise InvalidRequest("send text_input or prompt/messages, not both", param=p.TEXT_INPUT)
+    ours, vllm = _optional_str(pb, request, p.SAMPLING), _optional_str(pb, request, p.SAMPLING_PARAMETERS)
+    if ours and vllm:
+        raise InvalidRequest("send sampling or sampling_parameters, not both", param=p.SAMPLING_PARAMETERS)
+    sampling = sampling_from_vllm(vllm) if vllm else SamplingParams.from_json(ours or "")
+    # vLLM backend defaults when its names are used: no streaming, and then the prompt leads the text.
+    stream = _optional_bool(pb, request, p.STREAM)
+    if stream is None:
+        stream = sampling.stream and text_input is None
+    exclude = _optional_bool(pb, request, p.EXCLUDE_INPUT_IN_OUTPUT)
+    echo = (
+        (not exclude) if exclude is not None else (sampling.echo or (text_input is not None and not stream))
+    )
+    if (stream, echo) != (sampling.stream, sampling.echo):
+        sampling = dataclasses.replace(sampling, stream=stream, echo=echo)
+    if text_input is not None:
+        return TokenizerInput(text_input, None, sampling, p.TEXT_INPUT)
     if not messages_json:
         return TokenizerInput(prompt, None, sampling)
     try:
@@ -84,7 +122,7 @@ def read_tokenizer_input(pb: Any, request: Any) -> TokenizerInput:
         raise InvalidRequest(f"'messages' is not valid JSON: {e}", param="messages") from None
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("'messages' must be a JSON array of objects", param="messages")
-    return TokenizerInput(prompt, messages, sampling)
+    return TokenizerInput(prompt, messages, sampling, p.MESSAGES)
 
 
 @dataclass(frozen=True)
@@ -98,9 +136,11 @@ def read_engine_input(pb: Any, request: Any) -> EngineInput:
     ids = read_ids(pb, request, p.INPUT_IDS)
     if not ids:
         raise InvalidRequest("the prompt has no tokens", param=p.INPUT_IDS)
-    # Required in the config; a direct caller that predates it still gets a fresh request.
-    resume = () if pb.get_input_tensor_by_name(request, p.RESUME_IDS) is None else read_ids(
-        pb, request, p.RESUME_IDS
+    # Optional: absent (Triton's LLM tools never send it) is a fresh request.
+    resume = (
+        ()
+        if pb.get_input_tensor_by_name(request, p.RESUME_IDS) is None
+        else read_ids(pb, request, p.RESUME_IDS)
     )
     return EngineInput(ids, SamplingParams.from_json(read_str(pb, request, p.SAMPLING)), resume)
 
@@ -141,14 +181,27 @@ def _int_tensor(pb: Any, name: str, value: int) -> Any:
     return pb.Tensor(name, np.array([value], dtype=np.int32))
 
 
-def tokenizer_response(pb: Any, input_ids: Sequence[int]) -> Any:
-    return pb.InferenceResponse(output_tensors=[_ids_tensor(pb, p.INPUT_IDS, input_ids)])
+def tokenizer_response(pb: Any, input_ids: Sequence[int], sampling: SamplingParams) -> Any:
+    """The prompt's ids and the request's sampling, canonical whichever convention it came in."""
+    return pb.InferenceResponse(
+        output_tensors=[
+            _ids_tensor(pb, p.INPUT_IDS, input_ids),
+            _str_tensor(pb, p.SAMPLING, sampling.to_json()),
+        ]
+    )
 
 
-def engine_response(pb: Any, out: RequestOutput, context_ids: Sequence[int], engine_stats: str = "") -> Any:
+def engine_response(
+    pb: Any,
+    out: RequestOutput,
+    context_ids: Sequence[int],
+    engine_stats: str = "",
+    echo_ids: Sequence[int] = (),
+) -> Any:
     """One engine step's output. `context_ids` are the last already-emitted ids the detokenizer needs
-    in front of this step's ids (the window's prefix)."""
-    window = tuple(context_ids) + tuple(out.new_token_ids)
+    in front of this step's ids (the window's prefix); `echo_ids` (the prompt, on an echoing request's first
+    response) go out as text before them but are no output tokens."""
+    window = tuple(context_ids) + tuple(echo_ids) + tuple(out.new_token_ids)
     reason = (out.finish_reason or "") if out.finished else ""
     return pb.InferenceResponse(
         output_tensors=[

@@ -77,6 +77,8 @@ class _Stream:
     request: Any
     sender: Any
     interval: int = 1  # SamplingParams.stream_interval: tokens per response after the first
+    final_only: bool = False  # not SamplingParams.stream: one response at the end
+    echo: tuple[int, ...] = ()  # prompt ids the first response's text starts with (SamplingParams.echo)
     context: deque[int] = field(default_factory=lambda: deque(maxlen=DETOKENIZER_CONTEXT))
     pending: list[int] = field(default_factory=list)  # ids held back until `interval` of them are ready
     sent_tokens: bool = False
@@ -125,7 +127,14 @@ class EngineModel:
                 self.metrics.request_received()
                 received = True
                 inp = adapter.read_engine_input(self.pb, request)
-                stream = _Stream(request_id, request, sender, interval=inp.sampling.stream_interval)
+                stream = _Stream(
+                    request_id,
+                    request,
+                    sender,
+                    interval=inp.sampling.stream_interval,
+                    final_only=not inp.sampling.stream,
+                    echo=inp.prompt_ids if inp.sampling.echo and not inp.resume_ids else (),
+                )
                 # A resumed request: its first window starts with the last ids the cut run sent, exactly
                 # as if this engine had emitted them (a character split across the cut comes out whole).
                 stream.context.extend(inp.resume_ids)
@@ -189,21 +198,23 @@ class EngineModel:
         if out is None:
             return
         stats = _stats_json(out.timings) if out.finished else ""
-        response = adapter.engine_response(self.pb, out, tuple(stream.context), stats)
-        stream.context.extend(out.new_token_ids)
+        echo, stream.echo = stream.echo, ()
+        response = adapter.engine_response(self.pb, out, tuple(stream.context), stats, echo)
+        stream.context.extend((*echo, *out.new_token_ids))
         self._outbox.put((stream, response, final))
 
     @staticmethod
     def _coalesce(stream: _Stream, out: RequestOutput) -> RequestOutput | None:
         """Stream interval: the first tokens go out at once (time to first token), then ids are held until
-        `interval` of them are ready; the last output flushes them. None: nothing to send yet.
+        `interval` of them are ready; the last output flushes them (and is the only one when `final_only`).
+        None: nothing to send yet.
 
         Every response costs the serving path the same whatever it carries: Triton's two hops, the
         detokenizer and the gateway's SSE chunk each wake a process, and on a small CPU those wake-ups
         preempt the engine's math threads (docs/serving-perf.md). An interval of k divides that cost by k at
         the price of k-token bursts."""
         ready = len(stream.pending) + len(out.new_token_ids)
-        if not out.finished and stream.sent_tokens and ready < stream.interval:
+        if not out.finished and (stream.final_only or (stream.sent_tokens and ready < stream.interval)):
             stream.pending.extend(out.new_token_ids)
             return None
         stream.sent_tokens = stream.sent_tokens or ready > 0

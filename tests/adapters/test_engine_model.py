@@ -436,3 +436,31 @@ def test_stream_interval_flushes_held_tokens_when_the_request_stops_early(
     assert got == full[: full.index(stop_at) + 1]
     assert outs[-1][p.FINISH_REASON][0].decode() == "stop"
     assert all(len(o[p.TOKEN_IDS]) <= 4 for o in outs)
+
+
+def test_final_only_request_gets_one_response_with_every_token(pb: ModuleType, model: EngineModel) -> None:
+    """SamplingParams.stream false (the vLLM backend's `stream` input, off by default): one FINAL response."""
+    sampling = {"max_tokens": 9, "temperature": 0.0, "ignore_eos": True}
+    req = engine_request(pb, "f", prompt(7), sampling | {"stream": False})
+    model.execute([req])
+    wait_done(req.get_response_sender())
+    [out] = outputs(req.get_response_sender())
+    assert [int(t) for t in out[p.TOKEN_IDS]] == expected_tokens("f", prompt(7), **sampling)
+    assert out[p.WINDOW_IDS].tolist() == out[p.TOKEN_IDS].tolist() and int(out[p.PREFIX_LEN][0]) == 0
+    assert out[p.FINISH_REASON][0] == b"length"
+
+
+def test_echo_puts_the_prompt_in_the_first_window_only(pb: ModuleType, model: EngineModel) -> None:
+    """SamplingParams.echo: the detokenizer turns the prompt into text before the first tokens; the
+    token outputs and counts stay the generated ones."""
+    ids = prompt(5)
+    sampling = {"max_tokens": 4, "temperature": 0.0, "ignore_eos": True}
+    req = engine_request(pb, "e", ids, sampling | {"echo": True})
+    model.execute([req])
+    wait_done(req.get_response_sender())
+    outs = outputs(req.get_response_sender())
+    new = expected_tokens("e", ids, **sampling)
+    assert [int(t) for o in outs for t in o[p.TOKEN_IDS]] == new
+    assert outs[0][p.WINDOW_IDS].tolist() == ids + new[:1] and int(outs[0][p.PREFIX_LEN][0]) == 0
+    second = outs[1][p.WINDOW_IDS].tolist()
+    assert second[: int(outs[1][p.PREFIX_LEN][0])] == (ids + new[:1])[-DETOKENIZER_CONTEXT:]

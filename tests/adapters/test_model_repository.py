@@ -1,4 +1,5 @@
-"""Every config.pbtxt matches paddlellm/protocol/, parsed with Triton's own ModelConfig schema."""
+"""Every config.pbtxt matches paddlellm/protocol/, parsed with Triton's own ModelConfig schema, and holds real
+values (the committed repository runs in a stock tritonserver as is)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from launcher.render import engine_parameter_block, placeholders, render_model_repository, with_engine_block
+from launcher.cli import DEFAULT_MODEL
+from launcher.render import (
+    COMMITTED_MODEL,
+    committed_engine_values,
+    engine_parameter_block,
+    parameters,
+    render_model_repository,
+    with_engine_block,
+)
 from launcher.render import main as render_main
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
@@ -57,11 +66,26 @@ def test_config_matches_protocol(spec: p.ModelSpec) -> None:
         assert cfg.platform == "ensemble"
 
 
-def test_engine_parameters_are_the_engine_config_fields() -> None:
+def test_engine_parameters_are_the_engine_config_fields_with_real_defaults() -> None:
     cfg = load(p.LLM_ENGINE.name)
     assert sorted(cfg.parameters) == sorted(f.name for f in dataclasses.fields(EngineConfig))
-    for key, value in cfg.parameters.items():
-        assert value.string_value == "${" + key + "}"
+    values = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert values == committed_engine_values()
+    assert EngineConfig.from_params(values) == EngineConfig(model=COMMITTED_MODEL)
+
+
+def test_every_model_names_the_default_model_relative_to_the_repository() -> None:
+    """The adapters resolve a relative `model` against the repository (paddlellm.triton.params), so the
+    committed value points at where set-up converts the default model, wherever tritonserver runs."""
+    assert (MODEL_REPOSITORY / COMMITTED_MODEL).resolve() == DEFAULT_MODEL.resolve()
+    engine = load(p.LLM_ENGINE.name).parameters
+    for name in (p.TOKENIZER.name, p.DETOKENIZER.name):
+        for key, value in load(name).parameters.items():
+            assert value.string_value == engine[key].string_value, (name, key)
+    assert set(load(p.TOKENIZER.name).parameters) == {"model", "max_model_len"}
+    for f in MODEL_REPOSITORY.rglob("config.pbtxt"):
+        assert "${" not in f.read_text(), f
+        parameters(f.read_text(), str(f))  # one-line form: the launcher can set them
 
 
 def test_engine_parameters_are_generated_from_the_declarations() -> None:
@@ -98,15 +122,14 @@ def test_ensemble_wires_the_steps_by_the_protocol() -> None:
         assert key == value or value.startswith("_"), (key, value)
 
 
-def test_rendered_repository_has_no_placeholders_and_round_trips(tmp_path: Path) -> None:
+def test_rendered_repository_round_trips(tmp_path: Path) -> None:
     config = EngineConfig(model="/models/x", max_model_len=4096, use_warmup=True, kv_cache_ratio=0.5)
     out = render_model_repository(MODEL_REPOSITORY, tmp_path / "repo", config.to_params())
-    for f in out.rglob("config.pbtxt"):
-        assert not placeholders(f.read_text()), f
     engine = load(p.LLM_ENGINE.name, out)
     parsed = EngineConfig.from_params({k: v.string_value for k, v in engine.parameters.items()})
     assert parsed == config
     assert load(p.TOKENIZER.name, out).parameters["max_model_len"].string_value == "4096"
+    assert load(p.DETOKENIZER.name, out).parameters["model"].string_value == "/models/x"
     assert (out / "llm_engine" / "1" / "model.py").read_text() == (
         MODEL_REPOSITORY / "llm_engine" / "1" / "model.py"
     ).read_text()

@@ -327,3 +327,85 @@ def test_real_tokenizer_model_encodes_chat_with_the_template(pb: ModuleType, def
     tok = TextTokenizer.from_dir(default_model_dir)
     assert r_chat.outputs()[p.INPUT_IDS].tolist() == tok.encode_chat(chat)
     assert r_prompt.outputs()[p.INPUT_IDS].tolist() == tok.encode("Hi 你好")
+
+
+# ------------------------------------------------------------ Triton's LLM convention (vLLM backend names)
+
+
+def vllm_request(pb: ModuleType, text: str, stream: bool | None = None, exclude: bool | None = None, **extra):
+    inputs = [str_tensor(pb, p.TEXT_INPUT, text)]
+    if stream is not None:
+        inputs.append(pb.Tensor(p.STREAM, np.array([stream], np.bool_)))
+    if exclude is not None:
+        inputs.append(pb.Tensor(p.EXCLUDE_INPUT_IN_OUTPUT, np.array([exclude], np.bool_)))
+    inputs += [str_tensor(pb, name, value) for name, value in extra.items()]
+    return pb.InferenceRequest(inputs=inputs, request_id="v")
+
+
+def canonical_sampling(response) -> dict[str, Any]:
+    return json.loads(response.outputs()[p.SAMPLING][0].decode())
+
+
+def test_tokenizer_reads_the_vllm_backend_names(pb: ModuleType) -> None:
+    """genai-perf's request: text_input, stream, exclude_input_in_output, and sampling_parameters with the
+    numbers as strings."""
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    params = json.dumps({"max_tokens": "12", "min_tokens": "12", "temperature": 0, "top_k": -1})
+    [r] = model.execute([vllm_request(pb, "a bb ccc", True, True, sampling_parameters=params)])
+    assert r.outputs()[p.INPUT_IDS].tolist() == [1, 2, 3]
+    s = canonical_sampling(r)
+    assert (s["max_tokens"], s["min_tokens"], s["temperature"], s["stream"], s["echo"]) == (
+        12,
+        12,
+        0.0,
+        True,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("stream", "exclude", "expect"),
+    [
+        (None, None, (False, True)),
+        (True, None, (True, False)),
+        (False, True, (False, False)),
+        (True, False, (True, True)),
+    ],
+)
+def test_vllm_defaults_no_stream_and_the_prompt_leads_the_text(
+    pb: ModuleType, stream, exclude, expect
+) -> None:
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    [r] = model.execute([vllm_request(pb, "hi", stream, exclude)])
+    s = canonical_sampling(r)
+    assert (s["stream"], s["echo"]) == expect
+    assert s["max_tokens"] == 16 and s["temperature"] == 1.0  # vLLM's defaults
+
+
+def test_our_inputs_keep_streaming_and_may_be_left_out(pb: ModuleType) -> None:
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    only_prompt = pb.InferenceRequest(inputs=[str_tensor(pb, p.PROMPT, "a bb")], request_id="o")
+    [r1, r2] = model.execute([tok_request(pb, messages=[{"role": "user", "content": "x"}]), only_prompt])
+    assert (canonical_sampling(r1)["stream"], canonical_sampling(r1)["echo"]) == (True, False)
+    assert r2.outputs()[p.INPUT_IDS].tolist() == [1, 2] and canonical_sampling(r2)["stream"] is True
+
+
+@pytest.mark.parametrize(
+    ("request_kw", "param"),
+    [
+        ({"text": "hi", "prompt": "also"}, p.TEXT_INPUT),
+        ({"text": "hi", "sampling_parameters": '{"stop": ["\\n"]}'}, "stop"),
+        ({"text": "hi", "sampling_parameters": '{"top_k": 5}'}, "top_k"),
+        ({"text": "hi", "sampling_parameters": '{"max_tokens": "many"}'}, "max_tokens"),
+        ({"text": "hi", "sampling_parameters": '{"lora_name": "x"}'}, "lora_name"),
+        ({"text": "hi", "sampling_parameters": "[1]"}, "sampling_parameters"),
+        ({"text": "hi", "sampling_parameters": "{}", "sampling": '{"max_tokens": 2}'}, "sampling_parameters"),
+        ({"text": ""}, p.TEXT_INPUT),
+    ],
+)
+def test_vllm_requests_we_cannot_honour_fail_naming_the_input(pb: ModuleType, request_kw, param) -> None:
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    kw = dict(request_kw)
+    [r] = model.execute([vllm_request(pb, kw.pop("text"), **kw)])
+    code, err = error_of(r)
+    assert code == pb.TritonError.INVALID_ARG and err.param == param, err

@@ -178,3 +178,38 @@ def test_abort_request_ends_a_live_stream(server: str) -> None:
         assert err is None and outs[-1][p.FINISH_REASON][0] == b"abort"
 
     run(go())
+
+
+def test_vllm_backend_names_through_the_ensemble(server: str) -> None:
+    """Only Triton's vLLM-backend inputs (every other ensemble input left out): streamed, then not streamed
+    (one response), the prompt leading the text unless excluded."""
+    import numpy as np
+    from tritonclient.grpc import InferInput
+
+    from tests.adapters.tritonserver import str_input
+
+    def flag(name: str, value: bool) -> InferInput:
+        t = InferInput(name, [1], "BOOL")
+        t.set_data_from_numpy(np.array([value], np.bool_))
+        return t
+
+    params = str_input(p.SAMPLING_PARAMETERS, json.dumps({"max_tokens": "5", "ignore_eos": True}))
+
+    async def go(*inputs: InferInput) -> list[dict[str, Any]]:
+        s = Stream(
+            server, p.ENSEMBLE.name, [str_input(p.TEXT_INPUT, "hello"), params, *inputs], uuid.uuid4().hex
+        )
+        outs, err = await s.drain()
+        await s.close()
+        assert err is None, err
+        return outs
+
+    streamed = run(go(flag(p.STREAM, True), flag(p.EXCLUDE_INPUT_IN_OUTPUT, True)))
+    assert len(streamed) == 5
+    text = "".join(o[p.TEXT_OUTPUT][0].decode() for o in streamed)
+    assert text == "".join(f"<{int(t)}>" for o in streamed for t in o[p.TOKEN_IDS])
+    [whole] = run(go())  # vLLM's defaults: no streaming, the prompt first
+    ids = [int(t) for t in whole[p.TOKEN_IDS]]
+    prompt_text = "".join(f"<{3 + ord(c) % 900}>" for c in "hello")
+    assert len(ids) == 5 and whole[p.TEXT_OUTPUT][0].decode() == prompt_text + "".join(f"<{t}>" for t in ids)
+    assert whole[p.FINISH_REASON][0] == b"length"

@@ -7,12 +7,12 @@ import triton_python_backend_utils as pb_utils
 
 from paddlellm.config import EngineConfig
 from paddlellm.triton.engine_model import EngineModel, engine_loop_factory
-from paddlellm.triton.params import model_params
+from paddlellm.triton.params import triton_params
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = EngineConfig.from_params(model_params(args["model_config"]))
+        config = EngineConfig.from_params(triton_params(args))
         self.model = EngineModel(pb_utils, engine_loop_factory(config))
 
     def execute(self, requests):
