@@ -113,6 +113,12 @@ class EngineConfig:
         "run every step layer by layer from Python (vLLM's name); by default a step on the native CPU "
         "kernels runs all layers in one native call (same results, less dispatch)",
     )
+    enable_prefix_caching: bool = option(
+        True,
+        "reuse the KV blocks of a prompt prefix an earlier request computed (a shared system prompt, a "
+        "chat's history); only the rest is prefilled. Outputs are bit-identical either way "
+        "(docs/prefix-caching.md)",
+    )
     scheduler_max_size: int = option(
         -1, "most requests waiting in the engine queue; -1 = unbounded", group=SCHEDULER_GROUP
     )

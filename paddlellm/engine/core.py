@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from paddlellm.config import EngineConfig
 from paddlellm.engine.kv_budget import num_kv_blocks
 from paddlellm.engine.outputs import ModelRunnerOutput, RequestOutput
+from paddlellm.engine.prefix_cache import cache_seed
 from paddlellm.engine.scheduler import Scheduler
 from paddlellm.errors import InvalidRequest
 from paddlellm.executor.base import Executor
@@ -29,6 +30,8 @@ class EngineStats:
     num_total_blocks: int
     num_preemptions: int  # since start (warmup excluded)
     last_batch_size: int  # requests in the last scheduled step
+    prefix_cache_queries: int = 0  # tokens looked up in the prefix cache since start (warmup excluded)
+    prefix_cache_hits: int = 0  # of those, tokens found cached
 
 
 class LLMEngine:
@@ -45,7 +48,9 @@ class LLMEngine:
         self.executor = executor
         self.info = info
         blocks = num_blocks if num_blocks is not None else num_kv_blocks(config, info)
-        self.scheduler = Scheduler(config, blocks, info.eos_token_ids, info.vocab_size, clock)
+        self.scheduler = Scheduler(
+            config, blocks, info.eos_token_ids, info.vocab_size, clock, cache_seed(config, info)
+        )
 
     @classmethod
     def create(cls, config: EngineConfig) -> LLMEngine:
@@ -144,6 +149,7 @@ class LLMEngine:
         self.run_until_done()
         self.scheduler.num_preemptions = 0
         self.scheduler.last_batch_size = 0
+        self.scheduler.prefix_cache.reset_counts()
 
     # ---------------------------------------------------------------- health and stats
 
@@ -160,6 +166,8 @@ class LLMEngine:
             num_total_blocks=s.blocks.num_total_blocks,
             num_preemptions=s.num_preemptions,
             last_batch_size=s.last_batch_size,
+            prefix_cache_queries=s.prefix_cache.queries,
+            prefix_cache_hits=s.prefix_cache.hits,
         )
 
     def shutdown(self) -> None:

@@ -20,7 +20,7 @@ class NewRequestData:
     sampling: SamplingParams
     seed: int  # resolved seed: every draw derives from (seed, position)
     block_ids: tuple[int, ...]
-    num_computed_tokens: int  # tokens whose KV is already in the cache (0 today: no prefix caching)
+    num_computed_tokens: int  # tokens whose KV is already in the cache: a cached prefix, else 0
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class RequestOutput:
     new_token_ids: tuple[int, ...]
     num_prompt_tokens: int
     num_output_tokens: int  # cumulative
+    num_cached_tokens: int = 0  # prompt tokens its first admission found in the prefix cache
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     error: Exception | None = None  # set when finish_reason == "error" (e.g. Overloaded after the TTL)

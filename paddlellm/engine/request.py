@@ -29,6 +29,11 @@ class Request:
     finish_reason: str | None = None
     error: Exception | None = None
     num_preemptions: int = 0
+    # Prefix caching: content keys of its full blocks (prompt + outputs, grown as blocks fill), how many of
+    # its blocks are registered in the cache, and the prompt tokens its first admission found cached.
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_registered_blocks: int = 0
+    num_cached_tokens: int = 0
     # What the runner already knows, so each step sends only the changes.
     num_synced_outputs: int = 0
     num_synced_blocks: int = 0
@@ -46,6 +51,9 @@ class Request:
     def num_tokens(self) -> int:
         """Prompt plus outputs: the tokens a recompute from scratch would feed the model."""
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    def all_token_ids(self) -> list[int]:
+        return [*self.prompt_token_ids, *self.output_token_ids]
 
     @property
     def num_output_tokens(self) -> int:

@@ -1,4 +1,5 @@
-"""Scheduler: continuous batching over a paged KV cache; FCFS, chunked prefill, preemption by recompute.
+"""Scheduler: continuous batching over a paged KV cache; FCFS, chunked prefill, preemption by recompute,
+prefix caching (a cached prefix counts as computed tokens: only the rest is prefilled, in chunks as usual).
 
 Pure Python: it decides which tokens of which requests run each step and owns the block ids; the executor runs
 them. `schedule()` -> SchedulerOutput -> executor -> ModelRunnerOutput -> `update()` -> RequestOutputs.
@@ -21,6 +22,7 @@ from paddlellm.engine.outputs import (
     RequestOutput,
     SchedulerOutput,
 )
+from paddlellm.engine.prefix_cache import PrefixCache
 from paddlellm.engine.request import Request, RequestStatus
 from paddlellm.errors import ConfigError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
@@ -36,7 +38,9 @@ class Scheduler:
         eos_token_ids: Sequence[int] = (),
         vocab_size: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cache_seed: bytes = b"",
     ) -> None:
+        """`cache_seed`: the prefix cache's key for the model and value-changing options (prefix_cache.py)."""
         if config.batched_tokens < config.max_num_seqs:
             raise ConfigError(
                 f"config 'max_num_batched_tokens': {config.batched_tokens} is less than max_num_seqs "
@@ -44,6 +48,7 @@ class Scheduler:
             )
         self.config = config
         self.blocks = BlockManager(num_blocks, config.block_size)
+        self.prefix_cache = PrefixCache(self.blocks, config.enable_prefix_caching, cache_seed)
         self._eos = frozenset(eos_token_ids)
         self._vocab_size = vocab_size
         self._clock = clock
@@ -166,6 +171,9 @@ class Scheduler:
         3. Unless something was preempted, admit waiting requests FCFS while fewer than max_num_seqs
            run, budget remains, and blocks in use after admitting stay <= kv_cache_ratio x total
            (with nothing running, the head goes in if its first chunk fits at all: no starvation).
+           An admitted request first takes the longest cached prefix of its tokens (whole blocks, at
+           least one token left): those tokens count as computed and its first chunk starts after
+           them. Cached blocks nobody held count as newly used, like fresh ones.
         4. Admitted requests go out whole (NewRequestData), the rest as changes only
            (CachedRequestData).
         """
@@ -190,12 +198,18 @@ class Scheduler:
             limit = self.config.kv_cache_ratio * self.blocks.num_total_blocks
             while self.waiting and len(self.running) < self.config.max_num_seqs and budget > 0:
                 req = self.waiting[0]
-                n = min(req.num_tokens, budget)
-                need = self.blocks.num_new_blocks(req.block_ids, n)
+                hits = self.prefix_cache.match(req)
+                cached = len(hits) * self.blocks.block_size
+                n = min(req.num_tokens - cached, budget)
+                need = self.blocks.num_new_blocks(hits, cached + n) + self.blocks.num_reclaimed(hits)
                 if self.running and self.blocks.num_used_blocks + need > limit:
                     break
-                if self.blocks.append(req.block_ids, n) is None:
+                if need > self.blocks.num_free_blocks:
                     break
+                self.blocks.take(req.block_ids, hits)
+                self.blocks.append(req.block_ids, cached + n)
+                req.num_computed_tokens = cached
+                self.prefix_cache.admitted(req, cached)
                 self.waiting.popleft()
                 req.status = RequestStatus.RUNNING
                 if req.first_scheduled_time is None:
@@ -214,9 +228,10 @@ class Scheduler:
         For each scheduled request: advance num_computed_tokens by its chunk; if the chunk reached
         the end of its known tokens, the runner sampled one token: append it and apply the stop
         rules in order (EOS unless ignore_eos, and stop_token_ids, both only once more than
-        min_tokens outputs exist -> "stop"; max_tokens or max_model_len -> "length"). Finished
-        requests free their blocks. Returns one RequestOutput per request that gained a token or
-        finished, after any made since the last update (TTL expiries).
+        min_tokens outputs exist -> "stop"; max_tokens or max_model_len -> "length"). Blocks the
+        chunk filled are registered in the prefix cache (before a finish frees them: they stay
+        cached). Finished requests free their blocks. Returns one RequestOutput per request that
+        gained a token or finished, after any made since the last update (TTL expiries).
         """
         outputs, self._pending = self._pending, []
         for request_id, n in sched.num_scheduled_tokens.items():
@@ -224,6 +239,7 @@ class Scheduler:
             if req is None or req.status is not RequestStatus.RUNNING:
                 continue
             req.num_computed_tokens += n
+            self.prefix_cache.register_computed(req)
             if req.num_computed_tokens < req.num_tokens:
                 continue  # a prefill chunk short of the end: nothing sampled
             token = runner_out.sampled_token_ids.get(request_id)
@@ -256,7 +272,7 @@ class Scheduler:
         self.running.remove(req)
         self.blocks.free(req.block_ids)
         req.status = RequestStatus.WAITING
-        req.num_computed_tokens = 0
+        req.num_computed_tokens = req.num_registered_blocks = 0
         req.num_synced_outputs = req.num_synced_blocks = 0
         req.num_preemptions += 1
         self.num_preemptions += 1
@@ -352,6 +368,7 @@ class Scheduler:
             new,
             req.num_prompt_tokens,
             req.num_output_tokens,
+            num_cached_tokens=req.num_cached_tokens,
             finished=req.is_finished,
             finish_reason=req.finish_reason,
             error=req.error,

@@ -3,7 +3,8 @@
 FakeExecutor keeps per-request state the way a model runner must (full state from NewRequestData, only the
 changes from CachedRequestData), writes every computed token into a fake KV cache through the request's block
 table, and derives each sampled token from the context it reads back from that cache. So a wrong block table,
-a block shared by two requests, lost KV, a bad chunk boundary or a wrong recompute all change the tokens.
+a write to a block another request holds, lost KV, a bad chunk boundary, a wrong recompute or a cached prefix
+of other tokens all fail an assertion or change the tokens.
 """
 
 from __future__ import annotations
@@ -97,17 +98,24 @@ class FakeExecutor:
             assert st.num_computed == cd.num_computed_tokens, (cd, st.num_computed)
             st.tokens.extend(cd.new_token_ids)
             st.blocks.extend(cd.new_block_ids)
-        owners: dict[int, str] = {}
+        holders: dict[int, set[str]] = {}
         for rid, st in self.state.items():
             for b in st.blocks:
-                assert b not in owners, f"block {b} held by {owners[b]} and {rid}"
-                owners[b] = rid
+                holders.setdefault(b, set()).add(rid)
         sampled: dict[str, int] = {}
         for rid, n in sched.num_scheduled_tokens.items():
             st = self.state[rid]
             start, end = st.num_computed, st.num_computed + n
             assert 0 < n and end <= len(st.tokens), (rid, start, n, len(st.tokens))
             assert len(st.blocks) * self.block_size >= end, "block table too short"
+            # Shared blocks (a cached prefix) are only read: every block written is its writer's alone, and
+            # the KV already there is exactly this request's tokens.
+            for b in {st.blocks[pos // self.block_size] for pos in range(start, end)}:
+                assert holders[b] == {rid}, f"{rid} writes block {b}, held by {sorted(holders[b])}"
+            pos = np.arange(start)
+            table = np.asarray(st.blocks, dtype=np.int64)
+            seen = self.kv[table[pos // self.block_size], pos % self.block_size]
+            assert seen.tolist() == st.tokens[:start], f"{rid} reads KV of other tokens"
             for pos in range(start, end):
                 self.kv[st.blocks[pos // self.block_size], pos % self.block_size] = st.tokens[pos]
             st.num_computed = end

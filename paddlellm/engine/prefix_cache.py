@@ -1,0 +1,90 @@
+"""PrefixCache: prefix caching for the scheduler, over a BlockManager: content keys, lookups, registration.
+
+Content keys. A block's KV depends on every token up to its end and on everything that turns tokens into
+values. So the key of full block i is chained, sha256(key of block i-1 + tokens of block i), and block 0
+chains from a seed that digests the model and every option that changes the bits (checkpoint, dtype,
+quantization, kernels, device, TP size). Equal keys then mean the same tokens at the same positions through
+the same model, hence the same KV. SHA-256 makes an accidental collision negligible (2^-128), and the block
+manager also compares each matched block's own tokens. Only full blocks get keys; a partial block is still
+being written.
+
+Lookup happens when a waiting request is admitted (again after a preemption: it may find its own blocks);
+registration after every executed step, for the blocks that step completed (outputs included, so a chat's next
+turn finds the previous answer too). With caching off, lookups find nothing and nothing is registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from array import array
+
+from paddlellm.config import EngineConfig
+from paddlellm.engine.block_manager import BlockManager
+from paddlellm.engine.request import Request
+from paddlellm.model_info import ModelInfo
+
+# EngineConfig fields that change the KV values a token gets. Their `auto` values are resolved from the
+# checkpoint and this CPU alone, both fixed for the engine's life, so the unresolved names identify them.
+_VALUE_FIELDS = (
+    "model", "dtype", "quantization", "cpu_kernels", "device", "tensor_parallel_size", "block_size"
+)
+
+
+def cache_seed(config: EngineConfig, info: ModelInfo) -> bytes:
+    """The key chain's start: a digest of the model's identity and the options that change KV values."""
+    facts = {name: getattr(config, name) for name in _VALUE_FIELDS}
+    facts["checkpoint"] = info.path
+    facts["model_config"] = info.raw_config or info.architecture
+    text = json.dumps(facts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+class PrefixCache:
+    def __init__(self, blocks: BlockManager, enabled: bool, seed: bytes = b"") -> None:
+        self.blocks = blocks
+        self.enabled = enabled
+        self.seed = seed
+        self.queries = 0  # tokens of requests looked up at their first admission
+        self.hits = 0  # of those, tokens found cached
+
+    def match(self, req: Request) -> list[int]:
+        """Blocks of the longest cached prefix of a waiting request's tokens (prompt + outputs). At least its
+        last token stays to compute, because the step that computes it yields the logits to sample from."""
+        if not self.enabled:
+            return []
+        tokens = req.all_token_ids()
+        self._extend_keys(req, tokens)
+        max_blocks = (len(tokens) - 1) // self.blocks.block_size
+        return self.blocks.match_prefix(req.block_hashes, tokens, max_blocks)
+
+    def admitted(self, req: Request, num_cached_tokens: int) -> None:
+        """Count a request's first admission; later ones (after preemption) are recomputes, not queries."""
+        if self.enabled and req.first_scheduled_time is None:
+            self.queries += req.num_tokens
+            self.hits += num_cached_tokens
+            req.num_cached_tokens = min(num_cached_tokens, req.num_prompt_tokens)
+        req.num_registered_blocks = num_cached_tokens // self.blocks.block_size
+
+    def register_computed(self, req: Request) -> None:
+        """Register the blocks of `req` that its computed tokens now fill (call after each executed step)."""
+        full = req.num_computed_tokens // self.blocks.block_size
+        if not self.enabled or full <= req.num_registered_blocks:
+            return
+        tokens = req.all_token_ids()
+        self._extend_keys(req, tokens)
+        bs = self.blocks.block_size
+        for i in range(req.num_registered_blocks, full):
+            self.blocks.register(req.block_ids[i], req.block_hashes[i], tokens[i * bs : (i + 1) * bs])
+        req.num_registered_blocks = full
+
+    def reset_counts(self) -> None:
+        self.queries = self.hits = 0
+
+    def _extend_keys(self, req: Request, tokens: list[int]) -> None:
+        """Append to req.block_hashes the keys of its further full blocks (its tokens only ever grow)."""
+        bs, keys = self.blocks.block_size, req.block_hashes
+        parent = keys[-1] if keys else self.seed
+        for i in range(len(keys), len(tokens) // bs):
+            parent = hashlib.sha256(parent + array("q", tokens[i * bs : (i + 1) * bs]).tobytes()).digest()
+            keys.append(parent)
