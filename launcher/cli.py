@@ -110,7 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-repository",
         type=Path,
         default=REPO_ROOT / "model_repository",
-        help="the model repository template rendered for these flags",
+        help="the model repository to serve; a copy of it gets these flags' values",
+    )
+    g.add_argument(
+        "--triton-url",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve only the gateway, against this running tritonserver's gRPC endpoint (e.g. one started "
+        "with tritonserver --model-repository model_repository): nothing is rendered or started; the "
+        "engine's max_model_len and model name are read from its llm_engine, so engine flags are refused "
+        "(default: start tritonserver here)",
+    )
+    g.add_argument(
+        "--triton-metrics-url",
+        default=None,
+        metavar="URL",
+        help="with --triton-url: that tritonserver's Prometheus endpoint (e.g. http://host:8002/metrics), "
+        "whose engine metrics /metrics then includes (default: none)",
     )
     g.add_argument(
         "--ready-timeout", type=float, default=900.0, help="seconds to wait for the models to load"
@@ -230,7 +246,8 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if args.port > 65535 or (args.metrics_port is not None and not 1 <= args.metrics_port <= 65535):
         _fail(parser, "--port/--metrics-port must be a port number")
     model: Path = args.model.expanduser().resolve()
-    if not model.exists():
+    # The gateway alone reads only chat facts (sampling defaults, thinking markers) from a local checkpoint.
+    if not model.exists() and not (args.triton_url and args.model == DEFAULT_MODEL):
         hint = " (run scripts/setup_default_model.sh to convert it)" if args.model == DEFAULT_MODEL else ""
         _fail(parser, f"--model {model}: no such file or directory{hint}")
     if model.is_dir() and not (model / "config.json").exists():
@@ -314,12 +331,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     plan = plan_from_args(args, parser)
+    if args.triton_url:
+        defaults = {f.name: f.default for f, _, _ in EngineConfig.options()}
+        changed = sorted(k for k, v in engine_values(args).items() if v != defaults[k])
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            parser.error(f"{flags}: engine flags configure nothing with --triton-url (edit that server's "
+                         "llm_engine config.pbtxt instead)")
     if args.dry_run:
         print(json.dumps(_describe(plan), indent=2))
         return 0
     problem = check_scheduler_reachable(plan)
     if problem is not None:
         parser.error(problem)
+    if args.triton_url:
+        from launcher.gateway_only import GatewayOnly
+
+        return GatewayOnly(plan, args.triton_url, args.triton_metrics_url, args.served_model_name).run()
     return Launcher(plan).run()
 
 

@@ -12,8 +12,12 @@ Pure stdlib and Triton-free, so the launcher (gateway side) can import it. Two l
 The stub embeds its own interpreter, so the environment must make it find the right ``libpython``
 (``LD_LIBRARY_PATH``) and the project's packages (``PYTHONPATH``: the repo root and site-packages).
 
-``python -m launcher.tritonenv setup`` builds the backend directory and prints ``export`` lines;
-``scripts/setup_triton.sh`` wraps it.
+``python -m launcher.tritonenv setup`` builds the backend directory, writes a ``tritonserver`` wrapper
+next to it (``<repo>/.triton/bin/tritonserver``: the wheel's binary with ``--backend-directory`` filled in,
+because Triton's default is NGC's ``/opt/tritonserver/backends``) and prints ``export`` lines;
+``scripts/setup_triton.sh`` wraps it and writes them to ``<repo>/.triton/env``. After
+``source .triton/env``, ``tritonserver --model-repository model_repository`` serves the committed repository
+as it would in Triton's own image.
 """
 
 from __future__ import annotations
@@ -181,11 +185,34 @@ def locate(repo_root: Path = REPO_ROOT, backend_root: Path | None = None) -> Tri
     raise TritonNotFound("no tritonserver: install nvidia-pytriton (pip) or use Triton's NGC image")
 
 
-def _shell_lines(install: TritonInstall) -> list[str]:
+def wrapper_path(backend_root: Path) -> Path:
+    return backend_root.parent / "bin" / "tritonserver"
+
+
+def write_tritonserver_wrapper(install: TritonInstall, path: Path) -> bool:
+    """A ``tritonserver`` command that is the wheel's binary with this backend directory (a later
+    ``--backend-directory`` on its command line still wins). True when the file changed."""
+    text = (
+        "#!/bin/sh\n"
+        "# tritonserver from the nvidia-pytriton wheel with the python backend set-up assembled\n"
+        "# (written by scripts/setup_triton.sh; source .triton/env for the rest of its environment)\n"
+        f'exec "{install.tritonserver}" --backend-directory="{install.backend_dir}" "$@"\n'
+    )
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return True
+
+
+def _shell_lines(install: TritonInstall, wrapper: Path | None = None) -> list[str]:
     lines = [
         f"export TRITONSERVER={install.tritonserver}",
         f"export TRITON_BACKEND_DIR={install.backend_dir}",
     ]
+    if wrapper is not None:
+        lines.append(f'export PATH="{wrapper.parent}${{PATH:+:$PATH}}"')
     for key, value in install.env.items():
         # Path-like variables are prepended to whatever the sourcing shell already has.
         line = f'export {key}="{value}${{{key}:+:${key}}}"' if key in _PATH_VARS else f"export {key}={value}"
@@ -214,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     except TritonNotFound as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("\n".join(_shell_lines(install)))
+    wrapper = wrapper_path(args.backend_root) if install.backend_dir == args.backend_root else None
+    if wrapper is not None and args.action == "setup" and write_tritonserver_wrapper(install, wrapper):
+        print(f"# wrote {wrapper}", file=sys.stderr)
+    print("\n".join(_shell_lines(install, wrapper if wrapper is not None and wrapper.exists() else None)))
     return 0
 
 
