@@ -115,6 +115,16 @@ def _mean(name: str, legend: str) -> Series:
     return Series(legend, expr, lambda w: w.mean(P + name))
 
 
+def _ratio(num: str, den: str, legend: str) -> Series:
+    expr = f"sum(rate({P}{num}{M}[1m])) / sum(rate({P}{den}{M}[1m]))"
+
+    def local(w: Window) -> float | None:
+        d = w.rate(P + den)
+        return w.rate(P + num) / d if d > 0 else None
+
+    return Series(legend, expr, local)
+
+
 def _http(status_re: str, legend: str) -> Series:
     expr = f'sum(rate({P}http_requests_total{{status=~"{status_re}"}}[1m]))'
     pattern = status_re.replace("..", "")
@@ -179,6 +189,11 @@ PANELS: tuple[Panel, ...] = (
     ),
     Panel(
         "Gateway HTTP requests / s", "reqps", (_http("2..", "2xx"), _http("4..", "4xx"), _http("5..", "5xx"))
+    ),
+    Panel(
+        "Prefix-cache hit rate (tokens)",
+        "percentunit",
+        (_ratio("prefix_cache_hits_total", "prefix_cache_queries_total", "hit rate"),),
     ),
 )
 

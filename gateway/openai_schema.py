@@ -242,10 +242,16 @@ _STRICT = ConfigDict(extra="forbid")
 
 
 @with_config(_STRICT)
+class PromptTokensDetails(TypedDict):
+    cached_tokens: int  # prompt tokens whose KV came from the engine's prefix cache (not prefilled)
+
+
+@with_config(_STRICT)
 class Usage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 @with_config(_STRICT)

@@ -24,6 +24,7 @@ from gateway.openai_schema import (
     CompletionChoice,
     CompletionRequest,
     FinishReason,
+    PromptTokensDetails,
     Usage,
 )
 from gateway.reasoning import ReasoningSplitter
@@ -59,6 +60,7 @@ class EnsembleResponse:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     engine_stats: str = ""
+    cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
     final: bool = False
 
 
@@ -190,6 +192,7 @@ class ChunkShaper:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     _stop: StopStringMatcher = field(init=False)
     _split: ReasoningSplitter | None = field(init=False)
     _started: bool = field(default=False, init=False)
@@ -213,6 +216,7 @@ class ChunkShaper:
             return []
         if resp.prompt_tokens:
             self.prompt_tokens = resp.prompt_tokens
+            self.cached_tokens = resp.cached_tokens
         if resp.token_ids or resp.completion_tokens:
             self.completion_tokens = max(self.completion_tokens, resp.completion_tokens)
         if not resp.text and not resp.token_ids and not resp.finish_reason:
@@ -243,6 +247,7 @@ class ChunkShaper:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             total_tokens=self.prompt_tokens + self.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
         )
 
     def _chunks(self, text: str, ids: list[int], finish: str | None, arrival: float) -> list[Chunk]:

@@ -85,6 +85,7 @@ def decode_response(result: Any) -> EnsembleResponse:
         prompt_tokens=_scalar_int(result, protocol.PROMPT_TOKENS),
         completion_tokens=_scalar_int(result, protocol.COMPLETION_TOKENS),
         engine_stats=_scalar_str(result, protocol.ENGINE_STATS),
+        cached_tokens=_scalar_int(result, protocol.CACHED_TOKENS),
         final=final,
     )
 

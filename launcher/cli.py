@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 def add_engine_options(groups: dict[str, Any]) -> None:
     """One flag per EngineConfig option the CLI does not define itself, generated from its declaration:
     `--max-num-seqs` for `max_num_seqs`, the field's type, default, choices and help. Booleans take 0/1 as
-    FastDeploy's flags do, or stand alone for 1 as vLLM's do (`--enforce-eager`). An `unset` option defaults
-    to None, which means the field's own default."""
+    FastDeploy's flags do, or stand alone for 1 as vLLM's do (`--enforce-eager`), and have vLLM's negative
+    form for 0 (`--no-enable-prefix-caching`). An `unset` option defaults to None, which means the field's
+    own default."""
     for f, typ, info in EngineConfig.options():
         if not info.cli:
             continue
@@ -182,7 +183,12 @@ def add_engine_options(groups: dict[str, Any]) -> None:
             kwargs["type"] = typ
         if info.unset is not None:
             kwargs |= {"default": None, "help": f"{kwargs['help']} (default: {info.unset})"}
-        groups[info.group].add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        flag = "--" + f.name.replace("_", "-")
+        groups[info.group].add_argument(flag, **kwargs)
+        if typ is bool:
+            groups[info.group].add_argument(
+                "--no-" + flag[2:], dest=f.name, action="store_const", const=0, help=f"the same as {flag} 0"
+            )
 
 
 def engine_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class TritonLocalEngine:
                     resp.prompt_tokens,
                     resp.completion_tokens,
                     resp.engine_stats,
+                    cached_tokens=resp.cached_tokens,
                 )
                 if resp.finish_reason and not resp.final:
                     # Read to Triton's final response first, so it completes the request normally.
@@ -103,6 +104,7 @@ class SchedulerStream:
             chunk.prompt_tokens,
             chunk.completion_tokens,
             chunk.engine_stats,
+            chunk.cached_tokens,
         )
 
     def cancel(self) -> None:

@@ -64,6 +64,7 @@ class Chunk:
     engine_stats: str = ""
     # Where it ran, for metrics and tests: the executing instance id.
     executor: str = field(default="", compare=False)
+    cached_tokens: int = 0  # prompt tokens the executing engine found in its prefix cache
 
     def to_json(self) -> str:
         return json.dumps(
@@ -75,13 +76,14 @@ class Chunk:
                 "c": self.completion_tokens,
                 "s": self.engine_stats,
                 "e": self.executor,
+                "k": self.cached_tokens,
             }
         )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Chunk:
         d = json.loads(text)
-        return cls(d["x"], tuple(d["ids"]), d["f"], d["p"], d["c"], d["s"], d["e"])
+        return cls(d["x"], tuple(d["ids"]), d["f"], d["p"], d["c"], d["s"], d["e"], d.get("k", 0))
 
 
 _ERRORS: dict[str, type[EngineError]] = {

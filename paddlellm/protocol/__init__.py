@@ -70,6 +70,7 @@ PREFIX_LEN = "prefix_len"  # how many of window_ids were already emitted
 FINISH_REASON = "finish_reason"  # "" while running; "stop" | "length" | "abort" on the last response
 PROMPT_TOKENS = "prompt_tokens"
 COMPLETION_TOKENS = "completion_tokens"  # cumulative generated tokens
+CACHED_TOKENS = "cached_tokens"  # prompt tokens found in the prefix cache (usage.prompt_tokens_details)
 ENGINE_STATS = "engine_stats"  # JSON with engine-side timings on the final response, "" otherwise
 TEXT_OUTPUT = "text_output"
 # A request to llm_engine carrying this request parameter (true) aborts the live request with the same
@@ -99,7 +100,7 @@ LLM_ENGINE = ModelSpec(
     "llm_engine",
     inputs=(_ids(INPUT_IDS), _s(SAMPLING), _optional(_ids(RESUME_IDS))),
     outputs=(_ids(TOKEN_IDS), _ids(WINDOW_IDS), _i1(PREFIX_LEN), _s(FINISH_REASON), _i1(PROMPT_TOKENS),
-             _i1(COMPLETION_TOKENS), _s(ENGINE_STATS)),
+             _i1(COMPLETION_TOKENS), _s(ENGINE_STATS), _i1(CACHED_TOKENS)),
     decoupled=True,
 )
 # The detokenizer is a pure function of one engine response's window: it turns ids into a text delta. Only the
@@ -115,7 +116,7 @@ ENSEMBLE = ModelSpec(
     "ensemble",
     inputs=(*TOKENIZER.inputs, _optional(_ids(RESUME_IDS))),
     outputs=(_s(TEXT_OUTPUT), _ids(TOKEN_IDS), _s(FINISH_REASON), _i1(PROMPT_TOKENS), _i1(COMPLETION_TOKENS),
-             _s(ENGINE_STATS)),
+             _s(ENGINE_STATS), _i1(CACHED_TOKENS)),
     decoupled=True,
 )
 MODELS = (TOKENIZER, LLM_ENGINE, DETOKENIZER, ENSEMBLE)

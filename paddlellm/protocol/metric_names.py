@@ -203,6 +203,20 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
         labels=MODEL,
     ),
     _m(
+        "prefix_cache_queries_total",
+        COUNTER,
+        "tokens",
+        "Tokens of requests looked up in the prefix cache at their first admission (0 with the cache off).",
+        labels=MODEL,
+    ),
+    _m(
+        "prefix_cache_hits_total",
+        COUNTER,
+        "tokens",
+        "Of the queried tokens, those whose KV was found cached (not prefilled); hit rate = hits / queries.",
+        labels=MODEL,
+    ),
+    _m(
         "batch_size",
         HISTOGRAM,
         "requests",

@@ -212,6 +212,7 @@ def engine_response(
             _int_tensor(pb, p.PROMPT_TOKENS, out.num_prompt_tokens),
             _int_tensor(pb, p.COMPLETION_TOKENS, out.num_output_tokens),
             _str_tensor(pb, p.ENGINE_STATS, engine_stats),
+            _int_tensor(pb, p.CACHED_TOKENS, out.num_cached_tokens),
         ]
     )
 

@@ -123,7 +123,7 @@ class EngineMetrics:
         self.model_name = model_name
         self._log_line = log_line or log.info
         self._queue: queue.SimpleQueue[list[_Op] | threading.Event | None] = queue.SimpleQueue()
-        self._gauges: dict[str, float] = {}  # last value queued per gauge (loop thread only)
+        self._gauges: dict[str, float] = {}  # last value queued per gauge and engine total (loop thread)
         self._step_pending = False  # a step ran (or is about to) whose batch size is not recorded yet
         self._thread = threading.Thread(target=self._run, name="paddlellm-metrics", daemon=True)
         self._thread.start()
@@ -232,10 +232,16 @@ class EngineMetrics:
             if self._gauges.get(short) != value:
                 self._gauges[short] = value
                 ops.append(("set", _n(short), (), float(value)))
-        preempted = stats.num_preemptions - self._gauges.get("preemptions", 0)
-        if preempted > 0:
-            self._gauges["preemptions"] = stats.num_preemptions
-            ops.append(("inc", _n("num_preemptions_total"), (), float(preempted)))
+        # Counters the engine keeps as running totals: increment by what they grew since the last tick.
+        for short, total in (
+            ("num_preemptions_total", stats.num_preemptions),
+            ("prefix_cache_queries_total", stats.prefix_cache_queries),
+            ("prefix_cache_hits_total", stats.prefix_cache_hits),
+        ):
+            grown = total - self._gauges.get(short, 0)
+            if grown > 0:
+                self._gauges[short] = total
+                ops.append(("inc", _n(short), (), float(grown)))
         if ops:
             self._put(ops)
 

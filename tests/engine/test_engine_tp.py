@@ -21,7 +21,7 @@ def ckpt(tiny_checkpoint) -> str:
     return tiny_checkpoint(arch="llama", tokenizer="llama2", seed=11)
 
 
-def _engine(path: str, tp: int) -> LLMEngine:
+def _engine(path: str, tp: int, **options) -> LLMEngine:
     return LLMEngine.create(
         EngineConfig(
             model=path,
@@ -30,6 +30,7 @@ def _engine(path: str, tp: int) -> LLMEngine:
             block_size=16,
             max_model_len=512,
             num_gpu_blocks_override=64,
+            **options,
         )
     )
 
@@ -60,6 +61,33 @@ def test_tp2_engine_matches_tp1(ckpt):
     two = _engine(ckpt, 2)
     try:
         assert _run(two) == want
+        assert two.stats().num_free_blocks == 64
+    finally:
+        two.shutdown()
+
+
+def test_tp2_with_prefix_caching_matches_tp1_without(ckpt):
+    """Block ids are decided by the scheduler and sent to every rank, so all ranks keep the same block table
+    and a cached prefix needs no special case under TP: TP=2 with the cache on gives TP=1's tokens without."""
+    system = [(29 * j) % 1000 + 50 for j in range(40)]
+    params = [SamplingParams(max_tokens=8, temperature=0.8 * (i % 2), seed=i) for i in range(4)]
+    reqs = {f"q{i}": (system + [60 + i] * (3 + i), params[i]) for i in range(4)}
+
+    def waves(engine: LLMEngine) -> dict[str, list[int]]:
+        got: dict[str, list[int]] = {}
+        for rid, (ids, p) in reqs.items():  # one after another: later ones find the prefix cached
+            engine.add_request(rid, ids, p)
+            for out in engine.run_until_done():
+                got.setdefault(out.request_id, []).extend(out.new_token_ids)
+        return got
+
+    one = _engine(ckpt, 1, enable_prefix_caching=False)
+    want = waves(one)
+    one.shutdown()
+    two = _engine(ckpt, 2)
+    try:
+        assert waves(two) == want
+        assert two.stats().prefix_cache_hits == 3 * 32
         assert two.stats().num_free_blocks == 64
     finally:
         two.shutdown()

@@ -82,6 +82,7 @@ class FakeTritonClient:
         self.down = False  # gRPC UNAVAILABLE everywhere
         self.fail_with: EngineError | None = None  # delivered instead of the first response
         self.fail_after: tuple[int, EngineError] | None = None  # delivered after n token responses
+        self.cached_tokens = 0  # what the engine reports it found in its prefix cache
         self.streams: list[FakeStream] = []
         self.aborted: list[str] = []  # request ids the gateway asked the engine to abort
         self.closed = False
@@ -181,6 +182,7 @@ class FakeTritonClient:
                         protocol.PROMPT_TOKENS: np.array([n_prompt], np.int32),
                         protocol.COMPLETION_TOKENS: np.array([n], np.int32),
                         protocol.ENGINE_STATS: json.dumps({"steps": n}) if last else "",
+                        protocol.CACHED_TOKENS: np.array([self.cached_tokens], np.int32),
                     }
                 ),
                 None,

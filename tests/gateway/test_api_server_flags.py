@@ -174,6 +174,10 @@ def test_boolean_flags_take_0_1_or_stand_alone(model: Path) -> None:
     assert parse(["--model", str(model), "--enforce-eager", "0"]).enforce_eager == 0
     assert parse(["--model", str(model), "--enforce-eager", "1", "--use-warmup"]).use_warmup == 1
     assert parse(["--model", str(model)]).enforce_eager == 0
+    # vLLM's negative form turns off an option that defaults to on.
+    assert parse(["--model", str(model)]).enable_prefix_caching == 1
+    assert parse(["--model", str(model), "--no-enable-prefix-caching"]).enable_prefix_caching == 0
+    assert parse(["--model", str(model), "--enable-prefix-caching", "0"]).enable_prefix_caching == 0
 
 
 def _template(tmp_path: Path, template: str) -> Path:

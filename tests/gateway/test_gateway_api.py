@@ -130,6 +130,21 @@ def test_completions_stream_and_plain_with_usage_chunk(client: TestClient) -> No
     assert chunk_ids(chunks, key="choice") == plain["choices"][0]["token_ids"]
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_cached_prompt_tokens_are_in_the_usage(client: TestClient, fake: FakeTritonClient, path: str) -> None:
+    """OpenAI's usage.prompt_tokens_details.cached_tokens: the engine's prefix-cache hit, in every usage (the
+    non-streamed answer, the streamed usage chunk), also when a stop string ends the stream early."""
+    fake.cached_tokens = 3
+    body = CHAT if path.endswith("chat/completions") else COMPLETION
+    plain = client.post(path, json=body).json()
+    assert plain["usage"]["prompt_tokens_details"] == {"cached_tokens": 3}
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}, "stop": ["capital"]}
+    chunks = sse_events(client.post(path, json=streamed).text)
+    assert chunks[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 3}
+    fake.cached_tokens = 0
+    assert client.post(path, json=body).json()["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+
+
 def test_length_finish_reason(client: TestClient) -> None:
     r = client.post("/v1/completions", json={**COMPLETION, "max_tokens": 3}).json()
     assert r["choices"][0]["finish_reason"] == "length"

@@ -124,6 +124,8 @@ def test_totals_histograms_and_gauges_after_a_known_workload(pb: ModuleType, max
     batches = backend.observed("batch_size")
     assert sum(batches) == outputs and max(batches) == min(max_num_seqs, 20)
     assert backend.counter("num_preemptions_total") == 0
+    assert backend.counter("prefix_cache_queries_total") == prompts  # no two prompts share a first token
+    assert backend.counter("prefix_cache_hits_total") == 0
     for g in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"):
         assert backend.gauge(g) == 0, g
     assert backend.gauge("kv_cache_free_blocks") == blocks
@@ -137,6 +139,23 @@ def test_totals_histograms_and_gauges_after_a_known_workload(pb: ModuleType, max
     ):
         assert 0 <= q <= ttft <= e2e
     assert backend.closed
+
+
+def test_prefix_cache_queries_and_hits_count_tokens(pb: ModuleType) -> None:
+    """Three requests one after another, sharing 40 tokens (2 full blocks of 16): the 2nd and 3rd hit 32."""
+    backend = MemoryBackend()
+    model, engine = start_model(pb, backend)
+    try:
+        for i in range(3):
+            req = engine_request(pb, f"r{i}", prompt(40) + [7 + i], {"max_tokens": 2, "temperature": 0})
+            model.execute([req])
+            wait_all([req.get_response_sender()])
+        assert model.metrics.flush()
+    finally:
+        model.finalize()
+    assert backend.counter("prefix_cache_queries_total") == 3 * 41
+    assert backend.counter("prefix_cache_hits_total") == 2 * 32
+    assert backend.gauge("kv_cache_free_blocks") == engine.stats().num_total_blocks  # cached blocks are free
 
 
 def test_waiting_requests_show_in_the_gauges_while_they_wait(pb: ModuleType) -> None:

@@ -106,6 +106,9 @@ def test_workload_totals_histograms_and_gauges(stack: Stack, model_dir: str) -> 
     assert delta(after, "prompt_tokens_total") == sum(prompts)
     assert delta(after, "generation_tokens_total") == sum(outputs)
     assert delta(after, "num_preemptions_total") == 0
+    # Every prompt was looked up in the prefix cache; none shares a full 16-token block with another.
+    assert delta(after, "prefix_cache_queries_total") == sum(prompts)
+    assert delta(after, "prefix_cache_hits_total") == 0
     # Histograms: one observation per request; the token ones also sum to the totals.
     for spec in ENGINE_METRICS:
         if spec.kind == HISTOGRAM and spec.name != PREFIX + "batch_size":
@@ -154,6 +157,37 @@ def test_workload_totals_histograms_and_gauges(stack: Stack, model_dir: str) -> 
         )
         assert len(found) == 1, rid
         assert prompt(i) not in log
+
+
+def test_prefix_cache_hits_in_usage_and_metrics(stack: Stack, model_dir: str) -> None:
+    """The same prompt again (completions, then chat; also streamed): it finds its full blocks cached, says so
+    in usage.prompt_tokens_details.cached_tokens, gets the same tokens, and the counters grow by the tokens
+    looked up and found."""
+    long = "Cache probe: " + " ".join(WORDS[::-1] * 3)  # ~50 tokens, 3 full blocks; no other test's prefix
+    chat = {"model": "default", "messages": [{"role": "user", "content": long}]}
+    before = stack.scrape()
+    queried = hit = 0
+    completion = {"model": "default", "prompt": long}
+    for path, body in (("/v1/completions", completion), ("/v1/chat/completions", chat)):
+        body = {**body, "max_tokens": 4, "temperature": 0, "ignore_eos": True}
+        first = httpx.post(stack.url + path, json=body, timeout=120).json()
+        again = httpx.post(stack.url + path, json=body, timeout=120).json()
+        streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", stack.url + path, json=streamed, timeout=120) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        n_prompt = first["usage"]["prompt_tokens"]
+        cached = (n_prompt - 1) // 16 * 16
+        assert cached >= 32
+        assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        assert again["usage"]["prompt_tokens_details"] == {"cached_tokens": cached}
+        assert chunks[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": cached}
+        assert again["choices"][0]["token_ids"] == first["choices"][0]["token_ids"]
+        queried, hit = queried + 3 * n_prompt, hit + 2 * cached
+    queries = PREFIX + "prefix_cache_queries_total"
+    after = stack.wait_metrics(lambda page: page.value(queries) - before.value(queries) == queried)
+    assert n(after, "prefix_cache_hits_total") - n(before, "prefix_cache_hits_total") == hit
+    # Cached blocks count as free once no request holds them.
+    assert n(after, "kv_cache_free_blocks") == n(after, "kv_cache_blocks")
 
 
 def test_every_live_metric_is_documented(stack: Stack) -> None:
