@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 PA_SCRIPT = REPO / "scripts" / "perf_analyzer.sh"
 PA_INPUTS = REPO / "scripts" / "perf_analyzer_inputs.json"
 BENCH = REPO / "benchmarks" / "bench_stack.py"
+LLM_TOOLS = REPO / "scripts" / "bench_llm_tools.sh"
 
 
 def _bench_module():  # noqa: ANN202
@@ -51,10 +52,10 @@ def test_perf_analyzer_inputs_match_the_ensemble_contract() -> None:
     data = json.loads(PA_INPUTS.read_text())["data"]
     assert data
     for entry in data:
-        # Every ensemble input present: Triton never answers a stream request that lacks a required one.
-        missing = {t.name for t in protocol.ENSEMBLE.inputs} - set(entry)
-        assert not missing, f"ensemble inputs changed: add {missing} to {PA_INPUTS.name}"
-        for spec in protocol.ENSEMBLE.inputs:
+        # Our convention's inputs, as the gateway sends them (the vLLM backend's are optional alternatives).
+        ours = {protocol.PROMPT, protocol.MESSAGES, protocol.SAMPLING, protocol.RESUME_IDS}
+        assert set(entry) == ours, f"ensemble inputs changed: {set(entry) ^ ours} ({PA_INPUTS.name})"
+        for spec in (t for t in protocol.ENSEMBLE.inputs if t.name in ours):
             value = entry[spec.name]
             if spec.dtype == "TYPE_STRING":
                 assert spec.dims == (1,)
@@ -127,3 +128,24 @@ def test_bench_stack_medians_pair_each_level() -> None:
     assert [m.concurrency for m in med] == [1, 8]
     assert med[0].offline_decode_tok_s == pytest.approx(15.0) and med[0].load_avg == pytest.approx(2.0)
     assert med[0].repeat == -1 and med[1].offline_decode_tok_s == pytest.approx(40.0)
+
+
+def test_llm_tools_script_runs_the_tools_as_their_users_do(tmp_path: Path) -> None:
+    subprocess.run(["bash", "-n", str(LLM_TOOLS)], check=True)
+    assert os.access(LLM_TOOLS, os.X_OK)
+    out = subprocess.run([str(LLM_TOOLS), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "--concurrency" in out.stdout, out.stderr
+    text = LLM_TOOLS.read_text()
+    for needle in (
+        "genai-perf profile -m ensemble --service-kind triton --backend vllm --streaming",
+        "--endpoint-type chat",
+        "tritonserver --model-repository",
+        "--triton-url",
+        ".triton/env",
+    ):
+        assert needle in text, needle
+    report = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "llm_tools_report.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert report.returncode == 0 and report.stdout.startswith("| tool (target) |"), report.stderr
