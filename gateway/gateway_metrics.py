@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -126,8 +127,20 @@ async def scrape_engine(url: str | None, client: httpx.AsyncClient | None = None
     return engine_families(resp.text)
 
 
+def launcher_families(path: str | None) -> str:
+    """The launcher's own counters (launcher/restart_counter.py writes them; replaced atomically)."""
+    if not path:
+        return ""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    return engine_families(text)
+
+
 async def metrics_response(settings: GatewaySettings, metrics: GatewayMetrics) -> Response:
-    body = await scrape_engine(settings.triton_metrics_url) + metrics.render()
+    body = await scrape_engine(settings.triton_metrics_url)
+    body += launcher_families(settings.launcher_metrics_path) + metrics.render()
     return Response(body, media_type=CONTENT_TYPE)
 
 

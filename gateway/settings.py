@@ -61,6 +61,8 @@ class GatewaySettings:
     """Used when a request gives none: the checkpoint's generation_config.json (None: OpenAI's 1.0)."""
     triton_metrics_url: str | None = None
     """Triton's Prometheus endpoint (engine metrics live there); the launcher fills it in."""
+    launcher_metrics_path: str | None = None
+    """A Prometheus text file the launcher keeps (its restart counter), appended to /metrics; None: none."""
     global_scheduler: GlobalSchedulerSettings | None = None
     """With --scheduler-name global (each uvicorn worker joins the topic as its own instance); None:
     requests go straight to the local ensemble."""

@@ -142,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine-restart-window", type=float, default=600.0, help="seconds --max-engine-restarts counts over"
     )
     g.add_argument(
+        "--engine-step-timeout",
+        type=float,
+        default=120.0,
+        help="seconds an engine with requests in flight may go without finishing a step before the launcher "
+        "calls it wedged and restarts it (a deadlock, a rank stuck in a collective); raise it for big models "
+        "whose prefill chunk (--max-num-batched-tokens) takes longer on a CPU; 0: not watched",
+    )
+    g.add_argument(
         "--dry-run",
         action="store_true",
         help="validate the flags, print the engine and gateway configuration, and exit",
@@ -244,6 +252,9 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         ("--port", args.port, 1),
         ("--workers", args.workers, 1),
         ("--max-concurrent-streams", args.max_concurrent_streams, 0),
+        ("--max-engine-restarts", args.max_engine_restarts, 0),
+        ("--engine-restart-window", args.engine_restart_window, 0),
+        ("--engine-step-timeout", args.engine_step_timeout, 0),
     ):
         if value < low:
             _fail(parser, f"{flag} must be >= {low}, got {value}")
@@ -310,6 +321,7 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         ready_timeout_s=args.ready_timeout,
         max_restarts=args.max_engine_restarts,
         restart_window_s=args.engine_restart_window,
+        step_timeout_s=args.engine_step_timeout,
     )
 
 
@@ -330,6 +342,7 @@ def _describe(plan: LaunchPlan) -> dict[str, Any]:
         "run_dir": str(plan.run_dir) if plan.run_dir else None,
         "max_engine_restarts": plan.max_restarts,
         "engine_restart_window_s": plan.restart_window_s,
+        "engine_step_timeout_s": plan.step_timeout_s,
     }
 
 

@@ -29,7 +29,9 @@ from gateway.gateway_metrics import MULTIPROC_ENV
 from gateway.settings import SETTINGS_ENV, GatewaySettings
 from launcher.process import ManagedProcess
 from launcher.render import render_model_repository
+from launcher.restart_counter import RestartCounter
 from launcher.tritonenv import REPO_ROOT, TritonInstall, locate
+from launcher.watchdog import StepWatchdog
 from paddlellm.config import EngineConfig
 from paddlellm.cpu import read_cpu
 from paddlellm.ports import free_ports
@@ -62,6 +64,7 @@ class LaunchPlan:
     triton_args: tuple[str, ...] = field(default_factory=tuple)
     max_restarts: int = 5  # engine restarts within restart_window_s before the launcher gives up (exit 3)
     restart_window_s: float = 600.0
+    step_timeout_s: float = 120.0  # a busy engine finishing no step for this long is wedged; 0: not watched
 
 
 EXIT_CRASH_LOOP = 3  # the engine kept dying: an orchestrator should restart (or alert), not wait
@@ -95,6 +98,9 @@ class Launcher:
         self._t0 = time.monotonic()
         self._triton_start: tuple[Path, Path, tuple[int, int, int]] | None = None  # repo, run dir, ports
         self._engine_pids: list[int] = []  # the llm_engine stub and its rank workers, once ready
+        self._stub_pids: set[int] = set()  # the stubs among them (the rest are rank workers)
+        self.restart_counter: RestartCounter | None = None
+        self.watchdog: StepWatchdog | None = None
         self._shm_regions: set[str] = set()  # the python backend stubs' shared memory (/dev/shm names)
         self.restarts: list[tuple[float, str]] = []  # (monotonic time, cause) of each engine restart
 
@@ -146,6 +152,9 @@ class Launcher:
         repo = self._render(run_dir)
         grpc_port, http_port, metrics_port = free_ports(3)
         self._triton_start = (repo, run_dir, (grpc_port, http_port, metrics_port))
+        self.restart_counter = RestartCounter(run_dir / "launcher.prom")
+        if self.plan.step_timeout_s > 0:
+            self.watchdog = StepWatchdog(f"http://127.0.0.1:{metrics_port}/metrics", self.plan.step_timeout_s)
         self._start_triton(repo, run_dir, grpc_port, http_port, metrics_port)
         self._wait_models(f"127.0.0.1:{grpc_port}")
         if self.stop_requested.is_set():
@@ -156,6 +165,7 @@ class Launcher:
             self.plan.gateway,
             triton_url=f"127.0.0.1:{grpc_port}",
             triton_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            launcher_metrics_path=str(self.restart_counter.path),
         )
         env = self._gateway_env(run_dir, self._write_settings(run_dir, settings))
         self._write_endpoints(run_dir, settings, http_port)
@@ -324,23 +334,29 @@ class Launcher:
     def _supervise(self) -> int:
         """Every 0.5 s: a dead gateway ends the launcher (exit 1: its state is per-connection, an orchestrator
         restarts the whole unit); a dead tritonserver, llm_engine stub or rank worker restarts tritonserver,
-        up to `max_restarts` times in `restart_window_s` (then exit 3, naming the cause)."""
+        up to `max_restarts` times in `restart_window_s` (then exit 3, naming the cause); so does an engine
+        that is busy but finishes no step for `step_timeout_s` (checked each second: launcher/watchdog.py)."""
+        tick = 0
         while not self.stop_requested.wait(0.5):
+            tick += 1
             for proc in (self.gateway, self.metrics_server):
                 if proc is not None and not proc.alive():
                     self.say(f"{proc.name} exited unexpectedly (code {proc.proc.returncode}); shutting down")
                     return 1
-            cause = self._engine_failure()
-            if cause is not None:
-                code = self._recover(cause)
+            failure = self._engine_failure()
+            if failure is None and self.watchdog is not None and tick % 2 == 0:
+                wedged = self.watchdog.check(time.monotonic())
+                failure = None if wedged is None else ("engine_wedged", wedged)
+            if failure is not None:
+                code = self._recover(*failure)
                 if code is not None:
                     return code
         return 0
 
-    def _recover(self, cause: str) -> int | None:
+    def _recover(self, kind: str, cause: str) -> int | None:
         """Restart tritonserver until the engine is back (None) or the restart budget is spent (the exit
         code). A restart that fails (the engine died again while loading, or its model no longer loads) counts
-        as one more death."""
+        as one more death. Each restart is counted by `kind` (restart_counter.CAUSES) for /metrics."""
         start = time.monotonic()
         while not self.stop_requested.is_set():
             now = time.monotonic()
@@ -353,11 +369,15 @@ class Launcher:
                 )
                 return EXIT_CRASH_LOOP
             self.say(f"{cause}: restarting tritonserver (restart {len(self.restarts)})")
+            if self.restart_counter is not None:
+                self.restart_counter.inc(kind)
             try:
                 self._restart_triton()
             except LaunchError as e:
-                cause = f"the restart failed ({str(e).splitlines()[0]})"
+                kind, cause = "restart_failed", f"the restart failed ({str(e).splitlines()[0]})"
                 continue
+            if self.watchdog is not None:
+                self.watchdog.reset()
             self.say(f"engine back after {time.monotonic() - start:.1f}s (restart {len(self.restarts)})")
             return None
         return None
@@ -378,20 +398,23 @@ class Launcher:
             if arg.startswith(b"triton_python_backend_shm_region")
         }
         stubs = [p for p in every if repo + b"llm_engine/" in _cmdline(p)]
+        self._stub_pids = set(stubs)
         return [q for p in stubs for q in (p, *_descendants(p))]
 
-    def _engine_failure(self) -> str | None:
-        """Why the engine cannot serve any more, or None."""
+    def _engine_failure(self) -> tuple[str, str] | None:
+        """(cause kind, why) the engine cannot serve any more, or None."""
         if self.triton is None:
             return None
         if not self.triton.alive():
-            return f"tritonserver exited (code {self.triton.proc.returncode})"
+            return "tritonserver_died", f"tritonserver exited (code {self.triton.proc.returncode})"
         if not self._engine_pids:  # it died between loading and being looked for
-            return "an llm_engine process died (no llm_engine stub found after its model loaded)"
+            return "engine_died", "an llm_engine process died (no llm_engine stub after its model loaded)"
         dead = [p for p in self._engine_pids if not _alive(p)]
-        if dead:
-            return f"an llm_engine process died (pid {dead[0]})"
-        return None
+        if not dead:
+            return None
+        if dead[0] in self._stub_pids:
+            return "engine_died", f"an llm_engine process died (the stub, pid {dead[0]})"
+        return "rank_died", f"an llm_engine process died (a rank worker, pid {dead[0]})"
 
     def _restart_triton(self) -> None:
         """Kill tritonserver and everything under it at once (in-flight streams end now: the gateway turns

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 PREFIX = "paddlellm:"
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
-ENGINE, GATEWAY = "engine", "gateway"
+ENGINE, GATEWAY, LAUNCHER = "engine", "gateway", "launcher"
 
 # Bucket upper bounds (le); +Inf is implicit. Chosen for CPU-to-GPU latencies of small and large models.
 LATENCY_BUCKETS = (
@@ -34,7 +34,7 @@ class MetricSpec:
     kind: str  # COUNTER | GAUGE | HISTOGRAM
     unit: str
     help: str
-    side: str  # ENGINE (measured in the llm_engine stub) | GATEWAY (measured in the HTTP server)
+    side: str  # ENGINE (measured in the llm_engine stub) | GATEWAY (the HTTP server) | LAUNCHER (supervision)
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
     only_with: str = ""  # the flag that makes it exported ("" = always on the page)
@@ -265,7 +265,23 @@ GATEWAY_METRICS: tuple[MetricSpec, ...] = (
     ),
 )
 
-ALL_METRICS: tuple[MetricSpec, ...] = ENGINE_METRICS + GATEWAY_METRICS
+# Counted by the launcher's supervision (launcher/restart_counter.py), which writes them to a text file the
+# gateway's /metrics appends; absent when the gateway runs without the launcher.
+LAUNCHER_METRICS: tuple[MetricSpec, ...] = (
+    _m(
+        "engine_restarts_total",
+        COUNTER,
+        "restarts",
+        "Restarts of tritonserver by the launcher after the engine died or wedged, by cause: "
+        "tritonserver_died, engine_died (the llm_engine stub), rank_died (a tensor-parallel rank worker), "
+        "engine_wedged (no step finished within --engine-step-timeout while requests were in flight), "
+        "restart_failed (a restart whose models did not come back).",
+        LAUNCHER,
+        labels=("cause",),
+    ),
+)
+
+ALL_METRICS: tuple[MetricSpec, ...] = ENGINE_METRICS + GATEWAY_METRICS + LAUNCHER_METRICS
 
 
 def by_name() -> dict[str, MetricSpec]:

@@ -19,6 +19,7 @@ from gateway.openai_schema import ONE_TO_MAX_INTERVAL
 from gateway.settings import GatewaySettings
 from paddlellm.sampling import MAX_STREAM_INTERVAL
 from tests.fakes.triton_client import FakeTritonClient
+from tests.gateway.schemathesis_hooks import MAX_TOKENS_CAP_ENV, MAX_TOKENS_MAXIMUM_ENV
 from tests.procs import UvicornThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,15 +38,38 @@ def test_schemathesis_finds_no_mismatch(tmp_path: Path) -> None:
     )
     fake = FakeTritonClient(max_model_len=10**9)  # prompts of any length fit: the schema cannot bound them
     with UvicornThread(create_app(settings, client=fake)) as srv:
-        argv = [sys.executable, "-m", "schemathesis.cli", "run", f"http://127.0.0.1:{srv.port}/openapi.json"]
-        argv += ["--checks", "all", "--mode", "all", "--max-examples", str(MAX_EXAMPLES), "--seed", "14"]
-        argv += ["--workers", "1", "-H", f"Authorization: Bearer {KEY}", "--report-dir", str(tmp_path)]
-        argv += ["--output-sanitize", "false", "--output-truncate", "false"]
-        env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.gateway.schemathesis_hooks", "NO_COLOR": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        # In tmp_path: schemathesis keeps a cache directory in its working directory.
-        run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        run = run_schemathesis(f"http://127.0.0.1:{srv.port}", tmp_path, KEY, MAX_EXAMPLES)
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
+
+
+def run_schemathesis(
+    base_url: str,
+    workdir: Path,
+    key: str | None,
+    max_examples: int,
+    max_tokens_cap: int | None = None,
+    max_model_len: int | None = None,
+    exclude_checks: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess:
+    """`schemathesis run` over `<base_url>/openapi.json`, every check, positive and negative data, seeded.
+    `max_tokens_cap`: generated max_tokens within the schema's range are lowered to it, and chat requests
+    without one get it (schemathesis_hooks.py), so a real model never generates for long."""
+    argv = [sys.executable, "-m", "schemathesis.cli", "run", f"{base_url}/openapi.json"]
+    argv += ["--checks", "all", "--mode", "all", "--max-examples", str(max_examples), "--seed", "14"]
+    argv += ["--workers", "1", "--report-dir", str(workdir)]
+    argv += ["--output-sanitize", "false", "--output-truncate", "false"]
+    if key is not None:
+        argv += ["-H", f"Authorization: Bearer {key}"]
+    if exclude_checks:
+        argv += ["--exclude-checks", ",".join(exclude_checks)]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.gateway.schemathesis_hooks", "NO_COLOR": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    if max_tokens_cap is not None:
+        env[MAX_TOKENS_CAP_ENV] = str(max_tokens_cap)
+    if max_model_len is not None:
+        env[MAX_TOKENS_MAXIMUM_ENV] = str(max_model_len - 1)
+    # In workdir: schemathesis keeps a cache directory in its working directory.
+    return subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
 
 
 def _document(**settings: Any) -> dict:
