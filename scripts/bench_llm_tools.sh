@@ -121,7 +121,8 @@ for c in $LEVELS; do
             --streaming --tokenizer "$MODEL" --concurrency "$c" --request-count $((c * PER_CLIENT)) \
             --warmup-request-count "$c" --isl "$ISL" --isl-stddev 0 --osl "$OSL" --osl-stddev 0 \
             --extra-inputs ignore_eos:true --extra-inputs temperature:0 --use-server-token-count \
-            --workers-max 2 --record-processor-service-count 1 --random-seed 1 --ui-type none \
+            --workers-max 2 --record-processor-service-count 1 --no-server-metrics --no-gpu-telemetry \
+            --random-seed 1 --ui-type none \
             --artifact-dir "$OUT/aiperf/c$c") | tee "$OUT/aiperf-c$c.txt"
     fi
 done
