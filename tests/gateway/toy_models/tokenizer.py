@@ -34,7 +34,9 @@ class TritonPythonModel:
                     param = "messages" if messages else "prompt"
                     raise InvalidRequest(f"prompt of {len(text)} tokens exceeds max_model_len", param=param)
                 ids = np.array([ord(c) for c in text], dtype=np.int32)
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("input_ids", ids)]))
+                canonical = np.array([sampling.to_json().encode()], dtype=np.object_)  # as the real tokenizer
+                outputs = [pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("sampling", canonical)]
+                responses.append(pb_utils.InferenceResponse(outputs))
             except InvalidRequest as e:
                 err = pb_utils.TritonError(protocol.format_error(e), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=err))
