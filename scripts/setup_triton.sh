@@ -2,9 +2,12 @@
 # Make tritonserver from the nvidia-pytriton wheel usable without Docker (see docs/triton-notes.md).
 #
 # Builds <repo>/.triton/backends/python (libtriton_python.so, triton_python_backend_utils.py and the
-# triton_python_backend_stub built for the running Python) and writes <repo>/.triton/env, the exports
-# (TRITONSERVER, TRITON_BACKEND_DIR, LD_LIBRARY_PATH, PYTHONPATH) that launch it. Idempotent: files are
-# copied only when they differ. The logic lives in paddlellm/tritonenv.py, which the launcher also uses.
+# triton_python_backend_stub built for the running Python), <repo>/.triton/bin/tritonserver (the wheel's
+# binary with that --backend-directory) and writes <repo>/.triton/env, the exports (PATH with both bin
+# directories, TRITONSERVER, TRITON_BACKEND_DIR, LD_LIBRARY_PATH, PYTHONPATH) that launch it:
+#   source .triton/env && tritonserver --model-repository model_repository      (docs/triton.md)
+# Idempotent: files are copied only when they differ. The logic lives in launcher/tritonenv.py, which the
+# launcher also uses.
 # Python: $PYTHON, else <repo>/.venv/bin/python, else python3.
 #
 # Usage: scripts/setup_triton.sh [--check]    (--check also runs tritonserver --help with that env)
