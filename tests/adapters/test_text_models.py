@@ -409,3 +409,19 @@ def test_vllm_requests_we_cannot_honour_fail_naming_the_input(pb: ModuleType, re
     [r] = model.execute([vllm_request(pb, kw.pop("text"), **kw)])
     code, err = error_of(r)
     assert code == pb.TritonError.INVALID_ARG and err.param == param, err
+
+
+def test_chat_messages_mix_with_the_vllm_names(pb: ModuleType) -> None:
+    """Chat keeps working over Triton's convention: `messages` as the prompt source, vLLM's sampling and
+    stream inputs beside it (no echo: there is no raw prompt to echo)."""
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    chat = json.dumps([{"role": "user", "content": "hi there"}])
+    inputs = [
+        str_tensor(pb, p.MESSAGES, chat),
+        str_tensor(pb, p.SAMPLING_PARAMETERS, '{"max_tokens": 8, "temperature": "0"}'),
+        pb.Tensor(p.STREAM, np.array([False], np.bool_)),
+    ]
+    [r] = model.execute([pb.InferenceRequest(inputs=inputs, request_id="m")])
+    assert r.outputs()[p.INPUT_IDS].tolist() == [6, 2, 5]
+    s = canonical_sampling(r)
+    assert (s["max_tokens"], s["temperature"], s["stream"], s["echo"]) == (8, 0.0, False, False)
