@@ -16,6 +16,7 @@ the orchestrator to restart; Triton's own health is the orchestrator's business 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,9 @@ class EngineFacts:
         return cls(name, max_model_len)
 
 
-def fetch_engine_facts(triton_url: str, engine_model: str, timeout_s: float, stop: Any) -> EngineFacts:
+def fetch_engine_facts(
+    triton_url: str, engine_model: str, timeout_s: float, stop: threading.Event
+) -> EngineFacts:
     """Wait (up to `timeout_s`, or until `stop` is set) for `engine_model` to be ready; read its config."""
     from tritonclient.grpc import InferenceServerClient
     from tritonclient.utils import InferenceServerException
