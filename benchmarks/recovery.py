@@ -1,7 +1,9 @@
 """How long a dead engine keeps the stack down: start the stack, stream a long answer, SIGKILL a process
 mid-stream (the llm_engine stub, what the OOM killer would pick, or tritonserver), and time what follows.
+`--victim wedge` SIGSTOPs the stub instead: alive but never finishing a step, found by the launcher's
+watchdog after --engine-step-timeout (pass a short one: `-- --engine-step-timeout 5`).
 
-    python benchmarks/recovery.py [--victim stub|tritonserver|rank] [--repeats 2] [-- launcher flags...]
+    python benchmarks/recovery.py [--victim stub|tritonserver|rank|wedge] [--repeats 2] [-- launcher flags...]
 
 Per repeat: seconds from the kill to the end of the live stream (an error chunk + [DONE]), to the first
 non-200 /health, to /health 200 again, and whether the first request after that succeeded. The stack is the
@@ -78,7 +80,10 @@ def one(url: str, root: int, victim: str) -> dict[str, float | bool]:
         lines = (line for line in r.iter_lines() if line)
         next(lines)
         killed = time.monotonic()
-        os.kill(_find(root, victim), signal.SIGKILL)
+        if victim == "wedge":
+            os.kill(_find(root, "stub"), signal.SIGSTOP)
+        else:
+            os.kill(_find(root, victim), signal.SIGKILL)
         rest = list(lines)
         ended = time.monotonic()
     down = _wait_health(url, False, 30)
@@ -96,7 +101,7 @@ def one(url: str, root: int, victim: str) -> dict[str, float | bool]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--victim", choices=("stub", "tritonserver", "rank"), default="stub")
+    ap.add_argument("--victim", choices=("stub", "tritonserver", "rank", "wedge"), default="stub")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("launcher_args", nargs="*")
     args = ap.parse_args()

@@ -1,11 +1,12 @@
 """A dead engine comes back (issue 14): the launcher on the toy models (test_launcher_e2e.py's harness), the
-llm_engine stub SIGKILLed mid-stream, then tritonserver, then the stub again with a restart budget of 2.
+llm_engine stub SIGKILLed mid-stream, then tritonserver, then the stub again with a restart budget of 3 and
+an engine that now dies at every start.
 
 - the live stream ends with an error chunk and [DONE] within 5 s of the kill;
 - while the engine is away /health is not 200 and a new request gets 503 with Retry-After;
 - the first request after recovery succeeds; the time from kill to healthy is printed (pytest -s);
-- the third death exceeds --max-engine-restarts 2: the launcher exits with code 3 naming the cause, and no
-  process is left behind.
+- the third restart fails (the engine dies while loading), which is the fourth death and exceeds
+  --max-engine-restarts 3: the launcher exits with code 3 naming the cause, and no process is left behind.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def _wait_healthy(c: httpx.Client, since: float) -> tuple[float, bool, httpx.Res
 
 
 def test_dead_engine_is_restarted_then_a_crash_loop_exits(tmp_path: Path) -> None:
-    flags = ("--max-model-len", "2048", "--max-engine-restarts", "2", "--engine-restart-window", "600")
+    flags = ("--max-model-len", "2048", "--max-engine-restarts", "3", "--engine-restart-window", "600")
     st = _launch(tmp_path, *flags)
     try:
         with httpx.Client(base_url=st.url, timeout=30) as c:
@@ -95,6 +96,7 @@ def test_dead_engine_is_restarted_then_a_crash_loop_exits(tmp_path: Path) -> Non
                 assert r.status_code == 200 and r.json()["choices"][0]["text"] == "ech"
                 assert f"restarting tritonserver (restart {round_ + 1})" in "\n".join(st.lines)
             family = descendants(st.proc.pid)
+            (tmp_path / "die-at-start").touch()  # beside TOY_ENGINE_LOG: each new engine dies in initialize
             victim = _engine_stub(st)
             st.lines.append(f"[test] killing {victim}")
             os.kill(victim, signal.SIGKILL)
@@ -114,7 +116,9 @@ def test_dead_engine_is_restarted_then_a_crash_loop_exits(tmp_path: Path) -> Non
                 st.proc.kill()
                 st.proc.wait()
     time.sleep(0.5)  # the harness's reader thread takes the last lines
-    assert "crash loop: an llm_engine process died" in "\n".join(st.lines)
+    log = "\n".join(st.lines)
+    assert "an llm_engine process died (the stub" in log and "restarting tritonserver (restart 3)" in log
+    assert "crash loop: the restart failed (tritonserver exited" in log, log[-3000:]
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in family) and time.monotonic() < deadline:
         time.sleep(0.1)
