@@ -257,3 +257,40 @@ def test_cached_tokens_reach_the_request_output_and_off_means_no_hits():
         assert {o.num_cached_tokens for o in outs} == ({32} if enabled else {0})
         assert engine.stats().prefix_cache_hits == (32 if enabled else 0)
         assert engine.stats().prefix_cache_queries == (80 if enabled else 0)
+
+
+def test_without_shared_prefixes_the_steps_are_the_same():
+    """No hits: the model runs exactly the same steps (requests and chunk sizes) with the cache on and off, so
+    the cache costs only the scheduler's bookkeeping (benchmarks/prefix_cache.py times it)."""
+    reqs = {
+        f"u{i}": (prompt(30 + 17 * i, 200 + i), SamplingParams(max_tokens=20 + i, temperature=0.0))
+        for i in range(10)
+    }
+    steps = []
+    for enabled in (True, False):
+        # Enough blocks for no preemption: a preempted request would find its own blocks cached (a cheaper
+        # recompute, test_preemption_with_the_cache_recomputes_from_cached_blocks).
+        engine, ex = make_engine(enable_prefix_caching=enabled, num_blocks=40, max_num_batched_tokens=96)
+        for rid, (ids, params) in reqs.items():
+            engine.add_request(rid, ids, params)
+        engine.run_until_done()
+        assert engine.stats().prefix_cache_hits == engine.stats().num_preemptions == 0
+        steps.append([s.num_scheduled_tokens for s in ex.calls])
+    assert steps[0] == steps[1]
+
+
+def test_a_run_resumed_on_another_instance_misses_and_on_the_same_one_hits():
+    """The global scheduler resumes a cut stream on any instance as prompt + the ids already sent. Another
+    instance has its own (here: empty) cache and simply prefills it all; the instance that served the cut run
+    finds its blocks. Both continue with the uncut run's tokens: no special case."""
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    first, _ = make_engine()
+    first.add_request("r", prompt(50), params)
+    full = collect(first.run_until_done())["r"]
+    cut = 30
+    for engine, hits in ((make_engine()[0], 0), (first, (50 + cut - 1) // BS * BS)):
+        engine.add_request("again", prompt(50), params, resume_ids=full[:cut])
+        outs = engine.run_until_done()
+        assert collect(outs)["again"] == full[cut:]
+        assert engine.stats().prefix_cache_hits == hits
+        assert outs[-1].num_cached_tokens == min(hits, 50)
