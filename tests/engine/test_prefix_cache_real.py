@@ -140,6 +140,7 @@ def test_six_turn_chat_and_a_prefix_plus_one_token(default_model_dir, tok):
         engine.shutdown()
 
 
+@pytest.mark.slow  # ~1 min: with the cache off it prefills 32 x ~1,000 tokens
 def test_32_concurrent_requests_sharing_a_long_system_prompt(default_model_dir, tok):
     system = SYSTEM + " " + " ".join(f"Rule {i}: answer briefly about topic {i}." for i in range(76))
     reqs = {}
