@@ -14,7 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from paddlellm.protocol.metric_names import ENGINE_METRICS, GATEWAY_METRICS, HISTOGRAM, PREFIX
+from paddlellm.protocol.metric_names import (
+    ENGINE_METRICS,
+    GATEWAY_METRICS,
+    HISTOGRAM,
+    LAUNCHER_METRICS,
+    PREFIX,
+)
 from paddlellm.text.tokenizer import TextTokenizer
 from tests.metrics.promtext import Exposition
 from tests.metrics.stack import Stack, running_stack
@@ -198,7 +204,8 @@ def test_every_live_metric_is_documented(stack: Stack) -> None:
     assert live <= set(docs), f"undocumented on the live page: {sorted(live - set(docs))}"
     for family in live:
         assert page.types[family] == docs[family], family
-    assert live == {s.name for s in ENGINE_METRICS + GATEWAY_METRICS if not s.only_with}
+    # The launcher's restart counter too: these stacks run under the launcher.
+    assert live == {s.name for s in ENGINE_METRICS + GATEWAY_METRICS + LAUNCHER_METRICS if not s.only_with}
     # Engine lines are passed on verbatim: the same lines as Triton's own page.
     endpoints = json.loads((stack.run_dir / "endpoints.json").read_text())
     triton = httpx.get(endpoints["triton_metrics"], timeout=10).text
