@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,47 +40,18 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_stack import Stack  # noqa: E402 - the launcher wrapper every stack benchmark uses
 
 SYSTEM = "You are a helpful assistant. " + " ".join(
     f"Rule {i}: answer briefly and politely about topic {i}." for i in range(70)
 )
 
 
-class Stack:
-    """One launcher on a free port, in its own session; stop() sends SIGTERM (it stops its children)."""
-
-    def __init__(self, model: Path, extra: list[str], log: Path) -> None:
-        from paddlellm.ports import free_port
-
-        self.port = free_port()
-        self.run_dir = Path(tempfile.mkdtemp(prefix="paddlellm-prefix-"))
-        argv = [sys.executable, "-m", "gateway.api_server", "--host", "127.0.0.1", "--port", str(self.port),
-                "--run-dir", str(self.run_dir), "--model", str(model), *extra]
-        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-
-    def wait_ready(self, timeout_s: float = 900.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"launcher exited with {self.proc.returncode}; see {self.log}")
-            if "ready: OpenAI API" in self.log.read_text(errors="replace"):
-                return
-            time.sleep(0.5)
-        raise RuntimeError(f"stack not ready after {timeout_s:g} s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
+def _stack(model: Path, extra: list[str], log: Path) -> Stack:
+    """bench_stack's launcher wrapper with the engine's own --max-num-seqs (8)."""
+    return Stack(model, 8, extra, log)
 
 
 def ttft(url: str, question: str) -> tuple[float, dict]:
@@ -115,8 +84,8 @@ def served(model: Path, rounds: int, extra: list[str]) -> dict:
     logs = Path(tempfile.mkdtemp(prefix="paddlellm-prefix-logs-"))
     print(f"launcher logs: {logs}", flush=True)
     stacks = {
-        "on": Stack(model, ["--enable-prefix-caching", "1", *extra], logs / "stack_on.log"),
-        "off": Stack(model, ["--enable-prefix-caching", "0", *extra], logs / "stack_off.log"),
+        "on": _stack(model, ["--enable-prefix-caching", "1", *extra], logs / "stack_on.log"),
+        "off": _stack(model, ["--enable-prefix-caching", "0", *extra], logs / "stack_off.log"),
     }
     try:
         for s in stacks.values():
@@ -126,7 +95,7 @@ def served(model: Path, rounds: int, extra: list[str]) -> dict:
         for rnd in range(rounds + 1):
             question = f"Question {rnd}: name {rnd % 5 + 2} animals that live in the sea."
             for name, s in stacks.items():
-                t, usage[name] = ttft(s.url, question)
+                t, usage[name] = ttft(s.base_url.removesuffix("/v1"), question)
                 if rnd:
                     times[name].append(t)
                 print(f"round {rnd} cache {name}: TTFT {t * 1000:.0f} ms, usage {usage[name]}", flush=True)
