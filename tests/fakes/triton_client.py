@@ -60,8 +60,15 @@ class FakeStream:
     inputs: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
     sent_tokens: int = 0
-    cancelled: bool = False
+    cancelled: bool = False  # the gRPC call was cancelled
     completed: bool = False
+    aborted: bool = False  # the engine was told to abort it and ended it early, as the engine does
+    abort_requested: bool = False
+
+    @property
+    def ended_early(self) -> bool:
+        """Stopped before its reply was complete: cancelled, or aborted in the engine."""
+        return self.cancelled or self.aborted
 
 
 class FakeTritonClient:
@@ -133,6 +140,9 @@ class FakeTritonClient:
     async def _abort(self, record: FakeStream) -> AsyncIterator[tuple[Any, Any]]:
         # Like the engine: abort the live request with this id (if any), answer with FINAL only.
         self.aborted.append(record.request_id)
+        for live in self.streams:
+            if live is not record and live.request_id == record.request_id and not live.completed:
+                live.abort_requested = True
         yield _result({}, final=True), None
 
     async def _probe(self, record: FakeStream) -> AsyncIterator[tuple[Any, Any]]:
@@ -172,6 +182,9 @@ class FakeTritonClient:
             reason = ("length" if n == params.max_tokens else "stop") if last else ""
             if self.token_delay:
                 await asyncio.sleep(self.token_delay)
+            if record.abort_requested:
+                record.aborted = True
+                break
             record.sent_tokens = n
             yield (
                 _result(

@@ -165,7 +165,7 @@ def test_stop_string_across_tokens_cancels_triton(
         choice = r.json()["choices"][0]
         text, finish = choice["message"]["content"], choice["finish_reason"]
     assert (text, finish) == ("Paris is the ca", "stop")
-    cancelled = [s for s in fake.streams if s.cancelled]
+    cancelled = [s for s in fake.streams if s.ended_early]
     assert len(cancelled) == 1 and cancelled[0].sent_tokens == 5
     assert fake.active == 0
     _eventually(lambda: fake.aborted == [cancelled[0].request_id])

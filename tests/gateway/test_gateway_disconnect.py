@@ -78,7 +78,7 @@ def test_stream_disconnect_cancels_triton(spec_version: str) -> None:
     sent = asyncio.run(_drive(app, {**BODY, "stream": True}, disconnect_after=3, spec_version=spec_version))
     assert sent[0]["status"] == 200
     stream = [s for s in fake.streams if s.model == "ensemble"][-1]
-    assert stream.cancelled and not stream.completed
+    assert stream.ended_early
     assert 3 <= stream.sent_tokens < 20
     assert fake.active == 0
     assert fake.aborted == [stream.request_id]  # the engine is told directly (Triton does not pass it on)
@@ -91,7 +91,7 @@ def test_non_streamed_disconnect_cancels_triton() -> None:
     sent = asyncio.run(_drive(app, BODY, disconnect_after=0, spec_version="2.4", disconnect_in=0.05))
     assert sent == []  # nothing could be sent to a client that is gone
     stream = [s for s in fake.streams if s.model == "ensemble"][-1]
-    assert stream.cancelled and 1 <= stream.sent_tokens < 100
+    assert stream.ended_early and 1 <= stream.sent_tokens < 100
     assert fake.aborted == [stream.request_id]
 
 
@@ -117,7 +117,7 @@ def test_real_uvicorn_disconnects_mid_stream_and_others_finish() -> None:
         deadline = time.monotonic() + 5
         while fake.active and time.monotonic() < deadline:
             time.sleep(0.02)
-        cancelled = [s for s in fake.streams if s.cancelled]
+        cancelled = [s for s in fake.streams if s.ended_early]
         assert len(cancelled) == 1 and cancelled[0].sent_tokens < 100
         while not fake.aborted and time.monotonic() < deadline:
             time.sleep(0.02)
