@@ -80,8 +80,14 @@ def _stream_then(c: httpx.Client, act) -> tuple[list[str], float, float]:
         return rest, t0, time.monotonic()
 
 
-def _recovered(c: httpx.Client, since: float) -> float:
-    """Poll /health until 200 (it must be non-200 at least once); then the first request must succeed."""
+def _recovered(c: httpx.Client, since: float, st: Stack, restart: int) -> float:
+    """Once the launcher says it restarts, poll /health until 200 (it must be non-200 at least once); then the
+    first request must succeed. (The engine itself may end the stream before the launcher notices the death,
+    and /health trusts tokens seen within the last second, so polling starts at the launcher's word.)"""
+    said = f"restarting tritonserver (restart {restart})"
+    while said not in "\n".join(st.lines):
+        assert time.monotonic() - since < 60, f"the launcher never said {said!r}"
+        time.sleep(0.05)
     unhealthy = False
     while time.monotonic() - since < 120:
         if c.get("/health").status_code == 200:
@@ -139,7 +145,7 @@ def test_rank_death_and_wedged_engine_are_restarted(stack: Stack) -> None:
             rest, t0, ended = _stream_then(c, lambda: os.kill(rank, signal.SIGKILL))
             assert ended - t0 < 5, f"the stream took {ended - t0:.1f}s to end after the rank died"
             _ends_with_error(rest)
-            took = _recovered(c, t0)
+            took = _recovered(c, t0, stack, 1)
             print(f"\nrank worker killed: stream ended after {ended - t0:.2f}s, healthy after {took:.1f}s")
 
             family |= descendants(stack.proc.pid)
@@ -149,7 +155,7 @@ def test_rank_death_and_wedged_engine_are_restarted(stack: Stack) -> None:
             # tritonserver's tree (typically 4-5 s in all; 9 s seen on a 2-core box busy with other tests).
             assert ended - t0 < STEP_TIMEOUT_S + 10, f"the wedged stream took {ended - t0:.1f}s to end"
             _ends_with_error(rest)
-            took = _recovered(c, t0)
+            took = _recovered(c, t0, stack, 2)
             print(f"stub stopped: stream ended after {ended - t0:.2f}s, healthy after {took:.1f}s")
             family |= descendants(stack.proc.pid)
 
