@@ -4,7 +4,8 @@ CPU: `ShmAllReduce`, a shared-memory all-reduce between local rank processes. Pa
 ~0.7 ms per call on this class of machine, which a decode step (2 all-reduces per layer) cannot afford.
 GPU: `NcclAllReduce`, the same call signature over `paddle.distributed` (NCCL).
 
-Shared-memory layout (one segment per engine instance, created and unlinked by the executor, `ShmGroup`):
+Shared-memory layout (one segment per engine instance, created by the executor, `ShmGroup`, whose name is
+removed as soon as every rank has attached):
 
     header   64-byte lines: line 0 = magic, world, slot_bytes, abort; line 1 + r = rank r's sequence number
     data     2 parities x world slots x slot_bytes
@@ -87,6 +88,16 @@ class ShmGroup:
         """Make every rank waiting in (or entering) an all-reduce raise AllReduceAborted."""
         if self._finalizer.alive:
             self._shm.buf.cast("q")[_HDR_ABORT] = 1
+
+    def release_name(self) -> None:
+        """Remove the segment's name once every rank has attached: the mappings live on, and no kill of
+        any process (a SIGKILLed engine takes its resource tracker with it under Triton) can leave the
+        name behind in /dev/shm."""
+        if self._finalizer.alive:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
 
     def unlink(self) -> None:
         self._finalizer()
