@@ -139,6 +139,10 @@ def test_schemathesis_against_the_real_model(short_stack: Stack, tmp_path: Path)
 
 def test_rank_death_and_wedged_engine_are_restarted(stack: Stack) -> None:
     family = descendants(stack.proc.pid)
+    shm_before = set(os.listdir("/dev/shm"))
+    first_regions = {a.decode() for p in family for a in _cmdline(p).split(b"\0")
+                     if a.startswith(b"triton_python_backend_shm_region")}
+    assert first_regions and first_regions <= shm_before
     try:
         with httpx.Client(base_url=stack.url, timeout=60) as c:
             rank = _rank_worker(stack)
@@ -175,3 +179,8 @@ def test_rank_death_and_wedged_engine_are_restarted(stack: Stack) -> None:
     while any(_alive(p) for p in family) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in family if _alive(p)]
+    # Killed stubs, ranks and their resource trackers leave neither the python backend's regions nor the
+    # all-reduce segment behind, from the first start or the restarts.
+    now = set(os.listdir("/dev/shm"))
+    left = {n for n in now - shm_before if n.startswith(("pdllm_ar_", "triton_"))} | (first_regions & now)
+    assert not left, f"left in /dev/shm: {sorted(left)}"
