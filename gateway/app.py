@@ -1,7 +1,7 @@
 """The gateway's FastAPI app: `create_app(settings, client=None)`; no globals, no import-time work.
 
-`client` is a `tritonclient.grpc.aio.InferenceServerClient` or a fake with its methods; when None, the app
-connects to `settings.triton_url` at start-up (the aio client must be created on the serving event loop).
+`client` is a `gateway.triton_client.TritonGrpcClient` or a fake with its methods; when None, the app
+connects to `settings.triton_url` at start-up (a grpc.aio channel must be created on the serving event loop).
 `app_from_env` is the factory uvicorn workers import (`--factory`): it reads the settings file the launcher
 wrote.
 """
@@ -24,6 +24,7 @@ from gateway.openai_errors import ApiError, install_handlers, model_not_found
 from gateway.openapi_doc import install_openapi
 from gateway.serving import GatewayContext, generate
 from gateway.settings import GatewaySettings
+from gateway.triton_client import TritonGrpcClient
 from gateway.triton_stream import TritonEnsemble
 
 GRPC_GRACE_S = 5.0
@@ -49,9 +50,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = client is None
         if own:
-            from tritonclient.grpc.aio import InferenceServerClient
-
-            triton = InferenceServerClient(settings.triton_url, channel_args=_channel_args())
+            triton = TritonGrpcClient(settings.triton_url, channel_args=_channel_args())
         else:
             triton = client
         # gRPC's deadline only backs up the gateway's own (limits.DeadlineStream), which aborts the engine.

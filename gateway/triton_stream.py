@@ -1,8 +1,8 @@
 """Triton gRPC streams for the gateway: one bidirectional `ModelStreamInfer` stream per request.
 
-`TritonEnsemble` wraps a `tritonclient.grpc.aio.InferenceServerClient` (or a fake with the same methods:
-`stream_infer`, `is_server_ready`, `is_model_ready`, `close`). Each request yields exactly one stream request
-with `triton_enable_empty_final_response`, so the end of a decoupled generation is always seen as a response
+`TritonEnsemble` wraps a `gateway.triton_client.TritonGrpcClient` (or a fake with the same methods:
+`stream_infer`, `is_server_ready`, `is_model_ready`, `close`). Each stream carries exactly one request with
+`triton_enable_empty_final_response`, so the end of a decoupled generation is always seen as a response
 whose `triton_final_response` parameter is true. Errors that arrive inside the stream carry the engine's
 `[<ErrorClass> param=...]` text (paddlellm.protocol), rebuilt here into typed errors.
 """
@@ -18,28 +18,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
-import numpy as np
-from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from gateway.translate import EnsembleRequest, EnsembleResponse
+from gateway.triton_client import StreamRequest, Tensor
 from paddlellm import protocol
 from paddlellm.errors import Cancelled, EngineError, Overloaded
 
 log = logging.getLogger("gateway")
 ABORT_TIMEOUT_S = 10.0
-
-
-def _string_input(name: str, value: str) -> InferInput:
-    tensor = InferInput(name, [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([value.encode("utf-8")], dtype=np.object_))
-    return tensor
-
-
-def _ids_input(name: str, ids: Sequence[int]) -> InferInput:
-    tensor = InferInput(name, [len(ids)], "INT32")
-    tensor.set_data_from_numpy(np.asarray(ids, dtype=np.int32).reshape(len(ids)))
-    return tensor
 
 
 def _typed_error(message: str) -> EngineError:
@@ -211,10 +198,10 @@ class TritonEnsemble:
     def open(self, req: EnsembleRequest, request_id: str, resume_ids: Sequence[int] = ()) -> TritonStream:
         """`resume_ids`: ids already streamed by a cut run; the engine continues after them."""
         inputs = [
-            _string_input(protocol.PROMPT, req.prompt),
-            _string_input(protocol.MESSAGES, req.messages),
-            _string_input(protocol.SAMPLING, req.sampling),
-            _ids_input(protocol.RESUME_IDS, resume_ids),
+            Tensor.string(protocol.PROMPT, req.prompt),
+            Tensor.string(protocol.MESSAGES, req.messages),
+            Tensor.string(protocol.SAMPLING, req.sampling),
+            Tensor.int32(protocol.RESUME_IDS, resume_ids),
         ]
         return self._open(
             self.ensemble_model,
@@ -230,21 +217,15 @@ class TritonEnsemble:
     def _open(
         self,
         model: str,
-        inputs: list[InferInput],
+        inputs: list[Tensor],
         request_id: str,
         on_cancel: Callable[[], None] | None = None,
         on_tokens: Callable[[], None] | None = None,
         **params: Any,
     ) -> TritonStream:
-        async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {
-                "model_name": model,
-                "inputs": inputs,
-                "request_id": request_id,
-                "parameters": {"triton_enable_empty_final_response": True, **params},
-            }
-
-        responses = self.client.stream_infer(one_request(), stream_timeout=self.timeout_s)
+        request = StreamRequest(model, tuple(inputs), request_id,
+                                {"triton_enable_empty_final_response": True, **params})
+        responses = self.client.stream_infer(request, stream_timeout=self.timeout_s)
         return TritonStream(responses, on_cancel, on_tokens, self._aborts)
 
     def _abort(self, request_id: str) -> None:
@@ -256,9 +237,9 @@ class TritonEnsemble:
 
     async def _send_abort(self, request_id: str) -> None:
         inputs = [
-            _ids_input(protocol.INPUT_IDS, ()),
-            _string_input(protocol.SAMPLING, ""),
-            _ids_input(protocol.RESUME_IDS, ()),
+            Tensor.int32(protocol.INPUT_IDS, ()),
+            Tensor.string(protocol.SAMPLING, ""),
+            Tensor.int32(protocol.RESUME_IDS, ()),
         ]
         stream = self._open(self.engine_model, inputs, request_id, **{protocol.ABORT_PARAMETER: True})
         try:
@@ -297,9 +278,9 @@ class TritonEnsemble:
 
     async def _probe(self) -> None:
         inputs = [
-            _ids_input(protocol.INPUT_IDS, (0,)),
-            _string_input(protocol.SAMPLING, json.dumps({"max_tokens": 1, "temperature": 0.0})),
-            _ids_input(protocol.RESUME_IDS, ()),
+            Tensor.int32(protocol.INPUT_IDS, (0,)),
+            Tensor.string(protocol.SAMPLING, json.dumps({"max_tokens": 1, "temperature": 0.0})),
+            Tensor.int32(protocol.RESUME_IDS, ()),
         ]
         stream = self._open(self.engine_model, inputs, f"health-{uuid.uuid4().hex}")
         try:

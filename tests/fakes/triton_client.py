@@ -1,12 +1,11 @@
-"""A behavioural fake of `tritonclient.grpc.aio.InferenceServerClient` serving the ensemble's contract.
+"""A behavioural fake of `gateway.triton_client.TritonGrpcClient` serving the ensemble's contract.
 
-It speaks the real client's types: `stream_infer` consumes an async iterator of request dicts holding real
-`InferInput`s and yields `(InferResult, InferenceServerException | None)` built from real
-`ModelInferResponse` protos, with `triton_final_response` set on an empty last response (as Triton does for a
-decoupled ensemble when `triton_enable_empty_final_response` is requested). Like the real tokenizer and
-engine it validates `sampling` with the strict SamplingParams parser and rejects prompts over
-`max_model_len` with the protocol's error text. Reading after `cancel()` raises CancelledError, as grpc.aio's
-call does.
+It speaks the real client's types: `stream_infer` takes a `StreamRequest` of raw `Tensor`s and yields
+`(InferResult, InferenceServerException | None)` built from real `ModelInferResponse` protos, with
+`triton_final_response` set on an empty last response (as Triton does for a decoupled ensemble when
+`triton_enable_empty_final_response` is requested). Like the real tokenizer and engine it validates
+`sampling` with the strict SamplingParams parser and rejects prompts over `max_model_len` with the
+protocol's error text. Reading after `cancel()` raises CancelledError, as grpc.aio's call does.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import numpy as np
 from tritonclient.grpc import InferResult, service_pb2
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor, serialize_byte_tensor
 
+from gateway.triton_client import StreamRequest
 from paddlellm import protocol
 from paddlellm.errors import EngineError, InvalidRequest
 from paddlellm.protocol import ABORT_PARAMETER
@@ -115,16 +115,10 @@ class FakeTritonClient:
         self.closed = True
 
     # --- streaming ----------------------------------------------------------------------------------
-    def stream_infer(
-        self,
-        inputs_iterator: AsyncIterator[dict[str, Any]],
-        stream_timeout: float | None = None,
-        headers: Any = None,
-        compression_algorithm: Any = None,
-    ) -> _Responses:
+    def stream_infer(self, request: StreamRequest, stream_timeout: float | None = None) -> _Responses:
         record = FakeStream()
         self.streams.append(record)
-        return _Responses(self, inputs_iterator, record)
+        return _Responses(self, request, record)
 
     @property
     def active(self) -> int:
@@ -206,8 +200,8 @@ class FakeTritonClient:
 class _Responses:
     """The stream_infer iterator: reads the request on first use, like the gRPC call."""
 
-    def __init__(self, owner: FakeTritonClient, requests: AsyncIterator[dict[str, Any]], record: FakeStream):
-        self.owner, self.requests, self.record = owner, requests, record
+    def __init__(self, owner: FakeTritonClient, request: StreamRequest, record: FakeStream):
+        self.owner, self.request, self.record = owner, request, record
         self.gen: AsyncIterator[tuple[Any, Any]] | None = None
 
     def __aiter__(self) -> _Responses:
@@ -219,18 +213,15 @@ class _Responses:
         if self.owner.down:
             raise _rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
         if self.gen is None:
-            request = await self.requests.__anext__()
-            self.record.model = request["model_name"]
-            self.record.request_id = request.get("request_id", "")
-            self.record.parameters = dict(request.get("parameters") or {})
-            for tensor in request["inputs"]:
-                data = (
-                    deserialize_bytes_tensor(tensor._get_content())
-                    if tensor.datatype() == "BYTES"
-                    else np.frombuffer(tensor._get_content(), dtype=np.int32)
-                )
-                value = data[0] if tensor.datatype() == "BYTES" else data
-                self.record.inputs[tensor.name()] = value.decode() if isinstance(value, bytes) else value
+            request = self.request
+            self.record.model = request.model_name
+            self.record.request_id = request.request_id
+            self.record.parameters = dict(request.parameters)
+            for tensor in request.inputs:
+                if tensor.datatype == "BYTES":
+                    self.record.inputs[tensor.name] = deserialize_bytes_tensor(tensor.raw)[0].decode()
+                else:
+                    self.record.inputs[tensor.name] = np.frombuffer(tensor.raw, dtype="<i4")
             self.gen = self.owner._generate(self.record)
         try:
             result, error = await self.gen.__anext__()
