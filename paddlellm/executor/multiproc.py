@@ -191,7 +191,7 @@ class MultiprocExecutor:
             if isinstance(msg, Ready):
                 waiting.discard(msg.rank)
         if self._group is not None:
-            self._group.release_name()  # every rank has mapped it (before Ready); nothing opens it by name again
+            self._group.release_name()  # every rank mapped it before Ready; nobody opens it by name again
 
     def _call(self, make: Any) -> FromRank:
         """Send make(seq) to every rank and wait for rank 0's answer to that seq."""
