@@ -382,9 +382,17 @@ class Launcher:
             return None
         return None
 
-    def _find_engine_pids(self) -> list[int]:
+    def _find_engine_pids(self, wait_s: float = 5.0) -> list[int]:
         """The llm_engine stub(s) of this launcher's repository (their command line names its model.py) and
-        their children (TP rank workers)."""
+        their children (TP rank workers). Looked for again for up to `wait_s` when none is seen: once (of
+        dozens of restarts, on a loaded box) a scan right after the models were ready missed the stub that
+        served requests a moment later, and an empty list reads as a dead engine."""
+        deadline = time.monotonic() + wait_s
+        while not (pids := self._scan_engine_pids()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return pids
+
+    def _scan_engine_pids(self) -> list[int]:
         if self._triton_start is None:
             return []
         repo = str(self._triton_start[0]).encode() + b"/"

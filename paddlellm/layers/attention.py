@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import paddle
 
 from paddlellm.layers.decode_attention import NativeDecodeAttention
+from paddlellm.layers.host_tensor import host_tensor
 
 NEG = -1e30  # additive mask; finite, so a padded row can never turn into NaN
 TILE_ELEMENTS = 1 << 22  # score elements per prefill tile at most (16 MiB fp32)
@@ -85,8 +87,10 @@ class AttentionMetadata:
         kv_heads: int,
         group: int,
         decode_kernel: NativeDecodeAttention | None = None,
+        tensor: Callable[[Any], paddle.Tensor] = host_tensor,
     ) -> AttentionMetadata:
-        """spans: the step's requests in batch order, the first `num_decode` with num_new == 1."""
+        """spans: the step's requests in batch order, the first `num_decode` with num_new == 1. `tensor`
+        turns the step's numpy index arrays into tensors (the runner passes its StepTensors)."""
         head_base = np.arange(2 * kv_heads, dtype=np.int64) * num_slots  # K heads, then V heads
 
         def slots(span: SeqSpan, lo: int, hi: int) -> np.ndarray:
@@ -97,7 +101,7 @@ class AttentionMetadata:
         new_slots = np.concatenate([slots(s, s.start, s.start + s.num_new) for s in spans])
         write_rows = (new_slots[:, None] + head_base[None, :]).reshape(-1)
         if decode_kernel is not None:
-            return cls._build_native(spans, num_decode, new_slots, write_rows, slots, decode_kernel)
+            return cls._build_native(spans, num_decode, new_slots, write_rows, slots, decode_kernel, tensor)
 
         decode_gather = decode_mask = None
         decode_len = 0
@@ -107,18 +111,18 @@ class AttentionMetadata:
             ctx = np.zeros((num_decode, decode_len), dtype=np.int64)  # padding reads slot 0 (masked)
             for i, s in enumerate(spans[:num_decode]):
                 ctx[i, : lens[i]] = slots(s, 0, int(lens[i]))
-            decode_gather = paddle.to_tensor((head_base[:, None, None] + ctx[None]).reshape(-1))
+            decode_gather = tensor((head_base[:, None, None] + ctx[None]).reshape(-1))
             if lens.min() < decode_len:
                 valid = np.arange(decode_len)[None, :] < lens[:, None]
                 mask = np.where(valid, 0.0, NEG).astype(np.float32)[None, :, None, :]
                 full = np.broadcast_to(mask, (kv_heads, num_decode, group, decode_len))
-                decode_mask = paddle.to_tensor(np.ascontiguousarray(full))
+                decode_mask = tensor(np.ascontiguousarray(full))
 
         prefills = []
         offset = num_decode
         for s in spans[num_decode:]:
             length = s.start + s.num_new
-            gather = paddle.to_tensor((head_base[:, None] + slots(s, 0, length)[None, :]).reshape(-1))
+            gather = tensor((head_base[:, None] + slots(s, 0, length)[None, :]).reshape(-1))
             tile_rows = max(1, min(QUERY_TILE, TILE_ELEMENTS // (kv_heads * group * length)))
             tiles = []
             for lo in range(0, s.num_new, tile_rows):
@@ -129,12 +133,12 @@ class AttentionMetadata:
                 mask = np.where(allowed, 0.0, NEG).astype(np.float32)
                 full = np.broadcast_to(mask[None, None], (kv_heads, group, hi - lo, keys))
                 full = np.ascontiguousarray(full).reshape(kv_heads, group * (hi - lo), keys)
-                tiles.append(PrefillTile(lo, hi, keys, paddle.to_tensor(full)))
+                tiles.append(PrefillTile(lo, hi, keys, tensor(full)))
             prefills.append(PrefillMeta(offset, s.num_new, length, gather, tuple(tiles)))
             offset += s.num_new
         sections = ([num_decode] if num_decode else []) + [t.q_hi - t.q_lo for p in prefills for t in p.tiles]
         return cls(
-            paddle.to_tensor(write_rows),
+            tensor(write_rows),
             num_decode,
             decode_len,
             decode_gather,
@@ -152,6 +156,7 @@ class AttentionMetadata:
         write_rows: np.ndarray,
         slots: Callable[[SeqSpan, int, int], np.ndarray],
         kernel: NativeDecodeAttention,
+        tensor: Callable[[Any], paddle.Tensor],
     ) -> AttentionMetadata:
         """One row of slots per request; token i of a chunk starting at `start` sees start + i + 1 of them."""
         ends = [s.start + s.num_new for s in spans]
@@ -161,8 +166,8 @@ class AttentionMetadata:
         rows = np.repeat(np.arange(len(spans), dtype=np.int64), [s.num_new for s in spans])
         lens = np.concatenate([np.arange(s.start + 1, s.start + s.num_new + 1) for s in spans])
         lens = lens.astype(np.int64)
-        tensors = [paddle.to_tensor(a) for a in (table, rows, lens, new_slots)]
-        return cls(paddle.to_tensor(write_rows), num_decode, 0, None, None, (), (), kernel, *tensors)
+        tensors = [tensor(a) for a in (table, rows, lens, new_slots)]
+        return cls(tensor(write_rows), num_decode, 0, None, None, (), (), kernel, *tensors)
 
 
 def paged_attention(

@@ -21,12 +21,13 @@ import numpy as np
 import paddle
 from paddle import _C_ops
 
+from paddlellm.layers.host_tensor import host_tensor
 from paddlellm.native.build import NativeLibrary
 from paddlellm.quant_blocks import BlockQuantized
 
 
 def to_param(arr: np.ndarray) -> paddle.Tensor:
-    t = paddle.to_tensor(np.ascontiguousarray(arr, dtype=np.float32))
+    t = host_tensor(np.ascontiguousarray(arr, dtype=np.float32))
     t.stop_gradient = True
     return t
 
@@ -201,7 +202,7 @@ class _PackedWeight(NativeLinear):
         self._threads = threads
         nr = native.panel_width
         if bf16:
-            packed = paddle.to_tensor(pack_panels_bf16(w, nr).view(np.int32))  # paddle has no uint32
+            packed = host_tensor(pack_panels_bf16(w, nr).view(np.int32))  # paddle has no uint32
             packed.stop_gradient = True
             self.packed = packed
         else:

@@ -35,6 +35,7 @@ from paddlellm.layers.gemm import (
     padded_param,
     to_param,
 )
+from paddlellm.layers.host_tensor import host_tensor
 from paddlellm.native.build import NativeLibrary
 from paddlellm.quant_blocks import BlockQuantized
 
@@ -130,7 +131,7 @@ class _Int8Weight(NativeLinear):
               bias: np.ndarray | None, nr: int) -> None:
         """Hold the packed weights and the two per-block tables the kernel reads after them."""
         self._fn, self._threads = fn, threads
-        self.tensors = [paddle.to_tensor(np.ascontiguousarray(a)) for a in (packed, first, second)]
+        self.tensors = [host_tensor(np.ascontiguousarray(a)) for a in (packed, first, second)]
         for t in self.tensors:
             t.stop_gradient = True
         self.bias = padded_param(bias, packed.shape[0] * nr) if bias is not None else None
@@ -214,7 +215,7 @@ def _blocks_t(v: np.ndarray, kb: int, dtype: type) -> paddle.Tensor:
     """[N, KB * BLOCK] -> [KB, BLOCK, N] (one batched matmul per call); [N, KB] -> [KB, 1, N]."""
     n = v.shape[0]
     shaped = v.reshape(n, kb, -1).transpose(1, 2, 0)
-    t = paddle.to_tensor(np.ascontiguousarray(shaped, dtype))
+    t = host_tensor(np.ascontiguousarray(shaped, dtype))
     t.stop_gradient = True
     return t
 

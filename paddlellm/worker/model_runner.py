@@ -21,6 +21,7 @@ from paddlellm.cpu import read_cpu
 from paddlellm.engine.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
 from paddlellm.errors import InvalidRequest
 from paddlellm.layers.attention import AttentionMetadata, SeqSpan
+from paddlellm.layers.host_tensor import StepTensors
 from paddlellm.layers.kernels import select_kernels
 from paddlellm.layers.linear import AllReduce, Shard
 from paddlellm.layers.rotary import RotaryTables
@@ -72,7 +73,9 @@ class ModelRunner:
         self.block_size = config.block_size
         self.cache = KVCache(info.num_layers, self.kv_heads, self.head_dim, num_blocks, config.block_size)
         self.rotary = RotaryTables(info.head_dim, info.rope_theta, info.rope_scaling, config.max_model_len)
-        self.sampler = Sampler(info.eos_token_ids)
+        # Per-step inputs come from reusable buffers: Paddle leaks per constructed tensor (host_tensor.py).
+        self.stage = StepTensors(on_cpu=config.device != "gpu")
+        self.sampler = Sampler(info.eos_token_ids, self.stage)
         self.requests: dict[str, _RequestState] = {}
 
     # ---- state -------------------------------------------------------------------------------------------
@@ -139,13 +142,14 @@ class ModelRunner:
             if not sample_rows:
                 return ModelRunnerOutput({})
             if len(sample_rows) < hidden.shape[0]:
-                hidden = paddle.gather(hidden, paddle.to_tensor(np.asarray(sample_rows, dtype=np.int64)))
+                hidden = paddle.gather(hidden, self.stage(np.asarray(sample_rows, dtype=np.int64)))
             tokens = self.sampler.sample(self.model.logits(hidden), [r for _, r in sample_info])
         return ModelRunnerOutput({rid: tok for (rid, _), tok in zip(sample_info, tokens, strict=True)})
 
     def _forward(
         self, ids: np.ndarray, positions: np.ndarray, spans: list[SeqSpan], num_decode: int
     ) -> paddle.Tensor:
+        self.stage.reset()  # the previous step's input tensors are done with
         meta = AttentionMetadata.build(
             spans,
             num_decode,
@@ -154,13 +158,14 @@ class ModelRunner:
             self.kv_heads,
             self.group,
             self.kernels.decode_attention,
+            tensor=self.stage,
         )
         if self.model.native_rope:
             cos, sin = self.rotary.rows(positions)
         else:
             cos, sin = self.rotary.expand(positions, self.model.qk_heads, self.model.v_heads)
         return self.model.forward(
-            paddle.to_tensor(ids), paddle.to_tensor(cos), paddle.to_tensor(sin), meta, self.cache.layers
+            self.stage(ids), self.stage(cos), self.stage(sin), meta, self.cache.layers
         )
 
     # ---- utilities ---------------------------------------------------------------------------------------

@@ -12,12 +12,14 @@ batch around a request nor a recompute after preemption changes its draws.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import paddle
 
+from paddlellm.layers.host_tensor import host_tensor
 from paddlellm.sampling import SamplingParams
 
 _M64 = (1 << 64) - 1
@@ -49,7 +51,10 @@ class SampleRow:
 
 
 class Sampler:
-    def __init__(self, eos_token_ids: Sequence[int]) -> None:
+    def __init__(
+        self, eos_token_ids: Sequence[int], tensor: Callable[[Any], paddle.Tensor] = host_tensor
+    ) -> None:
+        self._tensor = tensor  # numpy -> tensor (the runner's StepTensors)
         self.eos = tuple(eos_token_ids)
 
     def _suppressed(self, row: SampleRow) -> tuple[int, ...]:
@@ -72,7 +77,7 @@ class Sampler:
                     out[i] = int(ids[i])
         slow = [i for i, ok in enumerate(plain) if not ok]
         if slow:
-            picked = logits if len(slow) == len(rows) else paddle.gather(logits, paddle.to_tensor(slow))
+            picked = logits if len(slow) == len(rows) else paddle.gather(logits, self._tensor(np.int64(slow)))
             host = picked.numpy()
             for j, i in enumerate(slow):
                 out[i] = self._sample_row(host[j].astype(np.float64), rows[i])
