@@ -387,9 +387,13 @@ class Launcher:
         their children (TP rank workers). Looked for again for up to `wait_s` when none is seen: once (of
         dozens of restarts, on a loaded box) a scan right after the models were ready missed the stub that
         served requests a moment later, and an empty list reads as a dead engine."""
-        deadline = time.monotonic() + wait_s
-        while not (pids := self._scan_engine_pids()) and time.monotonic() < deadline:
+        start = time.monotonic()
+        tries = 1
+        while not (pids := self._scan_engine_pids()) and time.monotonic() - start < wait_s:
             time.sleep(0.1)
+            tries += 1
+        if pids and tries > 1:
+            self.say(f"the engine's stub showed up {time.monotonic() - start:.1f}s after its model was ready")
         return pids
 
     def _scan_engine_pids(self) -> list[int]:
