@@ -120,11 +120,21 @@ class Instance:
         return {m.group(1): int(float(m.group(2))) for m in re.finditer(pattern, text, re.M)}
 
     def kill(self) -> None:
-        """kill -9 of the launcher and every process under it (gateway, tritonserver, stubs) at once."""
-        for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+        """kill -9 of the launcher and every process under it (gateway, tritonserver, stubs) at once; then
+        what nobody is left to clean up: the python backend's shared-memory regions, named in the stubs'
+        command lines."""
+        pids = [self.proc.pid, *descendants(self.proc.pid)]
+        regions = set()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                regions |= {a.decode() for a in args if a.startswith(b"triton_python_backend_shm_region")}
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(30)
+        for name in regions:
+            Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 def _started_redis(tmp_path_factory: pytest.TempPathFactory, name: str) -> RedisServer:
