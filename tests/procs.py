@@ -31,6 +31,18 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def shm_regions(pids: set[int] | list[int]) -> set[str]:
+    """The python backend's shared-memory regions named in these processes' command lines (its stubs')."""
+    out: set[str] = set()
+    for pid in pids:
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        out |= {a.decode() for a in args if a.startswith(b"triton_python_backend_shm_region")}
+    return out
+
+
 def follow_until_ready(
     proc: subprocess.Popen[str], lines: list[str], timeout: float, marker: str = "[launcher] ready"
 ) -> bool:

@@ -29,7 +29,7 @@ import pytest
 from tests.gateway.test_launcher_e2e import _alive
 from tests.gateway.test_openapi_conformance import run_schemathesis
 from tests.metrics.stack import Stack, running_stack
-from tests.procs import descendants
+from tests.procs import descendants, shm_regions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STEP_TIMEOUT_S = 3.0
@@ -61,11 +61,6 @@ def _engine_stub(st: Stack) -> int:
     stubs = [p for p in descendants(st.proc.pid) if mine in _cmdline(p)]
     assert len(stubs) == 1, stubs
     return stubs[0]
-
-
-def _regions(pids: set[int]) -> set[str]:
-    return {a.decode() for p in pids for a in _cmdline(p).split(b"\0")
-            if a.startswith(b"triton_python_backend_shm_region")}
 
 
 def _tritonserver(st: Stack) -> int:
@@ -159,7 +154,7 @@ def test_schemathesis_against_the_real_model(short_stack: Stack, tmp_path: Path)
 def test_dead_or_wedged_engine_is_restarted(stack: Stack) -> None:
     family = descendants(stack.proc.pid)
     shm_before = set(os.listdir("/dev/shm"))
-    regions = _regions(family)  # the python backend's regions are named in its stubs' command lines
+    regions = shm_regions(family)  # the python backend's regions are named in its stubs' command lines
     assert regions and regions <= shm_before
     try:
         with httpx.Client(base_url=stack.url, timeout=60) as c:
@@ -172,7 +167,7 @@ def test_dead_or_wedged_engine_is_restarted(stack: Stack) -> None:
 
             for n, (what, victim) in enumerate((("stub", _engine_stub), ("tritonserver", _tritonserver)), 2):
                 family |= descendants(stack.proc.pid)
-                regions |= _regions(family)
+                regions |= shm_regions(family)
                 pid = victim(stack)
                 rest, t0, ended = _stream_then(c, lambda pid=pid: os.kill(pid, signal.SIGKILL))
                 assert ended - t0 < 5, f"the stream took {ended - t0:.1f}s to end after the {what} died"
@@ -181,7 +176,7 @@ def test_dead_or_wedged_engine_is_restarted(stack: Stack) -> None:
                 print(f"{what} killed: stream ended after {ended - t0:.2f}s, healthy after {took:.1f}s")
 
             family |= descendants(stack.proc.pid)
-            regions |= _regions(family)
+            regions |= shm_regions(family)
             stub = _engine_stub(stack)
             rest, t0, ended = _stream_then(c, lambda: os.kill(stub, signal.SIGSTOP))
             # Wedged once no step finished for STEP_TIMEOUT_S; the watchdog looks every second, then kills
@@ -191,7 +186,7 @@ def test_dead_or_wedged_engine_is_restarted(stack: Stack) -> None:
             took = _recovered(c, t0, stack, 4)
             print(f"stub stopped: stream ended after {ended - t0:.2f}s, healthy after {took:.1f}s")
             family |= descendants(stack.proc.pid)
-            regions |= _regions(family)
+            regions |= shm_regions(family)
 
         log = "\n".join(stack.lines)
         assert "an llm_engine process died (a rank worker" in log
@@ -207,7 +202,7 @@ def test_dead_or_wedged_engine_is_restarted(stack: Stack) -> None:
     except Exception as e:
         said = [line for line in stack.lines if "[launcher] model " not in line]  # not per-model progress
         raise AssertionError("launcher output:\n" + "\n".join(said[-80:])) from e
-    regions |= _regions(descendants(stack.proc.pid))
+    regions |= shm_regions(descendants(stack.proc.pid))
     stack.proc.send_signal(signal.SIGTERM)
     assert stack.proc.wait(90) == 0
     deadline = time.monotonic() + 10

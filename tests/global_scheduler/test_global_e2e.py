@@ -26,7 +26,7 @@ import pytest
 from gs_fakes import RedisServer, free_port
 
 from launcher.tritonenv import TritonNotFound, locate
-from tests.procs import descendants
+from tests.procs import descendants, shm_regions
 
 ROOT = Path(__file__).resolve().parents[2]
 TOYS = ROOT / "tests" / "gateway" / "toy_models"
@@ -124,11 +124,7 @@ class Instance:
         what nobody is left to clean up: the python backend's shared-memory regions, named in the stubs'
         command lines."""
         pids = [self.proc.pid, *descendants(self.proc.pid)]
-        regions = set()
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                regions |= {a.decode() for a in args if a.startswith(b"triton_python_backend_shm_region")}
+        regions = shm_regions(pids)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
