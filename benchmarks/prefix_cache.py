@@ -167,7 +167,7 @@ class _NoModel:
         self.state: dict[str, list[int]] = {}  # request id -> [tokens computed, tokens known]
 
     def execute(self, sched):  # noqa: ANN001, ANN201 - SchedulerOutput -> ModelRunnerOutput
-        from paddlellm.engine.outputs import ModelRunnerOutput
+        from paddlellm.step_types import ModelRunnerOutput
 
         for new in sched.new_requests:
             known = len(new.prompt_token_ids) + len(new.output_token_ids)

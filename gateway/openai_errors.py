@@ -110,7 +110,8 @@ def internal(request_id: str) -> ApiError:
 
 
 def model_not_found(name: str) -> ApiError:
-    # DESIGN.md's error table makes `model_not_found` the type; OpenAI puts it in `code`: set both.
+    # vLLM answers an unknown model with type `model_not_found`; OpenAI puts it in `code`: set both
+    # (docs/api.md "Errors").
     return ApiError(
         404,
         f"The model '{name}' does not exist",

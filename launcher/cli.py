@@ -1,6 +1,7 @@
-"""`python -m gateway.api_server`: serve a model behind the OpenAI API (tritonserver + gateway).
+"""`python -m launcher` (= `python -m gateway.api_server`): serve a model behind the OpenAI API (tritonserver
++ gateway).
 
-Flags follow FastDeploy's api_server (DESIGN.md, "Flags"). Parsing happens in `main()` only; bad or unknown
+Flags follow FastDeploy's api_server (names, meanings and defaults; README "Flags" lists them). Parsing happens in `main()` only; bad or unknown
 flags fail before anything starts, naming the flag. Flags whose feature has not landed fail with "not
 supported yet" rather than being ignored.
 """

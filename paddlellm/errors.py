@@ -1,7 +1,8 @@
 """Typed errors shared by the engine, the Triton adapters and the gateway.
 
-Each error carries the Triton status code it maps to, so adapters never guess; the gateway maps codes to
-OpenAI's envelope (see DESIGN.md, "Errors, end to end").
+Each error carries the Triton status code it maps to, so adapters never guess. The gateway maps a Triton
+code (not these classes: it sees only what crosses gRPC) to the HTTP status and OpenAI's envelope in
+`gateway/openai_errors.py`; `docs/api.md` "Errors" lists the mapping.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ class EngineError(Exception):
     """Base class: a failure the client may be told about (message only, never a traceback)."""
 
     triton_code: str = "INTERNAL"
-    http_status: int = 500
-    openai_type: str = "server_error"
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -24,29 +23,24 @@ class InvalidRequest(EngineError):
     """The request is malformed or violates a limit; `param` names the offending field."""
 
     triton_code = "INVALID_ARG"
-    http_status = 400
-    openai_type = "invalid_request_error"
 
 
 class Overloaded(EngineError):
     """The queue is full (or the request waited longer than the scheduler TTL)."""
 
     triton_code = "UNAVAILABLE"
-    http_status = 503
 
 
 class Cancelled(EngineError):
     """The client went away; nobody is listening for this error."""
 
     triton_code = "CANCELLED"
-    http_status = 499
 
 
 class EngineDead(EngineError):
     """A worker process died or the engine loop crashed; the server is no longer healthy."""
 
     triton_code = "INTERNAL"
-    http_status = 500
 
 
 class ConfigError(ValueError):

@@ -103,10 +103,8 @@ def save_blocks(path: str, blocks: dict[str, BlockQuantized]) -> None:
 def stored_quantization(checkpoint: str) -> str:
     """--quantization auto: the format that runs a converted GGUF's own blocks (wint4 when it has Q4_0/Q4_1
     tensors, wint8 when only Q8_0), or 'none' for a checkpoint without them."""
-    kinds = set(BlockStore(checkpoint).kinds.values())
-    if kinds & {"q4_0", "q4_1"}:
-        return "wint4"
-    return "wint8" if "q8_0" in kinds else "none"
+    formats = {WINT[kind] for kind in BlockStore(checkpoint).kinds.values()}
+    return "wint4" if "wint4" in formats else ("wint8" if formats else "none")
 
 
 class BlockStore:

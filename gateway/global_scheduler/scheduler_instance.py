@@ -139,9 +139,6 @@ class GlobalScheduler(RunnerMixin):
     def healthy(self) -> bool:
         return self._healthy
 
-    def stats_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self.stats)
-
     def _bump(self, name: str, n: int = 1) -> None:
         if n:
             setattr(self.stats, name, getattr(self.stats, name) + n)

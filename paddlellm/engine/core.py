@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 from paddlellm.config import EngineConfig
 from paddlellm.engine.kv_budget import num_kv_blocks
-from paddlellm.engine.outputs import ModelRunnerOutput, RequestOutput
+from paddlellm.engine.outputs import RequestOutput
 from paddlellm.engine.prefix_cache import cache_seed
 from paddlellm.engine.scheduler import Scheduler
 from paddlellm.errors import InvalidRequest
 from paddlellm.executor.base import Executor
 from paddlellm.model_info import ModelInfo, resolve_checkpoint
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import ModelRunnerOutput
 
 _NOTHING_RUN = ModelRunnerOutput(sampled_token_ids={})
 
@@ -56,7 +57,7 @@ class LLMEngine:
     def create(cls, config: EngineConfig) -> LLMEngine:
         """Resolve the checkpoint, size the KV cache, build the executor, and warm up if configured."""
         path = resolve_checkpoint(config.model)
-        info = ModelInfo.from_dir(path)
+        info = ModelInfo.from_dir(path, config.max_model_len)
         if config.tensor_parallel_size == 1:
             from paddlellm.executor.inproc import InprocExecutor as executor_cls  # lazy: imports paddle
         else:

@@ -60,11 +60,6 @@ class Request:
         return len(self.output_token_ids)
 
     @property
-    def max_kv_tokens(self) -> int:
-        """Most tokens it can ever hold in the KV cache: the last sampled token is never computed."""
-        return len(self.prompt_token_ids) + self.params.max_tokens - 1
-
-    @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
 

@@ -15,17 +15,12 @@ import numpy as np
 
 from paddlellm.config import EngineConfig
 from paddlellm.engine.block_manager import BlockManager
-from paddlellm.engine.outputs import (
-    CachedRequestData,
-    ModelRunnerOutput,
-    NewRequestData,
-    RequestOutput,
-    SchedulerOutput,
-)
+from paddlellm.engine.outputs import RequestOutput
 from paddlellm.engine.prefix_cache import PrefixCache
 from paddlellm.engine.request import Request, RequestStatus
 from paddlellm.errors import ConfigError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
 
 _MASK64 = (1 << 64) - 1
 

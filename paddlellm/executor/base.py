@@ -7,8 +7,8 @@ from typing import Protocol
 import numpy as np
 
 from paddlellm.config import EngineConfig
-from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.model_info import ModelInfo
+from paddlellm.step_types import ModelRunnerOutput, SchedulerOutput
 
 
 class Executor(Protocol):

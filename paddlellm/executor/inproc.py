@@ -11,9 +11,9 @@ import os
 import numpy as np
 
 from paddlellm.config import EngineConfig
-from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.executor.dist_env import configure_paddle
 from paddlellm.model_info import ModelInfo
+from paddlellm.step_types import ModelRunnerOutput, SchedulerOutput
 
 
 class InprocExecutor:

@@ -26,7 +26,6 @@ import numpy as np
 import zmq
 
 from paddlellm.config import EngineConfig
-from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.errors import ConfigError, EngineDead
 from paddlellm.executor.dist_env import check_tp_divisible
 from paddlellm.executor.rank_messages import (
@@ -44,10 +43,11 @@ from paddlellm.executor.rank_messages import (
     decode,
     encode,
 )
+from paddlellm.executor.rank_process import rank_identity, rank_main
 from paddlellm.model_info import ModelInfo
 from paddlellm.ports import free_endpoints
+from paddlellm.step_types import ModelRunnerOutput, SchedulerOutput
 from paddlellm.worker.shm_allreduce import ShmGroup
-from paddlellm.worker.worker import rank_identity, rank_main
 
 
 class MultiprocExecutor:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from paddlellm.config import EngineConfig
-from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.model_info import ModelInfo
+from paddlellm.step_types import ModelRunnerOutput, SchedulerOutput
 from paddlellm.worker.shm_allreduce import ShmSpec
 
 

@@ -1,4 +1,5 @@
-"""Rank worker: the process main of one tensor-parallel rank (spawned by executor/multiproc.py).
+"""A rank process: the main of one tensor-parallel rank (spawned by executor/multiproc.py; it lives on the
+executor's side, as vLLM keeps `WorkerProc` in its multiproc executor, so `worker/` knows no executor).
 
 Start-up: set the rank's environment (threads = cores / N) before paddle is imported, attach the all-reduce
 (shared memory on CPU, NCCL on GPU), build the model runner with this rank's shard, connect to the engine's

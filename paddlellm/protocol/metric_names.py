@@ -283,6 +283,3 @@ LAUNCHER_METRICS: tuple[MetricSpec, ...] = (
 
 ALL_METRICS: tuple[MetricSpec, ...] = ENGINE_METRICS + GATEWAY_METRICS + LAUNCHER_METRICS
 
-
-def by_name() -> dict[str, MetricSpec]:
-    return {m.name: m for m in ALL_METRICS}

@@ -1,4 +1,5 @@
-"""The pure streaming detokenizer step (DESIGN.md: "The engine -> detokenizer contract").
+"""The pure streaming detokenizer step (the engine -> detokenizer contract of
+`docs/architecture.md`, "Request path", step 4).
 
 An ensemble step keeps no per-request state, so the engine sends a window: the last few already-emitted ids
 followed by this step's new ids, and `prefix_len`, how many of them are already emitted. The text delta is

@@ -38,7 +38,7 @@ class PromptEncoder(Protocol):
 
 
 DetokenizeStep = Callable[[Sequence[int], int, bool], str]
-"""(window_ids, prefix_len, final) -> the text delta; a pure function (see DESIGN.md, detokenizer)."""
+"""(window_ids, prefix_len, final) -> the text delta; a pure function (`paddlellm/text/incremental.py`)."""
 
 
 class TokenizerModel:

@@ -24,6 +24,3 @@ class KVCache:
             paddle.zeros([rows, head_dim], dtype="float32") for _ in range(num_layers)
         ]
 
-    @staticmethod
-    def bytes_needed(num_layers: int, kv_heads: int, head_dim: int, num_blocks: int, block_size: int) -> int:
-        return 2 * num_layers * kv_heads * head_dim * num_blocks * block_size * 4

@@ -18,7 +18,6 @@ import paddle
 
 from paddlellm.config import EngineConfig
 from paddlellm.cpu import read_cpu
-from paddlellm.engine.outputs import ModelRunnerOutput, NewRequestData, SchedulerOutput
 from paddlellm.errors import InvalidRequest
 from paddlellm.layers.attention import AttentionMetadata, SeqSpan
 from paddlellm.layers.host_tensor import StepTensors
@@ -29,6 +28,7 @@ from paddlellm.model_info import ModelInfo
 from paddlellm.models.decoder import DecoderModel
 from paddlellm.quant_blocks import stored_quantization
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
 from paddlellm.weight_reader import WeightReader
 from paddlellm.worker.cpu_tuning import tune_process
 from paddlellm.worker.kv_cache import KVCache
@@ -187,7 +187,6 @@ class ModelRunner:
     def warmup(self) -> None:
         """Dummy prefill and decode steps (greedy and sampled rows) at the sizes serving will use, so the
         first real request pays no first-call costs. Dummies share block 0 onwards; their state is dropped."""
-        from paddlellm.engine.outputs import CachedRequestData
 
         blocks = self.cache.num_blocks
         prefill_len = max(

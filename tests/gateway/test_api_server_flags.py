@@ -1,4 +1,4 @@
-"""The launcher's command line: every DESIGN.md flag with its default, fast failures that name the flag, and
+"""The launcher's command line: every documented flag with its default, fast failures that name the flag, and
 the configuration the flags turn into (--dry-run)."""
 
 from __future__ import annotations

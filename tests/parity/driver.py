@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from paddlellm.engine.outputs import CachedRequestData, NewRequestData, SchedulerOutput
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import CachedRequestData, NewRequestData, SchedulerOutput
 from paddlellm.worker.model_runner import ModelRunner
 
 

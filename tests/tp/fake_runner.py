@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.executor.rank_messages import Init
-from paddlellm.worker.worker import serve_rank
+from paddlellm.executor.rank_process import serve_rank
+from paddlellm.step_types import ModelRunnerOutput, SchedulerOutput
 
 
 def expected_token(history: list[int], world: int) -> int:

@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from paddlellm.engine.outputs import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
 from paddlellm.executor.rank_messages import (
     BadSignature,
     Failed,
@@ -21,6 +20,7 @@ from paddlellm.executor.rank_messages import (
     encode,
 )
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
 
 KEY = b"k" * 32
 

@@ -14,12 +14,12 @@ from collections.abc import Callable
 import pytest
 
 from paddlellm.config import EngineConfig
-from paddlellm.engine.outputs import CachedRequestData, NewRequestData, SchedulerOutput
 from paddlellm.errors import ConfigError, EngineDead
 from paddlellm.executor.multiproc import MultiprocExecutor
 from paddlellm.executor.rank_messages import Init
 from paddlellm.model_info import ModelInfo
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import CachedRequestData, NewRequestData, SchedulerOutput
 from tests.procs import descendants, free_port
 from tests.tp.fake_runner import expected_token, failing_rank_main, fake_rank_main
 

@@ -16,10 +16,10 @@ import numpy as np
 
 from paddlellm.config import EngineConfig
 from paddlellm.engine.core import LLMEngine
-from paddlellm.engine.outputs import ModelRunnerOutput, SchedulerOutput
 from paddlellm.errors import EngineDead
 from paddlellm.model_info import ModelInfo
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import ModelRunnerOutput, SchedulerOutput
 
 
 def fake_info(vocab_size: int = 1000, eos: tuple[int, ...] = (2,)) -> ModelInfo:

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from paddlellm.config import EngineConfig
-from paddlellm.engine.outputs import ModelRunnerOutput
 from paddlellm.engine.scheduler import Scheduler
 from paddlellm.errors import ConfigError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import ModelRunnerOutput
 from tests.unit.engine_fakes import collect, make_engine, prompt
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
