@@ -83,13 +83,22 @@ def test_a_row_does_not_depend_on_the_batch_or_threads(native: build.NativeLibra
     np.testing.assert_array_equal(_run(native, x[7:20], w, b, threads=1), full[7:20])
 
 
+def _runnable_isas(least: int = 2) -> tuple[str, ...]:
+    """The kernel ISAs this CPU (description) runs; skips the test when fewer than `least` do, since with one
+    ISA a cross-ISA comparison would only compare a library with itself."""
+    isas = read_cpu().kernel_isas
+    if len(isas) < least:
+        pytest.skip(f"cross-ISA check needs {least} kernel ISAs, this CPU runs {len(isas)}: {isas}")
+    return isas
+
+
 def test_every_isa_gives_the_same_bits() -> None:
     cpu = read_cpu()
     x, w, b = _data(11, 300, 70, seed=5)
-    results = {isa: _run(build.load(isa, cpu), x, w, b) for isa in cpu.kernel_isas}
-    first = next(iter(results.values()), None)
+    results = {isa: _run(build.load(isa, cpu), x, w, b) for isa in _runnable_isas()}
+    first_isa, first = next(iter(results.items()))
     for isa, got in results.items():
-        np.testing.assert_array_equal(got, first, err_msg=isa)
+        np.testing.assert_array_equal(got, first, err_msg=f"{isa} vs {first_isa}")
 
 
 def test_zero_rows_and_extremes(native: build.NativeLibrary) -> None:
@@ -163,13 +172,19 @@ def test_w4_bit_exact_against_the_numpy_reference(native: build.NativeLibrary, m
         np.testing.assert_array_equal(_run4(native, x, w, b), reference_w4(x, w, b))
 
 
-def test_w4_rows_are_batch_and_thread_invariant_and_isas_agree(native: build.NativeLibrary) -> None:
+def test_w4_rows_are_batch_and_thread_invariant(native: build.NativeLibrary) -> None:
     x, w, b = _data(21, 160, 90, seed=13)
     full = _run4(native, x, w, b)
     for i in (0, 9, 20):
         np.testing.assert_array_equal(_run4(native, x[i : i + 1], w, b, threads=1)[0], full[i])
-    best = build.load(read_cpu().best_kernel_isa or native.isa, read_cpu())
-    np.testing.assert_array_equal(_run4(best, x, w, b), full)
+
+
+def test_w4_isas_agree(native: build.NativeLibrary) -> None:
+    """This ISA against another one the CPU runs: the best, or for the best itself the next best."""
+    other = next(isa for isa in _runnable_isas() if isa != native.isa)
+    x, w, b = _data(21, 160, 90, seed=13)
+    theirs = _run4(build.load(other, read_cpu()), x, w, b)
+    np.testing.assert_array_equal(theirs, _run4(native, x, w, b), err_msg=f"{other} vs {native.isa}")
 
 
 def test_q4_quantization_and_packing() -> None:
