@@ -70,8 +70,9 @@ class GatewaySettings:
     """With the global scheduler: requests one worker runs at once (its share of --max-num-seqs)."""
     metrics_port: int | None = None
     """Where the metrics server listens; None or the main port: /metrics on the gateway app (issue 6)."""
-    stream_interval: int = 1
-    """Tokens per streamed chunk after the first, for requests without max_streaming_response_tokens."""
+    stream_interval: int = 0
+    """Tokens per streamed chunk after the first, for requests without max_streaming_response_tokens; 0:
+    auto (the engine sends per token while the serving path has room and coalesces under load)."""
 
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
@@ -102,9 +103,9 @@ class GatewaySettings:
             )
         if self.default_top_p is not None and not 0.0 < self.default_top_p <= 1.0:
             raise ConfigError(f"gateway 'default_top_p' must be in (0, 1] (got {self.default_top_p})")
-        if not 1 <= self.stream_interval <= MAX_STREAM_INTERVAL:
+        if not 0 <= self.stream_interval <= MAX_STREAM_INTERVAL:
             raise ConfigError(
-                f"gateway 'stream_interval' must be between 1 and {MAX_STREAM_INTERVAL} "
+                f"gateway 'stream_interval' must be between 0 (auto) and {MAX_STREAM_INTERVAL} "
                 f"(got {self.stream_interval})"
             )
         if not self.served_model_name:

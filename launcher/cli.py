@@ -1,9 +1,9 @@
 """`python -m launcher` (= `python -m gateway.api_server`): serve a model behind the OpenAI API (tritonserver
 + gateway).
 
-Flags follow FastDeploy's api_server (names, meanings and defaults; README "Flags" lists them). Parsing happens in `main()` only; bad or unknown
-flags fail before anything starts, naming the flag. Flags whose feature has not landed fail with "not
-supported yet" rather than being ignored.
+Flags follow FastDeploy's api_server (names, meanings and defaults; README "Flags" lists them). Parsing
+happens in `main()` only; bad or unknown flags fail before anything starts, naming the flag. Flags whose
+feature has not landed fail with "not supported yet" rather than being ignored.
 """
 
 from __future__ import annotations
@@ -95,10 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--stream-interval",
         type=int,
-        default=1,
+        default=GatewaySettings.stream_interval,
         help="tokens per streamed chunk after the first, unless a request sets "
-        "max_streaming_response_tokens; larger values wake the serving path less often per token at the "
-        "price of k-token bursts",
+        "max_streaming_response_tokens; 0 = auto: one token per chunk while the serving path has room, "
+        "more per chunk when the engine's token rate would make it the bottleneck (docs/serving-perf.md); "
+        "k > 0: always k, which wakes the serving path less often per token at the price of k-token bursts",
     )
     g.add_argument(
         "--run-dir",

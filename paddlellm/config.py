@@ -99,13 +99,15 @@ class EngineConfig:
         choices=DTYPE_CHOICES,
     )
     quantization: str = option(
-        "none",
+        "auto",
         "quantized weights of every linear layer and the LM head (FastDeploy's names): none; wint8 (8-bit "
         "weights with a scale and a minimum per output column and block of 32 inputs; activations quantized "
         "to int16 per token and block on the fly; integer dot products: vpdpwssd with AVX512-VNNI, vpmaddwd "
         "on AVX2); or wint4 (4-bit weights with a scale and a minimum per block of 32, GGUF Q4_1's math, "
         "int8 activations, the LM head 8-bit; native CPU kernels only); a GGUF's own Q8_0/Q4_0/Q4_1 tensors "
-        "run as stored; auto: what the checkpoint's GGUF stored (wint4 for Q4_*, wint8 for Q8_0), else none",
+        "run as stored; auto (the default): what the checkpoint's GGUF stored (wint4 for Q4_*, wint8 for "
+        "Q8_0), else none, so a checkpoint converted from a quantized GGUF runs its own weights as llama.cpp "
+        "does and a full-precision checkpoint stays exact; --dtype bfloat16 makes auto none",
         choices=QUANTIZATION_CHOICES,
     )
     enforce_eager: bool = option(

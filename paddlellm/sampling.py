@@ -16,6 +16,7 @@ from paddlellm.errors import InvalidRequest
 
 _MAX_SEED = 2**63 - 1
 MAX_STREAM_INTERVAL = 4096
+AUTO_STREAM_INTERVAL = 0  # stream_interval: tokens per response chosen by the serving adapter from its load
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class SamplingParams:
     ignore_eos: bool = False
     # Output granularity, not sampling: after the first token, the serving adapter sends a response every
     # `stream_interval` tokens (and at the end). Fewer responses mean fewer wake-ups along the serving path.
-    stream_interval: int = 1
+    # 0 (AUTO_STREAM_INTERVAL): the adapter decides per step, per token while the serving path has room.
+    stream_interval: int = 0
     # False: one response at the end carrying every token (vLLM's FINAL_ONLY; Triton's vLLM-backend `stream`
     # input, false by default). True: tokens as they come, `stream_interval` at a time.
     stream: bool = True
@@ -61,8 +63,8 @@ class SamplingParams:
             raise bad("min_tokens", f"must be <= max_tokens ({self.max_tokens})")
         if any(t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative token ids")
-        if not 1 <= self.stream_interval <= MAX_STREAM_INTERVAL:
-            raise bad("stream_interval", f"must be between 1 and {MAX_STREAM_INTERVAL}")
+        if not AUTO_STREAM_INTERVAL <= self.stream_interval <= MAX_STREAM_INTERVAL:
+            raise bad("stream_interval", f"must be between 0 (auto) and {MAX_STREAM_INTERVAL}")
 
     def with_room(self, room: int) -> SamplingParams:
         """Resolve max_tokens=None to the `room` left in the context (at least 1, so limits still apply)."""

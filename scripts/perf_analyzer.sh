@@ -39,7 +39,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 # The wheel ships perf_analyzer as a console binary; it links libcudart.so.12 even on CPU, which the
-# nvidia-cuda-runtime-cu12 wheel provides (dev extra), and Debian's libb64-0d.
+# nvidia-cuda-runtime-cu12 wheel provides (the gateway extra, so scripts/setup.sh installs it), and Debian's
+# libb64-0d.
 PA="$VENV/bin/perf_analyzer"
 [[ -x "$PA" ]] || { echo "perf_analyzer not found at $PA (pip install 'tritonclient[all]==2.51.*')" >&2; exit 1; }
 CUDART="$("$PY" -c 'import nvidia.cuda_runtime, os; print(os.path.join(list(nvidia.cuda_runtime.__path__)[0], "lib"))' \

@@ -40,6 +40,7 @@ from paddlellm.text.incremental import DEFAULT_CONTEXT
 from paddlellm.triton import adapter
 from paddlellm.triton.engine_metrics import EngineMetrics
 from paddlellm.triton.error_responses import error_response, send_error
+from paddlellm.triton.stream_pacer import StreamPacer
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class _Stream:
     request_id: str
     request: Any
     sender: Any
-    interval: int = 1  # SamplingParams.stream_interval: tokens per response after the first
+    interval: int = 0  # SamplingParams.stream_interval: tokens per response after the first; 0: the pacer's
     final_only: bool = False  # not SamplingParams.stream: one response at the end
     echo: tuple[int, ...] = ()  # prompt ids the first response's text starts with (SamplingParams.echo)
     context: deque[int] = field(default_factory=lambda: deque(maxlen=DETOKENIZER_CONTEXT))
@@ -92,9 +93,12 @@ class EngineModel:
         make_loop: LoopFactory,
         cancel_poll_s: float = 0.25,
         metrics: EngineMetrics | None = None,
+        pacer: StreamPacer | None = None,
     ) -> None:
-        """`metrics`: default Triton's metric families when `pb` has them (a real stub), else none."""
+        """`metrics`: default Triton's metric families when `pb` has them (a real stub), else none.
+        `pacer`: the automatic stream interval (streams with stream_interval 0)."""
         self.pb = pb
+        self.pacer = pacer if pacer is not None else StreamPacer()
         self.cancel_poll_s = cancel_poll_s
         self.metrics = metrics if metrics is not None else EngineMetrics.for_backend(pb)
         self._engine: Any = None  # the loop's engine, for stats (None for loops that have none)
@@ -174,6 +178,7 @@ class EngineModel:
     # ------------------------------------------------------------------------ engine loop thread
 
     def _before_step(self) -> None:
+        self.pacer.step(time.monotonic())
         self._poll_cancelled()
         if self._engine is not None:
             self.metrics.tick(self._engine, after_step=False)
@@ -194,6 +199,8 @@ class EngineModel:
             return
         if not out.new_token_ids and not out.finished:
             return  # e.g. a prefill chunk: nothing to tell the client yet
+        if out.new_token_ids and not stream.final_only:
+            self.pacer.output()
         out = self._coalesce(stream, out)
         if out is None:
             return
@@ -203,18 +210,18 @@ class EngineModel:
         stream.context.extend((*echo, *out.new_token_ids))
         self._outbox.put((stream, response, final))
 
-    @staticmethod
-    def _coalesce(stream: _Stream, out: RequestOutput) -> RequestOutput | None:
+    def _coalesce(self, stream: _Stream, out: RequestOutput) -> RequestOutput | None:
         """Stream interval: the first tokens go out at once (time to first token), then ids are held until
-        `interval` of them are ready; the last output flushes them (and is the only one when `final_only`).
-        None: nothing to send yet.
+        `interval` of them are ready (the pacer's current interval for streams on auto); the last output
+        flushes them (and is the only one when `final_only`). None: nothing to send yet.
 
         Every response costs the serving path the same whatever it carries: Triton's two hops, the
         detokenizer and the gateway's SSE chunk each wake a process, and on a small CPU those wake-ups
         preempt the engine's math threads (docs/serving-perf.md). An interval of k divides that cost by k at
         the price of k-token bursts."""
         ready = len(stream.pending) + len(out.new_token_ids)
-        if not out.finished and (stream.final_only or (stream.sent_tokens and ready < stream.interval)):
+        interval = stream.interval or self.pacer.interval
+        if not out.finished and (stream.final_only or (stream.sent_tokens and ready < interval)):
             stream.pending.extend(out.new_token_ids)
             return None
         stream.sent_tokens = stream.sent_tokens or ready > 0

@@ -60,7 +60,9 @@ class ModelRunner:
         cpu = read_cpu()
         tune_process(cpu)  # process-wide, but every process that runs the model wants it (cpu_tuning.py)
         if config.quantization == "auto":  # resolved from the checkpoint, once, in every rank alike
-            config = config.replace(quantization=stored_quantization(info.path))
+            # an explicit --dtype bfloat16 asks for bf16 weights: the stored blocks are not used then
+            stored = stored_quantization(info.path) if config.dtype == "float32" else "none"
+            config = config.replace(quantization=stored)
             self.config = config
         with paddle.no_grad():
             self.kernels = select_kernels(config, cpu)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from types import ModuleType
@@ -17,6 +18,7 @@ from paddlellm.engine.loop import EngineLoop
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.triton import adapter
 from paddlellm.triton.engine_model import DETOKENIZER_CONTEXT, EngineModel
+from paddlellm.triton.stream_pacer import StreamPacer
 from tests.adapters.conftest import initialize_args
 from tests.unit.engine_fakes import collect, make_engine, prompt
 
@@ -57,7 +59,9 @@ class Factory:
 @pytest.fixture
 def model(pb: ModuleType):
     factory = Factory()
-    m = EngineModel(pb, factory, cancel_poll_s=0.0)
+    # Per token whatever the rate (the fake engine steps in microseconds, which the automatic interval would
+    # rightly coalesce): these tests are about what each response carries.
+    m = EngineModel(pb, factory, cancel_poll_s=0.0, pacer=StreamPacer(budget_per_s=math.inf))
     m.factory = factory
     yield m
     m.finalize()
@@ -336,7 +340,8 @@ def test_model_py_wires_config_and_loop(pb: ModuleType, load_model, monkeypatch:
     triton_model.initialize(initialize_args("llm_engine", config.to_params()))
     try:
         assert seen == [config]
-        req = engine_request(pb, "via-model-py", prompt(4), {"max_tokens": 3, "ignore_eos": True})
+        sampling = {"max_tokens": 3, "ignore_eos": True, "stream_interval": 1}  # one response per token
+        req = engine_request(pb, "via-model-py", prompt(4), sampling)
         assert triton_model.execute([req]) is None
         wait_done(req.get_response_sender())
         assert len(req.get_response_sender().responses) == 3
@@ -418,6 +423,26 @@ def test_stream_interval_sends_the_first_token_then_every_k(
         assert window[:prefix_len] == emitted[len(emitted) - prefix_len :]
         assert window[prefix_len:] == [int(t) for t in o[p.TOKEN_IDS]]
         emitted += window[prefix_len:]
+
+
+@pytest.mark.parametrize(("budget", "sizes"), [(1e9, [1] * 12), (1e-9, [1, 11])])
+def test_auto_stream_interval_follows_the_pacer(pb: ModuleType, budget: float, sizes: list[int]) -> None:
+    """stream_interval 0 (auto, the default): per token while the token rate is within the pacer's budget;
+    over it, the first token at once and then the pacer's interval (at most MAX_AUTO_INTERVAL). The tokens
+    are the same either way."""
+    factory = Factory()
+    m = EngineModel(pb, factory, cancel_poll_s=0.0, pacer=StreamPacer(budget_per_s=budget))
+    try:
+        sampling = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
+        req = engine_request(pb, "a", prompt(9), sampling)
+        m.execute([req])
+        sender = req.get_response_sender()
+        wait_done(sender)
+        outs = outputs(sender)
+        assert [len(o[p.TOKEN_IDS]) for o in outs] == sizes
+        assert [int(t) for o in outs for t in o[p.TOKEN_IDS]] == expected_tokens("a", prompt(9), **sampling)
+    finally:
+        m.finalize()
 
 
 def test_stream_interval_flushes_held_tokens_when_the_request_stops_early(

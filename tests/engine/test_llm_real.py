@@ -7,8 +7,9 @@ import pytest
 from paddlellm.engine.loop import EngineLoop
 from paddlellm.sampling import SamplingParams
 
-pytest.importorskip("paddle")
+pytest.importorskip("paddle", exc_type=ModuleNotFoundError)
 
+from paddlellm.config import EngineConfig
 from paddlellm.llm import LLM  # noqa: E402
 from tests.kernel_choices import model_kernels  # noqa: E402
 
@@ -161,10 +162,16 @@ def test_quantized_weights_answer_the_seed_question_with_every_kernel_isa(defaul
 
 
 def test_quantization_auto_runs_what_the_gguf_stored(default_model_dir, tiny_checkpoint):
-    """--quantization auto: the default model (a Q4_1 GGUF) runs as wint4 on its own blocks; a checkpoint
-    with full-precision weights only stays unquantized."""
-    with LLM(default_model_dir, num_threads=2, quantization="auto") as llm:
+    """--quantization auto, the default: the default model (a Q4_1 GGUF) runs as wint4 on its own blocks; a
+    checkpoint with full-precision weights only stays unquantized (transformers-exact); an explicit
+    --dtype bfloat16 wins over the stored blocks; --quantization none keeps the exact fp32 path reachable."""
+    assert EngineConfig(model=default_model_dir).quantization == "auto"
+    with LLM(default_model_dir, num_threads=2) as llm:
         runner = llm.engine.executor.runner
         assert runner.config.quantization == "wint4" and runner.kernels.gemm.name.startswith("packed-wint4")
-    with LLM(tiny_checkpoint(arch="llama"), num_threads=2, quantization="auto") as llm:
+    with LLM(tiny_checkpoint(arch="llama"), num_threads=2) as llm:
         assert llm.engine.executor.runner.config.quantization == "none"
+    with LLM(default_model_dir, num_threads=2, dtype="bfloat16") as llm:
+        assert llm.engine.executor.runner.config.quantization == "none"
+    with LLM(default_model_dir, num_threads=2, quantization="none") as llm:
+        assert llm.engine.executor.runner.kernels.gemm.name.startswith("packed-fp32")

@@ -73,7 +73,7 @@ def test_help_lists_every_flag_with_its_default() -> None:
 
 
 def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit, match="^2$") as e:
         main(argv)
     assert e.value.code == 2
     return capsys.readouterr().err
@@ -94,7 +94,7 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--scheduler-name", "global", "--scheduler-topic", "a b"], "--scheduler-topic"),
         (["--enable-mm"], "not supported yet"),
         (["--use-warmup", "2"], "--use-warmup: invalid choice"),
-        (["--stream-interval", "0"], "--stream-interval must be between 1 and 4096"),
+        (["--stream-interval", "-1"], "--stream-interval must be between 0 (auto) and 4096"),
     ],
 )
 def test_bad_flags_fail_fast_naming_the_flag(argv: list[str], needle: str, model: Path, capsys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import random
+import re
 
 import pytest
 from pydantic import ValidationError
@@ -80,7 +81,7 @@ def test_sampling_params_mapping_and_defaults() -> None:
     ],
 )
 def test_sampling_params_errors_name_the_field(kw: dict, param: str) -> None:
-    with pytest.raises(InvalidRequest) as e:
+    with pytest.raises(InvalidRequest, match=re.escape(f"'{param}'")) as e:
         sampling_params(_chat(**kw), GatewaySettings(max_model_len=100))
     assert e.value.param == param
 
@@ -97,10 +98,12 @@ def test_stream_interval_from_the_request_its_metadata_or_the_flag() -> None:
     # Nobody sees the chunks of a non-streamed answer: at least NON_STREAMING_INTERVAL tokens per response.
     assert interval() == NON_STREAMING_INTERVAL
     assert interval(max_streaming_response_tokens=40) == 40
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="max_streaming_response_tokens"):
         _chat(max_streaming_response_tokens=0)
-    with pytest.raises(ConfigError):
-        GatewaySettings(stream_interval=0)
+    with pytest.raises(ConfigError, match="stream_interval"):
+        GatewaySettings(stream_interval=-1)
+    # By default the engine chooses (0 = auto: per token while the serving path has room).
+    assert sampling_params(_chat(stream=True), GatewaySettings(max_model_len=100)).stream_interval == 0
 
 
 def test_chat_request_flattens_text_parts_and_keeps_roles() -> None:
@@ -138,7 +141,9 @@ def test_param_from_loc_drops_union_tags() -> None:
     ],
 )
 def test_validation_errors_carry_the_param(body: str, param: str) -> None:
-    with pytest.raises(ValidationError) as e:
+    # pydantic's message spells the location with dots: messages.0.role
+    loc = re.escape(param.replace("[", ".").replace("]", ""))
+    with pytest.raises(ValidationError, match=loc) as e:
         ChatCompletionRequest.model_validate_json(body)
     err = from_validation(e.value)
     assert (err.status, err.param, err.type) == (400, param, "invalid_request_error")
