@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paddlellm.errors import CheckpointError
-
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Ernie4_5ForCausalLM")
+from paddlellm.model_registry import ArchSpec, arch_spec, check_config, check_rope_scaling
 
 
 @dataclass(frozen=True)
@@ -117,29 +116,33 @@ class ModelInfo:
     rope_scaling: dict[str, Any] | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool  # q/k/v projections carry a bias (Qwen2; Llama/ERNIE when configured)
-    qk_norm: bool  # per-head RMSNorm on q and k (Qwen3)
+    attention_bias: bool  # q/k/v projections carry a bias (ArchSpec.attention_bias / bias_key)
+    qk_norm: bool  # per-head RMSNorm on q and k (ArchSpec.qk_norm)
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None
     raw_config: dict[str, Any]
     text: CheckpointText | None = field(default=None, compare=False, repr=False)  # None: built in tests
+
+    @property
+    def spec(self) -> ArchSpec:
+        """What the architecture differs in (model_registry.py); checked when read from config.json."""
+        return arch_spec(self.architecture)
 
     def kv_bytes_per_token(self, dtype_bytes: int = 4, tp: int = 1) -> int:
         """K and V, all layers, for the heads one rank holds."""
         return 2 * self.num_layers * (self.num_kv_heads // tp) * self.head_dim * dtype_bytes
 
     @classmethod
-    def from_dir(cls, path: str) -> ModelInfo:
+    def from_dir(cls, path: str, max_model_len: int | None = None) -> ModelInfo:
+        """Read config.json; an unsupported architecture or config feature raises UnsupportedModel (a
+        ConfigError) naming it. `max_model_len`: the engine's limit (default: max_position_embeddings)."""
         cfg_file = os.path.join(path, "config.json")
         cfg = read_json_object(cfg_file, required=True)
         archs = cfg.get("architectures")
         if not isinstance(archs, list) or not archs:
             raise CheckpointError(cfg_file, "architectures", "missing or empty")
         arch = archs[0]
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise CheckpointError(cfg_file, "architectures",
-                                  f"'{arch}' is not supported (supported: "
-                                  f"{', '.join(SUPPORTED_ARCHITECTURES)})")
+        spec = arch_spec(str(arch), cfg_file)
 
         def need(key: str, typ: type | tuple[type, ...], default: Any = None) -> Any:
             value = cfg.get(key, default)
@@ -164,14 +167,15 @@ class ModelInfo:
             rope_theta = rope_params.get("rope_theta", rope_theta)
             if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
                 rope_scaling = rope_params
-        if rope_scaling is not None:
-            if not isinstance(rope_scaling, dict):
-                raise CheckpointError(cfg_file, "rope_scaling", "must be an object or null")
-            kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
-            if kind not in ("default", "linear", "llama3", "dynamic", "yarn"):
-                raise CheckpointError(cfg_file, "rope_scaling", f"rope type {kind!r} is not supported")
-        is_qwen2 = arch == "Qwen2ForCausalLM"
-        bias = bool(cfg.get("attention_bias", cfg.get("use_bias", is_qwen2))) or is_qwen2
+        if rope_scaling is not None and not isinstance(rope_scaling, dict):
+            raise CheckpointError(cfg_file, "rope_scaling", "must be an object or null")
+        check_rope_scaling(spec, rope_scaling, cfg_file)
+        max_positions = need("max_position_embeddings", int, 4096)
+        if max_model_len is None:
+            check_config(spec, cfg, cfg_file, max_positions, "max_position_embeddings")
+        else:
+            check_config(spec, cfg, cfg_file, max_model_len, "max_model_len")
+        bias = spec.attention_bias or (spec.bias_key is not None and bool(cfg.get(spec.bias_key, False)))
 
         text = CheckpointText.from_dir(path, model_config=cfg)
         return cls(
@@ -187,10 +191,10 @@ class ModelInfo:
             rms_norm_eps=float(need("rms_norm_eps", (int, float), 1e-6)),
             rope_theta=_theta(cfg_file, rope_theta),
             rope_scaling=rope_scaling,
-            max_position_embeddings=need("max_position_embeddings", int, 4096),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", spec.tie_default)),
             attention_bias=bias,
-            qk_norm=arch == "Qwen3ForCausalLM",
+            qk_norm=spec.qk_norm,
             eos_token_ids=text.eos_token_ids,
             bos_token_id=text.bos_token_id,
             raw_config=cfg,

@@ -1,14 +1,16 @@
 """Write a small random-weight checkpoint in HF layout, built with transformers' own config and model classes.
 
-    python -m scripts.make_tiny_model --arch {llama,qwen2,qwen3,ernie4_5} --out DIR
+    python -m scripts.make_tiny_model --arch MODEL_TYPE --out DIR
         [--tokenizer {smollm,llama2}] [--size {tiny,15m,100m}] [--tie/--no-tie] [--seed N]
         [--rope-scaling {none,llama3}] [--smollm-dir DIR]
 
-Needs torch and transformers (test-only dependencies). Weights are re-initialised from the seed so that logits
-are far from uniform (std ~3) and every layer matters: linear weights ~ N(0, 1/fan_in), norm weights around 1,
-biases small but non-zero. The vocabulary is sized to the tokenizer: SmolLM2's byte-level BPE (copied from the
-converted default model) or Llama 2's SentencePiece byte-fallback BPE (built from
-../shared/models/llama2-tokenizer/tokenizer.model beside the repository).
+--arch is any registered architecture's model_type (paddlellm/model_registry.py: llama, qwen2, ...); the
+config and model classes are transformers' own for that model_type. Needs torch and transformers (test-only
+dependencies). Weights are re-initialised from the seed so that logits are far from uniform (std ~3) and
+every layer matters: linear weights ~ N(0, 1/fan_in), norm weights around 1, biases small but non-zero.
+The vocabulary is sized to the tokenizer: SmolLM2's byte-level BPE (copied from the converted default model)
+or Llama 2's SentencePiece byte-fallback BPE (built from ../shared/models/llama2-tokenizer/tokenizer.model
+beside the repository).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from paddlellm.model_registry import ARCHITECTURES
 
 # The team's shared test data sits beside the repository (CI clones it with ../shared next to it).
 LLAMA2_SPM = os.path.join(
@@ -38,8 +42,8 @@ SIZES = {
     "15m": (256, 768, 6, 8, 4),
     "100m": (768, 2048, 10, 12, 4),
 }
-ARCHS = ("llama", "qwen2", "qwen3", "ernie4_5")
-ROPE_THETA = {"llama": 10000.0, "qwen2": 1000000.0, "qwen3": 1000000.0, "ernie4_5": 500000.0}
+ARCHS = tuple(spec.model_type for spec in ARCHITECTURES)
+ROPE_THETA = {"qwen2": 1000000.0, "qwen3": 1000000.0, "ernie4_5": 500000.0}  # the rest: 10000
 LLAMA3_SCALING = {
     "rope_type": "llama3",
     "factor": 8.0,
@@ -48,6 +52,13 @@ LLAMA3_SCALING = {
     "original_max_position_embeddings": 256,
 }
 MAX_POSITIONS = 2048
+# Config arguments beyond the shared ones, per model_type: switch off what the engine does not run.
+EXTRA_CONFIG: dict[str, dict[str, Any]] = {
+    "qwen2": {"use_sliding_window": False},
+    "qwen3": {"use_sliding_window": False},
+    "ernie4_5": {"use_bias": False},
+    "mistral": {"sliding_window": MAX_POSITIONS},  # Mistral 7B v0.1 style, as long as the context: harmless
+}
 
 
 @dataclass(frozen=True)
@@ -161,17 +172,11 @@ def build_config(spec: TinySpec, tok: TokenizerFacts) -> Any:
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        rope_theta=ROPE_THETA[spec.arch],
+        rope_theta=ROPE_THETA.get(spec.arch, 10000.0),
     )
     if spec.rope_scaling == "llama3":
         common["rope_scaling"] = dict(LLAMA3_SCALING)
-    if spec.arch == "llama":
-        return transformers.LlamaConfig(**common)
-    if spec.arch == "qwen2":
-        return transformers.Qwen2Config(**common, use_sliding_window=False)
-    if spec.arch == "qwen3":
-        return transformers.Qwen3Config(**common, use_sliding_window=False)
-    return transformers.Ernie4_5Config(**common, use_bias=False)
+    return transformers.AutoConfig.for_model(spec.arch, **common, **EXTRA_CONFIG.get(spec.arch, {}))
 
 
 def randomize(model: Any, seed: int, hidden: int) -> None:
@@ -211,14 +216,8 @@ def make_tiny_model(spec: TinySpec, out: str, smollm_dir: str | None = None) -> 
     else:
         tok = write_llama2_tokenizer(out)
     config = build_config(spec, tok)
-    classes = {
-        "llama": "LlamaForCausalLM",
-        "qwen2": "Qwen2ForCausalLM",
-        "qwen3": "Qwen3ForCausalLM",
-        "ernie4_5": "Ernie4_5ForCausalLM",
-    }
     torch.manual_seed(spec.seed)
-    model = getattr(transformers, classes[spec.arch])(config).to(torch.float32)
+    model = transformers.AutoModelForCausalLM.from_config(config).to(torch.float32)
     randomize(model, spec.seed, config.hidden_size)
     model.save_pretrained(out, safe_serialization=True)
     os.chmod(os.path.join(out, "model.safetensors"), 0o644)  # safetensors writes owner-only files
@@ -242,7 +241,7 @@ def _write_legacy_config_fields(out: str, config: Any, spec: TinySpec) -> None:
     path = os.path.join(out, "config.json")
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
-    data["rope_theta"] = ROPE_THETA[spec.arch]
+    data["rope_theta"] = ROPE_THETA.get(spec.arch, 10000.0)
     data["rope_scaling"] = dict(LLAMA3_SCALING) if spec.rope_scaling == "llama3" else None
     data["torch_dtype"] = "float32"
     data["head_dim"] = config.head_dim

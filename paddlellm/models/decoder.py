@@ -1,10 +1,11 @@
-"""DecoderModel: the one Paddle implementation of Llama, Qwen2, Qwen3 and ERNIE-4.5 (dense) causal LMs.
+"""DecoderModel: the one Paddle implementation of every architecture in paddlellm/model_registry.py.
 
-The architectures differ only in load-time facts, all resolved here so the forward pass has no branches
-per model: q/k/v and o/MLP biases are loaded when the checkpoint has them (Qwen2 q/k/v; ERNIE `use_bias`;
-Llama `attention_bias` / `mlp_bias`); Qwen3 adds per-head RMSNorm on q and k; ERNIE-4.5 rotates interleaved
-pairs, which becomes the half-split convention by permuting each q/k head's rows (q.k is unchanged when both
-sides are permuted alike). The softmax scale is folded into the q rows (or Qwen3's q-norm weight).
+The architectures differ only in load-time facts, read from the model's ArchSpec (`info.spec`) here so the
+forward pass has no branches per model: tensor names come from `spec.weights`; q/k/v and o/MLP biases are
+loaded when the checkpoint has them; `spec.qk_norm` adds per-head RMSNorm on q and k; `spec.interleaved_rope`
+(rotating adjacent pairs) becomes the half-split convention by permuting each q/k head's rows (q.k is
+unchanged when both sides are permuted alike). The softmax scale is folded into the q rows (or the q-norm
+weight). Config features the decoder lacks were refused when ModelInfo was read.
 
 Per layer: residual+RMSNorm (one kernel), one qkv matmul, rotary on q|k|v together, paged attention, o matmul,
 residual+RMSNorm, gate and up matmuls, swiglu, down matmul. On the native CPU kernels the rotary and the K|V
@@ -15,14 +16,12 @@ norm).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import paddle
 
 from paddlellm.cpu import read_cpu
-from paddlellm.errors import CheckpointError
 from paddlellm.layers.attention import AttentionMetadata, paged_attention
 from paddlellm.layers.decode_step import DecodeShape, FusedDecode, LayerSpec
 from paddlellm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -33,8 +32,6 @@ from paddlellm.layers.norm import NativeRMSNorm
 from paddlellm.model_info import ModelInfo
 from paddlellm.quant_blocks import BlockQuantized
 from paddlellm.weight_reader import WeightReader
-
-INTERLEAVED_ROPE = ("Ernie4_5ForCausalLM",)
 
 
 class DecoderLayer:
@@ -56,47 +53,50 @@ class DecoderLayer:
         self.group = self.heads // self.kv_heads
         scale = d**-0.5
         perm = np.concatenate([np.arange(0, d, 2), np.arange(1, d, 2)])
-        interleaved = info.architecture in INTERLEAVED_ROPE
+        names = info.spec.weights
+        interleaved = info.spec.interleaved_rope
         fold_scale = not info.qk_norm
+        q_name, k_name, v_name, o_name = (
+            f"{prefix}.{n}" for n in (names.q_proj, names.k_proj, names.v_proj, names.o_proj)
+        )
 
         def fix_qk(name: str, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-            if name.endswith("v_proj"):
+            if name == v_name:
                 return w, b
             if interleaved:
                 w = w.reshape(-1, d, w.shape[1])[:, perm].reshape(w.shape)
                 b = None if b is None else b.reshape(-1, d)[:, perm].reshape(-1)
-            if fold_scale and name.endswith("q_proj"):
+            if fold_scale and name == q_name:
                 w = w * np.float32(scale)
                 b = None if b is None else b * np.float32(scale)
             return w, b
 
         def fix_qk_blocks(name: str, blocks: BlockQuantized) -> BlockQuantized:
             """fix_qk for weights kept as a GGUF file stored them: the same row order and q scale."""
-            if name.endswith("v_proj"):
+            if name == v_name:
                 return blocks
             if interleaved:
                 blocks = blocks.permute_rows(np.arange(blocks.q.shape[0]).reshape(-1, d)[:, perm].reshape(-1))
-            if fold_scale and name.endswith("q_proj"):
+            if fold_scale and name == q_name:
                 blocks = blocks.scaled(np.float32(scale))
             return blocks
 
-        attn = f"{prefix}.self_attn"
-        mlp = f"{prefix}.mlp"
-        qkv = [(f"{attn}.q_proj", d), (f"{attn}.k_proj", d), (f"{attn}.v_proj", d)]
+        qkv = [(q_name, d), (k_name, d), (v_name, d)]
         self.qkv = ColumnParallelLinear.load(reader, qkv, shard, fix_qk, gemm, fix_qk_blocks)
-        self.o_proj = RowParallelLinear.load(reader, f"{attn}.o_proj", d, shard, all_reduce, gemm)
+        self.o_proj = RowParallelLinear.load(reader, o_name, d, shard, all_reduce, gemm)
         # gate and up stay two matmuls: with N = 2 * intermediate, MKL's x @ W was ~1.5-2x slower at
         # batch >= 8 than two half-width calls, and equal at batch 1.
-        self.gate = ColumnParallelLinear.load(reader, [(f"{mlp}.gate_proj", 1)], shard, gemm=gemm)
-        self.up = ColumnParallelLinear.load(reader, [(f"{mlp}.up_proj", 1)], shard, gemm=gemm)
-        self.down = RowParallelLinear.load(reader, f"{mlp}.down_proj", 1, shard, all_reduce, gemm)
+        gate, up = f"{prefix}.{names.gate_proj}", f"{prefix}.{names.up_proj}"
+        self.gate = ColumnParallelLinear.load(reader, [(gate, 1)], shard, gemm=gemm)
+        self.up = ColumnParallelLinear.load(reader, [(up, 1)], shard, gemm=gemm)
+        self.down = RowParallelLinear.load(reader, f"{prefix}.{names.down_proj}", 1, shard, all_reduce, gemm)
         eps = info.rms_norm_eps
-        self.input_norm = norm(reader.get(f"{prefix}.input_layernorm.weight"), eps)
-        self.post_norm = norm(reader.get(f"{prefix}.post_attention_layernorm.weight"), eps)
+        self.input_norm = norm(reader.get(f"{prefix}.{names.input_norm}"), eps)
+        self.post_norm = norm(reader.get(f"{prefix}.{names.post_norm}"), eps)
         self.q_norm = self.k_norm = None
         if info.qk_norm:
-            qw = reader.get(f"{attn}.q_norm.weight")
-            kw = reader.get(f"{attn}.k_norm.weight")
+            qw = reader.get(f"{prefix}.{names.q_norm}")
+            kw = reader.get(f"{prefix}.{names.k_norm}")
             if interleaved:
                 qw, kw = qw[perm], kw[perm]
             self.q_norm = norm(qw * np.float32(scale), eps)
@@ -161,18 +161,15 @@ class DecoderModel:
     ) -> None:
         kernels = kernels or paddle_kernels("cpu", read_cpu())
         gemm = kernels.gemm
-        _check_supported(info)
+        names = info.spec.weights
         shard.split(info.num_heads, "num_attention_heads")
         shard.split(info.num_kv_heads, "num_key_value_heads")
         self.info = info
-        self.embed = VocabParallelEmbedding(
-            reader, "model.embed_tokens.weight", info.vocab_size, shard, all_reduce
-        )
-        head = "lm_head.weight"
-        tied = info.tie_word_embeddings or head not in reader
+        self.embed = VocabParallelEmbedding(reader, names.embed, info.vocab_size, shard, all_reduce)
+        tied = info.tie_word_embeddings or names.lm_head not in reader
         self.lm_head = ParallelLMHead(
             reader,
-            "model.embed_tokens.weight" if tied else head,
+            names.embed if tied else names.lm_head,
             info.vocab_size,
             shard,
             all_reduce,
@@ -180,10 +177,10 @@ class DecoderModel:
             gemm,
         )
         self.layers = [
-            DecoderLayer(info, reader, f"model.layers.{i}", shard, all_reduce, kernels)
+            DecoderLayer(info, reader, names.layer.format(i=i), shard, all_reduce, kernels)
             for i in range(info.num_layers)
         ]
-        self.norm = kernels.norm(reader.get("model.norm.weight"), info.rms_norm_eps)
+        self.norm = kernels.norm(reader.get(names.final_norm), info.rms_norm_eps)
         self.qk_heads = self.layers[0].heads + self.layers[0].kv_heads  # rotated heads per rank
         self.v_heads = self.layers[0].kv_heads
         self.native_rope = kernels.ops is not None  # the layers want cos / sin as [T, d] rows
@@ -224,14 +221,3 @@ class DecoderModel:
     def logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         return self.lm_head(hidden)
 
-
-def _check_supported(info: ModelInfo) -> None:
-    """Config features this implementation does not have fail at load, naming the field."""
-    cfg, file = info.raw_config, os.path.join(info.path, "config.json")
-    act = cfg.get("hidden_act", "silu")
-    if act not in ("silu", "swish"):
-        raise CheckpointError(file, "hidden_act", f"{act!r} is not supported (only silu)")
-    if cfg.get("use_sliding_window"):
-        raise CheckpointError(file, "use_sliding_window", "sliding-window attention is not supported")
-    if cfg.get("partial_rotary_factor", 1.0) != 1.0:
-        raise CheckpointError(file, "partial_rotary_factor", "partial rotary embedding is not supported")

@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", exc_type=ModuleNotFoundError)
+transformers = pytest.importorskip("transformers", exc_type=ModuleNotFoundError)
 
 from paddlellm.sampling import SamplingParams  # noqa: E402
 from tests.kernel_choices import model_kernels  # noqa: E402

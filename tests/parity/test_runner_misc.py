@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", exc_type=ModuleNotFoundError)
+transformers = pytest.importorskip("transformers", exc_type=ModuleNotFoundError)
 
 from paddlellm.errors import ConfigError  # noqa: E402
 from paddlellm.layers.linear import Shard  # noqa: E402
