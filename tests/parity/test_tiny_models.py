@@ -38,7 +38,11 @@ def make_runner(
     # quantization "none": the transformers-exact path (the default, auto, runs a GGUF checkpoint's stored
     # 4-bit blocks, which the quality gate in tests/quality judges instead)
     cfg = EngineConfig(
-        model=path, block_size=block_size, max_model_len=max_model_len, num_threads=2, cpu_kernels=cpu_kernels,
+        model=path,
+        block_size=block_size,
+        max_model_len=max_model_len,
+        num_threads=2,
+        cpu_kernels=cpu_kernels,
         quantization="none",
     )
     return ModelRunner(cfg, ModelInfo.from_dir(path), num_blocks=num_blocks)
