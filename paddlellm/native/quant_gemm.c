@@ -220,6 +220,7 @@ static void panels_team(const block_fn *micros, const float *x, long M, long K, 
   float *xs = (float *)((char *)scratch + xq_bytes(M, K));
   float *xsa = xs + M * KB;
   quantize_rows(x, M, K, ldx, KB, xq, wide, xs, xsa);
+  PL_PROF(PROF_QUANT_X);
 #pragma omp for schedule(monotonic : dynamic, 2)
   for (long p = 0; p < panels; p++) {
     float out[MRI * NRI];
