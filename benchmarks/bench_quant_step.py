@@ -33,15 +33,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, VOCAB = 30, 576, 9, 3, 64, 1536, 49152
 QKV = (HEADS + 2 * KV_HEADS) * HEAD_DIM
-SHAPES = {"qkv": (HIDDEN, QKV), "o": (HEADS * HEAD_DIM, HIDDEN), "gate": (HIDDEN, INTER), "up": (HIDDEN, INTER),
-          "down": (INTER, HIDDEN)}  # (K, N)
+SHAPES = {
+    "qkv": (HIDDEN, QKV),
+    "o": (HEADS * HEAD_DIM, HIDDEN),
+    "gate": (HIDDEN, INTER),
+    "up": (HIDDEN, INTER),
+    "down": (INTER, HIDDEN),
+}  # (K, N)
 PHASES = ("norm", "quant_x", "qkv", "rope", "attn", "o", "gate", "up", "swiglu", "down")  # team.h PROF_*
 
 
-def weight_bytes(quantization: str, k: int, n: int) -> float:
-    """Bytes a GEMM reads per call: weights plus the d and m tables (fp32 today; the kernel's own layout)."""
-    per = {"wint4": 0.5, "wint8": 1.0}[quantization]
-    return k * n * per + (k // 32) * n * 2 * 4
+def weight_bytes(layer: object) -> int:
+    """Bytes a GEMM reads per call: its packed tensors (weights and per-block tables, whatever the layout)."""
+    tensors = [layer.packed] if hasattr(layer, "packed") else list(layer.tensors)  # type: ignore[attr-defined]
+    return sum(int(t.numel()) * t.element_size() for t in tensors)
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -63,35 +68,48 @@ def worker(args: argparse.Namespace) -> dict:
     threads = args.threads
     rng = np.random.default_rng(0)
     gemm = qg.Int4Gemm(native, threads) if args.quantization == "wint4" else qg.Int8Gemm(native, threads)
-    base = {name: (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32) for name, (k, n) in SHAPES.items()}
-    # quantize and pack each shape once; every layer gets its own copy of the packed tensors
-    cache: dict[int, object] = {}
-    orig_q4, orig_u8 = qg.quantize_q4, qg.quantize_u8
+    from paddlellm.quant_blocks import BlockQuantized
 
-    def memo(fn):  # noqa: ANN001, ANN202
-        def f(w, *a):  # noqa: ANN001, ANN002, ANN202
-            key = (id(fn), id(w))
-            if key not in cache:
-                cache[key] = fn(w, *a)
-            return cache[key]
+    def blocks(kind: str, n: int, k: int) -> BlockQuantized:
+        """Random GGUF-like blocks (fp16 scales): what the default model's converter stores."""
+        d = rng.uniform(0.002, 0.02, (n, k // 32)).astype(np.float16).astype(np.float32)
+        if kind == "q8_0":
+            return BlockQuantized(kind, rng.integers(-128, 128, (n, k)).astype(np.int8), d, None)
+        m = -8 * d
+        return BlockQuantized(kind, rng.integers(0, 16, (n, k)).astype(np.uint8), d, m)
 
-        return f
-
-    qg.quantize_q4, qg.quantize_u8 = memo(orig_q4), memo(orig_u8)
-    layers = [{name: gemm.weight(base[name]) for name in SHAPES} for _ in range(LAYERS)]
-    head = gemm.head_weight((rng.standard_normal((VOCAB, HIDDEN)) * 0.05).astype(np.float32), None)
+    # The default model's weights as stored: Q4_1 layers (wint4; wint8 re-quantizes them) and a Q8_0 head.
+    # Each shape is quantized once; every layer gets its own copy of the packed tensors.
+    base = {name: blocks("q4_1", n, k) for name, (k, n) in SHAPES.items()}
+    dense = {name: b.dequantize() for name, b in base.items()}
+    as_stored = args.quantization == "wint4"
+    layers = [
+        {name: gemm.weight(dense[name], None, base[name] if as_stored else None) for name in SHAPES}
+        for _ in range(LAYERS)
+    ]
+    hb = blocks("q8_0", VOCAB, HIDDEN)
+    head = gemm.head_weight(hb.dequantize(), None, hb)
     ones = paddle.ones([HIDDEN], "float32")
     specs = [LayerSpec(*(ly[n].spec() for n in SHAPES), ones.data_ptr(), ones.data_ptr()) for ly in layers]
-    fused = FusedDecode(native, threads, specs, DecodeShape(HIDDEN, HEADS, KV_HEADS, HEAD_DIM, 1e-5,
-                                                            ones.data_ptr()))
+    fused = FusedDecode(
+        native, threads, specs, DecodeShape(HIDDEN, HEADS, KV_HEADS, HEAD_DIM, 1e-5, ones.data_ptr())
+    )
     prof = getattr(native.lib, "decode_profile_read", None)
-    out: dict = {"isa": native.isa, "path": str(native.path), "batches": {}}
+    out: dict = {
+        "isa": native.isa,
+        "path": str(native.path),
+        "batches": {},
+        "bytes": {name: weight_bytes(layers[0][name]) for name in SHAPES},
+        "head_bytes": weight_bytes(head),
+    }
     for b in args.batches:
         ctx = args.context
         L = ctx
         num_slots = b * L
-        caches = [paddle.to_tensor(rng.standard_normal((2 * KV_HEADS * num_slots, HEAD_DIM)).astype(np.float32))
-                  for _ in range(LAYERS)]
+        caches = [
+            paddle.to_tensor(rng.standard_normal((2 * KV_HEADS * num_slots, HEAD_DIM)).astype(np.float32))
+            for _ in range(LAYERS)
+        ]
         x = paddle.to_tensor(rng.standard_normal((b, HIDDEN)).astype(np.float32))
         ang = rng.random((b, HEAD_DIM)).astype(np.float32)
         cos, sin = paddle.to_tensor(np.cos(ang)), paddle.to_tensor(np.sin(ang))
@@ -126,7 +144,9 @@ def worker(args: argparse.Namespace) -> dict:
         xs = {k: paddle.to_tensor(rng.standard_normal((b, k)).astype(np.float32)) for k in (HIDDEN, INTER)}
         ys = {n: paddle.empty([b, n], "float32") for n in (HIDDEN, QKV, INTER)}
         gemm_ms = {}
-        evict = np.ones(16 << 20, np.float32)  # 64 MB, twice the L3 here: each round reads its weights from DRAM
+        evict = np.ones(
+            16 << 20, np.float32
+        )  # 64 MB, twice the L3 here: each round reads its weights from DRAM
         for name, (k, n) in SHAPES.items():
             ts = []
             for i in range(max(5, args.steps // 3) + 2):
@@ -143,18 +163,17 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def report(results: dict, args: argparse.Namespace) -> None:
-    from paddlellm.native import build  # noqa: F401  (the tree's own)
-
     q = args.quantization
     for b, r in results["batches"].items():
-        print(f"\n## {results['isa']}, {q}, batch {b}: step {r['step_ms']:.2f} ms + LM head {r['head_ms']:.2f} ms")
-        head_bytes = VOCAB * HIDDEN * 1.0 + VOCAB * (HIDDEN // 32) * 8
+        step, head = r["step_ms"], r["head_ms"]
+        print(f"\n## {results['isa']}, {q}, batch {b}: step {step:.2f} ms + LM head {head:.2f} ms")
+        head_bytes = results["head_bytes"]
         print(f"LM head: {head_bytes / 1e6:.1f} MB, {head_bytes / r['head_ms'] / 1e6:.1f} GB/s")
         print("| GEMM (30 layers, alone) | K x N | MB | ms | GB/s |")
         print("|---|---|---:|---:|---:|")
         total = 0.0
         for name, (k, n) in SHAPES.items():
-            mb = weight_bytes(q, k, n) * LAYERS / 1e6
+            mb = results["bytes"][name] * LAYERS / 1e6
             total += mb
             ms = r["gemm_ms"][name]
             print(f"| {name} | {k} x {n} | {mb:.1f} | {ms:.2f} | {mb / ms:.1f} |")
@@ -175,10 +194,14 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=96, help="cached tokens each request attends to")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--cpu-time", action="store_true", help="time with the thread's CPU time (use --threads 1)")
+    ap.add_argument(
+        "--cpu-time", action="store_true", help="time with the thread's CPU time (use --threads 1)"
+    )
     ap.add_argument("--tree", default=REPO, help="source tree to import paddlellm from")
     ap.add_argument("--json", action="store_true", help="print the raw JSON (worker output)")
-    ap.add_argument("--ab", default="", help="TREE_A,TREE_B: interleaved rounds, one process per tree and round")
+    ap.add_argument(
+        "--ab", default="", help="TREE_A,TREE_B: interleaved rounds, one process per tree and round"
+    )
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     args.batches = [int(b) for b in str(args.batches).split(",")]
@@ -191,9 +214,21 @@ def main() -> int:
         return 0
     trees = [os.path.abspath(t) for t in args.ab.split(",")]
     runs: dict[str, list[dict]] = {t: [] for t in trees}
-    passthrough = ["--isa", args.isa, "--quantization", args.quantization, "--batches",
-                   ",".join(map(str, args.batches)), "--steps", str(args.steps), "--context", str(args.context),
-                   "--threads", str(args.threads), "--json"] + (["--cpu-time"] if args.cpu_time else [])
+    passthrough = [
+        "--isa",
+        args.isa,
+        "--quantization",
+        args.quantization,
+        "--batches",
+        ",".join(map(str, args.batches)),
+        "--steps",
+        str(args.steps),
+        "--context",
+        str(args.context),
+        "--threads",
+        str(args.threads),
+        "--json",
+    ] + (["--cpu-time"] if args.cpu_time else [])
     for r in range(args.rounds):
         for t in trees if r % 2 == 0 else trees[::-1]:
             env = dict(os.environ, PYTHONPATH=t)
@@ -204,8 +239,11 @@ def main() -> int:
                 return 1
             runs[t].append(json.loads(p.stdout.strip().splitlines()[-1]))
             b0 = runs[t][-1]["batches"]
-            print(f"round {r} {t}: " + ", ".join(
-                f"b={b} step {v['step_ms']:.2f} head {v['head_ms']:.2f}" for b, v in b0.items()), flush=True)
+            print(
+                f"round {r} {t}: "
+                + ", ".join(f"b={b} step {v['step_ms']:.2f} head {v['head_ms']:.2f}" for b, v in b0.items()),
+                flush=True,
+            )
     print(f"\nmedians of {args.rounds} interleaved rounds, {args.isa}, {args.quantization}, ms")
     cols = ["step", "head", *SHAPES]
     print("| tree | batch | " + " | ".join(cols) + " |")

@@ -114,10 +114,10 @@ void decode_profile_read(double *out) {
 
 /* One linear layer as Python packed it (layers/gemm.py, layers/quant_gemm.py). */
 typedef struct {
-  int32_t kind; /* LINEAR_* */
-  int32_t reserved;
+  int32_t kind;  /* LINEAR_* */
+  int32_t flags; /* wint8 / wint4: QGEMM_* (team.h) */
   int64_t k, n;
-  const void *w, *t1, *t2; /* packed weights; per-block tables (wint8: scales, column sums; wint4: d, min) */
+  const void *w, *t1, *t2; /* packed weights (wint8 / wint4: with their per-block tables); t1, t2 unused */
   const float *bias;       /* NULL or padded to whole panels */
 } pl_linear;
 
@@ -145,8 +145,8 @@ static void linear_team(const pl_linear *l, const float *x, long M, float *y, vo
   switch (l->kind) {
     case LINEAR_F32: packed_sgemm_team(x, M, k, k, l->w, n, l->bias, y, n); break;
     case LINEAR_BF16: packed_sgemm_bf16_team(x, M, k, k, l->w, n, l->bias, y, n, scratch); break;
-    case LINEAR_W8: quant_gemm_w8_team(x, M, k, k, l->w, l->t1, l->t2, n, l->bias, y, n, scratch); break;
-    default: quant_gemm_w4_team(x, M, k, k, l->w, l->t1, l->t2, n, l->bias, y, n, scratch); break;
+    case LINEAR_W8: quant_gemm_w8_team(x, M, k, k, l->w, l->flags, n, l->bias, y, n, scratch); break;
+    default: quant_gemm_w4_team(x, M, k, k, l->w, l->flags, n, l->bias, y, n, scratch); break;
   }
 }
 

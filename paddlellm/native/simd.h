@@ -133,6 +133,10 @@ static inline __attribute__((always_inline)) vi vi_hi4(vi v) {
 }
 static inline __attribute__((always_inline)) vq vq_cvt(vi a) { return _mm512_cvtepi32_ps(a); }
 static inline __attribute__((always_inline)) vq vq_load(const float *p) { return _mm512_loadu_ps(p); }
+/* VLI table values at p: fp16 (widened exactly) when `half`, else fp32. */
+static inline __attribute__((always_inline)) vq vq_load_table(const void *p, const int half) {
+  return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)) : _mm512_loadu_ps(p);
+}
 static inline __attribute__((always_inline)) void vq_store(float *p, vq v) { _mm512_storeu_ps(p, v); }
 static inline __attribute__((always_inline)) vq vq_zero(void) { return _mm512_setzero_ps(); }
 static inline __attribute__((always_inline)) vq vq_set1(float f) { return _mm512_set1_ps(f); }
@@ -173,6 +177,9 @@ static inline __attribute__((always_inline)) vi vi_hi4(vi v) {
 }
 static inline __attribute__((always_inline)) vq vq_cvt(vi a) { return _mm256_cvtepi32_ps(a); }
 static inline __attribute__((always_inline)) vq vq_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline __attribute__((always_inline)) vq vq_load_table(const void *p, const int half) {
+  return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)) : _mm256_loadu_ps(p);
+}
 static inline __attribute__((always_inline)) void vq_store(float *p, vq v) { _mm256_storeu_ps(p, v); }
 static inline __attribute__((always_inline)) vq vq_zero(void) { return _mm256_setzero_ps(); }
 static inline __attribute__((always_inline)) vq vq_set1(float f) { return _mm256_set1_ps(f); }

@@ -37,12 +37,13 @@ TEAM_HIDDEN long packed_sgemm_bf16_scratch(long M, long K); /* bytes */
 TEAM_HIDDEN void packed_sgemm_bf16_team(const float *x, long M, long K, long ldx, const uint32_t *wp, long N,
                                         const float *bias, float *y, long ldy, void *scratch);
 
-/* quant_gemm.c: `scratch` holds the quantized activations */
+/* quant_gemm.c: `scratch` holds the quantized activations; `flags`: QGEMM_* */
+#define QGEMM_HALF_TABLES 1 /* the per-block d and m are fp16, else fp32 */
 TEAM_HIDDEN long quant_gemm_scratch(long M, long K); /* bytes */
-TEAM_HIDDEN void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const uint8_t *wp, const float *wd,
-                                    const float *wm, long N, const float *bias, float *y, long ldy, void *scratch);
-TEAM_HIDDEN void quant_gemm_w4_team(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd,
-                                    const float *wm, long N, const float *bias, float *y, long ldy, void *scratch);
+TEAM_HIDDEN void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const uint8_t *wp, int flags, long N,
+                                    const float *bias, float *y, long ldy, void *scratch);
+TEAM_HIDDEN void quant_gemm_w4_team(const float *x, long M, long K, long ldx, const uint8_t *wp, int flags, long N,
+                                    const float *bias, float *y, long ldy, void *scratch);
 
 /* rms_norm.c */
 TEAM_HIDDEN void rms_norm_team(const float *x, const float *residual, const float *w, float eps, float *out,
