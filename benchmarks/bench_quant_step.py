@@ -7,9 +7,11 @@ of 64, MLP 1536, vocabulary 49,152) with quantized weights, straight on the nati
     python benchmarks/bench_quant_step.py --ab TREE_A,TREE_B [--rounds 5] [same options]
 
 Random weights (the kernels' speed does not depend on the values), each layer its own copy, so a step streams
-its ~80 MB (wint4) from memory as a real one does. Times are medians over --steps calls: wall clock, or with
---cpu-time the calling thread's CPU time (only meaningful with --threads 1, where the kernels run on the
-calling thread; on a loaded machine it leaves out the time other processes had the core).
+its ~66 MB (wint4) from memory as a real one does. Times are medians over --steps calls: wall clock, or with
+--cpu-time CPU time, which on a loaded machine leaves out the time other processes had the cores: with
+--threads 1 the calling thread's (the kernels run on it); with more, the whole process's, meaningful with
+KMP_BLOCKTIME=0 in the environment (OpenMP's idle threads then sleep at once instead of spinning, so the
+CPU time is the work plus the cost of synchronising).
 --profile builds the library with -DPL_PROFILE (team.h: phase timers in the fused pass, thread 0 after each
 phase's barrier) and prints where a step's time goes, with each GEMM's bytes and GB/s.
 --ab runs this script alternately from two source trees (e.g. a `git archive` of the base commit and the
@@ -61,7 +63,10 @@ def worker(args: argparse.Namespace) -> dict:
     from paddlellm.native import build
 
     paddle.set_device("cpu")
-    clock = time.thread_time if args.cpu_time else time.perf_counter
+    if not args.cpu_time:
+        clock = time.perf_counter
+    else:  # one thread: the caller's CPU time; more: the process's (every thread's), see the docstring
+        clock = time.thread_time if args.threads == 1 else time.process_time
     if args.profile:
         build.COMMON_CFLAGS = (*build.COMMON_CFLAGS, "-DPL_PROFILE")
     native = build.load(args.isa, read_cpu())
@@ -136,7 +141,12 @@ def worker(args: argparse.Namespace) -> dict:
             if i >= 3:
                 step_ms.append((t1 - t0) * 1e3)
                 head_ms.append((t2 - t1) * 1e3)
-        res = {"step_ms": statistics.median(step_ms), "head_ms": statistics.median(head_ms)}
+        res = {
+            "step_ms": statistics.median(step_ms),
+            "head_ms": statistics.median(head_ms),
+            "step_min_ms": min(step_ms),  # on a shared machine, the steps no other process interrupted
+            "head_min_ms": min(head_ms),
+        }
         if prof:
             res["phases_ms"] = {p: v * 1e3 / args.steps for p, v in zip(PHASES, phases, strict=True)}
         # each linear shape alone: its 30 layers' weights in a row (each call its own parallel region), the
@@ -195,7 +205,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument(
-        "--cpu-time", action="store_true", help="time with the thread's CPU time (use --threads 1)"
+        "--cpu-time", action="store_true", help="CPU time instead of wall clock (see the docstring)"
     )
     ap.add_argument("--tree", default=REPO, help="source tree to import paddlellm from")
     ap.add_argument("--json", action="store_true", help="print the raw JSON (worker output)")
@@ -214,21 +224,25 @@ def main() -> int:
         return 0
     trees = [os.path.abspath(t) for t in args.ab.split(",")]
     runs: dict[str, list[dict]] = {t: [] for t in trees}
-    passthrough = [
-        "--isa",
-        args.isa,
-        "--quantization",
-        args.quantization,
-        "--batches",
-        ",".join(map(str, args.batches)),
-        "--steps",
-        str(args.steps),
-        "--context",
-        str(args.context),
-        "--threads",
-        str(args.threads),
-        "--json",
-    ] + (["--cpu-time"] if args.cpu_time else [])
+    passthrough = (
+        [
+            "--isa",
+            args.isa,
+            "--quantization",
+            args.quantization,
+            "--batches",
+            ",".join(map(str, args.batches)),
+            "--steps",
+            str(args.steps),
+            "--context",
+            str(args.context),
+            "--threads",
+            str(args.threads),
+            "--json",
+        ]
+        + (["--cpu-time"] if args.cpu_time else [])
+        + (["--profile"] if args.profile else [])
+    )
     for r in range(args.rounds):
         for t in trees if r % 2 == 0 else trees[::-1]:
             env = dict(os.environ, PYTHONPATH=t)
@@ -244,16 +258,29 @@ def main() -> int:
                 + ", ".join(f"b={b} step {v['step_ms']:.2f} head {v['head_ms']:.2f}" for b, v in b0.items()),
                 flush=True,
             )
-    print(f"\nmedians of {args.rounds} interleaved rounds, {args.isa}, {args.quantization}, ms")
-    cols = ["step", "head", *SHAPES]
+    print(f"\n{args.rounds} interleaved rounds, {args.isa}, {args.quantization}, ms: medians of the rounds'")
+    print("medians, and the least step / head time of any round (min)")
+    cols = ["step", "head", "step min", "head min", *SHAPES]
     print("| tree | batch | " + " | ".join(cols) + " |")
     print("|---|---:|" + "---:|" * len(cols))
     for t in trees:
         for b in map(str, args.batches):
             rs = [run["batches"][b] for run in runs[t]]
-            vals = [statistics.median(x["step_ms"] for x in rs), statistics.median(x["head_ms"] for x in rs)]
+            keys = ["step_ms", "head_ms", "step_min_ms", "head_min_ms"]
+            vals = [statistics.median(x[k] for x in rs) for k in keys[:2]]
+            vals += [min(x[k] for x in rs) for k in keys[2:]]
             vals += [statistics.median(x["gemm_ms"][n] for x in rs) for n in SHAPES]
             print(f"| {t} | {b} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    if args.profile:
+        print("\nphases of the fused step (medians of the rounds, ms; trees built with the PL_PROFILE hooks)")
+        print("| tree | batch | " + " | ".join(PHASES) + " |")
+        print("|---|---:|" + "---:|" * len(PHASES))
+        for t in trees:
+            for b in map(str, args.batches):
+                rs = [run["batches"][b].get("phases_ms") for run in runs[t]]
+                if all(rs):
+                    vals = [statistics.median(x[p] for x in rs) for p in PHASES]
+                    print(f"| {t} | {b} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     return 0
 
 

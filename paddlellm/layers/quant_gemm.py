@@ -1,19 +1,21 @@
-"""Quantized linear layers: `--quantization wint8` and `wint4`, weights in blocks of 32 along K with an fp32
-scale d and minimum m per (output column, block), W ~ q d + m; activations quantized per (row, block) on the
-fly, integer dot products within a block, fp32 across blocks.
+"""Quantized linear layers: `--quantization wint8` and `wint4`, weights in blocks of 32 along K with a scale
+d and minimum m per (output column, block), W ~ q d + m; activations quantized per (row, block) on the fly,
+integer dot products within a block, fp32 across blocks.
 
 - wint8: q u8 (256 levels; a GGUF Q8_0 block exactly, q = q8 + 128, m = -128 d), activations int16.
-- wint4: q 4-bit (GGUF Q4_1's math), activations int8; the LM head stays wint8.
+- wint4: q 4-bit (GGUF Q4_1's math: d and m are fp16 values), activations int8; the LM head stays wint8.
 The math (the native kernel, paddlellm/native/quant_gemm.c, and the Paddle reference compute it alike; the
 tests check the kernel bit for bit against NumPy):
-    at load, per row n and block b:  lo, hi = min, max;  d = (hi - lo) / L;
-                                     q = clip(rint((W - lo) * (1 / d)), 0, L);  m = lo     (L = 255 or 15)
+    at load, per row n and block b:  lo, hi = min, max;  d = (hi - lo) / L;  m = lo
+                                     (wint4: d, m rounded to fp16, unless that overflows)
+                                     q = clip(rint((W - m) * (1 / d)), 0, L)                 (L = 255 or 15)
     per call, per row and block:     a = amax / QX;  Xq = clip(rint(X * (QX / amax)), -QX, QX);
                                      s = float(sum Xq) * a                      (QX = 32767 or 127)
     acc = 0; for each block b in order: acc = acc + (float(sum_{k in b} Xq q) * a) * d;  acc = acc + s * m
     Y = acc (+ bias)
 - `Int8Gemm` / `Int4Gemm`: the native kernels of the loaded ISA; a quarter / an eighth of fp32's weight bytes,
-  which is what a decode step waits for.
+  which is what a decode step waits for. The packed panels keep each block's d and m beside its weights, as
+  fp16 when every value is one (GGUF blocks as stored, wint4), else fp32 (wint8 re-quantized).
 - `PaddleInt8Gemm` / `PaddleInt4Gemm`: the same arithmetic in Paddle ops (block sums exact in float64), the
   reference path for `--cpu-kernels paddle` and for GPUs without a weight-only kernel here.
 """
