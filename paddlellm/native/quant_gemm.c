@@ -30,8 +30,8 @@
  * multiple of NR); a panel is KB = K / QB blocks, each its weights followed by its d row and its m row (NR
  * values each, fp16 or fp32), so a panel is one sequential stream. wint8 weights: [QB / 2][NR] u8 pairs
  * (k even, k odd); wint4: [QB / 8][NR] uint32 lanes of 8 nibbles.
- * Loop nest: quantize all M rows into a scratch buffer (rows shared among threads) > panels (two at a time per
- * thread, as the fp32 kernel) > MR-row blocks > k blocks > k pairs / octets.
+ * Loop nest: quantize all M rows into a scratch buffer (rows shared among threads) > panels (a chunk at a
+ * time per thread, panel_chunk) > MR-row blocks > k blocks > k pairs / octets.
  *
  * Measured (issue #24, SmolLM2-135M's shapes, benchmarks/bench_quant_step.py, docs/quantization.md): per-block
  * tables and fp16 d / m cut a batch-1 step's bytes from 80 + 35 MB (layers + head) to 66 + 32 MB and its time
@@ -276,19 +276,36 @@ MICROS(q4, 1)
 static long xq_bytes(long M, long K) { return (M * ((K + QB - 1) / QB) * QB * 2 + 63) / 64 * 64; }
 long quant_gemm_scratch(long M, long K) { return xq_bytes(M, K) + 2 * M * ((K + QB - 1) / QB) * (long)sizeof(float) + 64; }
 
+/* Panels per work item: at least 2, and enough for ~CHUNK_BYTES of weights per row block. Handing panels out
+ * a chunk at a time (dynamic) keeps a preempted thread from holding up the region (see packed_sgemm.c), but
+ * each grab is an atomic on a cache line both cores write (a transfer between the cores when they contend):
+ * an AVX2 wint4 panel of K = 576 is 2.9 KB, ~0.3 us of streaming for one thread, so at M = 1 two-panel grabs
+ * (96 for a gate projection) hand out little work per transfer. Larger chunks leave more for one thread at
+ * the end (up to a chunk); 16 KB is between the two. The AVX-512 panels (NR = 32) of these shapes are 11-31
+ * KB: 2 per grab, as before. Measured on a loaded machine only (another job kept both cores busy; AVX2, two
+ * threads, 6 interleaved rounds of 100 batch-1 steps): step median 31.8 -> 23.9 ms, fastest 12.5 -> 10.5 ms;
+ * batch 8 unchanged. */
+#define CHUNK_BYTES 16384L
+static long panel_chunk(long panel_bytes, long M) {
+  const long work = panel_bytes * ((M + MRI - 1) / MRI);
+  const long c = (CHUNK_BYTES + work - 1) / work;
+  return c > 2 ? c : 2;
+}
+
 /* The loop nest both formats share, as team work (team.h): quantize X once (rows shared; int16 when `wide`),
- * then the panels go to the team's threads two at a time > MR-row blocks, bias in the epilogue. A panel is
- * KB blocks of `block_bytes`. */
+ * then the panels go to the team's threads a chunk at a time (panel_chunk) > MR-row blocks, bias in the
+ * epilogue. A panel is KB blocks of `block_bytes`. */
 static void panels_team(const block_fn *micros, const float *x, long M, long K, long ldx, const uint8_t *wp,
                         long block_bytes, long N, const float *bias, float *y, long ldy, void *scratch, int wide) {
   const long KB = (K + QB - 1) / QB, panels = (N + NRI - 1) / NRI;
   const long row_bytes = KB * QB * (wide ? 2 : 1);
+  const long chunk = panel_chunk(KB * block_bytes, M);
   uint8_t *xq = scratch;
   float *xs = (float *)((char *)scratch + xq_bytes(M, K));
   float *xsa = xs + M * KB;
   quantize_rows(x, M, K, ldx, KB, xq, wide, xs, xsa);
   PL_PROF(PROF_QUANT_X);
-#pragma omp for schedule(monotonic : dynamic, 2)
+#pragma omp for schedule(monotonic : dynamic, chunk)
   for (long p = 0; p < panels; p++) {
     float out[MRI * NRI];
     const uint8_t *panel = wp + p * KB * block_bytes;
