@@ -172,7 +172,9 @@ static inline __attribute__((always_inline)) void scale_block(const int mr, vq a
   }
 }
 
-/* wint8: one MR x NR block of Y over every k block; wp: the panel. */
+/* wint8: one MR x NR block of Y over every k block; wp: the panel. The 16 pairs of a block are unrolled whole
+ * (unrolled by 4, gcc counted the trip at run time on every block at M = 1): 27 % fewer instructions for the
+ * LM head at M = 1, 10 % at 8 and 32 (callgrind, AVX2). */
 static inline __attribute__((always_inline)) void q8micro(const int mr, const int half, const int16_t *xq,
                                                           const float *xs, const float *xsa, long KB,
                                                           const uint8_t *wp, float *out) {
@@ -182,7 +184,7 @@ static inline __attribute__((always_inline)) void q8micro(const int mr, const in
     vi isum[MRI][NVI];
     zero_vi(mr, isum);
     const uint8_t *wb = wp + b * W8_BLOCK_BYTES(half);
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int p = 0; p < QB / 2; p++) {
       vi w[NVI];
 #pragma GCC unroll 4

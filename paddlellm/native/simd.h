@@ -157,7 +157,9 @@ static inline __attribute__((always_inline)) vi vi_load_u8pairs(const uint8_t *p
   return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
 }
 static inline __attribute__((always_inline)) vi vi_dot2_s16(vi acc, vi w, vi x2) {
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x2));
+  vi r = _mm256_add_epi32(acc, _mm256_madd_epi16(w, x2));
+  __asm__("" : "+x"(r)); /* a chain, as vi_dot4_acc: lets quant_gemm.c unroll a block's 16 pairs unspilled */
+  return r;
 }
 /* wint4 on AVX2: a block's products are summed in int16 lanes (vpmaddubsw, then vpaddw), widened once per
  * block (vpmaddwd by 1): an int16 lane adds 16 products of at most 15 * 127, 30480 < 2^15, so it neither
