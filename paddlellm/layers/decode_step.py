@@ -26,7 +26,7 @@ from paddlellm.native.build import NativeLibrary
 class _Linear(ctypes.Structure):  # pl_linear in decode_step.c
     _fields_ = [
         ("kind", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
+        ("flags", ctypes.c_int32),
         ("k", ctypes.c_int64),
         ("n", ctypes.c_int64),
         ("w", ctypes.c_void_p),
@@ -51,7 +51,7 @@ class _Layer(ctypes.Structure):  # pl_layer
 
 def _linear(spec: LinearSpec) -> _Linear:
     tables = (spec.w or None, spec.t1 or None, spec.t2 or None, spec.bias or None)
-    return _Linear(spec.kind, 0, spec.k, spec.n, *tables)
+    return _Linear(spec.kind, spec.flags, spec.k, spec.n, *tables)
 
 
 class NativeOps:

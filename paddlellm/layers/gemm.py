@@ -147,6 +147,7 @@ class LinearSpec:
     t1: int = 0
     t2: int = 0
     bias: int = 0
+    flags: int = 0  # wint8 / wint4: QGEMM_* of paddlellm/native/team.h
 
 
 LINEAR_F32, LINEAR_BF16, LINEAR_W8, LINEAR_W4 = 0, 1, 2, 3

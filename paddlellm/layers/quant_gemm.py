@@ -1,19 +1,21 @@
-"""Quantized linear layers: `--quantization wint8` and `wint4`, weights in blocks of 32 along K with an fp32
-scale d and minimum m per (output column, block), W ~ q d + m; activations quantized per (row, block) on the
-fly, integer dot products within a block, fp32 across blocks.
+"""Quantized linear layers: `--quantization wint8` and `wint4`, weights in blocks of 32 along K with a scale
+d and minimum m per (output column, block), W ~ q d + m; activations quantized per (row, block) on the fly,
+integer dot products within a block, fp32 across blocks.
 
 - wint8: q u8 (256 levels; a GGUF Q8_0 block exactly, q = q8 + 128, m = -128 d), activations int16.
-- wint4: q 4-bit (GGUF Q4_1's math), activations int8; the LM head stays wint8.
+- wint4: q 4-bit (GGUF Q4_1's math: d and m are fp16 values), activations int8; the LM head stays wint8.
 The math (the native kernel, paddlellm/native/quant_gemm.c, and the Paddle reference compute it alike; the
 tests check the kernel bit for bit against NumPy):
-    at load, per row n and block b:  lo, hi = min, max;  d = (hi - lo) / L;
-                                     q = clip(rint((W - lo) * (1 / d)), 0, L);  m = lo     (L = 255 or 15)
+    at load, per row n and block b:  lo, hi = min, max;  d = (hi - lo) / L;  m = lo
+                                     (wint4: d, m rounded to fp16, unless that overflows)
+                                     q = clip(rint((W - m) * (1 / d)), 0, L)                 (L = 255 or 15)
     per call, per row and block:     a = amax / QX;  Xq = clip(rint(X * (QX / amax)), -QX, QX);
                                      s = float(sum Xq) * a                      (QX = 32767 or 127)
     acc = 0; for each block b in order: acc = acc + (float(sum_{k in b} Xq q) * a) * d;  acc = acc + s * m
     Y = acc (+ bias)
 - `Int8Gemm` / `Int4Gemm`: the native kernels of the loaded ISA; a quarter / an eighth of fp32's weight bytes,
-  which is what a decode step waits for.
+  which is what a decode step waits for. The packed panels keep each block's d and m beside its weights, as
+  fp16 when every value is one (GGUF blocks as stored, wint4), else fp32 (wint8 re-quantized).
 - `PaddleInt8Gemm` / `PaddleInt4Gemm`: the same arithmetic in Paddle ops (block sums exact in float64), the
   reference path for `--cpu-kernels paddle` and for GPUs without a weight-only kernel here.
 """
@@ -31,7 +33,6 @@ from paddlellm.layers.gemm import (
     GemmWeight,
     LinearSpec,
     NativeLinear,
-    pack_panels,
     padded_param,
     to_param,
 )
@@ -59,12 +60,20 @@ def quantize_activations(a: np.ndarray, qmax: float, block: int = BLOCK) -> tupl
     return q.reshape(rows, kb * block), (amax / np.float32(qmax)).astype(np.float32)
 
 
+def _fp16_if_finite(d: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """d and lo rounded to fp16 (nearest even) and widened back, unless a value would not stay finite."""
+    with np.errstate(over="ignore"):
+        d16, lo16 = d.astype(np.float16).astype(np.float32), lo.astype(np.float16).astype(np.float32)
+    return (d16, lo16) if np.isfinite(d16).all() and np.isfinite(lo16).all() else (d, lo)
+
+
 def quantize_asym(
-    w: np.ndarray, levels: int, block: int = BLOCK
+    w: np.ndarray, levels: int, block: int = BLOCK, half: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per (row, block): d = (max - min) / levels, q = clip(rint((w - min) * (1 / d)), 0, levels), so
-    w ~ q * d + min. Returns (q uint8 [rows, KB * block], d float32 [rows, KB], min float32 [rows, KB]); K
-    zero-padded (a padded tail's weights multiply zero activations)."""
+    """Per (row, block): d = (max - min) / levels, m = min, q = clip(rint((w - m) * (1 / d)), 0, levels), so
+    w ~ q * d + m. `half`: d and m are rounded to fp16 first (GGUF Q4_1's, and q is computed with the rounded
+    values; kept fp32 if fp16 would overflow). Returns (q uint8 [rows, KB * block], d float32 [rows, KB],
+    m float32 [rows, KB]); K zero-padded (a padded tail's weights multiply zero activations)."""
     rows, k = w.shape
     kb = -(-k // block)
     padded = np.zeros((rows, kb * block), np.float32)
@@ -72,15 +81,18 @@ def quantize_asym(
     blocks = padded.reshape(rows, kb, block)
     lo, hi = blocks.min(axis=2), blocks.max(axis=2)
     d = ((hi - lo) / np.float32(levels)).astype(np.float32)
+    lo = lo.astype(np.float32)
+    if half:
+        d, lo = _fp16_if_finite(d, lo)
     with np.errstate(divide="ignore"):
         inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
     q = np.clip(np.rint((blocks - lo[:, :, None]) * inv[:, :, None]), 0, levels).astype(np.uint8)
-    return q.reshape(rows, kb * block), d, lo.astype(np.float32)
+    return q.reshape(rows, kb * block), d, lo
 
 
 def quantize_q4(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GGUF Q4_1's math: 16 levels per block."""
-    return quantize_asym(w, Q4_LEVELS, block)
+    """GGUF Q4_1's math: 16 levels per block, d and m fp16 values."""
+    return quantize_asym(w, Q4_LEVELS, block, half=True)
 
 
 def quantize_u8(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,18 +106,55 @@ def q8_0_as_u8(blocks: BlockQuantized) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return q, blocks.d, (blocks.d * np.float32(-128)).astype(np.float32)
 
 
-def pack_u8_pair_panels(q: np.ndarray, nr: int) -> np.ndarray:
-    """[N, K'] u8 (K' even) -> [ceil(N / nr), K' / 2, nr] int16 words: lane j of pair p holds column j's
-    weights for k = 2p (low byte) and 2p + 1 (high byte); columns zero-padded."""
-    return pack_panels(np.ascontiguousarray(q, np.uint8).view(np.int16), nr)
+QGEMM_HALF_TABLES = 1  # paddlellm/native/team.h: the per-block d and m are fp16
 
 
-def pack_q4_panels(q: np.ndarray, nr: int) -> np.ndarray:
-    """[N, K'] nibbles (K' a multiple of 8) -> [ceil(N / nr), K' / 8, nr] int32: byte i of lane j of octet o
-    holds column j's k = 8o + i in its low half and k = 8o + 4 + i in its high half."""
-    halves = np.ascontiguousarray(q, np.uint8).reshape(q.shape[0], -1, 2, 4)  # [N, octets, half, i]
-    lanes = np.ascontiguousarray(halves[:, :, 0, :] | (halves[:, :, 1, :] << 4))  # [N, octets, 4] bytes
-    return pack_panels(lanes.view(np.int32).reshape(q.shape[0], -1), nr)
+def tables_fp16(d: np.ndarray, mn: np.ndarray) -> bool:
+    """True when every d and m is exactly an fp16 value (a GGUF block's, or quantize_q4's): the kernels then
+    read them as fp16, half the table bytes, the same values."""
+    with np.errstate(over="ignore"):
+        return bool(
+            np.array_equal(d.astype(np.float16).astype(np.float32), d)
+            and np.array_equal(mn.astype(np.float16).astype(np.float32), mn)
+        )
+
+
+def _pack_blocks(units: np.ndarray, d: np.ndarray, mn: np.ndarray, nr: int, half: bool) -> np.ndarray:
+    """units [N, KB, U] (a column's weights of each block, U words) -> uint8 panels: per panel of nr columns
+    and block, [U][nr] words, then the block's nr d and nr m (fp16 when `half`, else fp32); columns
+    zero-padded."""
+    n, kb, _ = units.shape
+    panels = -(-n // nr)
+    pad = panels * nr - n
+
+    def lanes(a: np.ndarray) -> np.ndarray:  # [N, KB, ...] -> [P, KB, ..., nr]
+        a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
+        a = a.reshape(panels, nr, *a.shape[1:])
+        return np.moveaxis(a, 1, -1)
+
+    tdt = np.float16 if half else np.float32
+    parts = [lanes(units), lanes(d.astype(tdt)), lanes(mn.astype(tdt))]
+    flat = [np.ascontiguousarray(p).view(np.uint8).reshape(panels, kb, -1) for p in parts]
+    return np.ascontiguousarray(np.concatenate(flat, axis=2)).reshape(-1)
+
+
+def pack_u8_pair_panels(q: np.ndarray, d: np.ndarray, mn: np.ndarray, nr: int, half: bool) -> np.ndarray:
+    """wint8: [N, KB * 32] u8 -> uint8 panels of [KB][16 pairs][nr] int16 words (lane j of pair p: column
+    j's k = 2p in the low byte, 2p + 1 in the high byte), each block followed by its d and m rows."""
+    n = q.shape[0]
+    pairs = np.ascontiguousarray(q, np.uint8).view(np.int16).reshape(n, d.shape[1], BLOCK // 2)
+    return _pack_blocks(pairs, d, mn, nr, half)
+
+
+def pack_q4_panels(q: np.ndarray, d: np.ndarray, mn: np.ndarray, nr: int, half: bool) -> np.ndarray:
+    """wint4: [N, KB * 32] nibbles -> uint8 panels of [KB][4 octets][nr] int32 lanes (byte i of lane j of
+    octet o: column j's k = 8o + i in the low half, 8o + 4 + i in the high half), each block followed by its
+    d and m rows."""
+    n = q.shape[0]
+    halves = np.ascontiguousarray(q, np.uint8).reshape(n, -1, 2, 4)  # [N, octets, half, i]
+    octets = np.ascontiguousarray(halves[:, :, 0, :] | (halves[:, :, 1, :] << 4))  # [N, octets, 4] bytes
+    lanes = octets.view(np.int32).reshape(n, d.shape[1], BLOCK // 8)
+    return _pack_blocks(lanes, d, mn, nr, half)
 
 
 class _Int8Weight(NativeLinear):
@@ -124,29 +173,30 @@ class _Int8Weight(NativeLinear):
         # A Q8_0 tensor runs as the file stores it (no second rounding); anything else is quantized here.
         self.as_stored = blocks is not None and blocks.kind == "q8_0"
         q, d, mn = q8_0_as_u8(blocks) if blocks is not None and self.as_stored else quantize_u8(w)
-        self._keep(native.lib.quant_gemm_w8, threads, pack_u8_pair_panels(q, nr),
-                   pack_panels(d, nr), pack_panels(mn, nr), bias, nr)
+        # A Q8_0 block's d and m = -128 d are fp16 values: read as such (the head: 10 % fewer bytes).
+        half = tables_fp16(d, mn)
+        self._keep(native.lib.quant_gemm_w8, threads, pack_u8_pair_panels(q, d, mn, nr, half), half, bias, nr)
 
-    def _keep(self, fn: Any, threads: int, packed: np.ndarray, first: np.ndarray, second: np.ndarray,
-              bias: np.ndarray | None, nr: int) -> None:
-        """Hold the packed weights and the two per-block tables the kernel reads after them."""
+    def _keep(
+        self, fn: Any, threads: int, packed: np.ndarray, half: bool, bias: np.ndarray | None, nr: int
+    ) -> None:
+        """Hold the packed panels (the weights and their per-block tables)."""
         self._fn, self._threads = fn, threads
-        self.tensors = [host_tensor(np.ascontiguousarray(a)) for a in (packed, first, second)]
-        for t in self.tensors:
-            t.stop_gradient = True
-        self.bias = padded_param(bias, packed.shape[0] * nr) if bias is not None else None
+        self.flags = QGEMM_HALF_TABLES if half else 0
+        self.packed = host_tensor(packed)
+        self.packed.stop_gradient = True
+        panels = -(-self.out_features // nr)
+        self.bias = padded_param(bias, panels * nr) if bias is not None else None
         # The tensors live as long as this object, so their addresses can be taken once.
-        self._ptrs = tuple(t.data_ptr() for t in self.tensors)
+        self._ptr = self.packed.data_ptr()
         self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
 
     def _run(self, x: int, m: int, k: int, y: int, n: int) -> int | None:
-        wp, first, second = self._ptrs
-        return self._fn(x, m, k, k, wp, first, second, n, self._bias_ptr, y, n, self._threads)
+        return self._fn(x, m, k, k, self._ptr, self.flags, n, self._bias_ptr, y, n, self._threads)
 
     def spec(self) -> LinearSpec:
-        wp, first, second = self._ptrs
         k, n = self.in_features, self.out_features
-        return LinearSpec(self.KIND, k, n, wp, first, second, self._bias_ptr or 0)
+        return LinearSpec(self.KIND, k, n, self._ptr, bias=self._bias_ptr or 0, flags=self.flags)
 
 
 class Int8Gemm:
@@ -187,8 +237,10 @@ class _Int4Weight(_Int8Weight):
             q, d, mn = blocks.q, blocks.d, blocks.m  # type: ignore[union-attr]
         else:
             q, d, mn = quantize_q4(w)
-        self._keep(native.lib.quant_gemm_w4, threads, pack_q4_panels(q, nr),
-                   pack_panels(d, nr), pack_panels(mn, nr), bias, nr)
+        # fp16 tables as GGUF stores them; fp32 only where a value is not one (e.g. blocks scaled by a factor
+        # that is not a power of two).
+        half = tables_fp16(d, mn)
+        self._keep(native.lib.quant_gemm_w4, threads, pack_q4_panels(q, d, mn, nr, half), half, bias, nr)
 
 
 class Int4Gemm(Int8Gemm):
@@ -239,7 +291,7 @@ class _PaddleQuantWeight:
 
     def __init__(self, w: np.ndarray, bias: np.ndarray | None) -> None:
         self.out_features = w.shape[0]
-        q, d, mn = quantize_asym(w, self.LEVELS)
+        q, d, mn = quantize_asym(w, self.LEVELS, half=self.LEVELS == Q4_LEVELS)
         self.kb = d.shape[1]
         self.wq, self.scale = _blocks_t(q, self.kb, np.float64), _blocks_t(d, self.kb, np.float32)
         self.minimum = _blocks_t(mn, self.kb, np.float32)

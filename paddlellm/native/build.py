@@ -42,7 +42,7 @@ ISA_CFLAGS: dict[str, tuple[str, ...]] = {
 }
 LIBS = ("-lmvec", "-lm")  # libmvec: the vector expf of paged_attention.c
 CACHE_ENV = "PADDLELLM_CACHE_DIR"
-ABI = 6  # packed_sgemm_abi() of the sources this loader speaks to
+ABI = 7  # packed_sgemm_abi() of the sources this loader speaks to
 
 
 class NativeUnavailable(RuntimeError):
@@ -151,12 +151,9 @@ def load(isa: str, cpu: CpuInfo) -> NativeLibrary:
     b = lib.packed_sgemm_bf16
     b.argtypes = [ptr, c_long, c_long, c_long, ptr, c_long, ptr, ptr, c_long, c_int]
     b.restype = c_int
-    q = lib.quant_gemm_w8
-    q.argtypes = [ptr, c_long, c_long, c_long, ptr, ptr, ptr, c_long, ptr, ptr, c_long, c_int]
-    q.restype = c_int
-    q4 = lib.quant_gemm_w4
-    q4.argtypes = [ptr, c_long, c_long, c_long, ptr, ptr, ptr, c_long, ptr, ptr, c_long, c_int]
-    q4.restype = c_int
+    for q in (lib.quant_gemm_w8, lib.quant_gemm_w4):
+        q.argtypes = [ptr, c_long, c_long, c_long, ptr, c_int, c_long, ptr, ptr, c_long, c_int]
+        q.restype = c_int
     a = lib.paged_decode_attention
     a.argtypes = [ptr, ptr, c_long, ptr, ptr, ptr, c_long, c_long, c_int, c_int, c_int, ptr, c_int]
     a.restype = c_int

@@ -89,12 +89,35 @@ void swiglu(const float *gate, const float *up, float *out, long rows, long n, i
 
 /* ---- the fused decode pass ------------------------------------------------------------------------------ */
 
+#ifdef PL_PROFILE
+#include <time.h>
+static double prof_seconds[PROF_PHASES], prof_last;
+static double prof_now(void) { /* thread 0's CPU time: what other processes take of the core is left out */
+  struct timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+void pl_prof_mark(int phase) {
+  if (omp_get_thread_num() != 0) return;
+  const double t = prof_now();
+  prof_seconds[phase] += t - prof_last;
+  prof_last = t;
+}
+/* Seconds per phase since the last call (PROF_PHASES doubles), then reset. */
+void decode_profile_read(double *out) {
+  for (int i = 0; i < PROF_PHASES; i++) out[i] = prof_seconds[i], prof_seconds[i] = 0.0;
+}
+#define PROF_START() (prof_last = prof_now())
+#else
+#define PROF_START() ((void)0)
+#endif
+
 /* One linear layer as Python packed it (layers/gemm.py, layers/quant_gemm.py). */
 typedef struct {
-  int32_t kind; /* LINEAR_* */
-  int32_t reserved;
+  int32_t kind;  /* LINEAR_* */
+  int32_t flags; /* wint8 / wint4: QGEMM_* (team.h) */
   int64_t k, n;
-  const void *w, *t1, *t2; /* packed weights; per-block tables (wint8: scales, column sums; wint4: d, min) */
+  const void *w, *t1, *t2; /* packed weights (wint8 / wint4: with their per-block tables); t1, t2 unused */
   const float *bias;       /* NULL or padded to whole panels */
 } pl_linear;
 
@@ -122,8 +145,8 @@ static void linear_team(const pl_linear *l, const float *x, long M, float *y, vo
   switch (l->kind) {
     case LINEAR_F32: packed_sgemm_team(x, M, k, k, l->w, n, l->bias, y, n); break;
     case LINEAR_BF16: packed_sgemm_bf16_team(x, M, k, k, l->w, n, l->bias, y, n, scratch); break;
-    case LINEAR_W8: quant_gemm_w8_team(x, M, k, k, l->w, l->t1, l->t2, n, l->bias, y, n, scratch); break;
-    default: quant_gemm_w4_team(x, M, k, k, l->w, l->t1, l->t2, n, l->bias, y, n, scratch); break;
+    case LINEAR_W8: quant_gemm_w8_team(x, M, k, k, l->w, l->flags, n, l->bias, y, n, scratch); break;
+    default: quant_gemm_w4_team(x, M, k, k, l->w, l->flags, n, l->bias, y, n, scratch); break;
   }
 }
 
@@ -162,6 +185,7 @@ int decode_layers(const pl_layer *layers, long nlayers, const float *x0, long B,
   void *scratch = (void *)(((uintptr_t)(scores + (long)team * (L > 0 ? L : 1)) + 63) & ~(uintptr_t)63);
   const long group = heads / kv_heads;
 
+  PROF_START();
 #pragma omp parallel num_threads(team) if (team > 1)
   {
     for (long l = 0; l < nlayers; l++) {
@@ -173,18 +197,29 @@ int decode_layers(const pl_layer *layers, long nlayers, const float *x0, long B,
       } else {
         rms_norm_team(x, res, ly->in_norm, eps, hid, res, B, H);
       }
+      PL_PROF(PROF_NORM);
       linear_team(&ly->qkv, hid, B, qkv, scratch);
+      PL_PROF(PROF_QKV);
       rotary_cache_write_team(qkv, B, heads + kv_heads, 2 * kv_heads, d, cos, sin, ly->cache, num_slots, new_slots);
+      PL_PROF(PROF_ROPE);
       paged_decode_attention_team(qkv, qkv_n, ly->cache, num_slots, slots, slot_row, lens, B, L, (int)kv_heads,
                                   (int)group, (int)d, att, scores);
+      PL_PROF(PROF_ATTN);
       linear_team(&ly->o, att, B, tmp, scratch);
+      PL_PROF(PROF_O);
       rms_norm_team(tmp, res, ly->post_norm, eps, hid, res, B, H);
+      PL_PROF(PROF_NORM);
       linear_team(&ly->gate, hid, B, g, scratch);
+      PL_PROF(PROF_GATE);
       linear_team(&ly->up, hid, B, u, scratch);
+      PL_PROF(PROF_UP);
       swiglu_team(g, u, act, B, inter);
+      PL_PROF(PROF_SWIGLU);
       linear_team(&ly->down, act, B, x, scratch);
+      PL_PROF(PROF_DOWN);
     }
     rms_norm_team(x, res, final_norm, eps, out, res, B, H);
+    PL_PROF(PROF_NORM);
   }
   free(buf);
   return 0;

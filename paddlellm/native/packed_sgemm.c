@@ -127,7 +127,7 @@ void packed_sgemm(const float *x, long M, long K, long ldx, const float *wp, lon
 }
 
 int packed_sgemm_panel_width(void) { return NR; }
-int packed_sgemm_abi(void) { return 6; } /* bump with any exported signature or layout (build.ABI) */
+int packed_sgemm_abi(void) { return 7; } /* bump with any exported signature or layout (build.ABI) */
 const char *paddlellm_kernel_isa(void) { return KERNEL_ISA; }
 
 /* ---- bf16 weights ---------------------------------------------------------------------------------------

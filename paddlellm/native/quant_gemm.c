@@ -1,5 +1,5 @@
 /* Y[M, N] = X[M, K] @ W[K, N] (+ bias[N]) with quantized weights in blocks of QB = 32 consecutive k, each with
- * its own fp32 scale d and minimum m per output column: W ~ q * d + m. Activations are quantized per row and
+ * its own scale d and minimum m per output column: W ~ q * d + m. Activations are quantized per row and
  * block on the fly, so a block's dot product is an exact integer sum; blocks are combined in fp32.
  *
  * Why: a decode step reads every weight once, so its time is the bytes of the weights; 8 bits are a quarter
@@ -22,13 +22,20 @@
  *   Y[m, n] = acc (+ bias[n])                       -- every operation rounded to fp32, in this order
  * A block's integer sum is exact (wint8: 32 * 255 * 32767 < 2^31), so neither the batch, nor the thread
  * count, nor the ISA changes a row's result. This file is compiled without FP contraction: a multiply and an
- * add must stay two roundings, as in the reference.
+ * add must stay two roundings, as in the reference. d and m are fp32 values; a weight whose d and m are all
+ * fp16 values (GGUF blocks as stored; wint4 quantized here, which rounds them to fp16 as Q4_1 does) keeps
+ * them as fp16 (QGEMM_HALF_TABLES) and the kernel widens them exactly: the same math, fewer bytes.
  *
  * Layout: W is packed at load into panels of NR columns, all zero-padded (K to a multiple of QB, N to a
- * multiple of NR): per panel the weights, then d as [K / QB][NR] fp32, then m likewise. wint8 weights:
- * [K / QB][QB / 2][NR] u8 pairs (k even, k odd); wint4: [K / QB][QB / 8][NR] uint32 lanes of 8 nibbles.
- * Loop nest: quantize all M rows into a scratch buffer (rows shared among threads) > panels (two at a time per
- * thread, as the fp32 kernel) > MR-row blocks > k blocks > k pairs / octets.
+ * multiple of NR); a panel is KB = K / QB blocks, each its weights followed by its d row and its m row (NR
+ * values each, fp16 or fp32), so a panel is one sequential stream. wint8 weights: [QB / 2][NR] u8 pairs
+ * (k even, k odd); wint4: [QB / 8][NR] uint32 lanes of 8 nibbles.
+ * Loop nest: quantize all M rows into a scratch buffer (rows shared among threads) > panels (a chunk at a
+ * time per thread, panel_chunk) > MR-row blocks > k blocks > k pairs / octets.
+ *
+ * Measured (issue #24, SmolLM2-135M's shapes, benchmarks/bench_quant_step.py, docs/quantization.md): per-block
+ * tables and fp16 d / m cut a batch-1 step's bytes from 80 + 35 MB (layers + head) to 66 + 32 MB and its time
+ * by ~20 % on AVX2; the int16 block sums (simd.h) cut AVX2's instructions by 25 % at 8-32 rows.
  */
 #pragma GCC optimize("fp-contract=off")
 #include <math.h>
@@ -143,13 +150,19 @@ static inline __attribute__((always_inline)) void store_vq(const int mr, vq acc[
     for (int v = 0; v < NVI; v++) vq_store(out + i * NRI + v * VLI, acc[i][v]);
 }
 
-/* Per k block: the integer sums of the block, then the two fp32 terms in the reference's order. */
+/* Bytes of one (panel, k block): the block's weights, then its d and m rows of NR fp16 (`half`) or fp32. */
+#define W8_BLOCK_BYTES(half) ((QB / 2) * NRI * 2 + 2 * NRI * ((half) ? 2 : 4))
+#define W4_BLOCK_BYTES(half) ((QB / 8) * NRI * 4 + 2 * NRI * ((half) ? 2 : 4))
+
+/* Per k block: the integer sums of the block, then the two fp32 terms in the reference's order; `tab` points
+ * at the block's d row (NR values), its m row follows. */
 static inline __attribute__((always_inline)) void scale_block(const int mr, vq acc[MRI][NVI], vi isum[MRI][NVI],
                                                               const float *xs, const float *xsa, long KB, long b,
-                                                              const float *wd, const float *wm) {
+                                                              const uint8_t *tab, const int half) {
+  const int tsize = half ? 2 : 4;
 #pragma GCC unroll 4
   for (int v = 0; v < NVI; v++) {
-    const vq d = vq_load(wd + b * NRI + v * VLI), mn = vq_load(wm + b * NRI + v * VLI);
+    const vq d = vq_load_table(tab + v * VLI * tsize, half), mn = vq_load_table(tab + (NRI + v * VLI) * tsize, half);
 #pragma GCC unroll 8
     for (int i = 0; i < mr; i++) {
       const vq t = vq_mul(vq_cvt(isum[i][v]), vq_set1(xs[i * KB + b]));
@@ -159,17 +172,19 @@ static inline __attribute__((always_inline)) void scale_block(const int mr, vq a
   }
 }
 
-/* wint8: one MR x NR block of Y over every k block; wp: the panel's u8 pairs, wd / wm its d and m. */
-static inline __attribute__((always_inline)) void q8micro(const int mr, const int16_t *xq, const float *xs,
-                                                          const float *xsa, long KB, const uint8_t *wp,
-                                                          const float *wd, const float *wm, float *out) {
+/* wint8: one MR x NR block of Y over every k block; wp: the panel. The 16 pairs of a block are unrolled whole
+ * (unrolled by 4, gcc counted the trip at run time on every block at M = 1): 27 % fewer instructions for the
+ * LM head at M = 1, 10 % at 8 and 32 (callgrind, AVX2). */
+static inline __attribute__((always_inline)) void q8micro(const int mr, const int half, const int16_t *xq,
+                                                          const float *xs, const float *xsa, long KB,
+                                                          const uint8_t *wp, float *out) {
   vq acc[MRI][NVI];
   zero_vq(mr, acc);
   for (long b = 0; b < KB; b++) {
     vi isum[MRI][NVI];
     zero_vi(mr, isum);
-    const uint8_t *wb = wp + b * (QB / 2) * NRI * 2;
-#pragma GCC unroll 4
+    const uint8_t *wb = wp + b * W8_BLOCK_BYTES(half);
+#pragma GCC unroll 16
     for (int p = 0; p < QB / 2; p++) {
       vi w[NVI];
 #pragma GCC unroll 4
@@ -183,107 +198,37 @@ static inline __attribute__((always_inline)) void q8micro(const int mr, const in
         for (int v = 0; v < NVI; v++) isum[i][v] = vi_dot2_s16(isum[i][v], w[v], xb);
       }
     }
-    scale_block(mr, acc, isum, xs, xsa, KB, b, wd, wm);
+    scale_block(mr, acc, isum, xs, xsa, KB, b, wb + (QB / 2) * NRI * 2, half);
   }
   store_vq(mr, acc, out);
 }
 
-/* Every micro-kernel behind one signature, per row count: (xq, xs, xsa, KB, weights, table1, table2, out). */
-typedef void (*block_fn)(const uint8_t *, const float *, const float *, long, const int32_t *, const float *,
-                         const void *, float *);
-#define QMICRO(n)                                                                                          \
-  static void qmicro_##n(const uint8_t *xq, const float *xs, const float *xsa, long KB, const int32_t *wp, \
-                         const float *wd, const void *wm, float *out) {                                    \
-    q8micro(n < MRI ? n : MRI, (const int16_t *)xq, xs, xsa, KB, (const uint8_t *)wp, wd, (const float *)wm, \
-            out);                                                                                          \
-  }
-QMICRO(1)
-QMICRO(2)
-QMICRO(3)
-QMICRO(4)
-static const block_fn qmicros[5] = {0, qmicro_1, qmicro_2, qmicro_3, qmicro_4};
-
-/* Scratch for the quantized activations of M rows of K: xq (M * KB * QB int16 or int8), then xs and xsa (M * KB
- * floats each), 64-byte aligned. */
-static long xq_bytes(long M, long K) { return (M * ((K + QB - 1) / QB) * QB * 2 + 63) / 64 * 64; }
-long quant_gemm_scratch(long M, long K) { return xq_bytes(M, K) + 2 * M * ((K + QB - 1) / QB) * (long)sizeof(float) + 64; }
-
-/* The loop nest both formats share, as team work (team.h): quantize X once (rows shared; int16 when `wide`),
- * then the panels go to the team's threads two at a time > MR-row blocks, bias in the epilogue. `wk` int32
- * words of weights, d and m KB * NR floats each per panel. */
-static void panels_team(const block_fn *micros, const float *x, long M, long K, long ldx, const int32_t *wp, long wk,
-                        const float *wd, const float *wm, long N, const float *bias, float *y, long ldy, void *scratch,
-                        int wide) {
-  const long KB = (K + QB - 1) / QB, panels = (N + NRI - 1) / NRI;
-  const long row_bytes = KB * QB * (wide ? 2 : 1);
-  uint8_t *xq = scratch;
-  float *xs = (float *)((char *)scratch + xq_bytes(M, K));
-  float *xsa = xs + M * KB;
-  quantize_rows(x, M, K, ldx, KB, xq, wide, xs, xsa);
-#pragma omp for schedule(monotonic : dynamic, 2)
-  for (long p = 0; p < panels; p++) {
-    float out[MRI * NRI];
-    const int32_t *panel = wp + p * wk;
-    const float *pd = wd + p * KB * NRI, *pm = wm + p * KB * NRI;
-    const float *pb = bias ? bias + p * NRI : 0;
-    const int ncols = N - p * NRI < NRI ? (int)(N - p * NRI) : NRI;
-    for (long i = 0; i < M; i += MRI) {
-      const int mr = M - i < MRI ? (int)(M - i) : MRI;
-      micros[mr](xq + i * row_bytes, xs + i * KB, xsa + i * KB, KB, panel, pd, pm, out);
-      for (int r = 0; r < mr; r++) {
-        float *yr = y + (i + r) * ldy + p * NRI;
-        for (int j = 0; j < ncols; j++) yr[j] = pb ? out[r * NRI + j] + pb[j] : out[r * NRI + j];
-      }
-    }
-  }
-}
-
-#define PANEL_THREADS(N, nthreads) ((nthreads) > 1 && ((N) + NRI - 1) / NRI > 1)
-
-/* x: [M, K] rows ldx floats apart; wp: per panel (ceil(N / NR) of them) KB * QB / 2 * NR u8 pairs; wd, wm:
- * per panel KB * NR floats (KB = ceil(K / QB)); bias: NULL or ceil(N / NR) * NR floats; y: [M, N] rows ldy
- * floats apart. Returns 0, or -1 when the scratch buffer for the quantized rows cannot be allocated. */
-void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const uint8_t *wp, const float *wd, const float *wm,
-                        long N, const float *bias, float *y, long ldy, void *scratch) {
-  const long KB = (K + QB - 1) / QB;
-  panels_team(qmicros, x, M, K, ldx, (const int32_t *)wp, KB * (QB / 2) * NRI / 2, wd, wm, N, bias, y, ldy, scratch,
-              1);
-}
-
-int quant_gemm_w8(const float *x, long M, long K, long ldx, const uint8_t *wp, const float *wd, const float *wm,
-                  long N, const float *bias, float *y, long ldy, int nthreads) {
-  void *scratch = malloc((size_t)quant_gemm_scratch(M, K));
-  if (!scratch) return -1;
-#pragma omp parallel num_threads(nthreads) if (PANEL_THREADS(N, nthreads))
-  quant_gemm_w8_team(x, M, K, ldx, wp, wd, wm, N, bias, y, ldy, scratch);
-  free(scratch);
-  return 0;
-}
-
 /* ---- wint4: 4-bit weights, GGUF Q4_1's math ------------------------------------------------------------
- * Per (column n, block b of QB k): an fp32 scale d and minimum mn, nibbles q in 0..15, W ~ q * d + mn.
+ * Per (column n, block b of QB k): a scale d and minimum mn, nibbles q in 0..15, W ~ q * d + mn.
  * With the activations as above (int8 Xq, scale a, and the block's sum of Xq):
  *   acc = 0; for b ascending: acc = acc + (float(sum_{k in b} q[n, k] * Xq[m, k]) * a[m, b]) * d[n, b]
  *                             acc = acc + (float(sum_{k in b} Xq[m, k]) * a[m, b]) * mn[n, b]
  *   Y = acc (+ bias)
- * Layout per panel: [KB][QB / 8][NR] uint32 lanes: byte i of lane j of octet o holds column j's nibbles for
- * k = 8o + i (low half) and 8o + 4 + i (high half); then d and mn as [KB][NR] fp32 each. Half the bytes of
- * wint8, and the nibbles go straight into vpdpbusd / vpmaddubsw as the unsigned operand. */
-static inline __attribute__((always_inline)) void q4micro(const int mr, const uint8_t *xq, const float *xs,
-                                                          const float *xsa, long KB, const int32_t *wp,
-                                                          const float *wd, const float *wm, float *out) {
+ * Layout per (panel, block): [QB / 8][NR] uint32 lanes: byte i of lane j of octet o holds column j's nibbles
+ * for k = 8o + i (low half) and 8o + 4 + i (high half); then d and mn, NR each (fp16 as GGUF stores them, or
+ * fp32). Half the bytes of wint8, and the nibbles go straight into vpdpbusd / vpmaddubsw as the unsigned
+ * operand.
+ * AVX2 sums a block in int16 lanes (simd.h, vi_dot4_acc): instructions in the GEMMs of one SmolLM2 layer, 1
+ * thread, callgrind: 0.96 -> 0.86 M at M = 1, 6.3 -> 4.7 M at 8, 25.1 -> 18.7 M at 32, and no spills. */
+static inline __attribute__((always_inline)) void q4micro(const int mr, const int half, const uint8_t *xq,
+                                                          const float *xs, const float *xsa, long KB,
+                                                          const uint8_t *wp, float *out) {
   vq acc[MRI][NVI];
   zero_vq(mr, acc);
   for (long b = 0; b < KB; b++) {
     vi isum[MRI][NVI];
-    zero_vi(mr, isum);
-    const int32_t *wb = wp + b * (QB / 8) * NRI;
+    const uint8_t *wb = wp + b * W4_BLOCK_BYTES(half);
 #pragma GCC unroll 4
     for (int o = 0; o < QB / 8; o++) {
       vi lo[NVI], hi[NVI];
 #pragma GCC unroll 4
       for (int v = 0; v < NVI; v++) {
-        const vi raw = vi_load(wb + o * NRI + v * VLI);
+        const vi raw = vi_load((const int32_t *)(wb + (o * NRI + v * VLI) * 4));
         lo[v] = vi_lo4(raw);
         hi[v] = vi_hi4(raw);
       }
@@ -294,38 +239,128 @@ static inline __attribute__((always_inline)) void q4micro(const int mr, const ui
         memcpy(&x4hi, xq + (i * KB + b) * QB + 8 * o + 4, 4);
         const vi xl = vi_set1(x4lo), xh = vi_set1(x4hi);
 #pragma GCC unroll 4
-        for (int v = 0; v < NVI; v++) isum[i][v] = vi_dot4_u8s8(vi_dot4_u8s8(isum[i][v], lo[v], xl), hi[v], xh);
+        for (int v = 0; v < NVI; v++) {
+          isum[i][v] = o == 0 ? vi_dot4_first(lo[v], xl) : vi_dot4_acc(isum[i][v], lo[v], xl);
+          isum[i][v] = vi_dot4_acc(isum[i][v], hi[v], xh);
+        }
       }
     }
-    scale_block(mr, acc, isum, xs, xsa, KB, b, wd, wm);
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+      for (int v = 0; v < NVI; v++) isum[i][v] = vi_dot4_block(isum[i][v]);
+    scale_block(mr, acc, isum, xs, xsa, KB, b, wb + (QB / 8) * NRI * 4, half);
   }
   store_vq(mr, acc, out);
 }
 
-#define Q4MICRO(n)                                                                                          \
-  static void q4micro_##n(const uint8_t *xq, const float *xs, const float *xsa, long KB, const int32_t *wp, \
-                          const float *wd, const void *wm, float *out) {                                    \
-    q4micro(n < MRI ? n : MRI, xq, xs, xsa, KB, wp, wd, (const float *)wm, out);                           \
+/* Every micro-kernel behind one signature, per format, table type and row count:
+ * (quantized rows, their scales, their scaled sums, KB, panel, out). */
+typedef void (*block_fn)(const uint8_t *, const float *, const float *, long, const uint8_t *, float *);
+#define MICRO(fmt, half, n)                                                                                     \
+  static void fmt##_##half##_##n(const uint8_t *xq, const float *xs, const float *xsa, long KB,               \
+                                 const uint8_t *wp, float *out) {                                             \
+    fmt##micro(n < MRI ? n : MRI, half, (const void *)xq, xs, xsa, KB, wp, out);                              \
   }
-Q4MICRO(1)
-Q4MICRO(2)
-Q4MICRO(3)
-Q4MICRO(4)
-static const block_fn q4micros[5] = {0, q4micro_1, q4micro_2, q4micro_3, q4micro_4};
+#define MICROS(fmt, half) \
+  MICRO(fmt, half, 1)     \
+  MICRO(fmt, half, 2)     \
+  MICRO(fmt, half, 3)     \
+  MICRO(fmt, half, 4)     \
+  static const block_fn fmt##_##half##_micros[5] = {0, fmt##_##half##_1, fmt##_##half##_2, fmt##_##half##_3, fmt##_##half##_4};
+MICROS(q8, 0)
+MICROS(q8, 1)
+MICROS(q4, 0)
+MICROS(q4, 1)
 
-void quant_gemm_w4_team(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd, const float *wm,
-                        long N, const float *bias, float *y, long ldy, void *scratch) {
-  const long KB = (K + QB - 1) / QB;
-  panels_team(q4micros, x, M, K, ldx, wp, KB * (QB / 8) * NRI, wd, wm, N, bias, y, ldy, scratch, 0);
+/* Scratch for the quantized activations of M rows of K: xq (M * KB * QB int16 or int8), then xs and xsa (M * KB
+ * floats each), 64-byte aligned. */
+static long xq_bytes(long M, long K) { return (M * ((K + QB - 1) / QB) * QB * 2 + 63) / 64 * 64; }
+long quant_gemm_scratch(long M, long K) { return xq_bytes(M, K) + 2 * M * ((K + QB - 1) / QB) * (long)sizeof(float) + 64; }
+
+/* Panels per work item: at least 2, and enough for ~CHUNK_BYTES of weights per row block. Handing panels out
+ * a chunk at a time (dynamic) keeps a preempted thread from holding up the region (see packed_sgemm.c), but
+ * each grab is an atomic on a cache line both cores write (a transfer between the cores when they contend):
+ * an AVX2 wint4 panel of K = 576 is 2.9 KB, ~0.3 us of streaming for one thread, so at M = 1 two-panel grabs
+ * (96 for a gate projection) hand out little work per transfer. Larger chunks leave more for one thread at
+ * the end (up to a chunk); 16 KB is between the two. The AVX-512 panels (NR = 32) of these shapes are 11-31
+ * KB: 2 per grab, as before. Measured on a loaded machine only (another job kept both cores busy; AVX2, two
+ * threads, 6 interleaved rounds of 100 batch-1 steps): step median 31.8 -> 23.9 ms, fastest 12.5 -> 10.5 ms;
+ * batch 8 unchanged. */
+#define CHUNK_BYTES 16384L
+static long panel_chunk(long panel_bytes, long M) {
+  const long work = panel_bytes * ((M + MRI - 1) / MRI);
+  const long c = (CHUNK_BYTES + work - 1) / work;
+  return c > 2 ? c : 2;
 }
 
-/* As quant_gemm_w8, with wp: per panel KB * QB / 8 * NR uint32 lanes; wd, wm: per panel KB * NR floats. */
-int quant_gemm_w4(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd, const float *wm,
-                  long N, const float *bias, float *y, long ldy, int nthreads) {
+/* The loop nest both formats share, as team work (team.h): quantize X once (rows shared; int16 when `wide`),
+ * then the panels go to the team's threads a chunk at a time (panel_chunk) > MR-row blocks, bias in the
+ * epilogue. A panel is KB blocks of `block_bytes`. */
+static void panels_team(const block_fn *micros, const float *x, long M, long K, long ldx, const uint8_t *wp,
+                        long block_bytes, long N, const float *bias, float *y, long ldy, void *scratch, int wide) {
+  const long KB = (K + QB - 1) / QB, panels = (N + NRI - 1) / NRI;
+  const long row_bytes = KB * QB * (wide ? 2 : 1);
+  const long chunk = panel_chunk(KB * block_bytes, M);
+  uint8_t *xq = scratch;
+  float *xs = (float *)((char *)scratch + xq_bytes(M, K));
+  float *xsa = xs + M * KB;
+  quantize_rows(x, M, K, ldx, KB, xq, wide, xs, xsa);
+  PL_PROF(PROF_QUANT_X);
+#pragma omp for schedule(monotonic : dynamic, chunk)
+  for (long p = 0; p < panels; p++) {
+    float out[MRI * NRI];
+    const uint8_t *panel = wp + p * KB * block_bytes;
+    const float *pb = bias ? bias + p * NRI : 0;
+    const int ncols = N - p * NRI < NRI ? (int)(N - p * NRI) : NRI;
+    for (long i = 0; i < M; i += MRI) {
+      const int mr = M - i < MRI ? (int)(M - i) : MRI;
+      micros[mr](xq + i * row_bytes, xs + i * KB, xsa + i * KB, KB, panel, out);
+      for (int r = 0; r < mr; r++) {
+        float *yr = y + (i + r) * ldy + p * NRI;
+        for (int j = 0; j < ncols; j++) yr[j] = pb ? out[r * NRI + j] + pb[j] : out[r * NRI + j];
+      }
+    }
+  }
+}
+
+#define PANEL_THREADS(N, nthreads) ((nthreads) > 1 && ((N) + NRI - 1) / NRI > 1)
+
+/* x: [M, K] rows ldx floats apart; wp: ceil(N / NR) panels of KB = ceil(K / QB) blocks, each QB / 2 * NR u8
+ * pairs then NR d and NR m (fp16 when flags has QGEMM_HALF_TABLES, else fp32); bias: NULL or ceil(N / NR) * NR
+ * floats; y: [M, N] rows ldy floats apart. */
+void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const uint8_t *wp, int flags, long N,
+                        const float *bias, float *y, long ldy, void *scratch) {
+  const int half = flags & QGEMM_HALF_TABLES;
+  panels_team(half ? q8_1_micros : q8_0_micros, x, M, K, ldx, wp, W8_BLOCK_BYTES(half), N, bias, y, ldy, scratch,
+              1);
+}
+
+/* Returns 0, or -1 when the scratch buffer for the quantized rows cannot be allocated. */
+int quant_gemm_w8(const float *x, long M, long K, long ldx, const uint8_t *wp, int flags, long N, const float *bias,
+                  float *y, long ldy, int nthreads) {
   void *scratch = malloc((size_t)quant_gemm_scratch(M, K));
   if (!scratch) return -1;
 #pragma omp parallel num_threads(nthreads) if (PANEL_THREADS(N, nthreads))
-  quant_gemm_w4_team(x, M, K, ldx, wp, wd, wm, N, bias, y, ldy, scratch);
+  quant_gemm_w8_team(x, M, K, ldx, wp, flags, N, bias, y, ldy, scratch);
+  free(scratch);
+  return 0;
+}
+
+/* As quant_gemm_w8, with blocks of QB / 8 * NR uint32 nibble lanes, then NR d and NR m. */
+void quant_gemm_w4_team(const float *x, long M, long K, long ldx, const uint8_t *wp, int flags, long N,
+                        const float *bias, float *y, long ldy, void *scratch) {
+  const int half = flags & QGEMM_HALF_TABLES;
+  panels_team(half ? q4_1_micros : q4_0_micros, x, M, K, ldx, wp, W4_BLOCK_BYTES(half), N, bias, y, ldy, scratch,
+              0);
+}
+
+int quant_gemm_w4(const float *x, long M, long K, long ldx, const uint8_t *wp, int flags, long N, const float *bias,
+                  float *y, long ldy, int nthreads) {
+  void *scratch = malloc((size_t)quant_gemm_scratch(M, K));
+  if (!scratch) return -1;
+#pragma omp parallel num_threads(nthreads) if (PANEL_THREADS(N, nthreads))
+  quant_gemm_w4_team(x, M, K, ldx, wp, flags, N, bias, y, ldy, scratch);
   free(scratch);
   return 0;
 }

@@ -100,11 +100,14 @@ extern float expf(float);
  * - wint8: vi_load_u8pairs widens a lane's two u8 weights (k even, k odd) to two int16; vi_dot2_s16 adds
  *   w[2j] x[0] + w[2j + 1] x[1] with the row's two int16 activations broadcast (vpdpwssd with AVX512-VNNI;
  *   vpmaddwd + vpaddd on AVX2: at most 2 * 255 * 32767 per pair, no overflow).
- * - wint4: unsigned nibbles (0..15), unpacked by vi_lo4 / vi_hi4, times 4 int8 activations by vi_dot4_u8s8
- *   (vpdpbusd, or vpmaddubsw: at most 2 * 15 * 127, no saturation, then vpmaddwd by 1).
+ * - wint4: unsigned nibbles (0..15), unpacked by vi_lo4 / vi_hi4, times 4 int8 activations: a block's sum
+ *   starts with vi_dot4_first, adds with vi_dot4_acc and ends as int32 lanes with vi_dot4_block (vpdpbusd
+ *   all along with VNNI; vpmaddubsw + vpaddw in int16 lanes and one vpmaddwd by 1 per block on AVX2, see there).
  * Shapes: AVX512-BW + VNNI 16 lanes, 4 x 2 blocks (8 int32 + 8 fp32 accumulators, 2 weights, broadcast,
  * scales); AVX2 (also the avx512 F+VL library, which has no 512-bit byte or word ops) 8 lanes, 4 x 1 blocks
- * (4 int32 + 4 fp32 accumulators and the temporaries fit 16 ymm). */
+ * (4 int16 block sums + 4 fp32 accumulators, 2 unpacked weights, 2 broadcasts and 2 constants: 14 of the 16
+ * ymm, so nothing spills; the earlier int32 form let gcc compute a block's products first and add them as a
+ * tree, ~60 ymm spilled and reloaded per block at 4 rows). */
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define VLI 16
 #define QGEMM_MR 4
@@ -118,14 +121,22 @@ static inline __attribute__((always_inline)) vi vi_load_u8pairs(const uint8_t *p
   return _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
 }
 static inline __attribute__((always_inline)) vi vi_dot2_s16(vi acc, vi w, vi x2) { return _mm512_dpwssd_epi32(acc, w, x2); }
-/* u8 weights (a vector) x s8 activations (broadcast): the wint4 form. */
-static inline __attribute__((always_inline)) vi vi_dot4_u8s8(vi acc, vi w, vi xb) { return _mm512_dpbusd_epi32(acc, w, xb); }
+/* u8 weights (a vector) x s8 activations (broadcast): the wint4 form. The block sum is int32 all along. */
+static inline __attribute__((always_inline)) vi vi_dot4_first(vi w, vi xb) {
+  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xb);
+}
+static inline __attribute__((always_inline)) vi vi_dot4_acc(vi acc, vi w, vi xb) { return _mm512_dpbusd_epi32(acc, w, xb); }
+static inline __attribute__((always_inline)) vi vi_dot4_block(vi acc) { return acc; }
 static inline __attribute__((always_inline)) vi vi_lo4(vi v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0F)); }
 static inline __attribute__((always_inline)) vi vi_hi4(vi v) {
   return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F));
 }
 static inline __attribute__((always_inline)) vq vq_cvt(vi a) { return _mm512_cvtepi32_ps(a); }
 static inline __attribute__((always_inline)) vq vq_load(const float *p) { return _mm512_loadu_ps(p); }
+/* VLI table values at p: fp16 (widened exactly) when `half`, else fp32. */
+static inline __attribute__((always_inline)) vq vq_load_table(const void *p, const int half) {
+  return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)) : _mm512_loadu_ps(p);
+}
 static inline __attribute__((always_inline)) void vq_store(float *p, vq v) { _mm512_storeu_ps(p, v); }
 static inline __attribute__((always_inline)) vq vq_zero(void) { return _mm512_setzero_ps(); }
 static inline __attribute__((always_inline)) vq vq_set1(float f) { return _mm512_set1_ps(f); }
@@ -146,17 +157,31 @@ static inline __attribute__((always_inline)) vi vi_load_u8pairs(const uint8_t *p
   return _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
 }
 static inline __attribute__((always_inline)) vi vi_dot2_s16(vi acc, vi w, vi x2) {
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x2));
+  vi r = _mm256_add_epi32(acc, _mm256_madd_epi16(w, x2));
+  __asm__("" : "+x"(r)); /* a chain, as vi_dot4_acc: lets quant_gemm.c unroll a block's 16 pairs unspilled */
+  return r;
 }
-static inline __attribute__((always_inline)) vi vi_dot4_u8s8(vi acc, vi w, vi xb) {
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, xb), _mm256_set1_epi16(1)));
+/* wint4 on AVX2: a block's products are summed in int16 lanes (vpmaddubsw, then vpaddw), widened once per
+ * block (vpmaddwd by 1): an int16 lane adds 16 products of at most 15 * 127, 30480 < 2^15, so it neither
+ * saturates nor wraps, and the block sum is the same exact integer as VNNI's. Two instructions per 32
+ * multiply-adds instead of three (vpmaddubsw, vpmaddwd, vpaddd). */
+static inline __attribute__((always_inline)) vi vi_dot4_first(vi w, vi xb) { return _mm256_maddubs_epi16(w, xb); }
+static inline __attribute__((always_inline)) vi vi_dot4_acc(vi acc, vi w, vi xb) {
+  vi r = _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, xb));
+  __asm__("" : "+x"(r)); /* keeps the sum a chain: without it gcc computes every product of the block first and
+                            adds them as a tree, which needs more ymm than AVX2 has (spills) */
+  return r;
 }
+static inline __attribute__((always_inline)) vi vi_dot4_block(vi acc) { return _mm256_madd_epi16(acc, _mm256_set1_epi16(1)); }
 static inline __attribute__((always_inline)) vi vi_lo4(vi v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0F)); }
 static inline __attribute__((always_inline)) vi vi_hi4(vi v) {
   return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
 }
 static inline __attribute__((always_inline)) vq vq_cvt(vi a) { return _mm256_cvtepi32_ps(a); }
 static inline __attribute__((always_inline)) vq vq_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline __attribute__((always_inline)) vq vq_load_table(const void *p, const int half) {
+  return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)) : _mm256_loadu_ps(p);
+}
 static inline __attribute__((always_inline)) void vq_store(float *p, vq v) { _mm256_storeu_ps(p, v); }
 static inline __attribute__((always_inline)) vq vq_zero(void) { return _mm256_setzero_ps(); }
 static inline __attribute__((always_inline)) vq vq_set1(float f) { return _mm256_set1_ps(f); }

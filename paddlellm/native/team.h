@@ -15,6 +15,21 @@
 
 #define TEAM_HIDDEN __attribute__((visibility("hidden")))
 
+/* Phase timers of the fused decode pass, compiled in only with -DPL_PROFILE (benchmarks/bench_quant_step.py
+ * builds such a library; the engine's never has them): PL_PROF(phase) adds thread 0's CPU time since its
+ * previous mark to that phase. Called right after a work-sharing construct's barrier, so a phase's time is its slowest
+ * thread's. */
+#ifdef PL_PROFILE
+enum {
+  PROF_NORM, PROF_QUANT_X, PROF_QKV, PROF_ROPE, PROF_ATTN, PROF_O, PROF_GATE, PROF_UP, PROF_SWIGLU, PROF_DOWN,
+  PROF_PHASES
+};
+TEAM_HIDDEN void pl_prof_mark(int phase);
+#define PL_PROF(phase) pl_prof_mark(phase)
+#else
+#define PL_PROF(phase) ((void)0)
+#endif
+
 /* packed_sgemm.c */
 TEAM_HIDDEN void packed_sgemm_team(const float *x, long M, long K, long ldx, const float *wp, long N,
                                    const float *bias, float *y, long ldy);
@@ -22,12 +37,13 @@ TEAM_HIDDEN long packed_sgemm_bf16_scratch(long M, long K); /* bytes */
 TEAM_HIDDEN void packed_sgemm_bf16_team(const float *x, long M, long K, long ldx, const uint32_t *wp, long N,
                                         const float *bias, float *y, long ldy, void *scratch);
 
-/* quant_gemm.c: `scratch` holds the quantized activations */
+/* quant_gemm.c: `scratch` holds the quantized activations; `flags`: QGEMM_* */
+#define QGEMM_HALF_TABLES 1 /* the per-block d and m are fp16, else fp32 */
 TEAM_HIDDEN long quant_gemm_scratch(long M, long K); /* bytes */
-TEAM_HIDDEN void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const uint8_t *wp, const float *wd,
-                                    const float *wm, long N, const float *bias, float *y, long ldy, void *scratch);
-TEAM_HIDDEN void quant_gemm_w4_team(const float *x, long M, long K, long ldx, const int32_t *wp, const float *wd,
-                                    const float *wm, long N, const float *bias, float *y, long ldy, void *scratch);
+TEAM_HIDDEN void quant_gemm_w8_team(const float *x, long M, long K, long ldx, const uint8_t *wp, int flags, long N,
+                                    const float *bias, float *y, long ldy, void *scratch);
+TEAM_HIDDEN void quant_gemm_w4_team(const float *x, long M, long K, long ldx, const uint8_t *wp, int flags, long N,
+                                    const float *bias, float *y, long ldy, void *scratch);
 
 /* rms_norm.c */
 TEAM_HIDDEN void rms_norm_team(const float *x, const float *residual, const float *w, float eps, float *out,

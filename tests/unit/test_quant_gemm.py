@@ -24,6 +24,7 @@ from paddlellm.layers.quant_gemm import (  # noqa: E402
     quantize_activations,
     quantize_q4,
     quantize_u8,
+    tables_fp16,
 )
 from paddlellm.native import build  # noqa: E402
 from paddlellm.quant_blocks import BlockQuantized  # noqa: E402
@@ -114,11 +115,15 @@ def test_zero_rows_and_extremes(native: build.NativeLibrary) -> None:
 def test_pack_layout() -> None:
     q, d, mn = quantize_u8(np.arange(-60, 60, dtype=np.float32).reshape(4, 30))  # K 30 -> one block of 32
     assert q.shape == (4, 32) and q[:, :30].max() == 255 and q[:, :30].min() == 0
-    packed = pack_u8_pair_panels(q, nr=8)  # 1 panel, 16 pairs, 8 lanes
-    assert packed.shape == (1, 16, 8) and packed.dtype == np.int16
-    lane = packed[0, 4, 1].tobytes()  # column 1, k = 8, 9
+    packed = pack_u8_pair_panels(q, d, mn, nr=8, half=False)  # 1 panel, 1 block: 16 pairs x 8 lanes, d, m
+    assert packed.dtype == np.uint8 and packed.shape == (16 * 8 * 2 + 2 * 8 * 4,)
+    pairs = packed[: 16 * 8 * 2].view(np.int16).reshape(16, 8)
+    lane = pairs[4, 1].tobytes()  # column 1, k = 8, 9
     assert list(np.frombuffer(lane, np.uint8)) == list(q[1, 8:10])
-    assert not packed[0, :, 4:].any()  # columns 4..7: padding
+    assert not pairs[:, 4:].any()  # columns 4..7: padding
+    tables = packed[16 * 8 * 2 :].view(np.float32).reshape(2, 8)
+    assert np.array_equal(tables[0, :4], d[:, 0]) and np.array_equal(tables[1, :4], mn[:, 0])
+    assert not tables[:, 4:].any()
 
 
 def test_q8_0_blocks_convert_exactly() -> None:
@@ -191,13 +196,47 @@ def test_q4_quantization_and_packing() -> None:
     w = np.linspace(-1, 2, 40, dtype=np.float32).reshape(1, 40)
     q, d, mn = quantize_q4(w)
     assert q.shape == (1, 64) and d.shape == mn.shape == (1, 2)
+    assert tables_fp16(d, mn)  # GGUF Q4_1's d and m are fp16 values
     restored = q[:, :40] * np.repeat(d, 32)[:40] + np.repeat(mn, 32)[:40]
-    assert q.max() <= 15 and np.abs(restored - w).max() <= d.max() / 2 + 1e-6
-    packed = pack_q4_panels(q, nr=8)
-    assert packed.shape == (1, 8, 8)
-    lane = np.frombuffer(packed[0, 1, 0].tobytes(), np.uint8)  # column 0, k = 8..15
-    assert list(lane & 15) == list(q[0, 8:12]) and list(lane >> 4) == list(q[0, 12:16])
-    assert not packed[0, :, 1:].any()
+    assert q.max() <= 15 and np.abs(restored - w).max() <= d.max() / 2 + 1e-3
+    packed = pack_q4_panels(q, d, mn, nr=8, half=True)  # 1 panel, 2 blocks of 4 octets x 8 lanes, d, m (fp16)
+    block = 4 * 8 * 4 + 2 * 8 * 2
+    assert packed.dtype == np.uint8 and packed.shape == (2 * block,)
+    lanes = packed[block : block + 4 * 8 * 4].view(np.int32).reshape(4, 8)  # the second block
+    lane = np.frombuffer(lanes[1, 0].tobytes(), np.uint8)  # column 0, k = 32 + 8..15
+    assert list(lane & 15) == list(q[0, 40:44]) and list(lane >> 4) == list(q[0, 44:48])
+    assert not lanes[:, 1:].any()
+    tables = packed[block + 4 * 8 * 4 : 2 * block].view(np.float16).reshape(2, 8).astype(np.float32)
+    assert tables[0, 0] == d[0, 1] and tables[1, 0] == mn[0, 1] and not tables[:, 1:].any()
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+def test_tables_are_fp16_when_exact_else_fp32(native: build.NativeLibrary, kind: str) -> None:
+    """The kernels read a block's d and m as fp16 when every value is one (GGUF blocks as stored: the wint4
+    layers and the Q8_0 head of the default model), else as fp32 (wint8 re-quantized; blocks scaled by a
+    factor that is not a power of two): the same values, so the same bits as the reference either way."""
+    rng = np.random.default_rng(23)
+    n, k = 37, 96
+    d = rng.uniform(0.001, 0.02, (n, k // BLOCK)).astype(np.float16).astype(np.float32)
+    if kind == "q4_1":
+        q = rng.integers(0, 16, (n, k)).astype(np.uint8)
+        mn = rng.uniform(-0.2, 0.0, d.shape).astype(np.float16).astype(np.float32)
+        blocks = BlockQuantized(kind, q, d, mn)
+        qx, uq, ud, um = X8, q, d, mn
+    else:
+        q8 = rng.integers(-128, 128, (n, k)).astype(np.int8)
+        blocks = BlockQuantized(kind, q8, d, None)
+        qx, (uq, ud, um) = X16, q8_0_as_u8(blocks)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    gemm = Int4Gemm(native, 2) if kind == "q4_1" else Int8Gemm(native, 2)
+    for factor in (np.float32(1), np.float32(0.125), np.float32(0.1)):  # 0.1: d * 0.1 is not fp16
+        scaled = blocks.scaled(factor)
+        s_d, s_m = (ud * factor).astype(np.float32), (um * factor).astype(np.float32)
+        layer = gemm.weight(scaled.dequantize(), None, scaled)
+        assert layer.as_stored
+        assert bool(layer.flags) == (factor != np.float32(0.1)), factor
+        got = layer(paddle.to_tensor(x)).numpy()
+        np.testing.assert_array_equal(got, _reference(x, uq, s_d, s_m, qx, None))
 
 
 def test_w4_paddle_reference_computes_the_same_math() -> None:
