@@ -2,6 +2,7 @@
 
   python benchmarks/bench_tp.py allreduce   shm all-reduce vs paddle.distributed gloo, 2 ranks
   python benchmarks/bench_tp.py decode      decode tokens/s of a generated ~100M llama, TP=1 vs TP=2
+  python benchmarks/bench_tp.py channel     encode + decode of one signed decode Step (the rank channel)
 
 Each prints a table and writes a PNG next to --out (default run/bench_tp_*.png).
 Other load on the machine makes the numbers noisy, so every point is the median of several repeats.
@@ -117,6 +118,29 @@ def _plot_allreduce(results: dict[str, dict[str, float]], path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path)
     print("wrote", path)
+
+
+# ---------------------------------------------------------------- channel
+def bench_channel(args: argparse.Namespace) -> None:
+    """The per-step cost the rank channel adds (pickle + HMAC both ways): it must stay far below a decode
+    step (tens of ms). tests/tp/test_messages.py bounds the message size instead, which is load-proof."""
+    from paddlellm.executor.rank_messages import Step, decode, encode
+    from paddlellm.sampling import SamplingParams
+    from paddlellm.step_types import CachedRequestData, NewRequestData, SchedulerOutput
+
+    key = os.urandom(32)
+    print(f"{'requests':>9} {'bytes':>7} {'us/step':>8}")
+    for n in (1, 8, 32, 256):
+        new = (NewRequestData("new", (1, 2, 3), (), SamplingParams(temperature=0.5, seed=3), 3, (0, 1), 0),)
+        cached = tuple(CachedRequestData(f"req-{i}", (5,), (), 100 + i) for i in range(n))
+        msg = Step(4, SchedulerOutput(new, cached, {"new": 3} | {c.request_id: 1 for c in cached}))
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(args.reps):
+                decode(encode(msg, key), key)
+            times.append((time.perf_counter() - t) / args.reps)
+        print(f"{n:>9} {len(encode(msg, key)):>7} {statistics.median(times) * 1e6:8.1f}")
 
 
 # ---------------------------------------------------------------- decode
@@ -249,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--reps", type=int, default=7, help="repeats per point, TP=1 and TP=2 taking turns")
     d.add_argument("--out", default=os.path.join(REPO, "run", "bench_tp"))
     d.set_defaults(fn=bench_decode)
+    c = sub.add_parser("channel")
+    c.add_argument("--reps", type=int, default=2000)
+    c.set_defaults(fn=bench_channel)
     args = ap.parse_args(argv)
     args.fn(args)
 

@@ -35,10 +35,16 @@ def triton_install(tmp: Path) -> tritonenv.TritonInstall:
     tritonenv.install_backend_dir(wheel, tmp / "backends")
     install = tritonenv.locate(backend_root=tmp / "backends")
     probe = subprocess.run(
-        [os.path.join(install.env["PATH"], "python3"), "-I", "-c", "import paddlellm"], cwd="/", check=False
+        [os.path.join(install.env["PATH"], "python3"), "-I", "-c", "import paddlellm"],
+        cwd="/",
+        check=False,
+        capture_output=True,
+        text=True,
     )
-    if probe.returncode != 0:
+    if "No module named 'paddlellm'" in probe.stderr:  # the stub's interpreter was not pointed at us
         pytest.skip("the stub cannot import paddlellm: run scripts/setup_triton.sh")
+    # Any other import error is our package broken: a failure, not a skip.
+    assert probe.returncode == 0, f"the stub's python cannot import paddlellm:\n{probe.stderr[-3000:]}"
     return install
 
 

@@ -40,6 +40,7 @@ def _run(prefix: list[str], path: str, choices: list[str], timeout: float) -> di
     return {row["cpu_kernels"]: row for row in rows}
 
 
+@pytest.mark.timeout(1200)  # above the two runs' own timeouts (600 s emulated + 300 s native)
 def test_an_avx2_only_cpu_runs_the_engine_without_avx512(tiny_checkpoint) -> None:
     path = tiny_checkpoint(arch="qwen3", tokenizer="llama2", seed=5)  # qk-norm: both norm call sites
     subprocess.run([sys.executable, "-m", "paddlellm.native.build"], check=True, capture_output=True)

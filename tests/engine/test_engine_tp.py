@@ -13,7 +13,7 @@ from paddlellm.engine.loop import EngineLoop
 from paddlellm.errors import EngineDead
 from paddlellm.sampling import SamplingParams
 
-pytest.importorskip("paddle")
+pytest.importorskip("paddle", exc_type=ModuleNotFoundError)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_killed_rank_ends_in_flight_requests_with_an_error(ckpt):
         for out in finals.values():
             assert out.finish_reason == "error" and isinstance(out.error, EngineDead)
         assert not loop.healthy()
-        with pytest.raises(EngineDead):
+        with pytest.raises(EngineDead, match="the engine is not running"):
             loop.add("late", [5, 6], SamplingParams(), sink)
     finally:
         loop.stop()

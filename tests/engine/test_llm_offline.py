@@ -43,10 +43,10 @@ def test_chat_uses_the_template():
 def test_a_bad_prompt_rejects_the_whole_batch_before_anything_runs():
     engine, ex = make_engine(max_model_len=16)
     llm = LLM.from_engine(engine, ByteTokenizer())
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match="29 tokens, but max_model_len is 16"):
         llm.generate(["ok", "much too long for this engine"], SamplingParams(max_tokens=2))
     assert ex.calls == [] and not engine.has_unfinished()
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match="got 1 sampling params for 2 prompts"):
         llm.generate(["a", "b"], [SamplingParams()])
 
 

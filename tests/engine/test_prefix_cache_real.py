@@ -16,7 +16,7 @@ from paddlellm.config import EngineConfig
 from paddlellm.engine.core import LLMEngine
 from paddlellm.sampling import SamplingParams
 
-pytest.importorskip("paddle")
+pytest.importorskip("paddle", exc_type=ModuleNotFoundError)
 
 import paddle  # noqa: E402
 
@@ -75,7 +75,9 @@ def test_suffix_over_cached_prefix_is_bit_exact(default_model_dir, options):
     """A whole prefill vs the same tokens as a prefix (prefill), then its answer token by token (decodes),
     then the rest (one chunk over the cached KV): the same logits and KV, bit for bit."""
     if options.get("cpu_kernels") == "avx2" and "avx2" not in model_kernels()[1:]:
-        pytest.skip("the AVX2 kernels are this CPU's best (covered above) or absent")
+        if model_kernels() == ["avx2"]:
+            pytest.skip("the AVX2 kernels are this CPU's best: the 'auto' case ran them")
+        pytest.skip(f"no AVX2 kernels on this CPU (kernel choices {model_kernels()})")  # not allowed in CI
     cfg = EngineConfig(model=default_model_dir, block_size=16, max_model_len=512, num_threads=2, **options)
     runner = ModelRunner(cfg, ModelInfo.from_dir(default_model_dir), num_blocks=32)
     ids = [(7919 * i + 13) % 49000 + 10 for i in range(150)]
@@ -141,6 +143,7 @@ def test_six_turn_chat_and_a_prefix_plus_one_token(default_model_dir, tok):
 
 
 @pytest.mark.slow  # ~1 min: with the cache off it prefills 32 x ~1,000 tokens
+@pytest.mark.timeout(900)  # 183 s on the 2-core box at load ~10
 def test_32_concurrent_requests_sharing_a_long_system_prompt(default_model_dir, tok):
     system = SYSTEM + " " + " ".join(f"Rule {i}: answer briefly about topic {i}." for i in range(76))
     reqs = {}

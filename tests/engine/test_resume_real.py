@@ -8,8 +8,9 @@ from paddlellm.config import EngineConfig
 from paddlellm.engine.core import LLMEngine
 from paddlellm.sampling import SamplingParams
 
-pytest.importorskip("paddle")
-pytest.importorskip("paddlellm.executor.inproc")
+pytest.importorskip("paddle", exc_type=ModuleNotFoundError)
+# Our own module, imported (not import-or-skipped): if it breaks, this file fails.
+import paddlellm.executor.inproc  # noqa: E402, F401
 
 PROMPT = [(97 * i + 5) % 31000 + 100 for i in range(23)]
 CASES = {

@@ -28,7 +28,7 @@ def test_engine_facts_come_from_the_llm_engine_parameters() -> None:
 
 
 def test_engine_flags_are_refused_with_triton_url(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match="^2$") as exc:
         main(["--triton-url", "127.0.0.1:1", "--max-num-seqs", "4", "--block-size", "16", "--dry-run"])
     assert exc.value.code == 2
     assert (

@@ -133,6 +133,7 @@ def short_stack(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory) -> It
         yield st
 
 
+@pytest.mark.timeout(1500)  # 443 s on the 2-core box at load ~10; above run_schemathesis' own 1200 s
 def test_schemathesis_against_the_real_model(short_stack: Stack, tmp_path: Path) -> None:
     """Every check but one: "all" includes not_a_server_error (any 5xx fails the run). Left out here is
     positive_data_acceptance: its coverage phase sends max_tokens at the schema's maximum (max_model_len - 1)

@@ -66,7 +66,7 @@ def _dockerfile_commands() -> list[tuple[str, list[str]]]:
 
 
 def _compose_commands() -> list[tuple[str, list[str]]]:
-    yaml = pytest.importorskip("yaml")
+    yaml = pytest.importorskip("yaml", exc_type=ModuleNotFoundError)
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     out = []
     for name, svc in compose["services"].items():

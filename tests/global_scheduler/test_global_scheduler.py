@@ -1,18 +1,26 @@
-"""The global scheduler against a real redis-server: sharing, topics, failover, TTL, Redis faults."""
+"""The global scheduler against a real redis-server: sharing, topics, failover, TTL, Redis faults.
+
+No assertion here depends on how fast the machine is: tests wait for events (a lease taken, a chunk from an
+instance, a cancellation) with deadlines that only guard against hangs. A request that must keep an engine
+slot busy asks for HOLD tokens (minutes of work) and is cancelled once it has served its purpose.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from gs_fakes import FakeLocalEngine, RedisServer, expected_ids, free_port, subprocess_env, text_of
 
 from gateway.global_scheduler import (
+    Chunk,
     EnsembleInputs,
     GlobalScheduler,
     GlobalSchedulerSettings,
@@ -23,6 +31,7 @@ from gateway.global_scheduler import (
 from paddlellm.errors import InvalidRequest
 
 N_TOKENS = 12
+HOLD = 100_000  # tokens: a request that ends only when cancelled (at the fake's >= 5 ms per token)
 
 
 def settings(redis: RedisServer, **kw: object) -> GlobalSchedulerSettings:
@@ -37,8 +46,11 @@ def settings(redis: RedisServer, **kw: object) -> GlobalSchedulerSettings:
     return GlobalSchedulerSettings(**base)  # type: ignore[arg-type]
 
 
-async def ask(sched: GlobalScheduler, prompt: str, n: int = N_TOKENS) -> tuple[list[int], str, list[str]]:
-    """Send one request, read its stream; -> (token ids, text, executor of each chunk)."""
+async def ask(
+    sched: GlobalScheduler, prompt: str, n: int = N_TOKENS, on_chunk: Callable[[Chunk], None] | None = None
+) -> tuple[list[int], str, list[str]]:
+    """Send one request, read its stream (calling on_chunk on each); -> (token ids, text, executor of each
+    chunk)."""
     stream = await sched.submit(EnsembleInputs(prompt=prompt, sampling=json.dumps({"max_tokens": n})))
     ids: list[int] = []
     text, who = "", []
@@ -47,7 +59,31 @@ async def ask(sched: GlobalScheduler, prompt: str, n: int = N_TOKENS) -> tuple[l
         text += chunk.text
         who.append(chunk.executor)
         assert chunk.completion_tokens == len(ids)
+        if on_chunk is not None:
+            on_chunk(chunk)
     return ids, text, who
+
+
+async def until(cond: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Wait for cond() to hold; the deadline only turns a hang into a failure naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def hold_the_slot(sched: GlobalScheduler) -> asyncio.Task[object]:
+    """A request of `sched`'s own that holds its only engine slot (capacity 1) until `release` cancels it;
+    returns once `sched` runs it, so later requests queue (and an idle peer steals them)."""
+    busy: asyncio.Task[object] = asyncio.create_task(ask(sched, "A's own", HOLD))
+    await until(lambda: sched.stats.executed_own == 1, "the instance runs its own request")
+    return busy
+
+
+async def release(busy: asyncio.Task[object]) -> None:
+    busy.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await busy
 
 
 async def leftover_state(redis: RedisServer) -> list[str]:
@@ -103,9 +139,18 @@ def test_idle_instance_steals_from_a_loaded_one_and_other_topics_take_none(redis
             assert b.stats.executed_stolen == by_b
             assert c.stats.executed == 0 and ex["C"].runs == 0
             assert a.stats.executed_own + b.stats.executed_stolen == 40
-            await asyncio.sleep(0.3)  # background cleanup (forget, release) settles
-            assert a._busy == b._busy == 0, "engine slots leaked"
-            assert await leftover_state(redis_server) == [], "request state left in Redis"
+            # Background cleanup (forget, release) runs after the streams end: wait for it, not a fixed time.
+            await until(lambda: a._busy == b._busy == 0, "the engine slots are free again (else: leaked)")
+            left: list[str] = ["?"]
+
+            async def clean() -> bool:
+                left[:] = await leftover_state(redis_server)
+                return not left
+
+            deadline = time.monotonic() + 60
+            while not await clean():
+                assert time.monotonic() < deadline, f"request state left in Redis: {left}"
+                await asyncio.sleep(0.05)
         finally:
             for s in (a, b, c):
                 await s.stop()
@@ -122,14 +167,14 @@ def test_errors_of_a_stolen_request_reach_the_origin_typed(redis_server: RedisSe
             settings(redis_server, min_load_score=0), FakeLocalEngine(), capacity=1, instance_id="B"
         )
         await a.start()
-        busy = asyncio.create_task(ask(a, "keeps A busy", 30))
-        await asyncio.sleep(0.05)
+        busy = await hold_the_slot(a)
         await b.start()
         try:
-            with pytest.raises(InvalidRequest) as info:
-                await ask(a, "bad")
+            with pytest.raises(InvalidRequest, match="prompt 'bad' is not allowed") as info:
+                await asyncio.wait_for(ask(a, "bad"), 60)
             assert info.value.param == "prompt"
-            await busy
+            assert b.stats.executed_stolen == 1, "the error must come from B, through Redis"
+            await release(busy)
         finally:
             await a.stop()
             await b.stop()
@@ -152,8 +197,14 @@ def test_kill_9_of_an_executing_instance_loses_nothing(redis_server: RedisServer
             a = GlobalScheduler(settings(redis_server), FakeLocalEngine(0.02), capacity=4, instance_id="A")
             await a.start()
             try:
-                tasks = [asyncio.create_task(ask(a, f"req {i}", 20)) for i in range(40)]
-                await asyncio.sleep(0.6)  # B is now mid-stream on several requests
+                early_on_b: list[Chunk] = []  # B's chunks with most of their stream still to come
+
+                def note(chunk: Chunk) -> None:
+                    if chunk.executor == "B" and chunk.completion_tokens <= 5:
+                        early_on_b.append(chunk)
+
+                tasks = [asyncio.create_task(ask(a, f"req {i}", 20, note)) for i in range(40)]
+                await until(lambda: early_on_b, "B streams a request")  # then kill it mid-stream
                 b.kill()
                 t0 = time.monotonic()
                 results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
@@ -179,14 +230,16 @@ def test_request_not_started_within_ttl_gets_a_clear_error(redis_server: RedisSe
         )
         await a.start()
         try:
-            busy = asyncio.create_task(ask(a, "long", 30))  # 3 s of work holds the only slot
-            await asyncio.sleep(0.05)
-            t0 = time.monotonic()
+            busy = await hold_the_slot(a)
+            t0 = time.time()  # the TTL counts from submit on the wall clock (WorkRequest.enqueue_time)
             with pytest.raises(RequestExpired, match="not started within the scheduler TTL"):
-                await ask(a, "waits")
-            assert 0.9 < time.monotonic() - t0 < 2.5
+                await asyncio.wait_for(ask(a, "waits"), 60)
+            # Refused while the only slot was still taken (not served after it), and not before its TTL: a
+            # lower bound, which load can only make easier to meet.
+            assert not busy.done()
+            assert time.time() - t0 >= 1.0
             assert a.stats.expired == 1
-            busy.cancel()
+            await release(busy)
         finally:
             await a.stop()
 
@@ -203,7 +256,7 @@ def test_queue_bounded_by_max_size(redis_server: RedisServer) -> None:
             sampling = json.dumps({"max_tokens": N_TOKENS})
             first = await a.submit(EnsembleInputs(prompt="one", sampling=sampling))  # runs
             second = await a.submit(EnsembleInputs(prompt="two", sampling=sampling))  # waits in the queue
-            with pytest.raises(QueueFull):
+            with pytest.raises(QueueFull, match=r"queue is full \(1 requests\)"):
                 await a.submit(EnsembleInputs(prompt="three", sampling=sampling))
             for prompt, stream in (("one", first), ("two", second)):
                 ids = [t async for c in stream for t in c.token_ids]
@@ -222,20 +275,17 @@ def test_client_leaving_cancels_a_remote_run(redis_server: RedisServer) -> None:
         )
         b = GlobalScheduler(settings(redis_server, min_load_score=0), ex_b, capacity=1, instance_id="B")
         await a.start()
-        busy = asyncio.create_task(ask(a, "A's own", 40))
-        await asyncio.sleep(0.05)
+        busy = await hold_the_slot(a)
         await b.start()
         try:
-            stream = await a.submit(EnsembleInputs(prompt="left early", sampling='{"max_tokens": 100}'))
+            sampling = json.dumps({"max_tokens": HOLD})  # the run can end only by being cancelled
+            stream = await a.submit(EnsembleInputs(prompt="left early", sampling=sampling))
             first = await stream.__anext__()
             assert first.executor == "B"
             await stream.aclose()
-            for _ in range(50):
-                if ex_b.cancelled:
-                    break
-                await asyncio.sleep(0.05)
+            await until(lambda: ex_b.cancelled, "B cancels the run its client left")
             assert ex_b.cancelled == 1
-            busy.cancel()
+            await release(busy)
         finally:
             await a.stop()
             await b.stop()
@@ -260,17 +310,24 @@ def test_redis_lost_fails_fast_then_recovers(redis_server: RedisServer) -> None:
         await a.start()
         try:
             check_answer("before", *(await ask(a, "before"))[:2])
+            enqueue, tried = a._store.enqueue, 0
+
+            async def counting_enqueue(*args, **kwargs):  # type: ignore[no-untyped-def]
+                nonlocal tried
+                tried += 1
+                return await enqueue(*args, **kwargs)
+
+            a._store.enqueue = counting_enqueue  # type: ignore[method-assign]
             redis_server.stop()
             for _ in range(5):
-                t0 = time.monotonic()
-                with pytest.raises(SchedulerUnavailable):
-                    await ask(a, "during")
-                assert time.monotonic() - t0 < 0.5, "must fail fast"
+                with pytest.raises(SchedulerUnavailable, match="is unavailable"):
+                    await asyncio.wait_for(ask(a, "during"), 30)
+            # Fail fast: once one failure (a submit's or the heartbeat's) marks the scheduler unhealthy, later
+            # submits are refused without a round trip to Redis.
+            assert tried <= 1, f"{tried} submits waited on Redis"
+            a._store.enqueue = enqueue  # type: ignore[method-assign]
             redis_server.start()
-            deadline = time.monotonic() + 10
-            while not a.healthy and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert a.healthy, "did not recover after Redis came back"
+            await until(lambda: a.healthy, "recovery after Redis came back")
             check_answer("after", *(await ask(a, "after"))[:2])
         finally:
             await a.stop()
@@ -285,21 +342,18 @@ def test_a_stolen_run_stops_when_its_origin_dies(redis_server: RedisServer) -> N
         a = GlobalScheduler(s, FakeLocalEngine(0.05), capacity=1, instance_id="A")
         b = GlobalScheduler(s, ex_b, capacity=1, instance_id="B")
         await a.start()
-        busy = asyncio.create_task(ask(a, "A's own", 40))
-        await asyncio.sleep(0.05)
+        busy = await hold_the_slot(a)
         await b.start()
         try:
-            stream = await a.submit(EnsembleInputs(prompt="orphan", sampling='{"max_tokens": 200}'))
+            sampling = json.dumps({"max_tokens": HOLD})  # the run can end only by being cancelled
+            stream = await a.submit(EnsembleInputs(prompt="orphan", sampling=sampling))
             assert (await stream.__anext__()).executor == "B"
-            busy.cancel()
+            await release(busy)
             a._stopping = True  # A dies without a word: its heartbeat stops, its alive key expires
             for task in a._loops:
                 task.cancel()
-            t0 = time.monotonic()
-            while not ex_b.cancelled and time.monotonic() - t0 < 5:
-                await asyncio.sleep(0.05)
+            await until(lambda: ex_b.cancelled, "B stops the run of a dead origin", timeout=30 * s.lease_ttl)
             assert ex_b.cancelled == 1, "B kept running a request nobody will read"
-            assert time.monotonic() - t0 < 2 * s.lease_ttl + 0.5
         finally:
             await a.stop()
             await b.stop()
@@ -309,19 +363,21 @@ def test_a_stolen_run_stops_when_its_origin_dies(redis_server: RedisServer) -> N
 
 def test_a_failing_engine_hands_a_stolen_request_back(redis_server: RedisServer) -> None:
     async def main() -> None:
-        s = settings(redis_server, min_load_score=0)
+        # A long lease: B's pause after its engine failed (one lease period) outlasts A taking the request.
+        s = settings(redis_server, min_load_score=0, lease_ttl=10.0)
         a = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="A")
         b = GlobalScheduler(s, FakeLocalEngine(0.01, fail_after=3), capacity=1, instance_id="B")
         await a.start()
-        busy = asyncio.create_task(ask(a, "A's own", 20))
-        await asyncio.sleep(0.05)
+        busy = await hold_the_slot(a)
         await b.start()
         try:
-            ids, text, who = await asyncio.wait_for(ask(a, "flaky one", 20), 20)
+            # B has stolen it once its first chunk arrives: then A's slot is freed for the resume.
+            free_a = lambda chunk: busy.cancel()  # noqa: E731
+            ids, text, who = await asyncio.wait_for(ask(a, "flaky one", 20, free_a), 60)
             check_answer("flaky one", ids, text, 20)
             assert who[:3] == ["B"] * 3 and who[3:] == ["A"] * 17, who
             assert a.stats.resumed == 1
-            await busy
+            await release(busy)
         finally:
             await a.stop()
             await b.stop()
@@ -337,7 +393,7 @@ def test_a_failing_engine_hands_its_own_request_to_a_peer(redis_server: RedisSer
         await a.start()
         await b.start()
         try:
-            ids, text, who = await asyncio.wait_for(ask(a, "flaky two", 20), 20)
+            ids, text, who = await asyncio.wait_for(ask(a, "flaky two", 20), 60)
             check_answer("flaky two", ids, text, 20)
             assert who[:4] == ["A"] * 4 and who[4:] == ["B"] * 16, who
             assert b.stats.resumed == 1
@@ -350,24 +406,27 @@ def test_a_failing_engine_hands_its_own_request_to_a_peer(redis_server: RedisSer
 
 def test_a_stopping_instance_hands_its_stolen_runs_back(redis_server: RedisServer) -> None:
     async def main() -> None:
-        s = settings(redis_server, min_load_score=0, lease_ttl=30.0, heartbeat_interval=0.2)
+        # Leases that outlive the test: only the hand-back can move the request in time.
+        s = settings(redis_server, min_load_score=0, lease_ttl=600.0, heartbeat_interval=0.2)
         a = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="A")
         b = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="B")
         await a.start()
-        busy = asyncio.create_task(ask(a, "A's own", 30))
-        await asyncio.sleep(0.05)
+        busy = await hold_the_slot(a)
         await b.start()
         try:
             stream = await a.submit(EnsembleInputs(prompt="moved", sampling='{"max_tokens": 40}'))
             ids = list((await stream.__anext__()).token_ids)
-            await b.stop()  # long before its 30 s leases could expire
-            t0 = time.monotonic()
-            async for chunk in stream:
-                ids.extend(chunk.token_ids)
-            assert time.monotonic() - t0 < 5, "waited for the lease to expire"
+            await b.stop()
+            await release(busy)  # A's slot is free for the request B handed back
+
+            async def rest() -> None:
+                async for chunk in stream:
+                    ids.extend(chunk.token_ids)
+
+            await asyncio.wait_for(rest(), 60)
             check_answer("moved", ids, text_of(ids), 40)
             assert stream.executors[0] == "B" and stream.executors[-1] == "A"
-            await busy
+            assert a.stats.reaped_leases == 0, "the request moved by lease expiry, not by B's hand-back"
         finally:
             await a.stop()
 
@@ -380,8 +439,7 @@ def test_a_run_cut_by_a_redis_error_resumes_elsewhere(redis_server: RedisServer)
         a = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="A")
         b = GlobalScheduler(s, FakeLocalEngine(0.01), capacity=1, instance_id="B")
         await a.start()
-        busy = asyncio.create_task(ask(a, "A's own", 30))
-        await asyncio.sleep(0.05)
+        busy = await hold_the_slot(a)
         await b.start()
         push = b._store.push
         calls = 0
@@ -395,14 +453,16 @@ def test_a_run_cut_by_a_redis_error_resumes_elsewhere(redis_server: RedisServer)
 
         b._store.push = flaky_push  # type: ignore[method-assign]
         try:
-            ids, text, who = await asyncio.wait_for(ask(a, "cut", 30), 20)
+            # B has stolen it once its first chunk arrives: then A's slot is freed (either may resume it).
+            free_a = lambda chunk: busy.cancel()  # noqa: E731
+            ids, text, who = await asyncio.wait_for(ask(a, "cut", 30, free_a), 60)
             check_answer("cut", ids, text, 30)
             # The requeued run may go to A or back to B (B is alive: it only lost one write), whichever
             # claims it first; either way it continues after the 4 ids already streamed, not from scratch.
             assert who[:4] == ["B"] * 4 and set(who[4:]) <= {"A", "B"}, who
             assert a.stats.reaped_leases + b.stats.reaped_leases == 1
             assert a.stats.resumed + b.stats.resumed == 1
-            await busy
+            await release(busy)
         finally:
             await a.stop()
             await b.stop()

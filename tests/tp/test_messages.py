@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import time
 
 import pytest
 
@@ -46,12 +45,12 @@ class _Boom:
 
 
 def test_unsigned_and_forged_messages_are_never_unpickled() -> None:
-    with pytest.raises(BadSignature):
+    with pytest.raises(BadSignature, match="unsigned or forged"):
         decode(pickle.dumps(_Boom()), KEY)
-    with pytest.raises(BadSignature):
+    with pytest.raises(BadSignature, match="unsigned or forged"):
         decode(encode(Shutdown(), b"other key"), KEY)
     good = encode(Warmup(1), KEY)
-    with pytest.raises(BadSignature):
+    with pytest.raises(BadSignature, match="unsigned or forged"):
         decode(good[:-1] + bytes([good[-1] ^ 1]), KEY)
 
 
@@ -60,10 +59,10 @@ def test_decode_rejects_foreign_objects() -> None:
         decode(encode({"not": "a message"}, KEY), KEY)  # type: ignore[arg-type]
 
 
-def test_a_decode_step_is_cheap() -> None:
-    """The per-step cost the channel adds must stay far below a decode step (tens of ms)."""
-    msg = _step(32)
-    t = time.perf_counter()
-    for _ in range(200):
-        decode(encode(msg, KEY), KEY)
-    assert (time.perf_counter() - t) / 200 < 1e-3
+def test_a_decode_step_is_small() -> None:
+    """The per-step cost the channel adds must stay far below a decode step (tens of ms). That cost is a
+    pickle and an HMAC of the message, so bound its size, which no machine load changes: a few tens of
+    bytes per request, no token history. (The time itself: python benchmarks/bench_tp.py channel.)"""
+    sizes = {n: len(encode(_step(n), KEY)) for n in (1, 32, 256)}
+    assert sizes[32] < 4096, sizes
+    assert (sizes[256] - sizes[32]) / (256 - 32) < 64, sizes  # bytes per further request

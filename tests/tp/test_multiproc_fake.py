@@ -78,7 +78,7 @@ def test_steps_and_clean_shutdown(tmp_path) -> None:
         ex.shutdown()
     assert not _shm_exists(shm)
     assert all(not _pid_alive(p) for p in ex.pids)
-    with pytest.raises(EngineDead):
+    with pytest.raises(EngineDead, match="the executor was shut down"):
         ex.check_health()
     ex.shutdown()  # idempotent
 
@@ -108,13 +108,14 @@ def test_kill_rank_while_idle(tmp_path) -> None:
             except EngineDead as e:
                 assert "rank 1" in str(e) and "signal 9" in str(e)
                 break
-            assert time.monotonic() - t0 < 5.0, "check_health did not notice the dead rank"
+            assert time.monotonic() - t0 < 60, "check_health did not notice the dead rank"  # a hang guard
             time.sleep(0.05)
         assert not _shm_exists(shm)  # cleaned up at once, not at shutdown
-        t0 = time.monotonic()
-        with pytest.raises(EngineDead):
+        seq = ex._seq
+        # At once: the death already seen is the error, and no step is sent to wait on.
+        with pytest.raises(EngineDead, match="rank 1 .*signal 9"):
             ex.execute(SchedulerOutput((_new("x", [1]),), (), {"x": 1}))
-        assert time.monotonic() - t0 < 1.0
+        assert ex._seq == seq, "execute() sent a step to a dead group"
         assert not _pid_alive(ex.pids[0])  # the survivor is not left behind
     finally:
         ex.shutdown()
@@ -129,10 +130,9 @@ def test_kill_rank_during_step(tmp_path) -> None:
 
         timer = threading.Timer(1.0, os.kill, args=(ex.pids[1], signal.SIGKILL))
         timer.start()
-        t0 = time.monotonic()
+        # The rank's death is the error (not the step timeout, 600 s: pytest's timeout would end a hang).
         with pytest.raises(EngineDead, match="rank 1"):
             ex.execute(SchedulerOutput((_new("sleep:30", [1, 2]),), (), {"sleep:30": 2}))
-        assert time.monotonic() - t0 < 5.0
         assert not _shm_exists(shm)
     finally:
         ex.shutdown()
@@ -143,7 +143,7 @@ def test_rank_error_in_step_is_reported(tmp_path) -> None:
     try:
         with pytest.raises(EngineDead, match="rank 1 .*injected failure"):
             ex.execute(SchedulerOutput((_new("crash", [1]),), (), {"crash": 1}))
-        with pytest.raises(EngineDead):
+        with pytest.raises(EngineDead, match="rank 1 .*injected failure"):
             ex.check_health()
     finally:
         ex.shutdown()
@@ -248,7 +248,7 @@ def test_engine_killed_leaves_nothing_behind(tmp_path) -> None:
             os.kill(c, signal.SIGKILL)
         proc.wait(10)
         t0 = time.monotonic()
-        while (any(_pid_alive(int(p)) for p in pids) or _shm_exists(shm)) and time.monotonic() - t0 < 10:
+        while (any(_pid_alive(int(p)) for p in pids) or _shm_exists(shm)) and time.monotonic() - t0 < 60:
             time.sleep(0.1)
         assert not any(_pid_alive(int(p)) for p in pids), "ranks outlived their engine"
         assert not _shm_exists(shm), "shared memory outlived the engine and its ranks"

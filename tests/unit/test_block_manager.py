@@ -29,7 +29,7 @@ def test_free_returns_blocks_and_detects_double_free():
     held = list(a)
     bm.free(a)
     assert a == [] and bm.num_free_blocks == 4
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="freed twice or never allocated"):
         bm.free(held)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from paddlellm.errors import CheckpointError
 from paddlellm.tools.convert_gguf import convert, is_complete, main, unpermute_qk
 
-gguf = pytest.importorskip("gguf")
+gguf = pytest.importorskip("gguf", exc_type=ModuleNotFoundError)
 from safetensors.numpy import load_file  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
@@ -235,7 +236,7 @@ def test_quantized_tensors_are_dequantized(tmp_path) -> None:
 def test_malformed_gguf_names_file_and_field(tmp_path, kwargs: dict, field: str) -> None:
     src, out = str(tmp_path / "bad.gguf"), str(tmp_path / "hf")
     write_gguf(src, hf_weights(True), **kwargs)
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(CheckpointError, match=re.escape(f"field '{field}'")) as err:
         convert(src, out)
     assert src in str(err.value) and field in str(err.value)
     assert not os.path.exists(out)
@@ -280,9 +281,9 @@ def test_refuses_non_empty_out_dir_and_if_missing_is_idempotent(tmp_path) -> Non
 @pytest.mark.parity
 def test_synthetic_logits_match_transformers_gguf_loader(tmp_path) -> None:
     """transformers reads the permuted GGUF itself; our converted dir must give the same logits."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
+    torch = pytest.importorskip("torch", exc_type=ModuleNotFoundError)
+    transformers = pytest.importorskip("transformers", exc_type=ModuleNotFoundError)
+    pytest.importorskip("accelerate", exc_type=ModuleNotFoundError)
     src, out = str(tmp_path / "m.gguf"), str(tmp_path / "hf")
     write_gguf(src, hf_weights(False, seed=3))
     convert(src, out)
@@ -299,9 +300,9 @@ def test_synthetic_logits_match_transformers_gguf_loader(tmp_path) -> None:
 @pytest.fixture(scope="module")
 def smollm_pair(default_model_dir: str, default_gguf_file: str):
     """(reference model, reference tokenizer, our model, our tokenizer) for the default model."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
+    torch = pytest.importorskip("torch", exc_type=ModuleNotFoundError)
+    transformers = pytest.importorskip("transformers", exc_type=ModuleNotFoundError)
+    pytest.importorskip("accelerate", exc_type=ModuleNotFoundError)
     gdir, gname = os.path.split(default_gguf_file)
     ref_tok = transformers.AutoTokenizer.from_pretrained(gdir, gguf_file=gname)
     ref = transformers.AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=torch.float32)

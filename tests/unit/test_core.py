@@ -52,9 +52,9 @@ def test_executor_failure_propagates_from_step():
     engine, _ = make_engine(fail_on_call=2)
     engine.add_request("a", prompt(4), SamplingParams(max_tokens=5))
     engine.step()
-    with pytest.raises(EngineDead):
+    with pytest.raises(EngineDead, match="fake worker died"):
         engine.step()
-    with pytest.raises(EngineDead):
+    with pytest.raises(EngineDead, match="fake worker died"):
         engine.check_health()
 
 
@@ -82,7 +82,7 @@ def test_kv_blocks_from_override_cpu_budget_and_device_memory():
     assert num_kv_blocks(cfg.replace(tensor_parallel_size=2), info) == 2 * num_kv_blocks(cfg, info)
     gpu = cfg.replace(device="gpu")
     assert num_kv_blocks(gpu, info, device_memory_bytes=64 * 512 * 10) == 5
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="needs the executor's measured device memory"):
         num_kv_blocks(gpu, info)
     with pytest.raises(ConfigError, match="gpu_memory_utilization"):
         num_kv_blocks(cfg.replace(cpu_memory_budget_gib=1e-6), info)

@@ -19,7 +19,7 @@ from paddlellm.model_info import ModelInfo
 from paddlellm.worker.model_runner import ModelRunner
 from tests.kernel_choices import model_kernels
 
-pytest.importorskip("transformers")
+pytest.importorskip("transformers", exc_type=ModuleNotFoundError)
 
 NATIVE = [k for k in model_kernels() if k != "paddle"]
 pytestmark = pytest.mark.skipif(not NATIVE, reason="no native kernel ISA on this CPU")

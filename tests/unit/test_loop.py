@@ -74,7 +74,7 @@ def test_concurrent_adds_from_many_threads_match_offline(loops):
     assert sink.done.wait(10)
     assert collect(sink.outputs) == want
     assert all(o.finish_reason == "length" for o in sink.finished.values())
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a hang guard
     while engine.stats().num_free_blocks != 40 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.stats().num_free_blocks == 40 and loop.num_in_flight == 0 and loop.healthy()
@@ -83,21 +83,26 @@ def test_concurrent_adds_from_many_threads_match_offline(loops):
 def test_validation_errors_are_synchronous(loops):
     engine, _ = make_engine(max_model_len=32, scheduler_max_size=1, max_num_seqs=1)
     loop = loops(engine)
-    with pytest.raises(InvalidRequest) as e:
+    with pytest.raises(InvalidRequest, match="40 tokens, but max_model_len is 32") as e:
         loop.add("a", prompt(40), SamplingParams(), Collector())
     assert e.value.param == "prompt"
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match=r"plus max_tokens \(5\) is 35 tokens"):
         loop.add("b", prompt(30), SamplingParams(max_tokens=5), Collector())
-    gate = threading.Event()
-    loop_blocked = EngineLoop(make_engine(scheduler_max_size=2)[0], before_step=gate.wait)
+    gate, held = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        gate.wait()
+
+    loop_blocked = EngineLoop(make_engine(scheduler_max_size=2)[0], before_step=hold)
     loop_blocked.start()
     try:
         loop_blocked.add("x", prompt(4), SamplingParams(), Collector())
-        time.sleep(0.05)  # x is now held by the loop thread, in before_step
+        assert held.wait(60)  # x is now held by the loop thread, in before_step (60 s: a hang guard)
         loop_blocked.add("y", prompt(4), SamplingParams(), Collector())
-        with pytest.raises(Overloaded):
+        with pytest.raises(Overloaded, match=r"queue is full \(2 requests waiting"):
             loop_blocked.add("z", prompt(4), SamplingParams(), Collector())
-        with pytest.raises(InvalidRequest):
+        with pytest.raises(InvalidRequest, match="request id 'y' is already in use"):
             loop_blocked.add("y", prompt(4), SamplingParams(), Collector())
     finally:
         gate.set()
@@ -121,7 +126,7 @@ def test_abort_from_another_thread_frees_blocks(loops):
     assert sink.finished["short"].finish_reason == "length"
     assert sink.finished["long"].num_output_tokens < 500
     loop.abort("long")  # already gone: ignored
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a hang guard
     while engine.has_unfinished() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.stats().num_free_blocks == 64 and loop.healthy()
@@ -141,7 +146,7 @@ def test_step_failure_ends_every_request_with_an_error(loops):
         sum(o.num_output_tokens for o in sink.finished.values()) > 0
     )  # counts survive into the error output
     assert not loop.healthy() and isinstance(loop.last_error, EngineDead)
-    with pytest.raises(EngineDead):
+    with pytest.raises(EngineDead, match="not running: fake worker died"):
         loop.add("late", prompt(4), SamplingParams(), Collector())
 
 
@@ -174,7 +179,7 @@ def test_a_failing_sink_does_not_stop_the_loop(loops):
     good.expected = 1
     loop.add("good", prompt(4, 1), SamplingParams(max_tokens=5), good)
     assert good.done.wait(10) and good.finished["good"].finish_reason == "length"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a hang guard
     while engine.has_unfinished() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not engine.has_unfinished() and engine.stats().num_free_blocks == 64 and loop.healthy()
@@ -194,7 +199,7 @@ def test_idle_loop_sleeps_and_stop_ends_in_flight_requests():
     loop.stop()
     assert sink.done.wait(1)
     assert sink.finished["a"].finish_reason == "error" and not loop.healthy()
-    with pytest.raises(EngineDead):
+    with pytest.raises(EngineDead, match="the engine is not running: stopped"):
         loop.add("b", prompt(4), SamplingParams(), Collector())
     assert ex.shut_down
 
@@ -229,7 +234,7 @@ def test_stress_adds_and_aborts_from_many_threads(loops):
         assert len(tokens.get(rid, [])) == out.num_output_tokens
         if out.finish_reason == "length":
             assert out.num_output_tokens == reqs[rid][1].max_tokens
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a hang guard
     while engine.has_unfinished() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.stats().num_free_blocks == 24 and loop.num_in_flight == 0 and loop.healthy()

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", exc_type=ModuleNotFoundError)
+transformers = pytest.importorskip("transformers", exc_type=ModuleNotFoundError)
 
 from safetensors.numpy import load_file  # noqa: E402
 
@@ -119,7 +119,7 @@ SP_TEXTS = [
 
 
 def test_llama2_tokenizer_matches_sentencepiece_and_transformers(tiny_checkpoint) -> None:
-    spm = pytest.importorskip("sentencepiece")
+    spm = pytest.importorskip("sentencepiece", exc_type=ModuleNotFoundError)
     sp = spm.SentencePieceProcessor(model_file=LLAMA2_SPM)
     path = tiny_checkpoint("llama", tokenizer="llama2")
     auto = transformers.AutoTokenizer.from_pretrained(path)

@@ -70,7 +70,7 @@ def test_registered_blocks_are_shared_by_refcount_and_free_when_unheld():
     assert bm.num_free_blocks == 3
     held = list(c)
     bm.free(c)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="freed twice or never allocated"):
         bm.free(held)  # freed twice
 
 

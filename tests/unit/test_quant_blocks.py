@@ -8,7 +8,7 @@ import pytest
 
 from paddlellm.quant_blocks import BLOCK, BlockQuantized, BlockStore, read_gguf_blocks
 
-gguf = pytest.importorskip("gguf")
+gguf = pytest.importorskip("gguf", exc_type=ModuleNotFoundError)
 from gguf.quants import dequantize  # noqa: E402
 
 TYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,

@@ -77,10 +77,10 @@ def test_resume_reaching_max_tokens_finishes_at_once_with_length(k):
 
 def test_resume_ids_outside_the_vocabulary_are_rejected():
     engine, _ = make_engine()
-    with pytest.raises(InvalidRequest) as e:
+    with pytest.raises(InvalidRequest, match=r"resume ids must be in \[0, 1000\)") as e:
         engine.add_request("r", prompt(5), GREEDY, resume_ids=(1, 5000))
     assert e.value.param == "resume_ids"
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match=r"resume ids must be in \[0, 1000\)"):
         engine.validate(prompt(5), GREEDY, (-1,))
 
 

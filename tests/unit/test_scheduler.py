@@ -27,7 +27,7 @@ def run(engine, reqs: dict[str, tuple[list[int], SamplingParams]]) -> dict[str, 
 
 def test_prompt_at_max_model_len_is_rejected_naming_the_limit():
     engine, _ = make_engine(max_model_len=64)
-    with pytest.raises(InvalidRequest) as e:
+    with pytest.raises(InvalidRequest, match="the prompt has 64 tokens, but max_model_len is 64") as e:
         engine.add_request("a", prompt(64), GREEDY)
     assert e.value.param == "prompt" and "max_model_len" in str(e.value) and "64" in str(e.value)
 
@@ -35,7 +35,7 @@ def test_prompt_at_max_model_len_is_rejected_naming_the_limit():
 def test_prompt_plus_max_tokens_over_limit_names_max_tokens():
     engine, _ = make_engine(max_model_len=64)
     engine.add_request("ok", prompt(56), GREEDY)  # 56 + 8 == 64 fits exactly
-    with pytest.raises(InvalidRequest) as e:
+    with pytest.raises(InvalidRequest, match=r"more than max_model_len \(64\)") as e:
         engine.add_request("a", prompt(57), GREEDY)
     assert e.value.param == "max_tokens" and "max_model_len (64)" in str(e.value)
 
@@ -43,10 +43,10 @@ def test_prompt_plus_max_tokens_over_limit_names_max_tokens():
 def test_request_larger_than_whole_cache_is_rejected():
     engine, _ = make_engine(num_blocks=4)  # 64 tokens of KV
     engine.add_request("fits", prompt(57), GREEDY)  # 57 + 8 - 1 = 64 KV tokens
-    with pytest.raises(InvalidRequest) as e:
+    with pytest.raises(InvalidRequest, match="needs 5 KV blocks .* whole KV cache has 4") as e:
         engine.add_request("a", prompt(58), GREEDY)
     assert e.value.param == "max_tokens" and "KV" in str(e.value)
-    with pytest.raises(InvalidRequest) as e:
+    with pytest.raises(InvalidRequest, match="needs 7 KV blocks of 16 tokens") as e:
         engine.add_request("b", prompt(100), GREEDY)
     assert e.value.param == "prompt"
 
@@ -54,7 +54,8 @@ def test_request_larger_than_whole_cache_is_rejected():
 @pytest.mark.parametrize("ids", [[], [5, 1000], [-1]])
 def test_empty_or_out_of_vocab_prompt_is_rejected(ids):
     engine, _ = make_engine()
-    with pytest.raises(InvalidRequest) as e:
+    rejected = r"the prompt is empty|prompt token ids must be in \[0, 1000\)"
+    with pytest.raises(InvalidRequest, match=rejected) as e:
         engine.add_request("a", ids, GREEDY)
     assert e.value.param == "prompt"
 
@@ -62,7 +63,7 @@ def test_empty_or_out_of_vocab_prompt_is_rejected(ids):
 def test_duplicate_request_id_is_rejected():
     engine, _ = make_engine()
     engine.add_request("a", prompt(4), GREEDY)
-    with pytest.raises(InvalidRequest) as e:
+    with pytest.raises(InvalidRequest, match="request id 'a' is already in use") as e:
         engine.add_request("a", prompt(4), GREEDY)
     assert e.value.param == "request_id"
 
@@ -71,7 +72,7 @@ def test_max_size_bounds_the_waiting_queue():
     engine, _ = make_engine(scheduler_max_size=2)
     engine.add_request("a", prompt(4), GREEDY)
     engine.add_request("b", prompt(4), GREEDY)
-    with pytest.raises(Overloaded):
+    with pytest.raises(Overloaded, match=r"queue is full \(2 requests waiting"):
         engine.add_request("c", prompt(4), GREEDY)
     engine.step()  # both start running: the queue has room again
     engine.add_request("c", prompt(4), GREEDY)
@@ -284,7 +285,7 @@ def test_max_tokens_none_runs_to_the_end_of_the_context() -> None:
     assert s.validate([1] * 10, SamplingParams(max_tokens=None)).max_tokens == 54
     small = Scheduler(EngineConfig(block_size=4, max_model_len=64), num_blocks=8, eos_token_ids=(2,))
     assert small.validate([1] * 10, SamplingParams(max_tokens=None)).max_tokens == 23  # 32 cache tokens
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match="the prompt has 64 tokens, but max_model_len is 64"):
         s.validate([1] * 64, SamplingParams(max_tokens=None))
     req = s.add("r", [1] * 60, SamplingParams(max_tokens=None, ignore_eos=True))
     assert req.params.max_tokens == 4
@@ -332,7 +333,7 @@ def test_max_model_len_ends_with_length():
 def test_missing_sample_at_end_of_chunk_is_an_error():
     s = _scheduler()
     s.add("r", [1, 3], SamplingParams())
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="executor sampled no token for request 'r'"):
         s.update(s.schedule(), ModelRunnerOutput({}))
 
 

@@ -160,7 +160,7 @@ def test_make_window() -> None:
     assert make_window([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 8, 6) == ([3, 4, 5, 6, 7, 8, 9, 10], 6)
     assert make_window([1, 2, 3], 0) == ([1, 2, 3], 0)
     assert make_window([1, 2, 3], 3) == ([1, 2, 3], 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_old=3 is outside 0\.\.2"):
         make_window([1, 2], 3)
 
 

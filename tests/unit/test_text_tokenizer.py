@@ -12,7 +12,7 @@ from paddlellm.errors import CheckpointError, InvalidRequest
 from paddlellm.model_info import CheckpointText
 from paddlellm.text.tokenizer import TextTokenizer
 
-transformers = pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers", exc_type=ModuleNotFoundError)
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -66,7 +66,7 @@ def test_chat_template_matches_transformers(pair) -> None:
         )
     expected = ref.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=False)
     assert ours.encode_chat(CHAT) == list(expected)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match="content must be a string or a list of text parts, got int"):
         ours.apply_chat_template([{"role": "user", "content": 5}])
 
 
