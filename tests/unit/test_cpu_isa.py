@@ -66,33 +66,34 @@ def test_every_isa_has_compiler_flags_and_a_choice() -> None:
 def test_a_faked_avx2_only_cpu_selects_nothing_that_needs_avx512() -> None:
     cpu = parse_cpuinfo(ZEN3, "fake")
     for mode in ("auto", "native", "avx2"):
-        k = select_kernels(EngineConfig(cpu_kernels=mode), cpu)
+        k = select_kernels(EngineConfig(quantization="none", cpu_kernels=mode), cpu)
         assert k.isa == "avx2" and isinstance(k.norm, NativeNorms)
         assert k.required_cpu_flags <= cpu.flags
         assert k.gemm.native.isa == "avx2"  # type: ignore[attr-defined]
-    bf16 = select_kernels(EngineConfig(dtype="bfloat16"), cpu)  # bf16 weights widened on AVX2
+    # bf16 weights widened on AVX2
+    bf16 = select_kernels(EngineConfig(quantization="none", dtype="bfloat16"), cpu)
     assert bf16.isa == "avx2" and bf16.gemm.name == "packed-bf16-avx2"
     for quant in ("wint8", "wint4"):  # vpmaddubsw, no VNNI needed
         q = select_kernels(EngineConfig(quantization=quant), cpu)
         assert q.isa == "avx2" and q.gemm.name == f"packed-{quant}-avx2"
         assert q.required_cpu_flags <= cpu.flags
-    paddle = select_kernels(EngineConfig(cpu_kernels="paddle"), cpu)
+    paddle = select_kernels(EngineConfig(quantization="none", cpu_kernels="paddle"), cpu)
     assert paddle.norm is PaddleRMSNorm and paddle.required_cpu_flags <= cpu.flags
     for isa in ("avx512", "avx512_bf16"):
         with pytest.raises(ConfigError, match="lacks avx512"):
-            select_kernels(EngineConfig(cpu_kernels=isa), cpu)
+            select_kernels(EngineConfig(quantization="none", cpu_kernels=isa), cpu)
     with pytest.raises(build.NativeUnavailable, match="lacks"):
         build.load("avx512", cpu)
 
 
 def test_no_native_isa_falls_back_to_plain_paddle_ops() -> None:
     cpu = parse_cpuinfo(OLD)
-    k = select_kernels(EngineConfig(), cpu)
+    k = select_kernels(EngineConfig(quantization="none"), cpu)
     assert k.isa == "paddle" and k.norm is PaddleRMSNorm and k.decode_attention is None
     with pytest.raises(ConfigError, match="no native kernel ISA"):
-        select_kernels(EngineConfig(cpu_kernels="native"), cpu)
+        select_kernels(EngineConfig(quantization="none", cpu_kernels="native"), cpu)
     with pytest.raises(ConfigError, match="bfloat16"):
-        select_kernels(EngineConfig(dtype="bfloat16"), cpu)
+        select_kernels(EngineConfig(quantization="none", dtype="bfloat16"), cpu)
 
 
 def test_paddle_fused_ops_only_where_they_were_built_to_run() -> None:

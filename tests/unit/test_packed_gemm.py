@@ -82,8 +82,9 @@ def test_pack_layout() -> None:
 
 
 def test_select_kernels_paths() -> None:
-    assert isinstance(select_kernels(EngineConfig(cpu_kernels="paddle")).gemm, PaddleGemm)
-    assert select_kernels(EngineConfig(device="gpu")).decode_attention is None
+    paddle_kernels = select_kernels(EngineConfig(quantization="none", cpu_kernels="paddle"))
+    assert isinstance(paddle_kernels.gemm, PaddleGemm)
+    assert select_kernels(EngineConfig(quantization="none", device="gpu")).decode_attention is None
     with pytest.raises(ConfigError, match="cpu_kernels"):
         EngineConfig(cpu_kernels="fast")
 
@@ -118,11 +119,12 @@ def test_an_unwritable_cache_falls_back_to_paddle(native, tmp_path, monkeypatch)
     monkeypatch.setenv(build.CACHE_ENV, str(blocker / "cache"))
     with pytest.raises(build.NativeUnavailable, match="cannot build"):
         build.build(native.isa)
-    assert select_kernels(EngineConfig()).decode_attention is None  # auto: Paddle's ops, no crash
+    # auto: Paddle's ops, no crash
+    assert select_kernels(EngineConfig(quantization="none")).decode_attention is None
     with pytest.raises(ConfigError, match="cpu_kernels='native'"):
-        select_kernels(EngineConfig(cpu_kernels="native"))
+        select_kernels(EngineConfig(quantization="none", cpu_kernels="native"))
     with pytest.raises(ConfigError, match=f"cpu_kernels='{native.isa}'"):
-        select_kernels(EngineConfig(cpu_kernels=native.isa))
+        select_kernels(EngineConfig(quantization="none", cpu_kernels=native.isa))
 
 
 def _bf16(a: np.ndarray) -> np.ndarray:
@@ -157,6 +159,6 @@ def test_bf16_a_row_does_not_depend_on_the_batch_or_threads(native: build.Native
 
 def test_bf16_needs_the_native_kernels() -> None:
     with pytest.raises(ConfigError, match="bfloat16"):
-        select_kernels(EngineConfig(dtype="bfloat16", cpu_kernels="paddle"))
+        select_kernels(EngineConfig(quantization="none", dtype="bfloat16", cpu_kernels="paddle"))
     with pytest.raises(ConfigError, match="dtype"):
         EngineConfig(dtype="float16")
