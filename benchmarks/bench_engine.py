@@ -37,6 +37,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
+def _busy_seconds() -> float:
+    """CPU seconds every process on the machine has run since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _others_share(busy0: float, own0: float, wall0: float) -> float:
+    """Share of the machine's CPUs other processes used since (busy0, own0, wall0): what a timed region lost
+    to other jobs on a shared machine (0 on a quiet one; jiffies make it +-1 % for a second-long region)."""
+    wall = time.perf_counter() - wall0
+    others = (_busy_seconds() - busy0) - (time.process_time() - own0)
+    return max(0.0, others) / (wall * (os.cpu_count() or 1))
+
+
 def engine_bench(
     path: str,
     batches: list[int],
@@ -83,8 +98,10 @@ def engine_bench(
                     started.add(out.request_id)
             if t_first is None and len(started) == b:
                 t_first = clock()
+                marks = (_busy_seconds(), time.process_time(), time.perf_counter())
         assert t_first is not None
         res[f"decode_b{b}"] = b * (new_tokens - 1) / (clock() - t_first)
+        res[f"others_b{b}"] = _others_share(*marks)
     engine.add_request(
         "prefill", rng.integers(3, vocab, prefill_len).tolist(), SamplingParams(max_tokens=1, temperature=0.0)
     )
@@ -262,6 +279,11 @@ def main() -> int:
         for impl, r in by_impl.items():
             vals = [r[f"decode_b{b}"] for b in batches] + [r["prefill"]]
             print(f"| {name} | {impl} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    print("\nother processes' share of the CPUs during each decode run (a shared machine's noise):")
+    for name, by_impl in results.items():
+        for impl, r in by_impl.items():
+            shares = " / ".join(f"{100 * r.get(f'others_b{b}', 0.0):.0f} %" for b in batches)
+            print(f"others | {name} | {impl} | {shares}")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     plot(results, batches, os.path.join(args.out, "bench_engine.png"))

@@ -3,20 +3,21 @@ of 64, MLP 1536, vocabulary 49,152) with quantized weights, straight on the nati
 (`decode_layers`) and the LM head, plus each linear shape alone over its 30 layers' weights.
 
     python benchmarks/bench_quant_step.py [--isa avx2] [--quantization wint4] [--batches 1,8,32]
-        [--steps 30] [--context 96] [--threads 2] [--profile]
-    python benchmarks/bench_quant_step.py --ab TREE_A,TREE_B [--rounds 5] [same options]
+        [--steps 30] [--context 96] [--threads 2] [--cpu-time] [--profile]
+    python benchmarks/bench_quant_step.py --ab TREE_A,TREE_B[,...] [--rounds 5] [same options]
 
-Random weights (the kernels' speed does not depend on the values), each layer its own copy, so a step streams
-its ~66 MB (wint4) from memory as a real one does. Times are medians over --steps calls: wall clock, or with
---cpu-time CPU time, which on a loaded machine leaves out the time other processes had the cores: with
---threads 1 the calling thread's (the kernels run on it); with more, the whole process's, meaningful with
-KMP_BLOCKTIME=0 in the environment (OpenMP's idle threads then sleep at once instead of spinning, so the
-CPU time is the work plus the cost of synchronising).
+Random weights in the default model's form (GGUF-like Q4_1 blocks for the layers, which wint8 re-quantizes,
+and a Q8_0 head, all with fp16 scales; the kernels' speed does not depend on the values), each layer its own
+copy, so a step streams its ~66 MB (wint4) from memory as a real one does. Times are medians over --steps
+calls: wall clock, or with --cpu-time CPU time, which on a loaded machine leaves out the time other processes
+had the cores: with --threads 1 the calling thread's (the kernels run on it); with more, the whole process's,
+meaningful with KMP_BLOCKTIME=0 in the environment (OpenMP's idle threads then sleep at once instead of
+spinning, so the CPU time is the work plus the cost of synchronising).
 --profile builds the library with -DPL_PROFILE (team.h: phase timers in the fused pass, thread 0 after each
 phase's barrier) and prints where a step's time goes, with each GEMM's bytes and GB/s.
---ab runs this script alternately from two source trees (e.g. a `git archive` of the base commit and the
-work tree), one process per tree and round, and prints the median of the rounds' medians per tree: the
-machine is shared, so only interleaved runs compare.
+--ab runs this script alternately from several source trees (e.g. a `git archive` of the base commit and the
+work tree), one process per tree and round, and prints the median of the rounds' medians per tree (and the
+fastest step of any round): the machine is shared, so only interleaved runs compare.
 """
 
 from __future__ import annotations
