@@ -61,7 +61,7 @@ def engine_bench(
     threads: int,
     cpu_kernels: str = "auto",
     dtype: str = "float32",
-    quantization: str = "none",
+    quantization: str = "auto",  # the engine's default: a GGUF's quantized blocks run as stored
     enforce_eager: bool = False,
     cpu_clock: bool = False,
 ) -> dict[str, float]:
@@ -242,14 +242,18 @@ def main() -> int:
             spec, _, cpu = variant.partition("@")
             spec, eager, _ = spec.partition("+eager")
             kernels, _, dtype = spec.partition(":")
-            label = "paddlellm" if variant == "auto" else f"paddlellm ({kernels}, {dtype or 'float32'})"
+            label = "paddlellm" if variant == "auto" else f"paddlellm ({kernels}, {dtype or 'auto'})"
             label += ", eager" if eager else ""
             if cpu:
                 if cpu != "avx2cpu":
                     ap.error(f"--variants: unknown CPU {cpu!r} in {variant!r} (known: avx2cpu)")
                 label += " as on an AVX2-only CPU"
                 envs[label] = AVX2_CPU_ENV
-            weights = {"quantization": dtype} if dtype.startswith("wint") else {"dtype": dtype or "float32"}
+            # no weight type: the engine's default (--quantization auto); a dtype: those weights, unquantized
+            weights: dict[str, str] = (
+                {"quantization": dtype} if dtype.startswith("wint")
+                else {"dtype": dtype, "quantization": "none"} if dtype else {}
+            )
             impls[label] = functools.partial(
                 engine_bench,
                 cpu_kernels=kernels,
