@@ -2,14 +2,16 @@
 distinct prompt per request so no server answers from a prompt cache.
 
     python benchmarks/bench_serving.py --url http://127.0.0.1:8188/v1 [--label ours-wint4]
-        [--concurrency 1,8,32] [--rounds 2] [--max-tokens 128] [--out results.json]
+        [--concurrency 1,8,32] [--rounds 2] [--max-tokens 128] [--top-logprobs N] [--out results.json]
 
 Per concurrency level C: C clients each send --rounds streaming chat requests back to back; every prompt is
 a different ~50-token question (a counter and a topic in the text make each one unique), greedy
 (temperature 0), `ignore_eos` so each request generates --max-tokens tokens. Measured per level: output
 tok/s = generated tokens / (first send -> last stream end); TTFT = request sent -> first chunk with
 content (p50, p90). Tokens are counted from the final usage when the server sends it, else one per content
-chunk. Prints a Markdown table; --out appends the level results (with --label) to a JSON list.
+chunk. --top-logprobs N asks every request for `logprobs` with N alternatives per token (the cost of
+logprobs; the run fails if a content chunk comes back without its entries). Prints a Markdown table; --out
+appends the level results (with --label) to a JSON list.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ def prompt(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-async def one(client: httpx.AsyncClient, url: str, model: str, i: int, max_tokens: int) -> dict[str, float]:
-    body = {
+async def one(
+    client: httpx.AsyncClient, url: str, model: str, i: int, max_tokens: int, top_logprobs: int | None
+) -> dict[str, float]:
+    body: dict[str, object] = {
         "model": model,
         "messages": prompt(i),
         "max_tokens": max_tokens,
@@ -54,6 +58,8 @@ async def one(client: httpx.AsyncClient, url: str, model: str, i: int, max_token
         "ignore_eos": True,
         "stream_options": {"include_usage": True},
     }
+    if top_logprobs is not None:
+        body |= {"logprobs": True, "top_logprobs": top_logprobs}
     sent = time.perf_counter()
     first, chunks, usage = None, 0, None
     async with client.stream("POST", f"{url}/chat/completions", json=body) as r:
@@ -68,19 +74,29 @@ async def one(client: httpx.AsyncClient, url: str, model: str, i: int, max_token
             for choice in chunk.get("choices") or []:
                 if (choice.get("delta") or {}).get("content"):
                     chunks += 1
+                    if top_logprobs is not None and not (choice.get("logprobs") or {}).get("content"):
+                        raise RuntimeError(f"a content chunk without logprobs: {chunk}")
                     if first is None:
                         first = time.perf_counter()
     end = time.perf_counter()
     return {"sent": sent, "ttft": (first or end) - sent, "end": end, "tokens": float(usage or chunks)}
 
 
-async def level(url: str, model: str, concurrency: int, rounds: int, max_tokens: int, counter) -> dict:
+async def level(
+    url: str,
+    model: str,
+    concurrency: int,
+    rounds: int,
+    max_tokens: int,
+    counter,
+    top_logprobs: int | None = None,
+) -> dict:
     # No keep-alive: llama-server closes idle connections, and a reused stale one fails the next request.
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as c:
 
         async def client() -> list[dict[str, float]]:
-            return [await one(c, url, model, next(counter), max_tokens) for _ in range(rounds)]
+            return [await one(c, url, model, next(counter), max_tokens, top_logprobs) for _ in range(rounds)]
 
         runs = [r for rs in await asyncio.gather(*(client() for _ in range(concurrency))) for r in rs]
     start, stop = min(r["sent"] for r in runs), max(r["end"] for r in runs)
@@ -105,14 +121,17 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=2, help="requests before measuring (not counted)")
     ap.add_argument("--prompt-offset", type=int, default=0, help="first prompt number (keep runs distinct)")
+    ap.add_argument("--top-logprobs", type=int, default=None, help="ask each request for logprobs (0-20)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     counter = itertools.count(args.prompt_offset)
     asyncio.run(level(args.url, args.model, 1, args.warmup, 8, counter))
     rows = []
     for c in (int(x) for x in args.concurrency.split(",")):
-        r = asyncio.run(level(args.url, args.model, c, args.rounds, args.max_tokens, counter))
-        rows.append({"label": args.label, **r})
+        r = asyncio.run(
+            level(args.url, args.model, c, args.rounds, args.max_tokens, counter, args.top_logprobs)
+        )
+        rows.append({"label": args.label, "top_logprobs": args.top_logprobs, **r})
         tok_s, p50, p90 = r["output_tok_s"], r["ttft_p50_ms"], r["ttft_p90_ms"]
         print(f"| {args.label} | {c} | {tok_s:.1f} | {p50:.0f} | {p90:.0f} |", flush=True)
     if args.out:

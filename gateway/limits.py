@@ -43,26 +43,42 @@ def too_large(max_bytes: int) -> ApiError:
 
 
 class Slot:
-    """One admitted generation; `release()` is idempotent, so every exit path may call it."""
+    """One admitted generation (its `count` engine streams: one per choice); `release()` is idempotent, so
+    every exit path may call it."""
 
     def __init__(self, owner: StreamSlots) -> None:
         self._owner: StreamSlots | None = owner
+        self.count = 1
+
+    def grow(self, extra: int) -> None:
+        """Hold `extra` more streams (n choices), all or none: a 429 when the limit has no room for them."""
+        if extra <= 0 or self._owner is None:
+            return
+        self._owner.check_room(extra)
+        self._owner.active += extra
+        self.count += extra
 
     def release(self) -> None:
         if self._owner is not None:
-            self._owner.active -= 1
+            self._owner.active -= self.count
             self._owner = None
 
 
 class StreamSlots:
-    """Generation requests in flight in this process (one event loop: no lock needed); 0 = no limit."""
+    """Engine streams in flight for this process's generation requests (one per choice; one event loop: no
+    lock needed); 0 = no limit."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
 
     def acquire(self) -> Slot:
-        if self.limit and self.active >= self.limit:
+        self.check_room(1)
+        self.active += 1
+        return Slot(self)
+
+    def check_room(self, count: int) -> None:
+        if self.limit and self.active + count > self.limit:
             raise ApiError(
                 429,
                 f"this server is already serving its limit of {self.limit} concurrent requests; "
@@ -71,8 +87,6 @@ class StreamSlots:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-        self.active += 1
-        return Slot(self)
 
 
 class DeadlineStream:

@@ -1,7 +1,8 @@
 """OpenAI request and response models (pydantic), as far as this server supports them.
 
 Requests are validated strictly from the raw JSON body (`model_validate_json`): wrong types and out-of-range
-values fail with the field's location, which `gateway.openai_errors` turns into OpenAI's `param`. Known
+values fail with the field's location, which `gateway.openai_errors` turns into OpenAI's `param`. The bounds
+of the sampling fields come from their declarations (`paddlellm.sampling.SPECS`, `spec_bounds`). Known
 OpenAI fields the server does not implement are declared loosely and ignored; unknown fields are ignored too.
 Responses are TypedDicts: `gateway.translate` and `gateway.openai_errors` build them (plain dicts at run
 time, so a streamed token costs no model validation), and the same declarations give their JSON schema and
@@ -23,13 +24,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
     with_config,
 )
 from typing_extensions import TypedDict
 
-from paddlellm.sampling import MAX_STREAM_INTERVAL
+from paddlellm.sampling import MAX_LOGPROBS, MAX_STREAM_INTERVAL, SPECS
 
 _MAX_STOP = 16  # OpenAI allows 4; a few more cost nothing
 
@@ -58,6 +61,18 @@ def _integral(value: Any) -> Any:
 
 # After the bounds in `Annotated[int, Field(...), INTEGRAL]`, so the bounds still reach the JSON schema.
 INTEGRAL = BeforeValidator(_integral)  # strict otherwise: "3" and true stay errors
+
+def spec_bounds(name: str) -> Any:
+    """The pydantic bounds of the sampling parameter `name` (ge/gt/le/lt), from its ParamSpec."""
+    spec = SPECS[name]
+    num = int if spec.kind in ("int", "ids") else float
+    bounds: dict[str, Any] = {}
+    if spec.lo is not None:
+        bounds["gt" if spec.lo_open else "ge"] = num(spec.lo)
+    if spec.hi is not None:
+        bounds["lt" if spec.hi_open else "le"] = num(spec.hi)
+    return Field(**bounds)
+
 
 # metadata values arrive as strings or integers (see gateway.translate._metadata_int).
 _COUNT = "^[0-9]+$"
@@ -140,44 +155,79 @@ class ChatMessage(_Strict):
         return "".join(part.text or "" for part in self.content)
 
 
-class _SamplingFields(_Strict):
-    """Fields shared by both endpoints."""
+def _declared_field(name: str) -> tuple[Any, None]:
+    """(annotation, default) of the request field of sampling parameter `name`: type and bounds from its
+    ParamSpec; null or absent means "not given"."""
+    spec = SPECS[name]
+    if spec.kind == "bool":
+        return (bool | None, None)
+    if spec.kind == "float":
+        return (Annotated[float, spec_bounds(name)] | None, None)
+    if spec.kind == "int":
+        return (Annotated[int, spec_bounds(name), INTEGRAL] | None, None)
+    return (list[Annotated[int, spec_bounds(name), INTEGRAL]] | None, None)
+
+
+# Every sampling parameter with an OpenAI name is a request field of both endpoints, generated from its
+# declaration: adding a sampling parameter adds its request field (docs/architecture.md).
+_DeclaredSamplingFields: type[_Strict] = create_model(  # type: ignore[call-overload]
+    "_DeclaredSamplingFields",
+    __base__=_Strict,
+    **{spec.openai: _declared_field(name) for name, spec in SPECS.items() if spec.openai},
+)
+
+
+class _SamplingFields(_DeclaredSamplingFields):  # type: ignore[misc,valid-type]
+    """Fields shared by both endpoints (the declared sampling parameters come from the base)."""
 
     model: str = "default"  # the served name or "default": the API document lists both
-    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1), INTEGRAL] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(
         None,
         json_schema_extra=_in_branch("array", maxItems=_MAX_STOP, items={"type": "string", "minLength": 1}),
     )
-    n: Annotated[int, Field(ge=1, le=1), INTEGRAL] = 1  # more than one choice is not supported
+    # Choices: each its own engine request; the upper bound is the server's --max-n (gateway.translate).
+    n: Annotated[int, Field(ge=1), INTEGRAL] = 1
+    # vLLM removed best_of: accepted only when it equals n (gateway.translate), else a 400 naming it.
+    best_of: Annotated[int, Field(ge=1), INTEGRAL] | None = None
     metadata: dict[str, Any] | None = Field(  # min_tokens and friends (FastDeploy's convention)
         None, json_schema_extra=_in_branch("object", properties=_METADATA)
     )
-    # Extensions vLLM and FastDeploy accept at the top level.
-    min_tokens: Annotated[int, Field(ge=0), INTEGRAL] | None = None
-    ignore_eos: bool | None = None
-    stop_token_ids: list[Annotated[int, Field(ge=0), INTEGRAL]] | None = None  # SamplingParams' rule
     # FastDeploy's: at most this many tokens per streamed chunk (also accepted in `metadata`).
     max_streaming_response_tokens: Annotated[int, Field(ge=1, le=MAX_STREAM_INTERVAL), INTEGRAL] | None = None
-    # Known OpenAI fields that are accepted and ignored.
+    # OpenAI fields clients send by default that change nothing here: accepted.
     user: str | None = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    logit_bias: Any = None
     service_tier: Any = None
     store: Any = None
-    parallel_tool_calls: Any = None
-    response_format: Any = None
-    tools: Any = None
-    tool_choice: Any = None
     reasoning_effort: Any = None
+    # OpenAI fields not honoured yet: accepted only at the value that changes nothing, else a 400 naming the
+    # field (_not_honoured), never silently ignored.
+    logit_bias: dict[str, Any] | None = Field(None, json_schema_extra=_in_branch("object", maxProperties=0))
+    response_format: dict[str, Any] | None = Field(
+        None,
+        json_schema_extra=_in_branch(
+            "object", properties={"type": {"const": "text"}}, required=["type"], additionalProperties=False
+        ),
+    )
+    tools: list[Any] | None = Field(None, json_schema_extra=_in_branch("array", maxItems=0))
+    tool_choice: Any = Field(
+        None, json_schema_extra={"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}
+    )
+    parallel_tool_calls: bool | None = None  # without tools it changes nothing
+
+    @field_validator("logit_bias", "response_format", "tools", "tool_choice")
+    @classmethod
+    def _not_honoured(cls, v: Any, info: ValidationInfo) -> Any:
+        neutral = {
+            "logit_bias": (None, {}),
+            "response_format": (None, {"type": "text"}),
+            "tools": (None, []),
+            "tool_choice": (None, "none", "auto"),
+        }[info.field_name or ""]
+        if v not in neutral:
+            raise ValueError(f"'{info.field_name}' is not supported yet (only {neutral[-1]!r} is accepted)")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -200,7 +250,19 @@ class _SamplingFields(_Strict):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
+    max_completion_tokens: Annotated[int, spec_bounds("max_tokens"), INTEGRAL] | None = None
+    logprobs: bool | None = None
+    # Requires logprobs: true (gateway.translate; a 400 naming top_logprobs otherwise).
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS), INTEGRAL] | None = None
+    # Completions only: on chat, true is a 400 naming it.
+    echo: bool | None = Field(None, json_schema_extra={"anyOf": [{"const": False}, {"type": "null"}]})
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("'echo' is supported on completions only")
+        return v
 
     def max_tokens_value(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -215,9 +277,18 @@ class CompletionRequest(_SamplingFields):
             ]
         }
     )
-    echo: Any = None
-    best_of: Any = None
-    suffix: Any = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS), INTEGRAL] | None = None
+    echo: bool | None = None  # the answer starts with the prompt (with logprobs: the prompt's too)
+    suffix: str | None = Field(  # insertion is not supported: only an empty suffix is accepted
+        None, json_schema_extra=_in_branch("string", maxLength=0)
+    )
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("'suffix' is not supported")
+        return v
 
     @field_validator("prompt")
     @classmethod
@@ -255,6 +326,50 @@ class Usage(TypedDict):
 
 
 @with_config(_STRICT)
+class TopLogprob(TypedDict):
+    token: str  # the token's text; "bytes:\\xe2\\x80" style when its bytes alone are not UTF-8
+    logprob: float  # log-softmax of the model's raw logits
+    bytes: list[int]  # the token's UTF-8 bytes (the part inside the content, when a stop string cut it)
+
+
+@with_config(_STRICT)
+class TokenLogprob(TypedDict):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]  # the top_logprobs most likely tokens, most likely first
+
+
+@with_config(_STRICT)
+class ChatLogprobs(TypedDict):
+    """Chat `choices[i].logprobs` (null when not asked): one entry per token of the content."""
+
+    content: list[TokenLogprob]
+
+
+@with_config(_STRICT)
+class CompletionLogprobs(TypedDict):
+    """Completions `choices[i].logprobs` (null when not asked); with `echo`, the prompt's tokens come first
+    (the very first with null logprob and top_logprobs, as OpenAI)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]  # the top `logprobs` tokens and the chosen one
+    text_offset: list[int]  # each token's character offset in the choice's text (echoed prompt included)
+
+
+@with_config(_STRICT)
+class PromptLogprob(TypedDict):
+    logprob: float
+    rank: int | None  # 1 = the most likely token; null when the engine did not say
+    decoded_token: str
+
+
+# vLLM's `prompt_logprobs`: per prompt token (the first null) {token id: its logprob and the top ones'}.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
+@with_config(_STRICT)
 class ChatDelta(TypedDict):
     role: NotRequired[Literal["assistant"]]  # on the first chunk only
     content: str
@@ -268,7 +383,7 @@ class ChatChunkChoice(TypedDict):
     delta: ChatDelta
     finish_reason: FinishReason | None
     arrival_time: float
-    logprobs: None
+    logprobs: ChatLogprobs | None  # the entries of this chunk's tokens, when asked
 
 
 @with_config(_STRICT)
@@ -278,6 +393,7 @@ class ChatCompletionChunk(TypedDict):
     created: int
     model: str
     choices: list[ChatChunkChoice]
+    prompt_logprobs: NotRequired[PromptLogprobs]  # vLLM's prompt_logprobs: on the first chunk only
     usage: NotRequired[Usage | None]  # with stream_options.include_usage: null but on the last chunk
 
 
@@ -295,7 +411,7 @@ class ChatChoice(TypedDict):
     finish_reason: FinishReason | None
     token_ids: list[int]
     arrival_time: float
-    logprobs: None
+    logprobs: ChatLogprobs | None
 
 
 @with_config(_STRICT)
@@ -305,6 +421,7 @@ class ChatCompletion(TypedDict):
     created: int
     model: str
     choices: list[ChatChoice]
+    prompt_logprobs: NotRequired[PromptLogprobs]  # vLLM's prompt_logprobs, when asked
     usage: Usage
 
 
@@ -313,9 +430,10 @@ class CompletionChoice(TypedDict):
     index: int
     text: str
     finish_reason: FinishReason | None
-    token_ids: list[int]
+    token_ids: list[int]  # generated ids (an echoed prompt's are not included)
     arrival_time: float
-    logprobs: None
+    logprobs: CompletionLogprobs | None
+    prompt_logprobs: NotRequired[PromptLogprobs]  # vLLM's prompt_logprobs: on the first chunk only
 
 
 @with_config(_STRICT)

@@ -115,6 +115,7 @@ def components(settings: GatewaySettings) -> dict[str, Any]:
             for branch in props.get(field, {}).get("anyOf", []):
                 if branch.get("type") == "integer":
                     branch["maximum"] = settings.max_model_len - 1  # gateway.translate.sampling_params
+        props["n"]["maximum"] = settings.max_n  # gateway.translate._check_choices
     schemas["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] = settings.max_messages
     return schemas
 

@@ -5,6 +5,11 @@ Flow: take a concurrency slot (429 past the limit) -> read the body within its s
 wait for its first response -> only then commit to HTTP 200. Errors before that point are ordinary 4xx/5xx
 responses; after it they are one SSE error chunk and `[DONE]`. A stop-string match, a client disconnect or
 the deadline cancels the Triton stream, and the engine is told to abort the request and free its KV blocks.
+
+`n` choices are n engine requests (`{id}-{i}`), each holding a concurrency slot: the first alone until its
+first response (so the prompt is prefilled once and the others find it in the prefix cache), then the
+others; their chunks are merged as they come, each with its choice's index. Anything that ends one (a
+disconnect, the deadline, an error) cancels them all. One choice takes the single-stream path, no task.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from pydantic import ValidationError
@@ -25,11 +30,20 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.backend_protocol import GenerationBackend, ResponseStream
+from gateway.chunk_shaper import Chunk, ChunkShaper, assemble, usage_chunk
 from gateway.limits import DeadlineStream, Slot, StreamSlots, read_body
+from gateway.logprobs import parse as parse_logprobs
 from gateway.openai_errors import ApiError, from_engine, from_validation, model_not_found
 from gateway.openai_schema import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from gateway.settings import GatewaySettings
-from gateway.translate import Chunk, ChunkShaper, EnsembleResponse, assemble, chat_request, completion_request
+from gateway.translate import (
+    EnsembleRequest,
+    EnsembleResponse,
+    chat_request,
+    choice_requests,
+    completion_request,
+    shown_logprobs,
+)
 from paddlellm.errors import EngineError
 
 log = logging.getLogger("gateway")
@@ -131,7 +145,7 @@ async def generate(request: Request, ctx: GatewayContext, kind: str) -> Response
         slot.release()
         raise
     if not isinstance(response, SSEResponse):
-        slot.release()  # a stream holds its slot until the response ends (SSEResponse.on_close)
+        slot.release()  # a stream holds its slots until the response ends (SSEResponse.on_close)
     return response
 
 
@@ -151,6 +165,15 @@ async def _parse(
     return req
 
 
+@dataclass
+class _Choice:
+    """One choice of the answer: its engine stream, its shaper and its first response."""
+
+    stream: ResponseStream
+    shaper: ChunkShaper
+    first: EnsembleResponse | None = None
+
+
 async def _generate(
     request: Request, ctx: GatewayContext, kind: str, arrival: float, request_id: str, slot: Slot
 ) -> Response:
@@ -164,34 +187,58 @@ async def _generate(
         )
     except EngineError as e:
         raise from_engine(e, request_id) from None
+    engine_requests = choice_requests(ens_req)
+    slot.grow(len(engine_requests) - 1)  # each choice holds an engine stream: 429 when they do not fit
 
     reasoning = None
     if settings.reasoning_start and settings.reasoning_end:
         reasoning = (settings.reasoning_start, settings.reasoning_end, settings.reasoning_starts_inside)
-    shaper = ChunkShaper(
-        kind="chat" if kind == "chat" else "completion",
-        request_id=request_id,
-        model=settings.served_model_name,
-        created=int(time.time()),
-        stops=ens_req.stops,
-        include_usage=req.include_usage(),
-        reasoning=reasoning,
-    )
-    stream: ResponseStream = ctx.backend.open(ens_req, request_id)
-    if settings.request_timeout_s is not None:
-        stream = DeadlineStream(
-            stream, arrival + settings.request_timeout_s, settings.request_timeout_s, request_id
+    shown = shown_logprobs(req)
+    created = int(time.time())
+
+    def choice(index: int, engine_request: EnsembleRequest) -> _Choice:
+        rid = request_id if len(engine_requests) == 1 else f"{request_id}-{index}"
+        stream: ResponseStream = ctx.backend.open(engine_request, rid)
+        if settings.request_timeout_s is not None:
+            timeout = settings.request_timeout_s
+            stream = DeadlineStream(stream, arrival + timeout, timeout, rid)
+        shaper = ChunkShaper(
+            kind="chat" if kind == "chat" else "completion",
+            request_id=request_id,
+            model=settings.served_model_name,
+            created=created,
+            stops=ens_req.stops,
+            include_usage=req.include_usage(),
+            reasoning=reasoning,
+            index=index,
+            **shown,
         )
+        return _Choice(stream, shaper)
+
+    # The first choice alone until its first response: then the prompt's KV blocks are in the prefix cache,
+    # and the other choices (opened now) read them instead of prefilling the prompt again.
+    choices = [choice(0, engine_requests[0])]
     headers = {"X-Request-Id": request_id}
     try:
-        first = await until_disconnect(request, stream.next())
+        choices[0].first = await until_disconnect(request, choices[0].stream.next())
+        if len(engine_requests) > 1:
+            choices += [choice(i, r) for i, r in enumerate(engine_requests[1:], start=1)]
+            # Every first response (or error) is awaited, so no read is left running unretrieved.
+            reads = asyncio.gather(*(c.stream.next() for c in choices[1:]), return_exceptions=True)
+            firsts = await until_disconnect(request, reads)
+            for c, first in zip(choices[1:], firsts, strict=True):
+                if isinstance(first, BaseException):
+                    raise first
+                c.first = first
+                c.shaper.prompt_entries = _prompt_entries(choices[0].first)
     except ClientGone:
-        stream.cancel()
+        _cancel(choices)
         return GoneResponse()
     except (EngineError, ApiError) as e:
+        _cancel(choices)
         return _error(e, request_id).response(headers=headers)
     except BaseException:
-        stream.cancel()
+        _cancel(choices)
         raise
     if req.stream:
         sse_headers = {
@@ -199,31 +246,40 @@ async def _generate(
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         }  # no proxy buffering
-        body = _sse_body(stream, shaper, first, arrival)
+        body = _sse_body(choices, arrival)
         return SSEResponse(body, headers=sse_headers, on_close=slot.release)
     try:
-        result = await until_disconnect(request, _collect(stream, shaper, first, arrival))
+        result = await until_disconnect(request, _collect(choices, arrival))
     except ClientGone:
         return GoneResponse()
     except (EngineError, ApiError) as e:
         return _error(e, request_id).response(headers=headers)
     finally:
-        stream.cancel()  # no-op when the stream ended normally
+        _cancel(choices)  # no-op for streams that ended normally
     return JSONResponse(result, headers=headers)
+
+
+def _prompt_entries(first: EnsembleResponse | None) -> list[Any] | None:
+    return parse_logprobs(first.logprobs)[1] if first is not None and first.logprobs else None
+
+
+def _cancel(choices: list[_Choice]) -> None:
+    for c in choices:
+        c.stream.cancel()
 
 
 def _error(e: EngineError | ApiError, request_id: str) -> ApiError:
     return e if isinstance(e, ApiError) else from_engine(e, request_id)
 
 
-async def _responses(
-    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float
-) -> AsyncIterator[Chunk]:
-    """Chunks of one generation, in order; raises EngineError; cancels Triton on a stop-string match.
+async def _responses(c: _Choice, arrival: float) -> AsyncIterator[Chunk]:
+    """Chunks of one choice, in order; raises EngineError; cancels Triton on a stop-string match.
 
     After the engine's finish reason the stream is still read to its (empty) final response, so Triton
     completes the request normally instead of seeing a cancellation."""
-    resp = first
+    stream, shaper = c.stream, c.shaper
+    assert c.first is not None
+    resp = c.first
     while True:
         for chunk in shaper.feed(resp, time.monotonic() - arrival):
             yield chunk
@@ -233,34 +289,68 @@ async def _responses(
         if resp.final:
             break
         resp = await stream.next()
-    for chunk in shaper.end_of_stream(time.monotonic() - arrival):
+    shaper.check_finished()
+
+
+async def _merged(choices: list[_Choice], arrival: float) -> AsyncIterator[Chunk]:
+    """The chunks of n choices as they come (each choice's in order; ties in index order)."""
+    sources = [_responses(c, arrival) for c in choices]
+    reads: dict[asyncio.Future[Chunk], int] = {
+        asyncio.ensure_future(anext(src)): i for i, src in enumerate(sources)
+    }
+    try:
+        while reads:
+            done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
+            for read in sorted(done, key=reads.__getitem__):
+                i = reads.pop(read)
+                try:
+                    chunk = read.result()
+                except StopAsyncIteration:
+                    continue
+                yield chunk
+                reads[asyncio.ensure_future(anext(sources[i]))] = i
+    finally:
+        for read in reads:
+            read.cancel()
+
+
+def _chunks(choices: list[_Choice], arrival: float) -> AsyncIterator[Chunk]:
+    """Every chunk of the answer; one choice without a usage chunk is its own stream (no extra layer)."""
+    if len(choices) == 1 and not choices[0].shaper.include_usage:
+        return _responses(choices[0], arrival)
+    return _all_chunks(choices, arrival)
+
+
+async def _all_chunks(choices: list[_Choice], arrival: float) -> AsyncIterator[Chunk]:
+    source = _responses(choices[0], arrival) if len(choices) == 1 else _merged(choices, arrival)
+    async for chunk in source:
         yield chunk
+    shapers = [c.shaper for c in choices]
+    if shapers[0].include_usage:
+        yield usage_chunk(shapers)
 
 
-async def _collect(
-    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float
-) -> ChatCompletion | Completion:
-    chunks = [c async for c in _responses(stream, shaper, first, arrival)]
-    return assemble(shaper, chunks)
+async def _collect(choices: list[_Choice], arrival: float) -> ChatCompletion | Completion:
+    chunks = [c async for c in _chunks(choices, arrival)]
+    return assemble([c.shaper for c in choices], chunks)
 
 
-async def _sse_body(
-    stream: ResponseStream, shaper: ChunkShaper, first: EnsembleResponse, arrival: float
-) -> AsyncIterator[str]:
+async def _sse_body(choices: list[_Choice], arrival: float) -> AsyncIterator[str]:
+    request_id = choices[0].shaper.request_id
     try:
         try:
-            async for chunk in _responses(stream, shaper, first, arrival):
+            async for chunk in _chunks(choices, arrival):
                 yield _sse(chunk)
             yield DONE
         except (EngineError, ApiError) as e:
-            yield _error(e, shaper.request_id).sse()
+            yield _error(e, request_id).sse()
         except Exception:
-            log.exception("request %s: error while streaming", shaper.request_id)
+            log.exception("request %s: error while streaming", request_id)
             yield ApiError(
                 500,
-                f"internal server error (request {shaper.request_id})",
+                f"internal server error (request {request_id})",
                 type="server_error",
                 code="internal_error",
             ).sse()
     finally:
-        stream.cancel()
+        _cancel(choices)

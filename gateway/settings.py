@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings
-from paddlellm.errors import ConfigError
-from paddlellm.sampling import MAX_STREAM_INTERVAL
+from paddlellm.errors import ConfigError, InvalidRequest
+from paddlellm.sampling import MAX_STREAM_INTERVAL, SPECS
+
+DEFAULT_MAX_N = 16  # choices per request; each is an engine request, so this bounds one request's share
 
 # The only environment variable the gateway reads: the path of a settings JSON file (see `from_env`).
 SETTINGS_ENV = "PADDLELLM_GATEWAY_SETTINGS"
@@ -70,6 +72,8 @@ class GatewaySettings:
     """With the global scheduler: requests one worker runs at once (its share of --max-num-seqs)."""
     metrics_port: int | None = None
     """Where the metrics server listens; None or the main port: /metrics on the gateway app (issue 6)."""
+    max_n: int = DEFAULT_MAX_N
+    """Largest `n` (choices per request) accepted; each choice is its own engine request."""
     stream_interval: int = 0
     """Tokens per streamed chunk after the first, for requests without max_streaming_response_tokens; 0:
     auto (the engine sends per token while the serving path has room and coalesces under load)."""
@@ -97,12 +101,14 @@ class GatewaySettings:
             raise ConfigError(f"gateway 'health_cache_s' must be >= 0 (got {self.health_cache_s})")
         if (self.reasoning_start is None) != (self.reasoning_end is None):
             raise ConfigError("gateway 'reasoning_start' and 'reasoning_end' must be set together")
-        if self.default_temperature is not None and not 0.0 <= self.default_temperature <= 2.0:
-            raise ConfigError(
-                f"gateway 'default_temperature' must be in [0, 2] (got {self.default_temperature})"
-            )
-        if self.default_top_p is not None and not 0.0 < self.default_top_p <= 1.0:
-            raise ConfigError(f"gateway 'default_top_p' must be in (0, 1] (got {self.default_top_p})")
+        for name, param in (("default_temperature", "temperature"), ("default_top_p", "top_p")):
+            value = getattr(self, name)
+            try:  # the sampling parameter's own declaration (paddlellm.sampling.SPECS) states the range
+                SPECS[param].check(name, value if value is None else float(value))
+            except InvalidRequest as e:
+                raise ConfigError(f"gateway {e.message}") from None
+        if self.max_n < 1:
+            raise ConfigError(f"gateway 'max_n' must be >= 1 (got {self.max_n})")
         if not 0 <= self.stream_interval <= MAX_STREAM_INTERVAL:
             raise ConfigError(
                 f"gateway 'stream_interval' must be between 0 (auto) and {MAX_STREAM_INTERVAL} "

@@ -1,43 +1,25 @@
-"""Pure translation between OpenAI requests/responses and the ensemble's tensors (no I/O, no clocks).
+"""Pure translation between OpenAI requests and the ensemble's tensors (no I/O, no clocks).
 
-Requests become an `EnsembleRequest` (the three string tensors of `paddlellm.protocol`). Responses arrive as
-`EnsembleResponse`s; a `ChunkShaper` turns them into OpenAI stream chunks, and `assemble` folds those same
-chunks into the non-streamed response, so streamed and non-streamed answers cannot drift apart.
+Requests become an `EnsembleRequest` (the three string tensors of `paddlellm.protocol`; one per choice, see
+`choice_requests`). Responses arrive as `EnsembleResponse`s; `gateway.chunk_shaper` turns them into OpenAI
+chunks and folds those into the non-streamed response.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from gateway.openai_schema import (
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatDelta,
-    ChatResponseMessage,
-    Completion,
-    CompletionChoice,
-    CompletionRequest,
-    FinishReason,
-    PromptTokensDetails,
-    Usage,
-)
-from gateway.reasoning import ReasoningSplitter
+from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
-from gateway.stop_strings import StopStringMatcher
-from paddlellm.errors import EngineError, InvalidRequest
-from paddlellm.sampling import MAX_STREAM_INTERVAL, SamplingParams
+from paddlellm.errors import InvalidRequest
+from paddlellm.sampling import MAX_STREAM_INTERVAL, SPECS, SamplingParams
 
-Kind = Literal["chat", "completion"]
 DEFAULT_MAX_TOKENS = 16
 NON_STREAMING_INTERVAL = 16  # tokens per engine response for a non-streamed answer (see _stream_interval)
-
-Chunk = ChatCompletionChunk | Completion  # one streamed chunk of either endpoint
 
 
 @dataclass(frozen=True)
@@ -48,6 +30,19 @@ class EnsembleRequest:
     messages: str
     sampling: str
     stops: tuple[str, ...] = ()
+    n: int = 1  # choices: each its own engine request (`choice_requests`)
+    sampling_params: SamplingParams | None = field(default=None, compare=False)  # what `sampling` says
+
+
+def choice_requests(req: EnsembleRequest) -> list[EnsembleRequest]:
+    """The engine requests of an n-choice request (see `choice_sampling`); just `req` for n = 1."""
+    if req.n == 1 or req.sampling_params is None:
+        return [req]
+    out = []
+    for i in range(req.n):
+        sp = choice_sampling(req.sampling_params, i)
+        out.append(dataclasses.replace(req, sampling=sp.to_json(), sampling_params=sp))
+    return out
 
 
 @dataclass(frozen=True)
@@ -62,12 +57,20 @@ class EnsembleResponse:
     engine_stats: str = ""
     cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
     final: bool = False
+    logprobs: str = ""  # "" or the engine's logprobs JSON (gateway.logprobs)
+
+
+# Fields mapped by hand in sampling_params: their OpenAI meaning is not the parameter's value alone.
+_SPECIAL = {"max_tokens", "temperature", "top_p", "min_tokens", "logprobs", "prompt_logprobs"}
+_ONE_TO_ONE = tuple((name, s.openai) for name, s in SPECS.items() if s.openai and name not in _SPECIAL)
+MAX_SEED = 2**63  # seeds are signed 64-bit: choice i's seed (seed + i) wraps around
 
 
 def sampling_params(
     req: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings
 ) -> SamplingParams:
-    """OpenAI sampling fields -> SamplingParams; raises InvalidRequest naming the field."""
+    """OpenAI sampling fields -> SamplingParams; raises InvalidRequest naming the field. Fields whose OpenAI
+    meaning is the parameter itself come from their declarations (`SPECS[name].openai`); the rest here."""
     # Both fields are checked, also the one max_completion_tokens overrides: the API document says so.
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(req, name, None)
@@ -77,24 +80,61 @@ def sampling_params(
                 "tokens (prompt and output together)",
                 param=name,
             )
+    _check_choices(req, settings)
     max_tokens = req.max_tokens_value()
     if max_tokens is None and isinstance(req, CompletionRequest):
         max_tokens = DEFAULT_MAX_TOKENS  # legacy completions default; chat runs to the end of the context
-    values: dict[str, Any] = {
-        "max_tokens": max_tokens,
+    values: dict[str, Any] = {name: getattr(req, field) for name, field in _ONE_TO_ONE}
+    values |= {
         "temperature": req.temperature if req.temperature is not None else settings.default_temperature,
         "top_p": req.top_p if req.top_p is not None else settings.default_top_p,
-        "frequency_penalty": req.frequency_penalty,
-        "presence_penalty": req.presence_penalty,
-        "seed": req.seed,
         "min_tokens": _min_tokens(req),
-        "ignore_eos": req.ignore_eos,
-        "stop_token_ids": req.stop_token_ids,
         "stream_interval": _stream_interval(req, settings),
+        "logprobs": _logprobs(req),
+        "prompt_logprobs": _prompt_logprobs(req),
     }
     sent = {k: v for k, v in values.items() if v is not None}
     sent["max_tokens"] = max_tokens  # None (chat's default) means "to the end of the context"
     return SamplingParams.from_dict(sent)
+
+
+def _check_choices(req: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings) -> None:
+    if req.n > settings.max_n:
+        raise InvalidRequest(f"'n' must be between 1 and {settings.max_n}, got {req.n}", param="n")
+    if req.best_of is not None and req.best_of != req.n:
+        raise InvalidRequest(
+            f"'best_of' is only supported equal to n ({req.n}), got {req.best_of}", param="best_of"
+        )
+
+
+def _logprobs(req: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """The engine's logprobs: chat's top_logprobs (0 without) when logprobs is true; completions' logprobs."""
+    if isinstance(req, CompletionRequest):
+        return req.logprobs
+    if req.top_logprobs is not None and not req.logprobs:
+        raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true", param="top_logprobs")
+    return (req.top_logprobs or 0) if req.logprobs else None
+
+
+def _prompt_logprobs(req: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """vLLM's prompt_logprobs, and for completions' echo with logprobs the same count (the larger of both)."""
+    asked = [req.prompt_logprobs]
+    if isinstance(req, CompletionRequest) and req.echo:
+        asked.append(req.logprobs)
+    given = [n for n in asked if n is not None]
+    return max(given) if given else None
+
+
+def choice_sampling(sampling_params: SamplingParams, index: int) -> SamplingParams:
+    """Choice `index` of an n-choice request: with a seed, seed + index (wrapping in signed 64 bits), so
+    repeating the request repeats every choice; the prompt's logprobs only on the first (the gateway shows
+    the first's for all), so the others read the prompt from the prefix cache."""
+    if index == 0:
+        return sampling_params
+    seed = sampling_params.seed
+    if seed is not None:
+        seed = (seed + index + MAX_SEED) % (2 * MAX_SEED) - MAX_SEED
+    return dataclasses.replace(sampling_params, seed=seed, prompt_logprobs=None)
 
 
 def _min_tokens(req: ChatCompletionRequest | CompletionRequest) -> int | None:
@@ -151,11 +191,14 @@ def chat_request(req: ChatCompletionRequest, settings: GatewaySettings) -> Ensem
             if getattr(m, key) is not None:
                 msg[key] = getattr(m, key)
         messages.append(msg)
+    sp = sampling_params(req, settings)
     return EnsembleRequest(
         prompt="",
         messages=json.dumps(messages, ensure_ascii=False),
-        sampling=sampling_params(req, settings).to_json(),
+        sampling=sp.to_json(),
         stops=tuple(req.stop_list()),
+        n=req.n,
+        sampling_params=sp,
     )
 
 
@@ -163,180 +206,22 @@ def completion_request(req: CompletionRequest, settings: GatewaySettings) -> Ens
     prompt = req.prompt_text()
     if not prompt:
         raise InvalidRequest("'prompt' must not be empty", param="prompt")
+    sp = sampling_params(req, settings)
     return EnsembleRequest(
         prompt=prompt,
         messages="",
-        sampling=sampling_params(req, settings).to_json(),
+        sampling=sp.to_json(),
         stops=tuple(req.stop_list()),
+        n=req.n,
+        sampling_params=sp,
     )
 
 
-@dataclass
-class ChunkShaper:
-    """Turns one request's ensemble responses into OpenAI chunk dicts.
-
-    Algorithm: each response's text goes through the stop filter (whole-text matching, holding back a tail
-    that may start a stop string), then, for chat with reasoning markers, the reasoning splitter. Every
-    response with tokens yields one chunk carrying its token ids and `arrival_time` (seconds since the
-    request arrived, as the caller measures it). The chunk that ends the generation carries `finish_reason`:
-    the engine's, or "stop" when a stop string matched (the caller then cancels the Triton stream).
-    """
-
-    kind: Kind
-    request_id: str
-    model: str
-    created: int
-    stops: tuple[str, ...] = ()
-    include_usage: bool = False
-    reasoning: tuple[str, str, bool] | None = None  # (start, end, starts_inside)
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    _stop: StopStringMatcher = field(init=False)
-    _split: ReasoningSplitter | None = field(init=False)
-    _started: bool = field(default=False, init=False)
-    _cut_short: bool = field(default=False, init=False)
-
-    def __post_init__(self) -> None:
-        self._stop = StopStringMatcher(self.stops)
-        self._split = ReasoningSplitter(*self.reasoning) if self.reasoning and self.kind == "chat" else None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    @property
-    def stopped_by_string(self) -> bool:
-        """A stop string ended the generation before the engine did: the caller cancels the stream."""
-        return self._cut_short
-
-    def feed(self, resp: EnsembleResponse, arrival: float) -> list[Chunk]:
-        if self.finished:
-            return []
-        if resp.prompt_tokens:
-            self.prompt_tokens = resp.prompt_tokens
-            self.cached_tokens = resp.cached_tokens
-        if resp.token_ids or resp.completion_tokens:
-            self.completion_tokens = max(self.completion_tokens, resp.completion_tokens)
-        if not resp.text and not resp.token_ids and not resp.finish_reason:
-            return []  # e.g. the empty final response
-        text, stopped = self._stop.feed(resp.text)
-        finish = None
-        if stopped:
-            finish = "stop"
-            self._cut_short = not resp.finish_reason
-        elif resp.finish_reason:
-            if resp.finish_reason not in ("stop", "length"):
-                raise EngineError(f"the engine ended the request with '{resp.finish_reason}'")
-            tail, stopped = self._stop.flush()  # the held-back tail may still complete a stop string
-            text += tail
-            finish = "stop" if stopped else resp.finish_reason
-        return self._chunks(text, list(resp.token_ids), finish, arrival)
-
-    def end_of_stream(self, arrival: float) -> list[Chunk]:
-        """After the final response: the usage chunk when asked for; an error if no finish reason came."""
-        if not self.finished:
-            raise EngineError("the inference stream ended before the generation finished")
-        if self.include_usage:
-            return [self._envelope([], usage=self.usage())]
-        return []
-
-    def usage(self) -> Usage:
-        return Usage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            total_tokens=self.prompt_tokens + self.completion_tokens,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
-        )
-
-    def _chunks(self, text: str, ids: list[int], finish: str | None, arrival: float) -> list[Chunk]:
-        if finish is not None:
-            self.finish_reason = finish
-        reason = _finish_reason(finish)
-        if self.kind == "completion":
-            choice = CompletionChoice(
-                index=0, text=text, token_ids=ids, arrival_time=arrival, finish_reason=reason, logprobs=None
-            )
-            return [self._envelope([choice])]
-        reasoning, content = "", text
-        if self._split is not None:
-            reasoning, content = self._split.feed(text)
-            if finish is not None:
-                r, c = self._split.flush()
-                reasoning, content = reasoning + r, content + c
-        delta = ChatDelta(content=content, token_ids=ids)
-        if not self._started:
-            delta = ChatDelta(role="assistant", **delta)
-            self._started = True
-        if reasoning:
-            delta["reasoning_content"] = reasoning
-        chat_choice = ChatChunkChoice(
-            index=0, delta=delta, arrival_time=arrival, finish_reason=reason, logprobs=None
-        )
-        return [self._envelope([chat_choice])]
-
-    def _envelope(self, choices: list[Any], usage: Usage | None = None) -> Chunk:
-        chunk: Chunk
-        if self.kind == "chat":
-            chunk = ChatCompletionChunk(
-                id=self.request_id,
-                object="chat.completion.chunk",
-                created=self.created,
-                model=self.model,
-                choices=choices,
-            )
-        else:
-            chunk = Completion(
-                id=self.request_id,
-                object="text_completion",
-                created=self.created,
-                model=self.model,
-                choices=choices,
-            )
-        if self.include_usage:
-            chunk["usage"] = usage  # OpenAI: null on every chunk but the last
-        return chunk
-
-
-def _finish_reason(finish: str | None) -> FinishReason | None:
-    return finish  # type: ignore[return-value]  # feed() admits only "stop" and "length"
-
-
-def assemble(shaper: ChunkShaper, chunks: list[Chunk]) -> ChatCompletion | Completion:
-    """The non-streamed response, folded from the chunks a stream would have carried."""
-    choices: list[Any] = [c["choices"][0] for c in chunks if c["choices"]]
-    ids = [
-        i
-        for c in choices
-        for i in (c["token_ids"] if shaper.kind == "completion" else c["delta"]["token_ids"])
-    ]
-    arrival = choices[-1]["arrival_time"] if choices else 0.0
-    reason = _finish_reason(shaper.finish_reason)
-    if shaper.kind == "completion":
-        text = "".join(c["text"] for c in choices)
-        choice = CompletionChoice(
-            index=0, text=text, finish_reason=reason, token_ids=ids, arrival_time=arrival, logprobs=None
-        )
-        return Completion(
-            id=shaper.request_id,
-            object="text_completion",
-            created=shaper.created,
-            model=shaper.model,
-            choices=[choice],
-            usage=shaper.usage(),
-        )
-    content = "".join(c["delta"].get("content") or "" for c in choices)
-    reasoning = "".join(c["delta"].get("reasoning_content") or "" for c in choices)
-    message = ChatResponseMessage(role="assistant", content=content, reasoning_content=reasoning or None)
-    chat_choice = ChatChoice(
-        index=0, message=message, finish_reason=reason, token_ids=ids, arrival_time=arrival, logprobs=None
-    )
-    return ChatCompletion(
-        id=shaper.request_id,
-        object="chat.completion",
-        created=shaper.created,
-        model=shaper.model,
-        choices=[chat_choice],
-        usage=shaper.usage(),
-    )
+def shown_logprobs(req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """ChunkShaper's options for what a request asked to see: logprobs, echo, prompt_logprobs."""
+    if isinstance(req, ChatCompletionRequest):
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        echo = None
+    else:
+        top, echo = req.logprobs, (req.prompt_text() if req.echo else None)
+    return {"top_logprobs": top, "echo": echo, "prompt_logprobs": req.prompt_logprobs}

@@ -73,6 +73,7 @@ def decode_response(result: Any) -> EnsembleResponse:
         engine_stats=_scalar_str(result, protocol.ENGINE_STATS),
         cached_tokens=_scalar_int(result, protocol.CACHED_TOKENS),
         final=final,
+        logprobs=_scalar_str(result, protocol.LOGPROBS),
     )
 
 

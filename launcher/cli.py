@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "more get a 429 with Retry-After; 0: no limit (the engine queues them)",
     )
     limits.add_argument(
+        "--max-n",
+        type=int,
+        default=GatewaySettings.max_n,
+        help="largest n (choices per request) accepted; each choice is its own engine request",
+    )
+    limits.add_argument(
         "--request-timeout",
         type=float,
         default=None,
@@ -254,6 +260,7 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         ("--port", args.port, 1),
         ("--workers", args.workers, 1),
         ("--max-concurrent-streams", args.max_concurrent_streams, 0),
+        ("--max-n", args.max_n, 1),
         ("--max-engine-restarts", args.max_engine_restarts, 0),
         ("--engine-restart-window", args.engine_restart_window, 0),
         ("--engine-step-timeout", args.engine_step_timeout, 0),
@@ -294,6 +301,7 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             # Each uvicorn worker counts its own requests: split the limit (as the scheduler capacity is).
             max_concurrent_streams=-(-args.max_concurrent_streams // args.workers),
             request_timeout_s=args.request_timeout,
+            max_n=args.max_n,
             reasoning_start=markers[0] if markers else None,
             reasoning_end=markers[1] if markers else None,
             reasoning_starts_inside=markers[2] if markers else False,

@@ -16,6 +16,7 @@ from paddlellm.config import EngineConfig
 from paddlellm.engine.core import LLMEngine
 from paddlellm.errors import InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import TokenLogprobs
 from paddlellm.text.tokenizer import TextTokenizer
 
 
@@ -33,6 +34,10 @@ class OfflineCompletion:
     token_ids: tuple[int, ...]
     text: str
     finish_reason: str | None  # "stop" | "length" | "error"
+    # sampling_params.logprobs set: one entry per id of token_ids; else None.
+    logprobs: tuple[TokenLogprobs, ...] | None = None
+    # sampling_params.prompt_logprobs set: one per prompt token, the first None; else None.
+    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None
 
 
 class LLM:
@@ -98,6 +103,10 @@ class LLM:
         self._next_id += len(prompts)
         index = {rid: i for i, rid in enumerate(rids)}
         tokens: list[list[int]] = [[] for _ in prompts]
+        logprobs: list[list[TokenLogprobs] | None] = [
+            None if p.logprobs is None else [] for p in plist
+        ]
+        prompt_logprobs: list[tuple[TokenLogprobs | None, ...] | None] = [None] * len(prompts)
         reasons: list[str | None] = [None] * len(prompts)
         todo = deque(range(len(prompts)))
         # Keep about one batch waiting: a huge offline batch must not age past scheduler_ttl in the queue.
@@ -112,9 +121,16 @@ class LLM:
             for out in self.engine.step():
                 i = index[out.request_id]
                 tokens[i].extend(out.new_token_ids)
+                entries = logprobs[i]
+                if entries is not None and out.logprobs is not None:
+                    entries.extend(out.logprobs)
+                if out.prompt_logprobs is not None:
+                    prompt_logprobs[i] = out.prompt_logprobs
                 if out.finished:
                     reasons[i] = out.finish_reason
         return [
-            OfflineCompletion(tuple(p), tuple(t), self.tokenizer.decode(t), r)
-            for p, t, r in zip(prompts, tokens, reasons, strict=True)
+            OfflineCompletion(
+                tuple(p), tuple(t), self.tokenizer.decode(t), r, None if lp is None else tuple(lp), plp
+            )
+            for p, t, r, lp, plp in zip(prompts, tokens, reasons, logprobs, prompt_logprobs, strict=True)
         ]

@@ -1,7 +1,13 @@
-"""SamplingParams: what one request asks of the sampler, validated with OpenAI's ranges.
+"""SamplingParams: what one request asks of the sampler, each field declared once with its rules.
 
-The Triton ensemble carries these as one JSON object (`sampling` tensor); `from_dict` is the strict parser the
-tokenizer model and the engine adapter use, raising `InvalidRequest(param=...)` that names the field.
+Every field carries a `ParamSpec` (its type, range, default, OpenAI request name, name in Triton's
+vLLM-backend `sampling_parameters`, and whether the sampler needs the request's output history). From those
+declarations come: this class's validation and its strict JSON parser (`from_dict`, used where a request
+enters: the gateway, and for direct Triton users the tokenizer model), the vLLM-convention mapping
+(`paddlellm/protocol/vllm_convention.py`), the gateway's request constraints (`gateway/openai_schema.py`) and
+the table in `docs/api.md` (`markdown_table`); tests check each against `SPECS`.
+
+Adding a sampling parameter: declare the field here, then honour it in the sampler (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -9,62 +15,155 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from paddlellm.errors import InvalidRequest
 
-_MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1
 MAX_STREAM_INTERVAL = 4096
 AUTO_STREAM_INTERVAL = 0  # stream_interval: tokens per response chosen by the serving adapter from its load
+MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's top_logprobs limit; vLLM's default max_logprobs)
+
+Kind = Literal["int", "float", "bool", "ids"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One sampling parameter's contract. Bounds are inclusive unless `*_open`; None: unbounded."""
+
+    kind: Kind
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    nullable: bool = False  # JSON null is a value (not "use the default"): max_tokens, seed, logprobs
+    openai: str | None = None  # the request field of both OpenAI endpoints with this meaning; None: none
+    vllm: str | None = None  # the key in Triton's vLLM-backend sampling_parameters; None: not accepted there
+    needs_history: bool = False  # the sampler reads the request's output ids for it
+
+    def check(self, name: str, value: Any) -> None:
+        """Range check of a coerced value; raises InvalidRequest naming `name`."""
+        if value is None or self.kind == "bool":
+            return
+        values = value if self.kind == "ids" else (value,)
+        for v in values:
+            if isinstance(v, float) and math.isnan(v):
+                raise InvalidRequest(f"'{name}' must be a number, got {value!r}", param=name)
+            if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+                raise InvalidRequest(f"'{name}' {self.range_text()}, got {value!r}", param=name)
+            if self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi):
+                raise InvalidRequest(f"'{name}' {self.range_text()}, got {value!r}", param=name)
+
+    def range_text(self) -> str:
+        each = "each must be" if self.kind == "ids" else "must be"
+        lo = None if self.lo is None else _num(self.lo)
+        hi = None if self.hi is None else _num(self.hi)
+        if lo is not None and hi is not None:
+            return f"{each} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        if lo is not None:
+            return f"{each} {'>' if self.lo_open else '>='} {lo}"
+        if hi is not None:
+            return f"{each} {'<' if self.hi_open else '<='} {hi}"
+        return "is unbounded"
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """A JSON value -> the field's Python value, strictly (bool is no number, 3.5 no integer)."""
+        if value is None:
+            return None
+        if self.kind == "int":
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # JSON does not tell 3 from 3.0
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidRequest(f"'{name}' must be an integer, got {value!r}", param=name)
+            return value
+        if self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidRequest(f"'{name}' must be a number, got {value!r}", param=name)
+            return float(value)
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise InvalidRequest(f"'{name}' must be a boolean, got {value!r}", param=name)
+            return value
+        if not isinstance(value, (list, tuple)) or any(
+            isinstance(v, bool) or not isinstance(v, int) for v in value
+        ):
+            raise InvalidRequest(f"'{name}' must be a list of integers", param=name)
+        return tuple(value)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _p(default: Any, spec: ParamSpec) -> Any:
+    return field(default=default, metadata={"spec": spec})
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_tokens: int | None = 16  # None: as many as the context has room for (OpenAI chat's default)
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None  # None: the engine derives one, so recompute after preemption draws the same
-    min_tokens: int = 0  # EOS and stop ids are suppressed until this many tokens are generated
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
+    max_tokens: int | None = _p(16, ParamSpec(
+        "int", "tokens to generate at most; null: up to the end of the context (chat's default)",
+        lo=1, nullable=True, openai="max_tokens", vllm="max_tokens"))
+    temperature: float = _p(1.0, ParamSpec(
+        "float", "0 = greedy", lo=0.0, hi=2.0, openai="temperature", vllm="temperature"))
+    top_p: float = _p(1.0, ParamSpec(
+        "float", "nucleus: the smallest set of tokens whose probability reaches top_p",
+        lo=0.0, lo_open=True, hi=1.0, openai="top_p", vllm="top_p"))
+    top_k: int = _p(0, ParamSpec(
+        "int", "only the k most likely tokens; 0 or -1: all", lo=-1, openai="top_k", vllm="top_k"))
+    min_p: float = _p(0.0, ParamSpec(
+        "float", "drop tokens less likely than min_p times the most likely one",
+        lo=0.0, hi=1.0, openai="min_p", vllm="min_p"))
+    frequency_penalty: float = _p(0.0, ParamSpec(
+        "float", "logit -= frequency_penalty x the token's count in the output", lo=-2.0, hi=2.0,
+        openai="frequency_penalty", vllm="frequency_penalty", needs_history=True))
+    presence_penalty: float = _p(0.0, ParamSpec(
+        "float", "logit -= presence_penalty if the token is in the output", lo=-2.0, hi=2.0,
+        openai="presence_penalty", vllm="presence_penalty", needs_history=True))
+    # None: the engine derives one, so a recompute after preemption draws the same.
+    seed: int | None = _p(None, ParamSpec(
+        "int", "makes sampling reproducible", lo=-MAX_SEED - 1, hi=MAX_SEED, nullable=True,
+        openai="seed", vllm="seed"))
+    min_tokens: int = _p(0, ParamSpec(
+        "int", "EOS and stop_token_ids are suppressed until this many tokens are generated",
+        lo=0, openai="min_tokens", vllm="min_tokens"))
+    stop_token_ids: tuple[int, ...] = _p((), ParamSpec(
+        "ids", "token ids that end the generation (after min_tokens)", lo=0,
+        openai="stop_token_ids", vllm="stop_token_ids"))
+    ignore_eos: bool = _p(False, ParamSpec(
+        "bool", "generate past EOS", openai="ignore_eos", vllm="ignore_eos"))
+    # The log-probability of each generated token and of this many top alternatives (raw logits'
+    # log-softmax); None: not computed. The OpenAI names differ per endpoint (chat: logprobs + top_logprobs,
+    # completions: logprobs), so the gateway maps them.
+    logprobs: int | None = _p(None, ParamSpec(
+        "int", "per generated token: its log-probability and the top this-many alternatives",
+        lo=0, hi=MAX_LOGPROBS, nullable=True, vllm="logprobs"))
+    prompt_logprobs: int | None = _p(None, ParamSpec(
+        "int", "per prompt token: its log-probability and the top this-many alternatives (the first: null); "
+        "the whole prompt is computed (no prefix-cache read)",
+        lo=0, hi=MAX_LOGPROBS, nullable=True, openai="prompt_logprobs", vllm="prompt_logprobs"))
     # Output granularity, not sampling: after the first token, the serving adapter sends a response every
     # `stream_interval` tokens (and at the end). Fewer responses mean fewer wake-ups along the serving path.
     # 0 (AUTO_STREAM_INTERVAL): the adapter decides per step, per token while the serving path has room.
-    stream_interval: int = 0
+    stream_interval: int = _p(0, ParamSpec(
+        "int", "tokens per streamed response after the first; 0: automatic", lo=0, hi=MAX_STREAM_INTERVAL))
     # False: one response at the end carrying every token (vLLM's FINAL_ONLY; Triton's vLLM-backend `stream`
     # input, false by default). True: tokens as they come, `stream_interval` at a time.
-    stream: bool = True
+    stream: bool = _p(True, ParamSpec("bool", "responses as tokens come (else one at the end)"))
     # The first response's text starts with the prompt as tokenized (OpenAI completions' `echo`; the vLLM
     # backend's `exclude_input_in_output` false).
-    echo: bool = False
+    echo: bool = _p(False, ParamSpec("bool", "the output text starts with the prompt"))
 
     def __post_init__(self) -> None:
-        def bad(param: str, why: str) -> InvalidRequest:
-            return InvalidRequest(f"'{param}' {why}, got {getattr(self, param)!r}", param=param)
-
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise bad("max_tokens", "must be at least 1")
-        if not (0.0 <= self.temperature <= 2.0) or math.isnan(self.temperature):
-            raise bad("temperature", "must be between 0 and 2")
-        if not (0.0 < self.top_p <= 1.0):
-            raise bad("top_p", "must be in (0, 1]")
-        for name in ("frequency_penalty", "presence_penalty"):
-            v = getattr(self, name)
-            if not (-2.0 <= v <= 2.0):
-                raise bad(name, "must be between -2 and 2")
-        if self.seed is not None and not (-_MAX_SEED - 1 <= self.seed <= _MAX_SEED):
-            raise bad("seed", "must fit in a signed 64-bit integer")
-        if self.min_tokens < 0:
-            raise bad("min_tokens", "must be >= 0")
+        for f in dataclasses.fields(self):
+            f.metadata["spec"].check(f.name, getattr(self, f.name))
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise bad("min_tokens", f"must be <= max_tokens ({self.max_tokens})")
-        if any(t < 0 for t in self.stop_token_ids):
-            raise bad("stop_token_ids", "must be non-negative token ids")
-        if not AUTO_STREAM_INTERVAL <= self.stream_interval <= MAX_STREAM_INTERVAL:
-            raise bad("stream_interval", f"must be between 0 (auto) and {MAX_STREAM_INTERVAL}")
+            raise InvalidRequest(
+                f"'min_tokens' must be <= max_tokens ({self.max_tokens}), got {self.min_tokens}",
+                param="min_tokens",
+            )
 
     def with_room(self, room: int) -> SamplingParams:
         """Resolve max_tokens=None to the `room` left in the context (at least 1, so limits still apply)."""
@@ -77,6 +176,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def needs_history(self) -> bool:
+        """The sampler reads this request's output ids (a field with needs_history is not at its default)."""
+        return any(getattr(self, name) != DEFAULTS[name] for name in HISTORY_FIELDS)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stop_token_ids"] = list(self.stop_token_ids)
@@ -87,19 +191,18 @@ class SamplingParams:
 
     @classmethod
     def from_dict(cls, data: Any) -> SamplingParams:
-        """Strict: unknown keys and wrong types raise InvalidRequest naming the field."""
+        """Strict: unknown keys and wrong types raise InvalidRequest naming the field. A null is "not
+        given" (the default), except for nullable fields, where it is the value."""
         if not isinstance(data, dict):
             raise InvalidRequest("sampling parameters must be a JSON object", param="sampling")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            if key not in fields:
+            spec = SPECS.get(key)
+            if spec is None:
                 raise InvalidRequest(f"unknown sampling parameter '{key}'", param=key)
-            if value is None:
-                if key == "max_tokens":
-                    kwargs[key] = None  # explicit null: up to the end of the context
-                continue  # "not given": keep the default
-            kwargs[key] = _coerce(key, value)
+            if value is None and not spec.nullable:
+                continue
+            kwargs[key] = spec.coerce(key, value)
         return cls(**kwargs)
 
     @classmethod
@@ -113,26 +216,32 @@ class SamplingParams:
         return cls.from_dict(data)
 
 
-_INTS = {"max_tokens", "min_tokens", "seed", "stream_interval"}
-_FLOATS = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
+SPECS: dict[str, ParamSpec] = {f.name: f.metadata["spec"] for f in dataclasses.fields(SamplingParams)}
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
+HISTORY_FIELDS: tuple[str, ...] = tuple(name for name, s in SPECS.items() if s.needs_history)
 
 
-def _coerce(key: str, value: Any) -> Any:
-    # bool is an int subclass in Python: reject it where a number is expected.
-    if key in _INTS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRequest(f"'{key}' must be an integer, got {value!r}", param=key)
-        return value
-    if key in _FLOATS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidRequest(f"'{key}' must be a number, got {value!r}", param=key)
-        return float(value)
-    if key in ("ignore_eos", "stream", "echo"):
-        if not isinstance(value, bool):
-            raise InvalidRequest(f"'{key}' must be a boolean, got {value!r}", param=key)
-        return value
-    if key == "stop_token_ids":
-        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-            raise InvalidRequest(f"'{key}' must be a list of integers", param=key)
-        return tuple(value)
-    raise InvalidRequest(f"unknown sampling parameter '{key}'", param=key)
+def markdown_table() -> str:
+    """The table of sampling parameters in docs/api.md (a test keeps the two equal)."""
+    rows = [
+        "| parameter | OpenAI request field | vLLM `sampling_parameters` | type | range | default "
+        "| meaning |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in SPECS.items():
+        default = DEFAULTS[name]
+        shown = json.dumps(list(default) if isinstance(default, tuple) else default)
+        rng = "" if s.kind == "bool" else s.range_text().replace("must be ", "")
+        rows.append(
+            f"| `{name}` | {_code(s.openai)} | {_code(s.vllm)} | {s.kind}{' or null' if s.nullable else ''} "
+            f"| {rng} | `{shown}` | {s.doc} |"
+        )
+    return "\n".join(rows)
+
+
+def _code(name: str | None) -> str:
+    return f"`{name}`" if name else "-"
+
+
+if __name__ == "__main__":  # python -m paddlellm.sampling: the docs/api.md table
+    print(markdown_table())

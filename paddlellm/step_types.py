@@ -5,14 +5,28 @@ the layer above it (engine -> executor -> worker, one direction; `tests/test_bou
 
 Scheduler -> executor/workers: `SchedulerOutput` sends a request's full state once (`NewRequestData`, also
 after a preemption, when it is recomputed) and only the changes afterwards (`CachedRequestData`).
-Executor -> scheduler: `ModelRunnerOutput`.
+Executor -> scheduler: `ModelRunnerOutput` (the sampled tokens and, for the requests that asked, their
+`TokenLogprobs`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from paddlellm.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """One token's log-probability under the model: log-softmax of the raw logits (before penalties,
+    temperature, min_p / top-k / top-p), as vLLM's default `raw_logprobs`."""
+
+    token_id: int
+    logprob: float
+    rank: int  # 1 = the most likely token (1 + the number of tokens with a strictly higher logit)
+    # The N most likely (id, logprob), most likely first, ties by id; N = sampling_params.logprobs (or
+    # prompt_logprobs).
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -20,7 +34,7 @@ class NewRequestData:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     output_token_ids: tuple[int, ...]  # non-empty when recomputing after preemption
-    sampling: SamplingParams
+    sampling_params: SamplingParams
     seed: int  # resolved seed: every draw derives from (seed, position)
     block_ids: tuple[int, ...]
     num_computed_tokens: int  # tokens whose KV is already in the cache: a cached prefix, else 0
@@ -56,3 +70,9 @@ class SchedulerOutput:
 @dataclass(frozen=True)
 class ModelRunnerOutput:
     sampled_token_ids: dict[str, int]  # one token for each request whose scheduled chunk reached its end
+    # The sampled token's logprobs, for those of them whose sampling_params.logprobs is not None.
+    logprobs: dict[str, TokenLogprobs] = field(default_factory=dict)
+    # Requests with prompt_logprobs whose chunk covered prompt positions: request id -> (the prompt position
+    # of the first entry, one entry per position from there on). Position p's entry is token p's logprob
+    # given tokens [0, p), so position 0 never has one.
+    prompt_logprobs: dict[str, tuple[int, tuple[TokenLogprobs, ...]]] = field(default_factory=dict)

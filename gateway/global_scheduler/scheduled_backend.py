@@ -58,6 +58,7 @@ class TritonLocalEngine:
                     resp.completion_tokens,
                     resp.engine_stats,
                     cached_tokens=resp.cached_tokens,
+                    logprobs=resp.logprobs,
                 )
                 if resp.finish_reason and not resp.final:
                     # Read to Triton's final response first, so it completes the request normally.
@@ -105,6 +106,7 @@ class SchedulerStream:
             chunk.completion_tokens,
             chunk.engine_stats,
             chunk.cached_tokens,
+            logprobs=chunk.logprobs,
         )
 
     def cancel(self) -> None:

@@ -65,8 +65,10 @@ class Chunk:
     # Where it ran, for metrics and tests: the executing instance id.
     executor: str = field(default="", compare=False)
     cached_tokens: int = 0  # prompt tokens the executing engine found in its prefix cache
+    logprobs: str = ""  # the engine's logprobs JSON (gateway.logprobs), "" when not asked
 
     def to_json(self) -> str:
+        extra = {"l": self.logprobs} if self.logprobs else {}
         return json.dumps(
             {
                 "x": self.text,
@@ -77,13 +79,16 @@ class Chunk:
                 "s": self.engine_stats,
                 "e": self.executor,
                 "k": self.cached_tokens,
+                **extra,
             }
         )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Chunk:
         d = json.loads(text)
-        return cls(d["x"], tuple(d["ids"]), d["f"], d["p"], d["c"], d["s"], d["e"], d.get("k", 0))
+        return cls(
+            d["x"], tuple(d["ids"]), d["f"], d["p"], d["c"], d["s"], d["e"], d.get("k", 0), d.get("l", "")
+        )
 
 
 _ERRORS: dict[str, type[EngineError]] = {

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from paddlellm.step_types import TokenLogprobs
+
 
 @dataclass(frozen=True)
 class RequestTimings:
@@ -27,3 +29,9 @@ class RequestOutput:
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     error: Exception | None = None  # set when finish_reason == "error" (e.g. Overloaded after the TTL)
     timings: RequestTimings | None = field(default=None)
+    # sampling_params.logprobs set: one entry per id of new_token_ids (ids passed in as resume_ids have none
+    # and are never new); None when not asked.
+    logprobs: tuple[TokenLogprobs, ...] | None = None
+    # sampling_params.prompt_logprobs set: the whole prompt's, index 0 None, on the request's first output
+    # once its prompt was computed; None otherwise.
+    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None

@@ -58,9 +58,10 @@ class PrefixCache:
         max_blocks = (len(tokens) - 1) // self.blocks.block_size
         return self.blocks.match_prefix(req.block_hashes, tokens, max_blocks)
 
-    def admitted(self, req: Request, num_cached_tokens: int) -> None:
-        """Count a request's first admission; later ones (after preemption) are recomputes, not queries."""
-        if self.enabled and req.first_scheduled_time is None:
+    def admitted(self, req: Request, num_cached_tokens: int, looked_up: bool = True) -> None:
+        """Count a request's first admission; later ones (after preemption) are recomputes, not queries, and
+        so are admissions that did not look (`looked_up` False: a request that needs its prompt computed)."""
+        if self.enabled and looked_up and req.first_scheduled_time is None:
             self.queries += req.num_tokens
             self.hits += num_cached_tokens
             req.num_cached_tokens = min(num_cached_tokens, req.num_prompt_tokens)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from paddlellm.engine.outputs import RequestTimings
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import TokenLogprobs
 
 
 class RequestStatus(enum.Enum):
@@ -19,8 +20,8 @@ class RequestStatus(enum.Enum):
 class Request:
     request_id: str
     prompt_token_ids: tuple[int, ...]
-    params: SamplingParams
-    seed: int  # resolved: params.seed, or one the engine derived
+    sampling_params: SamplingParams
+    seed: int  # resolved: sampling_params.seed, or one the engine derived
     arrival_time: float  # clock() when the engine accepted it
     output_token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
@@ -39,9 +40,19 @@ class Request:
     num_synced_blocks: int = 0
     # Outputs already handed to the caller in a RequestOutput.
     num_emitted: int = 0
+    # sampling_params.logprobs set: the entries of the outputs generated here (not of resume ids), in order.
+    output_logprobs: list[TokenLogprobs] = field(default_factory=list)
+    # sampling_params.prompt_logprobs set: one slot per prompt position (0 stays None), filled as chunks are
+    # computed; a recompute after preemption fills them again with the same values. Sent once, complete.
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    prompt_logprobs_sent: bool = False
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampling_params.prompt_logprobs is not None and self.prompt_logprobs is None:
+            self.prompt_logprobs = [None] * len(self.prompt_token_ids)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -62,6 +73,9 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
+
+    def prompt_logprobs_ready(self) -> bool:
+        return self.prompt_logprobs is not None and None not in self.prompt_logprobs[1:]
 
     def timings(self) -> RequestTimings:
         return RequestTimings(

@@ -58,11 +58,11 @@ class Scheduler:
 
     # ---------------------------------------------------------------- requests in and out
 
-    def validate(self, prompt_ids: Sequence[int], params: SamplingParams) -> SamplingParams:
+    def validate(self, prompt_ids: Sequence[int], sampling_params: SamplingParams) -> SamplingParams:
         """Length and cache-size checks that need no scheduler state (safe to call from any thread)."""
         n, limit = len(prompt_ids), self.config.max_model_len
-        params = self.resolve(n, params)
-        assert params.max_tokens is not None  # resolved above
+        sampling_params = self.resolve(n, sampling_params)
+        assert sampling_params.max_tokens is not None  # resolved above
         if n == 0:
             raise InvalidRequest("the prompt is empty", param="prompt")
         if n >= limit:
@@ -71,29 +71,29 @@ class Scheduler:
                 f"shorter than that to leave room for output",
                 param="prompt",
             )
-        if n + params.max_tokens > limit:
+        if n + sampling_params.max_tokens > limit:
             raise InvalidRequest(
-                f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) is "
-                f"{n + params.max_tokens} tokens, more than max_model_len ({limit})",
+                f"the prompt ({n} tokens) plus max_tokens ({sampling_params.max_tokens}) is "
+                f"{n + sampling_params.max_tokens} tokens, more than max_model_len ({limit})",
                 param="max_tokens",
             )
         total = self.blocks.num_total_blocks
-        need = self.blocks.blocks_for(n + params.max_tokens - 1)
+        need = self.blocks.blocks_for(n + sampling_params.max_tokens - 1)
         if need > total:
             param = "prompt" if self.blocks.blocks_for(n) > total else "max_tokens"
             raise InvalidRequest(
-                f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) needs {need} KV "
+                f"the prompt ({n} tokens) plus max_tokens ({sampling_params.max_tokens}) needs {need} KV "
                 f"blocks of {self.blocks.block_size} tokens, but the whole KV cache has {total}",
                 param=param,
             )
         if self._vocab_size is not None and (min(prompt_ids) < 0 or max(prompt_ids) >= self._vocab_size):
             raise InvalidRequest(f"prompt token ids must be in [0, {self._vocab_size})", param="prompt")
-        return params
+        return sampling_params
 
-    def resolve(self, prompt_len: int, params: SamplingParams) -> SamplingParams:
+    def resolve(self, prompt_len: int, sampling_params: SamplingParams) -> SamplingParams:
         """max_tokens=None means "as many as fit": the context left, capped by what the whole cache holds."""
         cache_tokens = self.blocks.num_total_blocks * self.blocks.block_size
-        return params.with_room(min(self.config.max_model_len, cache_tokens + 1) - prompt_len)
+        return sampling_params.with_room(min(self.config.max_model_len, cache_tokens + 1) - prompt_len)
 
     def validate_resume(self, resume_ids: Sequence[int]) -> None:
         if resume_ids and self._vocab_size is not None and (
@@ -105,7 +105,7 @@ class Scheduler:
         self,
         request_id: str,
         prompt_ids: Sequence[int],
-        params: SamplingParams,
+        sampling_params: SamplingParams,
         resume_ids: Sequence[int] = (),
     ) -> Request:
         """Queue a request. `resume_ids`: ids a cut run already streamed; the request starts as if it had
@@ -114,21 +114,21 @@ class Scheduler:
         the next step with "length" and no new ids."""
         prompt = tuple(int(t) for t in prompt_ids)
         resume = [int(t) for t in resume_ids]
-        params = self.resolve(len(prompt), params)
-        self.validate(prompt, params)
+        sampling_params = self.resolve(len(prompt), sampling_params)
+        self.validate(prompt, sampling_params)
         self.validate_resume(resume)
         if request_id in self.requests:
             raise InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
         max_size = self.config.scheduler_max_size
         if 0 < max_size <= len(self.waiting):
             raise Overloaded(f"the engine queue is full ({max_size} requests waiting; scheduler_max_size)")
-        req = Request(request_id, prompt, params, self._resolve_seed(params), self._clock())
+        req = Request(request_id, prompt, sampling_params, self._resolve_seed(sampling_params), self._clock())
         req.output_token_ids = resume
         req.num_emitted = len(resume)
         self.requests[request_id] = req
         self.waiting.append(req)
-        assert params.max_tokens is not None  # resolved above
-        if len(resume) >= params.max_tokens:
+        assert sampling_params.max_tokens is not None  # resolved above
+        if len(resume) >= sampling_params.max_tokens:
             self._finish(req, "length")
             self._pending.append(self._output(req))
         return req
@@ -168,7 +168,9 @@ class Scheduler:
            (with nothing running, the head goes in if its first chunk fits at all: no starvation).
            An admitted request first takes the longest cached prefix of its tokens (whole blocks, at
            least one token left): those tokens count as computed and its first chunk starts after
-           them. Cached blocks nobody held count as newly used, like fresh ones.
+           them. Cached blocks nobody held count as newly used, like fresh ones. A request that asked
+           for prompt_logprobs reads no cached prefix until it has them all: every prompt position
+           must run through the model (its blocks are still registered for others).
         4. Admitted requests go out whole (NewRequestData), the rest as changes only
            (CachedRequestData).
         """
@@ -193,7 +195,8 @@ class Scheduler:
             limit = self.config.kv_cache_ratio * self.blocks.num_total_blocks
             while self.waiting and len(self.running) < self.config.max_num_seqs and budget > 0:
                 req = self.waiting[0]
-                hits = self.prefix_cache.match(req)
+                reads_cache = req.sampling_params.prompt_logprobs is None or req.prompt_logprobs_ready()
+                hits = self.prefix_cache.match(req) if reads_cache else []
                 cached = len(hits) * self.blocks.block_size
                 n = min(req.num_tokens - cached, budget)
                 need = self.blocks.num_new_blocks(hits, cached + n) + self.blocks.num_reclaimed(hits)
@@ -204,7 +207,7 @@ class Scheduler:
                 self.blocks.take(req.block_ids, hits)
                 self.blocks.append(req.block_ids, cached + n)
                 req.num_computed_tokens = cached
-                self.prefix_cache.admitted(req, cached)
+                self.prefix_cache.admitted(req, cached, looked_up=reads_cache)
                 self.waiting.popleft()
                 req.status = RequestStatus.RUNNING
                 if req.first_scheduled_time is None:
@@ -227,6 +230,11 @@ class Scheduler:
         chunk filled are registered in the prefix cache (before a finish frees them: they stay
         cached). Finished requests free their blocks. Returns one RequestOutput per request that
         gained a token or finished, after any made since the last update (TTL expiries).
+
+        Logprobs: the runner's entry for each sampled token of a request that asked is appended to
+        Request.output_logprobs (aligned with the outputs generated here); prompt logprobs are stored per
+        prompt position (a recompute after preemption writes the same slots again, so nothing is
+        duplicated) and go out once, on the first output after the whole prompt was computed.
         """
         outputs, self._pending = self._pending, []
         for request_id, n in sched.num_scheduled_tokens.items():
@@ -235,6 +243,10 @@ class Scheduler:
                 continue
             req.num_computed_tokens += n
             self.prefix_cache.register_computed(req)
+            prompt_part = runner_out.prompt_logprobs.get(request_id)
+            if prompt_part is not None and req.prompt_logprobs is not None and not req.prompt_logprobs_sent:
+                first, entries = prompt_part
+                req.prompt_logprobs[first : first + len(entries)] = entries
             if req.num_computed_tokens < req.num_tokens:
                 continue  # a prefill chunk short of the end: nothing sampled
             token = runner_out.sampled_token_ids.get(request_id)
@@ -243,6 +255,11 @@ class Scheduler:
                     f"executor sampled no token for request {request_id!r} at the end of its chunk"
                 )
             req.output_token_ids.append(int(token))
+            if req.sampling_params.logprobs is not None:
+                entry = runner_out.logprobs.get(request_id)
+                if entry is None:
+                    raise RuntimeError(f"executor returned no logprobs for request {request_id!r}")
+                req.output_logprobs.append(entry)
             if req.first_token_time is None:
                 req.first_token_time = self._clock()
             reason = self._stop_reason(req, int(token))
@@ -289,7 +306,7 @@ class Scheduler:
                         req.request_id,
                         req.prompt_token_ids,
                         tuple(req.output_token_ids),
-                        req.params,
+                        req.sampling_params,
                         req.seed,
                         tuple(req.block_ids),
                         req.num_computed_tokens,
@@ -333,7 +350,7 @@ class Scheduler:
             self._pending.append(self._output(req))
 
     def _stop_reason(self, req: Request, token: int) -> str | None:
-        p = req.params
+        p = req.sampling_params
         if req.num_output_tokens > p.min_tokens and (
             (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids
         ):
@@ -357,6 +374,15 @@ class Scheduler:
 
     def _output(self, req: Request) -> RequestOutput:
         new = tuple(req.output_token_ids[req.num_emitted :])
+        logprobs = None
+        if req.sampling_params.logprobs is not None:
+            resumed = req.num_output_tokens - len(req.output_logprobs)  # resume ids carry no entries
+            logprobs = tuple(req.output_logprobs[req.num_emitted - resumed :])
+        prompt_logprobs = None
+        if not req.prompt_logprobs_sent and req.prompt_logprobs_ready():
+            assert req.prompt_logprobs is not None  # ready implies asked
+            prompt_logprobs = tuple(req.prompt_logprobs)
+            req.prompt_logprobs_sent = True
         req.num_emitted = req.num_output_tokens
         return RequestOutput(
             req.request_id,
@@ -368,12 +394,15 @@ class Scheduler:
             finish_reason=req.finish_reason,
             error=req.error,
             timings=req.timings(),
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
-    def _resolve_seed(self, params: SamplingParams) -> int:
-        """params.seed, else a well-mixed non-negative 63-bit seed from (config.seed, per-engine counter)."""
-        if params.seed is not None:
-            return params.seed
+    def _resolve_seed(self, sampling_params: SamplingParams) -> int:
+        """sampling_params.seed, else a well-mixed non-negative 63-bit seed from (config.seed, a per-engine
+        counter)."""
+        if sampling_params.seed is not None:
+            return sampling_params.seed
         ss = np.random.SeedSequence([self.config.seed & _MASK64, self._seed_counter])
         self._seed_counter += 1
         return int(ss.generate_state(1, dtype=np.uint64)[0]) >> 1

@@ -83,7 +83,7 @@ class MultiprocExecutor:
 
     # ---------------------------------------------------------------- Executor protocol
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        """Broadcast one Step to every rank; rank 0 answers with the sampled tokens."""
+        """Broadcast one Step to every rank; rank 0 answers with the sampled tokens (and logprobs)."""
         reply = self._call(lambda seq: Step(seq, sched))
         assert isinstance(reply, StepDone)
         return reply.output

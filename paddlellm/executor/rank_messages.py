@@ -3,7 +3,8 @@
 Engine -> ranks: `Init` is a rank process's spawn argument; then one `Step` per engine step (it carries the
 SchedulerOutput, i.e. new requests once and only the changes afterwards), and the control messages `Warmup`,
 `PromptLogits` (tests) and `Shutdown`. Ranks -> engine: `Ready` once loaded, then `StepDone` / `Result` from
-rank 0 only (every rank computes the same sampled tokens), and `Failed` from any rank.
+rank 0 only (every rank computes the same sampled tokens; only rank 0 turns logits into the logprobs a
+`ModelRunnerOutput` carries), and `Failed` from any rank.
 
 Encoding is pickle (highest protocol) of these frozen dataclasses: a 32-request decode step encodes in ~25 us
 and decodes in ~20 us here (see tests/tp/test_messages.py), small beside a step and without a schema to keep

@@ -62,6 +62,9 @@ RESUME_IDS = "resume_ids"
 # The tokenizer step reads both conventions and hands the engine one canonical `sampling`.
 TEXT_INPUT, STREAM, SAMPLING_PARAMETERS = "text_input", "stream", "sampling_parameters"
 EXCLUDE_INPUT_IN_OUTPUT = "exclude_input_in_output"
+# The vLLM backend's flag for its `logprobs` output: true asks for the chosen tokens' log-probabilities
+# (SamplingParams.logprobs 0 when the sampling asked none); false or absent changes nothing.
+RETURN_LOGPROBS = "return_logprobs"
 # Engine outputs, one response per engine step that produced tokens for the request.
 INPUT_IDS = "input_ids"
 TOKEN_IDS = "token_ids"  # ids produced by this step
@@ -73,6 +76,11 @@ COMPLETION_TOKENS = "completion_tokens"  # cumulative generated tokens
 CACHED_TOKENS = "cached_tokens"  # prompt tokens found in the prefix cache (usage.prompt_tokens_details)
 ENGINE_STATS = "engine_stats"  # JSON with engine-side timings on the final response, "" otherwise
 TEXT_OUTPUT = "text_output"
+# "" when the request asked for no logprobs (SamplingParams.logprobs / prompt_logprobs); else JSON:
+# {"content": [entry per token_ids id], "prompt": [null, entry, ...]} ("prompt" on the first response only),
+# entry = {"id", "token", "bytes", "logprob", "rank", "top_logprobs": [{"id", "token", "bytes", "logprob"}]}.
+# Straight from llm_engine to the ensemble's outputs (paddlellm/triton/logprobs_json.py, docs/triton.md).
+LOGPROBS = "logprobs"
 # A request to llm_engine carrying this request parameter (true) aborts the live request with the same
 # request id instead of starting one. The detokenizer (and the gateway, when its client goes away) sends it,
 # because Triton 2.51 never tells a decoupled ensemble step about cancellation (docs/triton-notes.md).
@@ -91,6 +99,7 @@ TOKENIZER = ModelSpec(
         for t in (
             _s(PROMPT), _s(MESSAGES), _s(SAMPLING),
             _s(TEXT_INPUT), _bool(STREAM), _s(SAMPLING_PARAMETERS), _bool(EXCLUDE_INPUT_IN_OUTPUT),
+            _bool(RETURN_LOGPROBS),
         )
     ),
     # `sampling`: the request's SamplingParams as canonical JSON, whichever convention it came in.
@@ -100,7 +109,7 @@ LLM_ENGINE = ModelSpec(
     "llm_engine",
     inputs=(_ids(INPUT_IDS), _s(SAMPLING), _optional(_ids(RESUME_IDS))),
     outputs=(_ids(TOKEN_IDS), _ids(WINDOW_IDS), _i1(PREFIX_LEN), _s(FINISH_REASON), _i1(PROMPT_TOKENS),
-             _i1(COMPLETION_TOKENS), _s(ENGINE_STATS), _i1(CACHED_TOKENS)),
+             _i1(COMPLETION_TOKENS), _s(ENGINE_STATS), _i1(CACHED_TOKENS), _s(LOGPROBS)),
     decoupled=True,
 )
 # The detokenizer is a pure function of one engine response's window: it turns ids into a text delta. Only the
@@ -116,7 +125,7 @@ ENSEMBLE = ModelSpec(
     "ensemble",
     inputs=(*TOKENIZER.inputs, _optional(_ids(RESUME_IDS))),
     outputs=(_s(TEXT_OUTPUT), _ids(TOKEN_IDS), _s(FINISH_REASON), _i1(PROMPT_TOKENS), _i1(COMPLETION_TOKENS),
-             _s(ENGINE_STATS), _i1(CACHED_TOKENS)),
+             _s(ENGINE_STATS), _i1(CACHED_TOKENS), _s(LOGPROBS)),
     decoupled=True,
 )
 MODELS = (TOKENIZER, LLM_ENGINE, DETOKENIZER, ENSEMBLE)

@@ -3,7 +3,7 @@
 Tools that know Triton's LLM world (genai-perf `--backend vllm`, Triton's OpenAI frontend, hand-written
 `tritonclient` code) send `text_input`, `stream`, `exclude_input_in_output` and `sampling_parameters`: vLLM's
 SamplingParams as a JSON object. This module turns the last into our SamplingParams, strictly: a vLLM
-parameter we cannot honour (stop strings, top_k, n > 1, logprobs, ...) fails naming it, unless its value is
+parameter we cannot honour (stop strings, n > 1, repetition_penalty, ...) fails naming it, unless its value is
 the one that changes nothing. Values may be JSON strings (genai-perf sends `"max_tokens": "128"`); the
 vLLM backend converts them by the field's type, and so do we, but a string that is no such value fails.
 The defaults are vLLM's: 16 tokens, temperature 1, and no streaming unless `stream` is true.
@@ -15,37 +15,22 @@ import json
 from typing import Any
 
 from paddlellm.errors import InvalidRequest
-from paddlellm.sampling import SamplingParams
+from paddlellm.sampling import SPECS, SamplingParams
 
-# vLLM name -> our SamplingParams field (the same meaning).
-_DIRECT = {
-    "max_tokens": "max_tokens",
-    "min_tokens": "min_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
-    "seed": "seed",
-    "stop_token_ids": "stop_token_ids",
-    "ignore_eos": "ignore_eos",
-}
-_INTS = {"max_tokens", "min_tokens", "seed"}
-_FLOATS = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
+# vLLM name -> our SamplingParams field (the same meaning), from the declarations.
+_BY_VLLM_NAME = {spec.vllm: name for name, spec in SPECS.items() if spec.vllm}
 
-# vLLM parameters we do not implement, accepted at the value that leaves the output unchanged.
+# vLLM parameters we do not implement, accepted at the value that leaves the output unchanged. The ones we
+# do implement come from the declarations in paddlellm/sampling.py (ParamSpec.vllm).
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "n": (1,),
+    "n": (1,),  # n choices: the OpenAI gateway fans a request out; one Triton request is one sequence
     "best_of": (None, 1),
-    "top_k": (-1, 0),
-    "min_p": (0.0,),
     "repetition_penalty": (1.0,),
     "stop": (None, "", ()),
     "include_stop_str_in_output": (None, False, True),  # matters only with stop strings
     "skip_special_tokens": (True,),
     "spaces_between_special_tokens": (True,),
     "detokenize": (True,),
-    "logprobs": (None, 0),
-    "prompt_logprobs": (None, 0),
     "bad_words": (None, ()),
     "truncate_prompt_tokens": (None,),
 }
@@ -68,10 +53,10 @@ def sampling_from_vllm(text: str | bytes) -> SamplingParams:
         raise InvalidRequest("sampling_parameters must be a JSON object", param="sampling_parameters")
     ours: dict[str, Any] = {}
     for key, value in data.items():
-        if value is None and key != "max_tokens":
+        if value is None and not (key in _BY_VLLM_NAME and SPECS[_BY_VLLM_NAME[key]].nullable):
             continue  # vLLM drops nulls so its defaults apply
-        if key in _DIRECT:
-            ours[_DIRECT[key]] = None if value is None else _convert(key, value)
+        if key in _BY_VLLM_NAME:
+            ours[_BY_VLLM_NAME[key]] = None if value is None else _convert(key, value)
         elif key in _NEUTRAL:
             if _normalize(key, value) not in _NEUTRAL[key]:
                 why = _WHY.get(key, "not supported by this engine")
@@ -86,14 +71,15 @@ def _convert(key: str, value: Any) -> Any:
     if not isinstance(value, str):
         return value
     text = value.strip()
+    kind = SPECS[_BY_VLLM_NAME[key]].kind
     try:
-        if key in _INTS:
+        if kind == "int":
             return int(text)
-        if key in _FLOATS:
+        if kind == "float":
             return float(text)
-        if key == "ignore_eos":
+        if kind == "bool":
             return {"true": True, "false": False, "1": True, "0": False}[text.lower()]
-        if key == "stop_token_ids":
+        if kind == "ids":
             return json.loads(text)
     except (ValueError, KeyError):
         pass
@@ -111,5 +97,5 @@ def _normalize(key: str, value: Any) -> Any:
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
-        return float(value) if key in ("min_p", "repetition_penalty") else value
+        return float(value) if key == "repetition_penalty" else value
     return value

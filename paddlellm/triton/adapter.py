@@ -85,14 +85,14 @@ def _optional_bool(pb: Any, request: Any, name: str) -> bool | None:
 class TokenizerInput:
     prompt: str
     messages: list[dict[str, Any]] | None  # None: a completion request (use `prompt`)
-    sampling: SamplingParams
+    sampling_params: SamplingParams
     prompt_param: str = p.PROMPT  # the input the prompt came from, named by errors about it
 
 
 def read_tokenizer_input(pb: Any, request: Any) -> TokenizerInput:
     """Our inputs (`prompt` or `messages`, `sampling`) or Triton's vLLM-backend names (`text_input`,
-    `sampling_parameters`, `stream`, `exclude_input_in_output`); every input is optional. One prompt source
-    and at most one sampling source; conflicts fail naming the input."""
+    `sampling_parameters`, `stream`, `exclude_input_in_output`, `return_logprobs`); every input is optional.
+    One prompt source and at most one sampling source; conflicts fail naming the input."""
     prompt = _optional_str(pb, request, p.PROMPT) or ""
     messages_json = _optional_str(pb, request, p.MESSAGES) or ""
     text_input = _optional_str(pb, request, p.TEXT_INPUT)
@@ -101,34 +101,40 @@ def read_tokenizer_input(pb: Any, request: Any) -> TokenizerInput:
     ours, vllm = _optional_str(pb, request, p.SAMPLING), _optional_str(pb, request, p.SAMPLING_PARAMETERS)
     if ours and vllm:
         raise InvalidRequest("send sampling or sampling_parameters, not both", param=p.SAMPLING_PARAMETERS)
-    sampling = sampling_from_vllm(vllm) if vllm else SamplingParams.from_json(ours or "")
+    sampling_params = sampling_from_vllm(vllm) if vllm else SamplingParams.from_json(ours or "")
     # vLLM backend defaults when its names are used: no streaming, and then the prompt leads the text.
     stream = _optional_bool(pb, request, p.STREAM)
     if stream is None:
-        stream = sampling.stream and text_input is None
+        stream = sampling_params.stream and text_input is None
     exclude = _optional_bool(pb, request, p.EXCLUDE_INPUT_IN_OUTPUT)
     echo = (
-        (not exclude) if exclude is not None else (sampling.echo or (text_input is not None and not stream))
+        (not exclude)
+        if exclude is not None
+        else (sampling_params.echo or (text_input is not None and not stream))
     )
-    if (stream, echo) != (sampling.stream, sampling.echo):
-        sampling = dataclasses.replace(sampling, stream=stream, echo=echo)
+    # return_logprobs true: at least the chosen token's logprob (no alternatives unless the sampling asks).
+    logprobs = sampling_params.logprobs
+    if logprobs is None and _optional_bool(pb, request, p.RETURN_LOGPROBS):
+        logprobs = 0
+    if (stream, echo, logprobs) != (sampling_params.stream, sampling_params.echo, sampling_params.logprobs):
+        sampling_params = dataclasses.replace(sampling_params, stream=stream, echo=echo, logprobs=logprobs)
     if text_input is not None:
-        return TokenizerInput(text_input, None, sampling, p.TEXT_INPUT)
+        return TokenizerInput(text_input, None, sampling_params, p.TEXT_INPUT)
     if not messages_json:
-        return TokenizerInput(prompt, None, sampling)
+        return TokenizerInput(prompt, None, sampling_params)
     try:
         messages = json.loads(messages_json)
     except ValueError as e:
         raise InvalidRequest(f"'messages' is not valid JSON: {e}", param="messages") from None
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("'messages' must be a JSON array of objects", param="messages")
-    return TokenizerInput(prompt, messages, sampling, p.MESSAGES)
+    return TokenizerInput(prompt, messages, sampling_params, p.MESSAGES)
 
 
 @dataclass(frozen=True)
 class EngineInput:
     prompt_ids: tuple[int, ...]
-    sampling: SamplingParams
+    sampling_params: SamplingParams
     resume_ids: tuple[int, ...] = ()  # ids a cut run already streamed: continue after them
 
 
@@ -181,12 +187,12 @@ def _int_tensor(pb: Any, name: str, value: int) -> Any:
     return pb.Tensor(name, np.array([value], dtype=np.int32))
 
 
-def tokenizer_response(pb: Any, input_ids: Sequence[int], sampling: SamplingParams) -> Any:
+def tokenizer_response(pb: Any, input_ids: Sequence[int], sampling_params: SamplingParams) -> Any:
     """The prompt's ids and the request's sampling, canonical whichever convention it came in."""
     return pb.InferenceResponse(
         output_tensors=[
             _ids_tensor(pb, p.INPUT_IDS, input_ids),
-            _str_tensor(pb, p.SAMPLING, sampling.to_json()),
+            _str_tensor(pb, p.SAMPLING, sampling_params.to_json()),
         ]
     )
 
@@ -197,10 +203,12 @@ def engine_response(
     context_ids: Sequence[int],
     engine_stats: str = "",
     echo_ids: Sequence[int] = (),
+    logprobs: str = "",
 ) -> Any:
     """One engine step's output. `context_ids` are the last already-emitted ids the detokenizer needs
     in front of this step's ids (the window's prefix); `echo_ids` (the prompt, on an echoing request's first
-    response) go out as text before them but are no output tokens."""
+    response) go out as text before them but are no output tokens; `logprobs` is the `logprobs` output's
+    text (paddlellm/triton/logprobs_json.py; "" when the request asked none)."""
     window = tuple(context_ids) + tuple(echo_ids) + tuple(out.new_token_ids)
     reason = (out.finish_reason or "") if out.finished else ""
     return pb.InferenceResponse(
@@ -213,6 +221,7 @@ def engine_response(
             _int_tensor(pb, p.COMPLETION_TOKENS, out.num_output_tokens),
             _str_tensor(pb, p.ENGINE_STATS, engine_stats),
             _int_tensor(pb, p.CACHED_TOKENS, out.num_cached_tokens),
+            _str_tensor(pb, p.LOGPROBS, logprobs),
         ]
     )
 

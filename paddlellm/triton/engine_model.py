@@ -5,9 +5,11 @@ Threads and their jobs:
   straight back as that request's only (FINAL) response. Abort requests (`protocol.ABORT_PARAMETER`) call
   `loop.abort` for the live request with the same id.
 - The engine loop thread steps the engine and calls each request's sink with a RequestOutput. The sink
-  only builds the response and queues it (sinks must not block the loop); before every step the loop
-  also runs `_poll_cancelled`, which checks `is_cancelled()` (throttled) and aborts cancelled requests.
-- One sender thread sends queued responses in order, FINAL on the last one of each request.
+  only decides what the response carries and queues it (sinks must not block the loop); before every step
+  the loop also runs `_poll_cancelled`, which checks `is_cancelled()` (throttled) and aborts cancelled
+  requests.
+- One sender thread builds the queued responses (tensors, and the `logprobs` JSON of requests that asked:
+  paddlellm/triton/logprobs_json.py) and sends them in order, FINAL on the last one of each request.
 
 The detokenizer is stateless, so every response carries the last few already-emitted ids in front of
 this step's ids (`window_ids`, `prefix_len`); `_Stream.context` keeps them, seeded with the `resume_ids`
@@ -21,6 +23,7 @@ finished request; a metrics thread applies them to Triton's metric families.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import queue
@@ -40,6 +43,7 @@ from paddlellm.text.incremental import DEFAULT_CONTEXT
 from paddlellm.triton import adapter
 from paddlellm.triton.engine_metrics import EngineMetrics
 from paddlellm.triton.error_responses import error_response, send_error
+from paddlellm.triton.logprobs_json import LogprobsJson, TokenLogprob
 from paddlellm.triton.stream_pacer import StreamPacer
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,7 @@ class Loop(Protocol):
         self,
         request_id: str,
         prompt_ids: Sequence[int],
-        params: SamplingParams,
+        sampling_params: SamplingParams,
         sink: Callable[[RequestOutput], None],
         resume_ids: Sequence[int] = (),
     ) -> Any: ...
@@ -82,6 +86,8 @@ class _Stream:
     echo: tuple[int, ...] = ()  # prompt ids the first response's text starts with (SamplingParams.echo)
     context: deque[int] = field(default_factory=lambda: deque(maxlen=DETOKENIZER_CONTEXT))
     pending: list[int] = field(default_factory=list)  # ids held back until `interval` of them are ready
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # their entries (requests that asked)
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # until the next response carries them
     sent_tokens: bool = False
     abort_sent: bool = False
 
@@ -94,18 +100,22 @@ class EngineModel:
         cancel_poll_s: float = 0.25,
         metrics: EngineMetrics | None = None,
         pacer: StreamPacer | None = None,
+        logprobs: LogprobsJson | None = None,
     ) -> None:
         """`metrics`: default Triton's metric families when `pb` has them (a real stub), else none.
-        `pacer`: the automatic stream interval (streams with stream_interval 0)."""
+        `pacer`: the automatic stream interval (streams with stream_interval 0). `logprobs`: writes the
+        `logprobs` output (its vocabulary: the checkpoint's tokenizer; default none, tokens "")."""
         self.pb = pb
         self.pacer = pacer if pacer is not None else StreamPacer()
+        self.logprobs = logprobs if logprobs is not None else LogprobsJson()
         self.cancel_poll_s = cancel_poll_s
         self.metrics = metrics if metrics is not None else EngineMetrics.for_backend(pb)
         self._engine: Any = None  # the loop's engine, for stats (None for loops that have none)
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._last_poll = 0.0
-        self._outbox: queue.SimpleQueue[tuple[_Stream, Any, int] | None] = queue.SimpleQueue()
+        # (stream, builds the response, flags); None stops the sender.
+        self._outbox: queue.SimpleQueue[tuple[_Stream, Callable[[], Any], int] | None] = queue.SimpleQueue()
         self._sender = threading.Thread(target=self._send_loop, name="paddlellm-triton-sender", daemon=True)
         self._sender.start()
         self.loop = make_loop(self._before_step)
@@ -131,13 +141,14 @@ class EngineModel:
                 self.metrics.request_received()
                 received = True
                 inp = adapter.read_engine_input(self.pb, request)
+                sampling_params = inp.sampling_params
                 stream = _Stream(
                     request_id,
                     request,
                     sender,
-                    interval=inp.sampling.stream_interval,
-                    final_only=not inp.sampling.stream,
-                    echo=inp.prompt_ids if inp.sampling.echo and not inp.resume_ids else (),
+                    interval=sampling_params.stream_interval,
+                    final_only=not sampling_params.stream,
+                    echo=inp.prompt_ids if sampling_params.echo and not inp.resume_ids else (),
                 )
                 # A resumed request: its first window starts with the last ids the cut run sent, exactly
                 # as if this engine had emitted them (a character split across the cut comes out whole).
@@ -150,7 +161,7 @@ class EngineModel:
                     accepted = self.loop.add(
                         request_id,
                         inp.prompt_ids,
-                        inp.sampling,
+                        sampling_params,
                         lambda out, s=stream: self._sink(s, out),
                         resume_ids=inp.resume_ids,
                     )
@@ -195,8 +206,10 @@ class EngineModel:
             err = out.error
             if not isinstance(err, EngineError):
                 err = EngineDead(f"engine failed: {err}")
-            self._outbox.put((stream, error_response(self.pb, err), final))
+            self._outbox.put((stream, functools.partial(error_response, self.pb, err), final))
             return
+        if out.prompt_logprobs is not None:
+            stream.prompt_logprobs = out.prompt_logprobs  # the next response sent carries them
         if not out.new_token_ids and not out.finished:
             return  # e.g. a prefill chunk: nothing to tell the client yet
         if out.new_token_ids and not stream.final_only:
@@ -206,14 +219,21 @@ class EngineModel:
             return
         stats = _stats_json(out.timings) if out.finished else ""
         echo, stream.echo = stream.echo, ()
-        response = adapter.engine_response(self.pb, out, tuple(stream.context), stats, echo)
+        prompt_logprobs, stream.prompt_logprobs = stream.prompt_logprobs, None
+        context = tuple(stream.context)
         stream.context.extend((*echo, *out.new_token_ids))
-        self._outbox.put((stream, response, final))
+
+        def build(out: RequestOutput = out) -> Any:  # on the sender thread
+            logprobs = self.logprobs.build(out.logprobs, prompt_logprobs)
+            return adapter.engine_response(self.pb, out, context, stats, echo, logprobs)
+
+        self._outbox.put((stream, build, final))
 
     def _coalesce(self, stream: _Stream, out: RequestOutput) -> RequestOutput | None:
         """Stream interval: the first tokens go out at once (time to first token), then ids are held until
         `interval` of them are ready (the pacer's current interval for streams on auto); the last output
-        flushes them (and is the only one when `final_only`). None: nothing to send yet.
+        flushes them (and is the only one when `final_only`). None: nothing to send yet. A request that asked
+        for logprobs has its held ids' entries held with them, in the same order.
 
         Every response costs the serving path the same whatever it carries: Triton's two hops, the
         detokenizer and the gateway's SSE chunk each wake a process, and on a small CPU those wake-ups
@@ -223,13 +243,19 @@ class EngineModel:
         interval = stream.interval or self.pacer.interval
         if not out.finished and (stream.final_only or (stream.sent_tokens and ready < interval)):
             stream.pending.extend(out.new_token_ids)
+            if out.logprobs is not None:
+                stream.pending_logprobs.extend(out.logprobs)
             return None
         stream.sent_tokens = stream.sent_tokens or ready > 0
         if not stream.pending:
             return out
         ids = (*stream.pending, *out.new_token_ids)
         stream.pending.clear()
-        return dataclasses.replace(out, new_token_ids=ids)
+        if out.logprobs is None:
+            return dataclasses.replace(out, new_token_ids=ids)
+        logprobs = (*stream.pending_logprobs, *out.logprobs)
+        stream.pending_logprobs.clear()
+        return dataclasses.replace(out, new_token_ids=ids, logprobs=logprobs)
 
     def _poll_cancelled(self) -> None:
         """Abort requests whose client went away. Only direct calls see this: through the ensemble the
@@ -252,8 +278,13 @@ class EngineModel:
 
     def _send_loop(self) -> None:
         while (item := self._outbox.get()) is not None:
-            stream, response, flags = item
+            stream, build, flags = item
             try:
+                try:
+                    response = build()
+                except Exception as e:  # noqa: BLE001 - the request gets the error, with its flags
+                    log.exception("could not build a response for request %s", stream.request_id)
+                    response = error_response(self.pb, e)
                 stream.sender.send(response, flags=flags)
             except Exception:  # noqa: BLE001 - a closed stream must not stop the others
                 log.exception("could not send a response for request %s", stream.request_id)

@@ -54,8 +54,8 @@ class TokenizerModel:
         try:
             inp = adapter.read_tokenizer_input(self.pb, request)
             ids = self.encode(inp.prompt, inp.messages)
-            self._check_length(len(ids), inp.sampling.max_tokens, inp.prompt_param)
-            return adapter.tokenizer_response(self.pb, ids, inp.sampling)
+            self._check_length(len(ids), inp.sampling_params.max_tokens, inp.prompt_param)
+            return adapter.tokenizer_response(self.pb, ids, inp.sampling_params)
         except Exception as e:  # noqa: BLE001 - every failure becomes this request's error response
             return error_response(self.pb, e)
 

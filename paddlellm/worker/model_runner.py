@@ -6,7 +6,14 @@ A step (`execute`):
 2. order the batch: single-token requests (decodes) first, then prefill chunks; gather token ids, positions
    and slots for the step's tokens and build the attention metadata and rotary tables once for all layers;
 3. one forward pass over all tokens; LM head only on the last row of requests whose chunk reaches the end
-   of their known tokens; sample those rows.
+   of their known tokens; sample those rows (with their logprobs for the requests that asked);
+4. prompt logprobs: for a request with sampling_params.prompt_logprobs, each row j of its chunk whose next
+   prompt token j+1 exists also goes through the LM head, in slices of PROMPT_LOGPROB_ROWS rows (a slice's
+   logits are rows x vocab floats), and yields token j+1's TokenLogprobs. The scheduler gives such a request
+   no cached prefix until it holds them all, so every prompt position is computed (the scheduler keeps one
+   entry per position, so a recompute after preemption duplicates nothing).
+Under tensor parallelism every rank runs the LM head (it all-reduces), but only rank 0's output is read
+(executor/rank_messages.py), so only rank 0 turns logits into logprobs.
 """
 
 from __future__ import annotations
@@ -28,11 +35,19 @@ from paddlellm.model_info import ModelInfo
 from paddlellm.models.decoder import DecoderModel
 from paddlellm.quant_blocks import stored_quantization
 from paddlellm.sampling import SamplingParams
-from paddlellm.step_types import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
+from paddlellm.step_types import (
+    CachedRequestData,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+    TokenLogprobs,
+)
 from paddlellm.weight_reader import WeightReader
 from paddlellm.worker.cpu_tuning import tune_process
 from paddlellm.worker.kv_cache import KVCache
-from paddlellm.worker.sampler import Sampler, SampleRow
+from paddlellm.worker.sampler import Sampler, SampleRow, token_logprobs
+
+PROMPT_LOGPROB_ROWS = 64  # prompt rows per LM-head slice: 64 x a 49k vocab = 12.5 MB of float32 logits
 
 
 @dataclass
@@ -40,7 +55,7 @@ class _RequestState:
     token_ids: list[int]  # prompt + outputs known to the runner
     num_prompt: int
     block_table: list[int]
-    sampling: SamplingParams
+    sampling_params: SamplingParams
     seed: int
     num_computed: int
 
@@ -57,6 +72,7 @@ class ModelRunner:
     ) -> None:
         self.config = config
         self.info = info
+        self.rank = rank
         cpu = read_cpu()
         tune_process(cpu)  # process-wide, but every process that runs the model wants it (cpu_tuning.py)
         if config.quantization == "auto":  # resolved from the checkpoint, once, in every rank alike
@@ -100,7 +116,7 @@ class ModelRunner:
             list(new.prompt_token_ids) + list(new.output_token_ids),
             len(new.prompt_token_ids),
             list(new.block_ids),
-            new.sampling,
+            new.sampling_params,
             new.seed,
             new.num_computed_tokens,
         )
@@ -117,6 +133,7 @@ class ModelRunner:
         ids: list[int] = []
         sample_rows: list[int] = []
         sample_info: list[tuple[str, SampleRow]] = []
+        prompt_rows: list[tuple[str, int, int]] = []  # (request, its first row in the batch, its chunk start)
         row = 0
         for rid, n in order:
             st = self.requests.get(rid)
@@ -130,23 +147,60 @@ class ModelRunner:
                 )
             spans.append(SeqSpan(start, n, st.block_table))
             ids.extend(st.token_ids[start:end])
+            p = st.sampling_params
+            if p.prompt_logprobs is not None and start < st.num_prompt - 1:
+                prompt_rows.append((rid, row, start))
             row += n
             st.num_computed = end
             if end == len(st.token_ids):
                 sample_rows.append(row - 1)
-                p = st.sampling
-                # the output ids are copied only when penalties need them
-                outputs = st.token_ids[st.num_prompt :] if p.frequency_penalty or p.presence_penalty else ()
+                # the output ids are copied only when the sampler reads them
+                outputs = st.token_ids[st.num_prompt :] if p.needs_history else ()
                 sample_info.append((rid, SampleRow(p, st.seed, end, outputs, end - st.num_prompt)))
         positions = np.concatenate([np.arange(s.start, s.start + s.num_new) for s in spans])
         with paddle.no_grad():
             hidden = self._forward(np.asarray(ids, dtype=np.int64), positions, spans, num_decode)
+            prompt_lps = {rid: self._prompt_logprobs(hidden, rid, r, s) for rid, r, s in prompt_rows}
             if not sample_rows:
-                return ModelRunnerOutput({})
+                return ModelRunnerOutput({}, {}, self._only_rank0(prompt_lps))
             if len(sample_rows) < hidden.shape[0]:
                 hidden = paddle.gather(hidden, self.stage(np.asarray(sample_rows, dtype=np.int64)))
-            tokens = self.sampler.sample(self.model.logits(hidden), [r for _, r in sample_info])
-        return ModelRunnerOutput({rid: tok for (rid, _), tok in zip(sample_info, tokens, strict=True)})
+            logits = self.model.logits(hidden)
+            rows = [r for _, r in sample_info]
+            if self.rank == 0 and any(r.sampling_params.logprobs is not None for r in rows):
+                tokens, lps = self.sampler.sample_with_logprobs(logits, rows)
+            else:
+                tokens, lps = self.sampler.sample(logits, rows), [None] * len(rows)
+        rids = [rid for rid, _ in sample_info]
+        return ModelRunnerOutput(
+            dict(zip(rids, tokens, strict=True)),
+            {rid: lp for rid, lp in zip(rids, lps, strict=True) if lp is not None},
+            self._only_rank0(prompt_lps),
+        )
+
+    def _prompt_logprobs(
+        self, hidden: paddle.Tensor, rid: str, first_row: int, start: int
+    ) -> tuple[int, tuple[TokenLogprobs, ...]]:
+        """Token j+1's logprobs from row j, for the rows j of this chunk (rows first_row.. of `hidden`, chunk
+        positions start..) whose next prompt token exists; (start + 1, entries). Every rank runs the LM head
+        (TP all-reduces in it); the host work is rank 0's alone (other ranks return no entries)."""
+        st = self.requests[rid]
+        n_top = st.sampling_params.prompt_logprobs or 0
+        stop = min(st.num_computed, st.num_prompt - 1)  # st.num_computed: this chunk's end
+        entries: list[TokenLogprobs] = []
+        for lo in range(start, stop, PROMPT_LOGPROB_ROWS):
+            hi = min(lo + PROMPT_LOGPROB_ROWS, stop)
+            rows = np.arange(first_row + lo - start, first_row + hi - start, dtype=np.int64)
+            logits = self.model.logits(paddle.gather(hidden, self.stage(rows)))
+            if self.rank == 0:
+                targets = st.token_ids[lo + 1 : hi + 1]
+                entries.extend(token_logprobs(logits.numpy(), targets, [n_top] * len(targets)))
+        return start + 1, tuple(entries)
+
+    def _only_rank0(
+        self, prompt_lps: dict[str, tuple[int, tuple[TokenLogprobs, ...]]]
+    ) -> dict[str, tuple[int, tuple[TokenLogprobs, ...]]]:
+        return prompt_lps if self.rank == 0 else {}
 
     def _forward(
         self, ids: np.ndarray, positions: np.ndarray, spans: list[SeqSpan], num_decode: int

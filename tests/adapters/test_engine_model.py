@@ -366,7 +366,11 @@ class ScriptedLoop:
 
     def add(self, request_id, prompt_ids, params, sink, resume_ids=()):
         n = len(resume_ids) + len(self.new_ids)
-        sink(RequestOutput(request_id, tuple(self.new_ids), len(prompt_ids), n, True, "stop"))
+        sink(
+            RequestOutput(
+                request_id, tuple(self.new_ids), len(prompt_ids), n, finished=True, finish_reason="stop"
+            )
+        )
         return params
 
     def abort(self, request_id: str) -> None: ...
@@ -489,3 +493,37 @@ def test_echo_puts_the_prompt_in_the_first_window_only(pb: ModuleType, model: En
     assert outs[0][p.WINDOW_IDS].tolist() == ids + new[:1] and int(outs[0][p.PREFIX_LEN][0]) == 0
     second = outs[1][p.WINDOW_IDS].tolist()
     assert second[: int(outs[1][p.PREFIX_LEN][0])] == (ids + new[:1])[-DETOKENIZER_CONTEXT:]
+
+
+@pytest.mark.parametrize("delivery", [{"stream_interval": 1}, {"stream_interval": 3}, {"stream": False}])
+def test_logprobs_output_follows_the_engine(pb: ModuleType, model: EngineModel, delivery: dict) -> None:
+    """The `logprobs` output of a request that asked, over the real loop: per response the entries of its
+    token_ids in order (held tokens' entries ride with them), the prompt's entries on the first response."""
+    from tests.unit.engine_fakes import fake_logprobs
+
+    ids = prompt(6)
+    sampling = {"max_tokens": 10, "temperature": 0.0, "ignore_eos": True, "logprobs": 2, "prompt_logprobs": 1}
+    req = engine_request(pb, "lp", ids, sampling | delivery)
+    model.execute([req])
+    wait_done(req.get_response_sender())
+    outs = outputs(req.get_response_sender())
+    data = [json.loads(o[p.LOGPROBS][0]) for o in outs]
+    generated = [int(t) for o in outs for t in o[p.TOKEN_IDS]]
+    assert generated == expected_tokens("lp", ids, max_tokens=10, temperature=0.0, ignore_eos=True)
+    for o, d in zip(outs, data, strict=True):
+        assert [e["id"] for e in d["content"]] == o[p.TOKEN_IDS].tolist()
+    entries = [e for d in data for e in d["content"]]
+    expected = [fake_logprobs(t, len(ids) + k, 2) for k, t in enumerate(generated)]
+    assert [(e["logprob"], e["rank"]) for e in entries] == [(x.logprob, x.rank) for x in expected]
+    assert [[t["id"] for t in e["top_logprobs"]] for e in entries] == [[t, t + 1] for t in generated]
+    assert data[0]["prompt"] == [None] + [
+        json.loads(model.logprobs.entry(fake_logprobs(t, k, 1))) for k, t in enumerate(ids) if k
+    ]
+    assert all("prompt" not in d for d in data[1:])
+
+
+def test_requests_without_logprobs_send_an_empty_logprobs_output(pb: ModuleType, model: EngineModel) -> None:
+    req = engine_request(pb, "plain", prompt(4), {"max_tokens": 3, "ignore_eos": True, "stream_interval": 1})
+    model.execute([req])
+    wait_done(req.get_response_sender())
+    assert [o[p.LOGPROBS][0] for o in outputs(req.get_response_sender())] == [b""] * 3

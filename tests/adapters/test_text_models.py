@@ -395,7 +395,8 @@ def test_our_inputs_keep_streaming_and_may_be_left_out(pb: ModuleType) -> None:
     [
         ({"text": "hi", "prompt": "also"}, p.TEXT_INPUT),
         ({"text": "hi", "sampling_parameters": '{"stop": ["\\n"]}'}, "stop"),
-        ({"text": "hi", "sampling_parameters": '{"top_k": 5}'}, "top_k"),
+        ({"text": "hi", "sampling_parameters": '{"repetition_penalty": 1.2}'}, "repetition_penalty"),
+        ({"text": "hi", "sampling_parameters": '{"logprobs": 21}'}, "logprobs"),
         ({"text": "hi", "sampling_parameters": '{"max_tokens": "many"}'}, "max_tokens"),
         ({"text": "hi", "sampling_parameters": '{"lora_name": "x"}'}, "lora_name"),
         ({"text": "hi", "sampling_parameters": "[1]"}, "sampling_parameters"),
@@ -425,3 +426,40 @@ def test_chat_messages_mix_with_the_vllm_names(pb: ModuleType) -> None:
     assert r.outputs()[p.INPUT_IDS].tolist() == [6, 2, 5]
     s = canonical_sampling(r)
     assert (s["max_tokens"], s["temperature"], s["stream"], s["echo"]) == (8, 0.0, False, False)
+
+
+@pytest.mark.parametrize(
+    ("sampling_parameters", "return_logprobs", "expect"),
+    [
+        ("{}", None, (None, None)),
+        ("{}", False, (None, None)),
+        ("{}", True, (0, None)),  # the vLLM backend's flag alone: the chosen tokens' logprobs
+        ('{"logprobs": 2, "prompt_logprobs": "1"}', None, (2, 1)),
+        ('{"logprobs": 3}', True, (3, None)),
+    ],
+)
+def test_logprobs_by_the_vllm_convention(
+    pb: ModuleType, sampling_parameters, return_logprobs, expect
+) -> None:
+    """`sampling_parameters.logprobs` / `prompt_logprobs` (vLLM's names), and the optional `return_logprobs`
+    input (the vLLM backend's): true asks for the chosen tokens' logprobs when the sampling asked none."""
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    request = vllm_request(pb, "hi", sampling_parameters=sampling_parameters)
+    if return_logprobs is not None:
+        request = pb.InferenceRequest(
+            inputs=[*request.inputs(), pb.Tensor(p.RETURN_LOGPROBS, np.array([return_logprobs], np.bool_))],
+            request_id="v",
+        )
+    [r] = model.execute([request])
+    s = canonical_sampling(r)
+    assert (s["logprobs"], s["prompt_logprobs"]) == expect
+
+
+def test_return_logprobs_with_our_sampling(pb: ModuleType) -> None:
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    request = tok_request(pb, prompt="a bb", sampling={"max_tokens": 2})
+    request = pb.InferenceRequest(
+        inputs=[*request.inputs(), pb.Tensor(p.RETURN_LOGPROBS, np.array([True], np.bool_))], request_id="o"
+    )
+    [r] = model.execute([request])
+    assert canonical_sampling(r)["logprobs"] == 0 and canonical_sampling(r)["max_tokens"] == 2

@@ -217,3 +217,35 @@ def test_vllm_backend_names_through_the_ensemble(server: str) -> None:
     prompt_text = "".join(f"<{3 + ord(c) % 900}>" for c in "hello")
     assert len(ids) == 5 and whole[p.TEXT_OUTPUT][0].decode() == prompt_text + "".join(f"<{t}>" for t in ids)
     assert whole[p.FINISH_REASON][0] == b"length"
+
+
+def test_logprobs_through_the_ensemble(server: str) -> None:
+    """sampling_parameters {"logprobs": 2} (vLLM's name): the ensemble's `logprobs` output, straight from the
+    engine, has one entry per token id with 2 alternatives; `return_logprobs` alone asks for the chosen
+    tokens' logprobs only; a request that asks nothing gets ""."""
+    import numpy as np
+    from tritonclient.grpc import InferInput
+
+    from tests.adapters.tritonserver import str_input
+
+    flag = InferInput(p.RETURN_LOGPROBS, [1], "BOOL")
+    flag.set_data_from_numpy(np.array([True], np.bool_))
+
+    async def go(sampling_parameters: dict, *extra: InferInput) -> list[dict[str, Any]]:
+        params = str_input(p.SAMPLING_PARAMETERS, json.dumps({"max_tokens": 5, **sampling_parameters}))
+        inputs = [str_input(p.TEXT_INPUT, "hello"), params, *extra]
+        s = Stream(server, p.ENSEMBLE.name, inputs, uuid.uuid4().hex)
+        outs, err = await s.drain()
+        await s.close()
+        assert err is None, err
+        return outs
+
+    [whole] = run(go({"logprobs": 2}))
+    entries = json.loads(whole[p.LOGPROBS][0])["content"]
+    assert [e["id"] for e in entries] == whole[p.TOKEN_IDS].tolist() and len(entries) == 5
+    assert all(len(e["top_logprobs"]) == 2 for e in entries)
+    assert [e["token"] for e in entries] == [f"<{e['id']}>" for e in entries]  # the test model's vocabulary
+    [flagged] = run(go({}, flag))
+    assert all(e["top_logprobs"] == [] for e in json.loads(flagged[p.LOGPROBS][0])["content"])
+    [plain] = run(go({}))
+    assert plain[p.LOGPROBS][0] == b""

@@ -5,6 +5,7 @@ engine. Slow: the engine loads SmolLM2-135M in the stub (about 30 s here)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +15,13 @@ from launcher.render import render_model_repository
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
 from tests.adapters.conftest import MODEL_REPOSITORY
-from tests.adapters.tritonserver import Stream, ensemble_inputs, running_tritonserver, wait_engine_free
+from tests.adapters.tritonserver import (
+    Stream,
+    ensemble_inputs,
+    running_tritonserver,
+    str_input,
+    wait_engine_free,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -101,3 +108,35 @@ def test_sampling_json_passes_through_unchanged(server: str) -> None:
 
     first, second = asyncio.run(once()), asyncio.run(once())
     assert first == second and len(first) == 8
+
+
+def test_logprobs_by_the_vllm_convention(server: str) -> None:
+    """sampling_parameters {"logprobs": 2} (vLLM's name): the ensemble's `logprobs` output has one entry per
+    token id with two alternatives, the greedy token its own top-1, and the entries' bytes are the text. A
+    request that does not ask gets ""."""
+    prompt = "The capital of France is"
+    params = json.dumps({"max_tokens": 6, "temperature": 0, "logprobs": 2})
+
+    async def go(inputs) -> list[dict]:
+        s = Stream(server, p.ENSEMBLE.name, inputs, uuid.uuid4().hex)
+        outs, err = await s.drain(timeout=120)
+        await s.close()
+        assert err is None, err
+        return outs
+
+    [out] = asyncio.run(go([str_input(p.TEXT_INPUT, prompt), str_input(p.SAMPLING_PARAMETERS, params)]))
+    entries = json.loads(out[p.LOGPROBS][0])["content"]
+    assert [e["id"] for e in entries] == out[p.TOKEN_IDS].tolist() and len(entries) == 6
+    for e in entries:
+        assert len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["id"] == e["id"] and e["rank"] == 1
+        assert (
+            e["logprob"] == e["top_logprobs"][0]["logprob"] <= 0
+            and e["top_logprobs"][1]["logprob"] <= e["logprob"]
+        )
+    text = out[p.TEXT_OUTPUT][0].decode()  # the vLLM backend's default: the prompt, then the output
+    assert (
+        text.startswith(prompt)
+        and text[len(prompt) :] == bytes(b for e in entries for b in e["bytes"]).decode()
+    )
+    plain = asyncio.run(go(ensemble_inputs(prompt, max_tokens=2, temperature=0.0)))
+    assert {o[p.LOGPROBS][0] for o in plain} == {b""}

@@ -6,12 +6,20 @@ It speaks the real client's types: `stream_infer` takes a `StreamRequest` of raw
 `triton_enable_empty_final_response` is requested). Like the real tokenizer and engine it validates
 `sampling` with the strict SamplingParams parser and rejects prompts over `max_model_len` with the
 protocol's error text. Reading after `cancel()` raises CancelledError, as grpc.aio's call does.
+
+Logprobs as the engine sends them (`protocol.LOGPROBS` JSON) when the sampling asks: per token its bytes
+(`token_bytes` overrides a token's, e.g. the halves of a character the detokenizer holds back), a logprob of
+-0.1 x its position, rank 1, and the top alternatives (the token itself, then `alt<j>`); the prompt's
+(words as tokens, the first null) on the first response with `prompt_logprobs`. `eos_id` ends a reply that
+stops with that token (empty text and bytes), as the engine does. With `prefix_cache`, a request whose
+prompt an earlier request already prefilled reports it all cached (and is not `prefilled`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +51,8 @@ DEFAULT_REPLY: tuple[tuple[int, str], ...] = (
     (112, " Done"),
     (113, "!"),
 )
+# The bytes of each token where they are not its text: 110 and 111 split the emoji's bytes between them.
+DEFAULT_TOKEN_BYTES: dict[int, bytes] = {110: b" \xf0\x9f", 111: b"\x8c\x8d"}
 
 Script = Callable[[str, list[dict[str, Any]], SamplingParams], tuple[tuple[int, str], ...]]
 
@@ -64,6 +74,9 @@ class FakeStream:
     completed: bool = False
     aborted: bool = False  # the engine was told to abort it and ended it early, as the engine does
     abort_requested: bool = False
+    prefilled: bool = False  # computed its prompt (not found in the fake prefix cache)
+    first_sent_at: int = -1  # the fake's event counter when its first response went out
+    opened_at: int = -1  # ... when the request was read
 
     @property
     def ended_early(self) -> bool:
@@ -78,8 +91,16 @@ class FakeTritonClient:
         max_model_len: int = 256,
         token_delay: float = 0.0,
         script: Script | None = None,
+        token_bytes: dict[int, bytes] | None = None,
+        eos_id: int | None = None,
+        prefix_cache: bool = False,
     ) -> None:
         self.reply = reply
+        self.token_bytes = DEFAULT_TOKEN_BYTES if token_bytes is None else token_bytes
+        self.eos_id = eos_id
+        self.prefix_cache = prefix_cache
+        self._prefilled: set[tuple[str, str]] = set()
+        self.events = 0
         self.script = script
         self.max_model_len = max_model_len
         self.token_delay = token_delay
@@ -89,6 +110,7 @@ class FakeTritonClient:
         self.down = False  # gRPC UNAVAILABLE everywhere
         self.fail_with: EngineError | None = None  # delivered instead of the first response
         self.fail_after: tuple[int, EngineError] | None = None  # delivered after n token responses
+        self.fail_suffix = ""  # fail_with / fail_after only for request ids ending so (one choice of n: "-1")
         self.cached_tokens = 0  # what the engine reports it found in its prefix cache
         self.streams: list[FakeStream] = []
         self.aborted: list[str] = []  # request ids the gateway asked the engine to abort
@@ -149,37 +171,53 @@ class FakeTritonClient:
     async def _ensemble(self, record: FakeStream) -> AsyncIterator[tuple[Any, Any]]:
         prompt, messages_json = record.inputs[protocol.PROMPT], record.inputs[protocol.MESSAGES]
         try:
-            params = SamplingParams.from_json(record.inputs[protocol.SAMPLING])
+            sampling_params = SamplingParams.from_json(record.inputs[protocol.SAMPLING])
             messages = json.loads(messages_json) if messages_json else []
             n_prompt = _count_tokens(prompt, messages)
-            params = params.with_room(self.max_model_len - n_prompt)  # like the engine: None = the rest
-            if n_prompt + params.max_tokens > self.max_model_len:
+            # Like the engine: max_tokens None is the rest of the context.
+            sampling_params = sampling_params.with_room(self.max_model_len - n_prompt)
+            if n_prompt + sampling_params.max_tokens > self.max_model_len:
                 raise InvalidRequest(
-                    f"prompt has {n_prompt} tokens; with max_tokens={params.max_tokens} that exceeds "
-                    f"max_model_len={self.max_model_len}",
+                    f"prompt has {n_prompt} tokens; with max_tokens={sampling_params.max_tokens} that "
+                    f"exceeds max_model_len={self.max_model_len}",
                     param="messages" if messages else "prompt",
                 )
         except EngineError as e:
             yield None, _error(protocol.format_error(e))
             return
-        if self.fail_with is not None:
+        if self.fail_with is not None and record.request_id.endswith(self.fail_suffix):
             yield None, _error(protocol.format_error(self.fail_with))
             return
-        pieces = self.script(prompt, messages, params) if self.script else self.reply
+        pieces = self.script(prompt, messages, sampling_params) if self.script else self.reply
+        if self.eos_id is not None and len(pieces) < sampling_params.max_tokens:
+            pieces = (*pieces, (self.eos_id, ""))
+        key = (prompt, messages_json)
+        cached = self.cached_tokens
+        if self.prefix_cache:
+            record.prefilled = key not in self._prefilled or sampling_params.prompt_logprobs is not None
+            cached = 0 if record.prefilled else n_prompt
+        self.events += 1
+        record.opened_at = self.events
         # Like the engine: a resumed request continues after the ids already sent (completion counts them).
         skip = len(record.inputs.get(protocol.RESUME_IDS, ()))
-        for n, (tid, text) in enumerate(pieces[skip : params.max_tokens], start=skip + 1):
-            if self.fail_after is not None and n > self.fail_after[0]:
+        for n, (tid, text) in enumerate(pieces[skip : sampling_params.max_tokens], start=skip + 1):
+            if self.fail_after is not None and n > self.fail_after[0] and record.request_id.endswith(
+                self.fail_suffix
+            ):
                 yield None, _error(protocol.format_error(self.fail_after[1]))
                 return
-            last = n == min(len(pieces), params.max_tokens)
-            reason = ("length" if n == params.max_tokens else "stop") if last else ""
+            last = n == min(len(pieces), sampling_params.max_tokens)
+            reason = ("length" if n == sampling_params.max_tokens else "stop") if last else ""
             if self.token_delay:
                 await asyncio.sleep(self.token_delay)
             if record.abort_requested:
                 record.aborted = True
                 break
             record.sent_tokens = n
+            if record.first_sent_at < 0:
+                self.events += 1
+                record.first_sent_at = self.events
+                self._prefilled.add(key)
             yield (
                 _result(
                     {
@@ -189,12 +227,59 @@ class FakeTritonClient:
                         protocol.PROMPT_TOKENS: np.array([n_prompt], np.int32),
                         protocol.COMPLETION_TOKENS: np.array([n], np.int32),
                         protocol.ENGINE_STATS: json.dumps({"steps": n}) if last else "",
-                        protocol.CACHED_TOKENS: np.array([self.cached_tokens], np.int32),
+                        protocol.CACHED_TOKENS: np.array([cached], np.int32),
+                        protocol.LOGPROBS: self._logprobs(
+                            sampling_params, tid, text, n, prompt, messages, n_prompt
+                        ),
                     }
                 ),
                 None,
             )
         yield _result({}, final=True), None
+
+
+    def _bytes(self, tid: int, text: str) -> bytes:
+        return b"" if tid == self.eos_id else self.token_bytes.get(tid, text.encode("utf-8"))
+
+    def _logprobs(
+        self,
+        sampling_params: SamplingParams,
+        tid: int,
+        text: str,
+        n: int,
+        prompt: str,
+        messages: list[dict[str, Any]],
+        n_prompt: int,
+    ) -> str:
+        if sampling_params.logprobs is None and sampling_params.prompt_logprobs is None:
+            return ""
+        out: dict[str, Any] = {"content": []}
+        if sampling_params.logprobs is not None:
+            out["content"] = [_entry(tid, self._bytes(tid, text), -0.1 * n, sampling_params.logprobs)]
+        if sampling_params.prompt_logprobs is not None and n == 1:
+            words = re.findall(r"\s*\S+", prompt) if not messages else [f" w{i}" for i in range(n_prompt)]
+            out["prompt"] = [None] + [
+                _entry(1000 + i, w.encode(), -1.0 - 0.01 * i, sampling_params.prompt_logprobs)
+                for i, w in enumerate(words[1:], start=1)
+            ]
+        return json.dumps(out)
+
+
+def token_text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+def _entry(tid: int, raw: bytes, logprob: float, top: int) -> dict[str, Any]:
+    def one(i: int, r: bytes, lp: float) -> dict[str, Any]:
+        return {"id": i, "token": token_text(r), "bytes": list(r), "logprob": lp}
+
+    alternatives = [one(tid, raw, logprob)] + [
+        one(900 + j, f"alt{j}".encode(), logprob - 1.0 - j) for j in range(1, top)
+    ]
+    return {**one(tid, raw, logprob), "rank": 1, "top_logprobs": alternatives[:top]}
 
 
 class _Responses:

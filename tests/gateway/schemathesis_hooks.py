@@ -1,13 +1,15 @@
 """schemathesis hooks for test_openapi_conformance.py (loaded through `SCHEMATHESIS_HOOKS`).
 
-One rule of the API that no JSON schema can state, because it compares two fields: `min_tokens` (top level or
-in `metadata`) may not exceed the request's `max_tokens` (a 400 otherwise). Generated bodies that break it
-are brought within it; every other value stays as generated, so a body meant to be invalid stays invalid.
+Rules of the API that no JSON schema can state, because they compare two fields (a 400 otherwise):
+`min_tokens` (top level or in `metadata`) may not exceed the request's `max_tokens`; chat's `top_logprobs`
+requires `logprobs: true`; `best_of` must equal `n`. Generated bodies that break them are brought within
+them; every other value stays as generated, so a body meant to be invalid stays invalid.
 
 Against a real model (`MAX_TOKENS_CAP_ENV` set), generations are kept short: an integer max_tokens /
 max_completion_tokens from 1 up to the schema's maximum (MAX_TOKENS_MAXIMUM_ENV; above it stays invalid) is
-lowered to the cap, and a chat request naming neither gets the cap; a valid body stays valid and an invalid
-one invalid.
+lowered to the cap, and a chat request naming neither gets the cap; a valid `n` above 2 becomes 2 (n choices
+are n generations); a valid body stays valid and an invalid one invalid. Both phases (map_case for the
+coverage phase, map_body for the others) apply the cap.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import schemathesis
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # gateway.translate.DEFAULT_MAX_TOKENS
 MAX_TOKENS_CAP_ENV = "PADDLELLM_TEST_MAX_TOKENS_CAP"
 MAX_TOKENS_MAXIMUM_ENV = "PADDLELLM_TEST_MAX_TOKENS_MAXIMUM"  # the schema's maximum: max_model_len - 1
+MAX_CHOICES_UNDER_CAP = 2
 
 
 def _int(value: Any) -> int | None:
@@ -49,17 +52,45 @@ def _capped(path: str, body: dict[str, Any], cap: int, schema_max: int | None) -
             out[name] = cap
     if path.endswith("/chat/completions") and all(name not in body for name in names):
         out["max_completion_tokens"] = cap
+    n = _int(body.get("n"))
+    if n is not None and n > MAX_CHOICES_UNDER_CAP:
+        out["n"] = MAX_CHOICES_UNDER_CAP
     return out
+
+
+def _cap_from_env(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    cap = os.environ.get(MAX_TOKENS_CAP_ENV)
+    if not cap:
+        return body
+    schema_max = os.environ.get(MAX_TOKENS_MAXIMUM_ENV)
+    return _capped(path, body, int(cap), int(schema_max) if schema_max else None)
+
+
+def _pairs(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """top_logprobs given -> logprobs true (chat); a valid best_of -> n's value (when n is valid)."""
+    out = dict(body)
+    if path.endswith("/chat/completions") and body.get("top_logprobs") is not None:
+        if body.get("logprobs") in (None, False):
+            out["logprobs"] = True
+    best_of, n = _int(body.get("best_of")), _int(body.get("n", 1))
+    if best_of is not None and best_of >= 1 and n is not None and best_of != n:
+        out["best_of"] = n
+    return out
+
+
+@schemathesis.hook
+def map_case(context: Any, case: Any) -> Any:
+    """The coverage phase applies case hooks, not map_body: keep its two-field pairs valid too."""
+    if isinstance(case.body, dict) and context.operation is not None:
+        case.body = _pairs(context.operation.path, _cap_from_env(context.operation.path, case.body))
+    return case
 
 
 @schemathesis.hook
 def map_body(context: Any, body: Any) -> Any:
     if not isinstance(body, dict) or context.operation is None:
         return body
-    cap = os.environ.get(MAX_TOKENS_CAP_ENV)
-    if cap:
-        schema_max = os.environ.get(MAX_TOKENS_MAXIMUM_ENV)
-        body = _capped(context.operation.path, body, int(cap), int(schema_max) if schema_max else None)
+    body = _pairs(context.operation.path, _cap_from_env(context.operation.path, body))
     limit = _max_tokens(context.operation.path, body)
     if limit is None or limit < 1:
         return body

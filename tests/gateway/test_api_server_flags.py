@@ -289,6 +289,7 @@ def test_auth_and_limit_flags(model: Path, capsys) -> None:
         ("--max-request-body-bytes", "16777216"),
         ("--max-messages", "2048"),
         ("--max-concurrent-streams", "0"),
+        ("--max-n", "16"),
         ("--request-timeout", "none"),
     ):
         segment = help_text[help_text.index(f"{flag} ", help_text.index("options:")) :][:400]
@@ -296,13 +297,14 @@ def test_auth_and_limit_flags(model: Path, capsys) -> None:
     argv = ["--model", str(model), "--dry-run", "--api-key", "k"]
     argv += ["--api-key-exempt-paths", "/ready, /metrics"]
     argv += ["--max-request-body-bytes", "1024", "--max-messages", "16", "--max-concurrent-streams", "5"]
-    argv += ["--workers", "2", "--request-timeout", "90"]
+    argv += ["--workers", "2", "--request-timeout", "90", "--max-n", "4"]
     assert main(argv) == 0
     gateway = json.loads(capsys.readouterr().out)["gateway"]
     assert gateway["api_key_exempt_paths"] == ["/ready", "/metrics"]
     assert (gateway["max_request_body_bytes"], gateway["max_messages"]) == (1024, 16)
     assert gateway["max_concurrent_streams"] == 3  # ceil(5 / 2 workers): each worker counts its own
     assert gateway["request_timeout_s"] == 90.0
+    assert gateway["max_n"] == 4
     assert main(["--model", str(model), "--dry-run", "--api-key-exempt-paths", ""]) == 0
     assert json.loads(capsys.readouterr().out)["gateway"]["api_key_exempt_paths"] == []
     defaults = json.loads(main(["--model", str(model), "--dry-run"]) == 0 and capsys.readouterr().out)
@@ -317,6 +319,7 @@ def test_auth_and_limit_flags(model: Path, capsys) -> None:
         (["--max-request-body-bytes", "0"], "--max-request-body-bytes"),
         (["--max-messages", "0"], "--max-messages"),
         (["--max-concurrent-streams", "-1"], "--max-concurrent-streams must be >= 0"),
+        (["--max-n", "0"], "--max-n must be >= 1"),
         (["--request-timeout", "0"], "--request-timeout must be > 0"),
         (["--request-timeout", "soon"], "--request-timeout: invalid float value"),
     ],

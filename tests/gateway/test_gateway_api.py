@@ -209,8 +209,24 @@ CHAT_ERRORS = [
     ({**CHAT, "max_tokens": "10"}, "max_tokens"),
     ({**CHAT, "max_tokens": 256}, "max_tokens"),
     ({**CHAT, "max_tokens": 4, "min_tokens": 5}, "min_tokens"),
-    ({**CHAT, "n": 2}, "n"),
+    ({**CHAT, "n": 0}, "n"),
+    ({**CHAT, "n": 17}, "n"),  # over --max-n (16)
+    ({**CHAT, "n": 2, "best_of": 3}, "best_of"),
+    ({**CHAT, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({**CHAT, "logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+    ({**CHAT, "top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+    ({**CHAT, "logprobs": False, "top_logprobs": 2}, "top_logprobs"),
+    ({**CHAT, "logprobs": 2}, "logprobs"),  # chat's logprobs is a boolean
+    ({**CHAT, "echo": True}, "echo"),  # completions only
+    ({**CHAT, "prompt_logprobs": 21}, "prompt_logprobs"),
+    ({**CHAT, "top_k": -2}, "top_k"),
+    ({**CHAT, "min_p": 1.5}, "min_p"),
     ({**CHAT, "stream": "yes"}, "stream"),
+    # Not honoured yet: refused unless at the value that changes nothing (never silently ignored).
+    ({**CHAT, "logit_bias": {"42": 5}}, "logit_bias"),
+    ({**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({**CHAT, "tool_choice": "required"}, "tool_choice"),
     ({**CHAT, "messages": []}, "messages"),
     ({**CHAT, "messages": [{"role": "user"}]}, "messages[0]"),
     ({**CHAT, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
@@ -230,6 +246,13 @@ def test_chat_bad_requests(client: TestClient, body: dict, param: str) -> None:
     assert client.post("/v1/chat/completions", json=CHAT).status_code == 200  # still serving
 
 
+def test_neutral_values_of_unhonoured_fields_are_accepted(client: TestClient) -> None:
+    body = {**CHAT, "logit_bias": {}, "response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+            "parallel_tool_calls": True, "user": "u", "store": False}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert client.post("/v1/completions", json={**COMPLETION, "suffix": ""}).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -238,10 +261,18 @@ def test_chat_bad_requests(client: TestClient, body: dict, param: str) -> None:
         ({**COMPLETION, "prompt": "w " * 250}, "prompt"),
         ({**COMPLETION, "seed": 2**64}, "seed"),
         ({**COMPLETION, "stop": [""]}, "stop"),
+        ({**COMPLETION, "logprobs": 21}, "logprobs"),
+        ({**COMPLETION, "logprobs": True}, "logprobs"),  # completions' logprobs is a count
+        ({**COMPLETION, "n": 17}, "n"),
+        ({**COMPLETION, "best_of": 2}, "best_of"),  # n is 1
+        ({**COMPLETION, "echo": "yes"}, "echo"),
+        ({**COMPLETION, "suffix": "and then"}, "suffix"),
+        ({**COMPLETION, "response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
     ],
 )
 def test_completion_bad_requests(client: TestClient, body: dict, param: str) -> None:
     assert _error(client.post("/v1/completions", json=body), 400)["param"] == param
+    assert client.post("/v1/completions", json=COMPLETION).status_code == 200  # still serving
 
 
 def test_malformed_json_and_non_object(client: TestClient) -> None:

@@ -124,3 +124,16 @@ def test_real_uvicorn_disconnects_mid_stream_and_others_finish() -> None:
         assert fake.aborted == [cancelled[0].request_id]
         assert all(text.endswith("data: [DONE]\n\n") for text in results.values()) and len(results) == 3
         assert fake.active == 0
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_aborts_every_choice_of_n(stream: bool) -> None:
+    fake = _fake(delay=0.005)
+    app = create_app(GatewaySettings(), client=fake)
+    body = {**BODY, "n": 3, "stream": stream}
+    disconnect_in = None if stream else 0.1
+    asyncio.run(_drive(app, body, disconnect_after=3, spec_version="2.4", disconnect_in=disconnect_in))
+    choices = [s for s in fake.streams if s.model == "ensemble"]
+    assert len(choices) == 3 and all(s.ended_early and s.sent_tokens < 100 for s in choices)
+    assert sorted(fake.aborted) == sorted(s.request_id for s in choices)
+    assert fake.active == 0

@@ -187,3 +187,14 @@ def test_a_stream_whose_client_left_frees_its_slot() -> None:
             assert next(streamed.iter_lines()).startswith("data: ")  # then the client goes away
         _eventually(lambda: fake.active == 0)
         assert http.post(url, json={**CHAT, "max_tokens": 4}).status_code == 200
+
+
+def test_deadline_aborts_every_choice_of_n() -> None:
+    fake = FakeTritonClient(reply=LONG_REPLY, token_delay=0.05, max_model_len=1024)
+    with _client(fake, request_timeout_s=0.3) as c:
+        r = c.post("/v1/chat/completions", json={**CHAT, "n": 3})
+        assert _error(r, 504)["code"] == "request_timeout"
+        choices = [s for s in fake.streams if s.model == "ensemble"]
+        assert len(choices) == 3
+        _eventually(lambda: sorted(fake.aborted) == sorted(s.request_id for s in choices))
+        _eventually(lambda: all(s.ended_early for s in choices))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from paddlellm.sampling import SamplingParams
-from paddlellm.step_types import CachedRequestData, NewRequestData, SchedulerOutput
+from paddlellm.step_types import CachedRequestData, NewRequestData, SchedulerOutput, TokenLogprobs
 from paddlellm.worker.model_runner import ModelRunner
 
 
@@ -18,7 +18,7 @@ from paddlellm.worker.model_runner import ModelRunner
 class _Req:
     rid: str
     prompt: list[int]
-    params: SamplingParams
+    sampling_params: SamplingParams
     seed: int
     arrive_step: int
     outputs: list[int] = field(default_factory=list)
@@ -41,8 +41,12 @@ def run_requests(
     arrive_every: int = 0,
     seeds: list[int] | None = None,
     max_running: int = 64,
+    logprobs: list[list[TokenLogprobs]] | None = None,
+    prompt_logprobs: list[dict[int, TokenLogprobs]] | None = None,
 ) -> list[list[int]]:
-    """Generate params.max_tokens tokens per prompt (no EOS stop) and return the output ids per prompt."""
+    """Generate params.max_tokens tokens per prompt (no EOS stop) and return the output ids per prompt.
+    `logprobs` / `prompt_logprobs` (lists with one slot per prompt), if given, collect the runner's entries:
+    per output token, and per prompt position (each position must come once)."""
     plist = params if isinstance(params, list) else [params] * len(prompts)
     reqs = [
         _Req(f"r{i}", list(p), plist[i], (seeds or list(range(len(prompts))))[i], i * arrive_every)
@@ -76,7 +80,7 @@ def run_requests(
                         r.rid,
                         tuple(r.prompt),
                         tuple(r.outputs),
-                        r.params,
+                        r.sampling_params,
                         r.seed,
                         tuple(r.blocks),
                         r.computed,
@@ -90,6 +94,15 @@ def run_requests(
             r.pending_tokens, r.pending_blocks = [], []
         out = runner.execute(SchedulerOutput(tuple(new), tuple(cached), sched, frozenset(done_ids)))
         done_ids = []
+        for rid, (first, entries) in out.prompt_logprobs.items():
+            if prompt_logprobs is not None:
+                slot = prompt_logprobs[int(rid[1:])]
+                for k, e in enumerate(entries):
+                    assert first + k not in slot, f"prompt position {first + k} of {rid} came twice"
+                    slot[first + k] = e
+        for rid, e in out.logprobs.items():
+            if logprobs is not None:
+                logprobs[int(rid[1:])].append(e)
         for rid, n in sched.items():
             r = next(x for x in reqs if x.rid == rid)
             r.computed += n
@@ -97,7 +110,7 @@ def run_requests(
                 tok = out.sampled_token_ids[rid]
                 r.outputs.append(tok)
                 r.pending_tokens.append(tok)
-                if len(r.outputs) >= r.params.max_tokens:
+                if len(r.outputs) >= r.sampling_params.max_tokens:
                     finished.add(rid)
                     done_ids.append(rid)
                     free.extend(r.blocks)

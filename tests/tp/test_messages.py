@@ -19,7 +19,13 @@ from paddlellm.executor.rank_messages import (
     encode,
 )
 from paddlellm.sampling import SamplingParams
-from paddlellm.step_types import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
+from paddlellm.step_types import (
+    CachedRequestData,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+    TokenLogprobs,
+)
 
 KEY = b"k" * 32
 
@@ -34,6 +40,11 @@ def _step(n: int) -> Step:
 @pytest.mark.parametrize("msg", [
     _step(3), Warmup(1), Shutdown(), Ready(1, 123, 2, 1, "cpu", 1.5),
     StepDone(4, ModelRunnerOutput({"a": 1})), Result(5, None), Failed(1, -1, "ValueError: x"),
+    StepDone(6, ModelRunnerOutput(  # the logprobs ride along
+        {"a": 1, "b": 2},
+        {"a": TokenLogprobs(1, -0.5, 1, ((1, -0.5), (7, -1.25)))},
+        {"b": (3, (TokenLogprobs(9, -3.0, 4), TokenLogprobs(8, -0.1, 1, ((8, -0.1),))))},
+    )),
 ])
 def test_round_trip(msg: object) -> None:
     assert decode(encode(msg, KEY), KEY) == msg  # type: ignore[arg-type]

@@ -5,6 +5,9 @@ changes from CachedRequestData), writes every computed token into a fake KV cach
 table, and derives each sampled token from the context it reads back from that cache. So a wrong block table,
 a write to a block another request holds, lost KV, a bad chunk boundary, a wrong recompute or a cached prefix
 of other tokens all fail an assertion or change the tokens.
+
+Logprobs: for requests that ask, each sampled token gets `fake_logprobs(token, position)` and each computed
+prompt position p >= 1 gets `fake_logprobs(prompt[p], p)`, so tests know every expected entry.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from paddlellm.engine.core import LLMEngine
 from paddlellm.errors import EngineDead
 from paddlellm.model_info import ModelInfo
 from paddlellm.sampling import SamplingParams
-from paddlellm.step_types import ModelRunnerOutput, SchedulerOutput
+from paddlellm.step_types import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
 
 
 def fake_info(vocab_size: int = 1000, eos: tuple[int, ...] = (2,)) -> ModelInfo:
@@ -51,8 +54,9 @@ class _State:
     tokens: list[int]
     blocks: list[int]
     seed: int
-    params: SamplingParams
+    sampling_params: SamplingParams
     num_computed: int
+    num_prompt: int = 0
     history: list[int] = field(default_factory=list)  # chunk sizes this request was run with
 
 
@@ -90,8 +94,9 @@ class FakeExecutor:
                 list(nd.prompt_token_ids) + list(nd.output_token_ids),
                 list(nd.block_ids),
                 nd.seed,
-                nd.sampling,
+                nd.sampling_params,
                 nd.num_computed_tokens,
+                len(nd.prompt_token_ids),
             )
         for cd in sched.cached_requests:
             st = self.state[cd.request_id]
@@ -103,6 +108,8 @@ class FakeExecutor:
             for b in st.blocks:
                 holders.setdefault(b, set()).add(rid)
         sampled: dict[str, int] = {}
+        logprobs: dict[str, TokenLogprobs] = {}
+        prompt_logprobs: dict[str, tuple[int, tuple[TokenLogprobs, ...]]] = {}
         for rid, n in sched.num_scheduled_tokens.items():
             st = self.state[rid]
             start, end = st.num_computed, st.num_computed + n
@@ -120,15 +127,22 @@ class FakeExecutor:
                 self.kv[st.blocks[pos // self.block_size], pos % self.block_size] = st.tokens[pos]
             st.num_computed = end
             st.history.append(n)
+            n_top = st.sampling_params.prompt_logprobs
+            if n_top is not None and start < st.num_prompt - 1:
+                stop = min(end, st.num_prompt - 1)
+                entries = tuple(fake_logprobs(st.tokens[j + 1], j + 1, n_top) for j in range(start, stop))
+                prompt_logprobs[rid] = (start + 1, entries)
             if end == len(st.tokens):
-                sampled[rid] = self._next_token(st)
-        return ModelRunnerOutput(sampled)
+                sampled[rid] = tok = self._next_token(st)
+                if st.sampling_params.logprobs is not None:
+                    logprobs[rid] = fake_logprobs(tok, end, st.sampling_params.logprobs)
+        return ModelRunnerOutput(sampled, logprobs, prompt_logprobs)
 
     def _next_token(self, st: _State) -> int:
         pos = np.arange(st.num_computed)
         ctx = self.kv[np.asarray(st.blocks)[pos // self.block_size], pos % self.block_size]
         h = zlib.crc32(ctx.tobytes())
-        if not st.params.greedy:
+        if not st.sampling_params.greedy:
             rng = np.random.default_rng([st.seed & ((1 << 64) - 1), st.num_computed])
             h += int(rng.integers(self.vocab_size))
         tok = h % self.vocab_size
@@ -142,6 +156,12 @@ class FakeExecutor:
 
     def shutdown(self) -> None:
         self.shut_down = True
+
+
+def fake_logprobs(token: int, position: int, n_top: int = 0) -> TokenLogprobs:
+    """The fake model's entry for `token` at `position` (a pure function, so recomputes agree)."""
+    lp = -((token * 7 + position) % 50) / 10
+    return TokenLogprobs(token, lp, 1 + position % 3, tuple((token + k, lp - k) for k in range(n_top)))
 
 
 def make_engine(

@@ -288,7 +288,7 @@ def test_max_tokens_none_runs_to_the_end_of_the_context() -> None:
     with pytest.raises(InvalidRequest, match="the prompt has 64 tokens, but max_model_len is 64"):
         s.validate([1] * 64, SamplingParams(max_tokens=None))
     req = s.add("r", [1] * 60, SamplingParams(max_tokens=None, ignore_eos=True))
-    assert req.params.max_tokens == 4
+    assert req.sampling_params.max_tokens == 4
     outs = _feed(s, "r", [5, 6, 7, 8, 9])
     assert [o.finish_reason for o in outs if o.finished] == ["length"] and outs[-1].num_output_tokens == 4
 

@@ -7,6 +7,7 @@ import triton_python_backend_utils as pb_utils
 from paddlellm.config import EngineConfig
 from paddlellm.engine.loop import EngineLoop
 from paddlellm.triton.engine_model import EngineModel
+from paddlellm.triton.logprobs_json import LogprobsJson
 from paddlellm.triton.params import model_params
 from tests.unit.engine_fakes import make_engine
 
@@ -26,7 +27,8 @@ class TritonPythonModel:
 
             return EngineLoop(engine, before_step=slow_step).start()
 
-        self.model = EngineModel(pb_utils, make)
+        # The vocabulary of the test detokenizer: "<id>" per token.
+        self.model = EngineModel(pb_utils, make, logprobs=LogprobsJson(lambda: lambda i: f"<{i}>".encode()))
 
     def execute(self, requests):
         return self.model.execute(requests)

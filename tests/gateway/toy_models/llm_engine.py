@@ -10,11 +10,30 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import TokenLogprobs
+from paddlellm.triton.logprobs_json import LogprobsJson
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+LOGPROBS = LogprobsJson(
+    lambda: lambda i: chr(i).encode("utf-8", "replace")
+)  # the real writer, toy vocabulary
 
 
-def _outputs(ids, reason, prompt_tokens, completion_tokens):
+def _entry(token_id, top):
+    """The toy's logprobs: the chosen character -1.0, then `top` alternatives (itself, then the next ones)."""
+    return TokenLogprobs(token_id, -1.0, 1, tuple((token_id + k, -1.0 - k) for k in range(top)))
+
+
+def _logprobs(sampling, ids, prompt_ids):
+    """ "" unless asked; `prompt_ids` only on the first response (None otherwise)."""
+    content = None if sampling.logprobs is None else [_entry(i, sampling.logprobs) for i in ids]
+    prompt = None
+    if prompt_ids is not None and sampling.prompt_logprobs is not None:
+        prompt = [None] + [_entry(i, sampling.prompt_logprobs) for i in prompt_ids[1:]]
+    return LOGPROBS.build(content, prompt)
+
+
+def _outputs(ids, reason, prompt_tokens, completion_tokens, logprobs=""):
     def s(name, v):
         return pb_utils.Tensor(name, np.array([v.encode()], dtype=np.object_))
 
@@ -29,6 +48,8 @@ def _outputs(ids, reason, prompt_tokens, completion_tokens):
         i("prompt_tokens", [prompt_tokens]),
         i("completion_tokens", [completion_tokens]),
         s("engine_stats", json.dumps({"toy": True}) if reason else ""),
+        i("cached_tokens", [0]),
+        s("logprobs", logprobs),
     ]
 
 
@@ -73,7 +94,10 @@ class TritonPythonModel:
         n = min(len(reply), sampling.max_tokens)
         if start >= n:
             reason = "length" if n == sampling.max_tokens else "stop"
-            sender.send(pb_utils.InferenceResponse(_outputs([], reason, len(ids), start)), flags=FINAL)
+            logprobs = _logprobs(sampling, [], ids)
+            sender.send(
+                pb_utils.InferenceResponse(_outputs([], reason, len(ids), start, logprobs)), flags=FINAL
+            )
             return
         for k in range(start, n):
             time.sleep(0.02)
@@ -84,5 +108,6 @@ class TritonPythonModel:
                 return
             last = k == n - 1
             reason = ("length" if n == sampling.max_tokens else "stop") if last else ""
-            response = pb_utils.InferenceResponse(_outputs([reply[k]], reason, len(ids), k + 1))
+            logprobs = _logprobs(sampling, [reply[k]], ids if k == start else None)
+            response = pb_utils.InferenceResponse(_outputs([reply[k]], reason, len(ids), k + 1, logprobs))
             sender.send(response, flags=FINAL if last else 0)

@@ -1,5 +1,6 @@
 """Toy `tokenizer`: one id per character (see README.md)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -24,6 +25,9 @@ class TritonPythonModel:
         for request in requests:
             try:
                 sampling = SamplingParams.from_json(_text(request, "sampling"))
+                flag = pb_utils.get_input_tensor_by_name(request, "return_logprobs")
+                if flag is not None and bool(flag.as_numpy().reshape(-1)[0]) and sampling.logprobs is None:
+                    sampling = dataclasses.replace(sampling, logprobs=0)  # as the real tokenizer
                 messages = _text(request, "messages")
                 text = (
                     "\n".join(m["content"] for m in json.loads(messages))
