@@ -2,8 +2,11 @@
 
 Rules of the API that no JSON schema can state, because they compare two fields (a 400 otherwise):
 `min_tokens` (top level or in `metadata`) may not exceed the request's `max_tokens`; chat's `top_logprobs`
-requires `logprobs: true`; `best_of` must equal `n`. Generated bodies that break them are brought within
-them; every other value stays as generated, so a body meant to be invalid stays invalid.
+requires `logprobs: true`; `best_of` must equal `n`; at most one structured-output constraint
+(`response_format` other than text, a kind in `structured_outputs`, `guided_json/regex/choice/grammar`).
+Generated bodies that break them are brought within them; every other value stays as generated, so a body
+meant to be invalid stays invalid (structured fields are dropped only when every one given is valid on its
+own, which the gateway's own field models judge).
 
 Against a real model (`MAX_TOKENS_CAP_ENV` set), generations are kept short: an integer max_tokens /
 max_completion_tokens from 1 up to the schema's maximum (MAX_TOKENS_MAXIMUM_ENV; above it stays invalid) is
@@ -14,10 +17,14 @@ coverage phase, map_body for the others) apply the cap.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import schemathesis
+from pydantic import ValidationError
+
+from gateway.structured_fields import StructuredFields
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # gateway.translate.DEFAULT_MAX_TOKENS
 MAX_TOKENS_CAP_ENV = "PADDLELLM_TEST_MAX_TOKENS_CAP"
@@ -78,11 +85,64 @@ def _pairs(path: str, body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_STRUCTURED_TOP = (
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
+_STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+
+
+def _valid_alone(name: str, value: Any) -> bool:
+    try:
+        StructuredFields.model_validate_json(json.dumps({name: value}))
+    except (ValidationError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _one_constraint(body: dict[str, Any]) -> dict[str, Any]:
+    """More than one structured-output constraint, each field valid: keep the first (the gateway's order)."""
+    given = [name for name in _STRUCTURED_TOP if body.get(name) is not None]
+    if not given or not all(_valid_alone(name, body[name]) for name in given):
+        return body
+    out = dict(body)
+    kept = False
+    for name in given:
+        value = body[name]
+        if name == "response_format":
+            kept = value.get("type") != "text"
+        elif name == "structured_outputs":
+            inner = dict(value)
+            for key in _STRUCTURED_KINDS:
+                asked = (
+                    inner.get(key) not in (None, False)
+                    if key == "json_object"
+                    else inner.get(key) is not None
+                )
+                if asked and kept:
+                    del inner[key]
+                kept = kept or asked
+            out[name] = inner
+        elif kept:
+            del out[name]
+        else:
+            kept = True
+    return out
+
+
+def _all_pairs(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    return _one_constraint(_pairs(path, _cap_from_env(path, body)))
+
+
 @schemathesis.hook
 def map_case(context: Any, case: Any) -> Any:
     """The coverage phase applies case hooks, not map_body: keep its two-field pairs valid too."""
     if isinstance(case.body, dict) and context.operation is not None:
-        case.body = _pairs(context.operation.path, _cap_from_env(context.operation.path, case.body))
+        case.body = _all_pairs(context.operation.path, case.body)
     return case
 
 
@@ -90,7 +150,7 @@ def map_case(context: Any, case: Any) -> Any:
 def map_body(context: Any, body: Any) -> Any:
     if not isinstance(body, dict) or context.operation is None:
         return body
-    body = _pairs(context.operation.path, _cap_from_env(context.operation.path, body))
+    body = _all_pairs(context.operation.path, body)
     limit = _max_tokens(context.operation.path, body)
     if limit is None or limit < 1:
         return body
