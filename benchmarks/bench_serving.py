@@ -2,7 +2,8 @@
 distinct prompt per request so no server answers from a prompt cache.
 
     python benchmarks/bench_serving.py --url http://127.0.0.1:8188/v1 [--label ours-wint4]
-        [--concurrency 1,8,32] [--rounds 2] [--max-tokens 128] [--top-logprobs N] [--out results.json]
+        [--concurrency 1,8,32] [--rounds 2] [--max-tokens 128] [--top-logprobs N] [--extra-body JSON]
+        [--out results.json]
 
 Per concurrency level C: C clients each send --rounds streaming chat requests back to back; every prompt is
 a different ~50-token question (a counter and a topic in the text make each one unique), greedy
@@ -33,6 +34,7 @@ TOPICS = (
     "desert plants", "jazz harmony", "satellite orbits", "river deltas", "wool dyeing", "ant colonies",
     "clock towers", "sea turtles", "mountain passes", "salt mining", "kite flying", "rice terraces",
 )
+EXTRA_BODY: dict[str, object] = {}  # --extra-body: fields merged into every request
 AUDIENCES = ("a curious child", "a busy engineer", "a history student", "a retired sailor", "a new gardener")
 
 
@@ -60,6 +62,7 @@ async def one(
     }
     if top_logprobs is not None:
         body |= {"logprobs": True, "top_logprobs": top_logprobs}
+    body |= EXTRA_BODY
     sent = time.perf_counter()
     first, chunks, usage = None, 0, None
     async with client.stream("POST", f"{url}/chat/completions", json=body) as r:
@@ -122,8 +125,10 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2, help="requests before measuring (not counted)")
     ap.add_argument("--prompt-offset", type=int, default=0, help="first prompt number (keep runs distinct)")
     ap.add_argument("--top-logprobs", type=int, default=None, help="ask each request for logprobs (0-20)")
+    ap.add_argument("--extra-body", default="{}", help="JSON object merged into every request body")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    EXTRA_BODY.update(json.loads(args.extra_body))
     counter = itertools.count(args.prompt_offset)
     asyncio.run(level(args.url, args.model, 1, args.warmup, 8, counter))
     rows = []
