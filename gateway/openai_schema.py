@@ -32,6 +32,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from gateway.structured_fields import StructuredFields
 from paddlellm.sampling import MAX_LOGPROBS, MAX_STREAM_INTERVAL, SPECS
 
 _MAX_STOP = 16  # OpenAI allows 4; a few more cost nothing
@@ -177,8 +178,9 @@ _DeclaredSamplingFields: type[_Strict] = create_model(  # type: ignore[call-over
 )
 
 
-class _SamplingFields(_DeclaredSamplingFields):  # type: ignore[misc,valid-type]
-    """Fields shared by both endpoints (the declared sampling parameters come from the base)."""
+class _SamplingFields(_DeclaredSamplingFields, StructuredFields):  # type: ignore[misc,valid-type]
+    """Fields shared by both endpoints (the declared sampling parameters come from the first base, the
+    structured-output fields from the second: gateway/structured_fields.py)."""
 
     model: str = "default"  # the served name or "default": the API document lists both
     stream: bool = False
@@ -204,24 +206,17 @@ class _SamplingFields(_DeclaredSamplingFields):  # type: ignore[misc,valid-type]
     # OpenAI fields not honoured yet: accepted only at the value that changes nothing, else a 400 naming the
     # field (_not_honoured), never silently ignored.
     logit_bias: dict[str, Any] | None = Field(None, json_schema_extra=_in_branch("object", maxProperties=0))
-    response_format: dict[str, Any] | None = Field(
-        None,
-        json_schema_extra=_in_branch(
-            "object", properties={"type": {"const": "text"}}, required=["type"], additionalProperties=False
-        ),
-    )
     tools: list[Any] | None = Field(None, json_schema_extra=_in_branch("array", maxItems=0))
     tool_choice: Any = Field(
         None, json_schema_extra={"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}
     )
     parallel_tool_calls: bool | None = None  # without tools it changes nothing
 
-    @field_validator("logit_bias", "response_format", "tools", "tool_choice")
+    @field_validator("logit_bias", "tools", "tool_choice")
     @classmethod
     def _not_honoured(cls, v: Any, info: ValidationInfo) -> Any:
         neutral = {
             "logit_bias": (None, {}),
-            "response_format": (None, {"type": "text"}),
             "tools": (None, []),
             "tool_choice": (None, "none", "auto"),
         }[info.field_name or ""]

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
+from gateway.structured_fields import structured_spec
 from paddlellm.errors import InvalidRequest
 from paddlellm.sampling import MAX_STREAM_INTERVAL, SPECS, SamplingParams
 
@@ -92,6 +93,7 @@ def sampling_params(
         "stream_interval": _stream_interval(req, settings),
         "logprobs": _logprobs(req),
         "prompt_logprobs": _prompt_logprobs(req),
+        "structured_outputs": structured_spec(req),
     }
     sent = {k: v for k, v in values.items() if v is not None}
     sent["max_tokens"] = max_tokens  # None (chat's default) means "to the end of the context"

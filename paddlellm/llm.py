@@ -3,6 +3,10 @@
 llm = LLM("/path/to/checkpoint", max_num_seqs=16)
 for c in llm.generate(["Hello"], SamplingParams(max_tokens=32)):
     print(c.text, c.finish_reason)
+
+Structured output (`SamplingParams(structured_outputs=StructuredSpec.json_schema(...))`): every distinct
+grammar of a batch is compiled before anything is queued, so a bad schema raises InvalidRequest (naming the
+field) and runs nothing.
 """
 
 from __future__ import annotations
@@ -99,6 +103,10 @@ class LLM:
                 )
         for ids, p in zip(prompts, plist, strict=True):
             self.engine.validate(ids, p)
+        compiled: dict[int, Any] = {}  # id(params) -> its CompiledGrammar (the compiler caches by key too)
+        for p in plist:
+            if p.structured_outputs is not None and id(p) not in compiled:
+                compiled[id(p)] = self.engine.compile_grammar(p.structured_outputs).result()
         rids = [f"llm-{self._next_id + i}" for i in range(len(prompts))]
         self._next_id += len(prompts)
         index = {rid: i for i, rid in enumerate(rids)}
@@ -114,7 +122,8 @@ class LLM:
         while todo or self.engine.has_unfinished():
             while todo and self.engine.scheduler.num_waiting < refill:
                 try:
-                    self.engine.add_request(rids[todo[0]], prompts[todo[0]], plist[todo[0]])
+                    p = plist[todo[0]]
+                    self.engine.add_request(rids[todo[0]], prompts[todo[0]], p, grammar=compiled.get(id(p)))
                 except Overloaded:
                     break  # scheduler_max_size: add the rest as the queue drains
                 todo.popleft()

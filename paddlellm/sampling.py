@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from paddlellm.errors import InvalidRequest
+from paddlellm.structured.spec import StructuredSpec
 
 MAX_SEED = 2**63 - 1
 MAX_STREAM_INTERVAL = 4096
 AUTO_STREAM_INTERVAL = 0  # stream_interval: tokens per response chosen by the serving adapter from its load
 MAX_LOGPROBS = 20  # top alternatives per token (OpenAI's top_logprobs limit; vLLM's default max_logprobs)
 
-Kind = Literal["int", "float", "bool", "ids"]
+Kind = Literal["int", "float", "bool", "ids", "structured"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ParamSpec:
 
     def check(self, name: str, value: Any) -> None:
         """Range check of a coerced value; raises InvalidRequest naming `name`."""
-        if value is None or self.kind == "bool":
+        if value is None or self.kind in ("bool", "structured"):
             return
         values = value if self.kind == "ids" else (value,)
         for v in values:
@@ -86,6 +87,8 @@ class ParamSpec:
             if not isinstance(value, bool):
                 raise InvalidRequest(f"'{name}' must be a boolean, got {value!r}", param=name)
             return value
+        if self.kind == "structured":
+            return StructuredSpec.from_request(value, param=name)
         if not isinstance(value, (list, tuple)) or any(
             isinstance(v, bool) or not isinstance(v, int) for v in value
         ):
@@ -144,6 +147,12 @@ class SamplingParams:
         "int", "per prompt token: its log-probability and the top this-many alternatives (the first: null); "
         "the whole prompt is computed (no prefix-cache read)",
         lo=0, hi=MAX_LOGPROBS, nullable=True, openai="prompt_logprobs", vllm="prompt_logprobs"))
+    # The output must match this (a JSON schema, any JSON object, a regex, one of some choices, a grammar):
+    # the sampler masks every token the grammar does not allow (paddlellm/structured). The OpenAI names
+    # (response_format, structured_outputs, guided_*) are mapped by the gateway.
+    structured_outputs: StructuredSpec | None = _p(None, ParamSpec(
+        "structured", "the output matches this grammar (JSON schema, JSON object, regex, choice, Lark/GBNF)",
+        nullable=True, vllm="structured_outputs"))
     # Output granularity, not sampling: after the first token, the serving adapter sends a response every
     # `stream_interval` tokens (and at the end). Fewer responses mean fewer wake-ups along the serving path.
     # 0 (AUTO_STREAM_INTERVAL): the adapter decides per step, per token while the serving path has room.
@@ -182,8 +191,10 @@ class SamplingParams:
         return any(getattr(self, name) != DEFAULTS[name] for name in HISTORY_FIELDS)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["stop_token_ids"] = list(self.stop_token_ids)
+        if self.structured_outputs is not None:
+            d["structured_outputs"] = self.structured_outputs.to_dict()
         return d
 
     def to_json(self) -> str:
@@ -231,12 +242,16 @@ def markdown_table() -> str:
     for name, s in SPECS.items():
         default = DEFAULTS[name]
         shown = json.dumps(list(default) if isinstance(default, tuple) else default)
-        rng = "" if s.kind == "bool" else s.range_text().replace("must be ", "")
+        rng = "" if s.kind in ("bool", "structured") else s.range_text().replace("must be ", "")
         rows.append(
-            f"| `{name}` | {_code(s.openai)} | {_code(s.vllm)} | {s.kind}{' or null' if s.nullable else ''} "
+            f"| `{name}` | {_code(s.openai)} | {_code(s.vllm)} | {_KIND_TEXT.get(s.kind, s.kind)}"
+            f"{' or null' if s.nullable else ''} "
             f"| {rng} | `{shown}` | {s.doc} |"
         )
     return "\n".join(rows)
+
+
+_KIND_TEXT = {"structured": "object"}
 
 
 def _code(name: str | None) -> str:

@@ -7,11 +7,18 @@ Scheduler -> executor/workers: `SchedulerOutput` sends a request's full state on
 after a preemption, when it is recomputed) and only the changes afterwards (`CachedRequestData`).
 Executor -> scheduler: `ModelRunnerOutput` (the sampled tokens and, for the requests that asked, their
 `TokenLogprobs`).
+
+Structured output: `SchedulerOutput.grammar_masks` carries, for each request with a grammar that samples this
+step, the packed int32 bitmask of its allowed tokens (paddlellm/structured/bitmask.py), filled once by the
+scheduler; every TP rank applies the same mask (none recomputes it). Requests without a grammar have no
+entry, so they cost nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from paddlellm.sampling import SamplingParams
 
@@ -57,6 +64,9 @@ class SchedulerOutput:
     num_scheduled_tokens: dict[str, int]
     # Requests whose runner state must be dropped (finished, aborted or preempted since the last step).
     finished_request_ids: frozenset[str] = frozenset()
+    # Requests with a grammar that sample this step: their allowed next tokens, a packed int32 bitmask of
+    # ceil(vocab / 32) words (token t allowed iff bit t % 32 of word t // 32 is set). Only those rows.
+    grammar_masks: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
 
     @property
     def total_tokens(self) -> int:

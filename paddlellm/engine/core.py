@@ -1,24 +1,35 @@
 """LLMEngine: owns the scheduler and an executor; one `step()` = schedule -> execute -> update.
 
 Single-threaded by design: callers that need threads use `EngineLoop`, which owns the engine on one thread.
+The exception is structured output's compiler (`compile_grammar`, safe from any thread): it is created on
+first use from the checkpoint's tokenizer and compiles in its own small pool, so a new grammar never stalls
+a step; `add_request` takes the compiled grammar (or compiles synchronously when given none: offline use).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from paddlellm.config import EngineConfig
 from paddlellm.engine.kv_budget import num_kv_blocks
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.engine.prefix_cache import cache_seed
 from paddlellm.engine.scheduler import Scheduler
-from paddlellm.errors import InvalidRequest
+from paddlellm.errors import CheckpointError, InvalidRequest
 from paddlellm.executor.base import Executor
 from paddlellm.model_info import ModelInfo, resolve_checkpoint
 from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import ModelRunnerOutput
+
+if TYPE_CHECKING:  # imported lazily: the engine core does not load the grammar library until it is used
+    from paddlellm.structured.compiler import CompiledGrammar, GrammarCompiler
+    from paddlellm.structured.spec import StructuredSpec
 
 _NOTHING_RUN = ModelRunnerOutput(sampled_token_ids={})
 
@@ -35,6 +46,14 @@ class EngineStats:
     prefix_cache_hits: int = 0  # of those, tokens found cached
 
 
+@dataclass(frozen=True)
+class GrammarTimings:
+    """Structured output's costs since the last `take_grammar_timings` (for the metrics' histograms)."""
+
+    compile_seconds: tuple[float, ...]  # one per grammar actually compiled (cache hits not included)
+    mask_seconds: tuple[float, ...]  # one per step that filled any grammar mask: all its rows together
+
+
 class LLMEngine:
     def __init__(
         self,
@@ -43,11 +62,16 @@ class LLMEngine:
         info: ModelInfo,
         num_blocks: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        grammar_compiler: GrammarCompiler | None = None,
     ) -> None:
-        """`num_blocks` must match the cache the executor allocated; None sizes it from the CPU budget."""
+        """`num_blocks` must match the cache the executor allocated; None sizes it from the CPU budget.
+        `grammar_compiler`: default one built from the checkpoint's tokenizer on first use."""
         self.config = config
         self.executor = executor
         self.info = info
+        self._compiler = grammar_compiler
+        self._compiler_lock = threading.Lock()
+        self._compile_seconds: deque[float] = deque(maxlen=4096)  # appended by the compile pool's threads
         blocks = num_blocks if num_blocks is not None else num_kv_blocks(config, info)
         self.scheduler = Scheduler(
             config, blocks, info.eos_token_ids, info.vocab_size, clock, cache_seed(config, info)
@@ -86,10 +110,52 @@ class LLMEngine:
         prompt_ids: Sequence[int],
         params: SamplingParams | None = None,
         resume_ids: Sequence[int] = (),
+        grammar: CompiledGrammar | None = None,
     ) -> None:
-        """Queue a request; raises InvalidRequest (length, duplicate id) or Overloaded (queue full).
-        `resume_ids`: continue a cut run as if these ids had already been generated (Scheduler.add)."""
-        self.scheduler.add(request_id, prompt_ids, params or SamplingParams(), resume_ids)
+        """Queue a request; raises InvalidRequest (length, duplicate id, a grammar that does not compile) or
+        Overloaded (queue full). `resume_ids`: continue a cut run as if these ids had already been generated
+        (Scheduler.add). `grammar`: params.structured_outputs compiled (`compile_grammar`); when it is set and
+        no grammar is given, it is compiled here, blocking the caller (offline use; EngineLoop compiles
+        before it queues)."""
+        params = params or SamplingParams()
+        if params.structured_outputs is not None and grammar is None:
+            grammar = self.compile_grammar(params.structured_outputs).result()
+        self.scheduler.add(request_id, prompt_ids, params, resume_ids, grammar)
+
+    def grammar_compiler(self) -> GrammarCompiler:
+        """The structured-output compiler, built once on first use (reading the tokenizer takes ~0.3 s) with
+        the model's logit rows and stop ids; thread-safe."""
+        with self._compiler_lock:
+            if self._compiler is None:
+                from paddlellm.structured.compiler import GrammarCompiler
+                from paddlellm.structured.tokenizer_info import TokenizerInfo
+
+                info = TokenizerInfo.from_dir(self.info.path, self.info.vocab_size, self.info.eos_token_ids)
+                self._compiler = GrammarCompiler(info)
+            return self._compiler
+
+    def compile_grammar(self, spec: StructuredSpec) -> Future[CompiledGrammar]:
+        """Start compiling `spec` off the caller's thread (cached by its canonical key); the future's error
+        is an InvalidRequest naming spec.param. Safe from any thread."""
+        try:
+            compiler = self.grammar_compiler()
+        except CheckpointError as e:  # e.g. no tokenizer.json: say so on the request, as a 400
+            failed: Future[CompiledGrammar] = Future()
+            failed.set_exception(
+                InvalidRequest(f"structured output is unavailable for this model: {e}", param=spec.param)
+            )
+            return failed
+        future = compiler.compile(spec)
+        future.add_done_callback(self._observe_compile)
+        return future
+
+    def _observe_compile(self, future: Future[CompiledGrammar]) -> None:
+        if future.exception() is None and not future.result().cache_hit:
+            self._compile_seconds.append(future.result().compile_seconds)
+
+    def take_grammar_timings(self) -> GrammarTimings:
+        """The compile and mask-fill times recorded since the last call (the metrics drain them)."""
+        return GrammarTimings(_drain(self._compile_seconds), _drain(self.scheduler.mask_seconds))
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Finish a request with "abort" and free its blocks; its final output, or None if unknown."""
@@ -173,3 +239,17 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         self.executor.shutdown()
+        with self._compiler_lock:
+            compiler, self._compiler = self._compiler, None
+        if compiler is not None:
+            compiler.close()
+
+
+def _drain(values: deque[float]) -> tuple[float, ...]:
+    """Pop everything in `values` (another thread may append meanwhile: deque ops are atomic)."""
+    out = []
+    while True:
+        try:
+            out.append(values.popleft())
+        except IndexError:
+            return tuple(out)

@@ -3,6 +3,11 @@
 Other threads only enqueue (add, abort); the loop thread alone touches the engine. It sleeps on a condition
 while there is no work (no busy-wait). If a step fails (e.g. a worker died), every in-flight request gets a
 final output with finish_reason "error", and the loop stops and reports unhealthy: a failure is never a hang.
+
+Structured output: `add` starts the request's grammar compile (LLMEngine.compile_grammar, off this thread and
+off the loop thread) and queues the add only when the compile is done, so other requests keep stepping
+meanwhile. A compile that fails ends the request with that error (an InvalidRequest naming the spec's field)
+before any token; an abort while compiling ends it with "abort" and the compile's result is dropped.
 """
 
 from __future__ import annotations
@@ -10,12 +15,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from paddlellm.engine.core import LLMEngine
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.errors import EngineDead, EngineError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from paddlellm.structured.compiler import CompiledGrammar
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +39,18 @@ class _Live:
     num_output_tokens: int = 0
 
 
+@dataclass(frozen=True)
+class _Add:
+    """An add for the loop thread to apply: the request, its compiled grammar, or the compile's error."""
+
+    request_id: str
+    prompt: tuple[int, ...]
+    params: SamplingParams
+    resume: tuple[int, ...]
+    grammar: CompiledGrammar | None = None
+    error: EngineError | None = None
+
+
 class EngineLoop:
     def __init__(
         self,
@@ -40,9 +62,10 @@ class EngineLoop:
         self.engine = engine
         self._before_step = before_step
         self._cv = threading.Condition()
-        self._adds: list[tuple[str, tuple[int, ...], SamplingParams, tuple[int, ...]]] = []
+        self._adds: list[_Add] = []
         self._aborts: list[str] = []
         self._live: dict[str, _Live] = {}  # every request added and not yet finished; guarded by _cv
+        self._compiling: dict[str, _Live] = {}  # of those, the ones whose grammar compiles; guarded by _cv
         self._error: EngineError | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -64,29 +87,64 @@ class EngineLoop:
         """Queue a request. Raises InvalidRequest/Overloaded (and EngineDead once the loop is down)
         right here, so callers can answer synchronously; later outputs, errors too, go to `sink`.
         Returns the params as the request will run them (max_tokens resolved). `resume_ids`: continue a
-        cut run after these ids (LLMEngine.add_request)."""
+        cut run after these ids (LLMEngine.add_request). With params.structured_outputs, the add is queued
+        once its grammar compiled; a compile error goes to `sink` (module docstring)."""
         prompt = tuple(int(t) for t in prompt_ids)
         resume = tuple(int(t) for t in resume_ids)
         params = self.engine.validate(prompt, params, resume)  # reads only immutable sizes
+        spec = params.structured_outputs
         with self._cv:
             if self._error is not None or self._stopping or not self._thread.is_alive():
                 raise EngineDead(f"the engine is not running: {self._error or 'stopped'}")
             if request_id in self._live:
                 raise InvalidRequest(f"request id {request_id!r} is already in use", param="request_id")
             max_size = self.engine.config.scheduler_max_size
-            if 0 < max_size <= self.engine.scheduler.num_waiting + len(self._adds):
+            queued = self.engine.scheduler.num_waiting + len(self._adds) + len(self._compiling)
+            if 0 < max_size <= queued:
                 raise Overloaded(
                     f"the engine queue is full ({max_size} requests waiting; scheduler_max_size)"
                 )
-            self._live[request_id] = _Live(sink, len(prompt), len(resume))
-            self._adds.append((request_id, prompt, params, resume))
-            self._cv.notify()
+            live = self._live[request_id] = _Live(sink, len(prompt), len(resume))
+            if spec is None:
+                self._adds.append(_Add(request_id, prompt, params, resume))
+                self._cv.notify()
+            else:
+                self._compiling[request_id] = live
+        if spec is not None:
+            try:
+                future = self.engine.compile_grammar(spec)
+            except BaseException:
+                with self._cv:
+                    self._compiling.pop(request_id, None)
+                    self._live.pop(request_id, None)
+                raise
+            add = _Add(request_id, prompt, params, resume)
+            future.add_done_callback(lambda f: self._compiled(live, add, f))
         return params
+
+    def _compiled(self, live: _Live, add: _Add, future: Future[CompiledGrammar]) -> None:
+        """On the compiler's thread (or add()'s, for a finished compile): queue the add, or its error,
+        unless the request was aborted or the loop ended it meanwhile."""
+        error = future.exception()
+        if error is not None and not isinstance(error, EngineError):
+            log.error("grammar compile of request %s failed", add.request_id, exc_info=error)
+            error = EngineError(f"internal error compiling the grammar ({type(error).__name__})")
+        with self._cv:
+            if self._compiling.get(add.request_id) is not live:
+                return
+            del self._compiling[add.request_id]
+            if error is None:
+                add = _Add(add.request_id, add.prompt, add.params, add.resume, grammar=future.result())
+            else:
+                add = _Add(add.request_id, add.prompt, add.params, add.resume, error=error)
+            self._adds.append(add)
+            self._cv.notify()
 
     def abort(self, request_id: str) -> None:
         """Ask the loop to abort a request; its sink gets a final "abort" output. Unknown ids are ignored."""
         with self._cv:
             if request_id in self._live:
+                self._compiling.pop(request_id, None)  # its compile's result will be dropped
                 self._aborts.append(request_id)
                 self._cv.notify()
 
@@ -135,10 +193,10 @@ class EngineLoop:
                         break
                     adds, self._adds = self._adds, []
                     aborts, self._aborts = self._aborts, []
-                for request_id, prompt, params, resume in adds:
-                    self._apply_add(request_id, prompt, params, resume)
+                for add in adds:
+                    self._apply_add(add)
                 for request_id in aborts:
-                    out = engine.abort(request_id)
+                    out = engine.abort(request_id) or self._aborted_before_queued(request_id)
                     if out is not None:
                         self._deliver(out)
                 if self._before_step is not None:
@@ -157,17 +215,41 @@ class EngineLoop:
             return
         self._fail_all(EngineDead("the engine was stopped"), record=False)
 
-    def _apply_add(
-        self, request_id: str, prompt: tuple[int, ...], params: SamplingParams, resume: tuple[int, ...]
-    ) -> None:
-        try:
-            self.engine.add_request(request_id, prompt, params, resume)
-        except EngineError as e:  # state changed since add() checked (e.g. the queue filled up)
-            self._deliver(
-                RequestOutput(
-                    request_id, (), len(prompt), len(resume), finished=True, finish_reason="error", error=e
-                )
+    def _apply_add(self, add: _Add) -> None:
+        error = add.error
+        if error is None:
+            try:
+                self.engine.add_request(add.request_id, add.prompt, add.params, add.resume, add.grammar)
+                return
+            except EngineError as e:  # state changed since add() checked (e.g. the queue filled up)
+                error = e
+        self._deliver(
+            RequestOutput(
+                add.request_id,
+                (),
+                len(add.prompt),
+                len(add.resume),
+                finished=True,
+                finish_reason="error",
+                error=error,
             )
+        )
+
+    def _aborted_before_queued(self, request_id: str) -> RequestOutput | None:
+        """The final "abort" output of a live request the engine does not know: it was aborted while its
+        grammar compiled (adds are applied before aborts, so any other live request is in the engine)."""
+        with self._cv:
+            live = self._live.get(request_id)
+        if live is None:
+            return None
+        return RequestOutput(
+            request_id,
+            (),
+            live.num_prompt_tokens,
+            live.num_output_tokens,
+            finished=True,
+            finish_reason="abort",
+        )
 
     def _deliver(self, out: RequestOutput) -> None:
         with self._cv:
@@ -191,7 +273,7 @@ class EngineLoop:
                 self._error = err
             self._stopping = True
             live, self._live = self._live, {}
-            self._adds, self._aborts = [], []
+            self._adds, self._aborts, self._compiling = [], [], {}
         for request_id, r in live.items():
             out = RequestOutput(
                 request_id,

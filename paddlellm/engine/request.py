@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from paddlellm.engine.outputs import RequestTimings
 from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import TokenLogprobs
+
+if TYPE_CHECKING:  # the engine core does not import the grammar library; it only drives a matcher
+    from paddlellm.structured.matcher import GrammarMatcher
 
 
 class RequestStatus(enum.Enum):
@@ -46,6 +50,10 @@ class Request:
     # computed; a recompute after preemption fills them again with the same values. Sent once, complete.
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     prompt_logprobs_sent: bool = False
+    # sampling_params.structured_outputs set: the request's position in its grammar, advanced by every output
+    # token (resume ids replayed at add). It lives here, not in the runner, so a preempted request keeps it:
+    # its outputs are recomputed, never re-sampled, so there is nothing to replay.
+    matcher: GrammarMatcher | None = None
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     finished_time: float | None = None

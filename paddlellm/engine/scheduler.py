@@ -3,6 +3,7 @@ prefix caching (a cached prefix counts as computed tokens: only the rest is pref
 
 Pure Python: it decides which tokens of which requests run each step and owns the block ids; the executor runs
 them. `schedule()` -> SchedulerOutput -> executor -> ModelRunnerOutput -> `update()` -> RequestOutputs.
+Requests with structured output carry a grammar matcher; its masks go out with the step (grammar_rows.py).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from paddlellm.config import EngineConfig
+from paddlellm.engine import grammar_rows
 from paddlellm.engine.block_manager import BlockManager
+from paddlellm.engine.grammar_rows import Grammar
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.engine.prefix_cache import PrefixCache
 from paddlellm.engine.request import Request, RequestStatus
-from paddlellm.errors import ConfigError, InvalidRequest, Overloaded
+from paddlellm.errors import ConfigError, EngineError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
 
@@ -55,6 +58,8 @@ class Scheduler:
         self._seed_counter = 0
         self.num_preemptions = 0
         self.last_batch_size = 0
+        # Seconds spent filling grammar masks, one entry per step that filled any (drained by the metrics).
+        self.mask_seconds: deque[float] = deque(maxlen=4096)
 
     # ---------------------------------------------------------------- requests in and out
 
@@ -107,11 +112,15 @@ class Scheduler:
         prompt_ids: Sequence[int],
         sampling_params: SamplingParams,
         resume_ids: Sequence[int] = (),
+        grammar: Grammar | None = None,
     ) -> Request:
         """Queue a request. `resume_ids`: ids a cut run already streamed; the request starts as if it had
         generated them (the state a preempted request is recomputed from), so max_tokens, min_tokens and the
         penalties count them and they are not emitted again. When they already reach max_tokens, it ends at
-        the next step with "length" and no new ids."""
+        the next step with "length" and no new ids.
+        `grammar`: the compiled sampling_params.structured_outputs (required when that is set). The request
+        gets its own matcher, advanced past `resume_ids` (InvalidRequest if they do not fit the grammar); one
+        that is already complete ends at the next step with "stop"."""
         prompt = tuple(int(t) for t in prompt_ids)
         resume = [int(t) for t in resume_ids]
         sampling_params = self.resolve(len(prompt), sampling_params)
@@ -122,13 +131,20 @@ class Scheduler:
         max_size = self.config.scheduler_max_size
         if 0 < max_size <= len(self.waiting):
             raise Overloaded(f"the engine queue is full ({max_size} requests waiting; scheduler_max_size)")
+        if sampling_params.structured_outputs is not None and grammar is None:
+            raise ValueError("a request with structured_outputs needs its compiled grammar")
+        matcher = None if grammar is None else grammar_rows.start_matcher(grammar, resume)
         req = Request(request_id, prompt, sampling_params, self._resolve_seed(sampling_params), self._clock())
         req.output_token_ids = resume
         req.num_emitted = len(resume)
+        req.matcher = matcher
         self.requests[request_id] = req
         self.waiting.append(req)
         assert sampling_params.max_tokens is not None  # resolved above
-        if len(resume) >= sampling_params.max_tokens:
+        if matcher is not None and matcher.is_terminated:
+            self._finish(req, "stop")
+            self._pending.append(self._output(req))
+        elif len(resume) >= sampling_params.max_tokens:
             self._finish(req, "length")
             self._pending.append(self._output(req))
         return req
@@ -171,7 +187,10 @@ class Scheduler:
            them. Cached blocks nobody held count as newly used, like fresh ones. A request that asked
            for prompt_logprobs reads no cached prefix until it has them all: every prompt position
            must run through the model (its blocks are still registered for others).
-        4. Admitted requests go out whole (NewRequestData), the rest as changes only
+        4. Each scheduled request with a grammar whose chunk reaches its end (it samples this step) fills
+           its mask (grammar_masks; requests without a grammar cost nothing). One whose grammar ran out of
+           budget ends here with that error and does not run.
+        5. Admitted requests go out whole (NewRequestData), the rest as changes only
            (CachedRequestData).
         """
         now = self._clock()
@@ -217,8 +236,9 @@ class Scheduler:
                 scheduled[req.request_id] = n
                 budget -= n
 
+        masks = self._fill_masks(scheduled)
         self.last_batch_size = len(scheduled)
-        return self._make_output(scheduled, admitted)
+        return self._make_output(scheduled, admitted, masks)
 
     def update(self, sched: SchedulerOutput, runner_out: ModelRunnerOutput) -> list[RequestOutput]:
         """Apply one executed step.
@@ -226,7 +246,9 @@ class Scheduler:
         For each scheduled request: advance num_computed_tokens by its chunk; if the chunk reached
         the end of its known tokens, the runner sampled one token: append it and apply the stop
         rules in order (EOS unless ignore_eos, and stop_token_ids, both only once more than
-        min_tokens outputs exist -> "stop"; max_tokens or max_model_len -> "length"). Blocks the
+        min_tokens outputs exist -> "stop"; max_tokens or max_model_len -> "length"). A request with a
+        grammar advances its matcher instead and follows grammar_rows.stop_reason (a terminated grammar
+        -> "stop", whatever min_tokens and ignore_eos say; a token the grammar refuses -> "error"). Blocks the
         chunk filled are registered in the prefix cache (before a finish frees them: they stay
         cached). Finished requests free their blocks. Returns one RequestOutput per request that
         gained a token or finished, after any made since the last update (TTL expiries).
@@ -262,9 +284,13 @@ class Scheduler:
                 req.output_logprobs.append(entry)
             if req.first_token_time is None:
                 req.first_token_time = self._clock()
-            reason = self._stop_reason(req, int(token))
-            if reason is not None:
-                self._finish(req, reason)
+            try:
+                reason = self._stop_reason(req, int(token))
+            except EngineError as e:  # the grammar refused the token or ran out of budget: this request only
+                self._finish(req, "error", e)
+            else:
+                if reason is not None:
+                    self._finish(req, reason)
             outputs.append(self._output(req))
         return outputs
 
@@ -291,7 +317,31 @@ class Scheduler:
         self.waiting.appendleft(req)
         self._finished_ids.add(req.request_id)
 
-    def _make_output(self, scheduled: dict[str, int], admitted: set[str]) -> SchedulerOutput:
+    def _fill_masks(self, scheduled: dict[str, int]) -> dict[str, np.ndarray]:
+        """Masks of the scheduled requests with a grammar that sample this step (their chunk reaches the end
+        of their known tokens); a request whose grammar fails here is finished with the error and dropped
+        from `scheduled`. The time taken is recorded once per step that filled any."""
+        masks: dict[str, np.ndarray] = {}
+        start = None
+        for request_id, n in list(scheduled.items()):
+            req = self.requests[request_id]
+            if req.matcher is None or req.num_computed_tokens + n < req.num_tokens:
+                continue
+            if start is None:
+                start = time.perf_counter()
+            try:
+                masks[request_id] = grammar_rows.fill_mask(req.matcher)
+            except InvalidRequest as e:  # GrammarBudgetExceeded, naming the request's field
+                del scheduled[request_id]
+                self._finish(req, "error", e)
+                self._pending.append(self._output(req))
+        if start is not None:
+            self.mask_seconds.append(time.perf_counter() - start)
+        return masks
+
+    def _make_output(
+        self, scheduled: dict[str, int], admitted: set[str], masks: dict[str, np.ndarray]
+    ) -> SchedulerOutput:
         new: list[NewRequestData] = []
         cached: list[CachedRequestData] = []
         batch: dict[str, int] = {}
@@ -329,7 +379,7 @@ class Scheduler:
         # An id that finished and came back (preempted, or reused) is re-sent whole: no stale drop needed.
         finished = frozenset(self._finished_ids - admitted)
         self._finished_ids.clear()
-        return SchedulerOutput(tuple(new), tuple(cached), batch, finished)
+        return SchedulerOutput(tuple(new), tuple(cached), batch, finished, masks)
 
     def _expire_waiting(self, now: float) -> None:
         ttl = self.config.scheduler_ttl
@@ -350,6 +400,8 @@ class Scheduler:
             self._pending.append(self._output(req))
 
     def _stop_reason(self, req: Request, token: int) -> str | None:
+        if req.matcher is not None:
+            return grammar_rows.stop_reason(req, token, self.config.max_model_len)
         p = req.sampling_params
         if req.num_output_tokens > p.min_tokens and (
             (token in self._eos and not p.ignore_eos) or token in p.stop_token_ids

@@ -26,6 +26,12 @@ TPOT_BUCKETS = (
 )
 TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Structured output: a compile takes ~0.5-5 ms (llguidance), a hostile one up to its budget; a step's mask
+# fill ~5 us-1 ms per row (docs/structured-output.md).
+GRAMMAR_COMPILE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+GRAMMAR_MASK_BUCKETS = (
+    *(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,25 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
         "Requests scheduled in each engine step.",
         labels=MODEL,
         buckets=BATCH_BUCKETS,
+    ),
+    # Structured output
+    _m(
+        "structured_output_compile_time_seconds",
+        HISTOGRAM,
+        "seconds",
+        "Compile time of each structured-output grammar (JSON schema, regex, choice, grammar) actually "
+        "compiled; requests served from the compile cache are not observed.",
+        labels=MODEL,
+        buckets=GRAMMAR_COMPILE_BUCKETS,
+    ),
+    _m(
+        "structured_output_mask_time_seconds",
+        HISTOGRAM,
+        "seconds",
+        "Time per engine step spent filling the token masks of its requests with a grammar (all rows "
+        "together); steps without such requests are not observed.",
+        labels=MODEL,
+        buckets=GRAMMAR_MASK_BUCKETS,
     ),
 )
 

@@ -182,6 +182,48 @@ class StructuredSpec:
             limits=limits,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form as a JSON object (inside SamplingParams' JSON)."""
+        return json.loads(self.to_json())  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_request(cls, data: Any, *, param: str = "structured_outputs") -> StructuredSpec:
+        """A request's structured-output object: our wire form ({kind, value, whitespace_flexible, param}) or
+        vLLM's StructuredOutputsParams ({json | regex | choice | grammar | json_object: true}, exactly one;
+        `whitespace_flexible` may be added, and vLLM's `disable_any_whitespace` is the default here)."""
+        if isinstance(data, StructuredSpec):
+            return data
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except ValueError as e:
+                raise InvalidRequest(f"not valid JSON: {e}", param=param) from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("must be a JSON object", param=param)
+        if "kind" in data:
+            return cls.from_json(json.dumps(data), param=param)
+        vllm = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar",
+                "json_object": "json_object"}
+        given = [k for k in vllm if data.get(k) not in (None, False)]
+        extra = set(data) - set(vllm) - {"whitespace_flexible", "disable_any_whitespace"}
+        if extra:
+            raise InvalidRequest(f"unknown key(s): {', '.join(sorted(extra))}", param=param)
+        if len(given) != 1:
+            raise InvalidRequest(
+                f"exactly one of {', '.join(vllm)} is needed, got {', '.join(given) or 'none'}", param=param
+            )
+        key = given[0]
+        flexible = data.get("whitespace_flexible", False)
+        if data.get("disable_any_whitespace") is False:
+            flexible = True
+        kind = vllm[key]
+        value = None if kind == "json_object" else data[key]
+        if kind in ("json_schema", "json_object"):
+            return cls.create(kind, value, whitespace_flexible=flexible, param=f"{param}.{key}")
+        if flexible:
+            raise InvalidRequest(f"whitespace_flexible applies to JSON only, not {key}", param=param)
+        return cls.create(kind, value, param=f"{param}.{key}")
+
     # -- checks ------------------------------------------------------------------------------------------
 
     @property

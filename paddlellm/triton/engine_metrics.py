@@ -12,7 +12,9 @@ thread applies them. Gauges are queued only when their value changes.
 Who calls what:
 - Triton's thread: `request_received`, `request_accepted`, `request_rejected` (from execute()).
 - The engine loop thread: `output` for every RequestOutput, `tick(engine, after_step)` before every step and
-  after every finished request, which reads EngineStats (gauges) and, once per step, the batch size.
+  after every finished request, which reads EngineStats (gauges) and, once per step, the batch size, and
+  drains the structured-output timings the engine recorded since (grammar compiles, which run on the
+  compiler's threads, and each step's mask fill).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from paddlellm.engine.outputs import RequestOutput
 from paddlellm.protocol.metric_names import COUNTER, ENGINE_METRICS, GAUGE, HISTOGRAM, PREFIX, MetricSpec
 
 if TYPE_CHECKING:
-    from paddlellm.engine.core import EngineStats
+    from paddlellm.engine.core import EngineStats, GrammarTimings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class StatsSource(Protocol):
     def stats(self) -> EngineStats: ...
 
     def has_unfinished(self) -> bool: ...
+
+    def take_grammar_timings(self) -> GrammarTimings: ...
 
 
 class TritonMetricsBackend:
@@ -242,6 +246,12 @@ class EngineMetrics:
             if grown > 0:
                 self._gauges[short] = total
                 ops.append(("inc", _n(short), (), float(grown)))
+        grammar = engine.take_grammar_timings()
+        for short, values in (
+            ("structured_output_compile_time_seconds", grammar.compile_seconds),
+            ("structured_output_mask_time_seconds", grammar.mask_seconds),
+        ):
+            ops.extend(("observe", _n(short), (), v) for v in values)
         if ops:
             self._put(ops)
 

@@ -16,8 +16,9 @@ this step's ids (`window_ids`, `prefix_len`); `_Stream.context` keeps them, seed
 of a resumed request.
 
 Metrics (paddlellm/triton/engine_metrics.py): execute() counts requests, the sink hands every output to
-`EngineMetrics.output`, and `EngineMetrics.tick` reads the engine's stats before every step and after every
-finished request; a metrics thread applies them to Triton's metric families.
+`EngineMetrics.output`, and `EngineMetrics.tick` reads the engine's stats (and drains its structured-output
+compile and mask timings) before every step and after every finished request; a metrics thread applies them
+to Triton's metric families.
 """
 
 from __future__ import annotations

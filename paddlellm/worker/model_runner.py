@@ -6,7 +6,8 @@ A step (`execute`):
 2. order the batch: single-token requests (decodes) first, then prefill chunks; gather token ids, positions
    and slots for the step's tokens and build the attention metadata and rotary tables once for all layers;
 3. one forward pass over all tokens; LM head only on the last row of requests whose chunk reaches the end
-   of their known tokens; sample those rows (with their logprobs for the requests that asked);
+   of their known tokens; sample those rows (with their logprobs for the requests that asked; rows with a
+   grammar under the mask the step carries, sampler.py);
 4. prompt logprobs: for a request with sampling_params.prompt_logprobs, each row j of its chunk whose next
    prompt token j+1 exists also goes through the LM head, in slices of PROMPT_LOGPROB_ROWS rows (a slice's
    logits are rows x vocab floats), and yields token j+1's TokenLogprobs. The scheduler gives such a request
@@ -156,7 +157,8 @@ class ModelRunner:
                 sample_rows.append(row - 1)
                 # the output ids are copied only when the sampler reads them
                 outputs = st.token_ids[st.num_prompt :] if p.needs_history else ()
-                sample_info.append((rid, SampleRow(p, st.seed, end, outputs, end - st.num_prompt)))
+                mask = sched.grammar_masks.get(rid)  # the scheduler's: every rank applies the same one
+                sample_info.append((rid, SampleRow(p, st.seed, end, outputs, end - st.num_prompt, mask)))
         positions = np.concatenate([np.arange(s.start, s.start + s.num_new) for s in spans])
         with paddle.no_grad():
             hidden = self._forward(np.asarray(ids, dtype=np.int64), positions, spans, num_decode)

@@ -463,3 +463,77 @@ def test_return_logprobs_with_our_sampling(pb: ModuleType) -> None:
     )
     [r] = model.execute([request])
     assert canonical_sampling(r)["logprobs"] == 0 and canonical_sampling(r)["max_tokens"] == 2
+
+
+@pytest.mark.parametrize(
+    ("sampling_parameters", "expect"),
+    [
+        ({"structured_outputs": {"json": {"type": "object"}}}, ("json_schema", '{"type":"object"}', False)),
+        # vLLM's default disable_any_whitespace (false) is flexible JSON whitespace; backend changes nothing.
+        (
+            {"structured_outputs": {"json_object": True, "disable_any_whitespace": False, "backend": "auto"}},
+            ("json_object", "", True),
+        ),
+        ({"structured_outputs": json.dumps({"regex": "[0-9]+"})}, ("regex", "[0-9]+", False)),
+        # vLLM <= 0.10's name, as vLLM serialises it (every field, the unset ones null).
+        (
+            {
+                "guided_decoding": {
+                    "json": None,
+                    "regex": None,
+                    "choice": ["yes", "no"],
+                    "grammar": None,
+                    "json_object": None,
+                    "backend": None,
+                    "whitespace_pattern": None,
+                    "disable_any_whitespace": False,
+                }
+            },
+            ("choice", ["yes", "no"], False),
+        ),
+        ({"guided_json": {"type": "integer"}}, ("json_schema", '{"type":"integer"}', False)),
+        ({"guided_json": '{"type": "integer"}'}, ("json_schema", '{"type":"integer"}', False)),
+        ({"guided_regex": "a+", "guided_decoding_backend": "xgrammar"}, ("regex", "a+", False)),
+        ({"guided_choice": '["x", "y"]'}, ("choice", ["x", "y"], False)),
+        ({"guided_grammar": 'start: "a"'}, ("grammar", 'start: "a"', False)),
+    ],
+)
+def test_structured_outputs_by_the_vllm_convention(pb: ModuleType, sampling_parameters, expect) -> None:
+    """vLLM's structured_outputs, its older guided_decoding and the older top-level guided_* keys: one spec in
+    the canonical sampling, its param the key the client used (compile errors name it)."""
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    [r] = model.execute([vllm_request(pb, "hi", sampling_parameters=json.dumps(sampling_parameters))])
+    spec = canonical_sampling(r)["structured_outputs"]
+    assert (spec["kind"], spec["value"], spec["whitespace_flexible"]) == expect
+    key = next(iter(sampling_parameters))
+    sub = {"json_schema": "json", "regex": "regex", "choice": "choice", "json_object": "json_object"}
+    assert spec["param"] in (key, f"{key}.{sub.get(expect[0])}")
+
+
+@pytest.mark.parametrize(
+    ("sampling_parameters", "param"),
+    [
+        ({"guided_regex": "a", "guided_json": {}}, "guided_regex"),  # two constraints: the second is named
+        ({"structured_outputs": {"regex": "a"}, "guided_choice": ["a"]}, "guided_choice"),
+        ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
+        (
+            {"structured_outputs": {"regex": "a", "whitespace_pattern": " "}},
+            "structured_outputs.whitespace_pattern",
+        ),
+        ({"structured_outputs": {"regex": "a", "structural_tag": "{}"}}, "structured_outputs.structural_tag"),
+        ({"guided_json": {}, "guided_whitespace_pattern": " "}, "guided_whitespace_pattern"),
+        ({"guided_decoding": "not json"}, "guided_decoding"),
+        ({"guided_decoding": [1]}, "guided_decoding"),
+        ({"guided_choice": []}, "guided_choice"),
+        ({"guided_regex": ""}, "guided_regex"),
+        ({"guided_json": "[1]"}, "guided_json"),
+        ({"structured_outputs": {"json": {"a": {"b": {}}}, "wat": 1}}, "structured_outputs"),
+    ],
+)
+def test_bad_structured_outputs_by_the_vllm_convention_name_the_key(
+    pb: ModuleType, sampling_parameters, param
+) -> None:
+    model = TokenizerModel(pb, word_encoder, max_model_len=64)
+    [r] = model.execute([vllm_request(pb, "hi", sampling_parameters=json.dumps(sampling_parameters))])
+    code, err = error_of(r)
+    assert code == pb.TritonError.INVALID_ARG and err.param == param, err

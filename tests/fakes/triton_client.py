@@ -12,7 +12,10 @@ Logprobs as the engine sends them (`protocol.LOGPROBS` JSON) when the sampling a
 -0.1 x its position, rank 1, and the top alternatives (the token itself, then `alt<j>`); the prompt's
 (words as tokens, the first null) on the first response with `prompt_logprobs`. `eos_id` ends a reply that
 stops with that token (empty text and bytes), as the engine does. With `prefix_cache`, a request whose
-prompt an earlier request already prefilled reports it all cached (and is not `prefilled`).
+prompt an earlier request already prefilled reports it all cached (and is not `prefilled`). With
+`compile_structured`, a request's structured-output spec is "compiled" as the engine does before queueing it:
+a regex Python's `re` cannot compile, or a JSON schema using `not`, is an InvalidRequest naming the spec's
+`param` (the engine's real refusals come from llguidance; these two stand in for them).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from gateway.triton_client import StreamRequest
 from paddlellm import protocol
 from paddlellm.errors import EngineError, InvalidRequest
 from paddlellm.protocol import ABORT_PARAMETER
-from paddlellm.sampling import SamplingParams
+from paddlellm.sampling import SamplingParams, StructuredSpec
 
 # (token id, text delta): "" models a detokenizer holding back an incomplete UTF-8 character.
 DEFAULT_REPLY: tuple[tuple[int, str], ...] = (
@@ -94,7 +97,9 @@ class FakeTritonClient:
         token_bytes: dict[int, bytes] | None = None,
         eos_id: int | None = None,
         prefix_cache: bool = False,
+        compile_structured: bool = False,
     ) -> None:
+        self.compile_structured = compile_structured
         self.reply = reply
         self.token_bytes = DEFAULT_TOKEN_BYTES if token_bytes is None else token_bytes
         self.eos_id = eos_id
@@ -172,6 +177,8 @@ class FakeTritonClient:
         prompt, messages_json = record.inputs[protocol.PROMPT], record.inputs[protocol.MESSAGES]
         try:
             sampling_params = SamplingParams.from_json(record.inputs[protocol.SAMPLING])
+            if self.compile_structured and sampling_params.structured_outputs is not None:
+                _compile(sampling_params.structured_outputs)
             messages = json.loads(messages_json) if messages_json else []
             n_prompt = _count_tokens(prompt, messages)
             # Like the engine: max_tokens None is the rest of the context.
@@ -201,8 +208,10 @@ class FakeTritonClient:
         # Like the engine: a resumed request continues after the ids already sent (completion counts them).
         skip = len(record.inputs.get(protocol.RESUME_IDS, ()))
         for n, (tid, text) in enumerate(pieces[skip : sampling_params.max_tokens], start=skip + 1):
-            if self.fail_after is not None and n > self.fail_after[0] and record.request_id.endswith(
-                self.fail_suffix
+            if (
+                self.fail_after is not None
+                and n > self.fail_after[0]
+                and record.request_id.endswith(self.fail_suffix)
             ):
                 yield None, _error(protocol.format_error(self.fail_after[1]))
                 return
@@ -237,7 +246,6 @@ class FakeTritonClient:
             )
         yield _result({}, final=True), None
 
-
     def _bytes(self, tid: int, text: str) -> bytes:
         return b"" if tid == self.eos_id else self.token_bytes.get(tid, text.encode("utf-8"))
 
@@ -263,6 +271,16 @@ class FakeTritonClient:
                 for i, w in enumerate(words[1:], start=1)
             ]
         return json.dumps(out)
+
+
+def _compile(spec: StructuredSpec) -> None:
+    if spec.kind == "regex":
+        try:
+            re.compile(str(spec.value))
+        except re.error as e:
+            raise InvalidRequest(f"regex does not compile: {e}", param=spec.param) from None
+    if spec.kind == "json_schema" and '"not":' in str(spec.value):
+        raise InvalidRequest("unsupported JSON Schema keyword 'not'", param=spec.param)
 
 
 def token_text(raw: bytes) -> str:

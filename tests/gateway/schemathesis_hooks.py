@@ -12,7 +12,8 @@ Against a real model (`MAX_TOKENS_CAP_ENV` set), generations are kept short: an 
 max_completion_tokens from 1 up to the schema's maximum (MAX_TOKENS_MAXIMUM_ENV; above it stays invalid) is
 lowered to the cap, and a chat request naming neither gets the cap; a valid `n` above 2 becomes 2 (n choices
 are n generations); a valid body stays valid and an invalid one invalid. Both phases (map_case for the
-coverage phase, map_body for the others) apply the cap.
+coverage phase, map_body for the others) apply the cap. Also against a real model, valid regexes, grammars
+and choices are kept to printable ASCII (`_producible`).
 """
 
 from __future__ import annotations
@@ -134,8 +135,38 @@ def _one_constraint(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _printable(text: str) -> str:
+    return "".join(c for c in text if " " <= c <= "~") or "a"
+
+
+def _producible(body: dict[str, Any]) -> dict[str, Any]:
+    """Real model only: the literal text of valid regexes, grammars and choices kept to printable ASCII.
+    Random strings demand characters a byte-level tokenizer may lack (SmolLM2 has no token for the bytes
+    0x04, 0x06, 0x13, 0x14, 0x16, 0x1d, 0xf1, 0xf2): a constraint no token can meet is the engine's to refuse
+    (reported with issue #26), not this API document's to describe."""
+    out = dict(body)
+    for name in ("guided_regex", "guided_grammar", "guided_choice", "structured_outputs"):
+        value = body.get(name)
+        if value is None or not _valid_alone(name, value):
+            continue
+        if isinstance(value, str):
+            out[name] = _printable(value)
+        elif isinstance(value, list):
+            out[name] = [_printable(c) for c in value]
+        elif isinstance(value, dict):
+            inner = dict(value)
+            for key in ("regex", "grammar"):
+                if isinstance(inner.get(key), str):
+                    inner[key] = _printable(inner[key])
+            if isinstance(inner.get("choice"), list):
+                inner["choice"] = [_printable(c) for c in inner["choice"]]
+            out[name] = inner
+    return out
+
+
 def _all_pairs(path: str, body: dict[str, Any]) -> dict[str, Any]:
-    return _one_constraint(_pairs(path, _cap_from_env(path, body)))
+    body = _one_constraint(_pairs(path, _cap_from_env(path, body)))
+    return _producible(body) if os.environ.get(MAX_TOKENS_CAP_ENV) else body
 
 
 @schemathesis.hook

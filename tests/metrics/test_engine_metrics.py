@@ -16,12 +16,15 @@ import pytest
 from paddlellm import protocol as p
 from paddlellm.engine.loop import EngineLoop
 from paddlellm.engine.outputs import RequestOutput, RequestTimings
+from paddlellm.errors import InvalidRequest
 from paddlellm.protocol.metric_names import ENGINE_METRICS, HISTOGRAM, PREFIX
+from paddlellm.structured.spec import StructuredSpec
 from paddlellm.triton.engine_metrics import EngineMetrics, TritonMetricsBackend
 from paddlellm.triton.engine_model import EngineModel
-from tests.unit.engine_fakes import make_engine, prompt
+from tests.unit.engine_fakes import FakeCompiler, FakeGrammar, make_engine, prompt
 
 WAIT_S = 10.0
+GRAMMAR_HISTOGRAMS = ("structured_output_compile_time_seconds", "structured_output_mask_time_seconds")
 
 
 class MemoryBackend:
@@ -115,8 +118,11 @@ def test_totals_histograms_and_gauges_after_a_known_workload(pb: ModuleType, max
     assert backend.counter("prompt_tokens_total") == prompts
     assert backend.counter("generation_tokens_total") == outputs
     for spec in ENGINE_METRICS:
-        if spec.kind == HISTOGRAM and spec.name != PREFIX + "batch_size":
-            assert len(backend.observed(spec.name[len(PREFIX) :])) == 20, spec.name
+        short = spec.name[len(PREFIX) :]
+        if short in GRAMMAR_HISTOGRAMS:
+            assert backend.observed(short) == [], short  # no request asked for a grammar: nothing observed
+        elif spec.kind == HISTOGRAM and short != "batch_size":
+            assert len(backend.observed(short)) == 20, spec.name
     assert sorted(backend.observed("request_prompt_tokens")) == sorted(float(n) for n, _ in work)
     assert sorted(backend.observed("request_generation_tokens")) == sorted(float(k) for _, k in work)
     assert sorted(backend.observed("request_params_max_tokens")) == sorted(float(k) for _, k in work)
@@ -212,6 +218,43 @@ def test_rejected_aborted_and_preempted_requests(pb: ModuleType) -> None:
     assert backend.counter("num_preemptions_total") >= 1
     assert len(backend.observed("request_params_max_tokens")) == 2
     assert backend.gauge("kv_cache_usage_perc") == 0 and backend.gauge("num_requests_running") == 0
+
+
+def test_structured_output_compile_and_mask_times(pb: ModuleType) -> None:
+    """Three grammar requests (each compiled: a cache miss of 2 ms in the fake compiler) and two without: one
+    compile observation per grammar request, one mask observation per step that had grammar rows; a compile
+    error is the request's INVALID_ARG response naming the field, and a failure in the counters."""
+    backend = MemoryBackend()
+    compiler = FakeCompiler(FakeGrammar((5, 6, 7)), auto=True)
+    model, _ = start_model(pb, backend, grammar_compiler=compiler)
+    spec = StructuredSpec.regex("x+", param="guided_regex").to_dict()
+    try:
+        with_grammar = [
+            engine_request(pb, f"g{i}", prompt(6, i), {"max_tokens": 8, "structured_outputs": spec})
+            for i in range(3)
+        ]
+        plain = [engine_request(pb, f"p{i}", prompt(6, 5 + i), {"max_tokens": 4}) for i in range(2)]
+        model.execute(with_grammar + plain)
+        wait_all([r.get_response_sender() for r in with_grammar + plain])
+        compiler.auto = False
+        bad = engine_request(pb, "bad", prompt(6), {"max_tokens": 8, "structured_outputs": spec})
+        model.execute([bad])
+        _, future = compiler.pending[0]
+        future.set_exception(InvalidRequest("cannot compile regex: unclosed group", param="guided_regex"))
+        wait_all([bad.get_response_sender()])
+        assert model.metrics.flush()
+    finally:
+        model.finalize()
+    assert backend.observed("structured_output_compile_time_seconds") == [0.002] * 3
+    masks = backend.observed("structured_output_mask_time_seconds")
+    assert 3 <= len(masks) <= 9 and all(t >= 0 for t in masks)  # 3 steps if the three ran together
+    assert backend.counter("request_success_total", "stop") == 3
+    assert backend.counter("request_success_total", "length") == 2
+    assert backend.counter("request_failure_total") == 1
+    (response,) = bad.get_response_sender().responses
+    assert response.has_error() and response.error().code() == pb.TritonError.INVALID_ARG
+    message = response.error().message()
+    assert "param=guided_regex" in message and "unclosed group" in message
 
 
 def test_one_info_line_per_finished_request_without_the_prompt(pb: ModuleType, caplog) -> None:

@@ -241,3 +241,50 @@ def test_logprobs_rank_and_top_ties_by_id_on_a_large_vocabulary() -> None:
     assert entries[1].rank == 1 and [t for t, _ in entries[1].top] == [49_150, 49_151, 49_152, 49_153]
     assert entries[2].top == ()
     assert top_ids(np.array([3.0, 1.0, 3.0]), 5).tolist() == [0, 2, 1]  # n beyond the vocabulary
+
+
+def _full_sort_draw(logits: np.ndarray, row: SampleRow) -> int:
+    """The sampler's draw with the whole vocabulary sorted (the definition the head search must match)."""
+    p = row.sampling_params
+    z = logits / p.temperature
+    z -= z.max()
+    probs = np.exp(z)
+    order = np.argsort(-probs, kind="stable")
+    sorted_p = probs[order] / probs.sum()
+    keep = len(sorted_p)
+    if p.min_p > 0.0:
+        keep = int(np.count_nonzero(sorted_p >= p.min_p * sorted_p[0]))
+    if p.top_k > 0:
+        keep = min(keep, p.top_k)
+    if keep < len(sorted_p):
+        sorted_p = sorted_p[:keep] / sorted_p[:keep].sum()
+    cum = np.cumsum(sorted_p)
+    if p.top_p < 1.0:
+        keep = int(np.searchsorted(cum, p.top_p, side="left")) + 1
+        cum = np.cumsum(sorted_p[:keep])
+    k = int(np.searchsorted(cum, uniform(row.seed, row.position) * cum[-1], side="right"))
+    return int(order[min(k, len(cum) - 1)])
+
+
+@pytest.mark.parametrize("vocab", [49_152, 1000, 50])
+def test_head_search_draws_what_a_full_sort_draws(vocab: int) -> None:
+    """The sampler orders only the head of the vocabulary (growing it as needed): every draw must equal the
+    full sort's, for peaked and flat rows, ties, and each kept-set rule (top_p, top_k, min_p, combined)."""
+    sampler = Sampler([2])
+    rng = np.random.default_rng(vocab)
+    params = [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.7, top_p=0.9),
+        SamplingParams(temperature=1.3, top_k=40),
+        SamplingParams(temperature=1.0, min_p=0.05),
+        SamplingParams(temperature=1.0, top_k=256),
+        SamplingParams(temperature=2.0, top_p=0.999, top_k=3000),
+        SamplingParams(temperature=1.0, top_k=5000),
+        SamplingParams(temperature=0.9, min_p=0.2, top_p=0.8),
+    ]
+    for scale in (0.5, 3.0, 10.0):
+        for sp in params:
+            for seed in range(6):
+                logits = np.round(rng.standard_normal(vocab) * scale, 1)  # rounding makes ties
+                row = SampleRow(sp, seed, 7 + seed, (), 0)
+                assert sampler._sample_row(logits.copy(), row) == _full_sort_draw(logits.copy(), row)

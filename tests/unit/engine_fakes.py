@@ -8,11 +8,19 @@ of other tokens all fail an assertion or change the tokens.
 
 Logprobs: for requests that ask, each sampled token gets `fake_logprobs(token, position)` and each computed
 prompt position p >= 1 gets `fake_logprobs(prompt[p], p)`, so tests know every expected entry.
+
+Structured output: a row with a grammar mask draws (by the same hash) among the tokens its mask allows, EOS
+only when nothing else is allowed (unless `ignore_masks`, which draws as if there were no mask: a model
+that disobeys). `FakeGrammar` is a grammar over the fake vocabulary driven like GrammarMatcher, and
+`FakeCompiler` hands out futures the test resolves.
 """
 
 from __future__ import annotations
 
+import threading
 import zlib
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +31,9 @@ from paddlellm.errors import EngineDead
 from paddlellm.model_info import ModelInfo
 from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import ModelRunnerOutput, SchedulerOutput, TokenLogprobs
+from paddlellm.structured.bitmask import mask_words, pack_token_bitmask, unpack_token_bitmask
+from paddlellm.structured.matcher import GrammarBudgetExceeded
+from paddlellm.structured.spec import StructuredSpec
 
 
 def fake_info(vocab_size: int = 1000, eos: tuple[int, ...] = (2,)) -> ModelInfo:
@@ -68,6 +79,7 @@ class FakeExecutor:
         vocab_size: int = 1000,
         fail_on_call: int | None = None,
         avoid: tuple[int, ...] = (2,),
+        ignore_masks: bool = False,
     ) -> None:
         self.kv = np.full((num_blocks, block_size), -1, dtype=np.int64)
         self.block_size = block_size
@@ -80,6 +92,7 @@ class FakeExecutor:
         )  # tokens the "model" never picks unless asked (EOS), so lengths are predictable
         self.dead = False
         self.shut_down = False
+        self.ignore_masks = ignore_masks
 
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         self.calls.append(sched)
@@ -133,18 +146,25 @@ class FakeExecutor:
                 entries = tuple(fake_logprobs(st.tokens[j + 1], j + 1, n_top) for j in range(start, stop))
                 prompt_logprobs[rid] = (start + 1, entries)
             if end == len(st.tokens):
-                sampled[rid] = tok = self._next_token(st)
+                sampled[rid] = tok = self._next_token(st, sched.grammar_masks.get(rid))
                 if st.sampling_params.logprobs is not None:
                     logprobs[rid] = fake_logprobs(tok, end, st.sampling_params.logprobs)
         return ModelRunnerOutput(sampled, logprobs, prompt_logprobs)
 
-    def _next_token(self, st: _State) -> int:
+    def _next_token(self, st: _State, mask: np.ndarray | None = None) -> int:
         pos = np.arange(st.num_computed)
         ctx = self.kv[np.asarray(st.blocks)[pos // self.block_size], pos % self.block_size]
         h = zlib.crc32(ctx.tobytes())
         if not st.sampling_params.greedy:
             rng = np.random.default_rng([st.seed & ((1 << 64) - 1), st.num_computed])
             h += int(rng.integers(self.vocab_size))
+        if mask is not None and not self.ignore_masks:
+            allowed = np.flatnonzero(unpack_token_bitmask(mask, self.vocab_size))
+            preferred = allowed[~np.isin(allowed, sorted(self.avoid))]
+            if not len(preferred):
+                preferred = allowed
+            assert len(preferred), "a mask that allows nothing"
+            return int(preferred[h % len(preferred)])
         tok = h % self.vocab_size
         while tok in self.avoid:
             tok = (tok + 1) % self.vocab_size
@@ -170,12 +190,23 @@ def make_engine(
     eos: tuple[int, ...] = (2,),
     clock=None,
     fail_on_call: int | None = None,
+    grammar_compiler=None,
+    ignore_masks: bool = False,
     **config,
 ) -> tuple[LLMEngine, FakeExecutor]:
     cfg = EngineConfig(**{"block_size": 16, "max_model_len": 2048, **config})
-    ex = FakeExecutor(num_blocks, cfg.block_size, vocab_size, fail_on_call=fail_on_call, avoid=eos)
+    ex = FakeExecutor(
+        num_blocks,
+        cfg.block_size,
+        vocab_size,
+        fail_on_call=fail_on_call,
+        avoid=eos,
+        ignore_masks=ignore_masks,
+    )
     kwargs = {} if clock is None else {"clock": clock}
-    return LLMEngine(cfg, ex, fake_info(vocab_size, eos), num_blocks=num_blocks, **kwargs), ex
+    info = fake_info(vocab_size, eos)
+    engine = LLMEngine(cfg, ex, info, num_blocks=num_blocks, grammar_compiler=grammar_compiler, **kwargs)
+    return engine, ex
 
 
 def prompt(n: int, k: int = 0, vocab_size: int = 1000) -> list[int]:
@@ -187,3 +218,124 @@ def collect(outputs) -> dict[str, list[int]]:
     for o in outputs:
         tokens.setdefault(o.request_id, []).extend(o.new_token_ids)
     return tokens
+
+
+# ---------------------------------------------------------------- structured output
+
+
+class FakeGrammar:
+    """A compiled grammar over the fake vocabulary: `word` first, token by token; then any number of `tail`
+    tokens. end="terminate": complete (terminated, like a closed JSON object) as soon as the word is, when
+    there is no tail; end="eos": from the end of the word on EOS is allowed, and ends it.
+    `fail_fill_at`: fill_mask raises GrammarBudgetExceeded after that many tokens."""
+
+    def __init__(
+        self,
+        word: Sequence[int],
+        tail: Sequence[int] = (),
+        end: str = "terminate",
+        vocab_size: int = 1000,
+        eos: int = 2,
+        param: str = "structured_outputs.grammar",
+        fail_fill_at: int | None = None,
+    ) -> None:
+        assert end in ("terminate", "eos") and (end == "eos" or not tail)
+        self.word, self.tail, self.end = tuple(word), frozenset(tail), end
+        self.vocab_size, self.eos, self.param, self.fail_fill_at = vocab_size, eos, param, fail_fill_at
+        self.matchers: list[FakeMatcher] = []
+        self.cache_hit = False  # what LLMEngine reads of a CompiledGrammar
+        self.compile_seconds = 0.002
+
+    def matcher(self) -> FakeMatcher:
+        m = FakeMatcher(self)
+        self.matchers.append(m)
+        return m
+
+
+class FakeMatcher:
+    """GrammarMatcher's interface over FakeGrammar; records what the engine did with it."""
+
+    def __init__(self, grammar: FakeGrammar) -> None:
+        self.g = grammar
+        self.accepted: list[int] = []
+        self.eos_accepted = False
+        self.fills = 0
+        self.replays: list[tuple[int, ...]] = []
+
+    @property
+    def mask_words(self) -> int:
+        return mask_words(self.g.vocab_size)
+
+    @property
+    def accepts_eos(self) -> bool:
+        return len(self.accepted) >= len(self.g.word) and not self.eos_accepted
+
+    @property
+    def is_terminated(self) -> bool:
+        done = len(self.accepted) >= len(self.g.word)
+        return self.eos_accepted or (done and self.g.end == "terminate")
+
+    def allowed(self) -> set[int]:
+        n = len(self.accepted)
+        if self.is_terminated:
+            return {self.g.eos}
+        if n < len(self.g.word):
+            return {self.g.word[n]}
+        return set(self.g.tail) | {self.g.eos}
+
+    def fill_mask(self, out: np.ndarray) -> None:
+        assert out.dtype == np.int32 and out.shape == (self.mask_words,)
+        if self.g.fail_fill_at is not None and len(self.accepted) >= self.g.fail_fill_at:
+            raise GrammarBudgetExceeded(
+                "the grammar exceeded its budget while generating", param=self.g.param
+            )
+        self.fills += 1
+        allowed = np.zeros(self.g.vocab_size, dtype=bool)
+        allowed[sorted(self.allowed())] = True
+        out[:] = pack_token_bitmask(allowed)
+
+    def accept(self, token: int) -> bool:
+        if token == self.g.eos:
+            if not self.accepts_eos:
+                return False
+            self.eos_accepted = True
+        elif token not in self.allowed():
+            return False
+        self.accepted.append(token)
+        return True
+
+    def replay(self, token_ids: Sequence[int]) -> int:
+        self.replays.append(tuple(token_ids))
+        for i, t in enumerate(token_ids):
+            if not self.accept(t):
+                return i
+        return len(token_ids)
+
+
+def grammar_params(**kw) -> SamplingParams:
+    """SamplingParams asking for structured output (the spec is a stand-in: tests pass the grammar)."""
+    return SamplingParams(structured_outputs=StructuredSpec.regex("x+"), **kw)
+
+
+class FakeCompiler:
+    """GrammarCompiler's `compile`: a future per call that the test resolves (`resolve`, `fail`), or resolved
+    at once with `grammar` when `auto` is set."""
+
+    def __init__(self, grammar: FakeGrammar | None = None, auto: bool = False) -> None:
+        self.grammar = grammar
+        self.auto = auto
+        self.pending: list[tuple[StructuredSpec, Future]] = []
+        self.compiled = threading.Event()  # set on each call
+        self.closed = False
+
+    def compile(self, spec: StructuredSpec) -> Future:
+        future: Future = Future()
+        if self.auto:
+            future.set_result(self.grammar)
+        else:
+            self.pending.append((spec, future))
+        self.compiled.set()
+        return future
+
+    def close(self) -> None:
+        self.closed = True

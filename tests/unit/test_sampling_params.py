@@ -87,7 +87,7 @@ def test_needs_history_follows_the_declarations() -> None:
     assert not SamplingParams(top_k=3, logprobs=2).needs_history
 
 
-@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.vllm])
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.vllm and s.kind != "structured"])
 def test_vllm_names_map_to_the_declared_fields(name: str) -> None:
     value = _inside(name)
     ours = sampling_from_vllm(json.dumps({SPECS[name].vllm: value}))
@@ -95,6 +95,21 @@ def test_vllm_names_map_to_the_declared_fields(name: str) -> None:
     assert getattr(ours, name) == expected
     if SPECS[name].kind in ("int", "float"):  # genai-perf sends numbers as strings
         assert getattr(sampling_from_vllm(json.dumps({SPECS[name].vllm: str(value)})), name) == expected
+
+
+def test_structured_outputs_take_our_wire_form_or_vllms() -> None:
+    ours = SamplingParams.from_dict({"structured_outputs": {"choice": ["yes", "no"]}})
+    spec = ours.structured_outputs
+    assert spec is not None and (spec.kind, spec.value) == ("choice", ("yes", "no"))
+    assert SamplingParams.from_json(ours.to_json()) == ours  # the wire form round-trips
+    vllm = sampling_from_vllm(json.dumps({"structured_outputs": {"json": {"type": "object"}}}))
+    assert vllm.structured_outputs is not None and vllm.structured_outputs.kind == "json_schema"
+    as_text = sampling_from_vllm(json.dumps({"structured_outputs": json.dumps({"regex": "[ab]+"})}))
+    assert as_text.structured_outputs is not None and as_text.structured_outputs.value == "[ab]+"
+    for bad in ({"json": {}, "regex": "a"}, {}, {"jsn": {}}, ["json"]):
+        with pytest.raises(InvalidRequest) as e:
+            SamplingParams.from_dict({"structured_outputs": bad})
+        assert e.value.param == "structured_outputs"
 
 
 def test_vllm_convention_refuses_what_it_cannot_honour() -> None:
