@@ -22,6 +22,7 @@ from collections import deque
 from typing import Any
 
 from gateway.openai_schema import PromptLogprobs, TokenLogprob, TopLogprob
+from paddlellm.protocol import token_text
 
 Entry = dict[str, Any]  # one entry of the engine's JSON
 FLOOR = -9999.0  # JSON has no -inf: vLLM's stand-in for a token of probability 0
@@ -33,14 +34,6 @@ def parse(text: str) -> tuple[list[Entry], list[Entry | None] | None]:
         return [], None
     data = json.loads(text)
     return list(data.get("content") or ()), data.get("prompt")
-
-
-def token_text(raw: bytes) -> str:
-    """A token's text, or OpenAI's `bytes:\\xe2\\x80` form when its bytes alone are not UTF-8."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 def _lp(value: float) -> float:

@@ -136,6 +136,15 @@ _KINDS: dict[str, type[EngineError]] = {
 }
 
 
+def token_text(raw: bytes) -> str:
+    """A token's bytes as the `token` of a logprobs entry: UTF-8, or `bytes:\\xe2\\x80` when they are not
+    valid UTF-8 on their own (part of a character; OpenAI's and vLLM's convention)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
 def format_error(exc: EngineError) -> str:
     return f"[{type(exc).__name__} param={exc.param or ''}] {exc.message}"
 

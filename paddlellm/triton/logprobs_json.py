@@ -22,6 +22,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from paddlellm.protocol import token_text
+
 TokenBytes = Callable[[int], bytes]
 """token id -> the raw bytes it contributes to the text (b"" for a special token)."""
 
@@ -42,14 +44,6 @@ class TokenLogprob(Protocol):
 
     @property
     def top(self) -> tuple[tuple[int, float], ...]: ...
-
-
-def token_text(raw: bytes) -> str:
-    """A token's bytes as text: UTF-8, or "bytes:\\xNN..." when they are not valid UTF-8 on their own."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 def _num(x: float) -> str:
