@@ -6,6 +6,7 @@ chunks into the non-streamed response, so streamed and non-streamed answers cann
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -36,6 +37,9 @@ from gateway.openai_schema import (
 )
 from gateway.reasoning import ReasoningSplitter
 from gateway.stop_strings import StopStringMatcher
+from gateway.tool_calls import make_parser
+from gateway.tool_calls.parser_types import ToolCallParser
+from gateway.tool_fields import FunctionCall, FunctionCallDelta, ToolCallDelta, ToolCallOut
 from gateway.translate import EnsembleResponse
 from paddlellm.errors import EngineError
 
@@ -69,6 +73,8 @@ class ChunkShaper:
     echo: str | None = None  # completions' echo: the prompt text the answer starts with
     prompt_logprobs: int | None = None  # vLLM's prompt_logprobs: alternatives per prompt token
     prompt_entries: list[Entry | None] | None = None  # the prompt's entries (from the first choice)
+    tool_parser: str | None = None  # chat with tools: the format of calls in the answer (None: not parsed)
+    tool_names: frozenset[str] = frozenset()  # the functions a call may name
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -76,6 +82,8 @@ class ChunkShaper:
     _stop: StopStringMatcher = field(init=False)
     _split: ReasoningSplitter | None = field(init=False)
     _aligner: EntryAligner | None = field(init=False)
+    _tools: ToolCallParser | None = field(init=False)
+    _calls: int = field(default=0, init=False)  # tool calls sent so far (the next one's index)
     _started: bool = field(default=False, init=False)
     _cut_short: bool = field(default=False, init=False)
 
@@ -83,6 +91,8 @@ class ChunkShaper:
         self._stop = StopStringMatcher(self.stops)
         self._split = ReasoningSplitter(*self.reasoning) if self.reasoning and self.kind == "chat" else None
         self._aligner = EntryAligner() if self.top_logprobs is not None else None
+        use_tools = self.tool_parser is not None and self.kind == "chat"
+        self._tools = make_parser(self.tool_parser, self.tool_names) if use_tools else None  # type: ignore[arg-type]
 
     @property
     def finished(self) -> bool:
@@ -160,12 +170,10 @@ class ChunkShaper:
     def _chunks(
         self, text: str, ids: list[int], finish: str | None, arrival: float, entries: list[tuple[Entry, int]]
     ) -> list[Chunk]:
-        if finish is not None:
-            self.finish_reason = finish
-        reason = _finish_reason(finish)
         first = not self._started
         self._started = True
         if self.kind == "completion":
+            self._set_finish(finish)
             if first and self.echo is not None:
                 text = self.echo + text
             choice = CompletionChoice(
@@ -173,7 +181,7 @@ class ChunkShaper:
                 text=text,
                 token_ids=ids,
                 arrival_time=arrival,
-                finish_reason=reason,
+                finish_reason=_finish_reason(finish),
                 logprobs=self._completion_logprobs(entries),
             )
             if first and self.prompt_logprobs is not None and self.prompt_entries is not None:
@@ -185,21 +193,60 @@ class ChunkShaper:
             if finish is not None:
                 r, c = self._split.flush()
                 reasoning, content = reasoning + r, content + c
-        delta = ChatDelta(content=content, token_ids=ids)
+        calls: list[ToolCallDelta] = []
+        if self._tools is not None:
+            content, calls = self._parse_calls(content, finish is not None)
+            if finish == "stop" and self._calls:
+                finish = "tool_calls"
+        delta = ChatDelta(content=None if calls and not content else content, token_ids=ids)
         if first:
             delta = ChatDelta(role="assistant", **delta)
         if reasoning:
             delta["reasoning_content"] = reasoning
+        if calls:
+            delta["tool_calls"] = calls
         logprobs = None
         if self.top_logprobs is not None:
             logprobs = ChatLogprobs(content=[chat_entry(e, self.top_logprobs) for e, _ in entries])
+        self._set_finish(finish)
         chat_choice = ChatChunkChoice(
-            index=self.index, delta=delta, arrival_time=arrival, finish_reason=reason, logprobs=logprobs
+            index=self.index,
+            delta=delta,
+            arrival_time=arrival,
+            finish_reason=_finish_reason(finish),
+            logprobs=logprobs,
         )
         chunk = cast(ChatCompletionChunk, self.envelope([chat_choice]))
         if first and self.index == 0 and self.prompt_logprobs is not None and self.prompt_entries is not None:
             chunk["prompt_logprobs"] = vllm_prompt_logprobs(self.prompt_entries, self.prompt_logprobs)
         return [chunk]
+
+    def _set_finish(self, finish: str | None) -> None:
+        if finish is not None:
+            self.finish_reason = finish
+
+    def _parse_calls(self, content: str, ending: bool) -> tuple[str, list[ToolCallDelta]]:
+        """Content through the tool-call parser: (the text that is content, the calls completed). A call goes
+        out whole in one delta (id, type, name and all its arguments), so one that turns out malformed can
+        still become content instead."""
+        assert self._tools is not None
+        parsed = [self._tools.feed(content)] if content else []
+        if ending:
+            parsed.append(self._tools.finish())
+        text, calls = "", []
+        for p in parsed:
+            text += p.content
+            for call in p.calls:
+                calls.append(
+                    ToolCallDelta(
+                        index=self._calls,
+                        id=f"call_{uuid.uuid4().hex[:24]}",
+                        type="function",
+                        function=FunctionCallDelta(name=call.name, arguments=call.arguments),
+                    )
+                )
+                self._calls += 1
+        return text, calls
 
     def _completion_logprobs(self, entries: list[tuple[Entry, int]]) -> CompletionLogprobs | None:
         if self.top_logprobs is None:
@@ -317,11 +364,30 @@ def _chat_choice(shaper: ChunkShaper, parts: list[Any]) -> ChatChoice:
     logprobs = None
     if shaper.top_logprobs is not None:
         logprobs = ChatLogprobs(content=[e for p in parts for e in p["logprobs"]["content"]])
+    message = ChatResponseMessage(role="assistant", content=content, reasoning_content=reasoning or None)
+    calls = _whole_calls([d for p in parts for d in p["delta"].get("tool_calls", ())])
+    if calls:
+        message["tool_calls"] = calls
+        message["content"] = content or None  # OpenAI: null when the answer only calls tools
     return ChatChoice(
         index=shaper.index,
-        message=ChatResponseMessage(role="assistant", content=content, reasoning_content=reasoning or None),
+        message=message,
         finish_reason=_finish_reason(shaper.finish_reason),
         token_ids=[i for p in parts for i in p["delta"]["token_ids"]],
         arrival_time=parts[-1]["arrival_time"] if parts else 0.0,
         logprobs=logprobs,
     )
+
+
+def _whole_calls(deltas: list[ToolCallDelta]) -> list[ToolCallOut]:
+    """Streamed call deltas folded as a client folds them: a delta with an `id` opens call `index`, later
+    deltas of that index append to its arguments."""
+    calls: dict[int, ToolCallOut] = {}
+    for d in deltas:
+        fn = d["function"]
+        if "id" in d:
+            calls[d["index"]] = ToolCallOut(
+                id=d["id"], type="function", function=FunctionCall(name=fn.get("name", ""), arguments="")
+            )
+        calls[d["index"]]["function"]["arguments"] += fn.get("arguments", "")
+    return [calls[i] for i in sorted(calls)]

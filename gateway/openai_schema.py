@@ -33,6 +33,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from gateway.structured_fields import StructuredFields
+from gateway.tool_fields import HistoryToolCall, ToolCallDelta, ToolCallOut, ToolFields
 from paddlellm.sampling import MAX_LOGPROBS, MAX_STREAM_INTERVAL, SPECS
 
 _MAX_STOP = 16  # OpenAI allows 4; a few more cost nothing
@@ -62,6 +63,7 @@ def _integral(value: Any) -> Any:
 
 # After the bounds in `Annotated[int, Field(...), INTEGRAL]`, so the bounds still reach the JSON schema.
 INTEGRAL = BeforeValidator(_integral)  # strict otherwise: "3" and true stay errors
+
 
 def spec_bounds(name: str) -> Any:
     """The pydantic bounds of the sampling parameter `name` (ge/gt/le/lt), from its ParamSpec."""
@@ -120,14 +122,37 @@ class TextPart(_Strict):
 class ChatMessage(_Strict):
     model_config = ConfigDict(
         json_schema_extra={
-            "anyOf": [  # _content_present
-                {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
+            "allOf": [  # _content_present
                 {
-                    "required": ["role", "tool_calls"],
-                    "properties": {
-                        "role": {"const": "assistant"},
-                        "tool_calls": {"type": "array", "minItems": 1},
-                    },
+                    "anyOf": [
+                        {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
+                        {
+                            "required": ["role", "tool_calls"],
+                            "properties": {
+                                "role": {"const": "assistant"},
+                                "tool_calls": {"type": "array", "minItems": 1},
+                            },
+                        },
+                    ]
+                },
+                {  # tool_calls only on assistant messages
+                    "anyOf": [
+                        {"properties": {"role": {"const": "assistant"}}},
+                        {
+                            "properties": {
+                                "tool_calls": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}
+                            }
+                        },
+                    ]
+                },
+                {  # a tool message names its call
+                    "anyOf": [
+                        {"properties": {"role": {"enum": ["system", "developer", "user", "assistant"]}}},
+                        {
+                            "required": ["tool_call_id"],
+                            "properties": {"tool_call_id": {"type": "string", "minLength": 1}},
+                        },
+                    ]
                 },
             ]
         }
@@ -136,8 +161,8 @@ class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    tool_calls: list[HistoryToolCall] | None = None  # assistant messages: the calls it made
+    tool_call_id: str | None = None  # tool messages: the call this is the result of
     reasoning_content: str | None = None  # clients echo it back in multi-turn histories; dropped
 
     @model_validator(mode="after")
@@ -146,6 +171,10 @@ class ChatMessage(_Strict):
             raise ValueError(
                 "'content' is required (it may be null only for assistant messages with tool_calls)"
             )
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry 'tool_calls'")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs 'tool_call_id' (the id of the call it answers)")
         return self
 
     def text(self) -> str:
@@ -206,22 +235,12 @@ class _SamplingFields(_DeclaredSamplingFields, StructuredFields):  # type: ignor
     # OpenAI fields not honoured yet: accepted only at the value that changes nothing, else a 400 naming the
     # field (_not_honoured), never silently ignored.
     logit_bias: dict[str, Any] | None = Field(None, json_schema_extra=_in_branch("object", maxProperties=0))
-    tools: list[Any] | None = Field(None, json_schema_extra=_in_branch("array", maxItems=0))
-    tool_choice: Any = Field(
-        None, json_schema_extra={"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}
-    )
-    parallel_tool_calls: bool | None = None  # without tools it changes nothing
 
-    @field_validator("logit_bias", "tools", "tool_choice")
+    @field_validator("logit_bias")
     @classmethod
     def _not_honoured(cls, v: Any, info: ValidationInfo) -> Any:
-        neutral = {
-            "logit_bias": (None, {}),
-            "tools": (None, []),
-            "tool_choice": (None, "none", "auto"),
-        }[info.field_name or ""]
-        if v not in neutral:
-            raise ValueError(f"'{info.field_name}' is not supported yet (only {neutral[-1]!r} is accepted)")
+        if v not in (None, {}):
+            raise ValueError(f"'{info.field_name}' is not supported yet (only {{}} is accepted)")
         return v
 
     @field_validator("stop")
@@ -243,7 +262,7 @@ class _SamplingFields(_DeclaredSamplingFields, StructuredFields):  # type: ignor
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(_SamplingFields, ToolFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Annotated[int, spec_bounds("max_tokens"), INTEGRAL] | None = None
     logprobs: bool | None = None
@@ -264,6 +283,20 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
+    # Completions have no tools (nor do OpenAI's): only values that change nothing, else a 400 naming them.
+    tools: list[Any] | None = Field(None, json_schema_extra=_in_branch("array", maxItems=0))
+    tool_choice: Any = Field(
+        None, json_schema_extra={"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}
+    )
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("tools", "tool_choice")
+    @classmethod
+    def _no_tools(cls, v: Any, info: ValidationInfo) -> Any:
+        if v not in ((None, []) if info.field_name == "tools" else (None, "none", "auto")):
+            raise ValueError(f"'{info.field_name}' is supported on chat completions only")
+        return v
+
     prompt: str | list[str] = Field(  # _one_prompt; an empty one is refused in gateway.translate
         json_schema_extra={
             "anyOf": [
@@ -303,7 +336,7 @@ class CompletionRequest(_SamplingFields):
 
 
 # ------------------------------------------------------------------ responses
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -367,7 +400,8 @@ PromptLogprobs = list[dict[str, PromptLogprob] | None]
 @with_config(_STRICT)
 class ChatDelta(TypedDict):
     role: NotRequired[Literal["assistant"]]  # on the first chunk only
-    content: str
+    content: str | None  # null on a chunk that carries only tool calls
+    tool_calls: NotRequired[list[ToolCallDelta]]  # calls completed in this chunk
     reasoning_content: NotRequired[str]  # only when the chunk carries some
     token_ids: list[int]
 
@@ -395,8 +429,9 @@ class ChatCompletionChunk(TypedDict):
 @with_config(_STRICT)
 class ChatResponseMessage(TypedDict):
     role: Literal["assistant"]
-    content: str
+    content: str | None  # null when the answer only calls tools
     reasoning_content: str | None
+    tool_calls: NotRequired[list[ToolCallOut]]  # when the answer calls tools
 
 
 @with_config(_STRICT)

@@ -211,6 +211,8 @@ async def _generate(
             include_usage=req.include_usage(),
             reasoning=reasoning,
             index=index,
+            tool_parser=ens_req.tool_parser,
+            tool_names=ens_req.tool_names,
             **shown,
         )
         return _Choice(stream, shaper)

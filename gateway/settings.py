@@ -17,6 +17,8 @@ from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings
 from paddlellm.errors import ConfigError, InvalidRequest
 from paddlellm.sampling import MAX_STREAM_INTERVAL, SPECS
 
+# gateway.tool_calls.PARSERS (repeated here: the settings module stays free of the parsers' imports).
+TOOL_PARSERS = ("hermes", "llama3_json", "generic")
 DEFAULT_MAX_N = 16  # choices per request; each is an engine request, so this bounds one request's share
 
 # The only environment variable the gateway reads: the path of a settings JSON file (see `from_env`).
@@ -74,6 +76,11 @@ class GatewaySettings:
     """Where the metrics server listens; None or the main port: /metrics on the gateway app (issue 6)."""
     max_n: int = DEFAULT_MAX_N
     """Largest `n` (choices per request) accepted; each choice is its own engine request."""
+    tool_call_parser: str = "generic"
+    """How tool calls are written in answers and parsed out of them (gateway.tool_calls.PARSERS); the launcher
+    picks it from the chat template unless --tool-call-parser says."""
+    enable_auto_tool_choice: bool = True
+    """tool_choice "auto" (OpenAI's default with tools) is served; False: a 400 asking for another choice."""
     stream_interval: int = 0
     """Tokens per streamed chunk after the first, for requests without max_streaming_response_tokens; 0:
     auto (the engine sends per token while the serving path has room and coalesces under load)."""
@@ -113,6 +120,11 @@ class GatewaySettings:
             raise ConfigError(
                 f"gateway 'stream_interval' must be between 0 (auto) and {MAX_STREAM_INTERVAL} "
                 f"(got {self.stream_interval})"
+            )
+        if self.tool_call_parser not in TOOL_PARSERS:
+            raise ConfigError(
+                f"gateway 'tool_call_parser' must be one of {', '.join(TOOL_PARSERS)} "
+                f"(got {self.tool_call_parser!r})"
             )
         if not self.served_model_name:
             raise ConfigError("gateway 'served_model_name' must not be empty")

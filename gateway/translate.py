@@ -16,8 +16,9 @@ from typing import Any
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
 from gateway.structured_fields import structured_spec
+from gateway.tool_calls.plan import plan_tools
 from paddlellm.errors import InvalidRequest
-from paddlellm.sampling import MAX_STREAM_INTERVAL, SPECS, SamplingParams
+from paddlellm.sampling import MAX_STREAM_INTERVAL, SPECS, SamplingParams, StructuredSpec
 
 DEFAULT_MAX_TOKENS = 16
 NON_STREAMING_INTERVAL = 16  # tokens per engine response for a non-streamed answer (see _stream_interval)
@@ -32,6 +33,9 @@ class EnsembleRequest:
     sampling: str
     stops: tuple[str, ...] = ()
     n: int = 1  # choices: each its own engine request (`choice_requests`)
+    tools: str = ""  # chat: JSON array of the tools the template describes ("" none; the `tools` input)
+    tool_parser: str | None = None  # chat: the parser of tool calls in the answer (None: none parsed)
+    tool_names: frozenset[str] = frozenset()  # the functions a parsed call may name
     sampling_params: SamplingParams | None = field(default=None, compare=False)  # what `sampling` says
 
 
@@ -68,10 +72,13 @@ MAX_SEED = 2**63  # seeds are signed 64-bit: choice i's seed (seed + i) wraps ar
 
 
 def sampling_params(
-    req: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings
+    req: ChatCompletionRequest | CompletionRequest,
+    settings: GatewaySettings,
+    tool_spec: StructuredSpec | None = None,
 ) -> SamplingParams:
     """OpenAI sampling fields -> SamplingParams; raises InvalidRequest naming the field. Fields whose OpenAI
-    meaning is the parameter itself come from their declarations (`SPECS[name].openai`); the rest here."""
+    meaning is the parameter itself come from their declarations (`SPECS[name].openai`); the rest here.
+    `tool_spec`: the output constraint of the request's tool choice (gateway.tool_calls.plan)."""
     # Both fields are checked, also the one max_completion_tokens overrides: the API document says so.
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(req, name, None)
@@ -93,11 +100,21 @@ def sampling_params(
         "stream_interval": _stream_interval(req, settings),
         "logprobs": _logprobs(req),
         "prompt_logprobs": _prompt_logprobs(req),
-        "structured_outputs": structured_spec(req),
+        "structured_outputs": _one_constraint(structured_spec(req), tool_spec),
     }
     sent = {k: v for k, v in values.items() if v is not None}
     sent["max_tokens"] = max_tokens  # None (chat's default) means "to the end of the context"
     return SamplingParams.from_dict(sent)
+
+
+def _one_constraint(asked: StructuredSpec | None, tools: StructuredSpec | None) -> StructuredSpec | None:
+    """Tools that constrain the output and another constraint cannot both hold: a 400 naming the other."""
+    if asked is not None and tools is not None:
+        raise InvalidRequest(
+            f"'{asked.param}' cannot be combined with a 'tool_choice' that constrains the answer to calls",
+            param=asked.param,
+        )
+    return asked or tools
 
 
 def _check_choices(req: ChatCompletionRequest | CompletionRequest, settings: GatewaySettings) -> None:
@@ -188,18 +205,26 @@ def chat_request(req: ChatCompletionRequest, settings: GatewaySettings) -> Ensem
         )
     messages = []
     for m in req.messages:
-        msg: dict[str, Any] = {"role": m.role, "content": m.text()}
-        for key in ("name", "tool_calls", "tool_call_id"):
+        # An assistant message with only tool calls keeps content null (templates test for it).
+        content = None if m.content is None and m.tool_calls else m.text()
+        msg: dict[str, Any] = {"role": m.role, "content": content}
+        for key in ("name", "tool_call_id"):
             if getattr(m, key) is not None:
                 msg[key] = getattr(m, key)
+        if m.tool_calls:
+            msg["tool_calls"] = [call.model_dump() for call in m.tool_calls]
         messages.append(msg)
-    sp = sampling_params(req, settings)
+    plan = plan_tools(req, settings.tool_call_parser, settings.enable_auto_tool_choice)
+    sp = sampling_params(req, settings, tool_spec=plan.spec)
     return EnsembleRequest(
         prompt="",
         messages=json.dumps(messages, ensure_ascii=False),
         sampling=sp.to_json(),
         stops=tuple(req.stop_list()),
         n=req.n,
+        tools=plan.tools_json,
+        tool_parser=plan.parser,
+        tool_names=plan.names,
         sampling_params=sp,
     )
 

@@ -204,6 +204,8 @@ class TritonEnsemble:
             Tensor.string(protocol.SAMPLING, req.sampling),
             Tensor.int32(protocol.RESUME_IDS, resume_ids),
         ]
+        if req.tools:  # optional: a model repository without tool support still serves everything else
+            inputs.append(Tensor.string(protocol.TOOLS, req.tools))
         return self._open(
             self.ensemble_model,
             inputs,
@@ -224,8 +226,9 @@ class TritonEnsemble:
         on_tokens: Callable[[], None] | None = None,
         **params: Any,
     ) -> TritonStream:
-        request = StreamRequest(model, tuple(inputs), request_id,
-                                {"triton_enable_empty_final_response": True, **params})
+        request = StreamRequest(
+            model, tuple(inputs), request_id, {"triton_enable_empty_final_response": True, **params}
+        )
         responses = self.client.stream_infer(request, stream_timeout=self.timeout_s)
         return TritonStream(responses, on_cancel, on_tokens, self._aborts)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings
-from gateway.settings import GatewaySettings
+from gateway.settings import TOOL_PARSERS, GatewaySettings
 from launcher.supervisor import Launcher, LaunchPlan
 from launcher.tritonenv import REPO_ROOT
 from paddlellm.config import ENGINE_GROUP, SCHEDULER_GROUP, EngineConfig
@@ -96,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds a generation request may take from its arrival, queueing included; then the engine "
         "aborts it and the client gets a 504 (default: none)",
+    )
+    tools = p.add_argument_group("tool calling")
+    tools.add_argument(
+        "--tool-call-parser",
+        choices=TOOL_PARSERS,
+        default=None,
+        help="how the model writes tool calls, so answers are parsed into tool_calls and forced calls are "
+        "constrained: hermes (<tool_call>{...}</tool_call>: Qwen2.5/Qwen3/Hermes), llama3_json (Llama 3.1 "
+        "JSON calls), generic (a JSON answer, for templates without tool support) (default: from the chat "
+        "template: hermes if it writes <tool_call>, llama3_json for Llama 3.1's format, else generic)",
+    )
+    tools.add_argument(
+        "--enable-auto-tool-choice",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='serve tool_choice "auto" (OpenAI\'s default when tools are given); '
+        "--no-enable-auto-tool-choice refuses it with a 400",
     )
     g.add_argument("--served-model-name", default=None, help=_help("served_model_name"))
     g.add_argument(
@@ -190,7 +207,11 @@ def add_engine_options(groups: dict[str, Any]) -> None:
         kwargs: dict[str, Any] = {"help": info.help, "default": f.default, "dest": f.name}
         if typ is bool:
             kwargs |= {
-                "type": int, "choices": (0, 1), "nargs": "?", "const": 1, "default": int(f.default),
+                "type": int,
+                "choices": (0, 1),
+                "nargs": "?",
+                "const": 1,
+                "default": int(f.default),
                 "help": "1 (or the flag alone): " + info.help,
             }
         elif info.choices:
@@ -308,6 +329,8 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             **(text.sampling_defaults() if text else {}),
             metrics_port=args.metrics_port if args.metrics_port not in (None, args.port) else None,
             stream_interval=args.stream_interval,
+            tool_call_parser=args.tool_call_parser or (text.tool_format() if text else "generic"),
+            enable_auto_tool_choice=args.enable_auto_tool_choice,
             **_global_scheduler(args),
         )
     except CheckpointError as e:
@@ -365,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         changed = sorted(k for k, v in engine_values(args).items() if v != defaults[k])
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            parser.error(f"{flags}: engine flags configure nothing with --triton-url (edit that server's "
-                         "llm_engine config.pbtxt instead)")
+            parser.error(
+                f"{flags}: engine flags configure nothing with --triton-url (edit that server's "
+                "llm_engine config.pbtxt instead)"
+            )
     if args.dry_run:
         print(json.dumps(_describe(plan), indent=2))
         return 0

@@ -185,7 +185,9 @@ class Launcher:
     def _render(self, run_dir: Path) -> Path:
         repo = run_dir / "model_repository"
         self.say(f"rendering the model repository into {repo}")
-        return render_model_repository(self.plan.template_dir, repo, self.plan.engine.to_params())
+        # The tokenizer describes tools in the format the gateway parses (one resolved value for both).
+        params = {**self.plan.engine.to_params(), "tool_call_parser": self.plan.gateway.tool_call_parser}
+        return render_model_repository(self.plan.template_dir, repo, params)
 
     def _start_triton(self, repo: Path, run_dir: Path, *ports: int) -> None:
         grpc_port, http_port, metrics_port = ports

@@ -21,6 +21,7 @@ from typing import Any
 
 from paddlellm.errors import CheckpointError
 from paddlellm.model_registry import ArchSpec, arch_spec, check_config, check_rope_scaling
+from paddlellm.text.tool_prompt import ToolFormat, detect_tool_format
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ class CheckpointText:
         gen = template[template.rfind("add_generation_prompt") :]
         gen = re.split(r"\{%-?\s*endif", gen, maxsplit=1)[0]
         return "<think>", "</think>", "<think>" in gen and "</think>" not in gen
+
+    def tool_format(self) -> ToolFormat:
+        """The tool-call format the chat template teaches its model ("generic" without one): the launcher's
+        default `--tool-call-parser` (paddlellm.text.tool_prompt.detect_tool_format says how)."""
+        return detect_tool_format(self.chat_template if isinstance(self.chat_template, str) else None)
 
 
 def _chat_template_source(path: str, tok: dict[str, Any], tok_file: str) -> tuple[Any, tuple[str, str]]:

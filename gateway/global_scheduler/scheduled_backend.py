@@ -33,7 +33,8 @@ class TritonLocalEngine:
         self._can_resume = "resume_ids" in inspect.signature(local.open).parameters
 
     async def run(self, request: WorkRequest) -> AsyncIterator[Chunk]:
-        req = EnsembleRequest(request.inputs.prompt, request.inputs.messages, request.inputs.sampling)
+        inputs = request.inputs
+        req = EnsembleRequest(inputs.prompt, inputs.messages, inputs.sampling, tools=inputs.tools)
         rid = f"{request.request_id}.{request.attempt}" if request.attempt else request.request_id
         if request.resume_token_ids:
             if not self._can_resume:
@@ -88,7 +89,9 @@ class SchedulerStream:
             return EnsembleResponse(final=True)
         try:
             if self._chunks is None:
-                inputs = EnsembleInputs(self._req.prompt, self._req.messages, self._req.sampling)
+                inputs = EnsembleInputs(
+                    self._req.prompt, self._req.messages, self._req.sampling, self._req.tools
+                )
                 self._chunks = await self._scheduler.submit(inputs, self._rid)
             chunk = await self._chunks.__anext__()
         except StopAsyncIteration:

@@ -17,6 +17,7 @@ class EnsembleInputs:
     prompt: str = ""  # completion prompt, or "" for chat
     messages: str = ""  # JSON array of chat messages, or "" for completions
     sampling: str = ""  # SamplingParams JSON, "" = defaults
+    tools: str = ""  # JSON array of the chat request's tools for the template, or "" (none)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class WorkRequest:
                 "prompt": self.inputs.prompt,
                 "messages": self.inputs.messages,
                 "sampling": self.inputs.sampling,
+                **({"tools": self.inputs.tools} if self.inputs.tools else {}),
             }
         )
 
@@ -47,7 +49,7 @@ class WorkRequest:
         return cls(
             d["id"],
             d["origin"],
-            EnsembleInputs(d["prompt"], d["messages"], d["sampling"]),
+            EnsembleInputs(d["prompt"], d["messages"], d["sampling"], d.get("tools", "")),
             d["t"],
             resume,
             attempt,

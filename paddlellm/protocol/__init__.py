@@ -52,6 +52,9 @@ def _optional(spec: TensorSpec) -> TensorSpec:
 # Ensemble inputs (what the gateway sends). `messages` is a JSON array of chat messages or "" (completions);
 # `prompt` is the completion prompt or "" (chat); `sampling` is SamplingParams JSON ("" = defaults).
 PROMPT, MESSAGES, SAMPLING = "prompt", "messages", "sampling"
+# Optional, chat only: the OpenAI `tools` array as JSON ("" or absent = none). The tokenizer renders it into
+# the prompt (paddlellm/text/tool_prompt.py); parsing calls out of the answer is the gateway's work.
+TOOLS = "tools"
 # Ids already streamed to the client by a run that was cut (another instance died): the engine continues as
 # if it had generated them. Optional (absent or empty: a fresh request); the gateway always sends it.
 RESUME_IDS = "resume_ids"
@@ -97,7 +100,7 @@ TOKENIZER = ModelSpec(
     inputs=tuple(
         _optional(t)
         for t in (
-            _s(PROMPT), _s(MESSAGES), _s(SAMPLING),
+            _s(PROMPT), _s(MESSAGES), _s(TOOLS), _s(SAMPLING),
             _s(TEXT_INPUT), _bool(STREAM), _s(SAMPLING_PARAMETERS), _bool(EXCLUDE_INPUT_IN_OUTPUT),
             _bool(RETURN_LOGPROBS),
         )
@@ -130,7 +133,8 @@ ENSEMBLE = ModelSpec(
 )
 MODELS = (TOKENIZER, LLM_ENGINE, DETOKENIZER, ENSEMBLE)
 
-_ERR_RE = re.compile(r"\[(?P<kind>[A-Za-z]+) param=(?P<param>[^\]]*)\] (?P<msg>.*)", re.S)
+# A param may hold brackets itself (`messages[2].tool_call_id`, `tools[0]`): it ends at the first "] ".
+_ERR_RE = re.compile(r"\[(?P<kind>[A-Za-z]+) param=(?P<param>(?:[^\]]|\](?! ))*)\] (?P<msg>.*)", re.S)
 _KINDS: dict[str, type[EngineError]] = {
     c.__name__: c for c in (EngineError, InvalidRequest, Overloaded, EngineDead)
 }

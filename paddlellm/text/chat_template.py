@@ -9,6 +9,7 @@ becomes InvalidRequest(param="messages").
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from paddlellm.errors import InvalidRequest
+from paddlellm.text.tool_prompt import ToolFormat, detect_tool_format, template_supports_tools
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 PARAM = "messages"
@@ -118,6 +120,16 @@ class ChatTemplate:
     def compile(cls, source: str, special_tokens: Mapping[str, str] | None = None) -> ChatTemplate:
         """Compile once; a syntax error raises jinja2.TemplateSyntaxError (the caller names the file)."""
         return cls(source, _environment().from_string(source), dict(special_tokens or {}))
+
+    @functools.cached_property
+    def supports_tools(self) -> bool:
+        """The template renders `tools` and tool histories itself (paddlellm.text.tool_prompt)."""
+        return template_supports_tools(self.source)
+
+    @functools.cached_property
+    def tool_format(self) -> ToolFormat:
+        """The tool-call format the template teaches its model (detect_tool_format)."""
+        return detect_tool_format(self.source)
 
     def render(self, messages: Any, add_generation_prompt: bool = True, **extra: Any) -> str:
         """The prompt for `messages` (validated first); extra variables (tools, ...) reach the template."""

@@ -22,7 +22,8 @@ from tokenizers import Tokenizer
 
 from paddlellm.errors import CheckpointError
 from paddlellm.model_info import CheckpointText
-from paddlellm.text.chat_template import ChatTemplate
+from paddlellm.text.chat_template import ChatTemplate, validate_messages
+from paddlellm.text.tool_prompt import ToolFormat, prepare_chat
 
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
@@ -92,17 +93,40 @@ class TextTokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: Any, add_generation_prompt: bool = True, **extra: Any) -> str:
-        """The prompt text; raises InvalidRequest(param="messages") for bad messages."""
-        if self.chat_template is None:
+    def apply_chat_template(
+        self,
+        messages: Any,
+        add_generation_prompt: bool = True,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_format: ToolFormat | None = None,
+        **extra: Any,
+    ) -> str:
+        """The prompt text; raises InvalidRequest naming the field for bad messages or tools. `tools` and the
+        history's tool calls go through paddlellm.text.tool_prompt.prepare_chat; `tool_format` is the format
+        of the tool prompt injected for a template without tool support (None: detected from the template)."""
+        template = self.chat_template
+        if template is None:
             raise CheckpointError(self.path, "chat_template", "this model has no chat template")
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **extra)
-
-    def encode_chat(self, messages: Any, add_generation_prompt: bool = True, **extra: Any) -> list[int]:
-        """Rendered and encoded without adding BOS/EOS: the template writes its own (as transformers does)."""
-        return self.encode(
-            self.apply_chat_template(messages, add_generation_prompt, **extra), add_special_tokens=False
+        checked, variables = prepare_chat(
+            validate_messages(messages), tools, tool_format or template.tool_format, template.supports_tools
         )
+        return template.render(checked, add_generation_prompt=add_generation_prompt, **extra, **variables)
+
+    def encode_chat(
+        self,
+        messages: Any,
+        add_generation_prompt: bool = True,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_format: ToolFormat | None = None,
+        **extra: Any,
+    ) -> list[int]:
+        """Rendered and encoded without adding BOS/EOS: the template writes its own (as transformers does)."""
+        text = self.apply_chat_template(
+            messages, add_generation_prompt, tools=tools, tool_format=tool_format, **extra
+        )
+        return self.encode(text, add_special_tokens=False)
 
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes a token contributes to decode(skip_special_tokens=True); b"" for special tokens."""

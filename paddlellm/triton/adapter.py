@@ -87,14 +87,16 @@ class TokenizerInput:
     messages: list[dict[str, Any]] | None  # None: a completion request (use `prompt`)
     sampling_params: SamplingParams
     prompt_param: str = p.PROMPT  # the input the prompt came from, named by errors about it
+    tools: list[dict[str, Any]] | None = None  # OpenAI `tools` for the chat template (only with messages)
 
 
 def read_tokenizer_input(pb: Any, request: Any) -> TokenizerInput:
-    """Our inputs (`prompt` or `messages`, `sampling`) or Triton's vLLM-backend names (`text_input`,
-    `sampling_parameters`, `stream`, `exclude_input_in_output`, `return_logprobs`); every input is optional.
-    One prompt source and at most one sampling source; conflicts fail naming the input."""
+    """Our inputs (`prompt`, or `messages` and optional `tools`; `sampling`) or Triton's vLLM-backend names
+    (`text_input`, `sampling_parameters`, `stream`, `exclude_input_in_output`, `return_logprobs`); every input
+    is optional. One prompt source and at most one sampling source; conflicts fail naming the input."""
     prompt = _optional_str(pb, request, p.PROMPT) or ""
     messages_json = _optional_str(pb, request, p.MESSAGES) or ""
+    tools = _read_tools(_optional_str(pb, request, p.TOOLS) or "", has_messages=bool(messages_json))
     text_input = _optional_str(pb, request, p.TEXT_INPUT)
     if text_input is not None and (prompt or messages_json):
         raise InvalidRequest("send text_input or prompt/messages, not both", param=p.TEXT_INPUT)
@@ -128,7 +130,23 @@ def read_tokenizer_input(pb: Any, request: Any) -> TokenizerInput:
         raise InvalidRequest(f"'messages' is not valid JSON: {e}", param="messages") from None
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("'messages' must be a JSON array of objects", param="messages")
-    return TokenizerInput(prompt, messages, sampling_params, p.MESSAGES)
+    return TokenizerInput(prompt, messages, sampling_params, p.MESSAGES, tools)
+
+
+def _read_tools(text: str, has_messages: bool) -> list[dict[str, Any]] | None:
+    """The `tools` input: a JSON array ("" = none), meaningful with chat `messages` only. The tools' shape
+    is checked where they are rendered (paddlellm.text.tool_prompt), naming e.g. `tools[0].function.name`."""
+    if not text:
+        return None
+    if not has_messages:
+        raise InvalidRequest("'tools' needs chat 'messages' (a prompt is used as it is)", param=p.TOOLS)
+    try:
+        tools = json.loads(text)
+    except ValueError as e:
+        raise InvalidRequest(f"'tools' is not valid JSON: {e}", param=p.TOOLS) from None
+    if not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be a JSON array of tool objects", param=p.TOOLS)
+    return tools
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from paddlellm import protocol
 from paddlellm.errors import ConfigError, InvalidRequest
+from paddlellm.text.tool_prompt import TOOL_FORMATS, ToolFormat
 from paddlellm.triton import adapter
 from paddlellm.triton.error_responses import error_response
 from paddlellm.triton.params import pick
@@ -29,11 +30,17 @@ log = logging.getLogger(__name__)
 # How often the detokenizer asks one stream whether its client went away. The gateway aborts the engine
 # itself when its client disconnects; this catches direct Triton clients, within this delay plus a step.
 CANCEL_POLL_S = 0.25
+# The tokenizer's parameter naming the tool-call format of the tools prompt (the launcher sets it from
+# --tool-call-parser); optional, so a repository from before it still loads as AUTO.
+TOOL_CALL_PARSER, AUTO = "tool_call_parser", "auto"
 
 
 class PromptEncoder(Protocol):
-    def __call__(self, prompt: str, messages: list[dict[str, Any]] | None) -> Sequence[int]:
-        """Token ids of `prompt`, or of `messages` rendered with the chat template when not None."""
+    def __call__(
+        self, prompt: str, messages: list[dict[str, Any]] | None, tools: list[dict[str, Any]] | None = None
+    ) -> Sequence[int]:
+        """Token ids of `prompt`, or of `messages` (and OpenAI `tools`) rendered with the chat template when
+        `messages` is not None."""
         ...
 
 
@@ -53,7 +60,11 @@ class TokenizerModel:
     def _one(self, request: Any) -> Any:
         try:
             inp = adapter.read_tokenizer_input(self.pb, request)
-            ids = self.encode(inp.prompt, inp.messages)
+            # `tools` only when sent: an encoder written before them (e.g. a test's) still serves the rest.
+            if inp.tools is None:
+                ids = self.encode(inp.prompt, inp.messages)
+            else:
+                ids = self.encode(inp.prompt, inp.messages, inp.tools)
             self._check_length(len(ids), inp.sampling_params.max_tokens, inp.prompt_param)
             return adapter.tokenizer_response(self.pb, ids, inp.sampling_params)
         except Exception as e:  # noqa: BLE001 - every failure becomes this request's error response
@@ -166,9 +177,10 @@ class TextBackend:
     detokenize: DetokenizeStep
 
 
-def load_text_backend(model: str) -> TextBackend:
+def load_text_backend(model: str, tool_format: ToolFormat | None = None) -> TextBackend:
     """Bind paddlellm.text to the checkpoint `model` (a directory or a .gguf file): prompts are encoded with
-    the tokenizer's special tokens (e.g. BOS), chat messages through the model's chat template."""
+    the tokenizer's special tokens (e.g. BOS), chat messages through the model's chat template. `tool_format`:
+    the format the tools prompt asks for when the template has no tool support (None: from the template)."""
     # Lazy: tokenizers and jinja2 load only in these two models, not in everything importing this module.
     from paddlellm.model_info import resolve_checkpoint
     from paddlellm.text.incremental import detokenize_step
@@ -176,8 +188,12 @@ def load_text_backend(model: str) -> TextBackend:
 
     tokenizer = TextTokenizer.from_dir(resolve_checkpoint(model))
 
-    def encode(prompt: str, messages: list[dict[str, Any]] | None) -> list[int]:
-        return tokenizer.encode(prompt) if messages is None else tokenizer.encode_chat(messages)
+    def encode(
+        prompt: str, messages: list[dict[str, Any]] | None, tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        if messages is None:
+            return tokenizer.encode(prompt)
+        return tokenizer.encode_chat(messages, tools=tools, tool_format=tool_format)
 
     def detokenize(window_ids: Sequence[int], prefix_len: int, final: bool) -> str:
         return detokenize_step(tokenizer, window_ids, prefix_len, final)
@@ -193,7 +209,20 @@ def create_tokenizer_model(pb: Any, params: dict[str, str]) -> TokenizerModel:
         raise ConfigError(
             f"model parameter 'max_model_len': not an integer: {cfg['max_model_len']!r}"
         ) from None
-    return TokenizerModel(pb, load_text_backend(cfg["model"]).encode, max_model_len)
+    tool_format = tool_format_param(params.get(TOOL_CALL_PARSER, AUTO))
+    return TokenizerModel(pb, load_text_backend(cfg["model"], tool_format).encode, max_model_len)
+
+
+def tool_format_param(value: str) -> ToolFormat | None:
+    """The `tool_call_parser` parameter: AUTO (None: the format the chat template shows) or a ToolFormat."""
+    if value == AUTO:
+        return None
+    for fmt in TOOL_FORMATS:
+        if value == fmt:
+            return fmt
+    raise ConfigError(
+        f"model parameter '{TOOL_CALL_PARSER}': {value!r} is not one of {', '.join((AUTO, *TOOL_FORMATS))}"
+    )
 
 
 def create_detokenizer_model(pb: Any, params: dict[str, str]) -> DetokenizerModel:

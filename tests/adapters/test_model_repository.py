@@ -22,6 +22,7 @@ from launcher.render import (
 from launcher.render import main as render_main
 from paddlellm import protocol as p
 from paddlellm.config import EngineConfig
+from paddlellm.triton.text_models import AUTO, TOOL_CALL_PARSER
 from tests.adapters.conftest import MODEL_REPOSITORY
 
 PYTHON_MODELS = (p.TOKENIZER, p.LLM_ENGINE, p.DETOKENIZER)
@@ -81,8 +82,11 @@ def test_every_model_names_the_default_model_relative_to_the_repository() -> Non
     engine = load(p.LLM_ENGINE.name).parameters
     for name in (p.TOKENIZER.name, p.DETOKENIZER.name):
         for key, value in load(name).parameters.items():
-            assert value.string_value == engine[key].string_value, (name, key)
-    assert set(load(p.TOKENIZER.name).parameters) == {"model", "max_model_len"}
+            if key != TOOL_CALL_PARSER:  # the tokenizer's own; every other value is the engine's
+                assert value.string_value == engine[key].string_value, (name, key)
+    tokenizer = load(p.TOKENIZER.name).parameters
+    assert set(tokenizer) == {"model", "max_model_len", TOOL_CALL_PARSER}
+    assert tokenizer[TOOL_CALL_PARSER].string_value == AUTO  # from the chat template unless set
     for f in MODEL_REPOSITORY.rglob("config.pbtxt"):
         assert "${" not in f.read_text(), f
         parameters(f.read_text(), str(f))  # one-line form: the launcher can set them
@@ -124,12 +128,16 @@ def test_ensemble_wires_the_steps_by_the_protocol() -> None:
 
 def test_rendered_repository_round_trips(tmp_path: Path) -> None:
     config = EngineConfig(model="/models/x", max_model_len=4096, use_warmup=True, kv_cache_ratio=0.5)
-    out = render_model_repository(MODEL_REPOSITORY, tmp_path / "repo", config.to_params())
+    # What the launcher passes: the engine's values, and --tool-call-parser for the tokenizer.
+    params = {**config.to_params(), TOOL_CALL_PARSER: "hermes"}
+    out = render_model_repository(MODEL_REPOSITORY, tmp_path / "repo", params)
     engine = load(p.LLM_ENGINE.name, out)
     parsed = EngineConfig.from_params({k: v.string_value for k, v in engine.parameters.items()})
     assert parsed == config
     assert load(p.TOKENIZER.name, out).parameters["max_model_len"].string_value == "4096"
     assert load(p.DETOKENIZER.name, out).parameters["model"].string_value == "/models/x"
+    assert load(p.TOKENIZER.name, out).parameters[TOOL_CALL_PARSER].string_value == "hermes"
+    assert TOOL_CALL_PARSER not in load(p.LLM_ENGINE.name, out).parameters
     assert (out / "llm_engine" / "1" / "model.py").read_text() == (
         MODEL_REPOSITORY / "llm_engine" / "1" / "model.py"
     ).read_text()

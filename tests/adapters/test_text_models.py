@@ -20,22 +20,27 @@ def str_tensor(pb: ModuleType, name: str, value: str):
 
 
 def tok_request(
-    pb: ModuleType, prompt: str = "", messages: Any = None, sampling: dict | None = None, rid="t"
+    pb: ModuleType,
+    prompt: str = "",
+    messages: Any = None,
+    sampling: dict | None = None,
+    rid="t",
+    tools: Any = None,
 ):
     messages_json = (
         "" if messages is None else messages if isinstance(messages, str) else json.dumps(messages)
     )
-    return pb.InferenceRequest(
-        inputs=[
-            str_tensor(pb, p.PROMPT, prompt),
-            str_tensor(pb, p.MESSAGES, messages_json),
-            str_tensor(pb, p.SAMPLING, json.dumps(sampling or {})),
-        ],
-        request_id=rid,
-    )
+    inputs = [
+        str_tensor(pb, p.PROMPT, prompt),
+        str_tensor(pb, p.MESSAGES, messages_json),
+        str_tensor(pb, p.SAMPLING, json.dumps(sampling or {})),
+    ]
+    if tools is not None:
+        inputs.append(str_tensor(pb, p.TOOLS, tools if isinstance(tools, str) else json.dumps(tools)))
+    return pb.InferenceRequest(inputs=inputs, request_id=rid)
 
 
-def word_encoder(prompt: str, messages: list[dict[str, Any]] | None) -> list[int]:
+def word_encoder(prompt: str, messages: list[dict[str, Any]] | None, tools: Any = None) -> list[int]:
     text = prompt if messages is None else " ".join(f"<{m['role']}> {m['content']}" for m in messages)
     return [len(w) for w in text.split()]
 
@@ -92,7 +97,7 @@ def test_tokenizer_errors_are_typed_and_per_request(pb: ModuleType, kwargs, para
 
 
 def test_tokenizer_internal_failure_has_no_traceback(pb: ModuleType) -> None:
-    def broken(prompt: str, messages: Any) -> list[int]:
+    def broken(prompt: str, messages: Any, tools: Any = None) -> list[int]:
         raise KeyError("secret internals")
 
     [resp] = TokenizerModel(pb, broken, max_model_len=64).execute([tok_request(pb, prompt="x")])
@@ -106,6 +111,39 @@ def test_tokenizer_rejects_bad_utf8(pb: ModuleType) -> None:
     req._inputs[p.PROMPT] = pb.Tensor(p.PROMPT, np.array([b"\xff\xfe"], np.object_))
     [resp] = TokenizerModel(pb, word_encoder, max_model_len=64).execute([req])
     assert error_of(resp)[1].param == p.PROMPT
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def test_tokenizer_hands_tools_to_the_encoder(pb: ModuleType) -> None:
+    seen: list[Any] = []
+
+    def encoder(prompt: str, messages: Any, tools: Any = None) -> list[int]:
+        seen.append(tools)
+        return [1, 2]
+
+    chat = [{"role": "user", "content": "hi"}]
+    model = TokenizerModel(pb, encoder, max_model_len=64)
+    responses = model.execute(
+        [tok_request(pb, messages=chat, tools=[WEATHER]), tok_request(pb, messages=chat, tools="")]
+    )
+    assert not any(r.has_error() for r in responses)
+    assert seen == [[WEATHER], None]  # "" (what the gateway sends for none) is no tools
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prompt": "x", "tools": [WEATHER]},  # tools with a raw prompt: nothing would render them
+        {"messages": [{"role": "user", "content": "hi"}], "tools": "[{not json"},
+        {"messages": [{"role": "user", "content": "hi"}], "tools": WEATHER},  # not an array
+    ],
+)
+def test_bad_tools_input_names_it(pb: ModuleType, kwargs) -> None:
+    [resp] = TokenizerModel(pb, word_encoder, max_model_len=64).execute([tok_request(pb, **kwargs)])
+    code, err = error_of(resp)
+    assert code == pb.TritonError.INVALID_ARG and err.param == p.TOOLS
 
 
 # ------------------------------------------------------------------------------------------ detokenizer
@@ -246,8 +284,8 @@ def test_detokenizer_asks_is_cancelled_only_when_the_poll_is_due(pb: ModuleType)
 def fake_text(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     loaded: list[str] = []
 
-    def load(model: str) -> TextBackend:
-        loaded.append(model)
+    def load(model: str, tool_format: str | None = None) -> TextBackend:
+        loaded.append(model if tool_format is None else f"{model} {tool_format}")
         return TextBackend(encode=word_encoder, detokenize=letters)
 
     monkeypatch.setattr(text_models, "load_text_backend", load)
@@ -261,6 +299,17 @@ def test_tokenizer_model_py(pb: ModuleType, load_model, fake_text) -> None:
     ok, bad = m.execute([tok_request(pb, prompt="a b"), tok_request(pb, prompt="a " * 5)])  # 5 + 16 > 20
     assert ok.outputs()[p.INPUT_IDS].tolist() == [1, 1]
     assert error_of(bad)[0] == pb.TritonError.INVALID_ARG
+
+
+@pytest.mark.parametrize(
+    ("value", "loaded"), [("auto", "/ckpt"), ("hermes", "/ckpt hermes"), ("generic", "/ckpt generic")]
+)
+def test_tokenizer_model_py_tool_call_parser(pb: ModuleType, load_model, fake_text, value, loaded) -> None:
+    m = load_model("tokenizer").TritonPythonModel()
+    m.initialize(
+        initialize_args("tokenizer", {"model": "/ckpt", "max_model_len": "8", "tool_call_parser": value})
+    )
+    assert fake_text == [loaded]
 
 
 def test_detokenizer_model_py(pb: ModuleType, load_model, fake_text) -> None:
@@ -280,6 +329,10 @@ def test_tokenizer_model_py_config_errors(pb: ModuleType, load_model, fake_text)
         m.initialize(initialize_args("tokenizer", {"model": "/ckpt", "max_model_len": "lots"}))
     with pytest.raises(ConfigError, match="model"):
         m.initialize(initialize_args("tokenizer", {"model": "${model}", "max_model_len": "8"}))
+    with pytest.raises(ConfigError, match="tool_call_parser.*mistral.*hermes, llama3_json, generic"):
+        m.initialize(
+            initialize_args("tokenizer", {"model": "/c", "max_model_len": "8", "tool_call_parser": "mistral"})
+        )
 
 
 # ------------------------------------------------------------------------------------------ real text
@@ -327,6 +380,25 @@ def test_real_tokenizer_model_encodes_chat_with_the_template(pb: ModuleType, def
     tok = TextTokenizer.from_dir(default_model_dir)
     assert r_chat.outputs()[p.INPUT_IDS].tolist() == tok.encode_chat(chat)
     assert r_prompt.outputs()[p.INPUT_IDS].tolist() == tok.encode("Hi 你好")
+
+
+def test_real_tokenizer_model_renders_tools(pb: ModuleType, default_model_dir: str) -> None:
+    """`tools` reach the template path: the generic tools prompt (SmolLM2's template has no tool support) or,
+    with tool_call_parser hermes, <tool_call> blocks; a malformed tool names its field."""
+    from paddlellm.text.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_dir(default_model_dir)
+    chat = [{"role": "user", "content": "Weather in Paris?"}]
+    bad_tool = [{"type": "function", "function": {"name": ""}}]
+    for fmt in (None, "hermes"):
+        model = TokenizerModel(pb, text_models.load_text_backend(default_model_dir, fmt).encode, 2048)
+        ok, bad = model.execute(
+            [tok_request(pb, messages=chat, tools=[WEATHER]), tok_request(pb, messages=chat, tools=bad_tool)]
+        )
+        ids = ok.outputs()[p.INPUT_IDS].tolist()
+        assert ids == tok.encode_chat(chat, tools=[WEATHER], tool_format=fmt) != tok.encode_chat(chat)
+        assert ("<tool_call>" in tok.decode(ids)) == (fmt == "hermes")
+        assert error_of(bad)[1].param == "tools[0].function.name"
 
 
 # ------------------------------------------------------------ Triton's LLM convention (vLLM backend names)

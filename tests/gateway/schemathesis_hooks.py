@@ -3,7 +3,9 @@
 Rules of the API that no JSON schema can state, because they compare two fields (a 400 otherwise):
 `min_tokens` (top level or in `metadata`) may not exceed the request's `max_tokens`; chat's `top_logprobs`
 requires `logprobs: true`; `best_of` must equal `n`; at most one structured-output constraint
-(`response_format` other than text, a kind in `structured_outputs`, `guided_json/regex/choice/grammar`).
+(`response_format` other than text, a kind in `structured_outputs`, `guided_json/regex/choice/grammar`);
+chat's `tool_choice` other than none/auto needs `tools`, a named one must be among them, tool names are
+distinct, and tools that constrain the answer exclude structured-output constraints.
 Generated bodies that break them are brought within them; every other value stays as generated, so a body
 meant to be invalid stays invalid (structured fields are dropped only when every one given is valid on its
 own, which the gateway's own field models judge).
@@ -26,6 +28,7 @@ import schemathesis
 from pydantic import ValidationError
 
 from gateway.structured_fields import StructuredFields
+from gateway.tool_fields import NamedToolChoice, ToolFields
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # gateway.translate.DEFAULT_MAX_TOKENS
 MAX_TOKENS_CAP_ENV = "PADDLELLM_TEST_MAX_TOKENS_CAP"
@@ -164,8 +167,47 @@ def _producible(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _tools_consistent(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Chat with valid tool fields: a tool_choice other than none/auto needs tools (else dropped); a named
+    choice names a tool (else the first one's); tool names are distinct (later duplicates dropped); tools
+    that constrain the answer (any choice but none, with the default generic parser) take the place of
+    structured-output constraints (dropped)."""
+    if not path.endswith("/chat/completions"):
+        return body
+    try:
+        fields = ToolFields.model_validate_json(
+            json.dumps({k: body.get(k) for k in ("tools", "tool_choice", "parallel_tool_calls")})
+        )
+    except (ValidationError, TypeError, ValueError):
+        return body
+    out = dict(body)
+    tools = list(body.get("tools") or [])
+    names = [t["function"]["name"] for t in tools]
+    tools = [t for i, t in enumerate(tools) if t["function"]["name"] not in names[:i]]
+    if body.get("tools"):
+        out["tools"] = tools
+    choice = fields.tool_choice
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            out["tool_choice"] = None
+        return out
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        out["tool_choice"] = {
+            **body["tool_choice"],
+            "function": {**body["tool_choice"]["function"], "name": names[0]},
+        }
+    if choice != "none":
+        for name in _STRUCTURED_TOP:
+            value = body.get(name)
+            if value is not None and not (
+                name == "response_format" and isinstance(value, dict) and value.get("type") == "text"
+            ):
+                out[name] = None
+    return out
+
+
 def _all_pairs(path: str, body: dict[str, Any]) -> dict[str, Any]:
-    body = _one_constraint(_pairs(path, _cap_from_env(path, body)))
+    body = _one_constraint(_tools_consistent(path, _pairs(path, _cap_from_env(path, body))))
     return _producible(body) if os.environ.get(MAX_TOKENS_CAP_ENV) else body
 
 

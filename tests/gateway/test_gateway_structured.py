@@ -217,8 +217,7 @@ REFUSED = [
         "response_format.json_schema.schema",
     ),
     ({"structured_outputs": {"json": {"properties": {"a": {"not": {}}}}}}, "structured_outputs.json"),
-    # Tools stay refused (issue #27).
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    # A tool choice without tools: refused on chat (nothing to choose from) and on completions (no tools).
     ({"tool_choice": "required"}, "tool_choice"),
 ]
 
