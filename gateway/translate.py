@@ -16,7 +16,7 @@ from typing import Any
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
 from gateway.structured_fields import structured_spec
-from gateway.tool_calls.plan import plan_tools
+from gateway.tool_calls.plan import NO_TOOLS, plan_tools
 from paddlellm.errors import InvalidRequest
 from paddlellm.sampling import MAX_STREAM_INTERVAL, SPECS, SamplingParams, StructuredSpec
 
@@ -215,6 +215,8 @@ def chat_request(req: ChatCompletionRequest, settings: GatewaySettings) -> Ensem
             msg["tool_calls"] = [call.model_dump() for call in m.tool_calls]
         messages.append(msg)
     plan = plan_tools(req, settings.tool_call_parser, settings.enable_auto_tool_choice)
+    if plan.yields and structured_spec(req) is not None:
+        plan = NO_TOOLS
     sp = sampling_params(req, settings, tool_spec=plan.spec)
     return EnsembleRequest(
         prompt="",

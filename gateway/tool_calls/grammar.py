@@ -43,6 +43,20 @@ def _any_call(calls: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return calls[0] if len(calls) == 1 else {"anyOf": list(calls)}
 
 
+CONTENT_ONLY = {
+    "type": "object",
+    "properties": {"content": {"type": "string"}},
+    "required": ["content"],
+    "additionalProperties": False,
+}
+
+
+def content_grammar() -> str:
+    """generic with tool_choice "none": the answer is `{"content": ".."}` (the conversation's JSON dialect,
+    which a model that has seen calls in the history keeps writing, but never a call)."""
+    return f"start: {_json(CONTENT_ONLY)}\n"
+
+
 def tool_grammar(
     fmt: str,
     tools: Sequence[tuple[str, dict[str, Any] | None]],
@@ -81,11 +95,5 @@ def tool_grammar(
         }
         if forced:
             return f"start: {_json(calls)}\n"
-        content = {
-            "type": "object",
-            "properties": {"content": {"type": "string"}},
-            "required": ["content"],
-            "additionalProperties": False,
-        }
-        return f"start: {_json({'anyOf': [calls, content]})}\n"
+        return f"start: {_json({'anyOf': [calls, CONTENT_ONLY]})}\n"
     raise ValueError(f"unknown tool call format {fmt!r}")

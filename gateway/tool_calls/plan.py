@@ -3,6 +3,9 @@
 Rules (docs/api.md, "Tool calling"):
 - no tools: `tool_choice` may only be absent, "none" or "auto" (which then change nothing);
 - "none": the tools are not shown to the model and nothing is parsed (a history with calls still renders);
+  except with the `generic` parser, whose answers are JSON: there the tools are shown and the answer is
+  constrained to `{"content": ..}` (a model that saw JSON calls in the history keeps writing JSON), unless
+  the request has its own output constraint (`response_format`, ...), which then wins;
 - "auto" (the default with tools): the tools go to the chat template; the answer is parsed with the server's
   `--tool-call-parser`; refused when the server runs with `--no-enable-auto-tool-choice`;
 - "required" / a named function: as "auto", and decoding is constrained to calls
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from gateway.tool_calls.grammar import tool_grammar
+from gateway.tool_calls.grammar import content_grammar, tool_grammar
 from gateway.tool_fields import NamedToolChoice, ToolFields
 from paddlellm.errors import InvalidRequest
 from paddlellm.sampling import StructuredSpec
@@ -30,6 +33,7 @@ class ToolPlan:
     tools_json: str  # the `tools` ensemble input: JSON of the tools the template shows ("" none)
     spec: StructuredSpec | None  # the output constraint, None: unconstrained
     names: frozenset[str]  # functions a parsed call may name
+    yields: bool = False  # dropped (NO_TOOLS) when the request has its own output constraint
 
 
 NO_TOOLS = ToolPlan(None, "", None, frozenset())
@@ -56,8 +60,12 @@ def plan_tools(req: ToolFields, parser: str, enable_auto: bool) -> ToolPlan:
             )
     if choice is None:
         choice = "auto"
+    tools_json = json.dumps([t.model_dump(exclude_none=True) for t in tools], ensure_ascii=False)
     if choice == "none":
-        return NO_TOOLS
+        if parser != "generic":
+            return NO_TOOLS
+        spec = StructuredSpec.create("grammar", content_grammar(), param="tool_choice")
+        return ToolPlan("generic", tools_json, spec, frozenset(), yields=True)
     if choice == "auto" and not enable_auto:
         raise InvalidRequest(
             "'tool_choice' \"auto\" is off on this server (started with --no-enable-auto-tool-choice); "
@@ -77,5 +85,4 @@ def plan_tools(req: ToolFields, parser: str, enable_auto: bool) -> ToolPlan:
     parallel = req.parallel_tool_calls is not False and not isinstance(choice, NamedToolChoice)
     grammar = tool_grammar(parser, chosen, forced=forced, parallel=parallel)
     spec = StructuredSpec.create("grammar", grammar, param="tools") if grammar is not None else None
-    tools_json = json.dumps([t.model_dump(exclude_none=True) for t in tools], ensure_ascii=False)
     return ToolPlan(parser, tools_json, spec, frozenset(names))

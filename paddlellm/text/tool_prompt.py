@@ -220,7 +220,7 @@ _ANSWER_FORMAT: dict[ToolFormat, str] = {
     "generic": (
         "Answer with exactly one JSON object and nothing else. To call tools:\n"
         '{"tool_calls": [{"name": "<tool name>", "arguments": {<the arguments>}}]}\n'
-        "To answer the user directly:\n"
+        "To answer the user directly, or with the results of your tool calls once they are given:\n"
         '{"content": "<your answer>"}'
     ),
     "hermes": (

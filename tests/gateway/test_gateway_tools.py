@@ -192,12 +192,34 @@ def test_named_choice_forces_that_function_only() -> None:
 
 
 def test_none_sends_no_tools_and_parses_nothing() -> None:
-    for client, fake in _client("generic", GENERIC_CALLS):
+    for client, fake in _client("hermes", GENERIC_CALLS):
         r = client.post("/v1/chat/completions", json={**CHAT, "tool_choice": "none"}).json()
         assert r["choices"][0]["message"]["content"] == GENERIC_CALLS
         assert "tool_calls" not in r["choices"][0]["message"]
         sp, tools = _sent(fake)
         assert tools is None and sp.structured_outputs is None
+
+
+def test_generic_none_is_content_only() -> None:
+    """generic answers are JSON: with "none" the tools are shown and the answer is `{"content": ..}`, unless
+    the request has its own output constraint, which wins."""
+    for client, fake in _client("generic", '{"content": "Sunny."}'):
+        r = client.post("/v1/chat/completions", json={**CHAT, "tool_choice": "none"}).json()
+        assert (
+            r["choices"][0]["message"]["content"] == "Sunny." and r["choices"][0]["finish_reason"] == "stop"
+        )
+        sp, tools = _sent(fake)
+        spec = sp.structured_outputs
+        assert tools == [WEATHER, TIME] and spec is not None and spec.param == "tool_choice"
+        assert '"content"' in str(spec.value) and "tool_calls" not in str(spec.value)
+        fmt = {"response_format": {"type": "json_object"}}
+        client.post("/v1/chat/completions", json={**CHAT, "tool_choice": "none", **fmt})
+        sp, tools = _sent(fake)
+        assert (
+            tools is None
+            and sp.structured_outputs is not None
+            and sp.structured_outputs.kind == "json_object"
+        )
 
 
 def test_no_tools_no_tools_input() -> None:

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from gateway.tool_calls import make_parser
-from gateway.tool_calls.grammar import tool_grammar
+from gateway.tool_calls.grammar import content_grammar, tool_grammar
 from paddlellm.errors import InvalidRequest
 from paddlellm.structured.compiler import GrammarCompiler
 from paddlellm.structured.spec import StructuredSpec
@@ -133,3 +133,11 @@ def test_unsupported_parameters_schema_is_a_400_naming_tools(compiler: GrammarCo
     with pytest.raises(InvalidRequest) as e:
         _compile(compiler, grammar)  # type: ignore[arg-type]
     assert e.value.param == "tools" and "not" in e.value.message
+
+
+def test_generic_none_is_content_only(smol: Vocab, compiler: GrammarCompiler) -> None:
+    compiled = _compile(compiler, content_grammar())
+    walks = [random_walk(smol, compiled, s, finish_after=20) for s in range(8)]
+    for w in [w for w in walks if w.ended != "steps"]:
+        content, calls = _calls("generic", w.text)
+        assert not calls and content == json.loads(w.text)["content"], w.text

@@ -214,7 +214,7 @@ def test_generic_tools_in_a_system_message_on_the_default_model(make_tokenizer) 
         '{"name": "get_time", "parameters": {"type": "object"}}\n\n'
         "Answer with exactly one JSON object and nothing else. To call tools:\n"
         '{"tool_calls": [{"name": "<tool name>", "arguments": {<the arguments>}}]}\n'
-        "To answer the user directly:\n"
+        "To answer the user directly, or with the results of your tool calls once they are given:\n"
         '{"content": "<your answer>"}'
     )
     assert prompt == (
