@@ -327,3 +327,28 @@ def test_auto_refused_when_the_server_turns_it_off() -> None:
         assert err["param"] == "tool_choice" and "--no-enable-auto-tool-choice" in err["message"]
         r = client.post("/v1/chat/completions", json={**CHAT, "tool_choice": "required"})
         assert r.status_code == 200
+
+
+def test_each_of_n_choices_parses_its_own_calls(generic: tuple[TestClient, FakeTritonClient]) -> None:
+    client, _ = generic
+    body = {**CHAT, "tool_choice": "required", "n": 2}
+    r = client.post("/v1/chat/completions", json=body).json()
+    assert [c["index"] for c in r["choices"]] == [0, 1]
+    for c in r["choices"]:
+        assert c["finish_reason"] == "tool_calls" and [
+            t["function"]["name"] for t in c["message"]["tool_calls"]
+        ] == [
+            "get_weather",
+            "get_time",
+        ]
+    chunks = _stream(client, body)
+    for index in (0, 1):
+        mine = [{**c, "choices": [ch for ch in c["choices"] if ch["index"] == index]} for c in chunks]
+        content, calls, finish = _folded(mine)
+        assert (
+            content is None and finish == "tool_calls" and [t["index"] for t in _tool_deltas(mine)] == [0, 1]
+        )
+
+
+def _tool_deltas(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls", [])]
