@@ -6,13 +6,7 @@ marker is held back until it cannot, so markers never leak into either field.
 
 from __future__ import annotations
 
-
-def _partial_tail(text: str, marker: str) -> int:
-    """Length of the longest suffix of text that is a proper prefix of marker."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0
+from gateway.markers import partial_tail
 
 
 class ReasoningSplitter:
@@ -44,7 +38,7 @@ class ReasoningSplitter:
                     self.buf = self.buf[idx + len(self.end) :]
                     self.state = "content"
                 else:
-                    keep = _partial_tail(self.buf, self.end)
+                    keep = partial_tail(self.buf, self.end)
                     reasoning.append(self.buf[: len(self.buf) - keep])
                     self.buf = self.buf[len(self.buf) - keep :]
                     break

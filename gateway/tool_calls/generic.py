@@ -6,12 +6,12 @@ constrained to one JSON object, `{"tool_calls": [{"name": ..., "arguments": {...
 from __future__ import annotations
 
 from gateway.tool_calls.json_scan import ObjectScanner, decode_call, decode_string_part, string_end
-from gateway.tool_calls.parser_types import ParsedDelta, ToolCall
+from gateway.tool_calls.parser_types import BufferedParser, ParsedDelta, ToolCall
 
 _WS = " \t\r\n"
 
 
-class GenericParser:
+class GenericParser(BufferedParser):
     """Algorithm: a hand-written incremental parser over the whole text, `_pos` its cursor.
 
     States follow the object: `open` `{`, `key` ("tool_calls" or "content"), `colon`, `value` (`[` or `"`),
@@ -30,25 +30,12 @@ class GenericParser:
     """
 
     def __init__(self, tool_names: frozenset[str]) -> None:
-        self._tool_names = tool_names
-        self._text = ""
+        super().__init__(tool_names)
         self._pos = 0
         self._raw_from = 0
         self._state = "open"
         self._key = ""
         self._scanner: ObjectScanner | None = None
-        self._emitted = 0
-
-    @property
-    def calls_emitted(self) -> int:
-        return self._emitted
-
-    def feed(self, text: str) -> ParsedDelta:
-        self._text += text
-        return self._drain(final=False)
-
-    def finish(self) -> ParsedDelta:
-        return self._drain(final=True)
 
     def _drain(self, final: bool) -> ParsedDelta:
         content: list[str] = []
@@ -56,13 +43,13 @@ class GenericParser:
         while self._state != "raw" and self._step(content, calls):
             pass
         if self._state == "raw" or (final and self._state not in ("close", "done")):
-            content.append(self._text[self._raw_from :])  # at finish, `close`/`done` hold only whitespace
-            self._raw_from = self._pos = len(self._text)
+            content.append(self._buf[self._raw_from :])  # at finish, `close`/`done` hold only whitespace
+            self._raw_from = self._pos = len(self._buf)
         return ParsedDelta("".join(content), tuple(calls))
 
     def _step(self, content: list[str], calls: list[ToolCall]) -> bool:
         """Consume what the current state can; False when it needs more text."""
-        text, state = self._text, self._state
+        text, state = self._buf, self._state
         if state == "string":
             decoded, self._pos, closed = decode_string_part(text, self._pos)
             content.append(decoded)
@@ -127,10 +114,10 @@ class GenericParser:
         return "raw"
 
     def _read_key(self) -> bool:
-        end = string_end(self._text, self._pos)
+        end = string_end(self._buf, self._pos)
         if end is None:
             return False
-        key, _, closed = decode_string_part(self._text, self._pos + 1)
+        key, _, closed = decode_string_part(self._buf, self._pos + 1)
         if not closed or key not in ("tool_calls", "content"):
             return self._to_raw()
         self._key, self._pos, self._state = key, end, "colon"

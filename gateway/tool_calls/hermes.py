@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
-from gateway.tool_calls.json_scan import decode_call, partial_tail
-from gateway.tool_calls.parser_types import ParsedDelta, ToolCall
+from gateway.markers import partial_tail
+from gateway.tool_calls.json_scan import decode_call
+from gateway.tool_calls.parser_types import BufferedParser, ParsedDelta, ToolCall
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
 
-class HermesParser:
+class HermesParser(BufferedParser):
     """Algorithm: `_buf` holds the text not yet resolved; everything before it has been released.
 
     Outside a block, release the text up to the longest tail that could still begin `<tool_call>`. A block
@@ -27,23 +28,10 @@ class HermesParser:
     """
 
     def __init__(self, tool_names: frozenset[str]) -> None:
-        self._tool_names = tool_names
-        self._buf = ""
+        super().__init__(tool_names)
         self._block_at: int | None = None  # index of `<tool_call>` in _buf while inside a block
         self._search_from = 0  # where to look for `</tool_call>` next: earlier text cannot hold it
         self._fresh = True  # at a segment start: leading whitespace is held
-        self._emitted = 0
-
-    @property
-    def calls_emitted(self) -> int:
-        return self._emitted
-
-    def feed(self, text: str) -> ParsedDelta:
-        self._buf += text
-        return self._drain(final=False)
-
-    def finish(self) -> ParsedDelta:
-        return self._drain(final=True)
 
     def _drain(self, final: bool) -> ParsedDelta:
         content: list[str] = []

@@ -18,14 +18,6 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _INCOMPLETE, _INVALID = -1, -2
 
 
-def partial_tail(text: str, marker: str) -> int:
-    """Length of the longest suffix of text that is a proper prefix of marker (0 if none)."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0
-
-
 class ObjectScanner:
     """Finds where a JSON object that starts at text[start] == "{" ends, as text grows.
 

@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
-from gateway.tool_calls.json_scan import ObjectScanner, decode_call, partial_tail
-from gateway.tool_calls.parser_types import ParsedDelta, ToolCall
+from gateway.markers import partial_tail
+from gateway.tool_calls.json_scan import ObjectScanner, decode_call
+from gateway.tool_calls.parser_types import BufferedParser, ParsedDelta, ToolCall
 
 TAG = "<|python_tag|>"
 
 
-class Llama3JsonParser:
+class Llama3JsonParser(BufferedParser):
     """Algorithm: three modes over `_buf`, the text not yet resolved.
 
     `start`: the output may open with whitespace, then `{` or `<|python_tag|>`; hold it while it still can.
@@ -26,24 +27,11 @@ class Llama3JsonParser:
     """
 
     def __init__(self, tool_names: frozenset[str]) -> None:
-        self._tool_names = tool_names
-        self._buf = ""
+        super().__init__(tool_names)
         self._mode = "start"
         self._pos = 0  # in `calls`: where scanning continues in _buf
         self._scanner: ObjectScanner | None = None  # in `calls`: the object being delimited
         self._first = True  # in `calls`: no object of this run was a call yet
-        self._emitted = 0
-
-    @property
-    def calls_emitted(self) -> int:
-        return self._emitted
-
-    def feed(self, text: str) -> ParsedDelta:
-        self._buf += text
-        return self._drain(final=False)
-
-    def finish(self) -> ParsedDelta:
-        return self._drain(final=True)
 
     def _drain(self, final: bool) -> ParsedDelta:
         content: list[str] = []

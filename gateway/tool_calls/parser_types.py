@@ -34,3 +34,27 @@ class ToolCallParser(Protocol):
 
     @property
     def calls_emitted(self) -> int: ...
+
+
+class BufferedParser:
+    """The plumbing the parsers share: text not yet resolved accumulates in `_buf`; `_drain(final)` releases
+    what is decided (final: the generation ended, decide everything)."""
+
+    def __init__(self, tool_names: frozenset[str]) -> None:
+        self._tool_names = tool_names
+        self._buf = ""
+        self._emitted = 0
+
+    @property
+    def calls_emitted(self) -> int:
+        return self._emitted
+
+    def feed(self, text: str) -> ParsedDelta:
+        self._buf += text
+        return self._drain(final=False)
+
+    def finish(self) -> ParsedDelta:
+        return self._drain(final=True)
+
+    def _drain(self, final: bool) -> ParsedDelta:
+        raise NotImplementedError
