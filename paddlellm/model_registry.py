@@ -88,6 +88,31 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class VisionLanguageSpec:
+    """A vision-language architecture: a registered text decoder plus a vision tower (paddlellm/vision/,
+    models/qwen2_5_vl*.py). Not in ARCHITECTURES: the engine serves it only once issue #29 part 2 lands."""
+
+    model_type: str
+    architectures: tuple[str, ...]
+    text_architecture: str  # the ArchSpec its text decoder is (same tensor names, same forward pass)
+
+
+VISION_LANGUAGE: tuple[VisionLanguageSpec, ...] = (
+    VisionLanguageSpec("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",), "Qwen2ForCausalLM"),
+)
+
+
+def vision_language_spec(architecture: str, file: str = "config.json") -> VisionLanguageSpec:
+    for spec in VISION_LANGUAGE:
+        if architecture in spec.architectures:
+            return spec
+    names = ", ".join(a for s in VISION_LANGUAGE for a in s.architectures)
+    raise UnsupportedModel(
+        file, "architectures", f"'{architecture}' is not a vision-language model we run ({names})"
+    )
+
+
 def supported_architectures() -> tuple[str, ...]:
     return tuple(a for spec in ARCHITECTURES for a in spec.architectures)
 

@@ -208,7 +208,18 @@ class DecoderModel:
         kv_caches: Sequence[paddle.Tensor],
     ) -> paddle.Tensor:
         """ids [T] -> final hidden states [T, hidden]; writes the step's K/V into the cache."""
-        x = self.embed(ids)
+        return self.forward_embeds(self.embed(ids), cos, sin, meta, kv_caches)
+
+    def forward_embeds(
+        self,
+        x: paddle.Tensor,
+        cos: paddle.Tensor,
+        sin: paddle.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: Sequence[paddle.Tensor],
+    ) -> paddle.Tensor:
+        """`forward` from input embeddings x [T, hidden] (token embeddings with a vision-language model's
+        image embeddings in the placeholder rows, models/qwen2_5_vl.py)."""
         if self.fused is not None:
             slots, rows, lens, new = meta.slot_table, meta.token_rows, meta.token_lens, meta.new_slots
             assert slots is not None and rows is not None and lens is not None and new is not None
