@@ -125,6 +125,19 @@ def _ratio(num: str, den: str, legend: str) -> Series:
     return Series(legend, expr, local)
 
 
+def _position_acceptance(position: int) -> Series:
+    """Speculative decoding: the share of drafts whose token at `position` was accepted."""
+    num, den = P + "spec_decode_num_accepted_tokens_per_pos_total", P + "spec_decode_num_drafts_total"
+    sel = f'{{position="{position}",model_name=~"$model_name"}}'
+    expr = f"sum(rate({num}{sel}[1m])) / sum(rate({den}{M}[1m]))"
+
+    def local(w: Window) -> float | None:
+        d = w.rate(den)
+        return w.rate(num, position=str(position)) / d if d > 0 else None
+
+    return Series(f"position {position}", expr, local)
+
+
 def _http(status_re: str, legend: str) -> Series:
     expr = f'sum(rate({P}http_requests_total{{status=~"{status_re}"}}[1m]))'
     pattern = status_re.replace("..", "")
@@ -194,6 +207,19 @@ PANELS: tuple[Panel, ...] = (
         "Prefix-cache hit rate (tokens)",
         "percentunit",
         (_ratio("prefix_cache_hits_total", "prefix_cache_queries_total", "hit rate"),),
+    ),
+    Panel(
+        "Speculative decoding: draft and accepted tokens / s",
+        "short",
+        (_rate("spec_decode_num_draft_tokens_total"), _rate("spec_decode_num_accepted_tokens_total")),
+    ),
+    Panel(
+        "Speculative decoding: acceptance rate (all, per draft position)",
+        "percentunit",
+        (
+            _ratio("spec_decode_num_accepted_tokens_total", "spec_decode_num_draft_tokens_total", "all"),
+            *(_position_acceptance(j) for j in range(5)),
+        ),
     ),
 )
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -35,9 +36,11 @@ def create_app(
     client: Any = None,
     backend_factory: BackendFactory | None = None,
     metrics: GatewayMetrics | None = None,
+    media_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """`backend_factory(local_ensemble)` is an async context manager yielding the backend requests go to
-    (e.g. the global scheduler wrapping the local ensemble); default: the local ensemble itself."""
+    (e.g. the global scheduler wrapping the local ensemble); default: the local ensemble itself.
+    `media_transport`: how allowed image URLs are fetched (tests pass httpx.MockTransport; default: HTTP)."""
     holder: dict[str, GatewayContext] = {}
     created = int(time.time())
 
@@ -58,10 +61,13 @@ def create_app(
             None if settings.request_timeout_s is None else settings.request_timeout_s + GRPC_GRACE_S
         )
         ensemble = TritonEnsemble(triton, settings.ensemble_model, settings.engine_model, grpc_timeout)
+        media = None
+        if settings.enable_mm and settings.allowed_media_domains:
+            media = httpx.AsyncClient(transport=media_transport, follow_redirects=False)
         try:
             async with (backend_factory or _local)(ensemble) as backend:
                 holder["ctx"] = GatewayContext(
-                    settings, backend, StreamSlots(settings.max_concurrent_streams)
+                    settings, backend, StreamSlots(settings.max_concurrent_streams), media
                 )
                 try:
                     yield
@@ -70,6 +76,8 @@ def create_app(
                     await backend.drain()
         finally:
             await ensemble.drain()
+            if media is not None:
+                await media.aclose()
             if own:
                 await triton.close()
 

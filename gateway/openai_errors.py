@@ -89,7 +89,10 @@ def from_engine(exc: EngineError, request_id: str) -> ApiError:
         return ApiError(400, exc.message, param=exc.param, code="invalid_value")
     if isinstance(exc, Overloaded):  # a full queue, or the inference server away (e.g. being restarted)
         return ApiError(
-            503, f"{exc.message} (request {request_id})", type="server_error", code="overloaded",
+            503,
+            f"{exc.message} (request {request_id})",
+            type="server_error",
+            code="overloaded",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     if isinstance(exc, Cancelled):

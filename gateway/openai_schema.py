@@ -99,23 +99,62 @@ class StreamOptions(_Strict):
     continuous_usage_stats: bool | None = None  # vLLM's extension, ignored
 
 
-class TextPart(_Strict):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
-            "required": ["type", "text"],
-        }
-    )
+class ImageUrl(_Strict):
+    url: str | None = None  # required (the schema says so); checked after --enable-mm (image_parts.py)
+    # The image is preprocessed at the checkpoint's own resolution bounds, which is what "high" asks for;
+    # "low" (a cheaper, smaller image) is not served, so it is refused rather than ignored.
+    detail: Literal["auto", "high"] | None = None
+
+
+# The two part shapes; gateway/openapi_doc.py keeps only TEXT_PART_SCHEMA when the server takes no images
+# (--enable-mm off) and narrows the image URL to what the settings accept.
+TEXT_PART_SCHEMA = {
+    "type": "object",
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+IMAGE_PART_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "image_url"},
+        "image_url": {
+            "type": "object",
+            "properties": {
+                "url": {"type": "string"},
+                "detail": {"anyOf": [{"enum": ["auto", "high"]}, {"type": "null"}]},
+            },
+            "required": ["url"],
+        },
+    },
+    "required": ["type", "image_url"],
+}
+
+
+def _content_part_schema(schema: dict[str, Any]) -> None:
+    schema.clear()
+    schema["anyOf"] = [TEXT_PART_SCHEMA, IMAGE_PART_SCHEMA]
+
+
+class ContentPart(_Strict):
+    """A chat content part: text, or an image (OpenAI's image_url; refused unless --enable-mm, checked
+    further in gateway/image_parts.py)."""
+
+    model_config = ConfigDict(json_schema_extra=_content_part_schema)
 
     type: str
     text: str | None = None
+    image_url: ImageUrl | None = None
 
     @model_validator(mode="after")
-    def _only_text(self) -> TextPart:
-        if self.type != "text":
-            raise ValueError(f"content part type '{self.type}' is not supported (text only)")
-        if self.text is None:
-            raise ValueError("a text content part needs 'text'")
+    def _shape(self) -> ContentPart:
+        if self.type == "text":
+            if self.text is None:
+                raise ValueError("a text content part needs 'text'")
+        elif self.type == "image_url":
+            if self.image_url is None:
+                raise ValueError("an image_url content part needs 'image_url' ({\"url\": ...})")
+        else:
+            raise ValueError(f"content part type '{self.type}' is not supported (text, image_url)")
         return self
 
 
@@ -159,7 +198,7 @@ class ChatMessage(_Strict):
     )
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[HistoryToolCall] | None = None  # assistant messages: the calls it made
     tool_call_id: str | None = None  # tool messages: the call this is the result of
@@ -183,6 +222,9 @@ class ChatMessage(_Strict):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text or "" for part in self.content)
+
+    def has_images(self) -> bool:
+        return isinstance(self.content, list) and any(p.type == "image_url" for p in self.content)
 
 
 def _declared_field(name: str) -> tuple[Any, None]:

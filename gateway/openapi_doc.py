@@ -11,6 +11,7 @@ is required) are filled in, so the document describes this server, not OpenAI's 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from pydantic import TypeAdapter
 from gateway import openai_schema as shapes
 from gateway.limits import RETRY_AFTER_S
 from gateway.settings import GatewaySettings
+from paddlellm.protocol.data_url import IMAGE_MEDIA_TYPES
 
 _REF = "#/components/schemas/{model}"
 _REQUESTS = (shapes.ChatCompletionRequest, shapes.CompletionRequest)
@@ -117,7 +119,25 @@ def components(settings: GatewaySettings) -> dict[str, Any]:
                     branch["maximum"] = settings.max_model_len - 1  # gateway.translate.sampling_params
         props["n"]["maximum"] = settings.max_n  # gateway.translate._check_choices
     schemas["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] = settings.max_messages
+    schemas["ContentPart"] = _content_part(settings)
     return schemas
+
+
+def _content_part(settings: GatewaySettings) -> dict[str, Any]:
+    """Text parts; image_url parts only with --enable-mm, their URL a data: URL of a served media type
+    (or an http(s) URL when some hosts are allowed): gateway/image_parts.py. The image count limit and the
+    base64 payload cannot be stated here; they are 400s naming the part."""
+    text = copy.deepcopy(shapes.TEXT_PART_SCHEMA)
+    if not settings.enable_mm or settings.limit_mm_per_prompt == 0:
+        return text
+    image = copy.deepcopy(shapes.IMAGE_PART_SCHEMA)
+    types = "|".join(t.removeprefix("image/") for t in IMAGE_MEDIA_TYPES)
+    b64 = "[A-Za-z0-9+/]"  # non-empty, padded base64 (binascii's validate=True alphabet)
+    pattern = f"^data:image/({types});base64,({b64}{{4}})*({b64}{{2}}==|{b64}{{3}}=|{b64}{{4}})$"
+    if settings.allowed_media_domains:
+        pattern = f"({pattern})|(^https?://)"
+    image["properties"]["image_url"]["properties"]["url"]["pattern"] = pattern
+    return {"anyOf": [text, image]}
 
 
 def _describe(op: dict[str, Any], path: str, spec: _Operation, settings: GatewaySettings) -> None:

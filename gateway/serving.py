@@ -15,6 +15,7 @@ disconnect, the deadline, an error) cancels them all. One choice takes the singl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+import httpx
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -31,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.backend_protocol import GenerationBackend, ResponseStream
 from gateway.chunk_shaper import Chunk, ChunkShaper, assemble, usage_chunk
+from gateway.image_parts import fetch_remote_images
 from gateway.limits import DeadlineStream, Slot, StreamSlots, read_body
 from gateway.logprobs import parse as parse_logprobs
 from gateway.openai_errors import ApiError, from_engine, from_validation, model_not_found
@@ -56,6 +59,7 @@ class GatewayContext:
     settings: GatewaySettings
     backend: GenerationBackend
     slots: StreamSlots
+    media: httpx.AsyncClient | None = None  # fetches allowed image URLs (None: --allowed-media-domains empty)
 
 
 class ClientGone(Exception):
@@ -187,6 +191,16 @@ async def _generate(
         )
     except EngineError as e:
         raise from_engine(e, request_id) from None
+    if ens_req.remote_images and ctx.media is not None:  # allowed image URLs (gateway/image_parts.py)
+        try:
+            fetched = await until_disconnect(
+                request, fetch_remote_images(ens_req.messages, ens_req.remote_images, ctx.media, settings)
+            )
+        except ClientGone:
+            return GoneResponse()
+        except EngineError as e:
+            raise from_engine(e, request_id) from None
+        ens_req = dataclasses.replace(ens_req, messages=fetched, remote_images=())
     engine_requests = choice_requests(ens_req)
     slot.grow(len(engine_requests) - 1)  # each choice holds an engine stream: 429 when they do not fit
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.global_scheduler.scheduler_settings import GlobalSchedulerSettings
 from paddlellm.errors import ConfigError, InvalidRequest
+from paddlellm.protocol.data_url import MAX_IMAGE_BYTES
 from paddlellm.sampling import MAX_STREAM_INTERVAL, SPECS
 
 # gateway.tool_calls.PARSERS (repeated here: the settings module stays free of the parsers' imports).
@@ -84,6 +85,18 @@ class GatewaySettings:
     stream_interval: int = 0
     """Tokens per streamed chunk after the first, for requests without max_streaming_response_tokens; 0:
     auto (the engine sends per token while the serving path has room and coalesces under load)."""
+    enable_mm: bool = False
+    """Image content parts are accepted (--enable-mm, a vision-language checkpoint); False: a 400 naming the
+    part. The tokenizer model decodes them; the gateway checks their form and count first."""
+    limit_mm_per_prompt: int = 4
+    """Most images per request (--limit-mm-per-prompt's image count)."""
+    allowed_media_domains: tuple[str, ...] = ()
+    """Hosts whose http(s) image URLs the gateway fetches (exact host names; "*": any); empty: such URLs get a
+    400 and clients send data: URLs (vLLM's --allowed-media-domains, closed by default here)."""
+    media_fetch_timeout_s: float = 5.0
+    """Deadline of one image fetch (connect to last byte)."""
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    """Largest encoded image, as a data URL's payload or a fetched file."""
 
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
@@ -128,6 +141,11 @@ class GatewaySettings:
             )
         if not self.served_model_name:
             raise ConfigError("gateway 'served_model_name' must not be empty")
+        object.__setattr__(self, "allowed_media_domains", tuple(self.allowed_media_domains))
+        if self.limit_mm_per_prompt < 0:
+            raise ConfigError(f"gateway 'limit_mm_per_prompt' must be >= 0 (got {self.limit_mm_per_prompt})")
+        if not self.media_fetch_timeout_s > 0 or self.max_image_bytes < 1:
+            raise ConfigError("gateway 'media_fetch_timeout_s' and 'max_image_bytes' must be > 0")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)

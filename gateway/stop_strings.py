@@ -63,4 +63,3 @@ class StopStringMatcher:
                     best = k
                     break
         return best
-

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.image_parts import RemoteImage, content_parts
 from gateway.openai_schema import ChatCompletionRequest, CompletionRequest
 from gateway.settings import GatewaySettings
 from gateway.structured_fields import structured_spec
@@ -37,6 +38,7 @@ class EnsembleRequest:
     tool_parser: str | None = None  # chat: the parser of tool calls in the answer (None: none parsed)
     tool_names: frozenset[str] = frozenset()  # the functions a parsed call may name
     sampling_params: SamplingParams | None = field(default=None, compare=False)  # what `sampling` says
+    remote_images: tuple[RemoteImage, ...] = ()  # chat: allowed http(s) images to fetch before sending
 
 
 def choice_requests(req: EnsembleRequest) -> list[EnsembleRequest]:
@@ -204,9 +206,17 @@ def chat_request(req: ChatCompletionRequest, settings: GatewaySettings) -> Ensem
             param="messages",
         )
     messages = []
-    for m in req.messages:
-        # An assistant message with only tool calls keeps content null (templates test for it).
-        content = None if m.content is None and m.tool_calls else m.text()
+    remote: list[RemoteImage] = []
+    images = 0
+    for i, m in enumerate(req.messages):
+        # An assistant message with only tool calls keeps content null (templates test for it). A message
+        # with images keeps its parts for the template; text-only content is one string, as ever.
+        content: str | list[dict[str, Any]] | None = None
+        if m.has_images():
+            content = content_parts(m, i, settings, images, remote)
+            images += sum(p["type"] == "image_url" for p in content)
+        elif not (m.content is None and m.tool_calls):
+            content = m.text()
         msg: dict[str, Any] = {"role": m.role, "content": content}
         for key in ("name", "tool_call_id"):
             if getattr(m, key) is not None:
@@ -228,6 +238,7 @@ def chat_request(req: ChatCompletionRequest, settings: GatewaySettings) -> Ensem
         tool_parser=plan.parser,
         tool_names=plan.names,
         sampling_params=sp,
+        remote_images=tuple(remote),
     )
 
 

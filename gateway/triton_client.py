@@ -116,8 +116,9 @@ class TritonGrpcClient:
         return bool(reply.ready)
 
     async def is_model_ready(self, model_name: str, client_timeout: float | None = None) -> bool:
-        reply = await self._stub.ModelReady(service_pb2.ModelReadyRequest(name=model_name),
-                                            timeout=client_timeout)
+        reply = await self._stub.ModelReady(
+            service_pb2.ModelReadyRequest(name=model_name), timeout=client_timeout
+        )
         return bool(reply.ready)
 
     async def close(self) -> None:

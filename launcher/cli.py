@@ -22,7 +22,7 @@ from launcher.supervisor import Launcher, LaunchPlan
 from launcher.tritonenv import REPO_ROOT
 from paddlellm.config import ENGINE_GROUP, SCHEDULER_GROUP, EngineConfig
 from paddlellm.errors import CheckpointError, ConfigError
-from paddlellm.model_info import CheckpointText
+from paddlellm.model_info import CheckpointText, ModelInfo
 
 DEFAULT_MODEL = REPO_ROOT / ".models" / "SmolLM2-135M-Instruct"
 
@@ -181,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m = p.add_argument_group(ENGINE_GROUP)
     m.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=_help("model"))
-    m.add_argument("--enable-mm", action="store_true", help="accept multimodal content parts")
+    m.add_argument(
+        "--allowed-media-domains",
+        default="",
+        help="with --enable-mm: comma-separated hosts whose http(s) image URLs the gateway fetches (exact "
+        "names; '*': any host; vLLM's flag, closed by default here); other image URLs get a 400 and clients "
+        "send data: URLs (default: none)",
+    )
     s = p.add_argument_group(SCHEDULER_GROUP)
     s.add_argument(
         "--scheduler-name",
@@ -274,9 +280,25 @@ def check_scheduler_reachable(plan: LaunchPlan) -> str | None:
     return None
 
 
+def check_enable_mm(engine: EngineConfig, model: Path) -> str | None:
+    """Why --enable-mm cannot serve `model` (None: it can, or the flag is off)."""
+    if not engine.enable_mm:
+        return None
+    if not model.is_dir():
+        return f"--enable-mm: {model} is a text-only checkpoint (images need a vision-language model)"
+    try:
+        info = ModelInfo.from_dir(str(model), engine.max_model_len)
+    except (CheckpointError, ConfigError) as e:  # UnsupportedModel is a ConfigError
+        return f"--enable-mm: {model.name} is not a checkpoint images can be served with: {e}"
+    if info.vision is None:
+        return (
+            f"--enable-mm: {model.name} ({info.architecture}) is a text-only checkpoint; images need a "
+            "vision-language model (Qwen2_5_VLForConditionalGeneration)"
+        )
+    return None
+
+
 def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> LaunchPlan:
-    if args.enable_mm:
-        _fail(parser, "--enable-mm: not supported yet (no multimodal model is supported)")
     for flag, value, low in (
         ("--port", args.port, 1),
         ("--workers", args.workers, 1),
@@ -310,6 +332,11 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         )
         if not engine.instance_id:  # instances on one host must never share IPC names
             engine = engine.replace(instance_id=uuid.uuid4().hex[:8])
+        if not args.triton_url and (why := check_enable_mm(engine, model)) is not None:
+            _fail(parser, why)
+        domains = tuple(d.strip() for d in args.allowed_media_domains.split(",") if d.strip())
+        if domains and not engine.enable_mm and not args.triton_url:  # gateway only: the engine's says
+            _fail(parser, "--allowed-media-domains: needs --enable-mm (image URLs are refused without it)")
         text = checkpoint_text(model)
         markers = text.reasoning_markers() if text else None
         gateway = GatewaySettings(
@@ -331,6 +358,9 @@ def plan_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             stream_interval=args.stream_interval,
             tool_call_parser=args.tool_call_parser or (text.tool_format() if text else "generic"),
             enable_auto_tool_choice=args.enable_auto_tool_choice,
+            enable_mm=engine.enable_mm,
+            limit_mm_per_prompt=engine.image_limit,
+            allowed_media_domains=domains,
             **_global_scheduler(args),
         )
     except CheckpointError as e:

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher.supervisor import Launcher, LaunchError, LaunchPlan
+from paddlellm.config import EngineConfig
+from paddlellm.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,8 @@ class EngineFacts:
 
     served_model_name: str
     max_model_len: int
+    enable_mm: bool = False  # image parts accepted, and how many per request (its limit_mm_per_prompt)
+    image_limit: int = 0
 
     @classmethod
     def from_model_config(cls, config: dict[str, Any]) -> EngineFacts:
@@ -48,7 +52,12 @@ class EngineFacts:
         )
         if not name:
             raise LaunchError("the server's llm_engine names no model (parameter 'model' is empty)")
-        return cls(name, max_model_len)
+        mm_keys = ("enable_mm", "limit_mm_per_prompt")
+        try:  # absent in a repository from before them: no images
+            mm = EngineConfig.from_params({k: params[k] for k in mm_keys if k in params})
+        except ConfigError as e:
+            raise LaunchError(f"the server's llm_engine: {e}") from None
+        return cls(name, max_model_len, mm.enable_mm, mm.image_limit if mm.enable_mm else 0)
 
 
 def fetch_engine_facts(
@@ -103,6 +112,8 @@ class GatewayOnly(Launcher):
             triton_metrics_url=self.triton_metrics_url,
             served_model_name=self.served_model_name or facts.served_model_name,
             max_model_len=facts.max_model_len,
+            enable_mm=facts.enable_mm,
+            limit_mm_per_prompt=facts.image_limit,
         )
         self.say(f"serving '{settings.served_model_name}' (max_model_len {settings.max_model_len})")
         self.plan = dataclasses.replace(plan, gateway=settings)

@@ -13,6 +13,7 @@ config.pbtxt. Unknown keys and malformed values fail with the key's name.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -21,6 +22,7 @@ from typing import Any
 
 from paddlellm.cpu import KERNEL_ISAS
 from paddlellm.errors import ConfigError
+from paddlellm.speculative import SpeculativeConfig
 
 CPU_KERNEL_CHOICES = ("auto", "native", *KERNEL_ISAS, "paddle")
 DTYPE_CHOICES = ("float32", "bfloat16")
@@ -28,6 +30,8 @@ QUANTIZATION_CHOICES = ("none", "wint8", "wint4", "auto")
 
 
 ENGINE_GROUP, SCHEDULER_GROUP = "model and engine", "scheduler"
+DEFAULT_MM_LIMIT = '{"image": 4}'
+MM_MODALITIES = ("image",)  # what limit_mm_per_prompt may name (video and audio are not served)
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,24 @@ class EngineConfig:
         "chat's history); only the rest is prefilled. Outputs are bit-identical either way "
         "(docs/prefix-caching.md)",
     )
+    speculative_config: str = option(
+        "",
+        "speculative decoding, as a JSON object with vLLM's and FastDeploy's keys: {\"method\": \"ngram\", "
+        "\"num_speculative_tokens\": k, \"prompt_lookup_min\": a, \"prompt_lookup_max\": b} (optional "
+        "\"disable_by_batch_size\": no drafts while more requests run); drafts copied from the request's own "
+        "prompt and output are verified in one step, outputs bit-identical with it off "
+        "(docs/speculative-decoding.md); '' = off",
+        unset="off",
+    )
+    enable_mm: bool = option(
+        False,
+        "accept image content parts in chat messages (a vision-language checkpoint, e.g. Qwen2.5-VL; "
+        "docs/multimodal.md); refused for a text-only checkpoint",
+    )
+    limit_mm_per_prompt: str = option(
+        DEFAULT_MM_LIMIT,
+        "most images one request may carry, vLLM's form: a JSON object {\"image\": n} (or image=n)",
+    )
     scheduler_max_size: int = option(
         -1, "most requests waiting in the engine queue; -1 = unbounded", group=SCHEDULER_GROUP
     )
@@ -168,6 +190,18 @@ class EngineConfig:
             raise bad("scheduler_max_size", "must be -1 (unbounded) or >= 1")
         if self.scheduler_ttl <= 0:
             raise bad("scheduler_ttl", "must be > 0")
+        SpeculativeConfig.parse(self.speculative_config)  # fails at start-up, naming the key
+        parse_mm_limit(self.limit_mm_per_prompt)  # the same
+
+    @property
+    def speculative(self) -> SpeculativeConfig | None:
+        """speculative_config parsed (None: off)."""
+        return SpeculativeConfig.parse(self.speculative_config)
+
+    @property
+    def image_limit(self) -> int:
+        """limit_mm_per_prompt's images per request."""
+        return parse_mm_limit(self.limit_mm_per_prompt)
 
     # Derived values, so no caller re-implements the defaults.
     @property
@@ -230,6 +264,30 @@ def _parse_value(key: str, raw: str, typ: Any) -> Any:
         return raw
     except ValueError as e:
         raise ConfigError(f"config '{key}': cannot parse {raw!r}: {e}") from None
+
+
+def parse_mm_limit(text: str) -> int:
+    """limit_mm_per_prompt -> images per request. vLLM's forms: JSON {"image": n}, or the older image=n."""
+    key = "limit_mm_per_prompt"
+    raw = text.strip()
+    try:
+        if raw.startswith("{"):
+            limits = json.loads(raw)
+            if not isinstance(limits, dict):
+                raise ValueError("not a JSON object")
+        else:
+            limits = dict(item.split("=", 1) for item in raw.split(",") if item.strip())
+            limits = {k.strip(): int(v) for k, v in limits.items()}
+    except ValueError as e:
+        form = '{"image": n} or image=n'
+        raise ConfigError(f"config '{key}': expected {form}, got {text!r} ({e})") from None
+    unknown = sorted(set(limits) - set(MM_MODALITIES))
+    if unknown:
+        raise ConfigError(f"config '{key}': only {', '.join(MM_MODALITIES)} can be limited, got {unknown}")
+    n = limits.get("image", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"config '{key}': the image limit must be an integer >= 0, got {n!r}")
+    return n
 
 
 def format_value(value: Any) -> str:

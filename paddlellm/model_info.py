@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paddlellm.errors import CheckpointError
-from paddlellm.model_registry import ArchSpec, arch_spec, check_config, check_rope_scaling
+from paddlellm.model_registry import VISION_LANGUAGE, ArchSpec, arch_spec, check_config, check_rope_scaling
 from paddlellm.text.tool_prompt import ToolFormat, detect_tool_format
 
 
@@ -107,6 +107,17 @@ def _chat_template_source(path: str, tok: dict[str, Any], tok_file: str) -> tupl
 
 
 @dataclass(frozen=True)
+class VisionInfo:
+    """What a vision-language checkpoint adds to its text decoder's facts (paddlellm/vision/vl_config.py has
+    the rest: the tower's shape, M-RoPE sections)."""
+
+    architecture: str  # config.json's, e.g. Qwen2_5_VLForConditionalGeneration
+    image_token_id: int  # <|image_pad|>: one per image token in the prompt
+    vision_start_token_id: int
+    vision_end_token_id: int
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     path: str  # checkpoint directory
     architecture: str
@@ -128,6 +139,8 @@ class ModelInfo:
     bos_token_id: int | None
     raw_config: dict[str, Any]
     text: CheckpointText | None = field(default=None, compare=False, repr=False)  # None: built in tests
+    # A vision-language checkpoint (issue #29): its text decoder is this ModelInfo; None: text only.
+    vision: VisionInfo | None = None
 
     @property
     def spec(self) -> ArchSpec:
@@ -148,6 +161,8 @@ class ModelInfo:
         if not isinstance(archs, list) or not archs:
             raise CheckpointError(cfg_file, "architectures", "missing or empty")
         arch = archs[0]
+        if any(str(arch) in vl.architectures for vl in VISION_LANGUAGE):
+            return _vision_language(path, cfg_file, max_model_len)
         spec = arch_spec(str(arch), cfg_file)
 
         def need(key: str, typ: type | tuple[type, ...], default: Any = None) -> Any:
@@ -206,6 +221,18 @@ class ModelInfo:
             raw_config=cfg,
             text=text,
         )
+
+
+def _vision_language(path: str, cfg_file: str, max_model_len: int | None) -> ModelInfo:
+    """A vision-language checkpoint: its text decoder as the registered text architecture, with `vision`."""
+    from paddlellm.vision.vl_config import VLConfig  # lazy: vl_config builds on this module
+
+    vl = VLConfig.from_dir(path)
+    text_spec = arch_spec(vl.spec.text_architecture, cfg_file)
+    limit = max_model_len or vl.text_config.get("max_position_embeddings", 4096)
+    name = "max_model_len" if max_model_len else "max_position_embeddings"
+    check_config(text_spec, vl.text_config, cfg_file, limit, name)
+    return vl.text_model_info()
 
 
 def resolve_checkpoint(path: str) -> str:

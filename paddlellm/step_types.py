@@ -12,6 +12,13 @@ Structured output: `SchedulerOutput.grammar_masks` carries, for each request wit
 step, the packed int32 bitmask of its allowed tokens (paddlellm/structured/bitmask.py), filled once by the
 scheduler; every TP rank applies the same mask (none recomputes it). Requests without a grammar have no
 entry, so they cost nothing.
+
+Speculative decoding: `SchedulerOutput.draft_token_ids` carries, for each decoding request with a draft, the
+k proposed tokens; the request is scheduled with 1 + k tokens (its last known token, then the draft), the
+runner samples every one of those rows with the request's own per-position draws and returns the accepted
+run in `ModelRunnerOutput.accepted_token_ids` (the draft's matching prefix, then the first sampled token that
+differs, or the bonus token after a full match). The scheduler decides the drafts; every rank verifies the
+same rows.
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ class CachedRequestData:
     new_token_ids: tuple[int, ...]  # sampled since this request was last scheduled (the runner appends)
     new_block_ids: tuple[int, ...]  # blocks appended to its block table
     num_computed_tokens: int
+    # >= 0: first cut the block table to this many blocks (blocks of rejected draft tokens were released),
+    # then append new_block_ids; -1: nothing was cut.
+    num_kept_blocks: int = -1
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,12 @@ class SchedulerOutput:
     # Requests whose runner state must be dropped (finished, aborted or preempted since the last step).
     finished_request_ids: frozenset[str] = frozenset()
     # Requests with a grammar that sample this step: their allowed next tokens, a packed int32 bitmask of
-    # ceil(vocab / 32) words (token t allowed iff bit t % 32 of word t // 32 is set). Only those rows.
+    # ceil(vocab / 32) words (token t allowed iff bit t % 32 of word t // 32 is set). Only those rows. A
+    # request with a draft has [1 + len(draft), words]: the mask of each position it samples.
     grammar_masks: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+    # Speculative decoding: request id -> its draft tokens, fed after its last known token; such a request's
+    # num_scheduled_tokens counts them. Only decoding requests (one known token to compute) have drafts.
+    draft_token_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
@@ -86,3 +100,9 @@ class ModelRunnerOutput:
     # of the first entry, one entry per position from there on). Position p's entry is token p's logprob
     # given tokens [0, p), so position 0 never has one.
     prompt_logprobs: dict[str, tuple[int, tuple[TokenLogprobs, ...]]] = field(default_factory=dict)
+    # Requests that had a draft (and only they; they have no sampled_token_ids entry): the tokens this step
+    # produced, in order: the draft's accepted prefix, then the token sampled where it first differs (or
+    # after it all matched). Between 1 and 1 + k tokens. The scheduler still applies the stop rules to each.
+    accepted_token_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Their logprobs (requests with sampling_params.logprobs set), one entry per accepted token.
+    accepted_logprobs: dict[str, tuple[TokenLogprobs, ...]] = field(default_factory=dict)

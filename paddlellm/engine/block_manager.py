@@ -99,6 +99,14 @@ class BlockManager:
                     self._free.append(b)
         block_ids.clear()
 
+    def truncate(self, block_ids: list[int], keep: int) -> None:
+        """Release the ids of a block table past its first `keep` (speculative decoding: blocks that held only
+        rejected draft tokens). They were never registered (none of their tokens was verified), so they go
+        back to the plain free list, the next to be handed out."""
+        tail = block_ids[keep:]
+        self.free(tail)
+        del block_ids[keep:]
+
     # ---------------------------------------------------------------- prefix cache
 
     def match_prefix(

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from paddlellm.config import EngineConfig
 from paddlellm.engine.kv_budget import num_kv_blocks
@@ -44,6 +44,13 @@ class EngineStats:
     last_batch_size: int  # requests in the last scheduled step
     prefix_cache_queries: int = 0  # tokens looked up in the prefix cache since start (warmup excluded)
     prefix_cache_hits: int = 0  # of those, tokens found cached
+    # Speculative decoding since start (warmup excluded): drafts verified, their tokens, the accepted ones,
+    # and accepted tokens per draft position (empty when speculative decoding is off).
+    spec_num_drafts: int = 0
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
+    spec_accepted_per_position: tuple[int, ...] = ()
+    spec_drafted_per_position: tuple[int, ...] = ()  # drafts long enough to have a token at position j
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,9 @@ class LLMEngine:
         self.scheduler.num_preemptions = 0
         self.scheduler.last_batch_size = 0
         self.scheduler.prefix_cache.reset_counts()
+        spec = self.scheduler.spec_decode
+        if spec is not None:
+            spec.reset_counts()
 
     # ---------------------------------------------------------------- health and stats
 
@@ -235,6 +245,7 @@ class LLMEngine:
             last_batch_size=s.last_batch_size,
             prefix_cache_queries=s.prefix_cache.queries,
             prefix_cache_hits=s.prefix_cache.hits,
+            **_spec_stats(s),
         )
 
     def shutdown(self) -> None:
@@ -243,6 +254,19 @@ class LLMEngine:
             compiler, self._compiler = self._compiler, None
         if compiler is not None:
             compiler.close()
+
+
+def _spec_stats(s: Scheduler) -> dict[str, Any]:
+    spec = s.spec_decode
+    if spec is None:
+        return {}
+    return {
+        "spec_num_drafts": spec.num_drafts,
+        "spec_num_draft_tokens": spec.num_draft_tokens,
+        "spec_num_accepted_tokens": spec.num_accepted_tokens,
+        "spec_accepted_per_position": tuple(spec.accepted_per_position),
+        "spec_drafted_per_position": tuple(spec.drafted_per_position),
+    }
 
 
 def _drain(values: deque[float]) -> tuple[float, ...]:

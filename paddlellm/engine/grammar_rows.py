@@ -13,6 +13,8 @@ Algorithm (docs/structured-output.md, "Engine"):
   follow). `min_tokens` is not applied to grammar rows at all (the sampler does not ban EOS for them: the
   grammar alone decides where the answer may end). `stop_token_ids` still stop; `max_tokens` or
   `max_model_len` mid-object end with "length" as usual.
+- speculative decoding: `fill_draft_masks` fills one row per drafted position by advancing the matcher over
+  the draft and rolling it back; update() then advances it by the accepted run, token by token.
 - preemption: nothing. The matcher stays with the Request; a recompute re-runs the outputs through the model
   but never re-samples them, so the matcher is already where the outputs left it.
 
@@ -59,6 +61,25 @@ def fill_mask(matcher: GrammarMatcher) -> np.ndarray:
     row = np.empty(matcher.mask_words, dtype=np.int32)
     matcher.fill_mask(row)
     return row
+
+
+def fill_draft_masks(matcher: GrammarMatcher, draft: Sequence[int]) -> tuple[np.ndarray, int]:
+    """Speculative decoding: the masks of a drafted request's rows, [1 + kept, words], and how many draft
+    tokens the grammar allows in a row (kept). Row j is the mask after the draft's first j tokens, exactly
+    what a plain decode would fill once they were accepted; a draft token the grammar refuses (the sampler
+    could never draw it) or one after the grammar terminated ends the draft there. The matcher is rolled
+    back to where it was: the accepted run advances it in update() as usual."""
+    rows = [fill_mask(matcher)]
+    kept = 0
+    try:
+        for token in draft:
+            if matcher.is_terminated or not matcher.accept(int(token)):
+                break
+            kept += 1
+            rows.append(fill_mask(matcher))
+    finally:
+        matcher.rollback(kept)
+    return np.stack(rows), kept
 
 
 def stop_reason(req: Request, token: int, max_model_len: int) -> str | None:

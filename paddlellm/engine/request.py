@@ -11,6 +11,7 @@ from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import TokenLogprobs
 
 if TYPE_CHECKING:  # the engine core does not import the grammar library; it only drives a matcher
+    from paddlellm.engine.ngram_proposer import TokenHistory
     from paddlellm.structured.matcher import GrammarMatcher
 
 
@@ -42,6 +43,11 @@ class Request:
     # What the runner already knows, so each step sends only the changes.
     num_synced_outputs: int = 0
     num_synced_blocks: int = 0
+    # Speculative decoding cut the block table below num_synced_blocks: the next step tells the runner.
+    blocks_cut: bool = False
+    # Speculative decoding: its tokens as an array for the n-gram search, created at its first draft.
+    draft_history: TokenHistory | None = None
+    draft_len: int = 2  # most tokens its next draft may have (adapts to its acceptance: spec_decode.py)
     # Outputs already handed to the caller in a RequestOutput.
     num_emitted: int = 0
     # sampling_params.logprobs set: the entries of the outputs generated here (not of resume ids), in order.

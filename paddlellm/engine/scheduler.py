@@ -4,6 +4,7 @@ prefix caching (a cached prefix counts as computed tokens: only the rest is pref
 Pure Python: it decides which tokens of which requests run each step and owns the block ids; the executor runs
 them. `schedule()` -> SchedulerOutput -> executor -> ModelRunnerOutput -> `update()` -> RequestOutputs.
 Requests with structured output carry a grammar matcher; its masks go out with the step (grammar_rows.py).
+With speculative decoding on, decoding requests may carry a draft verified in the same step (spec_decode.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from paddlellm.engine.grammar_rows import Grammar
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.engine.prefix_cache import PrefixCache
 from paddlellm.engine.request import Request, RequestStatus
+from paddlellm.engine.spec_decode import SpecDecode
 from paddlellm.errors import ConfigError, EngineError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
@@ -47,6 +49,8 @@ class Scheduler:
         self.config = config
         self.blocks = BlockManager(num_blocks, config.block_size)
         self.prefix_cache = PrefixCache(self.blocks, config.enable_prefix_caching, cache_seed)
+        spec = config.speculative
+        self.spec_decode = None if spec is None else SpecDecode(spec, config.max_model_len)
         self._eos = frozenset(eos_token_ids)
         self._vocab_size = vocab_size
         self._clock = clock
@@ -178,7 +182,9 @@ class Scheduler:
            1 token, a prefilling one its next chunk. Each needs blocks for num_computed + scheduled
            tokens; while none are free, the newest running request is preempted (blocks freed, back
            to the front of the queue, later recomputed from prompt + outputs), possibly the
-           requesting one itself.
+           requesting one itself. With speculative decoding (and at most disable_by_batch_size
+           running), a decoding request may add a draft of up to k tokens, within the budget left
+           after one token for each later running request, and only on blocks already free.
         3. Unless something was preempted, admit waiting requests FCFS while fewer than max_num_seqs
            run, budget remains, and blocks in use after admitting stay <= kv_cache_ratio x total
            (with nothing running, the head goes in if its first chunk fits at all: no starvation).
@@ -197,7 +203,9 @@ class Scheduler:
         self._expire_waiting(now)
         budget = self.config.batched_tokens
         scheduled: dict[str, int] = {}
+        drafts: dict[str, tuple[int, ...]] = {}
         preemptions_before = self.num_preemptions
+        spec = self.spec_decode if self.spec_decode and self.spec_decode.active(len(self.running)) else None
 
         i = 0
         while i < len(self.running) and budget > 0:
@@ -205,6 +213,14 @@ class Scheduler:
             n = min(req.num_tokens - req.num_computed_tokens, budget)
             if not self._grow_or_preempt(req, req.num_computed_tokens + n):
                 break  # it was the newest, so nothing runs after it
+            if spec is not None and req.num_computed_tokens + 1 == req.num_tokens:
+                later = len(self.running) - i - 1  # each may need a token of budget and a new block
+                draft = spec.draft(req, budget - 1 - later)
+                need = self.blocks.num_new_blocks(req.block_ids, req.num_tokens + len(draft))
+                if draft and self.blocks.num_free_blocks - need >= later:
+                    self.blocks.append(req.block_ids, req.num_tokens + len(draft))
+                    drafts[req.request_id] = draft
+                    n += len(draft)
             scheduled[req.request_id] = n
             budget -= n
             i += 1
@@ -236,9 +252,9 @@ class Scheduler:
                 scheduled[req.request_id] = n
                 budget -= n
 
-        masks = self._fill_masks(scheduled)
+        masks = self._fill_masks(scheduled, drafts)
         self.last_batch_size = len(scheduled)
-        return self._make_output(scheduled, admitted, masks)
+        return self._make_output(scheduled, admitted, masks, drafts)
 
     def update(self, sched: SchedulerOutput, runner_out: ModelRunnerOutput) -> list[RequestOutput]:
         """Apply one executed step.
@@ -262,6 +278,10 @@ class Scheduler:
         for request_id, n in sched.num_scheduled_tokens.items():
             req = self.requests.get(request_id)
             if req is None or req.status is not RequestStatus.RUNNING:
+                continue
+            draft = sched.draft_token_ids.get(request_id)
+            if draft is not None:
+                outputs.append(self._accept_run(req, draft, runner_out))
                 continue
             req.num_computed_tokens += n
             self.prefix_cache.register_computed(req)
@@ -294,6 +314,47 @@ class Scheduler:
             outputs.append(self._output(req))
         return outputs
 
+    def _accept_run(
+        self, req: Request, draft: tuple[int, ...], runner_out: ModelRunnerOutput
+    ) -> RequestOutput:
+        """A verified draft: append the runner's accepted run token by token under the stop rules (tokens
+        after a stop are dropped), so the KV of the last known token and the accepted draft tokens is computed
+        (num_computed = num_tokens - 1, as after a plain decode) and only those blocks are registered; then
+        release the blocks that held only rejected draft tokens."""
+        rid = req.request_id
+        run = runner_out.accepted_token_ids.get(rid)
+        if not run or len(run) > len(draft) + 1:
+            raise RuntimeError(f"executor returned no valid accepted run for drafted request {rid!r}")
+        lps = runner_out.accepted_logprobs.get(rid) if req.sampling_params.logprobs is not None else None
+        if req.sampling_params.logprobs is not None and (lps is None or len(lps) != len(run)):
+            raise RuntimeError(f"executor returned no logprobs for request {rid!r}")
+        assert self.spec_decode is not None  # a draft was scheduled
+        self.spec_decode.record(req, len(draft), len(run) - 1)
+        reason, error = None, None
+        for j, token in enumerate(run):
+            req.output_token_ids.append(int(token))
+            if lps is not None:
+                req.output_logprobs.append(lps[j])
+            try:
+                reason = self._stop_reason(req, int(token))
+            except EngineError as e:  # the grammar refused the token or ran out of budget
+                reason, error = "error", e
+            if reason is not None:
+                break
+        if req.first_token_time is None:
+            req.first_token_time = self._clock()
+        req.num_computed_tokens = req.num_tokens - 1
+        self.prefix_cache.register_computed(req)
+        if reason is not None:
+            self._finish(req, reason, error)
+        else:
+            keep = self.blocks.blocks_for(req.num_tokens)
+            if len(req.block_ids) > keep:
+                self.blocks.truncate(req.block_ids, keep)
+                if req.num_synced_blocks > keep:
+                    req.num_synced_blocks, req.blocks_cut = keep, True
+        return self._output(req)
+
     # ---------------------------------------------------------------- helpers
 
     def _grow_or_preempt(self, req: Request, num_tokens: int) -> bool:
@@ -317,10 +378,14 @@ class Scheduler:
         self.waiting.appendleft(req)
         self._finished_ids.add(req.request_id)
 
-    def _fill_masks(self, scheduled: dict[str, int]) -> dict[str, np.ndarray]:
+    def _fill_masks(
+        self, scheduled: dict[str, int], drafts: dict[str, tuple[int, ...]]
+    ) -> dict[str, np.ndarray]:
         """Masks of the scheduled requests with a grammar that sample this step (their chunk reaches the end
         of their known tokens); a request whose grammar fails here is finished with the error and dropped
-        from `scheduled`. The time taken is recorded once per step that filled any."""
+        from `scheduled`. A drafted request gets one row per sampled position, its draft cut where the
+        grammar refuses a token (its blocks are trimmed after the step). The time taken is recorded once per
+        step that filled any."""
         masks: dict[str, np.ndarray] = {}
         start = None
         for request_id, n in list(scheduled.items()):
@@ -330,8 +395,19 @@ class Scheduler:
             if start is None:
                 start = time.perf_counter()
             try:
-                masks[request_id] = grammar_rows.fill_mask(req.matcher)
+                draft = drafts.get(request_id)
+                if draft:
+                    rows, kept = grammar_rows.fill_draft_masks(req.matcher, draft)
+                    scheduled[request_id] -= len(draft) - kept
+                    if kept:
+                        masks[request_id], drafts[request_id] = rows, draft[:kept]
+                    else:  # nothing of it is allowed: a plain decode (its spare blocks are kept)
+                        masks[request_id] = rows[0]
+                        del drafts[request_id]
+                else:
+                    masks[request_id] = grammar_rows.fill_mask(req.matcher)
             except InvalidRequest as e:  # GrammarBudgetExceeded, naming the request's field
+                drafts.pop(request_id, None)
                 del scheduled[request_id]
                 self._finish(req, "error", e)
                 self._pending.append(self._output(req))
@@ -340,7 +416,11 @@ class Scheduler:
         return masks
 
     def _make_output(
-        self, scheduled: dict[str, int], admitted: set[str], masks: dict[str, np.ndarray]
+        self,
+        scheduled: dict[str, int],
+        admitted: set[str],
+        masks: dict[str, np.ndarray],
+        drafts: dict[str, tuple[int, ...]],
     ) -> SchedulerOutput:
         new: list[NewRequestData] = []
         cached: list[CachedRequestData] = []
@@ -369,17 +449,19 @@ class Scheduler:
                         tuple(req.output_token_ids[req.num_synced_outputs :]),
                         tuple(req.block_ids[req.num_synced_blocks :]),
                         req.num_computed_tokens,
+                        req.num_synced_blocks if req.blocks_cut else -1,
                     )
                 )
             req.num_synced_outputs = len(req.output_token_ids)
             req.num_synced_blocks = len(req.block_ids)
+            req.blocks_cut = False
         if not batch:
             # Nothing runs, so the executor is not called: keep the ids for the next step that runs.
             return SchedulerOutput((), (), {}, frozenset())
         # An id that finished and came back (preempted, or reused) is re-sent whole: no stale drop needed.
         finished = frozenset(self._finished_ids - admitted)
         self._finished_ids.clear()
-        return SchedulerOutput(tuple(new), tuple(cached), batch, finished, masks)
+        return SchedulerOutput(tuple(new), tuple(cached), batch, finished, masks, drafts)
 
     def _expire_waiting(self, now: float) -> None:
         ttl = self.config.scheduler_ttl

@@ -84,6 +84,13 @@ TEXT_OUTPUT = "text_output"
 # entry = {"id", "token", "bytes", "logprob", "rank", "top_logprobs": [{"id", "token", "bytes", "logprob"}]}.
 # Straight from llm_engine to the ensemble's outputs (paddlellm/triton/logprobs_json.py, docs/triton.md).
 LOGPROBS = "logprobs"
+# Images (issue #29, with --enable-mm): the tokenizer decodes and preprocesses a chat's image parts and hands
+# llm_engine, always (empty for a text-only request, so no ensemble tensor is ever missing):
+# `pixel_values` FP32 [sum of patches, C*T*P*P] (all images in prompt order, paddlellm.vision's processor),
+# `image_grid_thw` INT64 [images, 3] (t, h, w patches each), `image_hashes` STRING [images] (SHA-256 hex of
+# an image's grid and pixel_values rows: what determines its embeddings; prefix-cache keys use it).
+# Optional on llm_engine: a direct client of it sends none. docs/multimodal.md has the handoff.
+PIXEL_VALUES, IMAGE_GRID_THW, IMAGE_HASHES = "pixel_values", "image_grid_thw", "image_hashes"
 # A request to llm_engine carrying this request parameter (true) aborts the live request with the same
 # request id instead of starting one. The detokenizer (and the gateway, when its client goes away) sends it,
 # because Triton 2.51 never tells a decoupled ensemble step about cancellation (docs/triton-notes.md).
@@ -92,6 +99,12 @@ ABORT_PARAMETER = "paddlellm_abort"
 def _bool(name: str) -> TensorSpec:
     return TensorSpec(name, "TYPE_BOOL", (1,))
 
+
+IMAGE_TENSORS = (
+    TensorSpec(PIXEL_VALUES, "TYPE_FP32", (-1, -1)),
+    TensorSpec(IMAGE_GRID_THW, "TYPE_INT64", (-1, 3)),
+    TensorSpec(IMAGE_HASHES, "TYPE_STRING", (-1,)),
+)
 
 # Every input is optional: a request uses one convention or the other (or mixes them, one prompt source and
 # at most one sampling source); the tokenizer says which are missing or conflicting, naming them.
@@ -106,11 +119,11 @@ TOKENIZER = ModelSpec(
         )
     ),
     # `sampling`: the request's SamplingParams as canonical JSON, whichever convention it came in.
-    outputs=(_ids(INPUT_IDS), _s(SAMPLING)),
+    outputs=(_ids(INPUT_IDS), _s(SAMPLING), *IMAGE_TENSORS),
 )
 LLM_ENGINE = ModelSpec(
     "llm_engine",
-    inputs=(_ids(INPUT_IDS), _s(SAMPLING), _optional(_ids(RESUME_IDS))),
+    inputs=(_ids(INPUT_IDS), _s(SAMPLING), _optional(_ids(RESUME_IDS)), *map(_optional, IMAGE_TENSORS)),
     outputs=(_ids(TOKEN_IDS), _ids(WINDOW_IDS), _i1(PREFIX_LEN), _s(FINISH_REASON), _i1(PROMPT_TOKENS),
              _i1(COMPLETION_TOKENS), _s(ENGINE_STATS), _i1(CACHED_TOKENS), _s(LOGPROBS)),
     decoupled=True,

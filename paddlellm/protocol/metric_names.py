@@ -230,6 +230,40 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
         labels=MODEL,
         buckets=BATCH_BUCKETS,
     ),
+    # Speculative decoding (vLLM's spec_decode_* names; only with --speculative-config)
+    _m(
+        "spec_decode_num_drafts_total",
+        COUNTER,
+        "drafts",
+        "Drafts verified: decoding steps of a request that carried n-gram draft tokens.",
+        labels=MODEL,
+        only_with="--speculative-config",
+    ),
+    _m(
+        "spec_decode_num_draft_tokens_total",
+        COUNTER,
+        "tokens",
+        "Draft tokens proposed and verified.",
+        labels=MODEL,
+        only_with="--speculative-config",
+    ),
+    _m(
+        "spec_decode_num_accepted_tokens_total",
+        COUNTER,
+        "tokens",
+        "Draft tokens accepted (each saves a step); acceptance rate = accepted / draft tokens.",
+        labels=MODEL,
+        only_with="--speculative-config",
+    ),
+    _m(
+        "spec_decode_num_accepted_tokens_per_pos_total",
+        COUNTER,
+        "tokens",
+        "Accepted draft tokens by position in the draft (0 = the first); per-position acceptance rate = this "
+        "/ num_drafts.",
+        labels=MODEL + ("position",),
+        only_with="--speculative-config",
+    ),
     # Structured output
     _m(
         "structured_output_compile_time_seconds",

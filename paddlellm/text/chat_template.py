@@ -64,6 +64,8 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
 
     Each message is an object with a known `role` and `content` that is a string, a list of text parts
     ({"type": "text", "text": str}), or null (only for an assistant message that carries tool calls).
+    A list that also holds image parts stays a list of parts: `{"type": "image"}` is what the tokenizer
+    model leaves of an image it decoded (paddlellm/vision/chat_images.py), for the template to place.
     """
     if not isinstance(messages, Sequence) or isinstance(messages, str | bytes):
         raise InvalidRequest("'messages' must be a list of message objects", param=PARAM)
@@ -83,7 +85,9 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _content_text(content: Any, role: str, has_tool_calls: bool, where: str) -> str | None:
+def _content_text(
+    content: Any, role: str, has_tool_calls: bool, where: str
+) -> str | list[dict[str, str]] | None:
     if isinstance(content, str):
         return content
     if content is None:
@@ -91,8 +95,11 @@ def _content_text(content: Any, role: str, has_tool_calls: bool, where: str) -> 
             return None
         raise InvalidRequest(f"{where}.content is required", param=PARAM)
     if isinstance(content, Sequence) and not isinstance(content, bytes):
-        texts = []
+        texts: list[str | None] = []  # None: an image's place
         for j, part in enumerate(content):
+            if isinstance(part, Mapping) and part.get("type") == "image" and len(part) == 1:
+                texts.append(None)
+                continue
             if not isinstance(part, Mapping) or part.get("type") != "text":
                 kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
                 raise InvalidRequest(
@@ -102,7 +109,9 @@ def _content_text(content: Any, role: str, has_tool_calls: bool, where: str) -> 
             if not isinstance(text, str):
                 raise InvalidRequest(f"{where}.content[{j}].text must be a string", param=PARAM)
             texts.append(text)
-        return "\n".join(texts)
+        if None in texts:
+            return [{"type": "image"} if t is None else {"type": "text", "text": t} for t in texts]
+        return "\n".join(t for t in texts if t is not None)
     raise InvalidRequest(
         f"{where}.content must be a string or a list of text parts, got {type(content).__name__}", param=PARAM
     )

@@ -19,6 +19,7 @@ from paddlellm.engine.outputs import RequestOutput
 from paddlellm.errors import InvalidRequest
 from paddlellm.protocol.vllm_convention import sampling_from_vllm
 from paddlellm.sampling import SamplingParams
+from paddlellm.vision.image_inputs import ImageInputs
 
 # ------------------------------------------------------------------------------------------- readers
 
@@ -154,6 +155,21 @@ class EngineInput:
     prompt_ids: tuple[int, ...]
     sampling_params: SamplingParams
     resume_ids: tuple[int, ...] = ()  # ids a cut run already streamed: continue after them
+    images: ImageInputs | None = None  # None: a text-only request (no or empty image tensors)
+
+
+def read_images(pb: Any, request: Any) -> ImageInputs | None:
+    """The optional image tensors (the tokenizer always sends them, empty for text); None when no image."""
+    names = (p.PIXEL_VALUES, p.IMAGE_GRID_THW, p.IMAGE_HASHES)
+    tensors = [pb.get_input_tensor_by_name(request, n) for n in names]
+    if all(t is None for t in tensors):
+        return None
+    if any(t is None for t in tensors):
+        raise InvalidRequest(f"send all of {', '.join(names)} or none", param=p.PIXEL_VALUES)
+    pixels, grid, hashes = (t.as_numpy() for t in tensors)
+    digests = [h.decode("utf-8", "replace") if isinstance(h, bytes) else str(h) for h in hashes.reshape(-1)]
+    images = ImageInputs.from_arrays(pixels, grid, digests, param=p.PIXEL_VALUES)
+    return images if images else None
 
 
 def read_engine_input(pb: Any, request: Any) -> EngineInput:
@@ -166,7 +182,8 @@ def read_engine_input(pb: Any, request: Any) -> EngineInput:
         if pb.get_input_tensor_by_name(request, p.RESUME_IDS) is None
         else read_ids(pb, request, p.RESUME_IDS)
     )
-    return EngineInput(ids, SamplingParams.from_json(read_str(pb, request, p.SAMPLING)), resume)
+    sampling = SamplingParams.from_json(read_str(pb, request, p.SAMPLING))
+    return EngineInput(ids, sampling, resume, read_images(pb, request))
 
 
 @dataclass(frozen=True)
@@ -205,12 +222,19 @@ def _int_tensor(pb: Any, name: str, value: int) -> Any:
     return pb.Tensor(name, np.array([value], dtype=np.int32))
 
 
-def tokenizer_response(pb: Any, input_ids: Sequence[int], sampling_params: SamplingParams) -> Any:
-    """The prompt's ids and the request's sampling, canonical whichever convention it came in."""
+def tokenizer_response(
+    pb: Any, input_ids: Sequence[int], sampling_params: SamplingParams, images: ImageInputs | None = None
+) -> Any:
+    """The prompt's ids and the request's sampling, canonical whichever convention it came in, and the
+    image tensors, always (empty without images: an ensemble step's outputs must all be there)."""
+    images = images or ImageInputs.empty()
     return pb.InferenceResponse(
         output_tensors=[
             _ids_tensor(pb, p.INPUT_IDS, input_ids),
             _str_tensor(pb, p.SAMPLING, sampling_params.to_json()),
+            pb.Tensor(p.PIXEL_VALUES, np.ascontiguousarray(images.pixel_values, dtype=np.float32)),
+            pb.Tensor(p.IMAGE_GRID_THW, np.ascontiguousarray(images.grid_thw, dtype=np.int64)),
+            pb.Tensor(p.IMAGE_HASHES, np.array([h.encode() for h in images.hashes], dtype=np.object_)),
         ]
     )
 

@@ -147,6 +147,8 @@ class EngineMetrics:
         self.model_name = model_name or "default"
         ops: list[_Op] = []
         for spec in ENGINE_METRICS:
+            if spec.only_with:
+                continue  # a feature's metrics (speculative decoding): declared by tick once it reports
             for extra in [(r,) for r in SUCCESS_REASONS] if "finished_reason" in spec.labels else [()]:
                 ops.append(("declare", spec.name, extra, 0.0))
         self._put(ops)
@@ -246,6 +248,7 @@ class EngineMetrics:
             if grown > 0:
                 self._gauges[short] = total
                 ops.append(("inc", _n(short), (), float(grown)))
+        ops.extend(self._spec_ops(stats))
         grammar = engine.take_grammar_timings()
         for short, values in (
             ("structured_output_compile_time_seconds", grammar.compile_seconds),
@@ -254,6 +257,29 @@ class EngineMetrics:
             ops.extend(("observe", _n(short), (), v) for v in values)
         if ops:
             self._put(ops)
+
+    def _spec_ops(self, stats: EngineStats) -> list[_Op]:
+        """Speculative decoding's counters (engine running totals) as increments; nothing when it is off."""
+        if not stats.spec_accepted_per_position:
+            return []
+        ops: list[_Op] = []
+        totals = [
+            ("spec_decode_num_drafts_total", (), stats.spec_num_drafts),
+            ("spec_decode_num_draft_tokens_total", (), stats.spec_num_draft_tokens),
+            ("spec_decode_num_accepted_tokens_total", (), stats.spec_num_accepted_tokens),
+        ]
+        for j, n in enumerate(stats.spec_accepted_per_position):
+            totals.append(("spec_decode_num_accepted_tokens_per_pos_total", (str(j),), n))
+        for short, labels, total in totals:
+            key = short + "".join(labels)
+            if key not in self._gauges:  # first sight: show the series at 0 (rate() needs the zero)
+                self._gauges[key] = 0
+                ops.append(("declare", _n(short), labels, 0.0))
+            grown = total - self._gauges[key]
+            if grown > 0:
+                self._gauges[key] = total
+                ops.append(("inc", _n(short), labels, float(grown)))
+        return ops
 
     # ------------------------------------------------------------------ metrics thread
 

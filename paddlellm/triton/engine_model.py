@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 # Already-emitted ids sent in front of each step's ids; paddlellm/text/incremental.py says how many the
 # pure detokenize step needs (at least 4) and picks its default with margin.
 DETOKENIZER_CONTEXT = DEFAULT_CONTEXT
+# Until the runner places image embeddings (issue #29 part 2b, docs/multimodal.md), a request with images gets
+# this 400 rather than an answer that never saw them.
+IMAGES_NOT_SERVED = "images are not served yet: issue #29 part 2b (the engine does not run the vision tower)"
 
 
 class Loop(Protocol):
@@ -142,6 +145,8 @@ class EngineModel:
                 self.metrics.request_received()
                 received = True
                 inp = adapter.read_engine_input(self.pb, request)
+                if inp.images is not None:  # read and checked (adapter.read_images); the runner is next
+                    raise InvalidRequest(IMAGES_NOT_SERVED, param="messages")
                 sampling_params = inp.sampling_params
                 stream = _Stream(
                     request_id,

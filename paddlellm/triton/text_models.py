@@ -48,11 +48,24 @@ DetokenizeStep = Callable[[Sequence[int], int, bool], str]
 """(window_ids, prefix_len, final) -> the text delta; a pure function (`paddlellm/text/incremental.py`)."""
 
 
+class ImageParts(Protocol):
+    """paddlellm.vision.chat_images.ChatImages: image parts out of the messages, placeholders expanded."""
+
+    def extract(self, messages: list[dict[str, Any]]) -> Any: ...  # ChatImagesResult
+
+    def expand(self, ids: Sequence[int], images: Sequence[Any]) -> list[int]: ...
+
+
 class TokenizerModel:
-    def __init__(self, pb: Any, encode: PromptEncoder, max_model_len: int) -> None:
+    def __init__(
+        self, pb: Any, encode: PromptEncoder, max_model_len: int, images: ImageParts | None = None
+    ) -> None:
+        """`images`: how image parts are handled (refused with their part's name when it has no config;
+        None: not looked at, so the chat template's validation refuses them as non-text parts)."""
         self.pb = pb
         self.encode = encode
         self.max_model_len = max_model_len
+        self.images = images
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         return [self._one(r) for r in requests]
@@ -60,13 +73,21 @@ class TokenizerModel:
     def _one(self, request: Any) -> Any:
         try:
             inp = adapter.read_tokenizer_input(self.pb, request)
+            messages, images = inp.messages, None
+            if messages is not None and self.images is not None:
+                found = self.images.extract(messages)  # decoded and preprocessed before the template
+                messages, images = found.messages, found
             # `tools` only when sent: an encoder written before them (e.g. a test's) still serves the rest.
             if inp.tools is None:
-                ids = self.encode(inp.prompt, inp.messages)
+                ids = self.encode(inp.prompt, messages)
             else:
-                ids = self.encode(inp.prompt, inp.messages, inp.tools)
+                ids = self.encode(inp.prompt, messages, inp.tools)
+            if images is not None and images.images:
+                ids = self.images.expand(ids, images.images)  # type: ignore[union-attr]
             self._check_length(len(ids), inp.sampling_params.max_tokens, inp.prompt_param)
-            return adapter.tokenizer_response(self.pb, ids, inp.sampling_params)
+            return adapter.tokenizer_response(
+                self.pb, ids, inp.sampling_params, images.inputs() if images is not None else None
+            )
         except Exception as e:  # noqa: BLE001 - every failure becomes this request's error response
             return error_response(self.pb, e)
 
@@ -210,7 +231,29 @@ def create_tokenizer_model(pb: Any, params: dict[str, str]) -> TokenizerModel:
             f"model parameter 'max_model_len': not an integer: {cfg['max_model_len']!r}"
         ) from None
     tool_format = tool_format_param(params.get(TOOL_CALL_PARSER, AUTO))
-    return TokenizerModel(pb, load_text_backend(cfg["model"], tool_format).encode, max_model_len)
+    encode = load_text_backend(cfg["model"], tool_format).encode
+    return TokenizerModel(pb, encode, max_model_len, load_chat_images(cfg["model"], params))
+
+
+def load_chat_images(model: str, params: dict[str, str]) -> ImageParts:
+    """The image handling the `enable_mm` / `limit_mm_per_prompt` parameters ask for (optional, as
+    llm_engine's: a repository from before them takes no images). --enable-mm with a checkpoint that is not
+    a vision-language model fails here too, as in the launcher."""
+    from paddlellm.config import EngineConfig
+    from paddlellm.model_info import ModelInfo, resolve_checkpoint
+    from paddlellm.vision.chat_images import ChatImageConfig, ChatImages
+    from paddlellm.vision.image_config import ImageProcessorConfig
+
+    keys = ("enable_mm", "limit_mm_per_prompt")
+    engine = EngineConfig.from_params({k: params[k] for k in keys if k in params})
+    if not engine.enable_mm:
+        return ChatImages(None)
+    path = resolve_checkpoint(model)
+    vision = ModelInfo.from_dir(path).vision
+    if vision is None:
+        raise ConfigError(f"enable_mm: {model} is not a vision-language checkpoint (images need one)")
+    processor = ImageProcessorConfig.from_dir(path)
+    return ChatImages(ChatImageConfig(processor, vision.image_token_id, engine.image_limit))
 
 
 def tool_format_param(value: str) -> ToolFormat | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from paddlellm.errors import InvalidRequest
+from paddlellm.protocol.data_url import MAX_IMAGE_BYTES
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 # Below Pillow's warning threshold (89.5 M), so an accepted image never trips its process-wide check.
@@ -25,7 +26,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 @dataclass(frozen=True)
 class DecodeLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS  # width * height as the header claims it
-    max_bytes: int = 20 * 1024 * 1024  # the encoded file
+    max_bytes: int = MAX_IMAGE_BYTES  # the encoded file
 
 
 def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), param: str = "messages") -> Image.Image:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from paddlellm.errors import CheckpointError
-from paddlellm.model_info import CheckpointText, ModelInfo, read_json_object
+from paddlellm.model_info import CheckpointText, ModelInfo, VisionInfo, read_json_object
 from paddlellm.model_registry import VisionLanguageSpec, arch_spec, vision_language_spec
 
 
@@ -149,6 +149,12 @@ class VLConfig:
             bos_token_id=text.bos_token_id,
             raw_config=t,
             text=text,
+            vision=VisionInfo(
+                architecture=self.spec.architectures[0],
+                image_token_id=self.image_token_id,
+                vision_start_token_id=self.vision_start_token_id,
+                vision_end_token_id=self.vision_end_token_id,
+            ),
         )
 
 

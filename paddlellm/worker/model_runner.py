@@ -13,6 +13,12 @@ A step (`execute`):
    logits are rows x vocab floats), and yields token j+1's TokenLogprobs. The scheduler gives such a request
    no cached prefix until it holds them all, so every prompt position is computed (the scheduler keeps one
    entry per position, so a recompute after preemption duplicates nothing).
+5. speculative decoding: a request with a draft (SchedulerOutput.draft_token_ids) feeds its last known token
+   and the k draft tokens; all 1 + k rows go through the LM head and are sampled, row j at position end + j
+   with the draft's first j tokens as extra history (its own per-position draw, so row j gives what a plain
+   decode would after accepting them). The accepted run is the draft's matching prefix plus the first sampled
+   token that differs (or the bonus token). The draft's KV is written like any chunk's; the scheduler rolls
+   back what was rejected (num_computed and the block table come from it).
 Under tensor parallelism every rank runs the LM head (it all-reduces), but only rank 0's output is read
 (executor/rank_messages.py), so only rank 0 turns logits into logprobs.
 """
@@ -108,6 +114,8 @@ class ModelRunner:
             if st is None:
                 raise RuntimeError(f"runner has no state for cached request {cached.request_id!r}")
             st.token_ids.extend(cached.new_token_ids)
+            if cached.num_kept_blocks >= 0:  # blocks of rejected draft tokens were released
+                del st.block_table[cached.num_kept_blocks :]
             st.block_table.extend(cached.new_block_ids)
             st.num_computed = cached.num_computed_tokens
 
@@ -134,26 +142,45 @@ class ModelRunner:
         ids: list[int] = []
         sample_rows: list[int] = []
         sample_info: list[tuple[str, SampleRow]] = []
+        drafts: dict[str, tuple[int, int, tuple[int, ...]]] = {}  # rid -> (first sample row, 1 + k, draft)
         prompt_rows: list[tuple[str, int, int]] = []  # (request, its first row in the batch, its chunk start)
         row = 0
         for rid, n in order:
             st = self.requests.get(rid)
             if st is None:
                 raise RuntimeError(f"runner has no state for scheduled request {rid!r}")
+            draft = sched.draft_token_ids.get(rid, ())
             start, end = st.num_computed, st.num_computed + n
-            if end > len(st.token_ids) or end > self.config.max_model_len:
+            known_end = end - len(draft)
+            if known_end > len(st.token_ids) or end > self.config.max_model_len or (
+                draft and known_end != len(st.token_ids)
+            ):
                 raise RuntimeError(
-                    f"request {rid!r}: scheduled tokens [{start}, {end}) beyond its "
-                    f"{len(st.token_ids)} known tokens or max_model_len"
+                    f"request {rid!r}: scheduled tokens [{start}, {end}) with a draft of {len(draft)} beyond "
+                    f"its {len(st.token_ids)} known tokens or max_model_len"
                 )
             spans.append(SeqSpan(start, n, st.block_table))
-            ids.extend(st.token_ids[start:end])
+            ids.extend(st.token_ids[start:known_end])
+            ids.extend(draft)
             p = st.sampling_params
             if p.prompt_logprobs is not None and start < st.num_prompt - 1:
                 prompt_rows.append((rid, row, start))
             row += n
             st.num_computed = end
-            if end == len(st.token_ids):
+            if draft:
+                drafts[rid] = (len(sample_info), len(draft) + 1, draft)
+                outputs = st.token_ids[st.num_prompt :] if p.needs_history else []
+                masks = sched.grammar_masks.get(rid)  # one row per drafted position (grammar_rows.py)
+                if masks is not None and masks.shape[0] != len(draft) + 1:
+                    raise RuntimeError(f"request {rid!r}: {masks.shape[0]} masks for {len(draft) + 1} rows")
+                for j in range(len(draft) + 1):
+                    sample_rows.append(row - len(draft) - 1 + j)
+                    history = outputs + list(draft[:j]) if p.needs_history else ()
+                    num_outputs = known_end - st.num_prompt + j
+                    mask = None if masks is None else masks[j]
+                    sample_row = SampleRow(p, st.seed, known_end + j, history, num_outputs, mask)
+                    sample_info.append((rid, sample_row))
+            elif end == len(st.token_ids):
                 sample_rows.append(row - 1)
                 # the output ids are copied only when the sampler reads them
                 outputs = st.token_ids[st.num_prompt :] if p.needs_history else ()
@@ -173,12 +200,43 @@ class ModelRunner:
                 tokens, lps = self.sampler.sample_with_logprobs(logits, rows)
             else:
                 tokens, lps = self.sampler.sample(logits, rows), [None] * len(rows)
-        rids = [rid for rid, _ in sample_info]
-        return ModelRunnerOutput(
-            dict(zip(rids, tokens, strict=True)),
-            {rid: lp for rid, lp in zip(rids, lps, strict=True) if lp is not None},
-            self._only_rank0(prompt_lps),
-        )
+        if not drafts:
+            rids = [rid for rid, _ in sample_info]
+            return ModelRunnerOutput(
+                dict(zip(rids, tokens, strict=True)),
+                {rid: lp for rid, lp in zip(rids, lps, strict=True) if lp is not None},
+                self._only_rank0(prompt_lps),
+            )
+        return self._verified(sample_info, tokens, lps, drafts, self._only_rank0(prompt_lps))
+
+    @staticmethod
+    def _verified(
+        sample_info: list[tuple[str, SampleRow]],
+        tokens: list[int],
+        lps: list[TokenLogprobs | None],
+        drafts: dict[str, tuple[int, int, tuple[int, ...]]],
+        prompt_lps: dict[str, tuple[int, tuple[TokenLogprobs, ...]]],
+    ) -> ModelRunnerOutput:
+        """The step's output when some requests had drafts: for each, the accepted run (the sampled tokens up
+        to and including the first that differs from the draft) and its logprobs; one token for the rest."""
+        sampled: dict[str, int] = {}
+        logprobs: dict[str, TokenLogprobs] = {}
+        runs: dict[str, tuple[int, ...]] = {}
+        run_lps: dict[str, tuple[TokenLogprobs, ...]] = {}
+        for i, (rid, _) in enumerate(sample_info):
+            if rid not in drafts:
+                sampled[rid] = tokens[i]
+                if lps[i] is not None:
+                    logprobs[rid] = lps[i]  # type: ignore[assignment]
+        for rid, (first, rows, draft) in drafts.items():
+            m = 1
+            while m < rows and tokens[first + m - 1] == draft[m - 1]:
+                m += 1
+            runs[rid] = tuple(tokens[first : first + m])
+            entries = lps[first : first + m]
+            if all(e is not None for e in entries):
+                run_lps[rid] = tuple(e for e in entries if e is not None)
+        return ModelRunnerOutput(sampled, logprobs, prompt_lps, runs, run_lps)
 
     def _prompt_logprobs(
         self, hidden: paddle.Tensor, rid: str, first_row: int, start: int

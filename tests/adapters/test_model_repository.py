@@ -85,7 +85,8 @@ def test_every_model_names_the_default_model_relative_to_the_repository() -> Non
             if key != TOOL_CALL_PARSER:  # the tokenizer's own; every other value is the engine's
                 assert value.string_value == engine[key].string_value, (name, key)
     tokenizer = load(p.TOKENIZER.name).parameters
-    assert set(tokenizer) == {"model", "max_model_len", TOOL_CALL_PARSER}
+    # enable_mm, limit_mm_per_prompt: the tokenizer decodes and counts images (vision/chat_images.py)
+    assert set(tokenizer) == {"model", "max_model_len", TOOL_CALL_PARSER, "enable_mm", "limit_mm_per_prompt"}
     assert tokenizer[TOOL_CALL_PARSER].string_value == AUTO  # from the chat template unless set
     for f in MODEL_REPOSITORY.rglob("config.pbtxt"):
         assert "${" not in f.read_text(), f

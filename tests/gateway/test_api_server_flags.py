@@ -92,7 +92,7 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--workers", "0"], "--workers must be >= 1"),
         (["--scheduler-name", "global", "--scheduler-port", "0"], "--scheduler-port"),
         (["--scheduler-name", "global", "--scheduler-topic", "a b"], "--scheduler-topic"),
-        (["--enable-mm"], "not supported yet"),
+        (["--enable-mm"], "--enable-mm: my-model is not a checkpoint images can be served with"),
         (["--use-warmup", "2"], "--use-warmup: invalid choice"),
         (["--stream-interval", "-1"], "--stream-interval must be between 0 (auto) and 4096"),
     ],

@@ -304,6 +304,13 @@ class FakeMatcher:
         self.accepted.append(token)
         return True
 
+    def rollback(self, n: int) -> None:
+        """Undo the last n accepted tokens (speculative decoding's draft masks)."""
+        assert 0 <= n <= len(self.accepted)
+        for _ in range(n):
+            if self.accepted.pop() == self.g.eos:
+                self.eos_accepted = False
+
     def replay(self, token_ids: Sequence[int]) -> int:
         self.replays.append(tuple(token_ids))
         for i, t in enumerate(token_ids):
