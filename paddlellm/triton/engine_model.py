@@ -201,7 +201,6 @@ class EngineModel:
             self.metrics.tick(self._engine, after_step=False)
 
     def _sink(self, stream: _Stream, out: RequestOutput) -> None:
-        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0
         self.metrics.output(out)
         if out.finished:
             with self._lock:
@@ -212,6 +211,7 @@ class EngineModel:
             err = out.error
             if not isinstance(err, EngineError):
                 err = EngineDead(f"engine failed: {err}")
+            final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
             self._outbox.put((stream, functools.partial(error_response, self.pb, err), final))
             return
         if out.prompt_logprobs is not None:
@@ -220,9 +220,14 @@ class EngineModel:
             return  # e.g. a prefill chunk: nothing to tell the client yet
         if out.new_token_ids and not stream.final_only:
             self.pacer.output()
-        out = self._coalesce(stream, out)
-        if out is None:
+        coalesced = self._coalesce(stream, out)
+        if coalesced is None:
             return
+        for piece in self._capped(stream, coalesced):
+            self._send(stream, piece)
+
+    def _send(self, stream: _Stream, out: RequestOutput) -> None:
+        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0
         stats = _stats_json(out.timings) if out.finished else ""
         echo, stream.echo = stream.echo, ()
         prompt_logprobs, stream.prompt_logprobs = stream.prompt_logprobs, None
@@ -262,6 +267,37 @@ class EngineModel:
         logprobs = (*stream.pending_logprobs, *out.logprobs)
         stream.pending_logprobs.clear()
         return dataclasses.replace(out, new_token_ids=ids, logprobs=logprobs)
+
+    def _capped(self, stream: _Stream, out: RequestOutput) -> list[RequestOutput]:
+        """An explicit interval k (a request's max_streaming_response_tokens, or --stream-interval k) is also
+        a cap, as FastDeploy's field says ("at most k tokens per chunk"): a run of more tokens from one step
+        (speculative decoding accepts several) goes out as k-token responses, and a shorter remainder is
+        held like any other until k are ready (or the request ends). Auto (0) sends a run whole."""
+        k, ids = stream.interval, out.new_token_ids
+        if not k or len(ids) <= k or stream.final_only:
+            return [out]
+        cut = len(ids) if out.finished else len(ids) - len(ids) % k
+        pieces, done = [], out.num_output_tokens - len(ids)
+        for start in range(0, cut, k):
+            part = ids[start : min(start + k, cut)]
+            done += len(part)
+            last = out.finished and start + k >= cut
+            lp = out.logprobs[start : start + len(part)] if out.logprobs is not None else None
+            pieces.append(
+                dataclasses.replace(
+                    out,
+                    new_token_ids=part,
+                    num_output_tokens=done,
+                    logprobs=lp,
+                    finished=last,
+                    finish_reason=out.finish_reason if last else None,
+                    timings=out.timings if last else None,
+                )
+            )
+        stream.pending.extend(ids[cut:])
+        if out.logprobs is not None:
+            stream.pending_logprobs.extend(out.logprobs[cut:])
+        return pieces
 
     def _poll_cancelled(self) -> None:
         """Abort requests whose client went away. Only direct calls see this: through the ensemble the

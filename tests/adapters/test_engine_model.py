@@ -364,7 +364,7 @@ class ScriptedLoop:
     def __init__(self, new_ids: list[int]) -> None:
         self.new_ids = new_ids
 
-    def add(self, request_id, prompt_ids, params, sink, resume_ids=()):
+    def add(self, request_id, prompt_ids, params, sink, resume_ids=(), images=None):
         n = len(resume_ids) + len(self.new_ids)
         sink(
             RequestOutput(
@@ -527,3 +527,54 @@ def test_requests_without_logprobs_send_an_empty_logprobs_output(pb: ModuleType,
     model.execute([req])
     wait_done(req.get_response_sender())
     assert [o[p.LOGPROBS][0] for o in outputs(req.get_response_sender())] == [b""] * 3
+
+
+class RunsLoop(ScriptedLoop):
+    """Answers every add with outputs of several tokens each (speculative decoding's accepted runs)."""
+
+    def __init__(self, runs: list[int]) -> None:
+        super().__init__([])
+        self.runs = runs
+
+    def add(self, request_id, prompt_ids, params, sink, resume_ids=(), images=None):
+        done = 0
+        for i, n in enumerate(self.runs):
+            ids = tuple(range(100 + done, 100 + done + n))
+            done += n
+            last = i == len(self.runs) - 1
+            sink(
+                RequestOutput(
+                    request_id,
+                    ids,
+                    len(prompt_ids),
+                    done,
+                    finished=last,
+                    finish_reason="length" if last else None,
+                )
+            )
+        return params
+
+
+@pytest.mark.parametrize(("interval", "sizes"), [(3, [1, 3, 3, 3, 2]), (0, [1, 5, 2, 4]), (16, [1, 11])])
+def test_an_explicit_interval_caps_runs_of_tokens(pb: ModuleType, interval: int, sizes: list[int]) -> None:
+    """max_streaming_response_tokens k is "at most k per chunk": a step's run of more tokens is cut into
+    k-token responses, the remainder held; auto (0, per token at this rate) sends each run whole. The ids, the
+    cumulative counts and the final flag are those of one response per run."""
+    m = EngineModel(pb, lambda before_step: RunsLoop([1, 5, 2, 4]), cancel_poll_s=0.0, pacer=StreamPacer(1e9))
+    try:
+        req = engine_request(pb, "runs", prompt(4), {"max_tokens": 12, "stream_interval": interval})
+        m.execute([req])
+        sender = req.get_response_sender()
+        wait_done(sender)
+    finally:
+        m.finalize()
+    outs = outputs(sender)
+    assert [len(o[p.TOKEN_IDS]) for o in outs] == sizes
+    assert [int(t) for o in outs for t in o[p.TOKEN_IDS]] == list(range(100, 112))
+    counts = [int(o[p.COMPLETION_TOKENS][0]) for o in outs]
+    assert counts == list(np.cumsum(sizes)) and outs[-1][p.FINISH_REASON][0].decode() == "length"
+    flags = [s.flags for s in sender.sent]
+    assert (
+        flags[-1] == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        and pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL not in flags[:-1]
+    )

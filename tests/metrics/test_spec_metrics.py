@@ -1,4 +1,5 @@
-"""Speculative decoding's metrics (vLLM's spec_decode_* names): exported with --speculative-config only, and
+"""Speculative decoding's metrics (vLLM's spec_decode_* names): exported while it is on (the default; not with
+--speculative-config ''), and
 equal to the engine's own counters after a workload (the llm_engine adapter over a fake model that copies)."""
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from paddlellm.engine.loop import EngineLoop
 from paddlellm.protocol.metric_names import PREFIX
 from paddlellm.triton.engine_metrics import EngineMetrics
 from paddlellm.triton.engine_model import EngineModel
+from paddlellm.triton.stream_pacer import StreamPacer
 from tests.metrics.test_engine_metrics import MemoryBackend, engine_request, wait_all
 from tests.unit.test_spec_decode import SPEC, _engine, _prompt
 
 
-def _start(pb: ModuleType, backend: MemoryBackend, spec: str) -> tuple[EngineModel, Any]:
+def _start(
+    pb: ModuleType, backend: MemoryBackend, spec: str, pacer: StreamPacer | None = None
+) -> tuple[EngineModel, Any]:
     holder: dict[str, Any] = {}
 
     def factory(before_step):
@@ -22,7 +26,7 @@ def _start(pb: ModuleType, backend: MemoryBackend, spec: str) -> tuple[EngineMod
         holder["engine"] = engine
         return EngineLoop(engine, before_step=before_step).start()
 
-    model = EngineModel(pb, factory, cancel_poll_s=0.0, metrics=EngineMetrics(backend))
+    model = EngineModel(pb, factory, cancel_poll_s=0.0, metrics=EngineMetrics(backend), pacer=pacer)
     return model, holder["engine"]
 
 
@@ -62,19 +66,20 @@ def test_no_spec_decode_series_without_speculative_config(pb: ModuleType) -> Non
 
 
 def test_an_accepted_run_streams_as_one_response(pb: ModuleType) -> None:
-    """stream_interval 1 (a response per engine output): a step's accepted run goes out in one response, and
-    the streamed ids are those generated without speculation."""
+    """The automatic stream interval at a rate within its budget (a response per engine output): a step's
+    accepted run goes out in one response, and the streamed ids are those generated without speculation. (An
+    explicit interval k caps responses at k tokens: tests/adapters/test_engine_model.py.)"""
     streamed: dict[str, list[list[int]]] = {}
     for spec in ("", SPEC):
         backend = MemoryBackend()
-        model, _ = _start(pb, backend, spec)
+        model, _ = _start(pb, backend, spec, pacer=StreamPacer(1e9))
         try:
             sampling = {
                 "max_tokens": 60,
                 "temperature": 0,
                 "ignore_eos": True,
                 "stream": True,
-                "stream_interval": 1,
+                "stream_interval": 0,
             }
             req = engine_request(pb, "s", _prompt(40, 1), sampling)
             model.execute([req])
