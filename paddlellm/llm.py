@@ -22,6 +22,7 @@ from paddlellm.errors import InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import TokenLogprobs
 from paddlellm.text.tokenizer import TextTokenizer
+from paddlellm.vision.image_inputs import ImageInputs
 
 
 class Tokenizer(Protocol):
@@ -66,10 +67,15 @@ class LLM:
         self,
         prompts: Sequence[str] | Sequence[Sequence[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        images: Sequence[ImageInputs | None] | None = None,
     ) -> list[OfflineCompletion]:
-        """Complete each prompt (text, or token ids as is); results in prompt order."""
+        """Complete each prompt (text, or token ids as is); results in prompt order. `images`: per prompt,
+        its images (the prompt holds their expanded placeholders, as the tokenizer model builds them), or
+        None; needs an engine started with enable_mm on a vision-language checkpoint."""
         ids = [self.tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
-        return self._run(ids, params)
+        if images is not None and len(images) != len(ids):
+            raise InvalidRequest(f"got {len(images)} image lists for {len(ids)} prompts", param="images")
+        return self._run(ids, params, images)
 
     def chat(
         self,
@@ -89,7 +95,10 @@ class LLM:
         self.shutdown()
 
     def _run(
-        self, prompts: list[list[int]], params: SamplingParams | Sequence[SamplingParams] | None
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None,
+        images: Sequence[ImageInputs | None] | None = None,
     ) -> list[OfflineCompletion]:
         """Validate everything first (nothing is queued for a bad batch), then keep the engine's queue fed
         (in prompt order) and step until every request finished."""
@@ -103,6 +112,8 @@ class LLM:
                 )
         for ids, p in zip(prompts, plist, strict=True):
             self.engine.validate(ids, p)
+        per_prompt = images if images is not None else [None] * len(prompts)
+        mms = [self.engine.prepare_images(ids, im) for ids, im in zip(prompts, per_prompt, strict=True)]
         compiled: dict[int, Any] = {}  # id(params) -> its CompiledGrammar (the compiler caches by key too)
         for p in plist:
             if p.structured_outputs is not None and id(p) not in compiled:
@@ -123,7 +134,9 @@ class LLM:
             while todo and self.engine.scheduler.num_waiting < refill:
                 try:
                     p = plist[todo[0]]
-                    self.engine.add_request(rids[todo[0]], prompts[todo[0]], p, grammar=compiled.get(id(p)))
+                    self.engine.add_request(
+                        rids[todo[0]], prompts[todo[0]], p, grammar=compiled.get(id(p)), images=mms[todo[0]]
+                    )
                 except Overloaded:
                     break  # scheduler_max_size: add the rest as the queue drains
                 todo.popleft()

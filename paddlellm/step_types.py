@@ -19,6 +19,10 @@ runner samples every one of those rows with the request's own per-position draws
 run in `ModelRunnerOutput.accepted_token_ids` (the draft's matching prefix, then the first sampled token that
 differs, or the bonus token after a full match). The scheduler decides the drafts; every rank verifies the
 same rows.
+
+Images (vision-language checkpoints, docs/multimodal.md): a request with images carries one `MultiModalPrompt`
+(its images with their placeholder ranges, its 3-D M-RoPE prompt positions and rope delta), in its
+`NewRequestData` only (sent again after a preemption). Text-only requests carry None and take today's path.
 """
 
 from __future__ import annotations
@@ -43,6 +47,31 @@ class TokenLogprobs:
     top: tuple[tuple[int, float], ...] = ()
 
 
+@dataclass(frozen=True, eq=False)
+class ImageInput:
+    """One image of a prompt: what the vision tower needs and where its embeddings go."""
+
+    pixel_values: np.ndarray  # [t*h*w patches, C*T*P*P] float32: the processor's rows
+    grid_thw: tuple[int, int, int]  # patches along time, height, width
+    content_hash: str  # SHA-256 hex of grid + rows (vision/image_inputs.py): equal hash, equal embeddings
+    offset: int  # prompt index of its first placeholder token
+    num_tokens: int  # placeholder tokens = embedding rows (t*h*w / merge^2)
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.num_tokens
+
+
+@dataclass(frozen=True, eq=False)
+class MultiModalPrompt:
+    """A prompt's images (prompt order, non-overlapping placeholder runs) and its M-RoPE positions: prompt
+    token i rotates by positions[:, i]; any later token j (outputs, drafts) by j + rope_delta on all axes."""
+
+    images: tuple[ImageInput, ...]
+    positions: np.ndarray  # [3, prompt length] int64
+    rope_delta: int
+
+
 @dataclass(frozen=True)
 class NewRequestData:
     request_id: str
@@ -52,6 +81,7 @@ class NewRequestData:
     seed: int  # resolved seed: every draw derives from (seed, position)
     block_ids: tuple[int, ...]
     num_computed_tokens: int  # tokens whose KV is already in the cache: a cached prefix, else 0
+    mm: MultiModalPrompt | None = None  # images; None for text only
 
 
 @dataclass(frozen=True)

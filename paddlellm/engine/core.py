@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from paddlellm.config import EngineConfig
 from paddlellm.engine.kv_budget import num_kv_blocks
+from paddlellm.engine.mm_prompt import build_mm_prompt
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.engine.prefix_cache import cache_seed
 from paddlellm.engine.scheduler import Scheduler
@@ -25,7 +26,9 @@ from paddlellm.errors import CheckpointError, InvalidRequest
 from paddlellm.executor.base import Executor
 from paddlellm.model_info import ModelInfo, resolve_checkpoint
 from paddlellm.sampling import SamplingParams
-from paddlellm.step_types import ModelRunnerOutput
+from paddlellm.step_types import ModelRunnerOutput, MultiModalPrompt
+from paddlellm.vision.image_inputs import ImageInputs
+from paddlellm.vision.vl_config import VLConfig
 
 if TYPE_CHECKING:  # imported lazily: the engine core does not load the grammar library until it is used
     from paddlellm.structured.compiler import CompiledGrammar, GrammarCompiler
@@ -79,6 +82,11 @@ class LLMEngine:
         self._compiler = grammar_compiler
         self._compiler_lock = threading.Lock()
         self._compile_seconds: deque[float] = deque(maxlen=4096)  # appended by the compile pool's threads
+        # Images: (image token id, merge size) when this engine serves them (enable_mm and a vision tower).
+        self._image_facts: tuple[int, int] | None = None
+        if config.enable_mm and info.vision is not None:
+            vl = VLConfig.from_dir(info.path)
+            self._image_facts = (vl.image_token_id, vl.vision.spatial_merge_size)
         blocks = num_blocks if num_blocks is not None else num_kv_blocks(config, info)
         self.scheduler = Scheduler(
             config, blocks, info.eos_token_ids, info.vocab_size, clock, cache_seed(config, info)
@@ -111,6 +119,20 @@ class LLMEngine:
         self.scheduler.validate_resume(resume_ids)
         return self.scheduler.validate(prompt_ids, params)
 
+    def prepare_images(
+        self, prompt_ids: Sequence[int], images: ImageInputs | None
+    ) -> MultiModalPrompt | None:
+        """A request's images checked against its placeholders, with offsets and M-RoPE positions (None for
+        none); InvalidRequest naming `messages` when this engine does not serve images or they do not fit the
+        prompt. Pure: safe from any thread."""
+        if images is None or not images:
+            return None
+        if self._image_facts is None:
+            why = "the engine was started without enable_mm" if self.info.vision else "a text-only model"
+            raise InvalidRequest(f"this server does not accept images ({why})", param="messages")
+        image_token_id, merge = self._image_facts
+        return build_mm_prompt(prompt_ids, images, image_token_id, merge)
+
     def add_request(
         self,
         request_id: str,
@@ -118,16 +140,20 @@ class LLMEngine:
         params: SamplingParams | None = None,
         resume_ids: Sequence[int] = (),
         grammar: CompiledGrammar | None = None,
+        images: MultiModalPrompt | ImageInputs | None = None,
     ) -> None:
         """Queue a request; raises InvalidRequest (length, duplicate id, a grammar that does not compile) or
         Overloaded (queue full). `resume_ids`: continue a cut run as if these ids had already been generated
         (Scheduler.add). `grammar`: params.structured_outputs compiled (`compile_grammar`); when it is set and
         no grammar is given, it is compiled here, blocking the caller (offline use; EngineLoop compiles
-        before it queues)."""
+        before it queues). `images`: the prompt's images, as `prepare_images` returns them (or as the
+        tokenizer sends them: prepared here)."""
         params = params or SamplingParams()
+        if isinstance(images, ImageInputs):
+            images = self.prepare_images(prompt_ids, images)
         if params.structured_outputs is not None and grammar is None:
             grammar = self.compile_grammar(params.structured_outputs).result()
-        self.scheduler.add(request_id, prompt_ids, params, resume_ids, grammar)
+        self.scheduler.add(request_id, prompt_ids, params, resume_ids, grammar, images)
 
     def grammar_compiler(self) -> GrammarCompiler:
         """The structured-output compiler, built once on first use (reading the tokenizer takes ~0.3 s) with

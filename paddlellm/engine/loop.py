@@ -23,6 +23,8 @@ from paddlellm.engine.core import LLMEngine
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.errors import EngineDead, EngineError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
+from paddlellm.step_types import MultiModalPrompt
+from paddlellm.vision.image_inputs import ImageInputs
 
 if TYPE_CHECKING:
     from paddlellm.structured.compiler import CompiledGrammar
@@ -49,6 +51,7 @@ class _Add:
     resume: tuple[int, ...]
     grammar: CompiledGrammar | None = None
     error: EngineError | None = None
+    mm: MultiModalPrompt | None = None  # its images, prepared on the caller's thread
 
 
 class EngineLoop:
@@ -83,15 +86,18 @@ class EngineLoop:
         params: SamplingParams,
         sink: Sink,
         resume_ids: Sequence[int] = (),
+        images: ImageInputs | None = None,
     ) -> SamplingParams:
         """Queue a request. Raises InvalidRequest/Overloaded (and EngineDead once the loop is down)
         right here, so callers can answer synchronously; later outputs, errors too, go to `sink`.
         Returns the params as the request will run them (max_tokens resolved). `resume_ids`: continue a
         cut run after these ids (LLMEngine.add_request). With params.structured_outputs, the add is queued
-        once its grammar compiled; a compile error goes to `sink` (module docstring)."""
+        once its grammar compiled; a compile error goes to `sink` (module docstring). `images`: the
+        prompt's images (checked against its placeholders here, off the loop thread)."""
         prompt = tuple(int(t) for t in prompt_ids)
         resume = tuple(int(t) for t in resume_ids)
         params = self.engine.validate(prompt, params, resume)  # reads only immutable sizes
+        mm = self.engine.prepare_images(prompt, images)
         spec = params.structured_outputs
         with self._cv:
             if self._error is not None or self._stopping or not self._thread.is_alive():
@@ -106,7 +112,7 @@ class EngineLoop:
                 )
             live = self._live[request_id] = _Live(sink, len(prompt), len(resume))
             if spec is None:
-                self._adds.append(_Add(request_id, prompt, params, resume))
+                self._adds.append(_Add(request_id, prompt, params, resume, mm=mm))
                 self._cv.notify()
             else:
                 self._compiling[request_id] = live
@@ -118,7 +124,7 @@ class EngineLoop:
                     self._compiling.pop(request_id, None)
                     self._live.pop(request_id, None)
                 raise
-            add = _Add(request_id, prompt, params, resume)
+            add = _Add(request_id, prompt, params, resume, mm=mm)
             future.add_done_callback(lambda f: self._compiled(live, add, f))
         return params
 
@@ -134,7 +140,9 @@ class EngineLoop:
                 return
             del self._compiling[add.request_id]
             if error is None:
-                add = _Add(add.request_id, add.prompt, add.params, add.resume, grammar=future.result())
+                add = _Add(
+                    add.request_id, add.prompt, add.params, add.resume, grammar=future.result(), mm=add.mm
+                )
             else:
                 add = _Add(add.request_id, add.prompt, add.params, add.resume, error=error)
             self._adds.append(add)
@@ -219,7 +227,9 @@ class EngineLoop:
         error = add.error
         if error is None:
             try:
-                self.engine.add_request(add.request_id, add.prompt, add.params, add.resume, add.grammar)
+                self.engine.add_request(
+                    add.request_id, add.prompt, add.params, add.resume, add.grammar, add.mm
+                )
                 return
             except EngineError as e:  # state changed since add() checked (e.g. the queue filled up)
                 error = e

@@ -8,6 +8,10 @@ the same model, hence the same KV. SHA-256 makes an accidental collision negligi
 manager also compares each matched block's own tokens. Only full blocks get keys; a partial block is still
 being written.
 
+Images: all placeholder tokens share one id, so a block overlapping an image's placeholder run also digests
+that image's content hash and offset: the same image in a follow-up turn finds its blocks, a different image
+of the same size never does. Text-only requests key exactly as before.
+
 Lookup happens when a waiting request is admitted (again after a preemption: it may find its own blocks);
 registration after every executed step, for the blocks that step completed (outputs included, so a chat's next
 turn finds the previous answer too). With caching off, lookups find nothing and nothing is registered.
@@ -86,6 +90,11 @@ class PrefixCache:
         """Append to req.block_hashes the keys of its further full blocks (its tokens only ever grow)."""
         bs, keys = self.blocks.block_size, req.block_hashes
         parent = keys[-1] if keys else self.seed
+        images = req.mm.images if req.mm is not None else ()
         for i in range(len(keys), len(tokens) // bs):
-            parent = hashlib.sha256(parent + array("q", tokens[i * bs : (i + 1) * bs]).tobytes()).digest()
+            data = parent + array("q", tokens[i * bs : (i + 1) * bs]).tobytes()
+            for im in images:
+                if im.offset < (i + 1) * bs and im.end > i * bs:
+                    data += im.content_hash.encode("ascii") + array("q", [im.offset]).tobytes()
+            parent = hashlib.sha256(data).digest()
             keys.append(parent)

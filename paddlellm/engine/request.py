@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from paddlellm.engine.outputs import RequestTimings
 from paddlellm.sampling import SamplingParams
-from paddlellm.step_types import TokenLogprobs
+from paddlellm.step_types import MultiModalPrompt, TokenLogprobs
 
 if TYPE_CHECKING:  # the engine core does not import the grammar library; it only drives a matcher
     from paddlellm.engine.ngram_proposer import TokenHistory
@@ -28,6 +28,7 @@ class Request:
     sampling_params: SamplingParams
     seed: int  # resolved: sampling_params.seed, or one the engine derived
     arrival_time: float  # clock() when the engine accepted it
+    mm: MultiModalPrompt | None = None  # its images (prefix-cache keys digest their hashes); None: text only
     output_token_ids: list[int] = field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose KV is in the cache

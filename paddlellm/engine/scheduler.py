@@ -25,7 +25,13 @@ from paddlellm.engine.request import Request, RequestStatus
 from paddlellm.engine.spec_decode import SpecDecode
 from paddlellm.errors import ConfigError, EngineError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
-from paddlellm.step_types import CachedRequestData, ModelRunnerOutput, NewRequestData, SchedulerOutput
+from paddlellm.step_types import (
+    CachedRequestData,
+    ModelRunnerOutput,
+    MultiModalPrompt,
+    NewRequestData,
+    SchedulerOutput,
+)
 
 _MASK64 = (1 << 64) - 1
 
@@ -117,6 +123,7 @@ class Scheduler:
         sampling_params: SamplingParams,
         resume_ids: Sequence[int] = (),
         grammar: Grammar | None = None,
+        mm: MultiModalPrompt | None = None,
     ) -> Request:
         """Queue a request. `resume_ids`: ids a cut run already streamed; the request starts as if it had
         generated them (the state a preempted request is recomputed from), so max_tokens, min_tokens and the
@@ -124,7 +131,8 @@ class Scheduler:
         the next step with "length" and no new ids.
         `grammar`: the compiled sampling_params.structured_outputs (required when that is set). The request
         gets its own matcher, advanced past `resume_ids` (InvalidRequest if they do not fit the grammar); one
-        that is already complete ends at the next step with "stop"."""
+        that is already complete ends at the next step with "stop". `mm`: its images (mm_prompt.py); image
+        tokens are ordinary prompt tokens for budgets, chunking and preemption."""
         prompt = tuple(int(t) for t in prompt_ids)
         resume = [int(t) for t in resume_ids]
         sampling_params = self.resolve(len(prompt), sampling_params)
@@ -138,7 +146,9 @@ class Scheduler:
         if sampling_params.structured_outputs is not None and grammar is None:
             raise ValueError("a request with structured_outputs needs its compiled grammar")
         matcher = None if grammar is None else grammar_rows.start_matcher(grammar, resume)
-        req = Request(request_id, prompt, sampling_params, self._resolve_seed(sampling_params), self._clock())
+        req = Request(
+            request_id, prompt, sampling_params, self._resolve_seed(sampling_params), self._clock(), mm
+        )
         req.output_token_ids = resume
         req.num_emitted = len(resume)
         req.matcher = matcher
@@ -440,6 +450,7 @@ class Scheduler:
                         req.seed,
                         tuple(req.block_ids),
                         req.num_computed_tokens,
+                        req.mm,
                     )
                 )
             else:

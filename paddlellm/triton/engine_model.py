@@ -46,15 +46,13 @@ from paddlellm.triton.engine_metrics import EngineMetrics
 from paddlellm.triton.error_responses import error_response, send_error
 from paddlellm.triton.logprobs_json import LogprobsJson, TokenLogprob
 from paddlellm.triton.stream_pacer import StreamPacer
+from paddlellm.vision.image_inputs import ImageInputs
 
 log = logging.getLogger(__name__)
 
 # Already-emitted ids sent in front of each step's ids; paddlellm/text/incremental.py says how many the
 # pure detokenize step needs (at least 4) and picks its default with margin.
 DETOKENIZER_CONTEXT = DEFAULT_CONTEXT
-# Until the runner places image embeddings (issue #29 part 2b, docs/multimodal.md), a request with images gets
-# this 400 rather than an answer that never saw them.
-IMAGES_NOT_SERVED = "images are not served yet: issue #29 part 2b (the engine does not run the vision tower)"
 
 
 class Loop(Protocol):
@@ -67,6 +65,7 @@ class Loop(Protocol):
         sampling_params: SamplingParams,
         sink: Callable[[RequestOutput], None],
         resume_ids: Sequence[int] = (),
+        images: ImageInputs | None = None,
     ) -> Any: ...
 
     def abort(self, request_id: str) -> None: ...
@@ -145,8 +144,6 @@ class EngineModel:
                 self.metrics.request_received()
                 received = True
                 inp = adapter.read_engine_input(self.pb, request)
-                if inp.images is not None:  # read and checked (adapter.read_images); the runner is next
-                    raise InvalidRequest(IMAGES_NOT_SERVED, param="messages")
                 sampling_params = inp.sampling_params
                 stream = _Stream(
                     request_id,
@@ -170,6 +167,7 @@ class EngineModel:
                         sampling_params,
                         lambda out, s=stream: self._sink(s, out),
                         resume_ids=inp.resume_ids,
+                        images=inp.images,  # checked against the prompt's placeholders by the engine
                     )
                 except BaseException:
                     with self._lock:

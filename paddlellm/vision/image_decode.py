@@ -45,6 +45,8 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), param: str 
         raise InvalidRequest(
             f"image size exceeds the limit of {limits.max_pixels} pixels", param=param
         ) from None
+    except (OSError, ValueError, SyntaxError) as e:  # a known signature, then a header cut short or corrupt
+        raise InvalidRequest(f"undecodable image header: {e}", param=param) from None
     width, height = im.size
     if width <= 0 or height <= 0:
         raise InvalidRequest(f"image has an empty size {width}x{height}", param=param)

@@ -19,6 +19,11 @@ A step (`execute`):
    decode would after accepting them). The accepted run is the draft's matching prefix plus the first sampled
    token that differs (or the bonus token). The draft's KV is written like any chunk's; the scheduler rolls
    back what was rejected (num_computed and the block table come from it).
+6. images (NewRequestData.mm): a prefill chunk that overlaps an image's placeholder run gets that image's
+   embeddings in its placeholder rows (image_embeds.py runs the vision tower once per image and holds the rows
+   until the run is computed), then `forward_embeds`. Such a request's prompt rows rotate by its 3-D M-RoPE
+   positions, every later row (outputs, drafts, recomputes) by i + rope delta, which is a plain 1-D row. A
+   step with no image prompt rows takes the 1-D path; one without images at all is exactly the text path.
 Under tensor parallelism every rank runs the LM head (it all-reduces), but only rank 0's output is read
 (executor/rank_messages.py), so only rank 0 turns logits into logprobs.
 """
@@ -37,20 +42,25 @@ from paddlellm.layers.attention import AttentionMetadata, SeqSpan
 from paddlellm.layers.host_tensor import StepTensors
 from paddlellm.layers.kernels import select_kernels
 from paddlellm.layers.linear import AllReduce, Shard
+from paddlellm.layers.mrope import MRotaryRows
 from paddlellm.layers.rotary import RotaryTables
 from paddlellm.model_info import ModelInfo
 from paddlellm.models.decoder import DecoderModel
+from paddlellm.models.qwen2_5_vl_vision import Qwen2_5_VisionTower
 from paddlellm.quant_blocks import stored_quantization
 from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import (
     CachedRequestData,
     ModelRunnerOutput,
+    MultiModalPrompt,
     NewRequestData,
     SchedulerOutput,
     TokenLogprobs,
 )
+from paddlellm.vision.vl_config import VLConfig
 from paddlellm.weight_reader import WeightReader
 from paddlellm.worker.cpu_tuning import tune_process
+from paddlellm.worker.image_embeds import ImageChunk, ImageEmbeds
 from paddlellm.worker.kv_cache import KVCache
 from paddlellm.worker.sampler import Sampler, SampleRow, token_logprobs
 
@@ -65,6 +75,7 @@ class _RequestState:
     sampling_params: SamplingParams
     seed: int
     num_computed: int
+    mm: MultiModalPrompt | None = None
 
 
 class ModelRunner:
@@ -102,12 +113,25 @@ class ModelRunner:
         self.stage = StepTensors(on_cpu=config.device != "gpu")
         self.sampler = Sampler(info.eos_token_ids, self.stage)
         self.requests: dict[str, _RequestState] = {}
+        self.images: ImageEmbeds | None = None
+        self.mrope: MRotaryRows | None = None
+        if config.enable_mm and info.vision is not None:  # every rank: the tower is replicated
+            vl = VLConfig.from_dir(info.path)
+            with paddle.no_grad():
+                self.images = ImageEmbeds(Qwen2_5_VisionTower(vl.vision, WeightReader(info.path)))
+            self.mrope = MRotaryRows(self.rotary, vl.mrope_section)
 
     # ---- state -------------------------------------------------------------------------------------------
     def _apply(self, sched: SchedulerOutput) -> None:
         for rid in sched.finished_request_ids:
             self.requests.pop(rid, None)
+            if self.images is not None:
+                self.images.drop(rid)
         for new in sched.new_requests:
+            if new.mm is not None and self.images is None:
+                raise RuntimeError(f"request {new.request_id!r} has images but this runner has no tower")
+            if self.images is not None:  # a re-sent request (preempted) starts without held embeddings
+                self.images.drop(new.request_id)
             self.requests[new.request_id] = self._new_state(new)
         for cached in sched.cached_requests:
             st = self.requests.get(cached.request_id)
@@ -128,6 +152,7 @@ class ModelRunner:
             new.sampling_params,
             new.seed,
             new.num_computed_tokens,
+            new.mm,
         )
 
     # ---- step --------------------------------------------------------------------------------------------
@@ -144,6 +169,7 @@ class ModelRunner:
         sample_info: list[tuple[str, SampleRow]] = []
         drafts: dict[str, tuple[int, int, tuple[int, ...]]] = {}  # rid -> (first sample row, 1 + k, draft)
         prompt_rows: list[tuple[str, int, int]] = []  # (request, its first row in the batch, its chunk start)
+        image_chunks: list[ImageChunk] = []  # chunks of requests with images
         row = 0
         for rid, n in order:
             st = self.requests.get(rid)
@@ -165,6 +191,8 @@ class ModelRunner:
             p = st.sampling_params
             if p.prompt_logprobs is not None and start < st.num_prompt - 1:
                 prompt_rows.append((rid, row, start))
+            if st.mm is not None:
+                image_chunks.append(ImageChunk(rid, st.mm, row, start, end))
             row += n
             st.num_computed = end
             if draft:
@@ -188,7 +216,10 @@ class ModelRunner:
                 sample_info.append((rid, SampleRow(p, st.seed, end, outputs, end - st.num_prompt, mask)))
         positions = np.concatenate([np.arange(s.start, s.start + s.num_new) for s in spans])
         with paddle.no_grad():
-            hidden = self._forward(np.asarray(ids, dtype=np.int64), positions, spans, num_decode)
+            positions3, image_rows = self._image_inputs(image_chunks, positions)
+            hidden = self._forward(
+                np.asarray(ids, dtype=np.int64), positions, spans, num_decode, positions3, image_rows
+            )
             prompt_lps = {rid: self._prompt_logprobs(hidden, rid, r, s) for rid, r, s in prompt_rows}
             if not sample_rows:
                 return ModelRunnerOutput({}, {}, self._only_rank0(prompt_lps))
@@ -262,9 +293,42 @@ class ModelRunner:
     ) -> dict[str, tuple[int, tuple[TokenLogprobs, ...]]]:
         return prompt_lps if self.rank == 0 else {}
 
+    def _image_inputs(
+        self, chunks: list[ImageChunk], positions: np.ndarray
+    ) -> tuple[np.ndarray | None, tuple[np.ndarray, paddle.Tensor] | None]:
+        """For the chunks of requests with images: shift `positions` (in place) of their rows past the prompt
+        by the rope delta; their prompt rows' 3-D positions ([3, T] for the whole step, others (p, p, p)) if
+        any; the step's placeholder rows and their embeddings (the vision tower runs here) if any."""
+        if not chunks:
+            return None, None
+        prompt_chunks = []
+        for c in chunks:
+            num_prompt = c.mm.positions.shape[1]
+            in_prompt = max(0, min(c.end, num_prompt) - c.start)
+            positions[c.first_row + in_prompt : c.first_row + c.end - c.start] += c.mm.rope_delta
+            if in_prompt:
+                prompt_chunks.append((c, in_prompt))
+        if not prompt_chunks:  # decodes and drafts only: 1-D rows at i + delta
+            return None, None
+        assert self.images is not None  # requests with images were refused without a tower (_apply)
+        positions3 = np.repeat(positions[None, :], 3, axis=0)
+        for c, in_prompt in prompt_chunks:
+            rows = slice(c.first_row, c.first_row + in_prompt)
+            positions3[:, rows] = c.mm.positions[:, c.start : c.start + in_prompt]
+        self.stage.reset()  # the tower's inputs; _forward resets again (the embeddings are computed by then)
+        return positions3, self.images.step_rows([c for c, _ in prompt_chunks], self.stage)
+
     def _forward(
-        self, ids: np.ndarray, positions: np.ndarray, spans: list[SeqSpan], num_decode: int
+        self,
+        ids: np.ndarray,
+        positions: np.ndarray,
+        spans: list[SeqSpan],
+        num_decode: int,
+        positions3: np.ndarray | None = None,
+        image_rows: tuple[np.ndarray, paddle.Tensor] | None = None,
     ) -> paddle.Tensor:
+        """One forward pass. `positions3`: 3-D M-RoPE positions of every row (steps with image prompt rows);
+        `image_rows`: batch rows and the image embeddings that replace their token embeddings."""
         self.stage.reset()  # the previous step's input tensors are done with
         meta = AttentionMetadata.build(
             spans,
@@ -276,13 +340,24 @@ class ModelRunner:
             self.kernels.decode_attention,
             tensor=self.stage,
         )
-        if self.model.native_rope:
+        if positions3 is not None:
+            assert self.mrope is not None  # only requests with images have 3-D positions
+            if self.model.native_rope:
+                cos, sin = self.mrope.rows(positions3)
+            else:
+                cos, sin = self.mrope.expand(positions3, self.model.qk_heads, self.model.v_heads)
+        elif self.model.native_rope:
             cos, sin = self.rotary.rows(positions)
         else:
             cos, sin = self.rotary.expand(positions, self.model.qk_heads, self.model.v_heads)
-        return self.model.forward(
-            self.stage(ids), self.stage(cos), self.stage(sin), meta, self.cache.layers
-        )
+        if image_rows is None:
+            return self.model.forward(
+                self.stage(ids), self.stage(cos), self.stage(sin), meta, self.cache.layers
+            )
+        rows, embeds = image_rows
+        x = self.model.embed(self.stage(ids))
+        x = paddle.scatter(x, self.stage(rows), embeds.astype(x.dtype), overwrite=True)
+        return self.model.forward_embeds(x, self.stage(cos), self.stage(sin), meta, self.cache.layers)
 
     # ---- utilities ---------------------------------------------------------------------------------------
     def prompt_logits(self, token_ids: list[int] | np.ndarray) -> np.ndarray:

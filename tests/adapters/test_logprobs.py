@@ -128,7 +128,7 @@ class ScriptedLoop:
     def __init__(self, script: list[RequestOutput]) -> None:
         self.script = script
 
-    def add(self, request_id, prompt_ids, sampling_params, sink, resume_ids=()):
+    def add(self, request_id, prompt_ids, sampling_params, sink, resume_ids=(), images=None):
         for out in self.script:
             sink(out)
         return sampling_params

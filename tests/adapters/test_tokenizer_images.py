@@ -20,7 +20,6 @@ from PIL import Image, ImageFile
 
 from paddlellm import protocol as p
 from paddlellm.triton import adapter
-from paddlellm.triton.engine_model import IMAGES_NOT_SERVED
 from paddlellm.triton.text_models import TokenizerModel, create_tokenizer_model
 from paddlellm.vision.image_config import ImageProcessorConfig
 from paddlellm.vision.image_decode import decode_image
@@ -293,15 +292,19 @@ def test_engine_input_refuses_inconsistent_image_tensors(
     assert e.value.param == p.PIXEL_VALUES
 
 
-def test_engine_model_refuses_images_until_part_2b(pb: ModuleType, model: TokenizerModel) -> None:
+def test_engine_model_hands_images_to_the_loop(pb: ModuleType, model: TokenizerModel) -> None:
+    """Part 2b: the engine model passes the checked ImageInputs on (the engine checks them against the
+    placeholders); text-only requests pass None."""
     from paddlellm.triton.engine_model import EngineModel
     from tests.adapters.test_engine_model import ScriptedLoop
 
     added: list[tuple[int, ...]] = []
+    images: list[Any] = []
 
     class Loop(ScriptedLoop):
-        def add(self, request_id, prompt_ids, params, sink, resume_ids=()):
+        def add(self, request_id, prompt_ids, params, sink, resume_ids=(), **kw):
             added.append(tuple(prompt_ids))
+            images.append(kw.get("images"))
             return super().add(request_id, prompt_ids, params, sink, resume_ids)
 
     engine = EngineModel(pb, lambda before_step: Loop([7]))
@@ -309,14 +312,11 @@ def test_engine_model_refuses_images_until_part_2b(pb: ModuleType, model: Tokeni
         [resp] = model.execute([tok_request(pb, messages=_chat(_part(_url(_encode(_image(60, 90))))))])
         req = _engine_request(pb, resp.outputs())
         engine.execute([req])
-        [sent] = req.get_response_sender().sent
-        assert sent.flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        code, err = error_of(sent.response)
-        assert code == pb.TritonError.INVALID_ARG and IMAGES_NOT_SERVED in err.message
-        assert err.param == "messages" and added == []
+        assert len(added) == 1 and images[0] is not None and images[0].num_images == 1
+        assert len(images[0].hashes[0]) == 64 and images[0].grid_thw.shape == (1, 3)
         [text] = model.execute([tok_request(pb, messages=[{"role": "user", "content": "hi"}])])
         engine.execute([_engine_request(pb, text.outputs())])
-        assert added == [(1, 2, 3)]  # text-only requests (empty image tensors): untouched
+        assert added[1] == (1, 2, 3) and images[1] is None  # text-only requests (empty image tensors)
     finally:
         engine.finalize()
 

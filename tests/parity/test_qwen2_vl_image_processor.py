@@ -124,8 +124,9 @@ def test_decompression_bomb_refused_from_the_header() -> None:
         encode(synthetic("RGB", 16, 16, 0), "BMP"),
         encode(synthetic("RGB", 64, 64, 0), "PNG")[:120],  # truncated
         _png_header_only(64, 64),  # header but no pixels
+        b"\x89PNG\r\n\x1a\n" + b"garbage" * 20,  # the signature, then no valid chunk (Pillow: OSError)
     ],
-    ids=["garbage", "gif", "bmp", "truncated", "no-data"],
+    ids=["garbage", "gif", "bmp", "truncated", "no-data", "bad-header"],
 )
 def test_bad_images_refused(data: bytes) -> None:
     with pytest.raises(InvalidRequest) as e:
