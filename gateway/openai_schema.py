@@ -11,7 +11,6 @@ let tests validate what the server sent (`pydantic.TypeAdapter(ChatCompletionChu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import (
     Annotated,
     Any,
@@ -32,6 +31,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from gateway.schema_rules import in_branch
 from gateway.structured_fields import StructuredFields
 from gateway.tool_fields import HistoryToolCall, ToolCallDelta, ToolCallOut, ToolFields
 from paddlellm.sampling import MAX_LOGPROBS, MAX_STREAM_INTERVAL, SPECS
@@ -41,19 +41,6 @@ _MAX_STOP = 16  # OpenAI allows 4; a few more cost nothing
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
-
-
-# The JSON schema (and so /openapi.json) must say what the validators below enforce, or generated clients and
-# schema fuzzers disagree with the server: each validator that adds a rule adds it to the schema next to it.
-def _in_branch(json_type: str, **rules: Any) -> Callable[[dict[str, Any]], None]:
-    """json_schema_extra for an optional/union field: add `rules` to its `json_type` alternative."""
-
-    def extra(schema: dict[str, Any]) -> None:
-        for branch in schema.get("anyOf", [schema]):
-            if branch.get("type") == json_type:
-                branch.update(rules)
-
-    return extra
 
 
 def _integral(value: Any) -> Any:
@@ -258,14 +245,14 @@ class _SamplingFields(_DeclaredSamplingFields, StructuredFields):  # type: ignor
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(
         None,
-        json_schema_extra=_in_branch("array", maxItems=_MAX_STOP, items={"type": "string", "minLength": 1}),
+        json_schema_extra=in_branch("array", maxItems=_MAX_STOP, items={"type": "string", "minLength": 1}),
     )
     # Choices: each its own engine request; the upper bound is the server's --max-n (gateway.translate).
     n: Annotated[int, Field(ge=1), INTEGRAL] = 1
     # vLLM removed best_of: accepted only when it equals n (gateway.translate), else a 400 naming it.
     best_of: Annotated[int, Field(ge=1), INTEGRAL] | None = None
     metadata: dict[str, Any] | None = Field(  # min_tokens and friends (FastDeploy's convention)
-        None, json_schema_extra=_in_branch("object", properties=_METADATA)
+        None, json_schema_extra=in_branch("object", properties=_METADATA)
     )
     # FastDeploy's: at most this many tokens per streamed chunk (also accepted in `metadata`).
     max_streaming_response_tokens: Annotated[int, Field(ge=1, le=MAX_STREAM_INTERVAL), INTEGRAL] | None = None
@@ -276,7 +263,7 @@ class _SamplingFields(_DeclaredSamplingFields, StructuredFields):  # type: ignor
     reasoning_effort: Any = None
     # OpenAI fields not honoured yet: accepted only at the value that changes nothing, else a 400 naming the
     # field (_not_honoured), never silently ignored.
-    logit_bias: dict[str, Any] | None = Field(None, json_schema_extra=_in_branch("object", maxProperties=0))
+    logit_bias: dict[str, Any] | None = Field(None, json_schema_extra=in_branch("object", maxProperties=0))
 
     @field_validator("logit_bias")
     @classmethod
@@ -326,7 +313,7 @@ class ChatCompletionRequest(_SamplingFields, ToolFields):
 
 class CompletionRequest(_SamplingFields):
     # Completions have no tools (nor do OpenAI's): only values that change nothing, else a 400 naming them.
-    tools: list[Any] | None = Field(None, json_schema_extra=_in_branch("array", maxItems=0))
+    tools: list[Any] | None = Field(None, json_schema_extra=in_branch("array", maxItems=0))
     tool_choice: Any = Field(
         None, json_schema_extra={"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}
     )
@@ -350,7 +337,7 @@ class CompletionRequest(_SamplingFields):
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS), INTEGRAL] | None = None
     echo: bool | None = None  # the answer starts with the prompt (with logprobs: the prompt's too)
     suffix: str | None = Field(  # insertion is not supported: only an empty suffix is accepted
-        None, json_schema_extra=_in_branch("string", maxLength=0)
+        None, json_schema_extra=in_branch("string", maxLength=0)
     )
 
     @field_validator("suffix")

@@ -13,19 +13,12 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, with_config
 from typing_extensions import TypedDict
 
+from gateway.schema_rules import in_branch
+
 MAX_TOOLS = 128  # OpenAI's limit
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
 
 _LOOSE = ConfigDict(strict=True, extra="ignore")  # OpenAI's objects: unknown keys ignored, as elsewhere
-
-
-def _in_object_branch(rules: dict[str, Any]) -> Any:
-    def extra(schema: dict[str, Any]) -> None:
-        for branch in schema.get("anyOf", [schema]):
-            if branch.get("type") == "object":
-                branch.update(rules)
-
-    return extra
 
 
 class FunctionDefinition(BaseModel):
@@ -37,7 +30,7 @@ class FunctionDefinition(BaseModel):
         None,
         description="a JSON schema of the arguments object (absent: no arguments)",
         # gateway.tool_calls.plan: a schema of anything but an object is a 400
-        json_schema_extra=_in_object_branch({"properties": {"type": {"const": "object"}}}),
+        json_schema_extra=in_branch("object", properties={"type": {"const": "object"}}),
     )
     strict: bool | None = Field(None, description="accepted; forced calls always match `parameters`")
 
