@@ -1,11 +1,14 @@
 """What `--enable-mm` costs a text-only request (issue #29 acceptance 4: nothing measurable, +-3 %).
 
-    python benchmarks/mm_text_cost.py [--model VL_DIR] [--rounds 6] [--repeats 9] [--threads 2] [--out FILE]
+    python benchmarks/mm_text_cost.py [--model VL_DIR | --size tiny|small] [--rounds 6] [--repeats 9]
+        [--threads 2] [--out FILE]
 
-Offline engines on one Qwen2.5-VL checkpoint (default: the tiny random-weight one of
-scripts/make_tiny_vl_model.py, built in a temp dir; its steps are ~1 ms, so any per-step or per-request
-overhead of the image path shows at its largest), with enable_mm (vision tower loaded, M-RoPE tables,
-image-aware runner and prefix-cache keys) and without. Workloads, text only, greedy, ignore_eos:
+Offline engines on one Qwen2.5-VL checkpoint (default: a random-weight one of scripts/make_tiny_vl_model.py,
+built in a temp dir: `--size tiny`, whose steps are ~1 ms, so any per-step or per-request overhead of the
+image path shows at its largest, or `--size small`, the default model's text dimensions and Qwen2.5-VL-3B's
+vision tower, whose steps cost what a deployed small VL model's do), with enable_mm (vision tower loaded,
+M-RoPE tables, image-aware runner and prefix-cache keys) and without. Workloads, text only, greedy,
+ignore_eos:
 - batch: 8 distinct 96-token prompts submitted together, 64 output tokens each (prefill + batched decode);
 - single: one 96-token prompt, 64 output tokens (the per-step path at batch 1).
 Each engine runs in a fresh process (in one process the engine built second ran ~4 % faster whichever it
@@ -66,6 +69,7 @@ def worker(model: str, enable_mm: bool, repeats: int, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a Qwen2.5-VL checkpoint dir (default: the tiny one, built now)")
+    ap.add_argument("--size", choices=["tiny", "small"], default="tiny", help="the built checkpoint's size")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
@@ -82,7 +86,7 @@ def main() -> None:
             from paddlellm.tools.default_model import ensure_default_model
             from scripts.make_tiny_vl_model import make_tiny_vl_model
 
-            model = make_tiny_vl_model(os.path.join(tmp, "tiny_vl"), ensure_default_model())
+            model = make_tiny_vl_model(os.path.join(tmp, "vl"), ensure_default_model(), size=args.size)
         runs: dict[str, list[dict]] = {"off": [], "on": []}
         for r in range(args.rounds):
             for flag in ("off", "on") if r % 2 == 0 else ("on", "off"):
@@ -110,7 +114,7 @@ def main() -> None:
                 "on_s": secs["on"],
             }
         )
-    name = args.model or "tiny Qwen2.5-VL (scripts/make_tiny_vl_model.py)"
+    name = args.model or f"random-weight Qwen2.5-VL, --size {args.size} (scripts/make_tiny_vl_model.py)"
     print(f"model: {name}, threads {args.threads}, {args.rounds} processes per setting x {args.repeats} runs")
     print("| workload | requests | enable_mm off tok/s | on tok/s | on vs off (tok/s) | CPU time on vs off |")
     print("|---|---|---|---|---|---|")

@@ -1,7 +1,11 @@
 """Write a small random-weight Qwen2.5-VL checkpoint in the Hub's layout, with transformers' own classes.
 
-    python -m scripts.make_tiny_vl_model --out DIR [--seed N] [--smollm-dir DIR]
+    python -m scripts.make_tiny_vl_model --out DIR [--seed N] [--smollm-dir DIR] [--size tiny|small]
 
+`--size small` (benchmarks, not tests): the text decoder has the default model's dimensions (hidden 576,
+30 layers, 9 heads (3 KV), head_dim 64, M-RoPE sections (8, 12, 12)) and the vision tower Qwen2.5-VL-3B's
+(32 blocks of hidden 1280, 16 heads, full attention at 7, 15, 23, 31, window 112 px), ~0.8 G parameters, so
+per-step costs compare as they would on a deployed small VL model. `--size tiny` (the default, tests):
 Text decoder: hidden 64, 2 layers, 4 heads (2 KV), M-RoPE sections (2, 3, 3); vision tower: 4 blocks of
 hidden 32 (2 heads), full attention at blocks 1 and 3, window 56 px (2 x 2 merged tokens, so small test
 images already span several windows), patch 14, merge 2, output 64. Weights as in make_tiny_model.py:
@@ -25,6 +29,21 @@ from typing import Any
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 MROPE_SECTION = [2, 3, 3]
+# The two sizes: text decoder and vision tower dimensions (see the docstring).
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, mrope_section=MROPE_SECTION),
+        "vision": dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
+                       fullatt_block_indexes=[1, 3]),
+    },
+    "small": {
+        "text": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                     num_key_value_heads=3, mrope_section=[8, 12, 12]),
+        "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, window_size=112,
+                       fullatt_block_indexes=[7, 15, 23, 31]),
+    },
+}  # fmt: skip
 VL_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
@@ -74,34 +93,27 @@ def write_tokenizer(out: str, smollm_dir: str) -> dict[str, int]:
     return {t: tok.token_to_id(t) for t in VISION_TOKENS}
 
 
-def build_config(vocab: int, ids: dict[str, int], eos: int, bos: int | None) -> Any:
+def build_config(vocab: int, ids: dict[str, int], eos: int, bos: int | None, size: str = "tiny") -> Any:
     from transformers import Qwen2_5_VLConfig
 
+    text = dict(SIZES[size]["text"])
+    mrope_section = text.pop("mrope_section")
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **text,
             max_position_embeddings=2048,
             rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "mrope_section": MROPE_SECTION, "rope_theta": 1000000.0},
+            rope_parameters={"rope_type": "default", "mrope_section": mrope_section, "rope_theta": 1000000.0},
             bos_token_id=bos,
             eos_token_id=eos,
         ),
         vision_config=dict(
-            depth=4,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
+            **SIZES[size]["vision"],
+            out_hidden_size=text["hidden_size"],
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
-            window_size=56,
-            fullatt_block_indexes=[1, 3],
         ),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -149,10 +161,12 @@ def _flatten_config(out: str) -> None:
         f.write("\n")
 
 
-def make_tiny_vl_model(out: str, smollm_dir: str | None = None, seed: int = 0) -> str:
+def make_tiny_vl_model(out: str, smollm_dir: str | None = None, seed: int = 0, size: str = "tiny") -> str:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    if size not in SIZES:
+        raise ValueError(f"size {size!r}: one of {', '.join(SIZES)}")
     if os.path.isfile(os.path.join(out, "config.json")):
         raise FileExistsError(f"{out}: already holds a checkpoint")
     os.makedirs(out, exist_ok=True)
@@ -164,7 +178,7 @@ def make_tiny_vl_model(out: str, smollm_dir: str | None = None, seed: int = 0) -
     with open(os.path.join(smollm_dir, "generation_config.json"), encoding="utf-8") as f:
         gen = json.load(f)
     vocab = max(ids.values()) + 1
-    config = build_config(vocab, ids, gen["eos_token_id"], gen.get("bos_token_id"))
+    config = build_config(vocab, ids, gen["eos_token_id"], gen.get("bos_token_id"), size)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
     randomize(model, seed)
@@ -188,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--smollm-dir", default=None, help="converted default model (its tokenizer is reused)"
     )
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="tiny", help="tiny (tests) or small (benchmarks)"
+    )
     args = parser.parse_args(argv)
     try:
-        make_tiny_vl_model(args.out, args.smollm_dir, args.seed)
+        make_tiny_vl_model(args.out, args.smollm_dir, args.seed, args.size)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

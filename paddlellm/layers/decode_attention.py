@@ -12,13 +12,14 @@ from __future__ import annotations
 import paddle
 from paddle import _C_ops
 
+from paddlellm.layers.thread_team import ThreadTeam, team_of
 from paddlellm.native.build import NativeLibrary
 
 
 class NativeDecodeAttention:
-    def __init__(self, native: NativeLibrary, threads: int) -> None:
+    def __init__(self, native: NativeLibrary, team: int | ThreadTeam) -> None:
         self._fn = native.lib.paged_decode_attention
-        self._threads = threads
+        self._team = team_of(team)
         self._place = paddle.CPUPlace()
 
     def __call__(
@@ -51,7 +52,7 @@ class NativeDecodeAttention:
             group,
             d,
             out.data_ptr(),
-            self._threads,
+            self._team.size,
         )
         if rc != 0:
             raise MemoryError("paged_decode_attention: no memory for its score buffers")

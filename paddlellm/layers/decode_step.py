@@ -20,6 +20,7 @@ import paddle
 from paddle import _C_ops
 
 from paddlellm.layers.gemm import LinearSpec
+from paddlellm.layers.thread_team import ThreadTeam, team_of
 from paddlellm.native.build import NativeLibrary
 
 
@@ -57,10 +58,10 @@ def _linear(spec: LinearSpec) -> _Linear:
 class NativeOps:
     """The elementwise decoder steps of one loaded library."""
 
-    def __init__(self, native: NativeLibrary, threads: int) -> None:
+    def __init__(self, native: NativeLibrary, team: int | ThreadTeam) -> None:
         self._rope = native.lib.rotary_cache_write
         self._swiglu = native.lib.swiglu
-        self._threads = threads
+        self._team = team_of(team)
         self._place = paddle.CPUPlace()
 
     def rope_write(
@@ -79,7 +80,7 @@ class NativeOps:
         num_slots = cache.shape[0] // (2 * kv_heads)
         rc = self._rope(
             qkv.data_ptr(), t, heads + kv_heads, 2 * kv_heads, d, cos.data_ptr(), sin.data_ptr(),
-            cache.data_ptr(), num_slots, new_slots.data_ptr(), self._threads,
+            cache.data_ptr(), num_slots, new_slots.data_ptr(), self._team.size,
         )
         if rc != 0:
             raise ValueError(f"rotary_cache_write: head_dim {d} is not even or above 512")
@@ -89,7 +90,7 @@ class NativeOps:
         rows, n = gate.shape
         out = _C_ops.empty([rows, n], paddle.float32, self._place)
         if rows:
-            self._swiglu(gate.data_ptr(), up.data_ptr(), out.data_ptr(), rows, n, self._threads)
+            self._swiglu(gate.data_ptr(), up.data_ptr(), out.data_ptr(), rows, n, self._team.size)
         return out
 
 
@@ -120,10 +121,10 @@ class FusedDecode:
     """All layers of a step in one native call (decode_layers)."""
 
     def __init__(
-        self, native: NativeLibrary, threads: int, layers: Sequence[LayerSpec], shape: DecodeShape
+        self, native: NativeLibrary, team: int | ThreadTeam, layers: Sequence[LayerSpec], shape: DecodeShape
     ) -> None:
         self._fn = native.lib.decode_layers
-        self._threads = threads
+        self._team = team_of(team)
         self._shape = shape
         self._specs = list(layers)
         self._place = paddle.CPUPlace()
@@ -169,7 +170,7 @@ class FusedDecode:
             self._layers, len(self._specs), x.data_ptr(), b, s.hidden, cos.data_ptr(), sin.data_ptr(),
             new_slots.data_ptr(), slots.data_ptr(), rows.data_ptr(), lens.data_ptr(), slots.shape[1], s.heads,
             s.kv_heads,
-            s.head_dim, num_slots, s.eps, s.final_norm, out.data_ptr(), self._threads,
+            s.head_dim, num_slots, s.eps, s.final_norm, out.data_ptr(), self._team.size,
         )
         if rc == -1:
             raise MemoryError("decode_layers: no memory for its activation buffers")

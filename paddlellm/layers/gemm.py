@@ -22,6 +22,7 @@ import paddle
 from paddle import _C_ops
 
 from paddlellm.layers.host_tensor import host_tensor
+from paddlellm.layers.thread_team import ThreadTeam, team_of
 from paddlellm.native.build import NativeLibrary
 from paddlellm.quant_blocks import BlockQuantized
 
@@ -195,12 +196,17 @@ def padded_param(v: np.ndarray, size: int) -> paddle.Tensor:
 
 class _PackedWeight(NativeLinear):
     def __init__(
-        self, native: NativeLibrary, threads: int, w: np.ndarray, bias: np.ndarray | None, bf16: bool = False
+        self,
+        native: NativeLibrary,
+        team: ThreadTeam,
+        w: np.ndarray,
+        bias: np.ndarray | None,
+        bf16: bool = False,
     ) -> None:
         self.out_features, self.in_features = w.shape
         self._fn = native.lib.packed_sgemm_bf16 if bf16 else native.lib.packed_sgemm
         self._kind = LINEAR_BF16 if bf16 else LINEAR_F32
-        self._threads = threads
+        self._team = team
         nr = native.panel_width
         if bf16:
             packed = host_tensor(pack_panels_bf16(w, nr).view(np.int32))  # paddle has no uint32
@@ -214,7 +220,7 @@ class _PackedWeight(NativeLinear):
         self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
 
     def _run(self, x: int, m: int, k: int, y: int, n: int) -> int | None:
-        return self._fn(x, m, k, k, self._packed_ptr, n, self._bias_ptr, y, n, self._threads)  # fp32: None
+        return self._fn(x, m, k, k, self._packed_ptr, n, self._bias_ptr, y, n, self._team.size)  # fp32: None
 
     def spec(self) -> LinearSpec:
         n, k = self.out_features, self.in_features
@@ -222,8 +228,8 @@ class _PackedWeight(NativeLinear):
 
 
 class PackedGemm:
-    def __init__(self, native: NativeLibrary, threads: int, bf16: bool = False) -> None:
-        self.native, self.threads, self.bf16 = native, threads, bf16
+    def __init__(self, native: NativeLibrary, team: int | ThreadTeam, bf16: bool = False) -> None:
+        self.native, self.team, self.bf16 = native, team_of(team), bf16
         self.name = f"packed-{'bf16' if bf16 else 'fp32'}-{native.isa}"
 
     takes_blocks = False
@@ -231,7 +237,7 @@ class PackedGemm:
     def weight(
         self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
     ) -> GemmWeight:
-        return _PackedWeight(self.native, self.threads, w, bias, self.bf16)
+        return _PackedWeight(self.native, self.team, w, bias, self.bf16)
 
     def head_weight(
         self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None

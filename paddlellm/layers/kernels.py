@@ -30,6 +30,7 @@ from paddlellm.layers.decode_step import NativeOps
 from paddlellm.layers.gemm import Gemm, PackedGemm, PaddleGemm
 from paddlellm.layers.norm import FusedRMSNorm, NativeNorms, NormFactory, PaddleRMSNorm
 from paddlellm.layers.quant_gemm import Int4Gemm, Int8Gemm, PaddleInt4Gemm, PaddleInt8Gemm
+from paddlellm.layers.thread_team import ThreadTeam
 from paddlellm.native.build import NativeLibrary, NativeUnavailable, load
 
 log = logging.getLogger("paddlellm.kernels")
@@ -45,6 +46,8 @@ class Kernels:
     threads: int = 1
     isa: str = "paddle"  # the native kernel ISA, or 'paddle'
     required_cpu_flags: frozenset[str] = frozenset()  # every CPU flag the choices above execute
+    # The native calls' team size, set per step by the runner's TeamTuner (thread_team.py); `threads`: its max
+    team: ThreadTeam = dataclasses.field(default_factory=lambda: ThreadTeam(1))
 
     def describe(self) -> str:
         norm = getattr(self.norm, "__name__", type(self.norm).__name__)
@@ -87,23 +90,25 @@ def select_kernels(config: EngineConfig, cpu: CpuInfo | None = None) -> Kernels:
         log.warning("native CPU kernels unavailable, using Paddle's ops: %s", e)
         return paddle_kernels(config.device, cpu)
     threads = config.threads_per_rank
+    team = ThreadTeam(threads)
     kernels = Kernels(
-        _gemm(native, threads, quant, bf16),
-        NativeNorms(native, threads),
-        NativeDecodeAttention(native, threads),
-        NativeOps(native, threads),
+        _gemm(native, team, quant, bf16),
+        NativeNorms(native, team),
+        NativeDecodeAttention(native, team),
+        NativeOps(native, team),
         native,
         threads,
         native.isa,
         KERNEL_ISA_FLAGS[native.isa],
+        team,
     )
     log.info("native CPU kernels %s, %d threads (%s)", kernels.describe(), threads, cpu.describe())
     return kernels
 
 
-def _gemm(native: NativeLibrary, threads: int, quantization: str, bf16: bool) -> Gemm:
+def _gemm(native: NativeLibrary, team: ThreadTeam, quantization: str, bf16: bool) -> Gemm:
     if quantization == "wint8":
-        return Int8Gemm(native, threads)
+        return Int8Gemm(native, team)
     if quantization == "wint4":
-        return Int4Gemm(native, threads)
-    return PackedGemm(native, threads, bf16)
+        return Int4Gemm(native, team)
+    return PackedGemm(native, team, bf16)

@@ -17,6 +17,7 @@ import paddle
 from paddle import _C_ops
 
 from paddlellm.layers.gemm import to_param
+from paddlellm.layers.thread_team import ThreadTeam, team_of
 from paddlellm.native.build import NativeLibrary
 
 
@@ -65,10 +66,10 @@ class FusedRMSNorm(_NormWeight):
 
 
 class NativeRMSNorm(_NormWeight):
-    def __init__(self, native: NativeLibrary, threads: int, weight: np.ndarray, eps: float) -> None:
+    def __init__(self, native: NativeLibrary, team: ThreadTeam, weight: np.ndarray, eps: float) -> None:
         super().__init__(weight, eps)
         self._fn = native.lib.rms_norm
-        self._threads = threads
+        self._team = team
         self._place = paddle.CPUPlace()
         self._w_ptr = self.weight.data_ptr()  # lives as long as this object
         self._n = int(weight.shape[0])
@@ -95,7 +96,7 @@ class NativeRMSNorm(_NormWeight):
         if residual is None:
             if rows:
                 ptrs = (x.data_ptr(), None, self._w_ptr, self.eps, out.data_ptr(), None)
-                self._fn(*ptrs, rows, n, self._threads)
+                self._fn(*ptrs, rows, n, self._team.size)
             return out, x
         if not residual.is_contiguous():
             residual = residual.contiguous()
@@ -105,7 +106,7 @@ class NativeRMSNorm(_NormWeight):
         if rows:
             self._fn(
                 x.data_ptr(), residual.data_ptr(), self._w_ptr, self.eps, out.data_ptr(), summed.data_ptr(),
-                rows, n, self._threads,
+                rows, n, self._team.size,
             )
         return out, summed
 
@@ -113,8 +114,8 @@ class NativeRMSNorm(_NormWeight):
 class NativeNorms:
     """A NormFactory for the native kernel of one loaded library."""
 
-    def __init__(self, native: NativeLibrary, threads: int) -> None:
-        self.native, self.threads = native, threads
+    def __init__(self, native: NativeLibrary, team: int | ThreadTeam) -> None:
+        self.native, self.team = native, team_of(team)
 
     def __call__(self, weight: np.ndarray, eps: float) -> RMSNorm:
-        return NativeRMSNorm(self.native, self.threads, weight, eps)
+        return NativeRMSNorm(self.native, self.team, weight, eps)

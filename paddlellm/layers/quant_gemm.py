@@ -37,6 +37,7 @@ from paddlellm.layers.gemm import (
     to_param,
 )
 from paddlellm.layers.host_tensor import host_tensor
+from paddlellm.layers.thread_team import ThreadTeam, team_of
 from paddlellm.native.build import NativeLibrary
 from paddlellm.quant_blocks import BlockQuantized
 
@@ -163,7 +164,7 @@ class _Int8Weight(NativeLinear):
     def __init__(
         self,
         native: NativeLibrary,
-        threads: int,
+        team: ThreadTeam,
         w: np.ndarray,
         bias: np.ndarray | None,
         blocks: BlockQuantized | None = None,
@@ -175,13 +176,13 @@ class _Int8Weight(NativeLinear):
         q, d, mn = q8_0_as_u8(blocks) if blocks is not None and self.as_stored else quantize_u8(w)
         # A Q8_0 block's d and m = -128 d are fp16 values: read as such (the head: 10 % fewer bytes).
         half = tables_fp16(d, mn)
-        self._keep(native.lib.quant_gemm_w8, threads, pack_u8_pair_panels(q, d, mn, nr, half), half, bias, nr)
+        self._keep(native.lib.quant_gemm_w8, team, pack_u8_pair_panels(q, d, mn, nr, half), half, bias, nr)
 
     def _keep(
-        self, fn: Any, threads: int, packed: np.ndarray, half: bool, bias: np.ndarray | None, nr: int
+        self, fn: Any, team: ThreadTeam, packed: np.ndarray, half: bool, bias: np.ndarray | None, nr: int
     ) -> None:
         """Hold the packed panels (the weights and their per-block tables)."""
-        self._fn, self._threads = fn, threads
+        self._fn, self._team = fn, team
         self.flags = QGEMM_HALF_TABLES if half else 0
         self.packed = host_tensor(packed)
         self.packed.stop_gradient = True
@@ -192,7 +193,7 @@ class _Int8Weight(NativeLinear):
         self._bias_ptr = self.bias.data_ptr() if self.bias is not None else None
 
     def _run(self, x: int, m: int, k: int, y: int, n: int) -> int | None:
-        return self._fn(x, m, k, k, self._ptr, self.flags, n, self._bias_ptr, y, n, self._threads)
+        return self._fn(x, m, k, k, self._ptr, self.flags, n, self._bias_ptr, y, n, self._team.size)
 
     def spec(self) -> LinearSpec:
         k, n = self.in_features, self.out_features
@@ -200,8 +201,8 @@ class _Int8Weight(NativeLinear):
 
 
 class Int8Gemm:
-    def __init__(self, native: NativeLibrary, threads: int) -> None:
-        self.native, self.threads = native, threads
+    def __init__(self, native: NativeLibrary, team: int | ThreadTeam) -> None:
+        self.native, self.team = native, team_of(team)
         self.name = f"packed-wint8-{native.isa}"
 
     takes_blocks = True
@@ -209,13 +210,13 @@ class Int8Gemm:
     def weight(
         self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
     ) -> GemmWeight:
-        return _Int8Weight(self.native, self.threads, w, bias, blocks)
+        return _Int8Weight(self.native, self.team, w, bias, blocks)
 
     def head_weight(
         self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None
     ) -> GemmWeight:
         del table  # the int8 copy is the only one the head needs
-        return _Int8Weight(self.native, self.threads, rows, None, blocks)
+        return _Int8Weight(self.native, self.team, rows, None, blocks)
 
 
 class _Int4Weight(_Int8Weight):
@@ -224,7 +225,7 @@ class _Int4Weight(_Int8Weight):
     def __init__(
         self,
         native: NativeLibrary,
-        threads: int,
+        team: ThreadTeam,
         w: np.ndarray,
         bias: np.ndarray | None,
         blocks: BlockQuantized | None = None,
@@ -240,18 +241,18 @@ class _Int4Weight(_Int8Weight):
         # fp16 tables as GGUF stores them; fp32 only where a value is not one (e.g. blocks scaled by a factor
         # that is not a power of two).
         half = tables_fp16(d, mn)
-        self._keep(native.lib.quant_gemm_w4, threads, pack_q4_panels(q, d, mn, nr, half), half, bias, nr)
+        self._keep(native.lib.quant_gemm_w4, team, pack_q4_panels(q, d, mn, nr, half), half, bias, nr)
 
 
 class Int4Gemm(Int8Gemm):
-    def __init__(self, native: NativeLibrary, threads: int) -> None:
-        super().__init__(native, threads)
+    def __init__(self, native: NativeLibrary, team: int | ThreadTeam) -> None:
+        super().__init__(native, team)
         self.name = f"packed-wint4-{native.isa}"
 
     def weight(
         self, w: np.ndarray, bias: np.ndarray | None = None, blocks: BlockQuantized | None = None
     ) -> GemmWeight:
-        return _Int4Weight(self.native, self.threads, w, bias, blocks)
+        return _Int4Weight(self.native, self.team, w, bias, blocks)
 
     def head_weight(
         self, rows: np.ndarray, table: paddle.Tensor | None, blocks: BlockQuantized | None = None
@@ -260,7 +261,7 @@ class Int4Gemm(Int8Gemm):
         it, and 4 bits there cost more quality than the 4 saved bits per weight save time. A Q8_0 head (the
         default model's tied embedding) runs as stored."""
         del table
-        return _Int8Weight(self.native, self.threads, rows, None, blocks)
+        return _Int8Weight(self.native, self.team, rows, None, blocks)
 
 
 def _blocks_t(v: np.ndarray, kb: int, dtype: type) -> paddle.Tensor:

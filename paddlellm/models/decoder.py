@@ -197,7 +197,7 @@ class DecoderModel:
             info.hidden_size, first.heads, first.kv_heads, first.head_dim, info.rms_norm_eps,
             self.norm.weight_address,
         )
-        return FusedDecode(kernels.native, kernels.threads, specs, shape)  # type: ignore[arg-type]
+        return FusedDecode(kernels.native, kernels.team, specs, shape)  # type: ignore[arg-type]
 
     def forward(
         self,

@@ -24,6 +24,8 @@ A step (`execute`):
    until the run is computed), then `forward_embeds`. Such a request's prompt rows rotate by its 3-D M-RoPE
    positions, every later row (outputs, drafts, recomputes) by i + rope delta, which is a plain 1-D row. A
    step with no image prompt rows takes the 1-D path; one without images at all is exactly the text path.
+The native kernels run each step with the team size TeamTuner measured fastest for steps of its size
+(layers/thread_team.py: fewer threads can be faster beside the serving path; the bits are the same).
 Under tensor parallelism every rank runs the LM head (it all-reduces), but only rank 0's output is read
 (executor/rank_messages.py), so only rank 0 turns logits into logprobs.
 """
@@ -44,6 +46,7 @@ from paddlellm.layers.kernels import select_kernels
 from paddlellm.layers.linear import AllReduce, Shard
 from paddlellm.layers.mrope import MRotaryRows
 from paddlellm.layers.rotary import RotaryTables
+from paddlellm.layers.thread_team import TeamTuner
 from paddlellm.model_info import ModelInfo
 from paddlellm.models.decoder import DecoderModel
 from paddlellm.models.qwen2_5_vl_vision import Qwen2_5_VisionTower
@@ -100,6 +103,7 @@ class ModelRunner:
             self.config = config
         with paddle.no_grad():
             self.kernels = select_kernels(config, cpu)
+            self.tuner = TeamTuner(self.kernels.team)
             shard = Shard(rank, world)
             self.model = DecoderModel(
                 info, WeightReader(info.path), shard, all_reduce, self.kernels, not config.enforce_eager
@@ -160,6 +164,14 @@ class ModelRunner:
         self._apply(sched)
         if sched.is_empty:
             return ModelRunnerOutput({})
+        # The native kernels' team size for this step: the fastest measured for its size (thread_team.py).
+        self.tuner.begin(sum(sched.num_scheduled_tokens.values()))
+        try:
+            return self._step(sched)
+        finally:
+            self.tuner.end()
+
+    def _step(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         items = list(sched.num_scheduled_tokens.items())
         order = [it for it in items if it[1] == 1] + [it for it in items if it[1] > 1]
         num_decode = sum(1 for _, n in items if n == 1)
