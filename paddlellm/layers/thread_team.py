@@ -6,9 +6,9 @@ cores, and a team thread it preempts stalls its partners at the next of the pass
 on a 2-core box one math thread served 140 tok/s at concurrency 1 where two served 114, while at concurrency 8
 (a compute-bound step) two were 1.26x one (docs/serving-perf.md). Offline, with nothing else running, two
 threads win at every size. Which team is fastest depends on the machine, the load beside the engine and the
-step's size, so the engine measures it: `TeamTuner` keeps, per bucket of step rows, an average step period
-(step start to the next step's start: everything the engine waits for, the other processes included) for
-each candidate team size, runs the fastest, and tries the others now and then.
+step's size, so the engine measures it: `TeamTuner` keeps, per bucket of step rows, the recent step periods
+(step start to the next step's start: everything the engine waits for, the other processes included) of
+each candidate team size, runs the one with the lowest median, and tries the others now and then.
 
 The kernels compute every row the same bits whatever the team (work is split by output columns and rows,
 never inside a dot product; tests/engine/test_thread_team.py), so the choice changes speed only.
@@ -17,7 +17,9 @@ never inside a dot product; tests/engine/test_thread_team.py), so the choice cha
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 log = logging.getLogger("paddlellm.thread_team")
@@ -44,16 +46,15 @@ def team_of(threads: int | ThreadTeam) -> ThreadTeam:
 # Steps larger than this always run the whole team (prefill chunks: compute-bound everywhere).
 MAX_TUNED_ROWS = 64
 EXPLORE_EVERY = 24  # one step in this many (per bucket) runs a candidate other than the fastest
-WARMUP_SAMPLES = 4  # samples of each candidate before the fastest is trusted
-EMA = 0.15  # weight of a new period in a candidate's average
+WARMUP_SAMPLES = 5  # samples of each candidate before the fastest is trusted
+WINDOW = 9  # a candidate's estimate: the median of its last WINDOW periods (robust to a slow first step)
 IDLE_GAP = 4.0  # a gap after a step this many times its duration is the engine idling, not its loop
 
 
 @dataclass
 class _Bucket:
     key: int  # the largest step (rows) in it
-    average: dict[int, float] = field(default_factory=dict)  # team size -> average step period (s)
-    samples: dict[int, int] = field(default_factory=dict)
+    periods: dict[int, deque[float]] = field(default_factory=dict)  # team size -> its last WINDOW periods
     steps: int = 0
     best: int = 0  # the candidate last found fastest (0: not yet known)
 
@@ -70,7 +71,9 @@ class TeamTuner:
     with, in its rows bucket, when the next step begins; when the gap between the step's end (`end`) and the
     next start is over IDLE_GAP x the step's duration, the engine idled between them and the sample is
     dropped. A bucket first collects WARMUP_SAMPLES of every
-    candidate (alternating), then runs the candidate with the lowest average, except that one step in
+    candidate (alternating), then runs the candidate whose last WINDOW periods have the lowest median
+    (a median, not a mean: one slow step, a first call or a preemption by another process, must not
+    decide), except that one step in
     EXPLORE_EVERY runs the next other candidate (round robin), so a change in the load beside the engine is
     noticed. Candidates: the whole team and one thread fewer (the core left to the serving path), and half
     the team on machines with more than 4 threads."""
@@ -110,13 +113,14 @@ class TeamTuner:
         self._end = self._clock()  # type: ignore[operator]
 
     def _choose(self, b: _Bucket) -> int:
-        short = [c for c in self.candidates if b.samples.get(c, 0) < WARMUP_SAMPLES]
+        short = [c for c in self.candidates if len(b.periods.get(c, ())) < WARMUP_SAMPLES]
         if short:
             return short[b.steps % len(short)]
-        best = min(self.candidates, key=lambda c: b.average[c])
+        median = {c: statistics.median(b.periods[c]) for c in self.candidates}
+        best = min(self.candidates, key=lambda c: median[c])
         if best != b.best:
             b.best = best
-            periods = ", ".join(f"{c}: {b.average[c] * 1e3:.2f} ms" for c in self.candidates)
+            periods = ", ".join(f"{c}: {median[c] * 1e3:.2f} ms" for c in self.candidates)
             log.info("steps of up to %d rows now run %d math threads (step periods %s)", b.key, best, periods)
         if b.steps % EXPLORE_EVERY == 0:
             others = [c for c in self.candidates if c != best]
@@ -126,12 +130,9 @@ class TeamTuner:
     def _charge(self, key: int, size: int, start: float, now: float) -> None:
         if self._end < start or now - self._end > IDLE_GAP * (self._end - start):
             return  # the step never ended (an error) or the engine idled after it
-        b = self._buckets[key]
-        period = now - start
-        old = b.average.get(size)
-        b.average[size] = period if old is None else old + EMA * (period - old)
-        b.samples[size] = b.samples.get(size, 0) + 1
+        self._buckets[key].periods.setdefault(size, deque(maxlen=WINDOW)).append(now - start)
 
     def snapshot(self) -> dict[int, dict[int, float]]:
-        """Per rows bucket: the average step period (s) of each candidate measured so far."""
-        return {k: dict(b.average) for k, b in sorted(self._buckets.items())}
+        """Per rows bucket: the median recent step period (s) of each candidate measured so far."""
+        buckets = sorted(self._buckets.items())
+        return {k: {c: statistics.median(p) for c, p in b.periods.items()} for k, b in buckets}

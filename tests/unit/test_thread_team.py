@@ -93,3 +93,14 @@ def test_large_steps_run_the_whole_team() -> None:
     tuner = TeamTuner(ThreadTeam(2), clock)
     assert run(tuner, clock, MAX_TUNED_ROWS + 1, {2: 0.05}, 20) == [2] * 20
     assert tuner.snapshot() == {}
+
+
+def test_one_slow_step_does_not_decide() -> None:
+    """A first call (or a step preempted by another process) 4x slower must not make its team look slower."""
+    clock = Clock()
+    tuner = TeamTuner(ThreadTeam(2), clock)
+    first = tuner.begin(1)
+    clock.now += 0.035
+    tuner.end()
+    chosen = run(tuner, clock, 1, {first: 0.008, 3 - first: 0.010}, 200)
+    assert chosen[50:].count(first) > 140
