@@ -6,9 +6,10 @@ cores, and a team thread it preempts stalls its partners at the next of the pass
 on a 2-core box one math thread served 140 tok/s at concurrency 1 where two served 114, while at concurrency 8
 (a compute-bound step) two were 1.26x one (docs/serving-perf.md). Offline, with nothing else running, two
 threads win at every size. Which team is fastest depends on the machine, the load beside the engine and the
-step's size, so the engine measures it: `TeamTuner` keeps, per bucket of step rows, the recent step periods
+step's size, so the engine measures it: `TeamTuner` runs each candidate team size for blocks of
+consecutive steps, per bucket of the number of requests a step carries, keeps the median step period
 (step start to the next step's start: everything the engine waits for, the other processes included) of
-each candidate team size, runs the one with the lowest median, and tries the others now and then.
+each block, runs the candidate with the lowest, and tries the others now and then.
 
 The kernels compute every row the same bits whatever the team (work is split by output columns and rows,
 never inside a dot product; tests/engine/test_thread_team.py), so the choice changes speed only.
@@ -45,38 +46,44 @@ def team_of(threads: int | ThreadTeam) -> ThreadTeam:
 
 # Steps larger than this always run the whole team (prefill chunks: compute-bound everywhere).
 MAX_TUNED_ROWS = 64
-EXPLORE_EVERY = 24  # one step in this many (per bucket) runs a candidate other than the fastest
-WARMUP_SAMPLES = 5  # samples of each candidate before the fastest is trusted
-WINDOW = 9  # a candidate's estimate: the median of its last WINDOW periods (robust to a slow first step)
+BLOCK = 16  # consecutive steps of a bucket run with one team size: its effect on the other processes shows
+SETTLE = 3  # a block's first steps (the other processes still adjusting to the change) are not counted
+EXPLORE_EVERY = 6  # after the first rounds, one block in this many runs a candidate other than the fastest
+KEEP = 3  # a candidate's estimate: the median of its last KEEP block medians
 IDLE_GAP = 4.0  # a gap after a step this many times its duration is the engine idling, not its loop
 
 
 @dataclass
 class _Bucket:
-    key: int  # the largest step (rows) in it
-    periods: dict[int, deque[float]] = field(default_factory=dict)  # team size -> its last WINDOW periods
-    steps: int = 0
+    key: int  # the largest number of requests of a step in it
+    blocks: dict[int, deque[float]] = field(default_factory=dict)  # team size -> its last block medians
+    size: int = 0  # the team size of the block running
+    periods: list[float] = field(default_factory=list)  # the running block's step periods
+    steps: int = 0  # steps in the running block
+    count: int = 0  # blocks finished
     best: int = 0  # the candidate last found fastest (0: not yet known)
 
 
-def _bucket(rows: int) -> int:
-    """1, 2, 3-4, 5-8, ... rows share a bucket (its upper bound)."""
-    return 1 << max(0, (rows - 1).bit_length())
+def _bucket(n: int) -> int:
+    """1, 2, 3-4, 5-8, ... requests share a bucket (its upper bound)."""
+    return 1 << max(0, (n - 1).bit_length())
 
 
 class TeamTuner:
     """Chooses `team.size` before each step (`begin`) from the measured periods of earlier steps.
 
-    Algorithm: the period of a step (its start to the next step's start) is charged to the team size it ran
-    with, in its rows bucket, when the next step begins; when the gap between the step's end (`end`) and the
-    next start is over IDLE_GAP x the step's duration, the engine idled between them and the sample is
-    dropped. A bucket first collects WARMUP_SAMPLES of every
-    candidate (alternating), then runs the candidate whose last WINDOW periods have the lowest median
-    (a median, not a mean: one slow step, a first call or a preemption by another process, must not
-    decide), except that one step in
-    EXPLORE_EVERY runs the next other candidate (round robin), so a change in the load beside the engine is
-    noticed. Candidates: the whole team and one thread fewer (the core left to the serving path), and half
-    the team on machines with more than 4 threads."""
+    Algorithm: steps are bucketed by how many requests they carry (1, 2, 3-4, ...; a step with more than
+    MAX_TUNED_ROWS rows, a long prefill chunk, always runs the whole team). Within a bucket, BLOCK consecutive
+    steps run with one team size, because what one thread fewer buys is the other processes' progress (the
+    serving path catching up on a free core), which a single step amid the others' would not show. The period
+    of a step (its start to the next step's start) is charged to its block when the next step begins (when
+    the gap between the step's end and the next start is over IDLE_GAP x its duration the engine idled, and
+    the sample is dropped). A finished block's median period, without its first SETTLE steps, is the
+    candidate's sample; its estimate is the median of its last KEEP samples (medians, not means: one slow
+    step or block must not decide). Every candidate first runs two blocks (alternating); then the one with
+    the lowest estimate runs, except every EXPLORE_EVERY-th block, which runs the next other candidate
+    (round robin), so a change in the load beside the engine is noticed. Candidates: the whole team and one
+    thread fewer (the core left to the serving path), and half the team with more than 4 threads."""
 
     def __init__(self, team: ThreadTeam, clock: object = time.perf_counter) -> None:
         self.team = team
@@ -84,55 +91,70 @@ class TeamTuner:
         n = team.max
         self.candidates = tuple(sorted({n, max(1, n - 1), *((n // 2,) if n > 4 else ())}, reverse=True))
         self._buckets: dict[int, _Bucket] = {}
-        self._last: tuple[int, int, float] | None = None  # (bucket, size, start) of the step running
+        self._last: tuple[_Bucket, float] | None = None  # the bucket and start of the step running
         self._end = 0.0  # when the last step's work ended
 
     @property
     def tuning(self) -> bool:
         return len(self.candidates) > 1
 
-    def begin(self, rows: int) -> int:
-        """Called at the start of a step of `rows` rows: sets and returns the team size it runs with."""
+    def begin(self, rows: int, requests: int = 1) -> int:
+        """Called at the start of a step of `rows` rows of `requests` requests: sets and returns the team
+        size it runs with."""
         now = self._clock()  # type: ignore[operator]
         if self._last is not None:
             self._charge(*self._last, now)
-        if not self.tuning or rows > MAX_TUNED_ROWS:
             self._last = None
+        if not self.tuning or rows > MAX_TUNED_ROWS:
             self.team.size = self.team.max
             return self.team.size
-        key = _bucket(rows)
-        b = self._buckets.setdefault(key, _Bucket(key))
-        size = self._choose(b)
+        key = _bucket(max(1, requests))
+        b = self._buckets.get(key)
+        if b is None:
+            b = self._buckets[key] = _Bucket(key, size=self.candidates[0])
+        if b.steps >= BLOCK:
+            self._finish_block(b)
         b.steps += 1
-        self._last = (key, size, now)
-        self.team.size = size
-        return size
+        self._last = (b, now)
+        self.team.size = b.size
+        return b.size
 
     def end(self) -> None:
         """Called when the step's work (forward, LM head, sampling) is done."""
         self._end = self._clock()  # type: ignore[operator]
 
-    def _choose(self, b: _Bucket) -> int:
-        short = [c for c in self.candidates if len(b.periods.get(c, ())) < WARMUP_SAMPLES]
-        if short:
-            return short[b.steps % len(short)]
-        median = {c: statistics.median(b.periods[c]) for c in self.candidates}
-        best = min(self.candidates, key=lambda c: median[c])
-        if best != b.best:
-            b.best = best
-            periods = ", ".join(f"{c}: {median[c] * 1e3:.2f} ms" for c in self.candidates)
-            log.info("steps of up to %d rows now run %d math threads (step periods %s)", b.key, best, periods)
-        if b.steps % EXPLORE_EVERY == 0:
-            others = [c for c in self.candidates if c != best]
-            return others[(b.steps // EXPLORE_EVERY) % len(others)]
-        return best
-
-    def _charge(self, key: int, size: int, start: float, now: float) -> None:
+    def _charge(self, b: _Bucket, start: float, now: float) -> None:
         if self._end < start or now - self._end > IDLE_GAP * (self._end - start):
             return  # the step never ended (an error) or the engine idled after it
-        self._buckets[key].periods.setdefault(size, deque(maxlen=WINDOW)).append(now - start)
+        if b.steps > SETTLE:
+            b.periods.append(now - start)
+
+    def _finish_block(self, b: _Bucket) -> None:
+        """Record the finished block's median period; choose the next block's team size."""
+        if b.periods:
+            b.blocks.setdefault(b.size, deque(maxlen=KEEP)).append(statistics.median(b.periods))
+        b.periods, b.steps = [], 0
+        b.count += 1
+        b.size = self._choose(b)
+
+    def _choose(self, b: _Bucket) -> int:
+        short = [c for c in self.candidates if len(b.blocks.get(c, ())) < 2]
+        if short:
+            return short[b.count % len(short)]
+        estimate = {c: statistics.median(b.blocks[c]) for c in self.candidates}
+        best = min(self.candidates, key=lambda c: estimate[c])
+        if best != b.best:
+            b.best = best
+            periods = ", ".join(f"{c}: {estimate[c] * 1e3:.2f} ms" for c in self.candidates)
+            log.info(
+                "steps of up to %d requests now run %d math threads (step periods %s)", b.key, best, periods
+            )
+        if b.count % EXPLORE_EVERY == 0:
+            others = [c for c in self.candidates if c != best]
+            return others[(b.count // EXPLORE_EVERY) % len(others)]
+        return best
 
     def snapshot(self) -> dict[int, dict[int, float]]:
-        """Per rows bucket: the median recent step period (s) of each candidate measured so far."""
+        """Per requests bucket: each candidate's estimated step period (s) so far."""
         buckets = sorted(self._buckets.items())
-        return {k: {c: statistics.median(p) for c, p in b.periods.items()} for k, b in buckets}
+        return {k: {c: statistics.median(p) for c, p in b.blocks.items()} for k, b in buckets}

@@ -165,7 +165,7 @@ class ModelRunner:
         if sched.is_empty:
             return ModelRunnerOutput({})
         # The native kernels' team size for this step: the fastest measured for its size (thread_team.py).
-        self.tuner.begin(sum(sched.num_scheduled_tokens.values()))
+        self.tuner.begin(sum(sched.num_scheduled_tokens.values()), len(sched.num_scheduled_tokens))
         try:
             return self._step(sched)
         finally:

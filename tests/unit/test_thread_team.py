@@ -1,11 +1,15 @@
-"""TeamTuner: per step-size bucket, the team size with the shortest measured step period wins, the others
-are still tried now and then, idle gaps are not charged, and large steps always run the whole team."""
+"""TeamTuner: per bucket of requests per step, the team size with the shortest measured step period runs,
+in blocks of consecutive steps; the others are still tried now and then; idle gaps and single slow steps do
+not decide; long prefill steps always run the whole team."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 
 from paddlellm.layers.thread_team import (
+    BLOCK,
     EXPLORE_EVERY,
     MAX_TUNED_ROWS,
     TeamTuner,
@@ -22,16 +26,24 @@ class Clock:
         return self.now
 
 
-def run(tuner: TeamTuner, clock: Clock, rows: int, cost: dict[int, float], steps: int) -> list[int]:
-    """`steps` back-to-back steps whose period is cost[team size]; the sizes chosen."""
+def run(
+    tuner: TeamTuner,
+    clock: Clock,
+    requests: int,
+    cost: dict[int, float] | Callable[[int, int], float],
+    steps: int,
+    rows: int | None = None,
+) -> list[int]:
+    """`steps` back-to-back steps whose period is cost[team size] (or cost(size, step)); the sizes chosen."""
     chosen = []
-    for _ in range(steps):
-        size = tuner.begin(rows)
+    for i in range(steps):
+        size = tuner.begin(rows or requests, requests)
         assert tuner.team.size == size
         chosen.append(size)
-        clock.now += cost[size] * 0.8
+        period = cost(size, i) if callable(cost) else cost[size]
+        clock.now += period * 0.8
         tuner.end()
-        clock.now += cost[size] * 0.2
+        clock.now += period * 0.2
     return chosen
 
 
@@ -47,60 +59,57 @@ def test_candidates() -> None:
 
 
 @pytest.mark.parametrize("faster", [1, 2])
-def test_the_faster_team_runs_most_steps(faster: int) -> None:
+def test_the_faster_team_runs_most_steps_in_blocks(faster: int) -> None:
     clock = Clock()
     tuner = TeamTuner(ThreadTeam(2), clock)
     cost = {faster: 0.010, 3 - faster: 0.013}
-    chosen = run(tuner, clock, 1, cost, 400)
-    tail = chosen[100:]
+    chosen = run(tuner, clock, 1, cost, BLOCK * 60)
+    tail = chosen[BLOCK * 8 :]
     share = tail.count(faster) / len(tail)
-    assert 1 - 2 / EXPLORE_EVERY <= share < 1.0  # the other is still explored
+    assert 1 - 1.5 / EXPLORE_EVERY <= share < 1.0  # the other is still explored
+    runs = [chosen[i : i + BLOCK] for i in range(0, len(chosen), BLOCK)]
+    assert all(len(set(r)) == 1 for r in runs)  # one team per block
     assert tuner.snapshot()[1][faster] == pytest.approx(cost[faster])
 
 
-def test_buckets_are_tuned_apart() -> None:
+def test_buckets_are_tuned_apart_and_keyed_by_requests() -> None:
     clock = Clock()
     tuner = TeamTuner(ThreadTeam(2), clock)
-    small = run(tuner, clock, 1, {1: 0.008, 2: 0.010}, 200)
-    large = run(tuner, clock, 8, {1: 0.030, 2: 0.020}, 200)
-    assert small[100:].count(1) > 180 // 2 and large[100:].count(2) > 180 // 2
+    # one request whose steps carry 1-9 rows (speculative drafts): one bucket
+    small = run(tuner, clock, 1, lambda size, i: 0.008 if size == 1 else 0.010, BLOCK * 40, rows=9)
+    large = run(tuner, clock, 8, {1: 0.030, 2: 0.020}, BLOCK * 40)
+    assert small[BLOCK * 8 :].count(1) > 0.8 * len(small[BLOCK * 8 :])
+    assert large[BLOCK * 8 :].count(2) > 0.8 * len(large[BLOCK * 8 :])
     assert set(tuner.snapshot()) == {1, 8}
 
 
 def test_a_change_of_load_is_followed() -> None:
     clock = Clock()
     tuner = TeamTuner(ThreadTeam(2), clock)
-    run(tuner, clock, 2, {1: 0.008, 2: 0.010}, 300)
-    after = run(tuner, clock, 2, {1: 0.012, 2: 0.006}, 2000)
-    assert after[-200:].count(2) > 190
+    run(tuner, clock, 2, {1: 0.008, 2: 0.010}, BLOCK * 30)
+    after = run(tuner, clock, 2, {1: 0.012, 2: 0.006}, BLOCK * 60)
+    assert after[-BLOCK * 10 :].count(2) > BLOCK * 8
 
 
-def test_idle_gaps_are_not_charged() -> None:
+def test_idle_gaps_and_slow_steps_do_not_decide() -> None:
+    """Every block of the faster team starts with a step 5x slower (a first call, a preemption) and the
+    engine idles 5 s after some steps: the faster team still wins."""
     clock = Clock()
     tuner = TeamTuner(ThreadTeam(2), clock)
-    run(tuner, clock, 1, {1: 0.010, 2: 0.010}, 40)
-    before = tuner.snapshot()[1]
-    tuner.begin(1)
-    clock.now += 0.01
-    tuner.end()
-    clock.now += 5.0  # the engine idled: no requests
-    tuner.begin(1)
-    assert tuner.snapshot()[1] == before
+    chosen: list[int] = []
+    for i in range(BLOCK * 40):
+        size = tuner.begin(1, 1)
+        chosen.append(size)
+        period = {1: 0.008, 2: 0.010}[size] * (5 if i % BLOCK == 0 and size == 1 else 1)
+        clock.now += period * 0.8
+        tuner.end()
+        clock.now += period * 0.2 + (5.0 if i % 37 == 0 else 0.0)
+    assert chosen[BLOCK * 8 :].count(1) > 0.8 * len(chosen[BLOCK * 8 :])
+    assert tuner.snapshot()[1][1] == pytest.approx(0.008)
 
 
-def test_large_steps_run_the_whole_team() -> None:
+def test_long_prefill_steps_run_the_whole_team() -> None:
     clock = Clock()
     tuner = TeamTuner(ThreadTeam(2), clock)
-    assert run(tuner, clock, MAX_TUNED_ROWS + 1, {2: 0.05}, 20) == [2] * 20
+    assert run(tuner, clock, 1, {2: 0.05}, 20, rows=MAX_TUNED_ROWS + 1) == [2] * 20
     assert tuner.snapshot() == {}
-
-
-def test_one_slow_step_does_not_decide() -> None:
-    """A first call (or a step preempted by another process) 4x slower must not make its team look slower."""
-    clock = Clock()
-    tuner = TeamTuner(ThreadTeam(2), clock)
-    first = tuner.begin(1)
-    clock.now += 0.035
-    tuner.end()
-    chosen = run(tuner, clock, 1, {first: 0.008, 3 - first: 0.010}, 200)
-    assert chosen[50:].count(first) > 140
