@@ -18,6 +18,7 @@ never inside a dot product; tests/engine/test_thread_team.py), so the choice cha
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections import deque
@@ -48,7 +49,10 @@ def team_of(threads: int | ThreadTeam) -> ThreadTeam:
 MAX_TUNED_ROWS = 64
 BLOCK = 16  # consecutive steps of a bucket run with one team size: its effect on the other processes shows
 SETTLE = 3  # a block's first steps (the other processes still adjusting to the change) are not counted
-EXPLORE_EVERY = 6  # after the first rounds, one block in this many runs a candidate other than the fastest
+EXPLORE_EVERY = 6  # at least this many blocks between two that try a candidate other than the fastest
+EXPLORE_LOSS = 0.01  # ... and more: exploring a candidate x % slower every n blocks costs x / n; keep it 1 %
+EXPLORE_MAX = 64  # but look again at least this often (the load beside the engine changes)
+MARGIN = 0.03  # a smaller team must be this much faster than the whole team to run instead (no flapping)
 KEEP = 3  # a candidate's estimate: the median of its last KEEP block medians
 IDLE_GAP = 4.0  # a gap after a step this many times its duration is the engine idling, not its loop
 
@@ -62,6 +66,8 @@ class _Bucket:
     steps: int = 0  # steps in the running block
     count: int = 0  # blocks finished
     best: int = 0  # the candidate last found fastest (0: not yet known)
+    explore_at: int = 0  # the block count at which the next other candidate is tried
+    explored: int = 0  # exploration blocks so far (round robin over the others)
 
 
 def _bucket(n: int) -> int:
@@ -81,8 +87,11 @@ class TeamTuner:
     the sample is dropped). A finished block's median period, without its first SETTLE steps, is the
     candidate's sample; its estimate is the median of its last KEEP samples (medians, not means: one slow
     step or block must not decide). Every candidate first runs two blocks (alternating); then the one with
-    the lowest estimate runs, except every EXPLORE_EVERY-th block, which runs the next other candidate
-    (round robin), so a change in the load beside the engine is noticed. Candidates: the whole team and one
+    the lowest estimate runs (a smaller team only when it is MARGIN faster than the whole team), and now and
+    then a block runs the next other candidate (round robin), so a change in the load beside the engine is
+    noticed: every EXPLORE_EVERY blocks when the candidates are close, less often the further behind the
+    others are (a candidate x slower is tried every x / EXPLORE_LOSS blocks, at most EXPLORE_MAX apart), so
+    exploring costs about EXPLORE_LOSS of the throughput. Candidates: the whole team and one
     thread fewer (the core left to the serving path), and half the team with more than 4 threads."""
 
     def __init__(self, team: ThreadTeam, clock: object = time.perf_counter) -> None:
@@ -142,16 +151,20 @@ class TeamTuner:
         if short:
             return short[b.count % len(short)]
         estimate = {c: statistics.median(b.blocks[c]) for c in self.candidates}
-        best = min(self.candidates, key=lambda c: estimate[c])
+        full = self.candidates[0]
+        best = min(self.candidates, key=lambda c: estimate[c] * (1.0 if c == full else 1.0 + MARGIN))
         if best != b.best:
             b.best = best
             periods = ", ".join(f"{c}: {estimate[c] * 1e3:.2f} ms" for c in self.candidates)
             log.info(
                 "steps of up to %d requests now run %d math threads (step periods %s)", b.key, best, periods
             )
-        if b.count % EXPLORE_EVERY == 0:
-            others = [c for c in self.candidates if c != best]
-            return others[(b.count // EXPLORE_EVERY) % len(others)]
+        others = [c for c in self.candidates if c != best]
+        if b.count >= b.explore_at:
+            b.explored += 1
+            gap = min(estimate[c] for c in others) / estimate[best] - 1.0
+            b.explore_at = b.count + min(EXPLORE_MAX, max(EXPLORE_EVERY, math.ceil(gap / EXPLORE_LOSS)))
+            return others[b.explored % len(others)]
         return best
 
     def snapshot(self) -> dict[int, dict[int, float]]:

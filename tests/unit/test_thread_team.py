@@ -113,3 +113,21 @@ def test_long_prefill_steps_run_the_whole_team() -> None:
     tuner = TeamTuner(ThreadTeam(2), clock)
     assert run(tuner, clock, 1, {2: 0.05}, 20, rows=MAX_TUNED_ROWS + 1) == [2] * 20
     assert tuner.snapshot() == {}
+
+
+def test_exploring_a_much_slower_team_is_rare_but_happens() -> None:
+    clock = Clock()
+    tuner = TeamTuner(ThreadTeam(2), clock)
+    chosen = run(tuner, clock, 32, {2: 0.047, 1: 0.067}, BLOCK * 200)
+    tail = chosen[BLOCK * 8 :]
+    slow_blocks = tail.count(1) / BLOCK
+    assert 1 <= slow_blocks <= len(tail) / BLOCK / 30  # 43 % slower: about one block in 43 (1 % lost)
+
+
+def test_a_smaller_team_needs_a_margin() -> None:
+    """Within MARGIN of each other (noise), the whole team keeps running."""
+    clock = Clock()
+    tuner = TeamTuner(ThreadTeam(2), clock)
+    chosen = run(tuner, clock, 8, {2: 0.0250, 1: 0.0245}, BLOCK * 60)
+    tail = chosen[BLOCK * 8 :]
+    assert tail.count(2) > 0.8 * len(tail)
