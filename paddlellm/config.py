@@ -22,7 +22,7 @@ from typing import Any
 
 from paddlellm.cpu import KERNEL_ISAS
 from paddlellm.errors import ConfigError
-from paddlellm.speculative import SpeculativeConfig
+from paddlellm.speculative import DEFAULT_SPECULATIVE_CONFIG, SpeculativeConfig
 
 CPU_KERNEL_CHOICES = ("auto", "native", *KERNEL_ISAS, "paddle")
 DTYPE_CHOICES = ("float32", "bfloat16")
@@ -126,12 +126,13 @@ class EngineConfig:
         "(docs/prefix-caching.md)",
     )
     speculative_config: str = option(
-        "",
+        DEFAULT_SPECULATIVE_CONFIG,
         "speculative decoding, as a JSON object with vLLM's and FastDeploy's keys: {\"method\": \"ngram\", "
         "\"num_speculative_tokens\": k, \"prompt_lookup_min\": a, \"prompt_lookup_max\": b} (optional "
         "\"disable_by_batch_size\": no drafts while more requests run); drafts copied from the request's own "
         "prompt and output are verified in one step, outputs bit-identical with it off "
-        "(docs/speculative-decoding.md); '' = off",
+        "(docs/speculative-decoding.md); on by default (k 8, lookup 1-4, drafts while one request runs); "
+        "'' = off",
         unset="off",
     )
     enable_mm: bool = option(

@@ -230,7 +230,7 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
         labels=MODEL,
         buckets=BATCH_BUCKETS,
     ),
-    # Speculative decoding (vLLM's spec_decode_* names; only with --speculative-config)
+    # Speculative decoding (vLLM's spec_decode_* names; declared at its first draft: on by default)
     _m(
         "spec_decode_num_drafts_total",
         COUNTER,

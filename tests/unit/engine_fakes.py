@@ -194,7 +194,8 @@ def make_engine(
     ignore_masks: bool = False,
     **config,
 ) -> tuple[LLMEngine, FakeExecutor]:
-    cfg = EngineConfig(**{"block_size": 16, "max_model_len": 2048, **config})
+    # Speculation (on by default) only with a test's own speculative_config: the fakes here test other things.
+    cfg = EngineConfig(**{"block_size": 16, "max_model_len": 2048, "speculative_config": "", **config})
     ex = FakeExecutor(
         num_blocks,
         cfg.block_size,

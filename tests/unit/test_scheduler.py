@@ -276,14 +276,17 @@ def test_ttl_expires_requests_that_never_started():
 
 
 def _scheduler(**cfg):
-    config = EngineConfig(block_size=4, max_model_len=64, **cfg)
+    # speculation (on by default) drafts here only when a test asks: test_spec_decode.py covers it
+    config = EngineConfig(**{"block_size": 4, "max_model_len": 64, "speculative_config": "", **cfg})
     return Scheduler(config, num_blocks=32, eos_token_ids=(2,), vocab_size=100)
 
 
 def test_max_tokens_none_runs_to_the_end_of_the_context() -> None:
     s = _scheduler()  # max_model_len 64, 32 blocks of 4 tokens (128 tokens of cache)
     assert s.validate([1] * 10, SamplingParams(max_tokens=None)).max_tokens == 54
-    small = Scheduler(EngineConfig(block_size=4, max_model_len=64), num_blocks=8, eos_token_ids=(2,))
+    small = Scheduler(
+        EngineConfig(block_size=4, max_model_len=64, speculative_config=""), num_blocks=8, eos_token_ids=(2,)
+    )
     assert small.validate([1] * 10, SamplingParams(max_tokens=None)).max_tokens == 23  # 32 cache tokens
     with pytest.raises(InvalidRequest, match="the prompt has 64 tokens, but max_model_len is 64"):
         s.validate([1] * 64, SamplingParams(max_tokens=None))

@@ -101,7 +101,9 @@ def test_bad_speculative_config_fails_naming_the_key(text, match):
 
 
 def test_speculative_config_defaults_and_off():
-    assert EngineConfig().speculative is None
+    assert EngineConfig().speculative == SpeculativeConfig()  # on by default: k 8, lookup 1-4, batch 1
+    assert EngineConfig(speculative_config="").speculative is None
+    assert EngineConfig.from_params(EngineConfig(speculative_config="").to_params()).speculative is None
     spec = EngineConfig(speculative_config='{"method": "ngram", "prompt_lookup_max": 1}').speculative
     assert spec == SpeculativeConfig(prompt_lookup_min=1, prompt_lookup_max=1)
     params = EngineConfig(speculative_config=SPEC).to_params()
