@@ -86,7 +86,12 @@ class EngineConfig:
     engine_worker_queue_port: int = option(0, "engine <-> rank worker channel port; 0 = pick a free one")
     use_warmup: bool = option(False, "run dummy prefill and decode batches at start-up")
     device: str = option("cpu", "cpu or gpu", choices=("cpu", "gpu"))
-    num_threads: int = option(0, "math threads per rank; 0 = all cores / tensor_parallel_size")
+    num_threads: int = option(
+        0,
+        "math threads per rank; 0 = all cores / tensor_parallel_size. Each step runs this many or one fewer "
+        "(the core left to the serving path), whichever the engine measured faster for steps of its size "
+        "(docs/serving-perf.md)",
+    )
     cpu_kernels: str = option(
         "auto",
         "CPU GEMMs, decode attention and RMSNorm: auto (the project's C kernels for the best ISA this CPU "

@@ -165,7 +165,9 @@ class ModelRunner:
         if sched.is_empty:
             return ModelRunnerOutput({})
         # The native kernels' team size for this step: the fastest measured for its size (thread_team.py).
-        self.tuner.begin(sum(sched.num_scheduled_tokens.values()), len(sched.num_scheduled_tokens))
+        drafts = sched.draft_token_ids
+        prefill = any(n - len(drafts.get(rid, ())) > 1 for rid, n in sched.num_scheduled_tokens.items())
+        self.tuner.begin(len(sched.num_scheduled_tokens), prefill)
         try:
             return self._step(sched)
         finally:

@@ -25,7 +25,7 @@ def _answers(llm: LLM, force: int | None) -> list[tuple[list[int], list[object]]
     if force is not None:
         step = {"n": 0}
 
-        def begin(rows: int, requests: int = 1) -> int:  # force (or alternate: 0) the team of every step
+        def begin(requests: int, prefill: bool = False) -> int:  # force (or alternate: 0) every team
             step["n"] += 1
             runner.kernels.team.size = force or (1 + step["n"] % 2)
             return runner.kernels.team.size
