@@ -12,7 +12,7 @@ median step period (step start to the next step's start: everything the engine w
 processes included), runs the faster, and tries the other now and then.
 
 The kernels compute every row the same bits whatever the team (work is split by output columns and rows,
-never inside a dot product; tests/engine/test_thread_team.py), so the choice changes speed only.
+never inside a dot product; tests/engine/test_team_size_bits.py), so the choice changes speed only.
 """
 
 from __future__ import annotations
