@@ -419,15 +419,18 @@ class Launcher:
         """(cause kind, why) the engine cannot serve any more, or None."""
         if self.triton is None:
             return None
+        dead = [p for p in self._engine_pids if not _alive(p)]
+        # A dead stub first: tritonserver aborts when its stub dies, and a loaded box may let that happen
+        # before this look; the stub is the cause. (A stub outlives a tritonserver that was killed.)
+        stubs = [p for p in dead if p in self._stub_pids]
+        if stubs:
+            return "engine_died", f"an llm_engine process died (the stub, pid {stubs[0]})"
         if not self.triton.alive():
             return "tritonserver_died", f"tritonserver exited (code {self.triton.proc.returncode})"
         if not self._engine_pids:  # it died between loading and being looked for
             return "engine_died", "an llm_engine process died (no llm_engine stub after its model loaded)"
-        dead = [p for p in self._engine_pids if not _alive(p)]
         if not dead:
             return None
-        if dead[0] in self._stub_pids:
-            return "engine_died", f"an llm_engine process died (the stub, pid {dead[0]})"
         return "rank_died", f"an llm_engine process died (a rank worker, pid {dead[0]})"
 
     def _restart_triton(self) -> None:
