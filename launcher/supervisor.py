@@ -35,6 +35,7 @@ from launcher.watchdog import StepWatchdog
 from paddlellm.config import EngineConfig
 from paddlellm.cpu import read_cpu
 from paddlellm.ports import free_ports
+from paddlellm.worker.shm_allreduce import segment_prefix
 
 MODELS = ("tokenizer", "llm_engine", "detokenizer", "ensemble")
 # tritonserver output worth showing on the console (the rest goes to the log file only): warmup progress,
@@ -469,10 +470,16 @@ class Launcher:
         self.say("stopped")
 
     def _unlink_shm(self) -> None:
-        """The python backend's shared-memory regions of stubs that are gone (tritonserver is dead)."""
+        """The python backend's shared-memory regions of stubs that are gone (tritonserver is dead), and the
+        tensor-parallel all-reduce segment of an engine killed before its ranks attached (its owner removes
+        the name once they have: only an engine killed while starting leaves one)."""
         for name in self._shm_regions:
             Path("/dev/shm", name).unlink(missing_ok=True)
         self._shm_regions.clear()
+        if self.plan.engine.instance_id:  # the launcher always sets one: the names are this instance's
+            prefix = segment_prefix(self.plan.engine.instance_id)
+            for path in Path("/dev/shm").glob(prefix + "*"):
+                path.unlink(missing_ok=True)
 
 
 def _all_pids() -> list[int]:

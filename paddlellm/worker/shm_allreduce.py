@@ -67,6 +67,15 @@ class ShmSpec:
         return self.header_bytes + 2 * self.world * self.slot_bytes
 
 
+SEGMENT_PREFIX = "pdllm_ar_"
+
+
+def segment_prefix(suffix: str) -> str:
+    """The /dev/shm name prefix of every segment an engine with this IPC suffix creates (a supervisor that
+    killed the engine before its ranks attached removes what is left: `ShmGroup.release_name` never ran)."""
+    return f"{SEGMENT_PREFIX}{suffix}_"
+
+
 class ShmGroup:
     """Owner side (the executor): creates the segment, can abort waiting ranks, unlinks it exactly once."""
 
@@ -74,7 +83,7 @@ class ShmGroup:
         if world < 1 or slot_bytes < 4 or slot_bytes % _LINE:
             raise ValueError(f"bad shm group shape: world={world}, slot_bytes={slot_bytes}")
         # The instance suffix keeps servers apart; the random part keeps executors of one process apart.
-        name = f"pdllm_ar_{suffix}_{secrets.token_hex(4)}"
+        name = f"{segment_prefix(suffix)}{secrets.token_hex(4)}"
         self.spec = ShmSpec(name=name, world=world, slot_bytes=slot_bytes)
         self._shm = shared_memory.SharedMemory(name=name, create=True, size=self.spec.total_bytes)
         hdr = np.ndarray((self.spec.header_bytes // 8,), dtype=np.int64, buffer=self._shm.buf)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from launcher.tritonenv import TritonNotFound, locate
+from paddlellm.worker.shm_allreduce import SEGMENT_PREFIX
 from tests.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +98,7 @@ def stacks(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(f"tritonserver not set up: {e}")
     model = tiny_checkpoint(arch="llama", tokenizer="llama2", seed=5)
     root = tmp_path_factory.mktemp("tp_stacks")
+    segments_before = _allreduce_segments()
     pair = [Stack(model, root / "a"), Stack(model, root / "b")]
     try:
         for s in pair:
@@ -105,6 +107,14 @@ def stacks(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory):
     finally:
         for s in pair:
             s.stop()
+    # The killed rank's engine is restarted, and the stop may catch the new one before its ranks attached
+    # (the only time an all-reduce segment still has a name): the launcher removes it.
+    left = _allreduce_segments() - segments_before
+    assert not left, f"left in /dev/shm: {sorted(left)}"
+
+
+def _allreduce_segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(SEGMENT_PREFIX)}
 
 
 def _complete(s: Stack, max_tokens: int = 12) -> dict:
