@@ -403,18 +403,27 @@ class Launcher:
         if self._triton_start is None:
             return []
         repo = str(self._triton_start[0]).encode() + b"/"
+        every = self._repo_processes()
+        stubs = [p for p in every if repo + b"llm_engine/" in _cmdline(p)]
+        self._stub_pids = set(stubs)
+        return [q for p in stubs for q in (p, *_descendants(p))]
+
+    def _repo_processes(self) -> list[int]:
+        """Every process of this model repository (the stubs, their rank workers), with the python backend's
+        shared-memory regions named in their command lines remembered: a stub killed outright, or one of a
+        tritonserver whose engine never loaded, leaves its region behind; unlinked once tritonserver is dead
+        (`_unlink_shm`)."""
+        if self._triton_start is None:
+            return []
+        repo = str(self._triton_start[0]).encode() + b"/"
         every = [p for p in _all_pids() if repo in _cmdline(p)]
-        # A stub killed outright leaves its region behind: remembered here, unlinked once tritonserver
-        # is dead.
         self._shm_regions |= {
             arg.decode()
             for p in every
             for arg in _cmdline(p).split(b"\0")
             if arg.startswith(b"triton_python_backend_shm_region")
         }
-        stubs = [p for p in every if repo + b"llm_engine/" in _cmdline(p)]
-        self._stub_pids = set(stubs)
-        return [q for p in stubs for q in (p, *_descendants(p))]
+        return every
 
     def _engine_failure(self) -> tuple[str, str] | None:
         """(cause kind, why) the engine cannot serve any more, or None."""
@@ -443,7 +452,7 @@ class Launcher:
         # Every stub of this repository (a stub whose tritonserver died is an orphan outside its process
         # group, and lives on) and its children; the python backend's shared-memory regions are named in the
         # stubs' command lines, and a killed tritonserver does not unlink them.
-        stubs = [p for p in _all_pids() if str(repo).encode() + b"/" in _cmdline(p)]
+        stubs = self._repo_processes()
         doomed = [q for p in stubs for q in (p, *_descendants(p))]
         self.triton.kill()
         for pid in doomed:
@@ -465,6 +474,7 @@ class Launcher:
             self.gateway.stop(timeout_s=15)
         if self.triton is not None:
             self.say("stopping tritonserver")
+            self._repo_processes()  # their regions: a tritonserver whose engine never loaded leaves them
             self.triton.stop(timeout_s=30)
             self._unlink_shm()
         self.say("stopped")
