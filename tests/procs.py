@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +68,36 @@ def follow_until_ready(
         if proc.poll() is not None or time.monotonic() > deadline:
             return ready.is_set()
     return True
+
+
+@contextlib.contextmanager
+def served_stack(model: str, run_dir: Path, *flags: str) -> Iterator[str]:
+    """`python -m gateway.api_server --model MODEL FLAGS` on a free loopback port with `run_dir`, from the
+    repository root; yields its base URL once the launcher says ready (fails the test otherwise, with the
+    last lines it printed) and stops it with SIGTERM (SIGKILL after 90 s) at exit."""
+    import pytest
+
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway.api_server", "--model", model, "--host", "127.0.0.1",
+            "--port", str(port), "--run-dir", str(run_dir), *flags]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    if not follow_until_ready(proc, lines, 600):
+        proc.kill()
+        proc.wait()
+        pytest.fail("the stack did not get ready:\n" + "\n".join(lines[-40:]))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class UvicornThread:

@@ -8,13 +8,8 @@ choices' prompts). Slow: the engine loads in ~30 s."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,12 +17,11 @@ import numpy as np
 import pytest
 
 from launcher.tritonenv import TritonNotFound, locate
-from tests.procs import follow_until_ready, free_port
+from tests.procs import served_stack
 
 torch = pytest.importorskip("torch", exc_type=ModuleNotFoundError)
 transformers = pytest.importorskip("transformers", exc_type=ModuleNotFoundError)
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 TOL = 5e-3
 MESSAGES = [{"role": "user", "content": "Name two rivers in Europe and one fact about each."}]
@@ -40,25 +34,9 @@ def url(default_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     except TritonNotFound as e:
         pytest.skip(f"tritonserver not set up: {e}")
     run_dir = tmp_path_factory.mktemp("logprobs-stack") / "run"
-    port = free_port()
-    argv = [sys.executable, "-m", "gateway.api_server", "--model", default_model_dir, "--host", "127.0.0.1",
-            "--port", str(port), "--max-model-len", "1024", "--max-num-seqs", "8", "--quantization", "none",
-            "--block-size", "16", "--run-dir", str(run_dir)]
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    if not follow_until_ready(proc, lines, 600):
-        proc.kill()
-        pytest.fail("the stack did not get ready:\n" + "\n".join(lines[-40:]))
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    flags = ("--max-model-len", "1024", "--max-num-seqs", "8", "--quantization", "none", "--block-size", "16")
+    with served_stack(default_model_dir, run_dir, *flags) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

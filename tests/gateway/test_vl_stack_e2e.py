@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,13 +17,12 @@ import pytest
 from PIL import Image
 
 from launcher.tritonenv import TritonNotFound, locate
-from tests.procs import follow_until_ready, free_port
+from tests.procs import served_stack
 
 torch = pytest.importorskip("torch", exc_type=ModuleNotFoundError)
 transformers = pytest.importorskip("transformers", exc_type=ModuleNotFoundError)
 openai = pytest.importorskip("openai", exc_type=ModuleNotFoundError)
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.parity]
 MAX_NEW = 12
 SIZES = {"a": (80, 100, 0), "b": (200, 64, 1), "a2": (80, 100, 5)}  # a2: a's size, other pixels
@@ -112,30 +106,9 @@ def server(vl_path: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     except TritonNotFound as e:
         pytest.skip(f"tritonserver not set up: {e}")
     run_dir = tmp_path_factory.mktemp("vl_stack") / "run"
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "gateway.api_server", "--model", vl_path, "--enable-mm",
-        "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--block-size", "16",
-        "--run-dir", str(run_dir),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    lines: list[str] = []
-    if not follow_until_ready(proc, lines, 600):
-        proc.kill()
-        proc.wait()
-        pytest.fail("the stack did not get ready:\n" + "\n".join(lines[-40:]))
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    flags = ("--enable-mm", "--max-model-len", "1024", "--block-size", "16")
+    with served_stack(vl_path, run_dir, *flags) as url:
+        yield url
 
 
 def _client(url: str):  # noqa: ANN202 - openai.OpenAI
