@@ -96,6 +96,16 @@ class CachedRequestData:
 
 
 @dataclass(frozen=True)
+class BlockCopy:
+    """Prefix caching's partial hit: copy the KV of the first `rows` tokens of block `src` into block `dst`
+    (every layer, K and V), before the step's forward pass."""
+
+    src: int
+    dst: int
+    rows: int
+
+
+@dataclass(frozen=True)
 class SchedulerOutput:
     new_requests: tuple[NewRequestData, ...]
     cached_requests: tuple[CachedRequestData, ...]
@@ -111,6 +121,8 @@ class SchedulerOutput:
     # Speculative decoding: request id -> its draft tokens, fed after its last known token; such a request's
     # num_scheduled_tokens counts them. Only decoding requests (one known token to compute) have drafts.
     draft_token_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Partial prefix-cache hits of this step's admitted requests; a source is never a destination.
+    block_copies: tuple[BlockCopy, ...] = ()
 
     @property
     def total_tokens(self) -> int:

@@ -9,12 +9,25 @@ them by reference count, so several requests read one copy. Nobody writes to a r
 and a request writes only at positions past its cached prefix. A block no request holds is free; if it is
 registered it keeps its KV and key (an "evictable" block, counted as free) until an allocation needs the
 space: plain free blocks go first, then evictable ones, least recently released first (LRU).
+
+Partial hits. Where the full-block run ends, a registered block may still begin with the request's next
+tokens (a shared system prompt ends mid-block: SmolLM2's is 26 tokens, a block 64). Registered blocks are
+also indexed by (their parent's key, their first PARTIAL_MIN_TOKENS tokens); `match_partial` finds the one
+sharing the longest run of the request's next tokens, and the scheduler copies those rows of KV into the
+request's own new block (SchedulerOutput.block_copies) instead of computing them. The source is pinned (held)
+from the lookup to the end of the scheduling pass, so no allocation of that pass can hand it out before the
+runner copies it (copies run before the step's forward pass writes anything).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+
+# A partial hit shares at least this many tokens with a cached block (fewer save too little to look up), and
+# each (parent, first tokens) index entry keeps this many candidates, most recently registered last.
+PARTIAL_MIN_TOKENS = 16
+PARTIAL_CANDIDATES = 4
 
 
 class BlockManager:
@@ -31,6 +44,9 @@ class BlockManager:
         self._evictable: OrderedDict[int, None] = OrderedDict()  # unheld registered blocks, LRU first
         self._by_hash: dict[bytes, int] = {}
         self._key_of: dict[int, tuple[bytes, tuple[int, ...]]] = {}  # registered block -> key, tokens
+        # Partial hits: (parent key, first PARTIAL_MIN_TOKENS tokens) -> registered blocks; block -> entry.
+        self._by_head: dict[tuple[bytes, tuple[int, ...]], list[int]] = {}
+        self._head_of: dict[int, tuple[bytes, tuple[int, ...]]] = {}
         self.num_evictions = 0  # cached blocks given to other content since start
 
     @property
@@ -80,6 +96,12 @@ class BlockManager:
         self.num_evictions += 1
         key, _ = self._key_of.pop(b)
         del self._by_hash[key]
+        head = self._head_of.pop(b, None)
+        if head is not None:
+            entry = self._by_head[head]
+            entry.remove(b)
+            if not entry:
+                del self._by_head[head]
         return b
 
     def free(self, block_ids: list[int]) -> None:
@@ -123,6 +145,34 @@ class BlockManager:
             hits.append(b)
         return hits
 
+    def match_partial(self, parent: bytes, tokens: Sequence[int], max_rows: int) -> tuple[int, int] | None:
+        """(block, rows): the registered block whose first `rows` tokens (PARTIAL_MIN_TOKENS <= rows <=
+        max_rows, rows < block_size) are the longest run of `tokens` (the request's tokens after its
+        full-block hits, the last of which has key `parent`), or None. Nothing is taken (see `pin`)."""
+        max_rows = min(max_rows, len(tokens), self.block_size - 1)
+        if max_rows < PARTIAL_MIN_TOKENS:
+            return None
+        best: tuple[int, int] | None = None
+        for b in self._by_head.get((parent, tuple(tokens[:PARTIAL_MIN_TOKENS])), ()):
+            held = self._key_of[b][1]
+            rows = PARTIAL_MIN_TOKENS
+            while rows < max_rows and held[rows] == tokens[rows]:
+                rows += 1
+            if best is None or rows > best[1]:
+                best = (b, rows)
+        return best
+
+    def pin(self, block: int) -> None:
+        """Hold a registered block without a table (a partial hit's source until the runner copied it)."""
+        if self._refs[block] == 0:
+            del self._evictable[block]
+        self._refs[block] += 1
+
+    def unpin(self, block: int) -> None:
+        self._refs[block] -= 1
+        if self._refs[block] == 0:
+            self._evictable[block] = None  # registered: pinned blocks are partial hits' sources
+
     def num_reclaimed(self, hits: Sequence[int]) -> int:
         """Of matched blocks, how many nobody holds now: taking them turns free blocks into used ones."""
         return sum(1 for b in hits if self._refs[b] == 0)
@@ -136,11 +186,21 @@ class BlockManager:
             self._refs[b] += 1
         block_ids.extend(hits)
 
-    def register(self, block_id: int, key: bytes, tokens: Sequence[int]) -> None:
+    def register(
+        self, block_id: int, key: bytes, tokens: Sequence[int], parent: bytes | None = None
+    ) -> None:
         """Record that held, full block `block_id` has computed KV for content `key` (its `tokens`). If
-        another block already holds that content, this one stays private and is freed as usual."""
+        another block already holds that content, this one stays private and is freed as usual. With its
+        `parent` (the previous block's key, or the chain's seed) it can also serve partial hits."""
         assert self._refs[block_id] > 0, "only a held block can be registered"
         if key in self._by_hash or block_id in self._key_of:
             return
         self._by_hash[key] = block_id
         self._key_of[block_id] = (key, tuple(tokens))
+        if parent is not None and self.block_size > PARTIAL_MIN_TOKENS:
+            head = (parent, tuple(tokens[:PARTIAL_MIN_TOKENS]))
+            entry = self._by_head.setdefault(head, [])
+            if len(entry) == PARTIAL_CANDIDATES:
+                del self._head_of[entry.pop(0)]  # still cached for full hits; no longer a partial candidate
+            entry.append(block_id)
+            self._head_of[block_id] = head

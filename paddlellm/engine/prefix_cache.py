@@ -12,6 +12,10 @@ Images: all placeholder tokens share one id, so a block overlapping an image's p
 that image's content hash and offset: the same image in a follow-up turn finds its blocks, a different image
 of the same size never does. Text-only requests key exactly as before.
 
+Partial hits (block_manager.py): past its full-block hits a request may find a registered block that begins
+with its next tokens; those rows are copied into its own block. Blocks overlapping an image are not partial
+candidates, and a request's partial run stops before its first image.
+
 Lookup happens when a waiting request is admitted (again after a preemption: it may find its own blocks);
 registration after every executed step, for the blocks that step completed (outputs included, so a chat's next
 turn finds the previous answer too). With caching off, lookups find nothing and nothing is registered.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from array import array
+from dataclasses import dataclass
 
 from paddlellm.config import EngineConfig
 from paddlellm.engine.block_manager import BlockManager
@@ -44,6 +49,19 @@ def cache_seed(config: EngineConfig, info: ModelInfo) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
+@dataclass(frozen=True)
+class PrefixHit:
+    """What a request found cached: full `blocks` from position 0, then maybe `rows` tokens' KV in block
+    `partial` (copied into the request's next block)."""
+
+    blocks: list[int]
+    partial: int | None = None
+    rows: int = 0
+
+    def num_tokens(self, block_size: int) -> int:
+        return len(self.blocks) * block_size + self.rows
+
+
 class PrefixCache:
     def __init__(self, blocks: BlockManager, enabled: bool, seed: bytes = b"") -> None:
         self.blocks = blocks
@@ -52,15 +70,27 @@ class PrefixCache:
         self.queries = 0  # tokens of requests looked up at their first admission
         self.hits = 0  # of those, tokens found cached
 
-    def match(self, req: Request) -> list[int]:
-        """Blocks of the longest cached prefix of a waiting request's tokens (prompt + outputs). At least its
-        last token stays to compute, because the step that computes it yields the logits to sample from."""
+    def match(self, req: Request) -> PrefixHit:
+        """The longest cached prefix of a waiting request's tokens (prompt + outputs): whole blocks, then a
+        partial hit. At least its last token stays to compute, because the step that computes it yields the
+        logits to sample from."""
         if not self.enabled:
-            return []
+            return PrefixHit([])
         tokens = req.all_token_ids()
         self._extend_keys(req, tokens)
-        max_blocks = (len(tokens) - 1) // self.blocks.block_size
-        return self.blocks.match_prefix(req.block_hashes, tokens, max_blocks)
+        bs = self.blocks.block_size
+        hits = self.blocks.match_prefix(req.block_hashes, tokens, (len(tokens) - 1) // bs)
+        start = len(hits) * bs
+        max_rows = len(tokens) - 1 - start
+        for im in req.mm.images if req.mm is not None else ():
+            if im.end > start:  # images are in prompt order: the first one reaching past `start`
+                max_rows = min(max_rows, im.offset - start)
+                break
+        parent = req.block_hashes[len(hits) - 1] if hits else self.seed
+        partial = self.blocks.match_partial(parent, tokens[start : start + max_rows], max_rows)
+        if partial is None:
+            return PrefixHit(hits)
+        return PrefixHit(hits, partial[0], partial[1])
 
     def admitted(self, req: Request, num_cached_tokens: int, looked_up: bool = True) -> None:
         """Count a request's first admission; later ones (after preemption) are recomputes, not queries, and
@@ -79,8 +109,12 @@ class PrefixCache:
         tokens = req.all_token_ids()
         self._extend_keys(req, tokens)
         bs = self.blocks.block_size
+        images = req.mm.images if req.mm is not None else ()
         for i in range(req.num_registered_blocks, full):
-            self.blocks.register(req.block_ids[i], req.block_hashes[i], tokens[i * bs : (i + 1) * bs])
+            parent: bytes | None = req.block_hashes[i - 1] if i else self.seed
+            if any(im.offset < (i + 1) * bs and im.end > i * bs for im in images):
+                parent = None  # its KV depends on an image its tokens do not show: full hits only
+            self.blocks.register(req.block_ids[i], req.block_hashes[i], tokens[i * bs : (i + 1) * bs], parent)
         req.num_registered_blocks = full
 
     def reset_counts(self) -> None:

@@ -20,12 +20,13 @@ from paddlellm.engine import grammar_rows
 from paddlellm.engine.block_manager import BlockManager
 from paddlellm.engine.grammar_rows import Grammar
 from paddlellm.engine.outputs import RequestOutput
-from paddlellm.engine.prefix_cache import PrefixCache
+from paddlellm.engine.prefix_cache import PrefixCache, PrefixHit
 from paddlellm.engine.request import Request, RequestStatus
 from paddlellm.engine.spec_decode import SpecDecode
 from paddlellm.errors import ConfigError, EngineError, InvalidRequest, Overloaded
 from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import (
+    BlockCopy,
     CachedRequestData,
     ModelRunnerOutput,
     MultiModalPrompt,
@@ -198,9 +199,10 @@ class Scheduler:
         3. Unless something was preempted, admit waiting requests FCFS while fewer than max_num_seqs
            run, budget remains, and blocks in use after admitting stay <= kv_cache_ratio x total
            (with nothing running, the head goes in if its first chunk fits at all: no starvation).
-           An admitted request first takes the longest cached prefix of its tokens (whole blocks, at
-           least one token left): those tokens count as computed and its first chunk starts after
-           them. Cached blocks nobody held count as newly used, like fresh ones. A request that asked
+           An admitted request first takes the longest cached prefix of its tokens (whole blocks, then
+           maybe a partial hit whose rows are copied into its next block; at least one token left):
+           those tokens count as computed and its first chunk starts after them. Cached blocks nobody
+           held count as newly used, like fresh ones. A request that asked
            for prompt_logprobs reads no cached prefix until it has them all: every prompt position
            must run through the model (its blocks are still registered for others).
         4. Each scheduled request with a grammar whose chunk reaches its end (it samples this step) fills
@@ -236,21 +238,30 @@ class Scheduler:
             i += 1
 
         admitted: set[str] = set()
+        copies: list[BlockCopy] = []
+        pinned: list[int] = []  # partial hits' sources: held while this pass allocates
         if self.num_preemptions == preemptions_before:
             limit = self.config.kv_cache_ratio * self.blocks.num_total_blocks
             while self.waiting and len(self.running) < self.config.max_num_seqs and budget > 0:
                 req = self.waiting[0]
                 reads_cache = req.sampling_params.prompt_logprobs is None or req.prompt_logprobs_ready()
-                hits = self.prefix_cache.match(req) if reads_cache else []
-                cached = len(hits) * self.blocks.block_size
+                hit = self.prefix_cache.match(req) if reads_cache else PrefixHit([])
+                cached = hit.num_tokens(self.blocks.block_size)
                 n = min(req.num_tokens - cached, budget)
-                need = self.blocks.num_new_blocks(hits, cached + n) + self.blocks.num_reclaimed(hits)
+                # the partial source is held until the pass ends: one more block in use if nobody held it
+                reclaimed = self.blocks.num_reclaimed(hit.blocks + ([hit.partial] if hit.rows else []))
+                need = self.blocks.num_new_blocks(hit.blocks, cached + n) + reclaimed
                 if self.running and self.blocks.num_used_blocks + need > limit:
                     break
                 if need > self.blocks.num_free_blocks:
                     break
-                self.blocks.take(req.block_ids, hits)
+                self.blocks.take(req.block_ids, hit.blocks)
+                if hit.partial is not None:
+                    self.blocks.pin(hit.partial)
+                    pinned.append(hit.partial)
                 self.blocks.append(req.block_ids, cached + n)
+                if hit.partial is not None:
+                    copies.append(BlockCopy(hit.partial, req.block_ids[len(hit.blocks)], hit.rows))
                 req.num_computed_tokens = cached
                 self.prefix_cache.admitted(req, cached, looked_up=reads_cache)
                 self.waiting.popleft()
@@ -262,9 +273,11 @@ class Scheduler:
                 scheduled[req.request_id] = n
                 budget -= n
 
+        for b in pinned:  # copied before the step writes anything: later passes may hand them out
+            self.blocks.unpin(b)
         masks = self._fill_masks(scheduled, drafts)
         self.last_batch_size = len(scheduled)
-        return self._make_output(scheduled, admitted, masks, drafts)
+        return self._make_output(scheduled, admitted, masks, drafts, tuple(copies))
 
     def update(self, sched: SchedulerOutput, runner_out: ModelRunnerOutput) -> list[RequestOutput]:
         """Apply one executed step.
@@ -431,6 +444,7 @@ class Scheduler:
         admitted: set[str],
         masks: dict[str, np.ndarray],
         drafts: dict[str, tuple[int, ...]],
+        copies: tuple[BlockCopy, ...] = (),
     ) -> SchedulerOutput:
         new: list[NewRequestData] = []
         cached: list[CachedRequestData] = []
@@ -472,7 +486,7 @@ class Scheduler:
         # An id that finished and came back (preempted, or reused) is re-sent whole: no stale drop needed.
         finished = frozenset(self._finished_ids - admitted)
         self._finished_ids.clear()
-        return SchedulerOutput(tuple(new), tuple(cached), batch, finished, masks, drafts)
+        return SchedulerOutput(tuple(new), tuple(cached), batch, finished, masks, drafts, copies)
 
     def _expire_waiting(self, now: float) -> None:
         ttl = self.config.scheduler_ttl

@@ -4,11 +4,20 @@ Per layer, one tensor [2 * kv_heads * num_blocks * block_size, head_dim]: row j 
 head j (j < kv_heads) or V head j - kv_heads of token slot `slot = block * block_size + offset`. One scatter
 writes a step's K and V; one gather of rows reshapes, without a transpose, into the [2 * kv_heads, batch,
 len, d] operands of the attention matmuls. Zero-initialised, so padded reads are always finite.
+
+`copy_rows` serves prefix caching's partial hits: a token's K/V rows are the same bits wherever its request
+computed them (the kernels are batch-invariant), so copying them equals computing them.
 """
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Sequence
+
+import numpy as np
 import paddle
+
+from paddlellm.step_types import BlockCopy
 
 
 class KVCache:
@@ -24,3 +33,22 @@ class KVCache:
             paddle.zeros([rows, head_dim], dtype="float32") for _ in range(num_layers)
         ]
 
+
+    def copy_rows(self, copies: Sequence[BlockCopy]) -> None:
+        """For each copy, the first `rows` token slots of block `src` -> block `dst`, K and V of every head
+        and layer, in place (a NumPy view of each layer's memory: one strided copy per layer)."""
+        if not copies:
+            return
+        src = np.array([c.src for c in copies])
+        dst = np.array([c.dst for c in copies])
+        rows = max(c.rows for c in copies)
+        for layer in self.layers:
+            d = layer.shape[1]
+            buf = (ctypes.c_float * (layer.shape[0] * d)).from_address(layer.data_ptr())
+            view = np.frombuffer(buf, dtype=np.float32)
+            view = view.reshape(2 * self.kv_heads, self.num_blocks, self.block_size, d)
+            if all(c.rows == rows for c in copies):
+                view[:, dst, :rows] = view[:, src, :rows]
+            else:
+                for c in copies:
+                    view[:, c.dst, : c.rows] = view[:, c.src, : c.rows]

@@ -146,6 +146,7 @@ class ModelRunner:
                 del st.block_table[cached.num_kept_blocks :]
             st.block_table.extend(cached.new_block_ids)
             st.num_computed = cached.num_computed_tokens
+        self.cache.copy_rows(sched.block_copies)  # partial prefix hits, before anything writes KV
 
     @staticmethod
     def _new_state(new: NewRequestData) -> _RequestState:

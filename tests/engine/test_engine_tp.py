@@ -22,17 +22,8 @@ def ckpt(tiny_checkpoint) -> str:
 
 
 def _engine(path: str, tp: int, **options) -> LLMEngine:
-    return LLMEngine.create(
-        EngineConfig(
-            model=path,
-            tensor_parallel_size=tp,
-            num_threads=1,
-            block_size=16,
-            max_model_len=512,
-            num_gpu_blocks_override=64,
-            **options,
-        )
-    )
+    base = {"num_threads": 1, "block_size": 16, "max_model_len": 512, "num_gpu_blocks_override": 64}
+    return LLMEngine.create(EngineConfig(model=path, tensor_parallel_size=tp, **{**base, **options}))
 
 
 def _reqs():
@@ -88,6 +79,33 @@ def test_tp2_with_prefix_caching_matches_tp1_without(ckpt):
     try:
         assert waves(two) == want
         assert two.stats().prefix_cache_hits == 3 * 32
+        assert two.stats().num_free_blocks == 64
+    finally:
+        two.shutdown()
+
+
+def test_tp2_partial_prefix_hits_match_tp1_without(ckpt):
+    """A partial hit's copy runs on every rank (each holds its own KV heads): with 32-token blocks a 56-token
+    shared prefix is one cached block plus 24 copied rows, and TP=2 gives TP=1's tokens without the cache."""
+    system = [(31 * j) % 1000 + 50 for j in range(56)]
+    reqs = {f"q{i}": (system + [70 + i] * (3 + i), SamplingParams(max_tokens=12, temperature=0.8 * (i % 2),
+                                                                  seed=i, ignore_eos=True)) for i in range(4)}
+
+    def waves(engine: LLMEngine) -> dict[str, list[int]]:
+        got: dict[str, list[int]] = {}
+        for rid, (ids, p) in reqs.items():
+            engine.add_request(rid, ids, p)
+            for out in engine.run_until_done():
+                got.setdefault(out.request_id, []).extend(out.new_token_ids)
+        return got
+
+    one = _engine(ckpt, 1, block_size=32, enable_prefix_caching=False)
+    want = waves(one)
+    one.shutdown()
+    two = _engine(ckpt, 2, block_size=32)
+    try:
+        assert waves(two) == want
+        assert two.stats().prefix_cache_hits == 3 * 56
         assert two.stats().num_free_blocks == 64
     finally:
         two.shutdown()

@@ -192,3 +192,36 @@ def test_eviction_under_a_small_kv_budget(default_model_dir, tok):
             assert s.prefix_cache_hits > 0 and engine.scheduler.blocks.num_evictions > 0
         engine.shutdown()
     assert got[0] == got[1]
+
+
+def test_the_default_system_prompt_is_reused_through_partial_hits(default_model_dir, tok):
+    """SmolLM2's template writes a 26-token default system prompt (and a user turn's opening) ahead of every
+    question: inside the first 64-token block, so only a partial hit reuses it. Distinct questions one after
+    another, greedy and seeded: the same tokens with the cache on and off, and each later request's copied
+    rows are exactly its longest common prefix with an earlier prompt."""
+    questions = [f"Question {i}: explain how {t} work and why they matter, for a curious child. Give two "
+                 f"concrete examples, one surprising fact, and end with a short practical tip."
+                 for i, t in enumerate(("tides", "glaciers", "vaccines", "bridges", "compilers", "clocks"))]
+    prompts = [tok.encode_chat([{"role": "user", "content": q}]) for q in questions]
+    assert all(64 < len(p) < 128 for p in prompts)  # each fills its first block: registered after its prefill
+    reqs = {f"q{i}": (ids, SamplingParams(max_tokens=12, temperature=0.0 if i % 2 else 0.7, seed=i))
+            for i, ids in enumerate(prompts)}
+    got = []
+    for enabled in (True, False):
+        engine = _engine(default_model_dir, enabled)
+        tokens: dict[str, list[int]] = {}
+        for rid in reqs:  # one after another: each finds the earlier ones' first blocks
+            tokens |= _run(engine, {rid: reqs[rid]})
+        got.append(tokens)
+        if enabled:
+            def lcp(a: list[int], b: list[int]) -> int:
+                n = 0
+                while n < min(len(a), len(b)) and a[n] == b[n]:
+                    n += 1
+                return n
+
+            want = sum(max(lcp(p, q[:64]) for q in prompts[:i]) for i, p in enumerate(prompts) if i)
+            assert want >= 5 * 26 and engine.stats().prefix_cache_hits == want
+        assert engine.stats().num_free_blocks == engine.stats().num_total_blocks
+        engine.shutdown()
+    assert got[0] == got[1]

@@ -111,6 +111,10 @@ class FakeExecutor:
                 nd.num_computed_tokens,
                 len(nd.prompt_token_ids),
             )
+        for c in sched.block_copies:  # partial prefix hits: rows of a cached block into a fresh one
+            assert c.src != c.dst and 0 < c.rows < self.block_size, c
+            assert c.src not in {c2.dst for c2 in sched.block_copies}, "a source is overwritten by a copy"
+            self.kv[c.dst, : c.rows] = self.kv[c.src, : c.rows]
         for cd in sched.cached_requests:
             st = self.state[cd.request_id]
             assert st.num_computed == cd.num_computed_tokens, (cd, st.num_computed)

@@ -294,3 +294,118 @@ def test_a_run_resumed_on_another_instance_misses_and_on_the_same_one_hits():
         assert collect(outs)["again"] == full[cut:]
         assert engine.stats().prefix_cache_hits == hits
         assert outs[-1].num_cached_tokens == min(hits, 50)
+
+
+# ---------------------------------------------------------------- partial hits (blocks larger than 16)
+
+
+def test_match_partial_finds_the_longest_shared_run_and_forgets_evicted_blocks():
+    bm = BlockManager(num_blocks=6, block_size=32)
+    shared = list(range(100, 120))  # 20 tokens every candidate starts with
+    tables = []
+    for k, tail in enumerate(([1] * 12, [7, 7, 7, 7, 2] + [1] * 7, [7, 7, 3] + [1] * 9)):
+        t: list[int] = []
+        bm.append(t, 32)
+        bm.register(t[0], f"k{k}".encode(), shared + tail, parent=b"seed")
+        tables.append(t)
+    want = shared + [7, 7, 7, 7, 9, 9]
+    assert bm.match_partial(b"seed", want, 31) == (tables[1][0], 24)
+    assert bm.match_partial(b"seed", want, 22) == (tables[1][0], 22)  # capped: the last token is computed
+    assert bm.match_partial(b"other parent", want, 31) is None
+    assert bm.match_partial(b"seed", shared[:15] + [5] * 10, 31) is None  # the first 16 must match
+    assert bm.match_partial(b"seed", shared[:15], 15) is None  # too few tokens to be worth it
+    for t in tables:
+        bm.free(t)
+    bm.append([], 6 * 32)  # evicts every cached block
+    assert bm.match_partial(b"seed", want, 31) is None and bm.num_cached_blocks == 0
+
+
+def test_a_pinned_partial_source_is_not_handed_out():
+    bm = BlockManager(num_blocks=2, block_size=32)
+    t: list[int] = []
+    bm.append(t, 32)
+    bm.register(t[0], b"k", list(range(32)), parent=b"seed")
+    bm.free(t)  # cached, evictable: counted as free
+    src, rows = bm.match_partial(b"seed", list(range(20)) + [0], 20)
+    assert rows == 20 and bm.num_free_blocks == 2
+    bm.pin(src)
+    assert bm.num_free_blocks == 1
+    new: list[int] = []
+    assert bm.append(new, 64) is None  # only one block is free
+    assert bm.append(new, 32) == [1 - src]
+    bm.unpin(src)
+    assert bm.num_free_blocks == 1 and bm.match_partial(b"seed", list(range(20)), 20) == (src, 20)
+
+
+def test_a_system_prompt_ending_mid_block_is_reused_row_for_row():
+    """Requests share 90 tokens (one 64-token block and 26 rows of the next) then differ: later requests take
+    the full block and copy the 26 rows (a partial hit) instead of computing them; the same tokens as without
+    the cache, and the fake KV check sees every copied row hold the request's own tokens. (Only full blocks
+    are registered, so the source is an earlier request's second block, filled by its answer.)"""
+    system = prompt(90)
+    longer = SamplingParams(max_tokens=40, temperature=0.0)  # fills the second block: registered
+    reqs = {f"q{i}": (system + prompt(5 + i, 1 + i), longer) for i in range(4)}
+    on, off, engine, ex = run_both(reqs, waves=4, block_size=64)
+    assert on == off
+    assert first_chunk(ex, "q0") == (0, 95)
+    assert first_chunk(ex, "q1") == (90, 6)
+    copies = [c for s in ex.calls for c in s.block_copies]
+    assert len(copies) == 3 and {c.rows for c in copies} == {26}
+    assert engine.stats().prefix_cache_hits == 3 * 90
+
+
+def test_partial_hits_in_one_pass_under_block_pressure():
+    """Two requests admitted together copy from one cached block nobody holds, the least recently released,
+    while their own blocks must come from the cached ones: the pinned source is never handed out in that pass
+    (without the pin the second allocation takes it), tokens match the cache off, all blocks come back."""
+    system = prompt(40)
+    warm = {"warm": (system + prompt(30, 9), SamplingParams(max_tokens=1, temperature=0.0)),
+            "other": (prompt(134, 7), SamplingParams(max_tokens=1, temperature=0.0))}
+    reqs = {f"p{i}": (system + prompt(3 + i, 20 + i), SamplingParams(max_tokens=10, temperature=0.0))
+            for i in range(2)}
+    got, calls = [], []
+    for enabled in (True, False):
+        engine, ex = make_engine(
+            block_size=64, num_blocks=4, kv_cache_ratio=1.0, enable_prefix_caching=enabled
+        )
+        for wave in (warm, reqs):  # the warm-up leaves 1 plain free block and 3 cached, the source oldest
+            for rid, (ids, p) in wave.items():
+                engine.add_request(rid, ids, p)
+            out = collect(engine.run_until_done())
+        got.append(out)
+        calls.append(ex.calls)
+        assert engine.stats().num_free_blocks == 4
+    assert got[0] == got[1]
+    admitted = next(s for s in calls[0] if s.new_requests and s.new_requests[0].request_id == "p0")
+    assert len(admitted.new_requests) == 2 and [c.rows for c in admitted.block_copies] == [40, 40]
+
+
+def test_blocks_overlapping_an_image_serve_no_partial_hits():
+    import numpy as np
+
+    from paddlellm.engine.prefix_cache import PrefixCache
+    from paddlellm.engine.request import Request
+    from paddlellm.step_types import ImageInput, MultiModalPrompt
+
+    bm = BlockManager(num_blocks=8, block_size=32)
+    cache = PrefixCache(bm, True, b"seed")
+
+    def request(rid: str, ids: list[int], image_at: int | None) -> Request:
+        mm = None
+        if image_at is not None:
+            im = ImageInput(np.zeros((4, 1), np.float32), (1, 2, 2), "h" * 64, image_at, 4)
+            mm = MultiModalPrompt((im,), np.zeros((3, len(ids)), np.int64), 0)
+        return Request(rid, tuple(ids), GREEDY, 0, 0.0, mm=mm)
+
+    ids = list(range(200, 264))
+    for rid, image_at in (("text", None), ("image", 40)):
+        r = request(rid, ids, image_at)
+        bm.append(r.block_ids, 64)
+        r.num_computed_tokens = 64
+        cache.register_computed(r)
+    # block 0 of both keys alike only for the text request (the image request's digests its image)...
+    text_hit = cache.match(request("t2", ids[:50] + [1] * 20, None))
+    assert len(text_hit.blocks) == 1 and text_hit.rows == 50 - 32
+    # ...and a request with an image at 40 stops its partial run there: 8 rows < 16, no partial hit
+    image_hit = cache.match(request("i2", ids[:50] + [1] * 20, 40))
+    assert image_hit.rows == 0
