@@ -3,7 +3,7 @@ of 64, MLP 1536, vocabulary 49,152) with quantized weights, straight on the nati
 (`decode_layers`) and the LM head, plus each linear shape alone over its 30 layers' weights.
 
     python benchmarks/bench_quant_step.py [--isa avx2] [--quantization wint4] [--batches 1,8,32]
-        [--steps 30] [--context 96] [--threads 2] [--cpu-time] [--profile]
+        [--steps 30] [--context 96] [--threads 2] [--kv-cache-dtype float16] [--cpu-time] [--profile]
     python benchmarks/bench_quant_step.py --ab TREE_A,TREE_B[,...] [--rounds 5] [same options]
 
 Random weights in the default model's form (GGUF-like Q4_1 blocks for the layers, which wint8 re-quantizes,
@@ -113,7 +113,9 @@ def worker(args: argparse.Namespace) -> dict:
         L = ctx
         num_slots = b * L
         caches = [
-            paddle.to_tensor(rng.standard_normal((2 * KV_HEADS * num_slots, HEAD_DIM)).astype(np.float32))
+            paddle.to_tensor(
+                rng.standard_normal((2 * KV_HEADS * num_slots, HEAD_DIM)).astype(args.kv_cache_dtype)
+            )
             for _ in range(LAYERS)
         ]
         x = paddle.to_tensor(rng.standard_normal((b, HIDDEN)).astype(np.float32))
@@ -204,6 +206,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--context", type=int, default=96, help="cached tokens each request attends to")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kv-cache-dtype", choices=("float32", "float16"), default="float16")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument(
         "--cpu-time", action="store_true", help="CPU time instead of wall clock (see the docstring)"
@@ -239,6 +242,8 @@ def main() -> int:
             str(args.context),
             "--threads",
             str(args.threads),
+            "--kv-cache-dtype",
+            args.kv_cache_dtype,
             "--json",
         ]
         + (["--cpu-time"] if args.cpu_time else [])

@@ -11,7 +11,8 @@ of the next-token distributions, and perplexity of the text (exp of the mean neg
 actual next token), with its change against fp32. Prints a Markdown table; --out writes JSON.
 
 A variant `wint8-requant` / `wint4-requant` quantizes the fp32 weights with our own quantizers even where the
-checkpoint keeps its GGUF's blocks (the path a full-precision checkpoint takes).
+checkpoint keeps its GGUF's blocks (the path a full-precision checkpoint takes). A `-kv16` / `-kv32` suffix
+sets the KV cache's precision (default: --kv-cache-dtype auto, float16 for wint8 / wint4), e.g. `float32-kv16`.
 
 The functions are importable (`from benchmarks.quant_quality import ...`): the CI quality gate
 (tests/quality/test_quant_quality.py) scores its short window with them, so gate and benchmark measure the
@@ -37,6 +38,10 @@ DEFAULT_MODEL = os.path.join(REPO, ".models", "SmolLM2-135M-Instruct")
 # A variant name's suffix: quantize the fp32 weights even where the checkpoint keeps its GGUF's blocks (the
 # default model runs its own Q4_1 blocks with wint4, so only this exercises quantize_q4 on it).
 REQUANT = "-requant"
+# And the KV cache's precision (--kv-cache-dtype; unsuffixed variants take its default, auto: float16 for
+# wint8 / wint4, float32 otherwise): `float32-kv16` isolates what an fp16 cache costs, `wint4-kv32` is wint4
+# with the float32 cache it had before.
+KV_SUFFIXES = {"-kv16": "float16", "-kv32": "float32"}
 
 
 @dataclass(frozen=True)
@@ -111,10 +116,14 @@ class PositionStats:
 def weights_option(variant: str) -> dict[str, str]:
     """EngineConfig fields of a variant name: wint8 / wint4 are --quantization, the rest --dtype. Always an
     explicit quantization: the default `auto` would run a converted GGUF's own blocks as "float32"."""
+    kv: dict[str, str] = {}
+    for suffix, dtype in KV_SUFFIXES.items():
+        if variant.endswith(suffix):
+            variant, kv = variant.removesuffix(suffix), {"kv_cache_dtype": dtype}
     variant = variant.removesuffix(REQUANT)
     if variant.startswith("wint"):
-        return {"quantization": variant, "dtype": "float32"}
-    return {"quantization": "none", "dtype": variant}
+        return {"quantization": variant, "dtype": "float32", **kv}
+    return {"quantization": "none", "dtype": variant, **kv}
 
 
 def blockless_view(checkpoint: str, dest: str) -> str:
@@ -133,10 +142,10 @@ def score(
     model: str, variant: str, texts: dict[str, list[list[int]]], threads: int, cpu_kernels: str = "auto"
 ) -> dict[str, np.ndarray]:
     """Per text: log_probs of its windows under `variant`, on a fresh engine (one variant in memory)."""
-    if variant.endswith(REQUANT):
+    if REQUANT in variant:
         with tempfile.TemporaryDirectory(prefix="blockless_") as tmp:
             view = blockless_view(model, tmp)
-            return score(view, variant.removesuffix(REQUANT), texts, threads, cpu_kernels)
+            return score(view, variant.replace(REQUANT, ""), texts, threads, cpu_kernels)
     from paddlellm.config import EngineConfig
     from paddlellm.engine.core import LLMEngine
 

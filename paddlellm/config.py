@@ -22,6 +22,7 @@ from typing import Any
 
 from paddlellm.cpu import KERNEL_ISAS
 from paddlellm.errors import ConfigError
+from paddlellm.kv_cache_dtype import KV_CACHE_DTYPE_CHOICES
 from paddlellm.speculative import DEFAULT_SPECULATIVE_CONFIG, SpeculativeConfig
 
 CPU_KERNEL_CHOICES = ("auto", "native", *KERNEL_ISAS, "paddle")
@@ -118,6 +119,14 @@ class EngineConfig:
         "Q8_0), else none, so a checkpoint converted from a quantized GGUF runs its own weights as llama.cpp "
         "does and a full-precision checkpoint stays exact; --dtype bfloat16 makes auto none",
         choices=QUANTIZATION_CHOICES,
+    )
+    kv_cache_dtype: str = option(
+        "auto",
+        "precision of the KV cache (vLLM's flag): auto (float16 when the weights run quantized on the native "
+        "CPU kernels, as llama.cpp's default cache; else float32, so a full-precision checkpoint stays "
+        "exact), "
+        "float32, or float16 (native CPU kernels only: half the bytes a decode step reads per cached token)",
+        choices=KV_CACHE_DTYPE_CHOICES,
     )
     enforce_eager: bool = option(
         False,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from paddlellm.config import EngineConfig
-from paddlellm.engine.kv_budget import num_kv_blocks
+from paddlellm.engine.kv_budget import expected_kv_value_bytes, num_kv_blocks
 from paddlellm.engine.mm_prompt import build_mm_prompt
 from paddlellm.engine.outputs import RequestOutput
 from paddlellm.engine.prefix_cache import cache_seed
@@ -87,7 +87,11 @@ class LLMEngine:
         if config.enable_mm and info.vision is not None:
             vl = VLConfig.from_dir(info.path)
             self._image_facts = (vl.image_token_id, vl.vision.spatial_merge_size)
-        blocks = num_blocks if num_blocks is not None else num_kv_blocks(config, info)
+        blocks = (
+            num_blocks
+            if num_blocks is not None
+            else num_kv_blocks(config, info, dtype_bytes=expected_kv_value_bytes(config, info))
+        )
         self.scheduler = Scheduler(
             config, blocks, info.eos_token_ids, info.vocab_size, clock, cache_seed(config, info)
         )
@@ -103,7 +107,7 @@ class LLMEngine:
             from paddlellm.executor.multiproc import MultiprocExecutor as executor_cls  # type: ignore[no-redef]
         # On GPU the executor measures the memory the cache may take (after weights); on CPU: config.
         device_memory = executor_cls.kv_memory_bytes(config, info) if config.device == "gpu" else None
-        num_blocks = num_kv_blocks(config, info, device_memory)
+        num_blocks = num_kv_blocks(config, info, device_memory, expected_kv_value_bytes(config, info))
         engine = cls(config, executor_cls(config, info, num_blocks), info, num_blocks)
         if config.use_warmup:
             engine.warmup()

@@ -36,7 +36,8 @@ from paddlellm.model_info import ModelInfo
 # EngineConfig fields that change the KV values a token gets. Their `auto` values are resolved from the
 # checkpoint and this CPU alone, both fixed for the engine's life, so the unresolved names identify them.
 _VALUE_FIELDS = (
-    "model", "dtype", "quantization", "cpu_kernels", "device", "tensor_parallel_size", "block_size"
+    "model", "dtype", "quantization", "cpu_kernels", "device", "tensor_parallel_size", "block_size",
+    "kv_cache_dtype",
 )
 
 

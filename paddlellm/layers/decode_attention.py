@@ -33,7 +33,7 @@ class NativeDecodeAttention:
         group: int,
     ) -> paddle.Tensor:
         """q [B, kv_heads * group, d] (pre-scaled) -> [B, kv_heads * group * d]; query b attends to the first
-        lens[b] slots of slots[rows[b]] (rows None: row b)."""
+        lens[b] slots of slots[rows[b]] (rows None: row b). The cache is float32 or float16."""
         if not q.is_contiguous():
             q = q.contiguous()
         b, heads, d = q.shape
@@ -52,6 +52,7 @@ class NativeDecodeAttention:
             group,
             d,
             out.data_ptr(),
+            int(cache.dtype == paddle.float16),
             self._team.size,
         )
         if rc != 0:

@@ -75,12 +75,14 @@ class NativeOps:
         new_slots: paddle.Tensor,
     ) -> None:
         """qkv [T, (heads + 2 * kv_heads) * d] (contiguous, rotated in place: q and k heads); its K|V heads go
-        to the cache at the tokens' slots. cos / sin: [T, d] (signed sin, rotary.py)."""
+        to the cache at the tokens' slots (rounded to fp16 for a float16 cache). cos / sin: [T, d] (signed
+        sin, rotary.py)."""
         t, d = qkv.shape[0], cos.shape[-1]
         num_slots = cache.shape[0] // (2 * kv_heads)
         rc = self._rope(
             qkv.data_ptr(), t, heads + kv_heads, 2 * kv_heads, d, cos.data_ptr(), sin.data_ptr(),
-            cache.data_ptr(), num_slots, new_slots.data_ptr(), self._team.size,
+            cache.data_ptr(), num_slots, new_slots.data_ptr(), int(cache.dtype == paddle.float16),
+            self._team.size,
         )
         if rc != 0:
             raise ValueError(f"rotary_cache_write: head_dim {d} is not even or above 512")
@@ -170,7 +172,8 @@ class FusedDecode:
             self._layers, len(self._specs), x.data_ptr(), b, s.hidden, cos.data_ptr(), sin.data_ptr(),
             new_slots.data_ptr(), slots.data_ptr(), rows.data_ptr(), lens.data_ptr(), slots.shape[1], s.heads,
             s.kv_heads,
-            s.head_dim, num_slots, s.eps, s.final_norm, out.data_ptr(), self._team.size,
+            s.head_dim, num_slots, s.eps, s.final_norm, out.data_ptr(),
+            int(caches[0].dtype == paddle.float16), self._team.size,
         )
         if rc == -1:
             raise MemoryError("decode_layers: no memory for its activation buffers")

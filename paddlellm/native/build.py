@@ -155,20 +155,20 @@ def load(isa: str, cpu: CpuInfo) -> NativeLibrary:
         q.argtypes = [ptr, c_long, c_long, c_long, ptr, c_int, c_long, ptr, ptr, c_long, c_int]
         q.restype = c_int
     a = lib.paged_decode_attention
-    a.argtypes = [ptr, ptr, c_long, ptr, ptr, ptr, c_long, c_long, c_int, c_int, c_int, ptr, c_int]
+    a.argtypes = [ptr, ptr, c_long, ptr, ptr, ptr, c_long, c_long, c_int, c_int, c_int, ptr, c_int, c_int]
     a.restype = c_int
     n = lib.rms_norm
     n.argtypes = [ptr, ptr, ptr, ctypes.c_float, ptr, ptr, c_long, c_long, c_int]
     n.restype = None
     r = lib.rotary_cache_write
-    r.argtypes = [ptr, c_long, c_long, c_long, c_long, ptr, ptr, ptr, c_long, ptr, c_int]
+    r.argtypes = [ptr, c_long, c_long, c_long, c_long, ptr, ptr, ptr, c_long, ptr, c_int, c_int]
     r.restype = c_int
     s = lib.swiglu
     s.argtypes = [ptr, ptr, ptr, c_long, c_long, c_int]
     s.restype = None
     d = lib.decode_layers
     d.argtypes = [ptr, c_long, ptr, c_long, c_long, ptr, ptr, ptr, ptr, ptr, ptr, c_long, c_long, c_long,
-                  c_long, c_long, ctypes.c_float, ptr, ptr, c_int]
+                  c_long, c_long, ctypes.c_float, ptr, ptr, c_int, c_int]
     d.restype = c_int
     return NativeLibrary(
         path, lib, built_for, int(lib.packed_sgemm_panel_width()), int(lib.quant_gemm_w8_panel_width())

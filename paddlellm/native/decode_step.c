@@ -48,25 +48,40 @@ static void rotate_token(float *row, long qk_heads, long d, const float *c, cons
   }
 }
 
+/* One K or V row into the cache: as is (fp32), or rounded to fp16 (to nearest, ties to even; the scalar tail
+ * rounds the same way as the vector part). */
+static void store_kv_row(void *dst, const float *src, long d, int kv_half) {
+  if (!kv_half) {
+    memcpy(dst, src, sizeof(float) * (size_t)d);
+    return;
+  }
+  uint16_t *h = dst;
+  long i = 0;
+  for (; i + VL <= d; i += VL) vf_store_half(h + i, vf_load(src + i));
+  for (; i < d; i++) h[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 void rotary_cache_write_team(float *qkv, long T, long qk_heads, long kv_heads2, long d, const float *cos,
-                             const float *sin, float *cache, long num_slots, const int64_t *new_slots) {
+                             const float *sin, void *cache, long num_slots, const int64_t *new_slots, int kv_half) {
   const long heads_total = qk_heads + kv_heads2 / 2; /* q + k rotated, then v */
   const long first_kv = heads_total - kv_heads2;
+  const long esize = kv_half ? 2 : 4;
 #pragma omp for schedule(static)
   for (long t = 0; t < T; t++) {
     float *row = qkv + t * heads_total * d;
     rotate_token(row, qk_heads, d, cos + t * d, sin + t * d);
     for (long j = 0; j < kv_heads2; j++)
-      memcpy(cache + (j * num_slots + new_slots[t]) * d, row + (first_kv + j) * d, sizeof(float) * (size_t)d);
+      store_kv_row((char *)cache + (j * num_slots + new_slots[t]) * d * esize, row + (first_kv + j) * d, d, kv_half);
   }
 }
 
-/* qkv rotated in place; kv_heads2 = 2 * KV heads; head_dim at most 512. Threads for prefill-sized inputs. */
+/* qkv rotated in place; kv_heads2 = 2 * KV heads; head_dim at most 512; the cache fp32, or fp16 when kv_half.
+ * Threads for prefill-sized inputs. */
 int rotary_cache_write(float *qkv, long T, long qk_heads, long kv_heads2, long d, const float *cos, const float *sin,
-                       float *cache, long num_slots, const int64_t *new_slots, int nthreads) {
+                       void *cache, long num_slots, const int64_t *new_slots, int kv_half, int nthreads) {
   if (d > 512 || d % 2) return -1;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && T > 16)
-  rotary_cache_write_team(qkv, T, qk_heads, kv_heads2, d, cos, sin, cache, num_slots, new_slots);
+  rotary_cache_write_team(qkv, T, qk_heads, kv_heads2, d, cos, sin, cache, num_slots, new_slots, kv_half);
   return 0;
 }
 
@@ -126,7 +141,7 @@ enum { LINEAR_F32 = 0, LINEAR_BF16 = 1, LINEAR_W8 = 2, LINEAR_W4 = 3 };
 typedef struct {
   pl_linear qkv, o, gate, up, down;
   const float *in_norm, *post_norm;
-  float *cache; /* [2 * kv_heads * num_slots, d] */
+  void *cache; /* [2 * kv_heads * num_slots, d]: fp32, or fp16 when decode_layers' kv_half */
 } pl_layer;
 
 int decode_layer_struct_size(void) { return (int)sizeof(pl_layer); }
@@ -153,12 +168,12 @@ static void linear_team(const pl_linear *l, const float *x, long M, float *y, vo
 /* x0: [B, H] the tokens' embeddings; cos, sin: [B, d] for each token's position; new_slots [B]: the cache slot
  * of each token; slots [rows, L], slot_row [B] (NULL: token b reads row b), lens [B]: each token's context
  * (itself included; a prefill chunk's tokens share their request's row, as the layer path's
- * AttentionMetadata); out: [B, H] the final norm's output. Returns 0, -1 when memory could not be allocated,
+ * AttentionMetadata); out: [B, H] the final norm's output; kv_half: the layers' caches hold fp16. Returns 0, -1 when memory could not be allocated,
  * -2 for a layer shape it cannot run. */
 int decode_layers(const pl_layer *layers, long nlayers, const float *x0, long B, long H, const float *cos,
                   const float *sin, const int64_t *new_slots, const int64_t *slots, const int64_t *slot_row,
                   const int64_t *lens, long L, long heads, long kv_heads, long d, long num_slots, float eps,
-                  const float *final_norm, float *out, int nthreads) {
+                  const float *final_norm, float *out, int kv_half, int nthreads) {
   if (nlayers < 1 || B < 1 || d > 512 || d % 2) return -2;
   const long qkv_n = (heads + 2 * kv_heads) * d, inter = layers[0].gate.n;
   for (long l = 0; l < nlayers; l++) {
@@ -200,10 +215,11 @@ int decode_layers(const pl_layer *layers, long nlayers, const float *x0, long B,
       PL_PROF(PROF_NORM);
       linear_team(&ly->qkv, hid, B, qkv, scratch);
       PL_PROF(PROF_QKV);
-      rotary_cache_write_team(qkv, B, heads + kv_heads, 2 * kv_heads, d, cos, sin, ly->cache, num_slots, new_slots);
+      rotary_cache_write_team(qkv, B, heads + kv_heads, 2 * kv_heads, d, cos, sin, ly->cache, num_slots, new_slots,
+                              kv_half);
       PL_PROF(PROF_ROPE);
       paged_decode_attention_team(qkv, qkv_n, ly->cache, num_slots, slots, slot_row, lens, B, L, (int)kv_heads,
-                                  (int)group, (int)d, att, scores);
+                                  (int)group, (int)d, att, scores, kv_half);
       PL_PROF(PROF_ATTN);
       linear_team(&ly->o, att, B, tmp, scratch);
       PL_PROF(PROF_O);

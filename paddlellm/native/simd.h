@@ -50,6 +50,14 @@ static inline __attribute__((always_inline)) vf vf_bf16_hi(const uint32_t *p) {
 static inline __attribute__((always_inline)) __m256 vf_fold(vf v) {
   return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
+/* VL fp16 values widened to fp32 (exact), and fp32 rounded to fp16 (to nearest, ties to even): the KV cache's
+ * float16 form. */
+static inline __attribute__((always_inline)) vf vf_load_half(const uint16_t *p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline __attribute__((always_inline)) void vf_store_half(uint16_t *p, vf v) {
+  _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 #define VL 8
 #ifndef GEMM_MR
@@ -77,6 +85,12 @@ static inline __attribute__((always_inline)) vf vf_bf16_hi(const uint32_t *p) {
   return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xFFFF0000u)));
 }
 static inline __attribute__((always_inline)) __m256 vf_fold(vf v) { return v; }
+static inline __attribute__((always_inline)) vf vf_load_half(const uint16_t *p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+static inline __attribute__((always_inline)) void vf_store_half(uint16_t *p, vf v) {
+  _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 #else
 #error "paddlellm kernels: compile with -mavx2 -mfma -mf16c or -mavx512f -mavx512vl"
 #endif

@@ -49,15 +49,17 @@ TEAM_HIDDEN void quant_gemm_w4_team(const float *x, long M, long K, long ldx, co
 TEAM_HIDDEN void rms_norm_team(const float *x, const float *residual, const float *w, float eps, float *out,
                                float *summed, long rows, long n);
 
-/* paged_attention.c: q rows of query b start at q + b * ldq; `scores` holds L floats per thread. */
-TEAM_HIDDEN void paged_decode_attention_team(const float *q, long ldq, const float *cache, long num_slots,
+/* paged_attention.c: q rows of query b start at q + b * ldq; `scores` holds L floats per thread; the cache is
+ * fp32, or fp16 when kv_half. */
+TEAM_HIDDEN void paged_decode_attention_team(const float *q, long ldq, const void *cache, long num_slots,
                                              const int64_t *slots, const int64_t *slot_row, const int64_t *lens,
-                                             long B, long L, int kvh, int group, int d, float *out, float *scores);
+                                             long B, long L, int kvh, int group, int d, float *out, float *scores,
+                                             int kv_half);
 
 /* decode_step.c */
 TEAM_HIDDEN void rotary_cache_write_team(float *qkv, long T, long qk_heads, long kv_heads2, long d,
-                                         const float *cos, const float *sin, float *cache, long num_slots,
-                                         const int64_t *new_slots);
+                                         const float *cos, const float *sin, void *cache, long num_slots,
+                                         const int64_t *new_slots, int kv_half);
 TEAM_HIDDEN void swiglu_team(const float *gate, const float *up, float *out, long rows, long n);
 
 #endif

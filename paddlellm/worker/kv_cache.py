@@ -1,6 +1,7 @@
 """KVCache: the paged K/V tensors of one rank, head-major and contiguous per layer.
 
-Per layer, one tensor [2 * kv_heads * num_blocks * block_size, head_dim]: row j * num_slots + slot holds K
+Per layer, one tensor [2 * kv_heads * num_blocks * block_size, head_dim] (float32, or float16:
+kv_cache_dtype.py): row j * num_slots + slot holds K
 head j (j < kv_heads) or V head j - kv_heads of token slot `slot = block * block_size + offset`. One scatter
 writes a step's K and V; one gather of rows reshapes, without a transpose, into the [2 * kv_heads, batch,
 len, d] operands of the attention matmuls. Zero-initialised, so padded reads are always finite.
@@ -22,15 +23,23 @@ from paddlellm.step_types import BlockCopy
 
 class KVCache:
     def __init__(
-        self, num_layers: int, kv_heads: int, head_dim: int, num_blocks: int, block_size: int
+        self,
+        num_layers: int,
+        kv_heads: int,
+        head_dim: int,
+        num_blocks: int,
+        block_size: int,
+        dtype: str = "float32",
     ) -> None:
+        """`dtype`: float32, or float16 (written and read by the native kernels only, kv_cache_dtype.py)."""
+        self.dtype = dtype
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.num_slots = num_blocks * block_size
         self.kv_heads = kv_heads
         rows = 2 * kv_heads * self.num_slots
         self.layers: list[paddle.Tensor] = [
-            paddle.zeros([rows, head_dim], dtype="float32") for _ in range(num_layers)
+            paddle.zeros([rows, head_dim], dtype=dtype) for _ in range(num_layers)
         ]
 
 
@@ -42,10 +51,12 @@ class KVCache:
         src = np.array([c.src for c in copies])
         dst = np.array([c.dst for c in copies])
         rows = max(c.rows for c in copies)
+        np_dtype = np.float16 if self.dtype == "float16" else np.float32
         for layer in self.layers:
             d = layer.shape[1]
-            buf = (ctypes.c_float * (layer.shape[0] * d)).from_address(layer.data_ptr())
-            view = np.frombuffer(buf, dtype=np.float32)
+            size = layer.shape[0] * d * np.dtype(np_dtype).itemsize
+            buf = (ctypes.c_char * size).from_address(layer.data_ptr())
+            view = np.frombuffer(buf, dtype=np_dtype)
             view = view.reshape(2 * self.kv_heads, self.num_blocks, self.block_size, d)
             if all(c.rows == rows for c in copies):
                 view[:, dst, :rows] = view[:, src, :rows]

@@ -40,6 +40,7 @@ import paddle
 from paddlellm.config import EngineConfig
 from paddlellm.cpu import read_cpu
 from paddlellm.errors import InvalidRequest
+from paddlellm.kv_cache_dtype import resolve_kv_cache_dtype
 from paddlellm.layers.attention import AttentionMetadata, SeqSpan
 from paddlellm.layers.host_tensor import StepTensors
 from paddlellm.layers.kernels import select_kernels
@@ -111,7 +112,12 @@ class ModelRunner:
         layer = self.model.layers[0]
         self.kv_heads, self.group, self.head_dim = layer.kv_heads, layer.group, layer.head_dim
         self.block_size = config.block_size
-        self.cache = KVCache(info.num_layers, self.kv_heads, self.head_dim, num_blocks, config.block_size)
+        self.kv_dtype = resolve_kv_cache_dtype(
+            config.kv_cache_dtype, config.quantization, self.kernels.native is not None
+        )
+        self.cache = KVCache(
+            info.num_layers, self.kv_heads, self.head_dim, num_blocks, config.block_size, self.kv_dtype
+        )
         self.rotary = RotaryTables(info.head_dim, info.rope_theta, info.rope_scaling, config.max_model_len)
         # Per-step inputs come from reusable buffers: Paddle leaks per constructed tensor (host_tensor.py).
         self.stage = StepTensors(on_cpu=config.device != "gpu")

@@ -76,3 +76,30 @@ def test_a_request_does_not_depend_on_its_batch(native: build.NativeLibrary) -> 
     one = AttentionMetadata.build(spans[2:3], 1, BLOCK, num_slots, 3, 3, kernel)
     alone = kernel(paddle.to_tensor(q[2:3]), c, one.slot_table, one.token_rows, one.token_lens, 3, 3).numpy()
     assert np.array_equal(batch[2:3], alone)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("kv_heads", "group", "d", "lens", "prefill"),
+    [
+        (3, 3, 64, [1, 40, 17, 300], 0),
+        (1, 4, 24, [5, 33], 0),  # vector path on AVX2, scalar on AVX-512
+        (1, 2, 20, [3, 70], 0),  # scalar path on every ISA
+        (2, 2, 32, [9, 120], 37),
+    ],
+)
+def test_a_float16_cache_gives_the_float32_results_of_its_values(  # type: ignore[no-untyped-def]
+    native, threads, kv_heads, group, d, lens, prefill
+) -> None:
+    """--kv-cache-dtype float16: each K|V value is widened exactly and the math is the fp32 kernel's, so the
+    output equals, bit for bit, the fp32 kernel's on a cache holding the same (fp16-representable) values."""
+    spans, num_slots, cache, q, _ = _step(kv_heads, group, d, lens, prefill, seed=len(lens) * 5 + d)
+    half = cache.astype(np.float16)
+    kernel = NativeDecodeAttention(native, threads)
+    meta = AttentionMetadata.build(spans, len(lens), BLOCK, num_slots, kv_heads, group, kernel)
+    outs = [
+        kernel(paddle.to_tensor(q), paddle.to_tensor(c), meta.slot_table, meta.token_rows, meta.token_lens,
+               kv_heads, group).numpy()
+        for c in (half, half.astype(np.float32))
+    ]
+    assert np.array_equal(outs[0], outs[1])

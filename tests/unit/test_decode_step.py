@@ -128,3 +128,54 @@ def test_native_rope_write_equals_paddle_rotation_and_scatter(kernels: str) -> N
     ops.rope_write(got, cache, heads, kvh, c, s, slot_t)
     assert np.array_equal(got.numpy().reshape(qkv.shape), want)
     assert np.array_equal(cache.numpy(), want_cache)
+
+
+@pytest.mark.parametrize("kernels", NATIVE)
+@pytest.mark.parametrize("d", [64, 20])  # 20: a scalar tail after the vector part on every ISA
+def test_native_rope_write_rounds_to_a_float16_cache(kernels: str, d: int) -> None:
+    """A float16 cache receives each rotated K|V value rounded to nearest, ties to even (numpy's float16
+    conversion), vector part and scalar tail alike; q|k rotate as with a float32 cache."""
+    from paddlellm.cpu import read_cpu
+    from paddlellm.layers.decode_step import NativeOps
+    from paddlellm.layers.rotary import RotaryTables
+    from paddlellm.native.build import load
+
+    heads, kvh, slots = 4, 2, 16
+    rng = np.random.RandomState(1)
+    qkv = (rng.standard_normal((3, heads + 2 * kvh, d)) * 3).astype(np.float32)
+    positions, new_slots = np.array([0, 5, 9]), np.array([7, 1, 15], np.int64)
+    tables = RotaryTables(d, 10000.0, None, 32)
+    c, s = (paddle.to_tensor(a) for a in tables.rows(positions))
+    ops = NativeOps(load(kernels, read_cpu()), 2)
+    caches, rotated = [], []
+    for dtype in ("float32", "float16"):
+        got = paddle.to_tensor(qkv.reshape(3, -1))
+        cache = paddle.zeros([2 * kvh * slots, d], dtype=dtype)
+        ops.rope_write(got, cache, heads, kvh, c, s, paddle.to_tensor(new_slots))
+        caches.append(cache.numpy())
+        rotated.append(got.numpy())
+    assert np.array_equal(rotated[0], rotated[1])
+    assert caches[1].dtype == np.float16 and np.array_equal(caches[1], caches[0].astype(np.float16))
+
+
+def test_kv_cache_dtype_follows_the_weights_and_needs_native_kernels(tiny_checkpoint) -> None:
+    from paddlellm.errors import ConfigError
+    from paddlellm.kv_cache_dtype import resolve_kv_cache_dtype
+
+    assert resolve_kv_cache_dtype("auto", "wint4", native=True) == "float16"
+    assert resolve_kv_cache_dtype("auto", "wint8", native=True) == "float16"
+    assert resolve_kv_cache_dtype("auto", "none", native=True) == "float32"  # transformers-exact stays fp32
+    assert resolve_kv_cache_dtype("auto", "wint4", native=False) == "float32"
+    assert resolve_kv_cache_dtype("float32", "wint4", native=True) == "float32"
+    assert resolve_kv_cache_dtype("float16", "none", native=True) == "float16"
+    with pytest.raises(ConfigError, match="kv_cache_dtype"):
+        resolve_kv_cache_dtype("float16", "none", native=False)
+    path = tiny_checkpoint(arch="llama", tokenizer="llama2")
+    assert _runner(path, NATIVE[0], "float32", "wint4", eager=False).cache.layers[0].dtype == paddle.float16
+    assert _runner(path, NATIVE[0], "float32", "none", eager=False).cache.layers[0].dtype == paddle.float32
+    with pytest.raises(ConfigError, match="kv_cache_dtype"):
+        ModelRunner(
+            EngineConfig(model=path, max_model_len=64, cpu_kernels="paddle", kv_cache_dtype="float16"),
+            ModelInfo.from_dir(path),
+            num_blocks=8,
+        )
