@@ -12,7 +12,8 @@ actual next token), with its change against fp32. Prints a Markdown table; --out
 
 A variant `wint8-requant` / `wint4-requant` quantizes the fp32 weights with our own quantizers even where the
 checkpoint keeps its GGUF's blocks (the path a full-precision checkpoint takes). A `-kv16` / `-kv32` suffix
-sets the KV cache's precision (default: --kv-cache-dtype auto, float16 for wint8 / wint4), e.g. `float32-kv16`.
+sets the KV cache's precision (default: --kv-cache-dtype auto, float16 for wint8 / wint4), e.g.
+`float32-kv16`.
 
 The functions are importable (`from benchmarks.quant_quality import ...`): the CI quality gate
 (tests/quality/test_quant_quality.py) scores its short window with them, so gate and benchmark measure the

@@ -27,8 +27,8 @@ GATE_TOKENS = 256  # per text: one 256-token window each; all cases ~30 s of CPU
 
 # Measured 2026-12-07 with `benchmarks/quant_quality.py --variants float32,float32-kv16,bfloat16,wint8,
 # wint8-kv32,wint4,wint4-kv32,wint8-requant,wint4-requant --tokens 256 --window 256 [--cpu-kernels avx2]`
-# (2-core AMD EPYC; avx512_bf16 kernels | AVX2 forced), all 510 positions. wint8 / wint4 run their default KV cache,
-# float16 (--kv-cache-dtype auto); `-kv16` / `-kv32` set it:
+# (2-core AMD EPYC; avx512_bf16 kernels | AVX2 forced), all 510 positions. wint8 / wint4 run their default KV
+# cache, float16 (--kv-cache-dtype auto); `-kv16` / `-kv32` set it:
 #   float32-kv16   top-1 99.80 % | 99.80 %   mean KL 3.64e-7 | 4.03e-7   (the fp16 cache alone)
 #   bfloat16       top-1 98.63 % | 98.82 %   mean KL 1.80e-4 | 2.09e-4
 #   wint8          top-1 99.61 % | 99.80 %   mean KL 5.13e-7 | 4.75e-7
