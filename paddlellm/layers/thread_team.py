@@ -49,6 +49,7 @@ BLOCK = 16  # consecutive steps of a bucket run with one team size: its effect o
 SETTLE = 3  # a block's first steps (the other processes still adjusting to the change) are not counted
 KEEP = 3  # a candidate's standing: the median of its last KEEP trial ratios
 FIRST_TRIALS = 2  # trials of each other candidate run back to back when a bucket is new
+CLEARLY_SLOWER = 1.15  # ... unless the first ones all ran this much slower: then exploring waits as usual
 EXPLORE_EVERY = 6  # at least this many blocks from one trial to the next
 EXPLORE_LOSS = 0.01  # ... and more: a trial of a candidate x % slower every n blocks costs x / n; keep it 1 %
 EXPLORE_MAX = 64  # but a trial at least this often (the load beside the engine changes)
@@ -92,9 +93,10 @@ class TeamTuner:
     their ratio is what the candidate changes (blocks far apart are not comparable: a batch's contexts
     grow, requests come and go). A candidate whose median ratio over its last KEEP trials is below 1 - MARGIN
     (below 1 for the whole team) becomes the incumbent. A new bucket runs FIRST_TRIALS of each candidate
-    back to back; then trials come every EXPLORE_EVERY blocks while the candidates are close and less often
-    the further behind they are (a candidate x slower every x / EXPLORE_LOSS blocks, at most EXPLORE_MAX
-    apart), so exploring costs about EXPLORE_LOSS of the throughput. Candidates: the whole team and one
+    back to back (one each when those all ran CLEARLY_SLOWER); then trials come every EXPLORE_EVERY blocks
+    while the candidates are close and less often the further behind they are (a candidate x slower every
+    x / EXPLORE_LOSS blocks, at most EXPLORE_MAX apart), so exploring costs about EXPLORE_LOSS of the
+    throughput. Candidates: the whole team and one
     thread fewer (the core left to the serving path), and half the team with more than 4 threads."""
 
     def __init__(self, team: ThreadTeam, clock: object = time.perf_counter) -> None:
@@ -184,7 +186,11 @@ class TeamTuner:
                 b.key, candidate, 100.0 * (1.0 - standing), old,
             )  # fmt: skip
         others = len(self.candidates) - 1
-        if b.trials < FIRST_TRIALS * others:
+        # A second early trial of a candidate the first showed far slower (one thread at a big batch: ~1.3x)
+        # would cost the bucket's first ~100 steps ~5 % for nothing (served c=32 ran 75-82 % of offline in a
+        # fresh stack's first window, 90-98 % later); such candidates go straight to the spaced schedule.
+        decisive = b.trials >= others and all(min(r) >= CLEARLY_SLOWER for r in b.ratios.values())
+        if b.trials < FIRST_TRIALS * others and not decisive:
             b.next_trial = b.count
             return
         behind = min((statistics.median(r) for c, r in b.ratios.items() if c != b.incumbent), default=1.0)

@@ -76,6 +76,16 @@ def test_a_much_slower_team_is_tried_rarely_but_tried() -> None:
     assert 1 <= tail.count(1) <= len(tail) / 30  # 43 % slower: one block in ~43 (~1 % lost)
 
 
+def test_a_clearly_slower_candidate_gets_one_early_trial_not_two() -> None:
+    """A new bucket tries each other candidate twice back to back, unless the first trial ran it far slower
+    (one thread at batch 32): then its next trial waits as usual. A close call still gets its second."""
+    for cost, early in (({2: 0.047, 1: 0.067}, 1), ({2: 0.047, 1: 0.050}, 2)):
+        clock = Clock()
+        tuner = TeamTuner(ThreadTeam(2), clock)
+        chosen = blocks(run(tuner, clock, 32, cost, BLOCK * 8))
+        assert chosen.count(1) == early, (cost, chosen)
+
+
 def test_a_smaller_team_needs_a_margin() -> None:
     clock = Clock()
     tuner = TeamTuner(ThreadTeam(2), clock)
