@@ -92,11 +92,11 @@ class TeamTuner:
     a block of the incumbent: blocks next to each other in time see the same load and context lengths, so
     their ratio is what the candidate changes (blocks far apart are not comparable: a batch's contexts
     grow, requests come and go). A candidate whose median ratio over its last KEEP trials is below 1 - MARGIN
-    (below 1 for the whole team) becomes the incumbent. A new bucket runs FIRST_TRIALS of each candidate
-    back to back (one each when those all ran CLEARLY_SLOWER); then trials come every EXPLORE_EVERY blocks
-    while the candidates are close and less often the further behind they are (a candidate x slower every
-    x / EXPLORE_LOSS blocks, at most EXPLORE_MAX apart), so exploring costs about EXPLORE_LOSS of the
-    throughput. Candidates: the whole team and one
+    (below 1 for the whole team) becomes the incumbent. A new bucket runs one block of the whole team, then
+    FIRST_TRIALS of each candidate back to back (one each when those all ran CLEARLY_SLOWER); then trials come
+    every EXPLORE_EVERY blocks while the candidates are close and less often the further behind they are (a
+    candidate x slower every x / EXPLORE_LOSS blocks, at most EXPLORE_MAX apart), so exploring costs about
+    EXPLORE_LOSS of the throughput. Candidates: the whole team and one
     thread fewer (the core left to the serving path), and half the team with more than 4 threads."""
 
     def __init__(self, team: ThreadTeam, clock: object = time.perf_counter) -> None:
@@ -125,7 +125,9 @@ class TeamTuner:
         key = _bucket(max(1, requests))
         b = self._buckets.get(key)
         if b is None:
-            b = self._buckets[key] = _Bucket(key, incumbent=self.candidates[0])
+            # the whole team first: a bucket a batch passes through briefly (requests finishing) is not
+            # charged a trial block; trials start from its second block
+            b = self._buckets[key] = _Bucket(key, incumbent=self.candidates[0], next_trial=1)
             self._start_block(b)
         elif b.steps >= BLOCK:
             self._finish_block(b)

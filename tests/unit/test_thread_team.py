@@ -86,6 +86,15 @@ def test_a_clearly_slower_candidate_gets_one_early_trial_not_two() -> None:
         assert chosen.count(1) == early, (cost, chosen)
 
 
+def test_a_bucket_passed_through_briefly_runs_the_whole_team() -> None:
+    """A batch shrinking as its requests finish visits each smaller bucket for a few steps: no trial block
+    there (a trial starts from a bucket's second block)."""
+    clock = Clock()
+    tuner = TeamTuner(ThreadTeam(2), clock)
+    for requests in (32, 16, 8, 4, 2, 1):
+        assert set(run(tuner, clock, requests, {2: 0.02, 1: 0.03}, BLOCK - 1)) == {2}
+
+
 def test_a_smaller_team_needs_a_margin() -> None:
     clock = Clock()
     tuner = TeamTuner(ThreadTeam(2), clock)
