@@ -57,11 +57,18 @@ def test_tp2_engine_matches_tp1(ckpt):
         two.shutdown()
 
 
-def test_tp2_with_prefix_caching_matches_tp1_without(ckpt):
+@pytest.mark.parametrize(
+    ("block_size", "shared", "hits_each"), [(16, 40, 32), (32, 56, 56)], ids=["whole-blocks", "partial-hit"]
+)
+def test_tp2_with_prefix_caching_matches_tp1_without(ckpt, block_size: int, shared: int, hits_each: int):
     """Block ids are decided by the scheduler and sent to every rank, so all ranks keep the same block table
-    and a cached prefix needs no special case under TP: TP=2 with the cache on gives TP=1's tokens without."""
-    system = [(29 * j) % 1000 + 50 for j in range(40)]
-    params = [SamplingParams(max_tokens=8, temperature=0.8 * (i % 2), seed=i) for i in range(4)]
+    and a cached prefix needs no special case under TP: TP=2 with the cache on gives TP=1's tokens without.
+    With 16-token blocks a 40-token shared prefix is two cached blocks; with 32-token blocks 56 tokens are
+    one cached block plus a partial hit of 24 rows, copied on every rank (each holds its own KV heads)."""
+    system = [(29 * j) % 1000 + 50 for j in range(shared)]
+    params = [
+        SamplingParams(max_tokens=12, temperature=0.8 * (i % 2), seed=i, ignore_eos=True) for i in range(4)
+    ]
     reqs = {f"q{i}": (system + [60 + i] * (3 + i), params[i]) for i in range(4)}
 
     def waves(engine: LLMEngine) -> dict[str, list[int]]:
@@ -72,40 +79,13 @@ def test_tp2_with_prefix_caching_matches_tp1_without(ckpt):
                 got.setdefault(out.request_id, []).extend(out.new_token_ids)
         return got
 
-    one = _engine(ckpt, 1, enable_prefix_caching=False)
+    one = _engine(ckpt, 1, block_size=block_size, enable_prefix_caching=False)
     want = waves(one)
     one.shutdown()
-    two = _engine(ckpt, 2)
+    two = _engine(ckpt, 2, block_size=block_size)
     try:
         assert waves(two) == want
-        assert two.stats().prefix_cache_hits == 3 * 32
-        assert two.stats().num_free_blocks == 64
-    finally:
-        two.shutdown()
-
-
-def test_tp2_partial_prefix_hits_match_tp1_without(ckpt):
-    """A partial hit's copy runs on every rank (each holds its own KV heads): with 32-token blocks a 56-token
-    shared prefix is one cached block plus 24 copied rows, and TP=2 gives TP=1's tokens without the cache."""
-    system = [(31 * j) % 1000 + 50 for j in range(56)]
-    reqs = {f"q{i}": (system + [70 + i] * (3 + i), SamplingParams(max_tokens=12, temperature=0.8 * (i % 2),
-                                                                  seed=i, ignore_eos=True)) for i in range(4)}
-
-    def waves(engine: LLMEngine) -> dict[str, list[int]]:
-        got: dict[str, list[int]] = {}
-        for rid, (ids, p) in reqs.items():
-            engine.add_request(rid, ids, p)
-            for out in engine.run_until_done():
-                got.setdefault(out.request_id, []).extend(out.new_token_ids)
-        return got
-
-    one = _engine(ckpt, 1, block_size=32, enable_prefix_caching=False)
-    want = waves(one)
-    one.shutdown()
-    two = _engine(ckpt, 2, block_size=32)
-    try:
-        assert waves(two) == want
-        assert two.stats().prefix_cache_hits == 3 * 56
+        assert two.stats().prefix_cache_hits == 3 * hits_each
         assert two.stats().num_free_blocks == 64
     finally:
         two.shutdown()
