@@ -100,6 +100,14 @@ def save_blocks(path: str, blocks: dict[str, BlockQuantized]) -> None:
     save_file(tensors, path, metadata={name: b.kind for name, b in blocks.items()})
 
 
+def resolved_quantization(quantization: str, dtype: str, checkpoint: str) -> str:
+    """The --quantization a run uses: `auto` becomes the checkpoint's stored format, or 'none' under an
+    explicit --dtype bfloat16 (bf16 weights asked for: the stored blocks are not used then)."""
+    if quantization != "auto":
+        return quantization
+    return stored_quantization(checkpoint) if dtype == "float32" else "none"
+
+
 def stored_quantization(checkpoint: str) -> str:
     """--quantization auto: the format that runs a converted GGUF's own blocks (wint4 when it has Q4_0/Q4_1
     tensors, wint8 when only Q8_0), or 'none' for a checkpoint without them."""

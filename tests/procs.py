@@ -48,6 +48,19 @@ def shm_regions(pids: set[int] | list[int]) -> set[str]:
     return out
 
 
+def stop_process(proc: subprocess.Popen[str], timeout: float = 90) -> None:
+    """SIGTERM (a launcher then stops its tritonserver and gateway), SIGKILL if it is still up after
+    `timeout` seconds; returns once it has exited."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def follow_until_ready(
     proc: subprocess.Popen[str], lines: list[str], timeout: float, marker: str = "[launcher] ready"
 ) -> bool:
@@ -92,12 +105,7 @@ def served_stack(model: str, run_dir: Path, *flags: str) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 class UvicornThread:

@@ -7,7 +7,7 @@ from paddlellm.cpu import read_cpu
 from paddlellm.errors import ConfigError
 from paddlellm.kv_cache_dtype import kv_value_bytes, resolve_kv_cache_dtype
 from paddlellm.model_info import ModelInfo
-from paddlellm.quant_blocks import stored_quantization
+from paddlellm.quant_blocks import resolved_quantization
 
 _GIB = 1 << 30
 
@@ -16,15 +16,14 @@ def expected_kv_value_bytes(config: EngineConfig, info: ModelInfo) -> int:
     """Bytes per cached K/V value the runner will allocate (kv_cache_dtype.py), predicted before it loads:
     native kernels are expected on CPU unless cpu_kernels is paddle or the CPU has no kernel ISA (a library
     that then fails to load runs the Paddle path on a float32 cache of the same block count)."""
-    quant = config.quantization
-    if quant == "auto":  # as the runner resolves it
-        quant = stored_quantization(info.path) if config.dtype == "float32" else "none"
+    quant = resolved_quantization(config.quantization, config.dtype, info.path)  # as the runner does
     native = config.device == "cpu" and config.cpu_kernels != "paddle"
     native = native and read_cpu().best_kernel_isa is not None
     try:
         return kv_value_bytes(resolve_kv_cache_dtype(config.kv_cache_dtype, quant, native))
     except ConfigError:
         return 4  # float16 without native kernels: the runner refuses it with this error
+
 
 def block_bytes(config: EngineConfig, info: ModelInfo, dtype_bytes: int = 4) -> int:
     """Bytes one block takes on one rank (K and V, all layers, that rank's KV heads)."""

@@ -249,7 +249,8 @@ class Scheduler:
                 cached = hit.num_tokens(self.blocks.block_size)
                 n = min(req.num_tokens - cached, budget)
                 # the partial source is held until the pass ends: one more block in use if nobody held it
-                reclaimed = self.blocks.num_reclaimed(hit.blocks + ([hit.partial] if hit.rows else []))
+                sources = hit.blocks if hit.partial is None else [*hit.blocks, hit.partial]
+                reclaimed = self.blocks.num_reclaimed(sources)
                 need = self.blocks.num_new_blocks(hit.blocks, cached + n) + reclaimed
                 if self.running and self.blocks.num_used_blocks + need > limit:
                     break

@@ -51,7 +51,7 @@ from paddlellm.layers.thread_team import TeamTuner
 from paddlellm.model_info import ModelInfo
 from paddlellm.models.decoder import DecoderModel
 from paddlellm.models.qwen2_5_vl_vision import Qwen2_5_VisionTower
-from paddlellm.quant_blocks import stored_quantization
+from paddlellm.quant_blocks import resolved_quantization
 from paddlellm.sampling import SamplingParams
 from paddlellm.step_types import (
     CachedRequestData,
@@ -98,9 +98,8 @@ class ModelRunner:
         cpu = read_cpu()
         tune_process(cpu)  # process-wide, but every process that runs the model wants it (cpu_tuning.py)
         if config.quantization == "auto":  # resolved from the checkpoint, once, in every rank alike
-            # an explicit --dtype bfloat16 asks for bf16 weights: the stored blocks are not used then
-            stored = stored_quantization(info.path) if config.dtype == "float32" else "none"
-            config = config.replace(quantization=stored)
+            quantization = resolved_quantization(config.quantization, config.dtype, info.path)
+            config = config.replace(quantization=quantization)
             self.config = config
         with paddle.no_grad():
             self.kernels = select_kernels(config, cpu)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 
 from launcher.tritonenv import TritonNotFound, locate
 from paddlellm import protocol
-from tests.procs import follow_until_ready, free_port
+from tests.procs import follow_until_ready, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -78,12 +77,7 @@ def stack(default_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> I
     try:
         yield st
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_seed_examples_with_the_openai_client(stack: Stack) -> None:

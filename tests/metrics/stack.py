@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 
 from launcher.tritonenv import TritonNotFound, locate
 from tests.metrics.promtext import Exposition, parse
-from tests.procs import follow_until_ready, free_port  # noqa: F401 - re-exported for this folder's tests
+from tests.procs import follow_until_ready, free_port, stop_process  # noqa: F401 - re-exported for this folder's tests
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,9 +91,4 @@ def running_stack(
                 time.sleep(0.2)
         yield st
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

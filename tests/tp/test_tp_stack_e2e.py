@@ -18,7 +18,7 @@ import pytest
 
 from launcher.tritonenv import TritonNotFound, locate
 from paddlellm.worker.shm_allreduce import SEGMENT_PREFIX
-from tests.procs import free_port
+from tests.procs import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -81,13 +81,7 @@ class Stack:
             return 0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
