@@ -71,7 +71,8 @@ void rotary_cache_write_team(float *qkv, long T, long qk_heads, long kv_heads2, 
     float *row = qkv + t * heads_total * d;
     rotate_token(row, qk_heads, d, cos + t * d, sin + t * d);
     for (long j = 0; j < kv_heads2; j++)
-      store_kv_row((char *)cache + (j * num_slots + new_slots[t]) * d * esize, row + (first_kv + j) * d, d, kv_half);
+      store_kv_row((char *)cache + (j * num_slots + new_slots[t]) * d * esize, row + (first_kv + j) * d, d,
+                   kv_half);
   }
 }
 
@@ -168,8 +169,8 @@ static void linear_team(const pl_linear *l, const float *x, long M, float *y, vo
 /* x0: [B, H] the tokens' embeddings; cos, sin: [B, d] for each token's position; new_slots [B]: the cache slot
  * of each token; slots [rows, L], slot_row [B] (NULL: token b reads row b), lens [B]: each token's context
  * (itself included; a prefill chunk's tokens share their request's row, as the layer path's
- * AttentionMetadata); out: [B, H] the final norm's output; kv_half: the layers' caches hold fp16. Returns 0, -1 when memory could not be allocated,
- * -2 for a layer shape it cannot run. */
+ * AttentionMetadata); out: [B, H] the final norm's output; kv_half: the layers' caches hold fp16. Returns 0, -1
+ * when memory could not be allocated, -2 for a layer shape it cannot run. */
 int decode_layers(const pl_layer *layers, long nlayers, const float *x0, long B, long H, const float *cos,
                   const float *sin, const int64_t *new_slots, const int64_t *slots, const int64_t *slot_row,
                   const int64_t *lens, long L, long heads, long kv_heads, long d, long num_slots, float eps,

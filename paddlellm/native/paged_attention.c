@@ -50,8 +50,8 @@ static inline __attribute__((always_inline)) float dot(const float *a, const voi
 }
 
 /* o[0:d] = sum over l ascending of p[l] * V row l, with the d outputs held in NV vector registers (one FMA
- * chain per element, so the same bits as accumulating in memory). `vbase`: the V head's rows, `esize` bytes
- * per value. */
+ * chain per element, so the same bits as accumulating in memory). `vbase`: the V head's rows (fp32, or fp16
+ * when `half`). */
 static inline __attribute__((always_inline)) void weighted_rows_nv(const int nv, const float *p, const char *vbase,
                                                                    const int64_t *sl, long len, int d, float *o,
                                                                    const int half) {
@@ -74,12 +74,17 @@ static inline __attribute__((always_inline)) void weighted_rows(const float *p, 
     weighted_rows_nv(n, p, vbase, sl, len, d, o, half); return;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
-    default: {
+    default: { /* more than 8 vectors (head_dim 128 on AVX2, 256 on AVX-512): accumulate in memory */
       const long row_bytes = (long)d * (half ? 2 : 4);
       for (int i = 0; i < d; i++) o[i] = 0.f;
       for (long l = 0; l < len; l++) {
         const char *vrow = vbase + sl[l] * row_bytes;
-        for (int i = 0; i < d; i++) o[i] = fmaf(p[l], kv_at(vrow, i, half), o[i]);
+        int i = 0;
+        if (d % VL == 0) {
+          const vf pv = vf_set1(p[l]);
+          for (; i < d; i += VL) vf_store(o + i, vf_fmadd(pv, kv_load(vrow, i, half), vf_load(o + i)));
+        }
+        for (; i < d; i++) o[i] = fmaf(p[l], kv_at(vrow, i, half), o[i]);
       }
     }
   }

@@ -1,7 +1,7 @@
 """The native decode attention (paddlellm/native/paged_attention.c) equals Paddle's gather + matmul path on
 the same paged cache, for every kernel ISA the CPU runs: GQA groups, ragged context lengths, scattered blocks,
-head sizes the vector path takes (64, 32; 24 on AVX2 only) and one it never does (20), 1 and 2 threads, and a
-step that mixes decodes with a prefill chunk."""
+head sizes the vector path takes (64, 32; 24 on AVX2 only; 256 accumulated in memory) and one it never does
+(20), 1 and 2 threads, and a step that mixes decodes with a prefill chunk."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def _step(kv_heads: int, group: int, d: int, lens: list[int], prefill: int, seed
         (2, 1, 64, [64, 64, 64], 0),  # equal lengths: the Paddle path uses no mask
         (1, 4, 24, [5, 33], 0),  # vector path on AVX2 (8 lanes), scalar on AVX-512 (16)
         (1, 2, 20, [3, 70], 0),  # scalar path on every ISA
+        (1, 2, 256, [3, 70], 0),  # more than 8 vectors: accumulated in memory, vector path on every ISA
         (2, 2, 32, [9, 120], 37),  # decodes and a prefill chunk in one step
     ],
 )
@@ -85,6 +86,7 @@ def test_a_request_does_not_depend_on_its_batch(native: build.NativeLibrary) -> 
         (3, 3, 64, [1, 40, 17, 300], 0),
         (1, 4, 24, [5, 33], 0),  # vector path on AVX2, scalar on AVX-512
         (1, 2, 20, [3, 70], 0),  # scalar path on every ISA
+        (1, 2, 256, [3, 70], 0),  # more than 8 vectors: accumulated in memory
         (2, 2, 32, [9, 120], 37),
     ],
 )
