@@ -7,7 +7,9 @@ backend), so it appears on tritonserver's --metrics-port, where the gateway re-e
 Every metric operation of the python backend is an IPC round trip to tritonserver (measured: 0.08 ms per
 observe, 0.18-0.19 ms per set or increment), far too slow for the engine loop thread, whose sinks must not
 block. So the loop thread only derives the values (a few subtractions) and queues operations; one metrics
-thread applies them. Gauges are queued only when their value changes.
+thread applies them, at most every APPLY_PERIOD_S (what queued meanwhile is one batch: a counter's increments
+summed, a gauge's last value; applied per step, the round trips woke tritonserver several times a step and
+the thread took ~3 % of a core at 32 streams). Gauges are queued only when their value changes.
 
 Who calls what:
 - Triton's thread: `request_received`, `request_accepted`, `request_rejected` (from execute()).
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUCCESS_REASONS = ("stop", "length", "abort")
+APPLY_PERIOD_S = 0.2  # Prometheus scrapes every few seconds: 0.2 s late is not seen
 
 
 def _n(short: str) -> str:
@@ -121,10 +124,14 @@ class EngineMetrics:
         backend: MetricsBackend,
         log_line: Callable[[str], None] | None = None,
         model_name: str = "default",
+        period_s: float = APPLY_PERIOD_S,
     ) -> None:
-        """`log_line` writes the one INFO line per finished request (Triton's logger in the stub)."""
+        """`log_line` writes the one INFO line per finished request (Triton's logger in the stub);
+        `period_s`: the least time between two batches of operations (flush and close cut it short)."""
         self.backend = backend
         self.model_name = model_name
+        self.period_s = period_s
+        self._hurry = threading.Event()
         self._log_line = log_line or log.info
         self._queue: queue.SimpleQueue[list[_Op] | threading.Event | None] = queue.SimpleQueue()
         self._gauges: dict[str, float] = {}  # last value queued per gauge and engine total (loop thread)
@@ -290,6 +297,7 @@ class EngineMetrics:
         """Wait until every operation queued so far is applied (tests)."""
         done = threading.Event()
         self._queue.put(done)
+        self._hurry.set()
         return done.wait(timeout)
 
     def _run(self) -> None:
@@ -316,6 +324,9 @@ class EngineMetrics:
             self._apply(_coalesce(ops))
             for event in events:
                 event.set()
+            if not stopping and self.period_s > 0:
+                self._hurry.wait(self.period_s)  # let the next operations gather into one batch
+                self._hurry.clear()
 
     def _apply(self, ops: list[_Op]) -> None:
         for op, name, labels, value in ops:
@@ -330,13 +341,15 @@ class EngineMetrics:
     def close(self, timeout: float = 5.0) -> None:
         """Apply what is queued, stop the thread, release Triton's metric objects."""
         self._queue.put(None)
+        self._hurry.set()
         self._thread.join(timeout)
         self.backend.close()
 
 
 def _coalesce(ops: list[_Op]) -> list[_Op]:
     """Sum the increments of each series and keep each gauge's last value; declares, observations and log
-    lines stay as they are, in order (declares come first anyway: bind runs before any request)."""
+    lines stay as they are, in order (declares come first anyway: bind runs before any request). Counters
+    and gauges go last: a reader who sees them at their final values sees the batch's observations too."""
     incs: dict[tuple[str, tuple[str, ...]], float] = {}
     sets: dict[tuple[str, tuple[str, ...]], float] = {}
     rest: list[_Op] = []
@@ -351,9 +364,9 @@ def _coalesce(ops: list[_Op]) -> list[_Op]:
             rest.append(op)
     return (
         [op for op in rest if op[0] == "declare"]
+        + [op for op in rest if op[0] != "declare"]
         + [("inc", n, lab, v) for (n, lab), v in incs.items()]
         + [("set", n, lab, v) for (n, lab), v in sets.items()]
-        + [op for op in rest if op[0] != "declare"]
     )
 
 

@@ -429,22 +429,28 @@ def test_stream_interval_sends_the_first_token_then_every_k(
         emitted += window[prefix_len:]
 
 
-@pytest.mark.parametrize(("budget", "sizes"), [(1e9, [1] * 12), (1e-9, [1, 11])])
-def test_auto_stream_interval_follows_the_pacer(pb: ModuleType, budget: float, sizes: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("budget", "streams", "sizes"), [(1e9, 2, [1] * 12), (1e-9, 2, [1, 11]), (1e-9, 1, [1] * 12)]
+)
+def test_auto_stream_interval_follows_the_pacer(
+    pb: ModuleType, budget: float, streams: int, sizes: list[int]
+) -> None:
     """stream_interval 0 (auto, the default): per token while the token rate is within the pacer's budget;
-    over it, the first token at once and then the pacer's interval (at most MAX_AUTO_INTERVAL). The tokens
-    are the same either way."""
+    over it, the first token at once and then the pacer's interval (at most MAX_AUTO_INTERVAL); a lone
+    stream per token whatever the rate. The tokens are the same either way."""
     factory = Factory()
     m = EngineModel(pb, factory, cancel_poll_s=0.0, pacer=StreamPacer(budget_per_s=budget))
     try:
         sampling = {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True}
-        req = engine_request(pb, "a", prompt(9), sampling)
-        m.execute([req])
-        sender = req.get_response_sender()
-        wait_done(sender)
-        outs = outputs(sender)
-        assert [len(o[p.TOKEN_IDS]) for o in outs] == sizes
-        assert [int(t) for o in outs for t in o[p.TOKEN_IDS]] == expected_tokens("a", prompt(9), **sampling)
+        reqs = [engine_request(pb, f"s{i}", prompt(9, i), sampling) for i in range(streams)]
+        m.execute(reqs)
+        for i, req in enumerate(reqs):
+            sender = req.get_response_sender()
+            wait_done(sender)
+            outs = outputs(sender)
+            assert [len(o[p.TOKEN_IDS]) for o in outs] == sizes
+            got = [int(t) for o in outs for t in o[p.TOKEN_IDS]]
+            assert got == expected_tokens(f"s{i}", prompt(9, i), **sampling)
     finally:
         m.finalize()
 

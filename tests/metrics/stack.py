@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from launcher.tritonenv import TritonNotFound, locate
+from paddlellm.triton.engine_metrics import APPLY_PERIOD_S
 from tests.metrics.promtext import Exposition, parse
 from tests.procs import follow_until_ready, free_port, stop_process  # noqa: F401 - re-exported for this folder's tests
 
@@ -45,11 +46,18 @@ class Stack:
         return parse(r.text)
 
     def wait_metrics(self, ok: Callable[[Exposition], bool], timeout: float = 20.0) -> Exposition:
-        """Scrape until `ok` holds (engine metrics are applied by a thread, a moment after the responses)."""
+        """Scrape until `ok` holds (engine metrics are applied by a thread, a moment after the responses),
+        then once more after the engine's apply period has passed three times: a batch is applied one IPC at
+        a time, so the page that first satisfies `ok` may hold part of the last batch."""
         deadline = time.monotonic() + timeout
         while True:
             page = self.scrape()
-            if ok(page) or time.monotonic() > deadline:
+            if ok(page):
+                time.sleep(3 * APPLY_PERIOD_S)
+                page = self.scrape()
+                if ok(page):
+                    return page
+            if time.monotonic() > deadline:
                 return page
             time.sleep(0.2)
 

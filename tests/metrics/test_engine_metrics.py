@@ -356,9 +356,9 @@ def test_queued_operations_are_coalesced_without_changing_totals() -> None:
         ("observe", h, (), 5.0),
     ]
     assert _coalesce(ops) == [
-        ("inc", c, (), 5.0),
-        ("set", g, (), 0.0),
         ("observe", h, (), 2.0),
         ("log", "line", (), 0.0),
         ("observe", h, (), 5.0),
+        ("inc", c, (), 5.0),
+        ("set", g, (), 0.0),
     ]

@@ -88,7 +88,7 @@ def test_workload_totals_histograms_and_gauges(stack: Stack, model_dir: str) -> 
     tok = TextTokenizer.from_dir(model_dir)
     prompts = [len(tok.encode(prompt(i))) for i in range(N)]
     outputs = [max_tokens(i) for i in range(N)]
-    before = stack.scrape()
+    before = stack.wait_metrics(lambda page: True)  # what earlier requests queued, applied
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda i: one_request(stack, i), range(N)))
     for i, (_, usage) in enumerate(results):
@@ -177,7 +177,7 @@ def test_prefix_cache_hits_in_usage_and_metrics(stack: Stack, model_dir: str) ->
     looked up and found."""
     long = "Cache probe: " + " ".join(WORDS[::-1] * 3)  # ~50 tokens, 3 full blocks; no other test's prefix
     chat = {"model": "default", "messages": [{"role": "user", "content": long}]}
-    before = stack.scrape()
+    before = stack.wait_metrics(lambda page: True)  # what earlier requests queued, applied
     queried = hit = 0
     completion = {"model": "default", "prompt": long}
     for path, body in (("/v1/completions", completion), ("/v1/chat/completions", chat)):

@@ -48,3 +48,12 @@ def test_idle_and_light_load_bring_it_back_to_per_token() -> None:
 def test_budget_scales_with_cores_and_is_capped() -> None:
     assert default_budget(1) < default_budget(2) <= MAX_BUDGET_S
     assert default_budget(64) == MAX_BUDGET_S
+
+
+def test_a_lone_stream_is_sent_per_token_whatever_its_rate() -> None:
+    pacer = StreamPacer(budget_per_s=50.0)
+    run(pacer, 1, 0.005, steps=40)  # 200 responses/s, four times the budget
+    assert pacer.rate_per_s == pytest.approx(200.0, rel=1e-3)
+    assert pacer.interval == 1
+    run(pacer, 2, 0.005, steps=40, start=1.0)  # a second stream: now the budget counts
+    assert pacer.interval == 8
