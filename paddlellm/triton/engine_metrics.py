@@ -9,7 +9,8 @@ observe, 0.18-0.19 ms per set or increment), far too slow for the engine loop th
 block. So the loop thread only derives the values (a few subtractions) and queues operations; one metrics
 thread applies them, at most every APPLY_PERIOD_S (what queued meanwhile is one batch: a counter's increments
 summed, a gauge's last value; applied per step, the round trips woke tritonserver several times a step and
-the thread took ~3 % of a core at 32 streams). Gauges are queued only when their value changes.
+the thread took ~3 % of a core at 32 streams), except that a change of the requests in flight is applied at
+once (the launcher's watchdog needs it). Gauges are queued only when their value changes.
 
 Who calls what:
 - Triton's thread: `request_received`, `request_accepted`, `request_rejected` (from execute()).
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS_REASONS = ("stop", "length", "abort")
 APPLY_PERIOD_S = 0.2  # Prometheus scrapes every few seconds: 0.2 s late is not seen
+IN_FLIGHT = ("num_requests_running", "num_requests_waiting")  # applied at once (launcher/watchdog.py)
 
 
 def _n(short: str) -> str:
@@ -235,6 +237,7 @@ class EngineMetrics:
             self._step_pending = unfinished
         total = stats.num_total_blocks
         used = total - stats.num_free_blocks
+        urgent = False
         for short, value in (
             ("num_requests_running", stats.num_running),
             ("num_requests_waiting", stats.num_waiting),
@@ -245,6 +248,8 @@ class EngineMetrics:
             if self._gauges.get(short) != value:
                 self._gauges[short] = value
                 ops.append(("set", _n(short), (), float(value)))
+                # the launcher's watchdog reads these: a wedge right after requests arrive must show them
+                urgent = urgent or short in IN_FLIGHT
         # Counters the engine keeps as running totals: increment by what they grew since the last tick.
         for short, total in (
             ("num_preemptions_total", stats.num_preemptions),
@@ -264,6 +269,8 @@ class EngineMetrics:
             ops.extend(("observe", _n(short), (), v) for v in values)
         if ops:
             self._put(ops)
+        if urgent:
+            self._hurry.set()
 
     def _spec_ops(self, stats: EngineStats) -> list[_Op]:
         """Speculative decoding's counters (engine running totals) as increments; nothing when it is off."""

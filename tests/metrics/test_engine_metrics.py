@@ -362,3 +362,52 @@ def test_queued_operations_are_coalesced_without_changing_totals() -> None:
         ("inc", c, (), 5.0),
         ("set", g, (), 0.0),
     ]
+
+
+class _Source:
+    """A StatsSource whose running count the test sets."""
+
+    def __init__(self) -> None:
+        self.running = 0
+
+    def stats(self):  # noqa: ANN201
+        from paddlellm.engine.core import EngineStats
+
+        return EngineStats(self.running, 0, 10, 10, 0, self.running)
+
+    def has_unfinished(self) -> bool:
+        return self.running > 0
+
+    def take_grammar_timings(self):  # noqa: ANN201
+        from paddlellm.engine.core import GrammarTimings
+
+        return GrammarTimings((), ())
+
+
+def test_operations_wait_for_the_period_but_requests_in_flight_do_not() -> None:
+    """Batches are applied at most every period_s; a change of the requests in flight (what the launcher's
+    watchdog reads) is applied at once, with whatever queued before it."""
+    backend, source = MemoryBackend(), _Source()
+    metrics = EngineMetrics(backend, model_name="m", period_s=30.0)
+    try:
+        metrics.tick(source, after_step=True)
+        deadline = time.monotonic() + WAIT_S
+        while (PREFIX + "num_requests_running", ("m",)) not in backend.gauges and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert backend.gauge("num_requests_running") == 0
+        metrics.request_received()  # the thread was idle: applied at once, and the period starts
+        deadline = time.monotonic() + WAIT_S
+        while backend.counter("requests_number_total") != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        metrics.request_received()
+        time.sleep(0.3)
+        assert backend.counter("requests_number_total") == 1  # the second is held for the period
+        source.running = 1
+        metrics.tick(source, after_step=False)
+        deadline = time.monotonic() + WAIT_S
+        while backend.gauge("num_requests_running") != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert backend.gauge("num_requests_running") == 1
+        assert backend.counter("requests_number_total") == 2
+    finally:
+        metrics.close()
