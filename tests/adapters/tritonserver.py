@@ -24,7 +24,7 @@ from tritonclient.grpc import InferInput
 
 from launcher import tritonenv
 from paddlellm import protocol as p
-from tests.procs import free_port  # noqa: F401 - re-exported for this folder's tests
+from tests.procs import descendants, free_port, shm_regions  # noqa: F401 - free_port re-exported for this folder's tests
 
 
 def triton_install(tmp: Path) -> tritonenv.TritonInstall:
@@ -89,6 +89,9 @@ def running_tritonserver(
                 time.sleep(0.1)
         yield f"127.0.0.1:{grpc_port}"
     finally:
+        # A stub still unloading when the exit timeout ends is killed below and leaves its shared memory (the
+        # launcher unlinks its stubs' regions; this fixture runs tritonserver without it).
+        regions = shm_regions(descendants(proc.pid))
         proc.terminate()
         try:
             proc.wait(timeout=20)
@@ -100,6 +103,8 @@ def running_tritonserver(
             pass
         proc.wait()
         log.close()
+        for name in regions:
+            Path("/dev/shm", name).unlink(missing_ok=True)
     # Triton reports what is still in flight once a second while it shuts down ("Timeout N: ..." then one line
     # per busy model). A request that was finishing as the test ended shows in the first report only; a leaked
     # one (e.g. a cancelled ensemble that never completes) is still there in the last.
