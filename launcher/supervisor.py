@@ -103,6 +103,7 @@ class Launcher:
         self.restart_counter: RestartCounter | None = None
         self.watchdog: StepWatchdog | None = None
         self._shm_regions: set[str] = set()  # the python backend stubs' shared memory (/dev/shm names)
+        self._shm_since: float | None = None  # wall clock: the first tritonserver start since the last unlink
         self.restarts: list[tuple[float, str]] = []  # (monotonic time, cause) of each engine restart
 
     def say(self, msg: str) -> None:
@@ -209,6 +210,8 @@ class Launcher:
             f"log: {run_dir / 'tritonserver.log'}"
         )
         self._t0 = time.monotonic()
+        if self._shm_since is None:
+            self._shm_since = time.time() - 1.0  # ctime granularity
         self.triton = ManagedProcess(
             "tritonserver", argv, _triton_env(install), run_dir / "tritonserver.log", self._triton_line
         )
@@ -486,10 +489,47 @@ class Launcher:
         for name in self._shm_regions:
             Path("/dev/shm", name).unlink(missing_ok=True)
         self._shm_regions.clear()
+        if self._shm_since is not None:
+            # A stub that died in initialize() before any scan saw it (a restart that fails) is named nowhere
+            # we looked; its region is one made since tritonserver started that no process maps any more.
+            for path in _orphan_regions(self._shm_since):
+                path.unlink(missing_ok=True)
+            self._shm_since = None
         if self.plan.engine.instance_id:  # the launcher always sets one: the names are this instance's
             prefix = segment_prefix(self.plan.engine.instance_id)
             for path in Path("/dev/shm").glob(prefix + "*"):
                 path.unlink(missing_ok=True)
+
+
+_REGION_PREFIX = "triton_python_backend_shm_region"
+
+
+def _orphan_regions(since: float, settle_s: float = 2.0) -> list[Path]:
+    """Python-backend regions in /dev/shm created after `since` (wall clock) and at least `settle_s` ago that
+    no live process maps: a live stack's region is mapped by its tritonserver and stub from the moment it is
+    made, so only the regions of dead processes are named (another stack's included: they are garbage too)."""
+    now = time.time()
+    candidates = []
+    for path in Path("/dev/shm").glob(_REGION_PREFIX + "*"):
+        try:
+            made = path.stat().st_ctime
+        except OSError:
+            continue
+        if since <= made <= now - settle_s:
+            candidates.append(path)
+    if not candidates:
+        return []
+    mapped: set[str] = set()
+    for pid in _all_pids():
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            at = line.find("/dev/shm/" + _REGION_PREFIX)
+            if at >= 0:
+                mapped.add(line[at + len("/dev/shm/") :].split(" ", 1)[0])
+    return [p for p in candidates if p.name not in mapped]
 
 
 def _all_pids() -> list[int]:
