@@ -223,11 +223,14 @@ def test_kill_9_of_the_instance_running_streams(cluster: dict[str, Instance]) ->
     r = redis_sync.Redis(port=int(cluster["_redis_port"]))  # type: ignore[call-overload]
     with ThreadPoolExecutor(N) as pool:
         futures = [pool.submit(_stream, a.port, p) for p in _prompts("kill")]
-        # Kill B once it has finished a few and is mid-stream on others: only runs away from the origin push
-        # their tokens to Redis (`toks:R`), so a non-empty one is a stream B has begun.
+        # Kill B once it has finished a few and is early in a stream: only runs away from the origin push
+        # their tokens to Redis (`toks:R`, "1,2,"), and a request stays in `owner` until its last chunk, so
+        # a leased request with a few ids pushed is a stream B has begun and will not end before the kill
+        # lands (`toks:R` outlives its stream, so alone it is no proof: a CI run that trusted it killed an
+        # idle B).
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if b.ensemble_done() - before_b >= 2 and any(r.strlen(k) for k in r.keys("pllm:{t}:toks:*")):
+            if b.ensemble_done() - before_b >= 2 and _mid_stream(r, "pllm:{t}:", max_sent=12):
                 break
             time.sleep(0.02)
         b.kill()
@@ -245,6 +248,16 @@ def test_kill_9_of_the_instance_running_streams(cluster: dict[str, Instance]) ->
     for prompt, answer in zip(_prompts("kill"), answers, strict=True):
         assert answer == "echo: " + prompt
     assert resumed, "B was streaming when it was killed, so A must have resumed something"
+
+
+def _mid_stream(r: object, prefix: str, max_sent: int) -> bool:
+    """Whether a leased request has pushed between 1 and `max_sent` token ids (a run away from its origin that
+    has begun and has, at 20 ms per token, a few hundred ms left)."""
+    for rid in r.hkeys(prefix + "owner"):  # type: ignore[attr-defined]
+        sent = r.get(prefix.encode() + b"toks:" + rid)  # type: ignore[attr-defined]
+        if sent and 1 <= sent.count(b",") <= max_sent:
+            return True
+    return False
 
 
 def _read(path: Path) -> list[str]:
