@@ -103,7 +103,7 @@ class Launcher:
         self.restart_counter: RestartCounter | None = None
         self.watchdog: StepWatchdog | None = None
         self._shm_regions: set[str] = set()  # the python backend stubs' shared memory (/dev/shm names)
-        self._shm_since: float | None = None  # wall clock: the first tritonserver start since the last unlink
+        self._shm_since: float | None = None  # wall clock: the first tritonserver start
         self.restarts: list[tuple[float, str]] = []  # (monotonic time, cause) of each engine restart
 
     def say(self, msg: str) -> None:
@@ -463,7 +463,7 @@ class Launcher:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        self._unlink_shm()
+        self._unlink_shm(final=False)
         self._start_triton(repo, run_dir, *ports)
         self._wait_models(f"127.0.0.1:{ports[0]}")
         self._engine_pids = self._find_engine_pids()
@@ -479,10 +479,10 @@ class Launcher:
             self.say("stopping tritonserver")
             self._repo_processes()  # their regions: a tritonserver whose engine never loaded leaves them
             self.triton.stop(timeout_s=30)
-            self._unlink_shm()
+            self._unlink_shm(final=True)
         self.say("stopped")
 
-    def _unlink_shm(self) -> None:
+    def _unlink_shm(self, final: bool) -> None:
         """The python backend's shared-memory regions of stubs that are gone (tritonserver is dead), and the
         tensor-parallel all-reduce segment of an engine killed before its ranks attached (its owner removes
         the name once they have: only an engine killed while starting leaves one)."""
@@ -491,10 +491,13 @@ class Launcher:
         self._shm_regions.clear()
         if self._shm_since is not None:
             # A stub that died in initialize() before any scan saw it (a restart that fails) is named nowhere
-            # we looked; its region is one made since tritonserver started that no process maps any more.
+            # we looked; its region is one made since the first tritonserver started that no process maps any
+            # more. The window stays open across restarts, since a region too fresh to judge at one restart is
+            # judged at the next; at the last call, wait until the freshest is old enough to judge.
+            if final:
+                time.sleep(_settle_wait(self._shm_since))
             for path in _orphan_regions(self._shm_since):
                 path.unlink(missing_ok=True)
-            self._shm_since = None
         if self.plan.engine.instance_id:  # the launcher always sets one: the names are this instance's
             prefix = segment_prefix(self.plan.engine.instance_id)
             for path in Path("/dev/shm").glob(prefix + "*"):
@@ -504,7 +507,10 @@ class Launcher:
 _REGION_PREFIX = "triton_python_backend_shm_region"
 
 
-def _orphan_regions(since: float, settle_s: float = 2.0) -> list[Path]:
+_SETTLE_S = 2.0  # a region younger than this may be one another stack is still setting up (not yet mapped)
+
+
+def _orphan_regions(since: float, settle_s: float = _SETTLE_S) -> list[Path]:
     """Python-backend regions in /dev/shm created after `since` (wall clock) and at least `settle_s` ago that
     no live process maps: a live stack's region is mapped by its tritonserver and stub from the moment it is
     made, so only the regions of dead processes are named (another stack's included: they are garbage too)."""
@@ -530,6 +536,19 @@ def _orphan_regions(since: float, settle_s: float = 2.0) -> list[Path]:
             if at >= 0:
                 mapped.add(line[at + len("/dev/shm/") :].split(" ", 1)[0])
     return [p for p in candidates if p.name not in mapped]
+
+
+def _settle_wait(since: float, settle_s: float = _SETTLE_S) -> float:
+    """Seconds until every python-backend region made since `since` is `settle_s` old (0: none younger)."""
+    now, wait = time.time(), 0.0
+    for path in Path("/dev/shm").glob(_REGION_PREFIX + "*"):
+        try:
+            made = path.stat().st_ctime
+        except OSError:
+            continue
+        if made >= since:
+            wait = max(wait, made + settle_s - now)
+    return min(wait, settle_s)
 
 
 def _all_pids() -> list[int]:
