@@ -292,6 +292,7 @@ long quant_gemm_scratch(long M, long K) { return xq_bytes(M, K) + 2 * M * ((K + 
 #define CHUNK_BYTES 16384L
 static long panel_chunk(long panel_bytes, long M) {
   const long work = panel_bytes * ((M + MRI - 1) / MRI);
+  if (work >= CHUNK_BYTES) return 1;
   const long c = (CHUNK_BYTES + work - 1) / work;
   return c > 2 ? c : 2;
 }
