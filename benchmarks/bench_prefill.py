@@ -4,7 +4,7 @@
     python benchmarks/bench_prefill.py [--cpu-kernels avx2] [--prompts 40] [--profile]
     python benchmarks/bench_prefill.py --ab TREE_A,TREE_B [--rounds 6] [same options]
 
-Prints the median and fastest request (ms) and the prompt's length and cached tokens. --profile builds the
+Prints the median and fastest request (ms) and the prompts' length in tokens. --profile builds the
 native library with -DPL_PROFILE and adds, per prefill, the fused pass's phases (team.h: thread 0's CPU time
 after each phase's barrier). --ab runs this script alternately from several source trees (e.g. a `git archive`
 of the base commit and the work tree), one process per tree and round, with distinct prompts per round, and

@@ -515,14 +515,7 @@ def _orphan_regions(since: float, settle_s: float = _SETTLE_S) -> list[Path]:
     no live process maps: a live stack's region is mapped by its tritonserver and stub from the moment it is
     made, so only the regions of dead processes are named (another stack's included: they are garbage too)."""
     now = time.time()
-    candidates = []
-    for path in Path("/dev/shm").glob(_REGION_PREFIX + "*"):
-        try:
-            made = path.stat().st_ctime
-        except OSError:
-            continue
-        if since <= made <= now - settle_s:
-            candidates.append(path)
+    candidates = [path for path, made in _regions_made_since(since) if made <= now - settle_s]
     if not candidates:
         return []
     mapped: set[str] = set()
@@ -540,15 +533,22 @@ def _orphan_regions(since: float, settle_s: float = _SETTLE_S) -> list[Path]:
 
 def _settle_wait(since: float, settle_s: float = _SETTLE_S) -> float:
     """Seconds until every python-backend region made since `since` is `settle_s` old (0: none younger)."""
-    now, wait = time.time(), 0.0
+    now = time.time()
+    wait = max((made + settle_s - now for _, made in _regions_made_since(since)), default=0.0)
+    return min(max(wait, 0.0), settle_s)
+
+
+def _regions_made_since(since: float) -> list[tuple[Path, float]]:
+    """Python-backend regions in /dev/shm with their creation time (ctime), those made at or after `since`."""
+    found = []
     for path in Path("/dev/shm").glob(_REGION_PREFIX + "*"):
         try:
             made = path.stat().st_ctime
         except OSError:
             continue
         if made >= since:
-            wait = max(wait, made + settle_s - now)
-    return min(wait, settle_s)
+            found.append((path, made))
+    return found
 
 
 def _all_pids() -> list[int]:

@@ -280,18 +280,17 @@ MICROS(q4, 1)
 static long xq_bytes(long M, long K) { return (M * ((K + QB - 1) / QB) * QB * 2 + 63) / 64 * 64; }
 long quant_gemm_scratch(long M, long K) { return xq_bytes(M, K) + 2 * M * ((K + QB - 1) / QB) * (long)sizeof(float) + 64; }
 
-/* Panels per work item: enough for ~CHUNK_BYTES of weights per row block, at least 2; one when a panel's
- * several row blocks alone are that much work (a ~44-token prefill is 11 row blocks per panel, and a 2-panel
- * tail kept the other thread waiting at each GEMM's barrier; docs/serving-perf.md, sitting 7). A single row
- * block keeps 2 (batch-1 AVX-512 decode was ~15 % slower with 1 per grab of its 20-31 KB panels). Handing panels out
- * a chunk at a time (dynamic) keeps a preempted thread from holding up the region (see packed_sgemm.c), but
- * each grab is an atomic on a cache line both cores write (a transfer between the cores when they contend):
- * an AVX2 wint4 panel of K = 576 is 2.9 KB, ~0.3 us of streaming for one thread, so at M = 1 two-panel grabs
- * (96 for a gate projection) hand out little work per transfer. Larger chunks leave more for one thread at
- * the end (up to a chunk); 16 KB is between the two. The AVX-512 panels (NR = 32) of these shapes are 11-31
- * KB: 2 per grab, as before. Measured on a loaded machine only (another job kept both cores busy; AVX2, two
- * threads, 6 interleaved rounds of 100 batch-1 steps): step median 31.8 -> 23.9 ms, fastest 12.5 -> 10.5 ms;
- * batch 8 unchanged. */
+/* Panels per work item: enough for ~CHUNK_BYTES of weights per row block, at least 2; one when a panel's several
+ * row blocks alone are that much work (a ~44-token prefill is 11 row blocks per panel, and a 2-panel tail kept the
+ * other thread waiting at each GEMM's barrier; docs/serving-perf.md, sitting 7). A single row block keeps 2 (with
+ * 1 per grab of its 20-31 KB panels, one A/B had the AVX-512 batch-1 step at 4.27 against 3.70 ms). Handing panels
+ * out a chunk at a time (dynamic) keeps a preempted thread from holding up the region (see packed_sgemm.c), but
+ * each grab is an atomic on a cache line both cores write (a transfer between the cores when they contend): an
+ * AVX2 wint4 panel of K = 576 is 2.9 KB, ~0.3 us of streaming for one thread, so at M = 1 two-panel grabs (96 for
+ * a gate projection) hand out little work per transfer. Larger chunks leave more for one thread at the end (up to
+ * a chunk); 16 KB is between the two. The AVX-512 panels (NR = 32) of these shapes are 11-31 KB: 2 per grab, as
+ * before. Measured on a loaded machine only (another job kept both cores busy; AVX2, two threads, 6 interleaved
+ * rounds of 100 batch-1 steps): step median 31.8 -> 23.9 ms, fastest 12.5 -> 10.5 ms; batch 8 unchanged. */
 #define CHUNK_BYTES 16384L
 static long panel_chunk(long panel_bytes, long M) {
   const long work = panel_bytes * ((M + MRI - 1) / MRI);
